@@ -1,0 +1,53 @@
+# The README's commands. Each creates its own .venv; nothing depends on what is installed by hand.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.deps-stamp
+BUILD_DIR := build/$(shell $(PYTHON) -c "import sys; print(f'cp{sys.version_info[0]}{sys.version_info[1]}')")
+PYTEST_ARGS ?=
+
+.PHONY: all venv build develop demo test bench lint format clean
+
+all: build
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): requirements-dev.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(STAMP)
+
+# Non-editable install with a persistent CMake build directory: rebuilds are incremental.
+build: $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-build-isolation --no-deps \
+		-Cbuild-dir=$(BUILD_DIR) .
+
+# Development: editable install (Python edits are live; rerun after C++ changes).
+# flock serialises concurrent rebuilds of the shared build directory.
+develop: $(STAMP)
+	mkdir -p build
+	flock build/.lock $(BIN)/python -m pip install --quiet --no-build-isolation --no-deps \
+		-Cbuild-dir=build/dev -e .
+
+demo: build
+	$(BIN)/python -m pdl_post.demo --out demo-out
+
+test: build
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: build
+	$(BIN)/python benchmarks/run.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check python tests benchmarks
+	$(BIN)/ruff format --check python tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format python tests benchmarks
+	clang-format -i cpp/include/pdl_post/*.h cpp/src/*.cpp src/*.cpp
+
+clean:
+	rm -rf $(VENV) build dist demo-out .pytest_cache .hypothesis .benchmarks

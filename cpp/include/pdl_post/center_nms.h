@@ -1,0 +1,60 @@
+// Centre finding: threshold, k x k non-maximum suppression, peak list and top-k selection.
+//
+// Algorithm (docs/merge-semantics.md steps 1-4):
+//   h = ctr if ctr > threshold else -1            (compared in the heatmap's own dtype; NaN -> -1)
+//   m = max of h over the k x k window, clipped at the image border
+//   peaks = pixels with h > 0 and h == m, in row-major order
+// The max filter is separable and uses the van Herk / Gil-Werman scheme in both directions: split
+// the axis into blocks of k, keep the running maximum from each block's start (prefix) and from each
+// block's end (suffix); a window of length <= k touches at most two blocks, so its maximum is one
+// comparison of a suffix and a prefix. That is O(1) work per pixel whatever k is. Rows are streamed
+// per thread (suffix rows of one block, a running prefix row), so the extra memory is one H x W row
+// max buffer plus O(k W) per thread. max() is exact, so the result equals the naive k^2 filter.
+//
+// Top-k: "exact" keeps the k largest peaks (ties to the earlier pixel) in row-major order;
+// "detectron2" keeps peaks > t, t = the k-th largest peak value when there are >= k peaks.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "pdl_post/common.h"
+
+namespace pdl_post {
+
+template <typename T>
+PDL_HOST_DEVICE T threshold_center(T value, T threshold) {
+  return value > threshold ? value : T(-1);
+}
+
+template <typename T>
+PDL_HOST_DEVICE bool is_center_peak(T thresholded, T window_max) {
+  return thresholded > T(0) && thresholded == window_max;
+}
+
+// Maximum over [a, b] of a block-decomposed axis, from its block prefix / suffix maxima.
+// Blocks have length k and start at 0; b - a + 1 <= k, so [a, b] touches at most two blocks and
+// when it lies in one block it starts at that block's start or ends at its (clipped) end.
+template <typename T>
+PDL_HOST_DEVICE T window_max_from_blocks(T suffix_at_a, T prefix_at_b, int64_t a, int64_t b,
+                                         int64_t k) {
+  if (a / k != b / k) return suffix_at_a > prefix_at_b ? suffix_at_a : prefix_at_b;
+  return (a % k == 0) ? prefix_at_b : suffix_at_a;
+}
+
+enum class TopKMode { kExact, kDetectron2 };
+
+struct Peak {
+  int64_t index;  // y * W + x
+  double score;   // the heatmap value (exact for float32 and float64 inputs)
+};
+
+// All peaks of one heatmap plane in row-major order (steps 1-3).
+template <typename T>
+std::vector<Peak> find_peaks_cpu(Plane<const T> ctr, int64_t height, int64_t width, T threshold,
+                                 int64_t nms_kernel, int num_threads);
+
+// Step 4, in place; top_k < 0 keeps all. The kept peaks stay in row-major order.
+void select_top_k(std::vector<Peak>& peaks, int64_t top_k, TopKMode mode);
+
+}  // namespace pdl_post

@@ -1,0 +1,95 @@
+// Shared types of the pdl_post core: strided array views, dtype tags and the HOST_DEVICE macro.
+//
+// The core never sees Python objects. Every input arrives as a StridedView: a pointer, a dtype tag,
+// a 4-D shape [B, C, H, W] and strides counted in elements (any sign), so numpy/torch views of any
+// layout are read in place. Per-pixel math that the CUDA path shares is marked PDL_HOST_DEVICE.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#if defined(__CUDACC__)
+#define PDL_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define PDL_HOST_DEVICE inline
+#endif
+
+namespace pdl_post {
+
+enum class DType { kUInt8, kInt16, kInt32, kInt64, kFloat32, kFloat64 };
+
+inline const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::kUInt8: return "uint8";
+    case DType::kInt16: return "int16";
+    case DType::kInt32: return "int32";
+    case DType::kInt64: return "int64";
+    case DType::kFloat32: return "float32";
+    case DType::kFloat64: return "float64";
+  }
+  return "unknown";
+}
+
+inline int64_t dtype_size(DType t) {
+  switch (t) {
+    case DType::kUInt8: return 1;
+    case DType::kInt16: return 2;
+    case DType::kInt32: return 4;
+    case DType::kFloat32: return 4;
+    case DType::kInt64: return 8;
+    case DType::kFloat64: return 8;
+  }
+  return 0;
+}
+
+// A 4-D strided view [B, C, H, W]; strides in elements.
+struct StridedView {
+  void* data = nullptr;
+  DType dtype = DType::kFloat32;
+  std::array<int64_t, 4> shape{0, 0, 0, 0};
+  std::array<int64_t, 4> strides{0, 0, 0, 0};
+
+  int64_t batch() const { return shape[0]; }
+  int64_t channels() const { return shape[1]; }
+  int64_t height() const { return shape[2]; }
+  int64_t width() const { return shape[3]; }
+
+  // The view of image b alone (shape [1, C, H, W]); a null view stays null.
+  StridedView image(int64_t b) const {
+    StridedView v = *this;
+    if (data != nullptr) {
+      v.data = static_cast<char*>(data) + b * strides[0] * dtype_size(dtype);
+      v.shape[0] = 1;
+    }
+    return v;
+  }
+};
+
+// One H x W plane of a typed array, read through its strides.
+template <typename T>
+struct Plane {
+  T* data;
+  int64_t stride_y;
+  int64_t stride_x;
+  PDL_HOST_DEVICE T& operator()(int64_t y, int64_t x) const { return data[y * stride_y + x * stride_x]; }
+  PDL_HOST_DEVICE T* row(int64_t y) const { return data + y * stride_y; }
+};
+
+template <typename T>
+Plane<T> plane_of(const StridedView& v, int64_t b, int64_t c) {
+  T* base = static_cast<T*>(v.data) + b * v.strides[0] + c * v.strides[1];
+  return Plane<T>{base, v.strides[2], v.strides[3]};
+}
+
+// Errors the Python layer turns into ValueError (std::invalid_argument maps to ValueError).
+struct ValueError : std::invalid_argument {
+  explicit ValueError(const std::string& what) : std::invalid_argument(what) {}
+};
+
+// Thread count actually used: 1 without OpenMP, else the request (<= 0 means "all").
+int resolve_threads(int requested);
+bool openmp_enabled();
+
+}  // namespace pdl_post

@@ -1,0 +1,96 @@
+// Offset voting: every thing pixel joins the centre nearest to where its offset points.
+//
+// Algorithm (docs/merge-semantics.md step 5): pixel (y, x) votes for q = (y + dy, x + dx) and takes
+// the centre with the smallest squared distance, all in float32, ties to the lower centre index.
+// Brute force is O(K) per pixel; instead the vote plane is cut into square cells of side s and each
+// cell that receives votes gets the list of centres that can be nearest for ANY point in it:
+//   UB(c) / LB(c) = largest / smallest float32 distance from centre c to a point of the cell,
+//   candidates   = { c : LB(c) <= min over c' of UB(c') }, in increasing index order.
+// The bounds are computed with the same float32 operations as the distance itself; rounding is
+// monotone, so LB(c) <= d(c, q) <= UB(c) holds exactly for every float q in the cell, and the true
+// winner (and every centre tying with it) is always in the list: the result equals brute force bit
+// for bit, ties included. Lists are built by searching rings of cells outward from the cell until
+// the ring's distance bound exceeds the best upper bound. Votes that land outside the grid (huge
+// offsets) fall back to brute force over all centres; non-finite votes join no instance.
+// Memory: O(H*W) for the instance map plus O(cells + candidates).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "pdl_post/common.h"
+
+namespace pdl_post {
+
+// The coordinate a pixel votes for: both terms rounded to float32, then added in float32.
+template <typename T>
+PDL_HOST_DEVICE float vote_coordinate(int64_t pixel, T offset) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(static_cast<float>(pixel), static_cast<float>(offset));
+#else
+  return static_cast<float>(pixel) + static_cast<float>(offset);
+#endif
+}
+
+PDL_HOST_DEVICE bool is_finite_vote(float qy, float qx) {
+  return std::isfinite(qy) && std::isfinite(qx);
+}
+
+// f32(f32(dy * dy) + f32(dx * dx)); every operation rounded on its own (never fused).
+PDL_HOST_DEVICE float squared_distance_f32(float dy, float dx) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(__fmul_rn(dy, dy), __fmul_rn(dx, dx));
+#else
+  return dy * dy + dx * dx;
+#endif
+}
+
+PDL_HOST_DEVICE float center_distance(float cy, float cx, float qy, float qx) {
+#if defined(__CUDA_ARCH__)
+  return squared_distance_f32(__fsub_rn(cy, qy), __fsub_rn(cx, qx));
+#else
+  return squared_distance_f32(cy - qy, cx - qx);
+#endif
+}
+
+// Nearest of `count` centres listed in `ids` (or 0..count-1 when ids is null), ties to the lower
+// index; ids must be increasing. Distances that overflow to +inf tie like any other value.
+PDL_HOST_DEVICE int32_t nearest_center(const float* cy, const float* cx, const int32_t* ids,
+                                       int64_t count, float qy, float qx) {
+  int32_t best = ids ? ids[0] : 0;
+  float best_distance = center_distance(cy[best], cx[best], qy, qx);
+  for (int64_t i = 1; i < count; ++i) {
+    const int32_t c = ids ? ids[i] : static_cast<int32_t>(i);
+    const float d = center_distance(cy[c], cx[c], qy, qx);
+    if (d < best_distance) {
+      best_distance = d;
+      best = c;
+    }
+  }
+  return best;
+}
+
+// Exact float32 bounds of |c - q| over q in [lo, hi] (all integers below 2^24, so exact).
+PDL_HOST_DEVICE float axis_gap_min(float c, float lo, float hi) {
+  return c < lo ? lo - c : (c > hi ? c - hi : 0.0f);
+}
+PDL_HOST_DEVICE float axis_gap_max(float c, float lo, float hi) {
+  const float a = std::fabs(c - lo);
+  const float b = std::fabs(c - hi);
+  return a > b ? a : b;
+}
+
+// A label is a thing class when it indexes a set entry of the thing table.
+PDL_HOST_DEVICE bool is_thing_label(int64_t label, const uint8_t* thing_table, int64_t table_size) {
+  return label >= 0 && label < table_size && thing_table[label] != 0;
+}
+
+// Instance map for one image: 0 = no instance, else 1 + index of the nearest centre.
+// `thing` says which pixels vote (a uint8 plane, nonzero = thing pixel).
+template <typename TOff>
+void group_pixels_cpu(Plane<const uint8_t> thing, Plane<const TOff> dy, Plane<const TOff> dx,
+                      int64_t height, int64_t width, const std::vector<int64_t>& center_y,
+                      const std::vector<int64_t>& center_x, int32_t* instance, int num_threads);
+
+}  // namespace pdl_post

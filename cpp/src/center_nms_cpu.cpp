@@ -1,0 +1,167 @@
+// CPU centre finding: thresholded van Herk max filter (rows, then streamed columns) and top-k.
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
+#include "pdl_post/center_nms.h"
+
+namespace pdl_post {
+namespace {
+
+// Prefix / suffix maxima within consecutive blocks of length k over n values.
+template <typename T>
+void block_prefix_suffix(const T* values, int64_t n, int64_t k, T* prefix, T* suffix) {
+  for (int64_t start = 0; start < n; start += k) {
+    const int64_t end = std::min(start + k, n);
+    T run = values[start];
+    for (int64_t i = start; i < end; ++i) prefix[i] = run = std::max(run, values[i]);
+    run = values[end - 1];
+    for (int64_t i = end - 1; i >= start; --i) suffix[i] = run = std::max(run, values[i]);
+  }
+}
+
+// Row max filter of the thresholded heatmap row y into out[0..W). Returns whether h > 0 anywhere.
+template <typename T>
+bool thresholded_row_max(Plane<const T> ctr, int64_t y, int64_t width, T threshold, int64_t k,
+                         T* h, T* prefix, T* suffix, T* out) {
+  bool any_positive = false;
+  for (int64_t x = 0; x < width; ++x) {
+    h[x] = threshold_center(ctr(y, x), threshold);
+    any_positive |= h[x] > T(0);
+  }
+  block_prefix_suffix(h, width, k, prefix, suffix);
+  const int64_t r = k / 2;
+  for (int64_t x = 0; x < width; ++x) {
+    const int64_t a = std::max<int64_t>(0, x - r);
+    const int64_t b = std::min<int64_t>(width - 1, x + r);
+    out[x] = window_max_from_blocks(suffix[a], prefix[b], a, b, k);
+  }
+  return any_positive;
+}
+
+// Column pass over rows [y0, y1): streams the suffix rows of one block and a running prefix row.
+template <typename T>
+void column_peaks(Plane<const T> ctr, const T* row_max, const std::vector<char>& row_positive,
+                  int64_t height, int64_t width, T threshold, int64_t k, int64_t y0, int64_t y1,
+                  std::vector<Peak>& peaks) {
+  const int64_t r = k / 2;
+  const int64_t block_rows = std::min(k, height);
+  std::vector<T> suffix(static_cast<size_t>(block_rows * width));
+  std::vector<T> prefix(static_cast<size_t>(width));
+  int64_t suffix_block = -1;
+  int64_t prefix_last = -1;  // last row folded into `prefix`
+  for (int64_t y = y0; y < y1; ++y) {
+    const int64_t a = std::max<int64_t>(0, y - r);
+    const int64_t b = std::min<int64_t>(height - 1, y + r);
+    if (a / k != suffix_block) {
+      suffix_block = a / k;
+      const int64_t start = suffix_block * k;
+      const int64_t end = std::min(start + k, height);
+      T* last = suffix.data() + (end - 1 - start) * width;
+      std::copy(row_max + (end - 1) * width, row_max + end * width, last);
+      for (int64_t row = end - 2; row >= start; --row) {
+        T* dst = suffix.data() + (row - start) * width;
+        const T* below = dst + width;
+        const T* src = row_max + row * width;
+        for (int64_t x = 0; x < width; ++x) dst[x] = std::max(src[x], below[x]);
+      }
+    }
+    int64_t fold_from = prefix_last + 1;
+    if (prefix_last < 0 || prefix_last / k != b / k) {
+      fold_from = (b / k) * k;
+      std::copy(row_max + fold_from * width, row_max + (fold_from + 1) * width, prefix.data());
+      ++fold_from;
+    }
+    for (int64_t row = fold_from; row <= b; ++row) {
+      const T* src = row_max + row * width;
+      for (int64_t x = 0; x < width; ++x) prefix[x] = std::max(prefix[x], src[x]);
+    }
+    prefix_last = b;
+    if (!row_positive[y]) continue;
+    const T* suffix_a = suffix.data() + (a - suffix_block * k) * width;
+    for (int64_t x = 0; x < width; ++x) {
+      const T h = threshold_center(ctr(y, x), threshold);
+      if (!(h > T(0))) continue;
+      const T m = window_max_from_blocks(suffix_a[x], prefix[x], a, b, k);
+      if (is_center_peak(h, m)) peaks.push_back(Peak{y * width + x, static_cast<double>(h)});
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+std::vector<Peak> find_peaks_cpu(Plane<const T> ctr, int64_t height, int64_t width, T threshold,
+                                 int64_t nms_kernel, int num_threads) {
+  std::vector<Peak> peaks;
+  if (height <= 0 || width <= 0) return peaks;
+  const int64_t k = nms_kernel;
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, height)));
+  std::vector<T> row_max(static_cast<size_t>(height * width));
+  std::vector<char> row_positive(static_cast<size_t>(height), 0);
+  bool any_positive = false;
+#pragma omp parallel num_threads(threads) if (threads > 1) reduction(|| : any_positive)
+  {
+    std::vector<T> scratch(static_cast<size_t>(3 * width));
+#pragma omp for schedule(static)
+    for (int64_t y = 0; y < height; ++y) {
+      row_positive[y] = thresholded_row_max(ctr, y, width, threshold, k, scratch.data(),
+                                            scratch.data() + width, scratch.data() + 2 * width,
+                                            row_max.data() + y * width);
+      any_positive = any_positive || row_positive[y];
+    }
+  }
+  if (!any_positive) return peaks;
+  // Contiguous strips, concatenated in order: the peak list is row-major for any thread count.
+  std::vector<std::vector<Peak>> strip_peaks(static_cast<size_t>(threads));
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static, 1)
+  for (int t = 0; t < threads; ++t) {
+    const int64_t y0 = height * t / threads;
+    const int64_t y1 = height * (t + 1) / threads;
+    column_peaks(ctr, row_max.data(), row_positive, height, width, threshold, k, y0, y1,
+                 strip_peaks[t]);
+  }
+  for (auto& strip : strip_peaks) peaks.insert(peaks.end(), strip.begin(), strip.end());
+  return peaks;
+}
+
+void select_top_k(std::vector<Peak>& peaks, int64_t top_k, TopKMode mode) {
+  const int64_t count = static_cast<int64_t>(peaks.size());
+  if (top_k < 0) return;
+  if (top_k == 0) {
+    peaks.clear();
+    return;
+  }
+  if (count <= top_k && mode == TopKMode::kExact) return;
+  if (count < top_k) return;  // detectron2: the k-th largest of all values is <= 0
+  if (mode == TopKMode::kDetectron2) {
+    std::vector<double> scores(peaks.size());
+    for (size_t i = 0; i < peaks.size(); ++i) scores[i] = peaks[i].score;
+    std::nth_element(scores.begin(), scores.begin() + (top_k - 1), scores.end(),
+                     std::greater<double>());
+    const double t = scores[top_k - 1];
+    peaks.erase(std::remove_if(peaks.begin(), peaks.end(), [t](const Peak& p) { return !(p.score > t); }),
+                peaks.end());
+    return;
+  }
+  // Exact: rank by score, ties to the earlier pixel (lower position in the row-major list).
+  std::vector<int64_t> order(peaks.size());
+  std::iota(order.begin(), order.end(), int64_t{0});
+  auto better = [&peaks](int64_t i, int64_t j) {
+    return peaks[i].score > peaks[j].score || (peaks[i].score == peaks[j].score && i < j);
+  };
+  std::nth_element(order.begin(), order.begin() + (top_k - 1), order.end(), better);
+  order.resize(static_cast<size_t>(top_k));
+  std::sort(order.begin(), order.end());
+  std::vector<Peak> kept;
+  kept.reserve(order.size());
+  for (int64_t i : order) kept.push_back(peaks[i]);
+  peaks.swap(kept);
+}
+
+template std::vector<Peak> find_peaks_cpu<float>(Plane<const float>, int64_t, int64_t, float, int64_t,
+                                                 int);
+template std::vector<Peak> find_peaks_cpu<double>(Plane<const double>, int64_t, int64_t, double, int64_t,
+                                                  int);
+
+}  // namespace pdl_post

@@ -1,0 +1,227 @@
+// pybind11 bindings of the pdl_post core. Glue only: arrays become StridedViews, results become
+// numpy arrays; validation lives in python/pdl_post, algorithms in cpp/.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+#include <vector>
+
+#include "pdl_post/pipeline.h"
+#include "pdl_post/semantic_argmax.h"
+
+namespace py = pybind11;
+using namespace pdl_post;
+
+namespace {
+
+DType dtype_of(const py::array& a, const char* name) {
+  const char kind = a.dtype().kind();
+  const auto size = a.itemsize();
+  if ((kind == 'u' || kind == 'b') && size == 1) return DType::kUInt8;
+  if (kind == 'i' && size == 2) return DType::kInt16;
+  if (kind == 'i' && size == 4) return DType::kInt32;
+  if (kind == 'i' && size == 8) return DType::kInt64;
+  if (kind == 'f' && size == 4) return DType::kFloat32;
+  if (kind == 'f' && size == 8) return DType::kFloat64;
+  throw py::type_error(std::string(name) + ": unsupported dtype " +
+                       py::str(a.dtype()).cast<std::string>());
+}
+
+StridedView view_of(const py::array& a, const char* name) {
+  if (a.ndim() != 4) throw py::value_error(std::string(name) + ": the core expects a 4-D view");
+  StridedView v;
+  v.data = const_cast<void*>(a.data());
+  v.dtype = dtype_of(a, name);
+  for (int i = 0; i < 4; ++i) {
+    v.shape[i] = a.shape(i);
+    if (a.strides(i) % a.itemsize() != 0) {
+      throw py::value_error(std::string(name) + ": strides must be multiples of the item size");
+    }
+    v.strides[i] = a.strides(i) / a.itemsize();
+  }
+  return v;
+}
+
+StridedView optional_view(const py::object& o, const char* name) {
+  return o.is_none() ? StridedView{} : view_of(o.cast<py::array>(), name);
+}
+
+py::tuple centers_to_python(const ImageCenters& c) {
+  const auto k = static_cast<py::ssize_t>(c.y.size());
+  py::array_t<int64_t> yx({k, py::ssize_t{2}});
+  py::array_t<double> scores(k);
+  auto m = yx.mutable_unchecked<2>();
+  auto s = scores.mutable_unchecked<1>();
+  for (py::ssize_t i = 0; i < k; ++i) {
+    m(i, 0) = c.y[i];
+    m(i, 1) = c.x[i];
+    s(i) = c.score[i];
+  }
+  return py::make_tuple(yx, scores);
+}
+
+ImageCenters centers_from_python(const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& a) {
+  ImageCenters c;
+  auto m = a.unchecked<2>();
+  for (py::ssize_t i = 0; i < m.shape(0); ++i) {
+    c.y.push_back(m(i, 0));
+    c.x.push_back(m(i, 1));
+  }
+  return c;
+}
+
+py::dict segments_to_python(const std::vector<Segment>& segments) {
+  const auto n = static_cast<py::ssize_t>(segments.size());
+  py::array_t<int64_t> id(n), category(n), area(n), instance(n);
+  py::array_t<bool> isthing(n);
+  py::array_t<double> score(n);
+  for (py::ssize_t i = 0; i < n; ++i) {
+    id.mutable_at(i) = segments[i].id;
+    category.mutable_at(i) = segments[i].category_id;
+    isthing.mutable_at(i) = segments[i].isthing;
+    area.mutable_at(i) = segments[i].area;
+    score.mutable_at(i) = segments[i].score;
+    instance.mutable_at(i) = segments[i].instance;
+  }
+  py::dict d;
+  d["id"] = id;
+  d["category_id"] = category;
+  d["isthing"] = isthing;
+  d["area"] = area;
+  d["score"] = score;
+  d["instance"] = instance;
+  return d;
+}
+
+TopKMode topk_mode_of(const std::string& mode) {
+  if (mode == "exact") return TopKMode::kExact;
+  if (mode == "detectron2") return TopKMode::kDetectron2;
+  throw py::value_error("topk_mode: expected 'exact' or 'detectron2', got '" + mode + "'");
+}
+
+FuseParams fuse_params(std::vector<int64_t> thing_ids, int64_t label_divisor, int64_t stuff_area,
+                       int64_t void_label) {
+  FuseParams p;
+  p.thing_ids = std::move(thing_ids);
+  p.label_divisor = label_divisor;
+  p.stuff_area = stuff_area;
+  p.void_label = void_label;
+  return p;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "pdl_post compiled core (CPU). Use the pdl_post package API, not this module.";
+
+  m.def("build_info", [] {
+    py::dict d;
+    d["version"] = PDL_POST_VERSION;
+    d["compiler"] = PDL_POST_COMPILER;
+    d["build_type"] = PDL_POST_BUILD_TYPE;
+    d["openmp"] = openmp_enabled();
+    d["max_threads"] = resolve_threads(0);
+    d["cuda"] = PDL_POST_CUDA_STATUS;
+    return d;
+  });
+
+  m.def("label_range", [](const py::array& sem, int num_threads) {
+    const StridedView v = view_of(sem, "sem");
+    py::gil_scoped_release release;
+    return label_range(v, num_threads);
+  }, py::arg("sem"), py::arg("num_threads"));
+
+  m.def("argmax_logits", [](const py::array& logits, const py::array& out, int num_threads) {
+    const StridedView in = view_of(logits, "logits"), o = view_of(out, "out");
+    py::gil_scoped_release release;
+    argmax_logits_cpu(in, o, num_threads);
+  }, py::arg("logits"), py::arg("out"), py::arg("num_threads"));
+
+  m.def("thing_mask_from_labels", [](const py::array& sem, std::vector<int64_t> thing_ids,
+                                     const py::array& out, int num_threads) {
+    const StridedView s = view_of(sem, "sem"), o = view_of(out, "out");
+    py::gil_scoped_release release;
+    thing_mask_from_labels(s, thing_ids, o, num_threads);
+  }, py::arg("sem"), py::arg("thing_ids"), py::arg("out"), py::arg("num_threads"));
+
+  m.def("find_centers", [](const py::array& ctr, double threshold, int64_t nms_kernel,
+                           int64_t top_k, const std::string& topk_mode, int num_threads) {
+    const StridedView v = view_of(ctr, "ctr");
+    const CenterOptions options{threshold, nms_kernel, top_k, topk_mode_of(topk_mode)};
+    std::vector<ImageCenters> centers;
+    {
+      py::gil_scoped_release release;
+      centers = find_centers(v, options, num_threads);
+    }
+    py::list out;
+    for (const auto& c : centers) out.append(centers_to_python(c));
+    return out;
+  }, py::arg("ctr"), py::arg("threshold"), py::arg("nms_kernel"), py::arg("top_k"),
+     py::arg("topk_mode"), py::arg("num_threads"));
+
+  m.def("group_pixels", [](const py::array& thing, const py::array& off, const py::list& centers,
+                           const py::array& instance, int num_threads) {
+    const StridedView t = view_of(thing, "thing"), o = view_of(off, "off");
+    const StridedView i = view_of(instance, "instance");
+    std::vector<ImageCenters> c;
+    for (const auto& item : centers) c.push_back(centers_from_python(item.cast<py::array>()));
+    py::gil_scoped_release release;
+    group_pixels(t, o, c, i, num_threads);
+  }, py::arg("thing"), py::arg("off"), py::arg("centers"), py::arg("instance"),
+     py::arg("num_threads"));
+
+  m.def("fuse", [](const py::array& sem, const py::array& instance,
+                   std::vector<int64_t> num_instances, int64_t max_label,
+                   std::vector<int64_t> thing_ids, int64_t label_divisor, int64_t stuff_area,
+                   int64_t void_label, const py::object& logits, const py::object& center_scores,
+                   const py::array& out, int num_threads) {
+    const StridedView s = view_of(sem, "sem"), i = view_of(instance, "instance");
+    const StridedView l = optional_view(logits, "logits"), o = view_of(out, "out");
+    std::vector<ImageCenters> centers;
+    if (!center_scores.is_none()) {
+      for (const auto& item : center_scores.cast<py::list>()) {
+        ImageCenters c;
+        c.score = item.cast<std::vector<double>>();
+        centers.push_back(std::move(c));
+      }
+    }
+    const FuseParams params = fuse_params(std::move(thing_ids), label_divisor, stuff_area, void_label);
+    std::vector<std::vector<Segment>> segments;
+    {
+      py::gil_scoped_release release;
+      segments = fuse(s, i, num_instances, max_label, params, l, centers, o, num_threads);
+    }
+    py::list result;
+    for (const auto& seg : segments) result.append(segments_to_python(seg));
+    return result;
+  }, py::arg("sem"), py::arg("instance"), py::arg("num_instances"), py::arg("max_label"),
+     py::arg("thing_ids"), py::arg("label_divisor"), py::arg("stuff_area"), py::arg("void_label"),
+     py::arg("logits"), py::arg("center_scores"), py::arg("out"), py::arg("num_threads"));
+
+  m.def("merge", [](const py::array& sem, const py::array& ctr, const py::array& off,
+                    const py::object& thing_mask, const py::object& logits, int64_t max_label,
+                    std::vector<int64_t> thing_ids, int64_t label_divisor, int64_t stuff_area,
+                    int64_t void_label, double threshold, int64_t nms_kernel, int64_t top_k,
+                    const std::string& topk_mode, const py::array& out, int num_threads) {
+    const StridedView s = view_of(sem, "sem"), c = view_of(ctr, "ctr"), o = view_of(off, "off");
+    const StridedView t = optional_view(thing_mask, "foreground_mask");
+    const StridedView l = optional_view(logits, "logits"), dst = view_of(out, "out");
+    const CenterOptions options{threshold, nms_kernel, top_k, topk_mode_of(topk_mode)};
+    const FuseParams params = fuse_params(std::move(thing_ids), label_divisor, stuff_area, void_label);
+    std::vector<ImageResult> results;
+    {
+      py::gil_scoped_release release;
+      results = merge(s, c, o, t, l, max_label, options, params, dst, num_threads);
+    }
+    py::list out_list;
+    for (const auto& r : results) {
+      py::tuple centers = centers_to_python(r.centers);
+      out_list.append(py::make_tuple(centers[0], centers[1], segments_to_python(r.segments)));
+    }
+    return out_list;
+  }, py::arg("sem"), py::arg("ctr"), py::arg("off"), py::arg("thing_mask"), py::arg("logits"),
+     py::arg("max_label"), py::arg("thing_ids"), py::arg("label_divisor"), py::arg("stuff_area"),
+     py::arg("void_label"), py::arg("threshold"), py::arg("nms_kernel"), py::arg("top_k"),
+     py::arg("topk_mode"), py::arg("out"), py::arg("num_threads"));
+}
