@@ -1,0 +1,39 @@
+"""pdl_post: fast, exact Panoptic-DeepLab post-processing.
+
+>>> import pdl_post
+>>> panoptic = pdl_post.merge(sem, ctr, off)            # doctest: +SKIP
+
+The rules are in ``docs/merge-semantics.md``; the compiled core (C++17, OpenMP) and the readable
+reference backend give identical results.
+"""
+
+from pdl_post import _core, presets
+from pdl_post._api import (
+    PanopticResult,
+    available_backends,
+    find_centers,
+    fuse,
+    group_pixels,
+    merge,
+    postprocess,
+)
+
+__version__ = _core.build_info()["version"]
+
+__all__ = [
+    "PanopticResult",
+    "__version__",
+    "available_backends",
+    "build_info",
+    "find_centers",
+    "fuse",
+    "group_pixels",
+    "merge",
+    "postprocess",
+    "presets",
+]
+
+
+def build_info() -> dict:
+    """How this installation was built: version, compiler, build type, OpenMP, threads, CUDA."""
+    return dict(_core.build_info())

@@ -1,0 +1,436 @@
+"""The public post-processing API: ``merge``, ``postprocess`` and the stages on their own.
+
+The exact rules are in ``docs/merge-semantics.md``; every backend follows them bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pdl_post import _core
+from pdl_post._inputs import (
+    as_numpy,
+    check_choice,
+    check_params,
+    check_same_geometry,
+    check_thing_ids,
+    check_threads,
+    is_torch_tensor,
+    normalize_ctr,
+    normalize_mask,
+    normalize_off,
+    normalize_sem,
+    output_dtype,
+)
+from pdl_post.presets import CITYSCAPES
+
+__all__ = [
+    "PanopticResult",
+    "available_backends",
+    "find_centers",
+    "fuse",
+    "group_pixels",
+    "merge",
+    "postprocess",
+]
+
+BACKENDS = ("auto", "cpu", "reference")
+_DEFAULT_THINGS = CITYSCAPES.thing_ids
+
+
+def available_backends() -> list[str]:
+    """Backends usable in this installation, fastest first (``"auto"`` picks the first)."""
+    return ["cpu", "reference"]
+
+
+def _backend(backend) -> str:
+    check_choice(backend, "backend", (*BACKENDS, "cuda"))
+    if backend == "cuda":
+        raise ValueError("backend: 'cuda' is not available in this build (pdl_post.build_info()"
+                         "['cuda'] says why); available: " + ", ".join(available_backends()))
+    return "cpu" if backend == "auto" else backend
+
+
+@dataclass
+class PanopticResult:
+    """Post-processing result of one image.
+
+    Attributes
+    ----------
+    panoptic : ndarray or torch.Tensor, shape [H, W], int32 (int64 where ids need it)
+        ``class * label_divisor + instance`` for things, ``class * label_divisor`` for stuff,
+        ``void_label`` elsewhere.
+    centers : ndarray, shape [K, 2], int64
+        Kept instance centres (y, x) in instance order; centre i is instance i + 1.
+    center_scores : ndarray, shape [K], float64
+        Heatmap value at each centre.
+    segments : list of dict
+        One dict per segment (``id``, ``category_id``, ``isthing``, ``area``, ``score``): things in
+        centre order, then stuff by class id. Scores follow DESIGN §3.
+    """
+
+    panoptic: object
+    centers: np.ndarray
+    center_scores: np.ndarray
+    segments: list = field(default_factory=list)
+
+
+def _segments_list(seg: dict) -> list[dict]:
+    return [
+        {"id": int(i), "category_id": int(c), "isthing": bool(t), "area": int(a), "score": float(s)}
+        for i, c, t, a, s in zip(seg["id"], seg["category_id"], seg["isthing"], seg["area"],
+                                 seg["score"])
+    ]
+
+
+def _empty_output(shape, dtype, like_torch: bool):
+    """Output allocated with the caller's own library (torch in, torch out); returns (obj, view)."""
+    if like_torch:
+        import torch
+
+        t = torch.empty(shape, dtype=torch.int64 if dtype == np.int64 else torch.int32)
+        return t, t.numpy()
+    a = np.empty(shape, dtype=dtype)
+    return a, a
+
+
+def _as_4d(view: np.ndarray, batched: bool) -> np.ndarray:
+    return view[:, None] if batched else view[None, None]
+
+
+def _labels_from_logits(logits: np.ndarray, threads: int, backend: str) -> np.ndarray:
+    if logits.shape[1] == 0:
+        raise ValueError("sem: logits need at least one class channel, got 0")
+    b, _, h, w = logits.shape
+    labels = np.empty((b, 1, h, w), dtype=np.int32)
+    if backend == "reference":
+        from pdl_post import reference
+
+        for i in range(b):
+            labels[i, 0] = reference.argmax_logits(logits[i])
+    else:
+        _core.argmax_logits(logits, labels, threads)
+    return labels
+
+
+def _checked_max_label(labels: np.ndarray, threads: int) -> int:
+    lo, hi = _core.label_range(labels, threads)
+    if lo < 0:
+        raise ValueError(f"sem: class ids must be >= 0, got a minimum of {lo}")
+    return hi
+
+
+def _run(sem, ctr, off, *, foreground_mask, backend, params):
+    backend = _backend(backend)
+    labels, logits, batched = normalize_sem(sem)
+    ctr4 = normalize_ctr(ctr, batched)
+    off4 = normalize_off(off, batched)
+    mask4 = normalize_mask(foreground_mask, batched)
+    geometry = {"sem": labels if labels is not None else logits, "ctr": ctr4, "off": off4,
+                "foreground_mask": mask4}
+    b, h, w = check_same_geometry(geometry)
+    threads = params.num_threads
+    if logits is not None:
+        labels = _labels_from_logits(logits, threads, backend)
+    max_label = _checked_max_label(labels, threads)
+    dtype = output_dtype(max_label, params.label_divisor, params.void_label)
+    torch_out = any(is_torch_tensor(x) for x in (sem, ctr, off))
+    out, view = _empty_output((b, h, w) if batched else (h, w), dtype, torch_out)
+    if backend == "reference":
+        per_image = _run_reference(labels, logits, ctr4, off4, mask4, params, _as_4d(view, batched))
+    else:
+        per_image = _core.merge(
+            labels, ctr4, off4, mask4, logits, max_label, params.thing_ids, params.label_divisor,
+            params.stuff_area, params.void_label, params.threshold, params.nms_kernel,
+            -1 if params.top_k is None else params.top_k, params.topk_mode,
+            _as_4d(view, batched), threads)
+    return out, per_image, batched
+
+
+def _run_reference(labels, logits, ctr4, off4, mask4, params, out4):
+    from pdl_post import reference
+
+    per_image = []
+    for i in range(labels.shape[0]):
+        r = reference.postprocess_image(
+            labels[i, 0].astype(np.int64), ctr4[i, 0], off4[i], thing_ids=params.thing_ids,
+            label_divisor=params.label_divisor, stuff_area=params.stuff_area,
+            void_label=params.void_label, threshold=params.threshold,
+            nms_kernel=params.nms_kernel, top_k=params.top_k, topk_mode=params.topk_mode,
+            foreground_mask=None if mask4 is None else mask4[i, 0].astype(bool),
+            logits=None if logits is None else logits[i], out_dtype=out4.dtype)
+        out4[i, 0] = r["panoptic"]
+        segs = r["segments"]
+        seg = {key: np.array([s[key] for s in segs]) for key in
+               ("id", "category_id", "isthing", "area", "score")}
+        per_image.append((np.asarray(r["centers"], dtype=np.int64).reshape(-1, 2),
+                          np.asarray(r["center_scores"], dtype=np.float64), seg))
+    return per_image
+
+
+_MERGE_DOC_PARAMS = """
+    Parameters
+    ----------
+    sem : array_like, shape [H, W] or [B, H, W] (int labels) or [C, H, W] or [B, C, H, W] (float logits)
+        Semantic prediction. Labels: uint8, int16, int32 or int64 class ids >= 0 (uint16/uint32 are
+        widened). Logits (float32/float64) are argmaxed (first maximum wins, NaN never wins).
+    ctr : array_like, shape [H, W], [1, H, W] or [B, 1, H, W], float32 or float64
+        Centre heatmap.
+    off : array_like, shape [2, H, W] or [B, 2, H, W], float32 or float64
+        Centre offsets, channel 0 = dy, channel 1 = dx (centre minus pixel).
+    thing_ids : iterable of int, keyword-only
+        Classes with instances (default: Cityscapes train ids 11..18).
+    label_divisor : int
+        Panoptic id = class * label_divisor + instance; instances per class must stay below it.
+    stuff_area : int
+        Minimum area of a stuff segment; smaller ones become ``void_label``.
+    void_label : int
+        Id of pixels that are neither a thing instance nor a kept stuff segment.
+    threshold : float
+        Heatmap values <= threshold are not centres (compared in the heatmap's dtype).
+    nms_kernel : int
+        Odd side of the non-maximum suppression window.
+    top_k : int or None
+        Keep at most this many centres (None keeps all).
+    foreground_mask : array_like or None, shape [H, W] or [B, H, W]
+        Thing pixels are ``foreground_mask > 0`` instead of ``sem in thing_ids``.
+    topk_mode : {"exact", "detectron2"}
+        "exact" keeps the top_k highest peaks (ties to the earlier pixel); "detectron2" reproduces
+        detectron2's rule (keeps peaks above the top_k-th value: at most top_k - 1, ties dropped).
+    num_threads : int or None
+        OpenMP threads (None: all cores). Results are identical for every thread count.
+    backend : {"auto", "cpu", "reference"}
+        "reference" is the readable pure-Python implementation (numba-jitted when available).
+"""
+
+
+def merge(sem, ctr, off, *, thing_ids=_DEFAULT_THINGS, label_divisor=1000, stuff_area=2048,
+          void_label=-1, threshold=0.1, nms_kernel=7, top_k=200, foreground_mask=None,
+          topk_mode="exact", num_threads=None, backend="auto"):
+    params = check_params(thing_ids=thing_ids, label_divisor=label_divisor, stuff_area=stuff_area,
+                          void_label=void_label, threshold=threshold, nms_kernel=nms_kernel,
+                          top_k=top_k, topk_mode=topk_mode, num_threads=num_threads)
+    out, _, _ = _run(sem, ctr, off, foreground_mask=foreground_mask, backend=backend, params=params)
+    return out
+
+
+merge.__doc__ = (
+    """Panoptic segmentation from Panoptic-DeepLab outputs (centre NMS, top-k, offset voting,
+    majority vote, stuff filter).
+""" + _MERGE_DOC_PARAMS + """
+    Returns
+    -------
+    panoptic : ndarray or torch.Tensor, shape [H, W] or [B, H, W]
+        int32, or int64 where ``(max class + 1) * label_divisor`` or ``void_label`` do not fit
+        int32. A torch tensor when any input is one.
+
+    Examples
+    --------
+    >>> import numpy as np, pdl_post
+    >>> sem = np.full((4, 6), 11, np.int32)
+    >>> ctr = np.zeros((1, 4, 6), np.float32); ctr[0, 1, 2] = 0.9
+    >>> off = np.zeros((2, 4, 6), np.float32)
+    >>> pdl_post.merge(sem, ctr, off, stuff_area=0)[0, 0]
+    11001
+    """
+)
+
+
+def postprocess(sem, ctr, off, *, thing_ids=_DEFAULT_THINGS, label_divisor=1000, stuff_area=2048,
+                void_label=-1, threshold=0.1, nms_kernel=7, top_k=200, foreground_mask=None,
+                topk_mode="exact", num_threads=None, backend="auto"):
+    params = check_params(thing_ids=thing_ids, label_divisor=label_divisor, stuff_area=stuff_area,
+                          void_label=void_label, threshold=threshold, nms_kernel=nms_kernel,
+                          top_k=top_k, topk_mode=topk_mode, num_threads=num_threads)
+    out, per_image, batched = _run(sem, ctr, off, foreground_mask=foreground_mask, backend=backend,
+                                   params=params)
+    results = [
+        PanopticResult(panoptic=out[i] if batched else out, centers=centers, center_scores=scores,
+                       segments=_segments_list(seg))
+        for i, (centers, scores, seg) in enumerate(per_image)
+    ]
+    return results if batched else results[0]
+
+
+postprocess.__doc__ = (
+    """Like :func:`merge`, plus centres, their scores and the list of segments.
+""" + _MERGE_DOC_PARAMS + """
+    Returns
+    -------
+    PanopticResult, or a list of PanopticResult (one per image) for batched input.
+    Segment scores: things = heatmap value at the centre, times the mean softmax probability of
+    the instance's class over its pixels when logits are given; stuff = that mean probability or 1.
+    """
+)
+
+
+def find_centers(ctr, *, threshold=0.1, nms_kernel=7, top_k=200, topk_mode="exact",
+                 num_threads=None, backend="auto"):
+    """Instance centres: threshold, k x k NMS, top-k (steps 1-4 of the semantics).
+
+    Parameters
+    ----------
+    ctr : array_like, shape [H, W], [1, H, W] or [B, 1, H, W], float32 or float64
+    threshold, nms_kernel, top_k, topk_mode, num_threads, backend
+        As in :func:`merge`.
+
+    Returns
+    -------
+    (centers, scores) : ndarray [K, 2] int64 (y, x) in row-major order, ndarray [K] float64;
+    a list of such pairs for a batch [B, 1, H, W].
+    """
+    params = check_params(thing_ids=(), label_divisor=1, stuff_area=0, void_label=0,
+                          threshold=threshold, nms_kernel=nms_kernel, top_k=top_k,
+                          topk_mode=topk_mode, num_threads=num_threads)
+    backend = _backend(backend)
+    batched = as_numpy(ctr, "ctr").ndim == 4
+    ctr4 = normalize_ctr(ctr, batched)
+    check_same_geometry({"ctr": ctr4})
+    if backend == "reference":
+        from pdl_post import reference
+
+        pairs = [reference.find_centers(ctr4[i, 0], threshold=params.threshold,
+                                        nms_kernel=params.nms_kernel, top_k=params.top_k,
+                                        topk_mode=params.topk_mode)
+                 for i in range(ctr4.shape[0])]
+    else:
+        pairs = _core.find_centers(ctr4, params.threshold, params.nms_kernel,
+                                   -1 if params.top_k is None else params.top_k,
+                                   params.topk_mode, params.num_threads)
+    pairs = [(np.asarray(c, dtype=np.int64).reshape(-1, 2), np.asarray(s, dtype=np.float64))
+             for c, s in pairs]
+    return pairs if batched else pairs[0]
+
+
+def _check_centers(centers, batch: int, height: int, width: int, batched: bool) -> list:
+    per_image = list(centers) if batched else [centers]
+    if batched and len(per_image) != batch:
+        raise ValueError(f"centers: expected one [K,2] array per image ({batch}), got "
+                         f"{len(per_image)}")
+    checked = []
+    for c in per_image:
+        a = as_numpy(c, "centers")
+        if a.size == 0:
+            a = a.reshape(0, 2).astype(np.int64)
+        if a.dtype.kind not in "ui":
+            raise TypeError(f"centers: expected integer (y, x) coordinates, got dtype {a.dtype}")
+        if a.ndim != 2 or a.shape[1] != 2:
+            raise ValueError(f"centers: expected shape [K,2] (y, x), got {list(a.shape)}")
+        a = np.ascontiguousarray(a, dtype=np.int64)
+        if a.size and (a[:, 0].min() < 0 or a[:, 0].max() >= height or a[:, 1].min() < 0
+                       or a[:, 1].max() >= width):
+            raise ValueError(f"centers: every (y, x) must lie inside the {height}x{width} image")
+        checked.append(a)
+    return checked
+
+
+def group_pixels(sem, centers, off, *, thing_ids=_DEFAULT_THINGS, foreground_mask=None,
+                 num_threads=None, backend="auto"):
+    """Offset voting: each thing pixel joins the centre nearest to where its offset points.
+
+    Parameters
+    ----------
+    sem : array_like or None, shape [H, W] / [B, H, W] labels (or logits as in :func:`merge`)
+        Thing pixels are ``sem in thing_ids``; may be None when ``foreground_mask`` is given.
+    centers : array_like [K, 2] (y, x), or a list of B such arrays for a batch
+    off : array_like, shape [2, H, W] or [B, 2, H, W], float32 or float64 (dy, dx)
+    thing_ids, foreground_mask, num_threads, backend
+        As in :func:`merge`.
+
+    Returns
+    -------
+    instance : ndarray or torch.Tensor, shape [H, W] or [B, H, W], int32
+        0 where no instance, else 1 + index of the nearest centre.
+    """
+    backend = _backend(backend)
+    things = check_thing_ids(thing_ids)
+    threads = check_threads(num_threads)
+    batched = as_numpy(off, "off").ndim == 4
+    off4 = normalize_off(off, batched)
+    mask4 = normalize_mask(foreground_mask, batched)
+    labels = None
+    if mask4 is None:
+        if sem is None:
+            raise TypeError("sem: expected labels or logits (None is only allowed together with "
+                            "foreground_mask)")
+        labels, logits, sem_batched = normalize_sem(sem)
+        if sem_batched != batched:
+            raise ValueError("sem: batched and unbatched inputs are mixed (sem vs off)")
+        if logits is not None:
+            check_same_geometry({"sem": logits, "off": off4})
+            labels = _labels_from_logits(logits, threads, backend)
+    b, h, w = check_same_geometry({"off": off4, "sem": labels, "foreground_mask": mask4})
+    center_list = _check_centers(centers, b, h, w, batched)
+    if mask4 is None:
+        mask4 = np.empty((b, 1, h, w), dtype=np.uint8)
+        _core.thing_mask_from_labels(labels, things, mask4, threads)
+    out, view = _empty_output((b, h, w) if batched else (h, w), np.int32, is_torch_tensor(off))
+    out4 = _as_4d(view, batched)
+    if backend == "reference":
+        from pdl_post import reference
+
+        for i in range(b):
+            out4[i, 0] = reference.group_pixels(center_list[i], off4[i], mask4[i, 0].astype(bool))
+    else:
+        _core.group_pixels(mask4, off4, center_list, out4, threads)
+    return out
+
+
+def fuse(sem, instance, *, thing_ids=_DEFAULT_THINGS, label_divisor=1000, stuff_area=2048,
+         void_label=-1, num_threads=None, backend="auto"):
+    """Majority vote, stuff-area filter and panoptic ids from labels and an instance map.
+
+    Parameters
+    ----------
+    sem : array_like, shape [H, W] / [B, H, W] labels, or logits as in :func:`merge`
+    instance : array_like of int, same shape as the labels
+        0 = no instance, 1..K = instance (visited in increasing order).
+    thing_ids, label_divisor, stuff_area, void_label, num_threads, backend
+        As in :func:`merge`.
+
+    Returns
+    -------
+    panoptic : ndarray or torch.Tensor, shape [H, W] or [B, H, W], int32 or int64
+    """
+    backend = _backend(backend)
+    params = check_params(thing_ids=thing_ids, label_divisor=label_divisor, stuff_area=stuff_area,
+                          void_label=void_label, threshold=0.0, nms_kernel=1, top_k=None,
+                          topk_mode="exact", num_threads=num_threads)
+    labels, logits, batched = normalize_sem(sem)
+    inst = as_numpy(instance, "instance")
+    if inst.dtype.kind not in "ui" or inst.dtype == np.uint64:
+        raise TypeError(f"instance: expected an integer instance map, got dtype {inst.dtype}")
+    if inst.ndim != (3 if batched else 2):
+        raise ValueError(f"instance: expected shape {'[B,H,W]' if batched else '[H,W]'} like sem, "
+                         f"got {list(inst.shape)}")
+    inst4 = _as_4d(inst, batched)
+    b, h, w = check_same_geometry({"sem": labels if labels is not None else logits,
+                                   "instance": inst4})
+    threads = params.num_threads
+    if logits is not None:
+        labels = _labels_from_logits(logits, threads, backend)
+    if inst.size and (inst.min() < 0 or inst.max() > np.iinfo(np.int32).max - 1):
+        raise ValueError(f"instance: ids must lie in [0, 2**31 - 2], got [{inst.min()}, "
+                         f"{inst.max()}]")
+    inst4 = np.ascontiguousarray(inst4, dtype=np.int32)
+    counts = [int(inst4[i].max()) if inst4[i].size else 0 for i in range(b)]
+    max_label = _checked_max_label(labels, threads)
+    dtype = output_dtype(max_label, params.label_divisor, params.void_label)
+    out, view = _empty_output((b, h, w) if batched else (h, w), dtype,
+                              is_torch_tensor(sem) or is_torch_tensor(instance))
+    out4 = _as_4d(view, batched)
+    if backend == "reference":
+        from pdl_post import reference
+
+        for i in range(b):
+            out4[i, 0], _ = reference.fuse(
+                labels[i, 0].astype(np.int64), inst4[i, 0], thing_ids=params.thing_ids,
+                label_divisor=params.label_divisor, stuff_area=params.stuff_area,
+                void_label=params.void_label, out_dtype=dtype)
+    else:
+        _core.fuse(labels, inst4, counts, max_label, params.thing_ids, params.label_divisor,
+                   params.stuff_area, params.void_label, None, None, out4, threads)
+    return out
+

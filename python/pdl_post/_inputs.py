@@ -1,0 +1,265 @@
+"""Input handling of the public API: array interop, shape normalisation and argument checks.
+
+Every check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (wrong value or
+shape) naming the argument, what was expected and what was received. Arrays are normalised to the
+4-D views [B, C, H, W] the core reads (numpy views, no copies).
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+LABEL_DTYPES = (np.uint8, np.int16, np.int32, np.int64)
+# Accepted and widened (one copy): common PNG label dtypes.
+WIDENED_LABEL_DTYPES = {np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64,
+                        np.dtype(np.int8): np.int16}
+FLOAT_DTYPES = (np.float32, np.float64)
+MAX_SIDE = 1 << 24  # pixel coordinates must be exact in float32
+INT32_MAX = np.iinfo(np.int32).max
+INT64_MAX = np.iinfo(np.int64).max
+
+
+def _describe(x) -> str:
+    if isinstance(x, np.ndarray):
+        return f"array of shape {x.shape} and dtype {x.dtype}"
+    return f"{type(x).__name__} {x!r}" if isinstance(x, (str, bytes)) else type(x).__name__
+
+
+def is_torch_tensor(x) -> bool:
+    return type(x).__module__.split(".")[0] == "torch" and hasattr(x, "detach")
+
+
+def as_numpy(x, name: str) -> np.ndarray:
+    """A numpy view of ``x`` (numpy array, torch CPU tensor or array-like), without copying."""
+    if x is None or isinstance(x, (str, bytes, dict, set)):
+        raise TypeError(f"{name}: expected an array (numpy array or torch tensor), got {_describe(x)}")
+    if is_torch_tensor(x):
+        if x.device.type != "cpu":
+            raise ValueError(
+                f"{name}: got a tensor on device '{x.device}'; this build of pdl_post has no CUDA "
+                "backend (pdl_post.build_info()['cuda']), move it to the CPU with .cpu()")
+        x = x.detach()
+        try:
+            return x.numpy()
+        except TypeError as e:  # bfloat16 and other dtypes numpy has no equivalent for
+            raise TypeError(f"{name}: unsupported torch dtype {x.dtype} ({e})") from None
+    if isinstance(x, np.ndarray):
+        return x
+    try:
+        a = np.asarray(x)
+    except Exception as e:
+        raise TypeError(f"{name}: expected an array, got {_describe(x)} ({e})") from None
+    if a.dtype == object:
+        raise TypeError(f"{name}: expected a numeric array, got {_describe(x)} of dtype object")
+    return a
+
+
+def check_int(value, name: str, *, minimum=None, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        expected = "an integer or None" if allow_none else "an integer"
+        raise TypeError(f"{name}: expected {expected}, got {_describe(value)}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+    if not -INT64_MAX - 1 <= value <= INT64_MAX:
+        raise ValueError(f"{name}: expected a value that fits int64, got {value}")
+    return value
+
+
+def check_real(value, name: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {_describe(value)}")
+    value = float(value)
+    if np.isnan(value):
+        raise ValueError(f"{name}: expected a number, got nan")
+    return value
+
+
+def check_thing_ids(thing_ids) -> list[int]:
+    if thing_ids is None or isinstance(thing_ids, (str, bytes)) or not hasattr(thing_ids, "__iter__"):
+        raise TypeError(f"thing_ids: expected an iterable of non-negative integers, got "
+                        f"{_describe(thing_ids)}")
+    if isinstance(thing_ids, np.ndarray) or is_torch_tensor(thing_ids):
+        values = thing_ids.tolist() if thing_ids.ndim == 1 else [thing_ids.tolist()]
+    else:
+        values = list(thing_ids)
+    ids = [check_int(t, "thing_ids", minimum=0) for t in values]
+    return sorted(set(ids))
+
+
+def check_choice(value, name: str, choices) -> str:
+    if not isinstance(value, str) or value not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name}: expected one of {options}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class MergeParams:
+    thing_ids: list
+    label_divisor: int
+    stuff_area: int
+    void_label: int
+    threshold: float
+    nms_kernel: int
+    top_k: int | None
+    topk_mode: str
+    num_threads: int  # 0 = all cores
+
+
+def check_params(*, thing_ids, label_divisor, stuff_area, void_label, threshold, nms_kernel, top_k,
+                 topk_mode, num_threads) -> MergeParams:
+    kernel = check_int(nms_kernel, "nms_kernel", minimum=1)
+    if kernel % 2 == 0:
+        raise ValueError(f"nms_kernel: expected an odd window size (1, 3, 5, ...), got {kernel}")
+    threads = check_int(num_threads, "num_threads", minimum=1, allow_none=True)
+    return MergeParams(
+        thing_ids=check_thing_ids(thing_ids),
+        label_divisor=check_int(label_divisor, "label_divisor", minimum=1),
+        stuff_area=check_int(stuff_area, "stuff_area", minimum=0),
+        void_label=check_int(void_label, "void_label"),
+        threshold=check_real(threshold, "threshold"),
+        nms_kernel=kernel,
+        top_k=check_int(top_k, "top_k", minimum=0, allow_none=True),
+        topk_mode=check_choice(topk_mode, "topk_mode", ("exact", "detectron2")),
+        num_threads=0 if threads is None else threads,
+    )
+
+
+def check_threads(num_threads) -> int:
+    threads = check_int(num_threads, "num_threads", minimum=1, allow_none=True)
+    return 0 if threads is None else threads
+
+
+@dataclass
+class Batch:
+    """Inputs normalised to 4-D views: sem labels [B,1,H,W] (None for logits-only), logits
+    [B,C,H,W] or None, ctr [B,1,H,W], off [B,2,H,W], mask [B,1,H,W] uint8 or None."""
+
+    labels: np.ndarray | None
+    logits: np.ndarray | None
+    ctr: np.ndarray | None
+    off: np.ndarray | None
+    mask: np.ndarray | None
+    batched: bool
+    height: int
+    width: int
+
+    @property
+    def batch(self) -> int:
+        for a in (self.labels, self.logits, self.ctr, self.off, self.mask):
+            if a is not None:
+                return a.shape[0]
+        return 0
+
+
+def _shape_str(a: np.ndarray) -> str:
+    return "[" + ",".join(str(s) for s in a.shape) + "]"
+
+
+def normalize_sem(sem, *, allow_logits=True):
+    """sem -> (labels or None, logits or None, batched)."""
+    a = as_numpy(sem, "sem")
+    if a.dtype.kind == "f":
+        if not allow_logits:
+            raise TypeError(f"sem: expected integer labels, got dtype {a.dtype}")
+        if a.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"sem: float logits must be float32 or float64, got {a.dtype}")
+        if a.ndim == 3:
+            return None, a[None], False
+        if a.ndim == 4:
+            return None, a, True
+        raise ValueError(f"sem: float logits must have shape [C,H,W] or [B,C,H,W], got "
+                         f"{_shape_str(a)}")
+    if a.dtype.kind not in "ui" or a.dtype == np.uint64:
+        raise TypeError(f"sem: expected integer labels (uint8, int16, int32, int64) or float "
+                        f"logits (float32, float64), got dtype {a.dtype}")
+    if a.dtype in WIDENED_LABEL_DTYPES:
+        a = a.astype(WIDENED_LABEL_DTYPES[a.dtype])
+    if a.ndim == 2:
+        return a[None, None], None, False
+    if a.ndim == 3:
+        return a[:, None], None, True
+    raise ValueError(f"sem: integer labels must have shape [H,W] or [B,H,W], got {_shape_str(a)}")
+
+
+def normalize_ctr(ctr, batched: bool) -> np.ndarray:
+    a = as_numpy(ctr, "ctr")
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"ctr: expected a float32 or float64 heatmap, got dtype {a.dtype}")
+    if not batched:
+        if a.ndim == 2:
+            return a[None, None]
+        if a.ndim == 3 and a.shape[0] == 1:
+            return a[None]
+        raise ValueError(f"ctr: expected shape [H,W] or [1,H,W] for one image, got {_shape_str(a)}")
+    if a.ndim == 4 and a.shape[1] == 1:
+        return a
+    raise ValueError(f"ctr: expected shape [B,1,H,W] for a batch, got {_shape_str(a)}")
+
+
+def normalize_off(off, batched: bool) -> np.ndarray:
+    a = as_numpy(off, "off")
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"off: expected float32 or float64 offsets, got dtype {a.dtype}")
+    if not batched:
+        if a.ndim == 3 and a.shape[0] == 2:
+            return a[None]
+        raise ValueError(f"off: expected shape [2,H,W] (dy, dx) for one image, got {_shape_str(a)}")
+    if a.ndim == 4 and a.shape[1] == 2:
+        return a
+    raise ValueError(f"off: expected shape [B,2,H,W] (dy, dx) for a batch, got {_shape_str(a)}")
+
+
+def normalize_mask(mask, batched: bool) -> np.ndarray | None:
+    if mask is None:
+        return None
+    a = as_numpy(mask, "foreground_mask")
+    if a.dtype.kind not in "buif":
+        raise TypeError(f"foreground_mask: expected a bool or numeric array, got dtype {a.dtype}")
+    expected = 3 if batched else 2
+    if a.ndim == expected + 1 and a.shape[-3] == 1:  # [1,H,W] / [B,1,H,W]
+        a = a[..., 0, :, :]
+    if a.ndim != expected:
+        want = "[B,H,W]" if batched else "[H,W]"
+        raise ValueError(f"foreground_mask: expected shape {want}, got {_shape_str(a)}")
+    thing = a if a.dtype == np.bool_ else (a > 0)  # NaN > 0 is False
+    thing = thing.view(np.uint8)
+    return thing[:, None] if batched else thing[None, None]
+
+
+def check_same_geometry(named: dict) -> tuple[int, int, int]:
+    """All arrays (4-D) agree on batch, height and width; returns (B, H, W)."""
+    items = [(n, a) for n, a in named.items() if a is not None]
+    ref_name, ref = items[0]
+    for name, a in items[1:]:
+        if a.shape[0] != ref.shape[0]:
+            raise ValueError(f"{name}: batch size {a.shape[0]} does not match {ref_name}'s "
+                             f"batch size {ref.shape[0]}")
+        if a.shape[2:] != ref.shape[2:]:
+            raise ValueError(f"{name}: image size {a.shape[2]}x{a.shape[3]} does not match "
+                             f"{ref_name}'s {ref.shape[2]}x{ref.shape[3]}")
+    b, _, h, w = ref.shape
+    if h >= MAX_SIDE or w >= MAX_SIDE:
+        raise ValueError(f"{ref_name}: image sides must be < 2**24 (exact float32 pixel "
+                         f"coordinates), got {h}x{w}")
+    return b, h, w
+
+
+def output_dtype(max_label: int, label_divisor: int, void_label: int):
+    """int32 when every possible id fits, else int64 (ValueError beyond int64).
+
+    Instance numbers stay below label_divisor, so every id is < (max_label + 1) * label_divisor.
+    """
+    largest = (max(max_label, 0) + 1) * label_divisor - 1
+    if largest > INT64_MAX:
+        raise ValueError(f"label_divisor: ids up to {largest} (max class {max_label} x "
+                         f"label_divisor {label_divisor}) do not fit int64")
+    if largest <= INT32_MAX and -INT32_MAX - 1 <= void_label <= INT32_MAX:
+        return np.int32
+    return np.int64
