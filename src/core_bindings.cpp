@@ -138,13 +138,6 @@ PYBIND11_MODULE(_core, m) {
     argmax_logits_cpu(in, o, num_threads);
   }, py::arg("logits"), py::arg("out"), py::arg("num_threads"));
 
-  m.def("thing_mask_from_labels", [](const py::array& sem, std::vector<int64_t> thing_ids,
-                                     const py::array& out, int num_threads) {
-    const StridedView s = view_of(sem, "sem"), o = view_of(out, "out");
-    py::gil_scoped_release release;
-    thing_mask_from_labels(s, thing_ids, o, num_threads);
-  }, py::arg("sem"), py::arg("thing_ids"), py::arg("out"), py::arg("num_threads"));
-
   m.def("find_centers", [](const py::array& ctr, double threshold, int64_t nms_kernel,
                            int64_t top_k, const std::string& topk_mode, int num_threads) {
     const StridedView v = view_of(ctr, "ctr");
@@ -160,16 +153,17 @@ PYBIND11_MODULE(_core, m) {
   }, py::arg("ctr"), py::arg("threshold"), py::arg("nms_kernel"), py::arg("top_k"),
      py::arg("topk_mode"), py::arg("num_threads"));
 
-  m.def("group_pixels", [](const py::array& thing, const py::array& off, const py::list& centers,
-                           const py::array& instance, int num_threads) {
-    const StridedView t = view_of(thing, "thing"), o = view_of(off, "off");
-    const StridedView i = view_of(instance, "instance");
+  m.def("group_pixels", [](const py::object& sem, std::vector<int64_t> thing_ids,
+                           const py::object& thing_mask, const py::array& off,
+                           const py::list& centers, const py::array& instance, int num_threads) {
+    const StridedView s = optional_view(sem, "sem"), t = optional_view(thing_mask, "thing_mask");
+    const StridedView o = view_of(off, "off"), i = view_of(instance, "instance");
     std::vector<ImageCenters> c;
     for (const auto& item : centers) c.push_back(centers_from_python(item.cast<py::array>()));
     py::gil_scoped_release release;
-    group_pixels(t, o, c, i, num_threads);
-  }, py::arg("thing"), py::arg("off"), py::arg("centers"), py::arg("instance"),
-     py::arg("num_threads"));
+    group_pixels(s, thing_ids, t, o, c, i, num_threads);
+  }, py::arg("sem"), py::arg("thing_ids"), py::arg("thing_mask"), py::arg("off"),
+     py::arg("centers"), py::arg("instance"), py::arg("num_threads"));
 
   m.def("fuse", [](const py::array& sem, const py::array& instance,
                    std::vector<int64_t> num_instances, int64_t max_label,

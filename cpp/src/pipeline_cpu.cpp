@@ -5,6 +5,7 @@
 #include <exception>
 #include <limits>
 #include <string>
+#include <type_traits>
 
 #include "pdl_post/offset_voting.h"
 
@@ -112,32 +113,6 @@ ImageCenters find_image_centers(const StridedView& ctr, int64_t b, const CenterO
   });
 }
 
-void group_image(Plane<const uint8_t> thing, const StridedView& off, int64_t b,
-                 const ImageCenters& centers, int32_t* instance, int threads) {
-  with_float_type(off.dtype, "off", [&](auto tag) {
-    using T = decltype(tag);
-    group_pixels_cpu<T>(thing, plane_of<const T>(off, b, 0), plane_of<const T>(off, b, 1),
-                        off.height(), off.width(), centers.y, centers.x, instance, threads);
-  });
-}
-
-std::vector<Segment> fuse_image(const StridedView& sem, int64_t b, const int32_t* instance,
-                                int64_t num_instances, int64_t max_label, const FuseParams& params,
-                                const StridedView& logits, const ImageCenters* centers,
-                                const StridedView& out, int threads) {
-  ScoreInputs scores{logits.image(b), centers ? centers->score : std::vector<double>{}};
-  const int64_t pixels = sem.height() * sem.width();
-  return with_label_type(sem.dtype, "sem", [&](auto sem_tag) {
-    using TSem = decltype(sem_tag);
-    return with_output_type(out.dtype, [&](auto out_tag) {
-      using TOut = decltype(out_tag);
-      return fuse_cpu<TSem, TOut>(plane_of<const TSem>(sem, b, 0), instance, sem.height(),
-                                  sem.width(), num_instances, max_label, params, scores,
-                                  static_cast<TOut*>(out.data) + b * pixels, threads);
-    });
-  });
-}
-
 std::vector<uint8_t> thing_table_of(const std::vector<int64_t>& thing_ids) {
   int64_t size = 0;
   for (int64_t t : thing_ids) size = std::max(size, t + 1);
@@ -148,25 +123,106 @@ std::vector<uint8_t> thing_table_of(const std::vector<int64_t>& thing_ids) {
   return table;
 }
 
-template <typename TSem>
-void thing_plane(Plane<const TSem> sem, int64_t height, int64_t width,
-                 const std::vector<uint8_t>& table, uint8_t* out, int threads) {
-  const int64_t size = static_cast<int64_t>(table.size());
-#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
-  for (int64_t y = 0; y < height; ++y) {
+// Where thing pixels come from: a mask plane, or labels looked up in the thing table.
+struct ThingSource {
+  Plane<const uint8_t> mask;  // mask.data == nullptr: use the table
+  const std::vector<uint8_t>* table;
+};
+
+// Votes of rows [y0, y1) of one image; with `stats`, step 1 of the fusion in the same pass.
+template <typename TSem, typename TOff>
+void vote_rows(Plane<const TSem> sem, const ThingSource& things, Plane<const TOff> dy,
+               Plane<const TOff> dx, int64_t y0, int64_t y1, int64_t width, CenterIndex& index,
+               int32_t* instance, const ClassIndex* classes, SegmentStats* stats) {
+  const bool from_mask = things.mask.data != nullptr;
+  const uint8_t* table = things.table->data();
+  const int64_t table_size = static_cast<int64_t>(things.table->size());
+  CenterIndex::Cache cache;
+  for (int64_t y = y0; y < y1; ++y) {
     for (int64_t x = 0; x < width; ++x) {
-      out[y * width + x] = is_thing_label(static_cast<int64_t>(sem(y, x)), table.data(), size);
+      const int64_t label = sem.data ? static_cast<int64_t>(sem(y, x)) : 0;
+      const bool thing = from_mask ? things.mask(y, x) != 0 : is_thing_label(label, table, table_size);
+      const int32_t inst = thing ? vote_pixel(y, x, dy(y, x), dx(y, x), index, cache) : 0;
+      instance[y * width + x] = inst;
+      if (stats) stats->add(inst, classes->index(label));
     }
   }
 }
 
-void thing_plane_of_image(const StridedView& sem, int64_t b, const std::vector<uint8_t>& table,
-                          uint8_t* out, int threads) {
-  with_label_type(sem.dtype, "sem", [&](auto tag) {
-    using TSem = decltype(tag);
-    thing_plane<TSem>(plane_of<const TSem>(sem, b, 0), sem.height(), sem.width(), table, out,
-                      threads);
-  });
+// Rows split into a few strips per thread (dynamic: thing pixels cluster in some rows).
+int64_t strips_for(int64_t height, int threads) {
+  return std::max<int64_t>(1, std::min<int64_t>(height, threads > 1 ? 4 * threads : 1));
+}
+
+template <typename TSem, typename TOff>
+void vote_image(Plane<const TSem> sem, const ThingSource& things, Plane<const TOff> dy,
+                Plane<const TOff> dx, int64_t height, int64_t width, CenterIndex& index,
+                int32_t* instance, int threads) {
+  const int64_t strips = strips_for(height, threads);
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(dynamic, 1)
+  for (int64_t s = 0; s < strips; ++s) {
+    vote_rows(sem, things, dy, dx, height * s / strips, height * (s + 1) / strips, width, index,
+              instance, nullptr, nullptr);
+  }
+}
+
+// Fusion steps 2-3 (and scores) once the statistics exist; `instance` may be `out` itself.
+template <typename TSem, typename TOut>
+std::vector<Segment> finish_fusion(Plane<const TSem> sem, const int32_t* instance,
+                                   const SegmentStats& stats, const ClassIndex& classes,
+                                   const FuseParams& params, const std::vector<double>& scores,
+                                   const StridedView& logits, int64_t height, int64_t width,
+                                   TOut* out, int threads) {
+  FuseTables<TOut> tables =
+      resolve_segments<TSem, TOut>(stats, classes, params, sem, instance, height, width, threads);
+  score_segments(sem, instance, classes, tables, scores, logits, height, width, threads);
+  write_panoptic(sem, instance, classes, tables, height, width, out, threads);
+  return std::move(tables.segments);
+}
+
+template <typename TSem, typename TOff, typename TOut>
+std::vector<Segment> merge_image(Plane<const TSem> sem, const ThingSource& things,
+                                 Plane<const TOff> dy, Plane<const TOff> dx, int64_t height,
+                                 int64_t width, const ImageCenters& centers, int64_t max_label,
+                                 const FuseParams& params, const StridedView& logits, TOut* out,
+                                 int threads) {
+  if (height * width == 0) return {};
+  CenterIndex index(height, width, centers.y, centers.x);
+  const ClassIndex classes = make_class_index(sem, height, width, max_label);
+  const int64_t K = index.size();
+  const int64_t strips = strips_for(height, threads);
+  const bool dense = use_dense_pairs(K, classes.size, static_cast<int>(strips));
+  std::vector<int32_t> scratch;
+  int32_t* instance;
+  if constexpr (std::is_same_v<TOut, int32_t>) {
+    instance = out;  // instance ids first, panoptic ids written over them
+  } else {
+    scratch.resize(static_cast<size_t>(height * width));
+    instance = scratch.data();
+  }
+  std::vector<SegmentStats> partial(static_cast<size_t>(strips),
+                                    SegmentStats(K, classes.size, dense));
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(dynamic, 1)
+  for (int64_t s = 0; s < strips; ++s) {
+    vote_rows(sem, things, dy, dx, height * s / strips, height * (s + 1) / strips, width, index,
+              instance, &classes, &partial[s]);
+  }
+  for (int64_t s = 1; s < strips; ++s) partial[0].merge_from(partial[s]);
+  return finish_fusion(sem, instance, partial[0], classes, params, centers.score, logits, height,
+                       width, out, threads);
+}
+
+template <typename TSem, typename TOut>
+std::vector<Segment> fuse_image(Plane<const TSem> sem, const int32_t* instance, int64_t height,
+                                int64_t width, int64_t num_instances, int64_t max_label,
+                                const FuseParams& params, const std::vector<double>& scores,
+                                const StridedView& logits, TOut* out, int threads) {
+  if (height * width == 0) return {};
+  const ClassIndex classes = make_class_index(sem, height, width, max_label);
+  const SegmentStats stats =
+      count_segments(sem, instance, height, width, num_instances, classes, threads);
+  return finish_fusion(sem, instance, stats, classes, params, scores, logits, height, width, out,
+                       threads);
 }
 
 }  // namespace
@@ -178,27 +234,25 @@ std::pair<int64_t, int64_t> label_range(const StridedView& sem, int num_threads)
   if (rows * width == 0) return {0, -1};
   return with_label_type(sem.dtype, "sem", [&](auto tag) {
     using TSem = decltype(tag);
-    int64_t lo = std::numeric_limits<int64_t>::max(), hi = std::numeric_limits<int64_t>::min();
+    TSem lo = std::numeric_limits<TSem>::max(), hi = std::numeric_limits<TSem>::min();
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static) \
     reduction(min : lo) reduction(max : hi)
     for (int64_t r = 0; r < rows; ++r) {
       const Plane<const TSem> plane = plane_of<const TSem>(sem, r / height, 0);
-      for (int64_t x = 0; x < width; ++x) {
-        const int64_t v = static_cast<int64_t>(plane(r % height, x));
-        lo = std::min(lo, v);
-        hi = std::max(hi, v);
+      const TSem* row = plane.row(r % height);
+      if (plane.stride_x == 1) {  // vectorisable
+        for (int64_t x = 0; x < width; ++x) {
+          lo = std::min(lo, row[x]);
+          hi = std::max(hi, row[x]);
+        }
+      } else {
+        for (int64_t x = 0; x < width; ++x) {
+          lo = std::min(lo, row[x * plane.stride_x]);
+          hi = std::max(hi, row[x * plane.stride_x]);
+        }
       }
     }
     return std::pair<int64_t, int64_t>{lo, hi};
-  });
-}
-
-void thing_mask_from_labels(const StridedView& sem, const std::vector<int64_t>& thing_ids,
-                            const StridedView& out, int num_threads) {
-  const std::vector<uint8_t> table = thing_table_of(thing_ids);
-  const int64_t pixels = sem.height() * sem.width();
-  for_each_image(sem.batch(), resolve_threads(num_threads), [&](int64_t b, int threads) {
-    thing_plane_of_image(sem, b, table, static_cast<uint8_t*>(out.data) + b * pixels, threads);
   });
 }
 
@@ -211,13 +265,29 @@ std::vector<ImageCenters> find_centers(const StridedView& ctr, const CenterOptio
   return result;
 }
 
-void group_pixels(const StridedView& thing, const StridedView& off,
+void group_pixels(const StridedView& sem, const std::vector<int64_t>& thing_ids,
+                  const StridedView& thing_mask, const StridedView& off,
                   const std::vector<ImageCenters>& centers, const StridedView& instance,
                   int num_threads) {
-  const int64_t pixels = off.height() * off.width();
+  const std::vector<uint8_t> table = thing_table_of(thing_ids);
+  const int64_t height = off.height(), width = off.width();
+  const DType sem_dtype = sem.data ? sem.dtype : DType::kUInt8;
   for_each_image(off.batch(), resolve_threads(num_threads), [&](int64_t b, int threads) {
-    group_image(plane_of<const uint8_t>(thing, b, 0), off, b, centers[b],
-                static_cast<int32_t*>(instance.data) + b * pixels, threads);
+    const ThingSource things{thing_mask.data ? plane_of<const uint8_t>(thing_mask, b, 0)
+                                             : Plane<const uint8_t>{nullptr, 0, 0},
+                             &table};
+    CenterIndex index(height, width, centers[b].y, centers[b].x);
+    int32_t* out = static_cast<int32_t*>(instance.data) + b * height * width;
+    with_label_type(sem_dtype, "sem", [&](auto sem_tag) {
+      using TSem = decltype(sem_tag);
+      const Plane<const TSem> labels =
+          sem.data ? plane_of<const TSem>(sem, b, 0) : Plane<const TSem>{nullptr, 0, 0};
+      with_float_type(off.dtype, "off", [&](auto off_tag) {
+        using TOff = decltype(off_tag);
+        vote_image(labels, things, plane_of<const TOff>(off, b, 0), plane_of<const TOff>(off, b, 1),
+                   height, width, index, out, threads);
+      });
+    });
   });
 }
 
@@ -227,11 +297,20 @@ std::vector<std::vector<Segment>> fuse(const StridedView& sem, const StridedView
                                        const std::vector<ImageCenters>& centers,
                                        const StridedView& out, int num_threads) {
   std::vector<std::vector<Segment>> result(static_cast<size_t>(sem.batch()));
-  const int64_t pixels = sem.height() * sem.width();
+  const int64_t height = sem.height(), width = sem.width();
   for_each_image(sem.batch(), resolve_threads(num_threads), [&](int64_t b, int threads) {
-    result[b] = fuse_image(sem, b, static_cast<const int32_t*>(instance.data) + b * pixels,
-                           num_instances[b], max_label, params, logits,
-                           centers.empty() ? nullptr : &centers[b], out, threads);
+    const int32_t* inst = static_cast<const int32_t*>(instance.data) + b * height * width;
+    const std::vector<double> no_scores;
+    const std::vector<double>& scores = centers.empty() ? no_scores : centers[b].score;
+    result[b] = with_label_type(sem.dtype, "sem", [&](auto sem_tag) {
+      using TSem = decltype(sem_tag);
+      return with_output_type(out.dtype, [&](auto out_tag) {
+        using TOut = decltype(out_tag);
+        return fuse_image(plane_of<const TSem>(sem, b, 0), inst, height, width, num_instances[b],
+                          max_label, params, scores, logits.image(b),
+                          static_cast<TOut*>(out.data) + b * height * width, threads);
+      });
+    });
   });
   return result;
 }
@@ -247,19 +326,22 @@ std::vector<ImageResult> merge(const StridedView& sem, const StridedView& ctr,
   for_each_image(sem.batch(), resolve_threads(num_threads), [&](int64_t b, int threads) {
     ImageResult& r = result[b];
     r.centers = find_image_centers(ctr, b, center_options, threads);
-    std::vector<uint8_t> thing_scratch;
-    Plane<const uint8_t> thing;
-    if (thing_mask.data != nullptr) {
-      thing = plane_of<const uint8_t>(thing_mask, b, 0);
-    } else {
-      thing_scratch.resize(static_cast<size_t>(height * width));
-      thing_plane_of_image(sem, b, table, thing_scratch.data(), threads);
-      thing = Plane<const uint8_t>{thing_scratch.data(), width, 1};
-    }
-    std::vector<int32_t> instance(static_cast<size_t>(height * width));
-    group_image(thing, off, b, r.centers, instance.data(), threads);
-    r.segments = fuse_image(sem, b, instance.data(), static_cast<int64_t>(r.centers.y.size()),
-                            max_label, params, logits, &r.centers, out, threads);
+    const ThingSource things{thing_mask.data ? plane_of<const uint8_t>(thing_mask, b, 0)
+                                             : Plane<const uint8_t>{nullptr, 0, 0},
+                             &table};
+    r.segments = with_label_type(sem.dtype, "sem", [&](auto sem_tag) {
+      using TSem = decltype(sem_tag);
+      return with_float_type(off.dtype, "off", [&](auto off_tag) {
+        using TOff = decltype(off_tag);
+        return with_output_type(out.dtype, [&](auto out_tag) {
+          using TOut = decltype(out_tag);
+          return merge_image(plane_of<const TSem>(sem, b, 0), things,
+                             plane_of<const TOff>(off, b, 0), plane_of<const TOff>(off, b, 1),
+                             height, width, r.centers, max_label, params, logits.image(b),
+                             static_cast<TOut*>(out.data) + b * height * width, threads);
+        });
+      });
+    });
   });
   return result;
 }

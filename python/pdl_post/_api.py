@@ -363,18 +363,16 @@ def group_pixels(sem, centers, off, *, thing_ids=_DEFAULT_THINGS, foreground_mas
             labels = _labels_from_logits(logits, threads, backend)
     b, h, w = check_same_geometry({"off": off4, "sem": labels, "foreground_mask": mask4})
     center_list = _check_centers(centers, b, h, w, batched)
-    if mask4 is None:
-        mask4 = np.empty((b, 1, h, w), dtype=np.uint8)
-        _core.thing_mask_from_labels(labels, things, mask4, threads)
     out, view = _empty_output((b, h, w) if batched else (h, w), np.int32, is_torch_tensor(off))
     out4 = _as_4d(view, batched)
     if backend == "reference":
         from pdl_post import reference
 
         for i in range(b):
-            out4[i, 0] = reference.group_pixels(center_list[i], off4[i], mask4[i, 0].astype(bool))
+            thing = mask4[i, 0].astype(bool) if mask4 is not None else np.isin(labels[i, 0], things)
+            out4[i, 0] = reference.group_pixels(center_list[i], off4[i], thing)
     else:
-        _core.group_pixels(mask4, off4, center_list, out4, threads)
+        _core.group_pixels(labels, things, mask4, off4, center_list, out4, threads)
     return out
 
 

@@ -17,6 +17,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "pdl_post/common.h"
@@ -59,6 +60,7 @@ PDL_HOST_DEVICE float center_distance(float cy, float cx, float qy, float qx) {
 PDL_HOST_DEVICE int32_t nearest_center(const float* cy, const float* cx, const int32_t* ids,
                                        int64_t count, float qy, float qx) {
   int32_t best = ids ? ids[0] : 0;
+  if (count == 1) return best;
   float best_distance = center_distance(cy[best], cx[best], qy, qx);
   for (int64_t i = 1; i < count; ++i) {
     const int32_t c = ids ? ids[i] : static_cast<int32_t>(i);
@@ -86,11 +88,83 @@ PDL_HOST_DEVICE bool is_thing_label(int64_t label, const uint8_t* thing_table, i
   return label >= 0 && label < table_size && thing_table[label] != 0;
 }
 
-// Instance map for one image: 0 = no instance, else 1 + index of the nearest centre.
-// `thing` says which pixels vote (a uint8 plane, nonzero = thing pixel).
+// Square cells of side 2^shift; cell (i, j) covers [origin + i * side, origin + (i + 1) * side]
+// on each axis. The grid spans the image plus one margin cell on every side.
+struct VoteGrid {
+  int shift;
+  int64_t side;
+  int64_t origin;  // = -side on both axes
+  int64_t rows, cols;
+
+  int64_t cell_of_center(int64_t y, int64_t x) const {
+    return ((y - origin) >> shift) * cols + ((x - origin) >> shift);
+  }
+  // Cell of a finite vote, or -1 outside the grid. floor(q) keeps q inside the chosen cell exactly.
+  int64_t cell_of_vote(float qy, float qx) const {
+    const float lo = static_cast<float>(origin);
+    if (!(qy >= lo && qx >= lo && qy < static_cast<float>(origin + rows * side) &&
+          qx < static_cast<float>(origin + cols * side))) {
+      return -1;
+    }
+    return ((floor_to_int(qy) - origin) >> shift) * cols + ((floor_to_int(qx) - origin) >> shift);
+  }
+  static int64_t floor_to_int(float q) {  // q is in range, so the conversion is exact
+    const int64_t t = static_cast<int64_t>(q);
+    return (static_cast<float>(t) > q) ? t - 1 : t;
+  }
+};
+
+// Exact nearest-centre queries for the votes of one image (the cell grid described above).
+// Candidate lists are built on first use by whichever thread needs a cell first; queries from
+// several threads at once are safe.
+class CenterIndex {
+ public:
+  // Remembers the last cell a thread queried: neighbouring pixels mostly vote into one cell.
+  struct Cache {
+    int64_t cell = -1;
+    const std::vector<int32_t>* list = nullptr;
+  };
+
+  CenterIndex(int64_t height, int64_t width, const std::vector<int64_t>& center_y,
+              const std::vector<int64_t>& center_x);
+  ~CenterIndex();
+  CenterIndex(const CenterIndex&) = delete;
+  CenterIndex& operator=(const CenterIndex&) = delete;
+
+  int64_t size() const { return static_cast<int64_t>(cy_.size()); }
+
+  // Index of the centre nearest to a finite vote (size() must be > 0).
+  int32_t nearest(float qy, float qx, Cache& cache) {
+    const int64_t cell = grid_.cell_of_vote(qy, qx);
+    if (cell < 0) {  // far outside the image: compare with every centre
+      return nearest_center(cy_.data(), cx_.data(), nullptr, size(), qy, qx);
+    }
+    if (cell != cache.cell) {
+      cache.list = &candidates(cell);
+      cache.cell = cell;
+    }
+    return nearest_center(cy_.data(), cx_.data(), cache.list->data(),
+                          static_cast<int64_t>(cache.list->size()), qy, qx);
+  }
+
+ private:
+  struct Lists;  // per-cell candidate lists, built on first use
+  const std::vector<int32_t>& candidates(int64_t cell);
+
+  std::vector<float> cy_, cx_;
+  VoteGrid grid_{};
+  std::unique_ptr<Lists> lists_;
+};
+
+// Instance of one pixel: 0 when its vote is not finite (or there are no centres), else
+// 1 + the nearest centre's index.
 template <typename TOff>
-void group_pixels_cpu(Plane<const uint8_t> thing, Plane<const TOff> dy, Plane<const TOff> dx,
-                      int64_t height, int64_t width, const std::vector<int64_t>& center_y,
-                      const std::vector<int64_t>& center_x, int32_t* instance, int num_threads);
+inline int32_t vote_pixel(int64_t y, int64_t x, TOff dy, TOff dx, CenterIndex& index,
+                          CenterIndex::Cache& cache) {
+  const float qy = vote_coordinate(y, dy);
+  const float qx = vote_coordinate(x, dx);
+  if (index.size() == 0 || !is_finite_vote(qy, qx)) return 0;
+  return index.nearest(qy, qx, cache) + 1;
+}
 
 }  // namespace pdl_post

@@ -1,5 +1,7 @@
 // The batch entry points of the CPU core: dtype dispatch and the per-image composition of
 // centre finding (center_nms.h), offset voting (offset_voting.h) and fusion (majority_vote.h).
+// merge() votes and counts segment statistics in the same pass over the pixels, then writes the
+// panoptic map in a second pass (in place over the instance ids when the output is int32).
 //
 // All views are 4-D [B, C, H, W] with element strides. Outputs are contiguous [B, 1, H, W].
 // Batches run image-parallel when there are at least as many images as threads (each image on one
@@ -36,15 +38,13 @@ struct ImageResult {
 // (min, max) over an integer label array [B, 1, H, W]; (0, -1) when it is empty.
 std::pair<int64_t, int64_t> label_range(const StridedView& sem, int num_threads);
 
-// Thing pixels from labels: out[b, 0, y, x] = sem in thing_ids (uint8 0/1).
-void thing_mask_from_labels(const StridedView& sem, const std::vector<int64_t>& thing_ids,
-                            const StridedView& out, int num_threads);
-
 std::vector<ImageCenters> find_centers(const StridedView& ctr, const CenterOptions& options,
                                        int num_threads);
 
-// instance: int32 [B, 1, H, W] contiguous; thing: uint8 [B, 1, H, W]; off: [B, 2, H, W].
-void group_pixels(const StridedView& thing, const StridedView& off,
+// instance: int32 [B, 1, H, W] contiguous; off: [B, 2, H, W]. Thing pixels are
+// thing_mask != 0 (uint8 [B, 1, H, W]) when thing_mask.data is set, else sem in thing_ids.
+void group_pixels(const StridedView& sem, const std::vector<int64_t>& thing_ids,
+                  const StridedView& thing_mask, const StridedView& off,
                   const std::vector<ImageCenters>& centers, const StridedView& instance,
                   int num_threads);
 

@@ -1,0 +1,55 @@
+"""Drop-in replacement for detectron2's Panoptic-DeepLab post-processing.
+
+Switching is a one-line import change::
+
+    # from detectron2.projects.panoptic_deeplab.post_processing import get_panoptic_segmentation
+    from pdl_post.detectron2 import get_panoptic_segmentation
+
+Same arguments, same return values (torch tensors), same top-k rule (``topk_mode="detectron2"``).
+One documented difference: a NaN heatmap value is never a centre here, whereas detectron2's
+``F.threshold`` lets NaN through to its max-pooling.
+"""
+
+from __future__ import annotations
+
+from pdl_post._api import postprocess
+from pdl_post._inputs import as_numpy
+
+__all__ = ["get_panoptic_segmentation"]
+
+
+def get_panoptic_segmentation(sem_seg, center_heatmap, offsets, thing_ids, label_divisor,
+                              stuff_area, void_label, threshold=0.1, nms_kernel=7, top_k=200,
+                              foreground_mask=None):
+    """Panoptic segmentation with detectron2's signature.
+
+    Parameters
+    ----------
+    sem_seg : torch.Tensor, shape [1, H, W], integer
+        Semantic labels.
+    center_heatmap : torch.Tensor, shape [1, H, W], float
+    offsets : torch.Tensor, shape [2, H, W], float (dy, dx)
+    thing_ids : set or list of int
+    label_divisor, stuff_area, void_label, threshold, nms_kernel, top_k
+        As in detectron2 (``top_k=None`` keeps every centre).
+    foreground_mask : torch.Tensor or None, shape [1, H, W]
+
+    Returns
+    -------
+    panoptic : torch.Tensor, shape [1, H, W], int64
+    center : torch.Tensor, shape [1, K, 2], int64 (y, x)
+    """
+    import torch
+
+    sem = as_numpy(sem_seg, "sem_seg")
+    if sem.ndim != 3 or sem.shape[0] != 1:
+        raise ValueError(f"sem_seg: expected shape [1,H,W], got {list(sem.shape)}")
+    mask = None if foreground_mask is None else as_numpy(foreground_mask, "foreground_mask")
+    result = postprocess(
+        sem[0], center_heatmap, offsets, thing_ids=thing_ids, label_divisor=label_divisor,
+        stuff_area=stuff_area, void_label=void_label, threshold=threshold, nms_kernel=nms_kernel,
+        top_k=top_k, foreground_mask=mask, topk_mode="detectron2")
+    device = sem_seg.device if hasattr(sem_seg, "device") else "cpu"
+    panoptic = torch.as_tensor(result.panoptic, dtype=torch.int64, device=device).unsqueeze(0)
+    center = torch.as_tensor(result.centers, dtype=torch.int64, device=device).unsqueeze(0)
+    return panoptic, center
