@@ -1,0 +1,23 @@
+"""Shared helpers of the test suite."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def assert_results_equal(a, b, *, score_rtol=1e-12):
+    """Two PanopticResult (or lists of them) are identical: ids exact, scores to score_rtol."""
+    if isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_results_equal(x, y, score_rtol=score_rtol)
+        return
+    pa, pb = np.asarray(a.panoptic), np.asarray(b.panoptic)
+    assert pa.dtype == pb.dtype
+    np.testing.assert_array_equal(pa, pb)
+    np.testing.assert_array_equal(a.centers, b.centers)
+    np.testing.assert_array_equal(a.center_scores, b.center_scores)
+    keys = ("id", "category_id", "isthing", "area")
+    assert [[s[k] for k in keys] for s in a.segments] == [[s[k] for k in keys] for s in b.segments]
+    np.testing.assert_allclose([s["score"] for s in a.segments], [s["score"] for s in b.segments],
+                               rtol=score_rtol, equal_nan=True)
