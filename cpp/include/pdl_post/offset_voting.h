@@ -5,11 +5,12 @@
 // Brute force is O(K) per pixel; instead the vote plane is cut into square cells of side s and each
 // cell that receives votes gets the list of centres that can be nearest for ANY point in it:
 //   UB(c) / LB(c) = largest / smallest float32 distance from centre c to a point of the cell,
-//   candidates   = { c : LB(c) <= min over c' of UB(c') }, in increasing index order.
+//   candidates   = { c : LB(c) <= min over c' of UB(c') }, sorted by (LB, index).
 // The bounds are computed with the same float32 operations as the distance itself; rounding is
 // monotone, so LB(c) <= d(c, q) <= UB(c) holds exactly for every float q in the cell, and the true
 // winner (and every centre tying with it) is always in the list: the result equals brute force bit
-// for bit, ties included. Lists are built by searching rings of cells outward from the cell until
+// for bit, ties included. A query scans its cell's list in LB order and stops at the first LB above
+// the best distance found, so a vote deep inside one instance usually costs one distance. Lists are built by searching rings of cells outward from the cell until
 // the ring's distance bound exceeds the best upper bound. Votes that land outside the grid (huge
 // offsets) fall back to brute force over all centres; non-finite votes join no instance.
 // Memory: O(H*W) for the instance map plus O(cells + candidates).
@@ -55,17 +56,40 @@ PDL_HOST_DEVICE float center_distance(float cy, float cx, float qy, float qx) {
 #endif
 }
 
-// Nearest of `count` centres listed in `ids` (or 0..count-1 when ids is null), ties to the lower
-// index; ids must be increasing. Distances that overflow to +inf tie like any other value.
-PDL_HOST_DEVICE int32_t nearest_center(const float* cy, const float* cx, const int32_t* ids,
-                                       int64_t count, float qy, float qx) {
-  int32_t best = ids ? ids[0] : 0;
-  if (count == 1) return best;
-  float best_distance = center_distance(cy[best], cx[best], qy, qx);
-  for (int64_t i = 1; i < count; ++i) {
-    const int32_t c = ids ? ids[i] : static_cast<int32_t>(i);
+// Nearest of all `count` centres, ties to the lower index. Distances that overflow to +inf tie
+// like any other value.
+PDL_HOST_DEVICE int32_t nearest_center_brute_force(const float* cy, const float* cx, int64_t count,
+                                                   float qy, float qx) {
+  int32_t best = 0;
+  float best_distance = center_distance(cy[0], cx[0], qy, qx);
+  for (int64_t c = 1; c < count; ++c) {
     const float d = center_distance(cy[c], cx[c], qy, qx);
     if (d < best_distance) {
+      best_distance = d;
+      best = static_cast<int32_t>(c);
+    }
+  }
+  return best;
+}
+
+// A cell's candidate: a centre and a lower bound of its distance to any point of the cell.
+struct Candidate {
+  float lower_bound;
+  int32_t center;
+};
+
+// Nearest among a cell's candidates sorted by (lower_bound, center): the scan stops at the first
+// candidate whose bound exceeds the best distance, since no later one can be nearer or tie.
+PDL_HOST_DEVICE int32_t nearest_candidate(const float* cy, const float* cx,
+                                          const Candidate* candidates, int64_t count, float qy,
+                                          float qx) {
+  int32_t best = candidates[0].center;
+  if (count == 1) return best;
+  float best_distance = center_distance(cy[best], cx[best], qy, qx);
+  for (int64_t i = 1; i < count && !(candidates[i].lower_bound > best_distance); ++i) {
+    const int32_t c = candidates[i].center;
+    const float d = center_distance(cy[c], cx[c], qy, qx);
+    if (d < best_distance || (d == best_distance && c < best)) {
       best_distance = d;
       best = c;
     }
@@ -122,7 +146,7 @@ class CenterIndex {
   // Remembers the last cell a thread queried: neighbouring pixels mostly vote into one cell.
   struct Cache {
     int64_t cell = -1;
-    const std::vector<int32_t>* list = nullptr;
+    const std::vector<Candidate>* list = nullptr;
   };
 
   CenterIndex(int64_t height, int64_t width, const std::vector<int64_t>& center_y,
@@ -137,19 +161,19 @@ class CenterIndex {
   int32_t nearest(float qy, float qx, Cache& cache) {
     const int64_t cell = grid_.cell_of_vote(qy, qx);
     if (cell < 0) {  // far outside the image: compare with every centre
-      return nearest_center(cy_.data(), cx_.data(), nullptr, size(), qy, qx);
+      return nearest_center_brute_force(cy_.data(), cx_.data(), size(), qy, qx);
     }
     if (cell != cache.cell) {
       cache.list = &candidates(cell);
       cache.cell = cell;
     }
-    return nearest_center(cy_.data(), cx_.data(), cache.list->data(),
-                          static_cast<int64_t>(cache.list->size()), qy, qx);
+    return nearest_candidate(cy_.data(), cx_.data(), cache.list->data(),
+                             static_cast<int64_t>(cache.list->size()), qy, qx);
   }
 
  private:
   struct Lists;  // per-cell candidate lists, built on first use
-  const std::vector<int32_t>& candidates(int64_t cell);
+  const std::vector<Candidate>& candidates(int64_t cell);
 
   std::vector<float> cy_, cx_;
   VoteGrid grid_{};
