@@ -129,23 +129,39 @@ struct ThingSource {
   const std::vector<uint8_t>* table;
 };
 
-// Votes of rows [y0, y1) of one image; with `stats`, step 1 of the fusion in the same pass.
-template <typename TSem, typename TOff>
+// Votes of rows [y0, y1) of one image; with kCount, step 1 of the fusion in the same pass.
+// Thing pixels come from the mask (kFromMask) or from the labels and the thing table.
+template <bool kFromMask, bool kCount, typename TSem, typename TOff>
 void vote_rows(Plane<const TSem> sem, const ThingSource& things, Plane<const TOff> dy,
                Plane<const TOff> dx, int64_t y0, int64_t y1, int64_t width, CenterIndex& index,
                int32_t* instance, const ClassIndex* classes, SegmentStats* stats) {
-  const bool from_mask = things.mask.data != nullptr;
   const uint8_t* table = things.table->data();
   const int64_t table_size = static_cast<int64_t>(things.table->size());
+  SegmentCounter counter = kCount ? stats->counter() : SegmentCounter{};
+  const bool dense_classes = kCount && classes->dense;
   CenterIndex::Cache cache;
   for (int64_t y = y0; y < y1; ++y) {
+    int32_t* out = instance + y * width;
     for (int64_t x = 0; x < width; ++x) {
       const int64_t label = sem.data ? static_cast<int64_t>(sem(y, x)) : 0;
-      const bool thing = from_mask ? things.mask(y, x) != 0 : is_thing_label(label, table, table_size);
+      const bool thing =
+          kFromMask ? things.mask(y, x) != 0 : is_thing_label(label, table, table_size);
       const int32_t inst = thing ? vote_pixel(y, x, dy(y, x), dx(y, x), index, cache) : 0;
-      instance[y * width + x] = inst;
-      if (stats) stats->add(inst, classes->index(label));
+      out[x] = inst;
+      if constexpr (kCount) counter.add(inst, dense_classes ? label : classes->index(label));
     }
+  }
+}
+
+template <bool kCount, typename TSem, typename TOff>
+void vote_rows_any_source(Plane<const TSem> sem, const ThingSource& things, Plane<const TOff> dy,
+                          Plane<const TOff> dx, int64_t y0, int64_t y1, int64_t width,
+                          CenterIndex& index, int32_t* instance, const ClassIndex* classes,
+                          SegmentStats* stats) {
+  if (things.mask.data) {
+    vote_rows<true, kCount>(sem, things, dy, dx, y0, y1, width, index, instance, classes, stats);
+  } else {
+    vote_rows<false, kCount>(sem, things, dy, dx, y0, y1, width, index, instance, classes, stats);
   }
 }
 
@@ -161,8 +177,9 @@ void vote_image(Plane<const TSem> sem, const ThingSource& things, Plane<const TO
   const int64_t strips = strips_for(height, threads);
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(dynamic, 1)
   for (int64_t s = 0; s < strips; ++s) {
-    vote_rows(sem, things, dy, dx, height * s / strips, height * (s + 1) / strips, width, index,
-              instance, nullptr, nullptr);
+    vote_rows_any_source<false>(sem, things, dy, dx, height * s / strips,
+                                height * (s + 1) / strips, width, index, instance, nullptr,
+                                nullptr);
   }
 }
 
@@ -204,8 +221,9 @@ std::vector<Segment> merge_image(Plane<const TSem> sem, const ThingSource& thing
                                     SegmentStats(K, classes.size, dense));
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(dynamic, 1)
   for (int64_t s = 0; s < strips; ++s) {
-    vote_rows(sem, things, dy, dx, height * s / strips, height * (s + 1) / strips, width, index,
-              instance, &classes, &partial[s]);
+    vote_rows_any_source<true>(sem, things, dy, dx, height * s / strips,
+                               height * (s + 1) / strips, width, index, instance, &classes,
+                               &partial[s]);
   }
   for (int64_t s = 1; s < strips; ++s) partial[0].merge_from(partial[s]);
   return finish_fusion(sem, instance, partial[0], classes, params, centers.score, logits, height,

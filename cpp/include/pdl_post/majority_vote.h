@@ -54,6 +54,23 @@ template <typename TSem>
 ClassIndex make_class_index(Plane<const TSem> sem, int64_t height, int64_t width,
                             int64_t max_label);
 
+// Raw view of one SegmentStats for hot loops (no vector indirection per pixel).
+struct SegmentCounter {
+  int64_t* area = nullptr;
+  int64_t* unassigned = nullptr;
+  int64_t* pairs = nullptr;  // nullptr unless dense pairs are kept
+  int64_t num_classes = 0;
+
+  PDL_HOST_DEVICE void add(int32_t instance, int64_t class_index) const {
+    if (instance > 0) {
+      ++area[instance];
+      if (pairs) ++pairs[instance * num_classes + class_index];
+    } else {
+      ++unassigned[class_index];
+    }
+  }
+};
+
 // Step 1 accumulators of one thread.
 struct SegmentStats {
   int64_t num_instances = 0, num_classes = 0;
@@ -63,13 +80,9 @@ struct SegmentStats {
   std::vector<int64_t> pairs;       // [(K + 1) * C] when dense_pairs
 
   SegmentStats(int64_t instances, int64_t classes, bool with_pairs);
-  void add(int32_t instance, int64_t class_index) {
-    if (instance > 0) {
-      ++area[instance];
-      if (dense_pairs) ++pairs[instance * num_classes + class_index];
-    } else {
-      ++unassigned[class_index];
-    }
+  SegmentCounter counter() {
+    return SegmentCounter{area.data(), unassigned.data(), dense_pairs ? pairs.data() : nullptr,
+                          num_classes};
   }
   void merge_from(const SegmentStats& other);
 };
