@@ -35,19 +35,22 @@ develop: $(STAMP)
 demo: build
 	$(BIN)/python -m pdl_post.demo --out demo-out
 
+# The whole suite, then a smoke run of the benchmark suite on tiny scenes (keeps it from rotting).
 test: build
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest benchmarks -q --benchmark-disable -p no:cacheprovider
 
 bench: build
 	$(BIN)/python benchmarks/run.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check python tests benchmarks
-	$(BIN)/ruff format --check python tests benchmarks
+	$(BIN)/ruff check python tests benchmarks models
+	$(BIN)/ruff format --check python tests benchmarks models
+	$(BIN)/clang-format --dry-run --Werror cpp/include/pdl_post/*.h cpp/src/*.cpp src/*.cpp
 
 format: $(STAMP)
-	$(BIN)/ruff format python tests benchmarks
-	clang-format -i cpp/include/pdl_post/*.h cpp/src/*.cpp src/*.cpp
+	$(BIN)/ruff format python tests benchmarks models
+	$(BIN)/clang-format -i cpp/include/pdl_post/*.h cpp/src/*.cpp src/*.cpp
 
 clean:
 	rm -rf $(VENV) build dist demo-out .pytest_cache .hypothesis .benchmarks

@@ -20,9 +20,10 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-import bench_common as bc
 import numpy as np
 import pytest
+
+import bench_common as bc
 
 #: Baselines predicted slower than this run one round, without a probe call.
 SLOW_SECONDS = 2.0
@@ -67,6 +68,7 @@ def _reference_compiled() -> None:
 def _dense_warm() -> None:
     """Run the dense baseline once on a tiny scene: torch's lazy initialisation is not timed."""
     import torch
+
     from pdl_post.baselines.dense_torch import panoptic_dense_torch
     from pdl_post.synthetic import make_scene
 

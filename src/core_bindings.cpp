@@ -61,7 +61,8 @@ py::tuple centers_to_python(const ImageCenters& c) {
   return py::make_tuple(yx, scores);
 }
 
-ImageCenters centers_from_python(const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& a) {
+ImageCenters centers_from_python(
+    const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& a) {
   ImageCenters c;
   auto m = a.unchecked<2>();
   for (py::ssize_t i = 0; i < m.shape(0); ++i) {
@@ -126,96 +127,116 @@ PYBIND11_MODULE(_core, m) {
     return d;
   });
 
-  m.def("label_range", [](const py::array& sem, int num_threads) {
-    const StridedView v = view_of(sem, "sem");
-    py::gil_scoped_release release;
-    return label_range(v, num_threads);
-  }, py::arg("sem"), py::arg("num_threads"));
+  m.def(
+      "label_range",
+      [](const py::array& sem, int num_threads) {
+        const StridedView v = view_of(sem, "sem");
+        py::gil_scoped_release release;
+        return label_range(v, num_threads);
+      },
+      py::arg("sem"), py::arg("num_threads"));
 
-  m.def("argmax_logits", [](const py::array& logits, const py::array& out, int num_threads) {
-    const StridedView in = view_of(logits, "logits"), o = view_of(out, "out");
-    py::gil_scoped_release release;
-    argmax_logits_cpu(in, o, num_threads);
-  }, py::arg("logits"), py::arg("out"), py::arg("num_threads"));
+  m.def(
+      "argmax_logits",
+      [](const py::array& logits, const py::array& out, int num_threads) {
+        const StridedView in = view_of(logits, "logits"), o = view_of(out, "out");
+        py::gil_scoped_release release;
+        argmax_logits_cpu(in, o, num_threads);
+      },
+      py::arg("logits"), py::arg("out"), py::arg("num_threads"));
 
-  m.def("find_centers", [](const py::array& ctr, double threshold, int64_t nms_kernel,
-                           int64_t top_k, const std::string& topk_mode, int num_threads) {
-    const StridedView v = view_of(ctr, "ctr");
-    const CenterOptions options{threshold, nms_kernel, top_k, topk_mode_of(topk_mode)};
-    std::vector<ImageCenters> centers;
-    {
-      py::gil_scoped_release release;
-      centers = find_centers(v, options, num_threads);
-    }
-    py::list out;
-    for (const auto& c : centers) out.append(centers_to_python(c));
-    return out;
-  }, py::arg("ctr"), py::arg("threshold"), py::arg("nms_kernel"), py::arg("top_k"),
-     py::arg("topk_mode"), py::arg("num_threads"));
+  m.def(
+      "find_centers",
+      [](const py::array& ctr, double threshold, int64_t nms_kernel, int64_t top_k,
+         const std::string& topk_mode, int num_threads) {
+        const StridedView v = view_of(ctr, "ctr");
+        const CenterOptions options{threshold, nms_kernel, top_k, topk_mode_of(topk_mode)};
+        std::vector<ImageCenters> centers;
+        {
+          py::gil_scoped_release release;
+          centers = find_centers(v, options, num_threads);
+        }
+        py::list out;
+        for (const auto& c : centers) out.append(centers_to_python(c));
+        return out;
+      },
+      py::arg("ctr"), py::arg("threshold"), py::arg("nms_kernel"), py::arg("top_k"),
+      py::arg("topk_mode"), py::arg("num_threads"));
 
-  m.def("group_pixels", [](const py::object& sem, std::vector<int64_t> thing_ids,
-                           const py::object& thing_mask, const py::array& off,
-                           const py::list& centers, const py::array& instance, int num_threads) {
-    const StridedView s = optional_view(sem, "sem"), t = optional_view(thing_mask, "thing_mask");
-    const StridedView o = view_of(off, "off"), i = view_of(instance, "instance");
-    std::vector<ImageCenters> c;
-    for (const auto& item : centers) c.push_back(centers_from_python(item.cast<py::array>()));
-    py::gil_scoped_release release;
-    group_pixels(s, thing_ids, t, o, c, i, num_threads);
-  }, py::arg("sem"), py::arg("thing_ids"), py::arg("thing_mask"), py::arg("off"),
-     py::arg("centers"), py::arg("instance"), py::arg("num_threads"));
+  m.def(
+      "group_pixels",
+      [](const py::object& sem, std::vector<int64_t> thing_ids, const py::object& thing_mask,
+         const py::array& off, const py::list& centers, const py::array& instance,
+         int num_threads) {
+        const StridedView s = optional_view(sem, "sem"),
+                          t = optional_view(thing_mask, "thing_mask");
+        const StridedView o = view_of(off, "off"), i = view_of(instance, "instance");
+        std::vector<ImageCenters> c;
+        for (const auto& item : centers) c.push_back(centers_from_python(item.cast<py::array>()));
+        py::gil_scoped_release release;
+        group_pixels(s, thing_ids, t, o, c, i, num_threads);
+      },
+      py::arg("sem"), py::arg("thing_ids"), py::arg("thing_mask"), py::arg("off"),
+      py::arg("centers"), py::arg("instance"), py::arg("num_threads"));
 
-  m.def("fuse", [](const py::array& sem, const py::array& instance,
-                   std::vector<int64_t> num_instances, int64_t max_label,
-                   std::vector<int64_t> thing_ids, int64_t label_divisor, int64_t stuff_area,
-                   int64_t void_label, const py::object& logits, const py::object& center_scores,
-                   const py::array& out, int num_threads) {
-    const StridedView s = view_of(sem, "sem"), i = view_of(instance, "instance");
-    const StridedView l = optional_view(logits, "logits"), o = view_of(out, "out");
-    std::vector<ImageCenters> centers;
-    if (!center_scores.is_none()) {
-      for (const auto& item : center_scores.cast<py::list>()) {
-        ImageCenters c;
-        c.score = item.cast<std::vector<double>>();
-        centers.push_back(std::move(c));
-      }
-    }
-    const FuseParams params = fuse_params(std::move(thing_ids), label_divisor, stuff_area, void_label);
-    std::vector<std::vector<Segment>> segments;
-    {
-      py::gil_scoped_release release;
-      segments = fuse(s, i, num_instances, max_label, params, l, centers, o, num_threads);
-    }
-    py::list result;
-    for (const auto& seg : segments) result.append(segments_to_python(seg));
-    return result;
-  }, py::arg("sem"), py::arg("instance"), py::arg("num_instances"), py::arg("max_label"),
-     py::arg("thing_ids"), py::arg("label_divisor"), py::arg("stuff_area"), py::arg("void_label"),
-     py::arg("logits"), py::arg("center_scores"), py::arg("out"), py::arg("num_threads"));
+  m.def(
+      "fuse",
+      [](const py::array& sem, const py::array& instance, std::vector<int64_t> num_instances,
+         int64_t max_label, std::vector<int64_t> thing_ids, int64_t label_divisor,
+         int64_t stuff_area, int64_t void_label, const py::object& logits,
+         const py::object& center_scores, const py::array& out, int num_threads) {
+        const StridedView s = view_of(sem, "sem"), i = view_of(instance, "instance");
+        const StridedView l = optional_view(logits, "logits"), o = view_of(out, "out");
+        std::vector<ImageCenters> centers;
+        if (!center_scores.is_none()) {
+          for (const auto& item : center_scores.cast<py::list>()) {
+            ImageCenters c;
+            c.score = item.cast<std::vector<double>>();
+            centers.push_back(std::move(c));
+          }
+        }
+        const FuseParams params =
+            fuse_params(std::move(thing_ids), label_divisor, stuff_area, void_label);
+        std::vector<std::vector<Segment>> segments;
+        {
+          py::gil_scoped_release release;
+          segments = fuse(s, i, num_instances, max_label, params, l, centers, o, num_threads);
+        }
+        py::list result;
+        for (const auto& seg : segments) result.append(segments_to_python(seg));
+        return result;
+      },
+      py::arg("sem"), py::arg("instance"), py::arg("num_instances"), py::arg("max_label"),
+      py::arg("thing_ids"), py::arg("label_divisor"), py::arg("stuff_area"), py::arg("void_label"),
+      py::arg("logits"), py::arg("center_scores"), py::arg("out"), py::arg("num_threads"));
 
-  m.def("merge", [](const py::array& sem, const py::array& ctr, const py::array& off,
-                    const py::object& thing_mask, const py::object& logits, int64_t max_label,
-                    std::vector<int64_t> thing_ids, int64_t label_divisor, int64_t stuff_area,
-                    int64_t void_label, double threshold, int64_t nms_kernel, int64_t top_k,
-                    const std::string& topk_mode, const py::array& out, int num_threads) {
-    const StridedView s = view_of(sem, "sem"), c = view_of(ctr, "ctr"), o = view_of(off, "off");
-    const StridedView t = optional_view(thing_mask, "foreground_mask");
-    const StridedView l = optional_view(logits, "logits"), dst = view_of(out, "out");
-    const CenterOptions options{threshold, nms_kernel, top_k, topk_mode_of(topk_mode)};
-    const FuseParams params = fuse_params(std::move(thing_ids), label_divisor, stuff_area, void_label);
-    std::vector<ImageResult> results;
-    {
-      py::gil_scoped_release release;
-      results = merge(s, c, o, t, l, max_label, options, params, dst, num_threads);
-    }
-    py::list out_list;
-    for (const auto& r : results) {
-      py::tuple centers = centers_to_python(r.centers);
-      out_list.append(py::make_tuple(centers[0], centers[1], segments_to_python(r.segments)));
-    }
-    return out_list;
-  }, py::arg("sem"), py::arg("ctr"), py::arg("off"), py::arg("thing_mask"), py::arg("logits"),
-     py::arg("max_label"), py::arg("thing_ids"), py::arg("label_divisor"), py::arg("stuff_area"),
-     py::arg("void_label"), py::arg("threshold"), py::arg("nms_kernel"), py::arg("top_k"),
-     py::arg("topk_mode"), py::arg("out"), py::arg("num_threads"));
+  m.def(
+      "merge",
+      [](const py::array& sem, const py::array& ctr, const py::array& off,
+         const py::object& thing_mask, const py::object& logits, int64_t max_label,
+         std::vector<int64_t> thing_ids, int64_t label_divisor, int64_t stuff_area,
+         int64_t void_label, double threshold, int64_t nms_kernel, int64_t top_k,
+         const std::string& topk_mode, const py::array& out, int num_threads) {
+        const StridedView s = view_of(sem, "sem"), c = view_of(ctr, "ctr"), o = view_of(off, "off");
+        const StridedView t = optional_view(thing_mask, "foreground_mask");
+        const StridedView l = optional_view(logits, "logits"), dst = view_of(out, "out");
+        const CenterOptions options{threshold, nms_kernel, top_k, topk_mode_of(topk_mode)};
+        const FuseParams params =
+            fuse_params(std::move(thing_ids), label_divisor, stuff_area, void_label);
+        std::vector<ImageResult> results;
+        {
+          py::gil_scoped_release release;
+          results = merge(s, c, o, t, l, max_label, options, params, dst, num_threads);
+        }
+        py::list out_list;
+        for (const auto& r : results) {
+          py::tuple centers = centers_to_python(r.centers);
+          out_list.append(py::make_tuple(centers[0], centers[1], segments_to_python(r.segments)));
+        }
+        return out_list;
+      },
+      py::arg("sem"), py::arg("ctr"), py::arg("off"), py::arg("thing_mask"), py::arg("logits"),
+      py::arg("max_label"), py::arg("thing_ids"), py::arg("label_divisor"), py::arg("stuff_area"),
+      py::arg("void_label"), py::arg("threshold"), py::arg("nms_kernel"), py::arg("top_k"),
+      py::arg("topk_mode"), py::arg("out"), py::arg("num_threads"));
 }

@@ -19,5 +19,9 @@ def assert_results_equal(a, b, *, score_rtol=1e-12):
     np.testing.assert_array_equal(a.center_scores, b.center_scores)
     keys = ("id", "category_id", "isthing", "area")
     assert [[s[k] for k in keys] for s in a.segments] == [[s[k] for k in keys] for s in b.segments]
-    np.testing.assert_allclose([s["score"] for s in a.segments], [s["score"] for s in b.segments],
-                               rtol=score_rtol, equal_nan=True)
+    np.testing.assert_allclose(
+        [s["score"] for s in a.segments],
+        [s["score"] for s in b.segments],
+        rtol=score_rtol,
+        equal_nan=True,
+    )

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_results_equal
 
 import pdl_post
+from conftest import assert_results_equal
 from pdl_post import synthetic
 
 CITY = pdl_post.presets.CITYSCAPES.kwargs()
@@ -26,8 +26,16 @@ def both(sem, ctr, off, **kw):
 
 @pytest.mark.parametrize(
     ("height", "width", "centers"),
-    [(1, 1, 0), (5, 7, 1), (40, 60, 0), (40, 60, 1), (64, 128, 5), (128, 256, 40),
-     (200, 300, 250), (256, 512, 2500)],
+    [
+        (1, 1, 0),
+        (5, 7, 1),
+        (40, 60, 0),
+        (40, 60, 1),
+        (64, 128, 5),
+        (128, 256, 40),
+        (200, 300, 250),
+        (256, 512, 2500),
+    ],
 )
 @pytest.mark.parametrize("topk_mode", ["exact", "detectron2"])
 def test_synthetic_scenes_match_reference(height, width, centers, topk_mode):
@@ -67,11 +75,13 @@ def test_foreground_mask_including_stuff_pixels():
 @pytest.mark.parametrize("ctr_dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("off_dtype", [np.float32, np.float64])
 def test_every_dtype(sem_dtype, ctr_dtype, off_dtype):
-    s = synthetic.make_scene(64, 96, 12, seed=5, sem_dtype=sem_dtype, ctr_dtype=ctr_dtype,
-                             off_dtype=off_dtype)
+    s = synthetic.make_scene(
+        64, 96, 12, seed=5, sem_dtype=sem_dtype, ctr_dtype=ctr_dtype, off_dtype=off_dtype
+    )
     r = both(s.sem, s.ctr, s.off, stuff_area=32)
-    base = pdl_post.merge(s.sem.astype(np.int64), s.ctr.astype(np.float64),
-                          s.off.astype(np.float64), stuff_area=32)
+    base = pdl_post.merge(
+        s.sem.astype(np.int64), s.ctr.astype(np.float64), s.off.astype(np.float64), stuff_area=32
+    )
     if ctr_dtype == np.float64 and off_dtype == np.float64:
         np.testing.assert_array_equal(r.panoptic, base)
 
@@ -83,8 +93,10 @@ def test_thread_counts_give_identical_results(threads):
     many = pdl_post.postprocess(s.logits, s.ctr, s.off, num_threads=threads, top_k=None)
     assert_results_equal(one, many, score_rtol=0)  # scores bit-identical too
     b = synthetic.make_batch(5, 48, 64, 6, seed=2)
-    np.testing.assert_array_equal(pdl_post.merge(b.sem, b.ctr, b.off, num_threads=1),
-                                  pdl_post.merge(b.sem, b.ctr, b.off, num_threads=threads))
+    np.testing.assert_array_equal(
+        pdl_post.merge(b.sem, b.ctr, b.off, num_threads=1),
+        pdl_post.merge(b.sem, b.ctr, b.off, num_threads=threads),
+    )
 
 
 def test_batches_equal_image_by_image():
@@ -110,8 +122,10 @@ def test_non_contiguous_views():
     r = both(sem, ctr, off, stuff_area=16)
     assert_results_equal(r, pdl_post.postprocess(s.sem, s.ctr, s.off, stuff_area=16))
     logits = np.moveaxis(np.ascontiguousarray(np.moveaxis(s.logits, 0, -1)), -1, 0)
-    assert_results_equal(both(logits, ctr, off, stuff_area=16),
-                         pdl_post.postprocess(s.logits, s.ctr, s.off, stuff_area=16))
+    assert_results_equal(
+        both(logits, ctr, off, stuff_area=16),
+        pdl_post.postprocess(s.logits, s.ctr, s.off, stuff_area=16),
+    )
 
 
 def test_logits_argmax_and_scores():
@@ -132,15 +146,21 @@ def test_logits_nan_never_wins():
     logits = np.zeros((3, 2, 2), np.float32)
     logits[0] = np.nan
     logits[2, 0, 0] = 1.0
-    sem = pdl_post.merge(logits, np.zeros((2, 2), np.float32), np.zeros((2, 2, 2), np.float32),
-                         thing_ids=[], stuff_area=0, label_divisor=1)
+    sem = pdl_post.merge(
+        logits,
+        np.zeros((2, 2), np.float32),
+        np.zeros((2, 2, 2), np.float32),
+        thing_ids=[],
+        stuff_area=0,
+        label_divisor=1,
+    )
     np.testing.assert_array_equal(sem, [[2, 1], [1, 1]])
 
 
 def test_stages_compose_to_merge():
     s = synthetic.make_scene(128, 192, 30, seed=12)
     for backend in ("cpu", "reference"):
-        centers, scores = pdl_post.find_centers(s.ctr, backend=backend)
+        centers, _ = pdl_post.find_centers(s.ctr, backend=backend)
         instance = pdl_post.group_pixels(s.sem, centers, s.off, backend=backend)
         panoptic = pdl_post.fuse(s.sem, instance, backend=backend)
         np.testing.assert_array_equal(panoptic, pdl_post.merge(s.sem, s.ctr, s.off))
@@ -189,8 +209,11 @@ def test_empty_images():
         sem = np.zeros(shape, np.int32)
         out = pdl_post.merge(sem, np.zeros(shape, np.float32), np.zeros((2, *shape), np.float32))
         assert out.shape == shape and out.dtype == np.int32
-    empty_batch = pdl_post.merge(np.zeros((0, 3, 3), np.int32), np.zeros((0, 1, 3, 3), np.float32),
-                                 np.zeros((0, 2, 3, 3), np.float32))
+    empty_batch = pdl_post.merge(
+        np.zeros((0, 3, 3), np.int32),
+        np.zeros((0, 1, 3, 3), np.float32),
+        np.zeros((0, 2, 3, 3), np.float32),
+    )
     assert empty_batch.shape == (0, 3, 3)
 
 

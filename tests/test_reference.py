@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from pdl_post import reference as ref
 from pdl_post import synthetic
 

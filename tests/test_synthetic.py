@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+
 from pdl_post import synthetic
 
 THING = tuple(range(11, 19))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from pdl_post import viz
 
 PIL_Image = pytest.importorskip("PIL.Image")

@@ -71,8 +71,8 @@ void row_window_max(const T* h, int64_t width, int64_t k, T* prefix, T* suffix, 
 // values <= 0 never change a maximum that is compared with a positive h.
 template <typename T>
 void column_peaks(Plane<const T> ctr, const std::vector<const T*>& row_max,
-                  const std::vector<char>& row_positive, int64_t height, int64_t width,
-                  T threshold, int64_t k, int64_t y0, int64_t y1, std::vector<Peak>& peaks) {
+                  const std::vector<char>& row_positive, int64_t height, int64_t width, T threshold,
+                  int64_t k, int64_t y0, int64_t y1, std::vector<Peak>& peaks) {
   const int64_t r = k / 2;
   const int64_t block_rows = std::min(k, height);
   std::vector<T> suffix(static_cast<size_t>(block_rows * width));
@@ -131,11 +131,13 @@ std::vector<Peak> find_peaks_cpu(Plane<const T> ctr, int64_t height, int64_t wid
   if (height <= 0 || width <= 0) return peaks;
   // Rows are independent in the first pass; strips of rows in the second.
   const int64_t k = nms_kernel;
-  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, height)));
+  const int threads =
+      static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, height)));
   // Pass 1a: which rows hold a candidate (h > 0) at all.
   std::vector<char> row_positive(static_cast<size_t>(height), 0);
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
-  for (int64_t y = 0; y < height; ++y) row_positive[y] = row_has_candidate(ctr, y, width, threshold);
+  for (int64_t y = 0; y < height; ++y)
+    row_positive[y] = row_has_candidate(ctr, y, width, threshold);
   std::vector<int64_t> slot(static_cast<size_t>(height), -1);
   int64_t positive_rows = 0;
   for (int64_t y = 0; y < height; ++y) {
@@ -188,8 +190,9 @@ void select_top_k(std::vector<Peak>& peaks, int64_t top_k, TopKMode mode) {
     std::nth_element(scores.begin(), scores.begin() + (top_k - 1), scores.end(),
                      std::greater<double>());
     const double t = scores[top_k - 1];
-    peaks.erase(std::remove_if(peaks.begin(), peaks.end(), [t](const Peak& p) { return !(p.score > t); }),
-                peaks.end());
+    peaks.erase(
+        std::remove_if(peaks.begin(), peaks.end(), [t](const Peak& p) { return !(p.score > t); }),
+        peaks.end());
     return;
   }
   // Exact: rank by score, ties to the earlier pixel (lower position in the row-major list).
@@ -207,9 +210,9 @@ void select_top_k(std::vector<Peak>& peaks, int64_t top_k, TopKMode mode) {
   peaks.swap(kept);
 }
 
-template std::vector<Peak> find_peaks_cpu<float>(Plane<const float>, int64_t, int64_t, float, int64_t,
-                                                 int);
-template std::vector<Peak> find_peaks_cpu<double>(Plane<const double>, int64_t, int64_t, double, int64_t,
-                                                  int);
+template std::vector<Peak> find_peaks_cpu<float>(Plane<const float>, int64_t, int64_t, float,
+                                                 int64_t, int);
+template std::vector<Peak> find_peaks_cpu<double>(Plane<const double>, int64_t, int64_t, double,
+                                                  int64_t, int);
 
 }  // namespace pdl_post

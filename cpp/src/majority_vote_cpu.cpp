@@ -97,7 +97,8 @@ std::vector<int64_t> majority_by_sorting(const SegmentStats& stats, const ClassI
 template <typename TL, typename TSem, typename TOut>
 void accumulate_probabilities(const StridedView& logits, Plane<const TSem> sem,
                               const int32_t* instance, const ClassIndex& classes,
-                              const FuseTables<TOut>& tables, const std::vector<int64_t>& slot_of_instance,
+                              const FuseTables<TOut>& tables,
+                              const std::vector<int64_t>& slot_of_instance,
                               const std::vector<int64_t>& slot_of_class, int64_t height,
                               int64_t width, int64_t num_slots, std::vector<double>& sums,
                               int num_threads) {
@@ -115,8 +116,8 @@ void accumulate_probabilities(const StridedView& logits, Plane<const TSem> sem,
         const int64_t c = inst > 0 ? tables.class_of[inst] : classes.index(sem(y, x));
         const int64_t slot = inst > 0 ? slot_of_instance[inst] : slot_of_class[c];
         if (slot < 0) continue;
-        acc[slot] += softmax_probability(&plane(y, x), logits.strides[1], channels,
-                                         classes.label(c));
+        acc[slot] +=
+            softmax_probability(&plane(y, x), logits.strides[1], channels, classes.label(c));
       }
     }
   }
@@ -227,9 +228,8 @@ FuseTables<TOut> resolve_segments(const SegmentStats& stats, const ClassIndex& c
                        std::to_string(params.label_divisor) + "; use a larger label_divisor");
     }
     t.instance_label[k] = checked_id<TOut>(classes.label(c), params.label_divisor, n);
-    t.segments.push_back(
-        Segment{static_cast<int64_t>(t.instance_label[k]), classes.label(c), true, stats.area[k],
-                1.0, k});
+    t.segments.push_back(Segment{static_cast<int64_t>(t.instance_label[k]), classes.label(c), true,
+                                 stats.area[k], 1.0, k});
   }
   // Stuff: every non-thing class whose unassigned area reaches stuff_area.
   std::vector<uint8_t> is_thing(static_cast<size_t>(C), 0);
@@ -298,19 +298,18 @@ void score_segments(Plane<const TSem> sem, const int32_t* instance, const ClassI
   }
 }
 
-#define PDL_INSTANTIATE_LABEL(TSem)                                                             \
-  template ClassIndex make_class_index<TSem>(Plane<const TSem>, int64_t, int64_t, int64_t);    \
-  template SegmentStats count_segments<TSem>(Plane<const TSem>, const int32_t*, int64_t,       \
-                                             int64_t, int64_t, const ClassIndex&, int);
-#define PDL_INSTANTIATE_LABEL_OUT(TSem, TOut)                                                   \
-  template FuseTables<TOut> resolve_segments<TSem, TOut>(                                       \
-      const SegmentStats&, const ClassIndex&, const FuseParams&, Plane<const TSem>,             \
-      const int32_t*, int64_t, int64_t, int);                                                   \
-  template void write_panoptic<TSem, TOut>(Plane<const TSem>, const int32_t*, const ClassIndex&, \
-                                           const FuseTables<TOut>&, int64_t, int64_t, TOut*,    \
-                                           int);                                                \
-  template void score_segments<TSem, TOut>(Plane<const TSem>, const int32_t*, const ClassIndex&, \
-                                           FuseTables<TOut>&, const std::vector<double>&,       \
+#define PDL_INSTANTIATE_LABEL(TSem)                                                               \
+  template ClassIndex make_class_index<TSem>(Plane<const TSem>, int64_t, int64_t, int64_t);       \
+  template SegmentStats count_segments<TSem>(Plane<const TSem>, const int32_t*, int64_t, int64_t, \
+                                             int64_t, const ClassIndex&, int);
+#define PDL_INSTANTIATE_LABEL_OUT(TSem, TOut)                                                      \
+  template FuseTables<TOut> resolve_segments<TSem, TOut>(const SegmentStats&, const ClassIndex&,   \
+                                                         const FuseParams&, Plane<const TSem>,     \
+                                                         const int32_t*, int64_t, int64_t, int);   \
+  template void write_panoptic<TSem, TOut>(Plane<const TSem>, const int32_t*, const ClassIndex&,   \
+                                           const FuseTables<TOut>&, int64_t, int64_t, TOut*, int); \
+  template void score_segments<TSem, TOut>(Plane<const TSem>, const int32_t*, const ClassIndex&,   \
+                                           FuseTables<TOut>&, const std::vector<double>&,          \
                                            const StridedView&, int64_t, int64_t, int);
 #define PDL_INSTANTIATE_ALL(TSem)          \
   PDL_INSTANTIATE_LABEL(TSem)              \

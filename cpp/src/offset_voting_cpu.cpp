@@ -1,11 +1,11 @@
 // CPU offset voting: a grid of cells with exact per-cell candidate lists (see offset_voting.h).
 #include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <limits>
 #include <memory>
 #include <string>
 #include <thread>
-#include <cmath>
-#include <limits>
 #include <vector>
 
 #include "pdl_post/offset_voting.h"
@@ -28,7 +28,8 @@ VoteGrid make_grid(int64_t height, int64_t width, int64_t num_centers) {
 }
 
 // Candidate centres for one cell: every centre whose lower bound is <= the smallest upper bound.
-void cell_candidates(const VoteGrid& g, int64_t cell_index, const std::vector<int64_t>& bucket_start,
+void cell_candidates(const VoteGrid& g, int64_t cell_index,
+                     const std::vector<int64_t>& bucket_start,
                      const std::vector<int32_t>& bucket_centers, const std::vector<float>& cy,
                      const std::vector<float>& cx, std::vector<Candidate>& out) {
   const int64_t ci = cell_index / g.cols;

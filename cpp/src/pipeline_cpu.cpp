@@ -1,6 +1,4 @@
 // CPU batch driver: dtype dispatch, image- or row-parallel scheduling, stage composition.
-#include "pdl_post/pipeline.h"
-
 #include <algorithm>
 #include <exception>
 #include <limits>
@@ -8,6 +6,7 @@
 #include <type_traits>
 
 #include "pdl_post/offset_voting.h"
+#include "pdl_post/pipeline.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -37,10 +36,14 @@ namespace {
 template <typename F>
 decltype(auto) with_label_type(DType t, const char* what, F&& f) {
   switch (t) {
-    case DType::kUInt8: return f(uint8_t{});
-    case DType::kInt16: return f(int16_t{});
-    case DType::kInt32: return f(int32_t{});
-    case DType::kInt64: return f(int64_t{});
+    case DType::kUInt8:
+      return f(uint8_t{});
+    case DType::kInt16:
+      return f(int16_t{});
+    case DType::kInt32:
+      return f(int32_t{});
+    case DType::kInt64:
+      return f(int64_t{});
     default:
       throw ValueError(std::string(what) + ": expected uint8, int16, int32 or int64 labels, got " +
                        dtype_name(t));
@@ -50,8 +53,10 @@ decltype(auto) with_label_type(DType t, const char* what, F&& f) {
 template <typename F>
 decltype(auto) with_float_type(DType t, const char* what, F&& f) {
   switch (t) {
-    case DType::kFloat32: return f(float{});
-    case DType::kFloat64: return f(double{});
+    case DType::kFloat32:
+      return f(float{});
+    case DType::kFloat64:
+      return f(double{});
     default:
       throw ValueError(std::string(what) + ": expected float32 or float64, got " + dtype_name(t));
   }
@@ -60,8 +65,10 @@ decltype(auto) with_float_type(DType t, const char* what, F&& f) {
 template <typename F>
 decltype(auto) with_output_type(DType t, F&& f) {
   switch (t) {
-    case DType::kInt32: return f(int32_t{});
-    case DType::kInt64: return f(int64_t{});
+    case DType::kInt32:
+      return f(int32_t{});
+    case DType::kInt64:
+      return f(int64_t{});
     default:
       throw ValueError(std::string("out: expected int32 or int64, got ") + dtype_name(t));
   }
@@ -177,9 +184,8 @@ void vote_image(Plane<const TSem> sem, const ThingSource& things, Plane<const TO
   const int64_t strips = strips_for(height, threads);
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(dynamic, 1)
   for (int64_t s = 0; s < strips; ++s) {
-    vote_rows_any_source<false>(sem, things, dy, dx, height * s / strips,
-                                height * (s + 1) / strips, width, index, instance, nullptr,
-                                nullptr);
+    vote_rows_any_source<false>(sem, things, dy, dx, height * s / strips, height * (s + 1) / strips,
+                                width, index, instance, nullptr, nullptr);
   }
 }
 
@@ -221,9 +227,8 @@ std::vector<Segment> merge_image(Plane<const TSem> sem, const ThingSource& thing
                                     SegmentStats(K, classes.size, dense));
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(dynamic, 1)
   for (int64_t s = 0; s < strips; ++s) {
-    vote_rows_any_source<true>(sem, things, dy, dx, height * s / strips,
-                               height * (s + 1) / strips, width, index, instance, &classes,
-                               &partial[s]);
+    vote_rows_any_source<true>(sem, things, dy, dx, height * s / strips, height * (s + 1) / strips,
+                               width, index, instance, &classes, &partial[s]);
   }
   for (int64_t s = 1; s < strips; ++s) partial[0].merge_from(partial[s]);
   return finish_fusion(sem, instance, partial[0], classes, params, centers.score, logits, height,

@@ -48,8 +48,10 @@ def available_backends() -> list[str]:
 def _backend(backend) -> str:
     check_choice(backend, "backend", (*BACKENDS, "cuda"))
     if backend == "cuda":
-        raise ValueError("backend: 'cuda' is not available in this build (pdl_post.build_info()"
-                         "['cuda'] says why); available: " + ", ".join(available_backends()))
+        raise ValueError(
+            "backend: 'cuda' is not available in this build (pdl_post.build_info()"
+            "['cuda'] says why); available: " + ", ".join(available_backends())
+        )
     return "cpu" if backend == "auto" else backend
 
 
@@ -80,8 +82,9 @@ class PanopticResult:
 def _segments_list(seg: dict) -> list[dict]:
     return [
         {"id": int(i), "category_id": int(c), "isthing": bool(t), "area": int(a), "score": float(s)}
-        for i, c, t, a, s in zip(seg["id"], seg["category_id"], seg["isthing"], seg["area"],
-                                 seg["score"])
+        for i, c, t, a, s in zip(
+            seg["id"], seg["category_id"], seg["isthing"], seg["area"], seg["score"]
+        )
     ]
 
 
@@ -128,8 +131,12 @@ def _run(sem, ctr, off, *, foreground_mask, backend, params):
     ctr4 = normalize_ctr(ctr, batched)
     off4 = normalize_off(off, batched)
     mask4 = normalize_mask(foreground_mask, batched)
-    geometry = {"sem": labels if labels is not None else logits, "ctr": ctr4, "off": off4,
-                "foreground_mask": mask4}
+    geometry = {
+        "sem": labels if labels is not None else logits,
+        "ctr": ctr4,
+        "off": off4,
+        "foreground_mask": mask4,
+    }
     b, h, w = check_same_geometry(geometry)
     threads = params.num_threads
     if logits is not None:
@@ -142,10 +149,23 @@ def _run(sem, ctr, off, *, foreground_mask, backend, params):
         per_image = _run_reference(labels, logits, ctr4, off4, mask4, params, _as_4d(view, batched))
     else:
         per_image = _core.merge(
-            labels, ctr4, off4, mask4, logits, max_label, params.thing_ids, params.label_divisor,
-            params.stuff_area, params.void_label, params.threshold, params.nms_kernel,
-            -1 if params.top_k is None else params.top_k, params.topk_mode,
-            _as_4d(view, batched), threads)
+            labels,
+            ctr4,
+            off4,
+            mask4,
+            logits,
+            max_label,
+            params.thing_ids,
+            params.label_divisor,
+            params.stuff_area,
+            params.void_label,
+            params.threshold,
+            params.nms_kernel,
+            -1 if params.top_k is None else params.top_k,
+            params.topk_mode,
+            _as_4d(view, batched),
+            threads,
+        )
     return out, per_image, batched
 
 
@@ -155,18 +175,34 @@ def _run_reference(labels, logits, ctr4, off4, mask4, params, out4):
     per_image = []
     for i in range(labels.shape[0]):
         r = reference.postprocess_image(
-            labels[i, 0].astype(np.int64), ctr4[i, 0], off4[i], thing_ids=params.thing_ids,
-            label_divisor=params.label_divisor, stuff_area=params.stuff_area,
-            void_label=params.void_label, threshold=params.threshold,
-            nms_kernel=params.nms_kernel, top_k=params.top_k, topk_mode=params.topk_mode,
+            labels[i, 0].astype(np.int64),
+            ctr4[i, 0],
+            off4[i],
+            thing_ids=params.thing_ids,
+            label_divisor=params.label_divisor,
+            stuff_area=params.stuff_area,
+            void_label=params.void_label,
+            threshold=params.threshold,
+            nms_kernel=params.nms_kernel,
+            top_k=params.top_k,
+            topk_mode=params.topk_mode,
             foreground_mask=None if mask4 is None else mask4[i, 0].astype(bool),
-            logits=None if logits is None else logits[i], out_dtype=out4.dtype)
+            logits=None if logits is None else logits[i],
+            out_dtype=out4.dtype,
+        )
         out4[i, 0] = r["panoptic"]
         segs = r["segments"]
-        seg = {key: np.array([s[key] for s in segs]) for key in
-               ("id", "category_id", "isthing", "area", "score")}
-        per_image.append((np.asarray(r["centers"], dtype=np.int64).reshape(-1, 2),
-                          np.asarray(r["center_scores"], dtype=np.float64), seg))
+        seg = {
+            key: np.array([s[key] for s in segs])
+            for key in ("id", "category_id", "isthing", "area", "score")
+        }
+        per_image.append(
+            (
+                np.asarray(r["centers"], dtype=np.int64).reshape(-1, 2),
+                np.asarray(r["center_scores"], dtype=np.float64),
+                seg,
+            )
+        )
     return per_image
 
 
@@ -206,12 +242,34 @@ _MERGE_DOC_PARAMS = """
 """
 
 
-def merge(sem, ctr, off, *, thing_ids=_DEFAULT_THINGS, label_divisor=1000, stuff_area=2048,
-          void_label=-1, threshold=0.1, nms_kernel=7, top_k=200, foreground_mask=None,
-          topk_mode="exact", num_threads=None, backend="auto"):
-    params = check_params(thing_ids=thing_ids, label_divisor=label_divisor, stuff_area=stuff_area,
-                          void_label=void_label, threshold=threshold, nms_kernel=nms_kernel,
-                          top_k=top_k, topk_mode=topk_mode, num_threads=num_threads)
+def merge(
+    sem,
+    ctr,
+    off,
+    *,
+    thing_ids=_DEFAULT_THINGS,
+    label_divisor=1000,
+    stuff_area=2048,
+    void_label=-1,
+    threshold=0.1,
+    nms_kernel=7,
+    top_k=200,
+    foreground_mask=None,
+    topk_mode="exact",
+    num_threads=None,
+    backend="auto",
+):
+    params = check_params(
+        thing_ids=thing_ids,
+        label_divisor=label_divisor,
+        stuff_area=stuff_area,
+        void_label=void_label,
+        threshold=threshold,
+        nms_kernel=nms_kernel,
+        top_k=top_k,
+        topk_mode=topk_mode,
+        num_threads=num_threads,
+    )
     out, _, _ = _run(sem, ctr, off, foreground_mask=foreground_mask, backend=backend, params=params)
     return out
 
@@ -219,7 +277,9 @@ def merge(sem, ctr, off, *, thing_ids=_DEFAULT_THINGS, label_divisor=1000, stuff
 merge.__doc__ = (
     """Panoptic segmentation from Panoptic-DeepLab outputs (centre NMS, top-k, offset voting,
     majority vote, stuff filter).
-""" + _MERGE_DOC_PARAMS + """
+"""
+    + _MERGE_DOC_PARAMS
+    + """
     Returns
     -------
     panoptic : ndarray or torch.Tensor, shape [H, W] or [B, H, W]
@@ -238,17 +298,44 @@ merge.__doc__ = (
 )
 
 
-def postprocess(sem, ctr, off, *, thing_ids=_DEFAULT_THINGS, label_divisor=1000, stuff_area=2048,
-                void_label=-1, threshold=0.1, nms_kernel=7, top_k=200, foreground_mask=None,
-                topk_mode="exact", num_threads=None, backend="auto"):
-    params = check_params(thing_ids=thing_ids, label_divisor=label_divisor, stuff_area=stuff_area,
-                          void_label=void_label, threshold=threshold, nms_kernel=nms_kernel,
-                          top_k=top_k, topk_mode=topk_mode, num_threads=num_threads)
-    out, per_image, batched = _run(sem, ctr, off, foreground_mask=foreground_mask, backend=backend,
-                                   params=params)
+def postprocess(
+    sem,
+    ctr,
+    off,
+    *,
+    thing_ids=_DEFAULT_THINGS,
+    label_divisor=1000,
+    stuff_area=2048,
+    void_label=-1,
+    threshold=0.1,
+    nms_kernel=7,
+    top_k=200,
+    foreground_mask=None,
+    topk_mode="exact",
+    num_threads=None,
+    backend="auto",
+):
+    params = check_params(
+        thing_ids=thing_ids,
+        label_divisor=label_divisor,
+        stuff_area=stuff_area,
+        void_label=void_label,
+        threshold=threshold,
+        nms_kernel=nms_kernel,
+        top_k=top_k,
+        topk_mode=topk_mode,
+        num_threads=num_threads,
+    )
+    out, per_image, batched = _run(
+        sem, ctr, off, foreground_mask=foreground_mask, backend=backend, params=params
+    )
     results = [
-        PanopticResult(panoptic=out[i] if batched else out, centers=centers, center_scores=scores,
-                       segments=_segments_list(seg))
+        PanopticResult(
+            panoptic=out[i] if batched else out,
+            centers=centers,
+            center_scores=scores,
+            segments=_segments_list(seg),
+        )
         for i, (centers, scores, seg) in enumerate(per_image)
     ]
     return results if batched else results[0]
@@ -256,7 +343,9 @@ def postprocess(sem, ctr, off, *, thing_ids=_DEFAULT_THINGS, label_divisor=1000,
 
 postprocess.__doc__ = (
     """Like :func:`merge`, plus centres, their scores and the list of segments.
-""" + _MERGE_DOC_PARAMS + """
+"""
+    + _MERGE_DOC_PARAMS
+    + """
     Returns
     -------
     PanopticResult, or a list of PanopticResult (one per image) for batched input.
@@ -266,8 +355,16 @@ postprocess.__doc__ = (
 )
 
 
-def find_centers(ctr, *, threshold=0.1, nms_kernel=7, top_k=200, topk_mode="exact",
-                 num_threads=None, backend="auto"):
+def find_centers(
+    ctr,
+    *,
+    threshold=0.1,
+    nms_kernel=7,
+    top_k=200,
+    topk_mode="exact",
+    num_threads=None,
+    backend="auto",
+):
     """Instance centres: threshold, k x k NMS, top-k (steps 1-4 of the semantics).
 
     Parameters
@@ -281,9 +378,17 @@ def find_centers(ctr, *, threshold=0.1, nms_kernel=7, top_k=200, topk_mode="exac
     (centers, scores) : ndarray [K, 2] int64 (y, x) in row-major order, ndarray [K] float64;
     a list of such pairs for a batch [B, 1, H, W].
     """
-    params = check_params(thing_ids=(), label_divisor=1, stuff_area=0, void_label=0,
-                          threshold=threshold, nms_kernel=nms_kernel, top_k=top_k,
-                          topk_mode=topk_mode, num_threads=num_threads)
+    params = check_params(
+        thing_ids=(),
+        label_divisor=1,
+        stuff_area=0,
+        void_label=0,
+        threshold=threshold,
+        nms_kernel=nms_kernel,
+        top_k=top_k,
+        topk_mode=topk_mode,
+        num_threads=num_threads,
+    )
     backend = _backend(backend)
     batched = as_numpy(ctr, "ctr").ndim == 4
     ctr4 = normalize_ctr(ctr, batched)
@@ -291,24 +396,38 @@ def find_centers(ctr, *, threshold=0.1, nms_kernel=7, top_k=200, topk_mode="exac
     if backend == "reference":
         from pdl_post import reference
 
-        pairs = [reference.find_centers(ctr4[i, 0], threshold=params.threshold,
-                                        nms_kernel=params.nms_kernel, top_k=params.top_k,
-                                        topk_mode=params.topk_mode)
-                 for i in range(ctr4.shape[0])]
+        pairs = [
+            reference.find_centers(
+                ctr4[i, 0],
+                threshold=params.threshold,
+                nms_kernel=params.nms_kernel,
+                top_k=params.top_k,
+                topk_mode=params.topk_mode,
+            )
+            for i in range(ctr4.shape[0])
+        ]
     else:
-        pairs = _core.find_centers(ctr4, params.threshold, params.nms_kernel,
-                                   -1 if params.top_k is None else params.top_k,
-                                   params.topk_mode, params.num_threads)
-    pairs = [(np.asarray(c, dtype=np.int64).reshape(-1, 2), np.asarray(s, dtype=np.float64))
-             for c, s in pairs]
+        pairs = _core.find_centers(
+            ctr4,
+            params.threshold,
+            params.nms_kernel,
+            -1 if params.top_k is None else params.top_k,
+            params.topk_mode,
+            params.num_threads,
+        )
+    pairs = [
+        (np.asarray(c, dtype=np.int64).reshape(-1, 2), np.asarray(s, dtype=np.float64))
+        for c, s in pairs
+    ]
     return pairs if batched else pairs[0]
 
 
 def _check_centers(centers, batch: int, height: int, width: int, batched: bool) -> list:
     per_image = list(centers) if batched else [centers]
     if batched and len(per_image) != batch:
-        raise ValueError(f"centers: expected one [K,2] array per image ({batch}), got "
-                         f"{len(per_image)}")
+        raise ValueError(
+            f"centers: expected one [K,2] array per image ({batch}), got {len(per_image)}"
+        )
     checked = []
     for c in per_image:
         a = as_numpy(c, "centers")
@@ -319,15 +438,27 @@ def _check_centers(centers, batch: int, height: int, width: int, batched: bool) 
         if a.ndim != 2 or a.shape[1] != 2:
             raise ValueError(f"centers: expected shape [K,2] (y, x), got {list(a.shape)}")
         a = np.ascontiguousarray(a, dtype=np.int64)
-        if a.size and (a[:, 0].min() < 0 or a[:, 0].max() >= height or a[:, 1].min() < 0
-                       or a[:, 1].max() >= width):
+        if a.size and (
+            a[:, 0].min() < 0
+            or a[:, 0].max() >= height
+            or a[:, 1].min() < 0
+            or a[:, 1].max() >= width
+        ):
             raise ValueError(f"centers: every (y, x) must lie inside the {height}x{width} image")
         checked.append(a)
     return checked
 
 
-def group_pixels(sem, centers, off, *, thing_ids=_DEFAULT_THINGS, foreground_mask=None,
-                 num_threads=None, backend="auto"):
+def group_pixels(
+    sem,
+    centers,
+    off,
+    *,
+    thing_ids=_DEFAULT_THINGS,
+    foreground_mask=None,
+    num_threads=None,
+    backend="auto",
+):
     """Offset voting: each thing pixel joins the centre nearest to where its offset points.
 
     Parameters
@@ -353,8 +484,10 @@ def group_pixels(sem, centers, off, *, thing_ids=_DEFAULT_THINGS, foreground_mas
     labels = None
     if mask4 is None:
         if sem is None:
-            raise TypeError("sem: expected labels or logits (None is only allowed together with "
-                            "foreground_mask)")
+            raise TypeError(
+                "sem: expected labels or logits (None is only allowed together with "
+                "foreground_mask)"
+            )
         labels, logits, sem_batched = normalize_sem(sem)
         if sem_batched != batched:
             raise ValueError("sem: batched and unbatched inputs are mixed (sem vs off)")
@@ -376,8 +509,17 @@ def group_pixels(sem, centers, off, *, thing_ids=_DEFAULT_THINGS, foreground_mas
     return out
 
 
-def fuse(sem, instance, *, thing_ids=_DEFAULT_THINGS, label_divisor=1000, stuff_area=2048,
-         void_label=-1, num_threads=None, backend="auto"):
+def fuse(
+    sem,
+    instance,
+    *,
+    thing_ids=_DEFAULT_THINGS,
+    label_divisor=1000,
+    stuff_area=2048,
+    void_label=-1,
+    num_threads=None,
+    backend="auto",
+):
     """Majority vote, stuff-area filter and panoptic ids from labels and an instance map.
 
     Parameters
@@ -393,42 +535,71 @@ def fuse(sem, instance, *, thing_ids=_DEFAULT_THINGS, label_divisor=1000, stuff_
     panoptic : ndarray or torch.Tensor, shape [H, W] or [B, H, W], int32 or int64
     """
     backend = _backend(backend)
-    params = check_params(thing_ids=thing_ids, label_divisor=label_divisor, stuff_area=stuff_area,
-                          void_label=void_label, threshold=0.0, nms_kernel=1, top_k=None,
-                          topk_mode="exact", num_threads=num_threads)
+    params = check_params(
+        thing_ids=thing_ids,
+        label_divisor=label_divisor,
+        stuff_area=stuff_area,
+        void_label=void_label,
+        threshold=0.0,
+        nms_kernel=1,
+        top_k=None,
+        topk_mode="exact",
+        num_threads=num_threads,
+    )
     labels, logits, batched = normalize_sem(sem)
     inst = as_numpy(instance, "instance")
     if inst.dtype.kind not in "ui" or inst.dtype == np.uint64:
         raise TypeError(f"instance: expected an integer instance map, got dtype {inst.dtype}")
     if inst.ndim != (3 if batched else 2):
-        raise ValueError(f"instance: expected shape {'[B,H,W]' if batched else '[H,W]'} like sem, "
-                         f"got {list(inst.shape)}")
+        raise ValueError(
+            f"instance: expected shape {'[B,H,W]' if batched else '[H,W]'} like sem, "
+            f"got {list(inst.shape)}"
+        )
     inst4 = _as_4d(inst, batched)
-    b, h, w = check_same_geometry({"sem": labels if labels is not None else logits,
-                                   "instance": inst4})
+    b, h, w = check_same_geometry(
+        {"sem": labels if labels is not None else logits, "instance": inst4}
+    )
     threads = params.num_threads
     if logits is not None:
         labels = _labels_from_logits(logits, threads, backend)
     if inst.size and (inst.min() < 0 or inst.max() > np.iinfo(np.int32).max - 1):
-        raise ValueError(f"instance: ids must lie in [0, 2**31 - 2], got [{inst.min()}, "
-                         f"{inst.max()}]")
+        raise ValueError(
+            f"instance: ids must lie in [0, 2**31 - 2], got [{inst.min()}, {inst.max()}]"
+        )
     inst4 = np.ascontiguousarray(inst4, dtype=np.int32)
     counts = [int(inst4[i].max()) if inst4[i].size else 0 for i in range(b)]
     max_label = _checked_max_label(labels, threads)
     dtype = output_dtype(max_label, params.label_divisor, params.void_label)
-    out, view = _empty_output((b, h, w) if batched else (h, w), dtype,
-                              is_torch_tensor(sem) or is_torch_tensor(instance))
+    out, view = _empty_output(
+        (b, h, w) if batched else (h, w), dtype, is_torch_tensor(sem) or is_torch_tensor(instance)
+    )
     out4 = _as_4d(view, batched)
     if backend == "reference":
         from pdl_post import reference
 
         for i in range(b):
             out4[i, 0], _ = reference.fuse(
-                labels[i, 0].astype(np.int64), inst4[i, 0], thing_ids=params.thing_ids,
-                label_divisor=params.label_divisor, stuff_area=params.stuff_area,
-                void_label=params.void_label, out_dtype=dtype)
+                labels[i, 0].astype(np.int64),
+                inst4[i, 0],
+                thing_ids=params.thing_ids,
+                label_divisor=params.label_divisor,
+                stuff_area=params.stuff_area,
+                void_label=params.void_label,
+                out_dtype=dtype,
+            )
     else:
-        _core.fuse(labels, inst4, counts, max_label, params.thing_ids, params.label_divisor,
-                   params.stuff_area, params.void_label, None, None, out4, threads)
+        _core.fuse(
+            labels,
+            inst4,
+            counts,
+            max_label,
+            params.thing_ids,
+            params.label_divisor,
+            params.stuff_area,
+            params.void_label,
+            None,
+            None,
+            out4,
+            threads,
+        )
     return out
-

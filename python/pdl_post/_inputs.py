@@ -14,8 +14,11 @@ import numpy as np
 
 LABEL_DTYPES = (np.uint8, np.int16, np.int32, np.int64)
 # Accepted and widened (one copy): common PNG label dtypes.
-WIDENED_LABEL_DTYPES = {np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64,
-                        np.dtype(np.int8): np.int16}
+WIDENED_LABEL_DTYPES = {
+    np.dtype(np.uint16): np.int32,
+    np.dtype(np.uint32): np.int64,
+    np.dtype(np.int8): np.int16,
+}
 FLOAT_DTYPES = (np.float32, np.float64)
 MAX_SIDE = 1 << 24  # pixel coordinates must be exact in float32
 INT32_MAX = np.iinfo(np.int32).max
@@ -35,12 +38,15 @@ def is_torch_tensor(x) -> bool:
 def as_numpy(x, name: str) -> np.ndarray:
     """A numpy view of ``x`` (numpy array, torch CPU tensor or array-like), without copying."""
     if x is None or isinstance(x, (str, bytes, dict, set)):
-        raise TypeError(f"{name}: expected an array (numpy array or torch tensor), got {_describe(x)}")
+        raise TypeError(
+            f"{name}: expected an array (numpy array or torch tensor), got {_describe(x)}"
+        )
     if is_torch_tensor(x):
         if x.device.type != "cpu":
             raise ValueError(
                 f"{name}: got a tensor on device '{x.device}'; this build of pdl_post has no CUDA "
-                "backend (pdl_post.build_info()['cuda']), move it to the CPU with .cpu()")
+                "backend (pdl_post.build_info()['cuda']), move it to the CPU with .cpu()"
+            )
         x = x.detach()
         try:
             return x.numpy()
@@ -81,9 +87,14 @@ def check_real(value, name: str) -> float:
 
 
 def check_thing_ids(thing_ids) -> list[int]:
-    if thing_ids is None or isinstance(thing_ids, (str, bytes)) or not hasattr(thing_ids, "__iter__"):
-        raise TypeError(f"thing_ids: expected an iterable of non-negative integers, got "
-                        f"{_describe(thing_ids)}")
+    if (
+        thing_ids is None
+        or isinstance(thing_ids, (str, bytes))
+        or not hasattr(thing_ids, "__iter__")
+    ):
+        raise TypeError(
+            f"thing_ids: expected an iterable of non-negative integers, got {_describe(thing_ids)}"
+        )
     if isinstance(thing_ids, np.ndarray) or is_torch_tensor(thing_ids):
         values = thing_ids.tolist() if thing_ids.ndim == 1 else [thing_ids.tolist()]
     else:
@@ -112,8 +123,18 @@ class MergeParams:
     num_threads: int  # 0 = all cores
 
 
-def check_params(*, thing_ids, label_divisor, stuff_area, void_label, threshold, nms_kernel, top_k,
-                 topk_mode, num_threads) -> MergeParams:
+def check_params(
+    *,
+    thing_ids,
+    label_divisor,
+    stuff_area,
+    void_label,
+    threshold,
+    nms_kernel,
+    top_k,
+    topk_mode,
+    num_threads,
+) -> MergeParams:
     kernel = check_int(nms_kernel, "nms_kernel", minimum=1)
     if kernel % 2 == 0:
         raise ValueError(f"nms_kernel: expected an odd window size (1, 3, 5, ...), got {kernel}")
@@ -174,11 +195,14 @@ def normalize_sem(sem, *, allow_logits=True):
             return None, a[None], False
         if a.ndim == 4:
             return None, a, True
-        raise ValueError(f"sem: float logits must have shape [C,H,W] or [B,C,H,W], got "
-                         f"{_shape_str(a)}")
+        raise ValueError(
+            f"sem: float logits must have shape [C,H,W] or [B,C,H,W], got {_shape_str(a)}"
+        )
     if a.dtype.kind not in "ui" or a.dtype == np.uint64:
-        raise TypeError(f"sem: expected integer labels (uint8, int16, int32, int64) or float "
-                        f"logits (float32, float64), got dtype {a.dtype}")
+        raise TypeError(
+            f"sem: expected integer labels (uint8, int16, int32, int64) or float "
+            f"logits (float32, float64), got dtype {a.dtype}"
+        )
     if a.dtype in WIDENED_LABEL_DTYPES:
         a = a.astype(WIDENED_LABEL_DTYPES[a.dtype])
     if a.ndim == 2:
@@ -239,15 +263,21 @@ def check_same_geometry(named: dict) -> tuple[int, int, int]:
     ref_name, ref = items[0]
     for name, a in items[1:]:
         if a.shape[0] != ref.shape[0]:
-            raise ValueError(f"{name}: batch size {a.shape[0]} does not match {ref_name}'s "
-                             f"batch size {ref.shape[0]}")
+            raise ValueError(
+                f"{name}: batch size {a.shape[0]} does not match {ref_name}'s "
+                f"batch size {ref.shape[0]}"
+            )
         if a.shape[2:] != ref.shape[2:]:
-            raise ValueError(f"{name}: image size {a.shape[2]}x{a.shape[3]} does not match "
-                             f"{ref_name}'s {ref.shape[2]}x{ref.shape[3]}")
+            raise ValueError(
+                f"{name}: image size {a.shape[2]}x{a.shape[3]} does not match "
+                f"{ref_name}'s {ref.shape[2]}x{ref.shape[3]}"
+            )
     b, _, h, w = ref.shape
     if h >= MAX_SIDE or w >= MAX_SIDE:
-        raise ValueError(f"{ref_name}: image sides must be < 2**24 (exact float32 pixel "
-                         f"coordinates), got {h}x{w}")
+        raise ValueError(
+            f"{ref_name}: image sides must be < 2**24 (exact float32 pixel "
+            f"coordinates), got {h}x{w}"
+        )
     return b, h, w
 
 
@@ -258,8 +288,10 @@ def output_dtype(max_label: int, label_divisor: int, void_label: int):
     """
     largest = (max(max_label, 0) + 1) * label_divisor - 1
     if largest > INT64_MAX:
-        raise ValueError(f"label_divisor: ids up to {largest} (max class {max_label} x "
-                         f"label_divisor {label_divisor}) do not fit int64")
+        raise ValueError(
+            f"label_divisor: ids up to {largest} (max class {max_label} x "
+            f"label_divisor {label_divisor}) do not fit int64"
+        )
     if largest <= INT32_MAX and -INT32_MAX - 1 <= void_label <= INT32_MAX:
         return np.int32
     return np.int64

@@ -18,9 +18,19 @@ from pdl_post._inputs import as_numpy
 __all__ = ["get_panoptic_segmentation"]
 
 
-def get_panoptic_segmentation(sem_seg, center_heatmap, offsets, thing_ids, label_divisor,
-                              stuff_area, void_label, threshold=0.1, nms_kernel=7, top_k=200,
-                              foreground_mask=None):
+def get_panoptic_segmentation(
+    sem_seg,
+    center_heatmap,
+    offsets,
+    thing_ids,
+    label_divisor,
+    stuff_area,
+    void_label,
+    threshold=0.1,
+    nms_kernel=7,
+    top_k=200,
+    foreground_mask=None,
+):
     """Panoptic segmentation with detectron2's signature.
 
     Parameters
@@ -46,9 +56,19 @@ def get_panoptic_segmentation(sem_seg, center_heatmap, offsets, thing_ids, label
         raise ValueError(f"sem_seg: expected shape [1,H,W], got {list(sem.shape)}")
     mask = None if foreground_mask is None else as_numpy(foreground_mask, "foreground_mask")
     result = postprocess(
-        sem[0], center_heatmap, offsets, thing_ids=thing_ids, label_divisor=label_divisor,
-        stuff_area=stuff_area, void_label=void_label, threshold=threshold, nms_kernel=nms_kernel,
-        top_k=top_k, foreground_mask=mask, topk_mode="detectron2")
+        sem[0],
+        center_heatmap,
+        offsets,
+        thing_ids=thing_ids,
+        label_divisor=label_divisor,
+        stuff_area=stuff_area,
+        void_label=void_label,
+        threshold=threshold,
+        nms_kernel=nms_kernel,
+        top_k=top_k,
+        foreground_mask=mask,
+        topk_mode="detectron2",
+    )
     device = sem_seg.device if hasattr(sem_seg, "device") else "cpu"
     panoptic = torch.as_tensor(result.panoptic, dtype=torch.int64, device=device).unsqueeze(0)
     center = torch.as_tensor(result.centers, dtype=torch.int64, device=device).unsqueeze(0)

@@ -5,11 +5,12 @@
 //   m = max of h over the k x k window, clipped at the image border
 //   peaks = pixels with h > 0 and h == m, in row-major order
 // The max filter is separable and uses the van Herk / Gil-Werman scheme in both directions: split
-// the axis into blocks of k, keep the running maximum from each block's start (prefix) and from each
-// block's end (suffix); a window of length <= k touches at most two blocks, so its maximum is one
-// comparison of a suffix and a prefix. That is O(1) work per pixel whatever k is. Rows are streamed
-// per thread (suffix rows of one block, a running prefix row), so the extra memory is one H x W row
-// max buffer plus O(k W) per thread. max() is exact, so the result equals the naive k^2 filter.
+// the axis into blocks of k, keep the running maximum from each block's start (prefix) and from
+// each block's end (suffix); a window of length <= k touches at most two blocks, so its maximum is
+// one comparison of a suffix and a prefix. That is O(1) work per pixel whatever k is. Rows are
+// streamed per thread (suffix rows of one block, a running prefix row), so the extra memory is one
+// H x W row max buffer plus O(k W) per thread. max() is exact, so the result equals the naive k^2
+// filter.
 //
 // Top-k: "exact" keeps the k largest peaks (ties to the earlier pixel) in row-major order;
 // "detectron2" keeps peaks > t, t = the k-th largest peak value when there are >= k peaks.

@@ -22,24 +22,36 @@ enum class DType { kUInt8, kInt16, kInt32, kInt64, kFloat32, kFloat64 };
 
 inline const char* dtype_name(DType t) {
   switch (t) {
-    case DType::kUInt8: return "uint8";
-    case DType::kInt16: return "int16";
-    case DType::kInt32: return "int32";
-    case DType::kInt64: return "int64";
-    case DType::kFloat32: return "float32";
-    case DType::kFloat64: return "float64";
+    case DType::kUInt8:
+      return "uint8";
+    case DType::kInt16:
+      return "int16";
+    case DType::kInt32:
+      return "int32";
+    case DType::kInt64:
+      return "int64";
+    case DType::kFloat32:
+      return "float32";
+    case DType::kFloat64:
+      return "float64";
   }
   return "unknown";
 }
 
 inline int64_t dtype_size(DType t) {
   switch (t) {
-    case DType::kUInt8: return 1;
-    case DType::kInt16: return 2;
-    case DType::kInt32: return 4;
-    case DType::kFloat32: return 4;
-    case DType::kInt64: return 8;
-    case DType::kFloat64: return 8;
+    case DType::kUInt8:
+      return 1;
+    case DType::kInt16:
+      return 2;
+    case DType::kInt32:
+      return 4;
+    case DType::kFloat32:
+      return 4;
+    case DType::kInt64:
+      return 8;
+    case DType::kFloat64:
+      return 8;
   }
   return 0;
 }
@@ -73,7 +85,9 @@ struct Plane {
   T* data;
   int64_t stride_y;
   int64_t stride_x;
-  PDL_HOST_DEVICE T& operator()(int64_t y, int64_t x) const { return data[y * stride_y + x * stride_x]; }
+  PDL_HOST_DEVICE T& operator()(int64_t y, int64_t x) const {
+    return data[y * stride_y + x * stride_x];
+  }
   PDL_HOST_DEVICE T* row(int64_t y) const { return data + y * stride_y; }
 };
 

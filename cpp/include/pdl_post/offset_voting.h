@@ -10,10 +10,11 @@
 // monotone, so LB(c) <= d(c, q) <= UB(c) holds exactly for every float q in the cell, and the true
 // winner (and every centre tying with it) is always in the list: the result equals brute force bit
 // for bit, ties included. A query scans its cell's list in LB order and stops at the first LB above
-// the best distance found, so a vote deep inside one instance usually costs one distance. Lists are built by searching rings of cells outward from the cell until
-// the ring's distance bound exceeds the best upper bound. Votes that land outside the grid (huge
-// offsets) fall back to brute force over all centres; non-finite votes join no instance.
-// Memory: O(H*W) for the instance map plus O(cells + candidates).
+// the best distance found, so a vote deep inside one instance usually costs one distance. Lists are
+// built by searching rings of cells outward from the cell until the ring's distance bound exceeds
+// the best upper bound. Votes that land outside the grid (huge offsets) fall back to brute force
+// over all centres; non-finite votes join no instance. Memory: O(H*W) for the instance map plus
+// O(cells + candidates).
 #pragma once
 
 #include <cmath>

@@ -38,7 +38,8 @@ PDL_HOST_DEVICE double softmax_probability(const T* logits, int64_t stride, int6
   double m = static_cast<double>(logits[0]);
   for (int64_t c = 1; c < channels; ++c) m = std::fmax(m, static_cast<double>(logits[c * stride]));
   double total = 0.0;
-  for (int64_t c = 0; c < channels; ++c) total += std::exp(static_cast<double>(logits[c * stride]) - m);
+  for (int64_t c = 0; c < channels; ++c)
+    total += std::exp(static_cast<double>(logits[c * stride]) - m);
   return std::exp(static_cast<double>(logits[target * stride]) - m) / total;
 }
 

@@ -1,0 +1,64 @@
+"""Type stubs of the compiled core (pdl_post._core). Use the pdl_post API instead: these
+functions take the 4-D [B, C, H, W] views that pdl_post._inputs prepares and do no validation."""
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+Segments = dict[str, npt.NDArray[Any]]  # id, category_id, isthing, area, score, instance
+
+def build_info() -> dict[str, Any]: ...
+def label_range(sem: npt.NDArray[np.integer], num_threads: int) -> tuple[int, int]: ...
+def argmax_logits(
+    logits: npt.NDArray[np.floating], out: npt.NDArray[np.int32], num_threads: int
+) -> None: ...
+def find_centers(
+    ctr: npt.NDArray[np.floating],
+    threshold: float,
+    nms_kernel: int,
+    top_k: int,
+    topk_mode: str,
+    num_threads: int,
+) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]]: ...
+def group_pixels(
+    sem: npt.NDArray[np.integer] | None,
+    thing_ids: list[int],
+    thing_mask: npt.NDArray[np.uint8] | None,
+    off: npt.NDArray[np.floating],
+    centers: list[npt.NDArray[np.int64]],
+    instance: npt.NDArray[np.int32],
+    num_threads: int,
+) -> None: ...
+def fuse(
+    sem: npt.NDArray[np.integer],
+    instance: npt.NDArray[np.int32],
+    num_instances: list[int],
+    max_label: int,
+    thing_ids: list[int],
+    label_divisor: int,
+    stuff_area: int,
+    void_label: int,
+    logits: npt.NDArray[np.floating] | None,
+    center_scores: list[list[float]] | None,
+    out: npt.NDArray[np.int32] | npt.NDArray[np.int64],
+    num_threads: int,
+) -> list[Segments]: ...
+def merge(
+    sem: npt.NDArray[np.integer],
+    ctr: npt.NDArray[np.floating],
+    off: npt.NDArray[np.floating],
+    thing_mask: npt.NDArray[np.uint8] | None,
+    logits: npt.NDArray[np.floating] | None,
+    max_label: int,
+    thing_ids: list[int],
+    label_divisor: int,
+    stuff_area: int,
+    void_label: int,
+    threshold: float,
+    nms_kernel: int,
+    top_k: int,
+    topk_mode: str,
+    out: npt.NDArray[np.int32] | npt.NDArray[np.int64],
+    num_threads: int,
+) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], Segments]]: ...
