@@ -155,7 +155,7 @@ std::vector<Peak> find_peaks_cpu(Plane<const T> ctr, int64_t height, int64_t wid
   {
     std::vector<T> scratch(static_cast<size_t>(3 * width));
     T* h = scratch.data();
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 16)
     for (int64_t y = 0; y < height; ++y) {
       if (!row_positive[y]) continue;
       threshold_row(ctr, y, width, threshold, h);
@@ -163,12 +163,14 @@ std::vector<Peak> find_peaks_cpu(Plane<const T> ctr, int64_t height, int64_t wid
                      storage.get() + slot[y] * width);
     }
   }
-  // Contiguous strips, concatenated in order: the peak list is row-major for any thread count.
-  std::vector<std::vector<Peak>> strip_peaks(static_cast<size_t>(threads));
-#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static, 1)
-  for (int t = 0; t < threads; ++t) {
-    const int64_t y0 = height * t / threads;
-    const int64_t y1 = height * (t + 1) / threads;
+  // Contiguous strips (a few per thread: candidate rows cluster), concatenated in order: the
+  // peak list is row-major for any thread count.
+  const int64_t strips = std::min<int64_t>(height, threads > 1 ? 4 * threads : 1);
+  std::vector<std::vector<Peak>> strip_peaks(static_cast<size_t>(strips));
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(dynamic, 1)
+  for (int64_t t = 0; t < strips; ++t) {
+    const int64_t y0 = height * t / strips;
+    const int64_t y1 = height * (t + 1) / strips;
     column_peaks(ctr, row_max, row_positive, height, width, threshold, k, y0, y1, strip_peaks[t]);
   }
   for (auto& strip : strip_peaks) peaks.insert(peaks.end(), strip.begin(), strip.end());
