@@ -32,8 +32,11 @@ develop: $(STAMP)
 	flock build/.lock $(BIN)/python -m pip install --quiet --no-build-isolation --no-deps \
 		-Cbuild-dir=build/dev -e .
 
+# Post-processing on a synthetic 1024x2048 scene beside the dense PyTorch implementation, then the
+# shipped tiny model end to end (image -> network -> pdl_post -> overlay PNG and PQ).
 demo: build
 	$(BIN)/python -m pdl_post.demo --out demo-out
+	$(BIN)/python -m panoptic_deeplab demo --out demo-out/model
 
 # The whole suite, then a smoke run of the benchmark suite on tiny scenes (keeps it from rotting).
 test: build
