@@ -16,6 +16,9 @@ using namespace pdl_post;
 namespace {
 
 DType dtype_of(const py::array& a, const char* name) {
+  if (a.itemsize() > 1 && a.dtype().byteorder() == '>') {
+    throw py::type_error(std::string(name) + ": expected native byte order, got big-endian");
+  }
   const char kind = a.dtype().kind();
   const auto size = a.itemsize();
   if ((kind == 'u' || kind == 'b') && size == 1) return DType::kUInt8;

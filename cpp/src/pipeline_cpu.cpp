@@ -120,20 +120,34 @@ ImageCenters find_image_centers(const StridedView& ctr, int64_t b, const CenterO
   });
 }
 
-std::vector<uint8_t> thing_table_of(const std::vector<int64_t>& thing_ids) {
-  int64_t size = 0;
-  for (int64_t t : thing_ids) size = std::max(size, t + 1);
-  std::vector<uint8_t> table(static_cast<size_t>(size), 0);
-  for (int64_t t : thing_ids) {
-    if (t >= 0) table[t] = 1;
-  }
-  return table;
-}
+// Storage behind ThingClasses.
+struct ThingTable {
+  static constexpr int64_t kMaxTableSize = int64_t{1} << 16;
+  std::vector<uint8_t> bytes;
+  std::vector<int64_t> sorted;
 
-// Where thing pixels come from: a mask plane, or labels looked up in the thing table.
+  explicit ThingTable(const std::vector<int64_t>& thing_ids) : sorted(thing_ids) {
+    std::sort(sorted.begin(), sorted.end());
+    sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
+    const int64_t size = sorted.empty() ? 0 : sorted.back() + 1;
+    if (size <= kMaxTableSize) {
+      bytes.assign(static_cast<size_t>(size), 0);
+      for (int64_t t : sorted) {
+        if (t >= 0) bytes[t] = 1;
+      }
+    }
+  }
+  ThingClasses view() const {
+    const bool small = sorted.empty() || sorted.back() < kMaxTableSize;
+    return ThingClasses{small ? bytes.data() : nullptr, static_cast<int64_t>(bytes.size()),
+                        sorted.data(), static_cast<int64_t>(sorted.size())};
+  }
+};
+
+// Where thing pixels come from: a mask plane, or labels looked up in the thing classes.
 struct ThingSource {
-  Plane<const uint8_t> mask;  // mask.data == nullptr: use the table
-  const std::vector<uint8_t>* table;
+  Plane<const uint8_t> mask;  // mask.data == nullptr: use the classes
+  ThingClasses classes;
 };
 
 // Votes of rows [y0, y1) of one image; with kCount, step 1 of the fusion in the same pass.
@@ -142,8 +156,7 @@ template <bool kFromMask, bool kCount, typename TSem, typename TOff>
 void vote_rows(Plane<const TSem> sem, const ThingSource& things, Plane<const TOff> dy,
                Plane<const TOff> dx, int64_t y0, int64_t y1, int64_t width, CenterIndex& index,
                int32_t* instance, const ClassIndex* classes, SegmentStats* stats) {
-  const uint8_t* table = things.table->data();
-  const int64_t table_size = static_cast<int64_t>(things.table->size());
+  const ThingClasses thing_classes = things.classes;
   SegmentCounter counter = kCount ? stats->counter() : SegmentCounter{};
   const bool dense_classes = kCount && classes->dense;
   CenterIndex::Cache cache;
@@ -151,8 +164,7 @@ void vote_rows(Plane<const TSem> sem, const ThingSource& things, Plane<const TOf
     int32_t* out = instance + y * width;
     for (int64_t x = 0; x < width; ++x) {
       const int64_t label = sem.data ? static_cast<int64_t>(sem(y, x)) : 0;
-      const bool thing =
-          kFromMask ? things.mask(y, x) != 0 : is_thing_label(label, table, table_size);
+      const bool thing = kFromMask ? things.mask(y, x) != 0 : thing_classes.contains(label);
       const int32_t inst = thing ? vote_pixel(y, x, dy(y, x), dx(y, x), index, cache) : 0;
       out[x] = inst;
       if constexpr (kCount) counter.add(inst, dense_classes ? label : classes->index(label));
@@ -292,13 +304,13 @@ void group_pixels(const StridedView& sem, const std::vector<int64_t>& thing_ids,
                   const StridedView& thing_mask, const StridedView& off,
                   const std::vector<ImageCenters>& centers, const StridedView& instance,
                   int num_threads) {
-  const std::vector<uint8_t> table = thing_table_of(thing_ids);
+  const ThingTable table(thing_ids);
   const int64_t height = off.height(), width = off.width();
   const DType sem_dtype = sem.data ? sem.dtype : DType::kUInt8;
   for_each_image(off.batch(), resolve_threads(num_threads), [&](int64_t b, int threads) {
     const ThingSource things{thing_mask.data ? plane_of<const uint8_t>(thing_mask, b, 0)
                                              : Plane<const uint8_t>{nullptr, 0, 0},
-                             &table};
+                             table.view()};
     CenterIndex index(height, width, centers[b].y, centers[b].x);
     int32_t* out = static_cast<int32_t*>(instance.data) + b * height * width;
     with_label_type(sem_dtype, "sem", [&](auto sem_tag) {
@@ -344,14 +356,14 @@ std::vector<ImageResult> merge(const StridedView& sem, const StridedView& ctr,
                                const CenterOptions& center_options, const FuseParams& params,
                                const StridedView& out, int num_threads) {
   std::vector<ImageResult> result(static_cast<size_t>(sem.batch()));
-  const std::vector<uint8_t> table = thing_table_of(params.thing_ids);
+  const ThingTable table(params.thing_ids);
   const int64_t height = sem.height(), width = sem.width();
   for_each_image(sem.batch(), resolve_threads(num_threads), [&](int64_t b, int threads) {
     ImageResult& r = result[b];
     r.centers = find_image_centers(ctr, b, center_options, threads);
     const ThingSource things{thing_mask.data ? plane_of<const uint8_t>(thing_mask, b, 0)
                                              : Plane<const uint8_t>{nullptr, 0, 0},
-                             &table};
+                             table.view()};
     r.segments = with_label_type(sem.dtype, "sem", [&](auto sem_tag) {
       using TSem = decltype(sem_tag);
       return with_float_type(off.dtype, "off", [&](auto off_tag) {

@@ -423,6 +423,13 @@ def find_centers(
 
 
 def _check_centers(centers, batch: int, height: int, width: int, batched: bool) -> list:
+    if batched and (
+        centers is None or isinstance(centers, (str, bytes)) or not hasattr(centers, "__len__")
+    ):
+        raise TypeError(
+            f"centers: expected a list of {batch} [K,2] arrays (one per image), got "
+            f"{type(centers).__name__}"
+        )
     per_image = list(centers) if batched else [centers]
     if batched and len(per_image) != batch:
         raise ValueError(
@@ -495,6 +502,8 @@ def group_pixels(
             check_same_geometry({"sem": logits, "off": off4})
             labels = _labels_from_logits(logits, threads, backend)
     b, h, w = check_same_geometry({"off": off4, "sem": labels, "foreground_mask": mask4})
+    if labels is not None:
+        _checked_max_label(labels, threads)  # negative class ids are an error here too
     center_list = _check_centers(centers, b, h, w, batched)
     out, view = _empty_output((b, h, w) if batched else (h, w), np.int32, is_torch_tensor(off))
     out4 = _as_4d(view, batched)
@@ -567,6 +576,12 @@ def fuse(
             f"instance: ids must lie in [0, 2**31 - 2], got [{inst.min()}, {inst.max()}]"
         )
     inst4 = np.ascontiguousarray(inst4, dtype=np.int32)
+    if inst.size and inst.max() > h * w:
+        # Sparse ids: renumber them 1..n in increasing order. Instances are visited in id order
+        # and absent ids use no number, so the result is unchanged; tables stay data-sized.
+        present, compact = np.unique(inst4, return_inverse=True)
+        compact = compact.reshape(inst4.shape).astype(np.int32)
+        inst4 = compact + (1 if present[0] > 0 else 0)
     counts = [int(inst4[i].max()) if inst4[i].size else 0 for i in range(b)]
     max_label = _checked_max_label(labels, threads)
     dtype = output_dtype(max_label, params.label_divisor, params.void_label)

@@ -36,7 +36,10 @@ def is_torch_tensor(x) -> bool:
 
 
 def as_numpy(x, name: str) -> np.ndarray:
-    """A numpy view of ``x`` (numpy array, torch CPU tensor or array-like), without copying."""
+    """A numpy view of ``x`` (numpy array, torch CPU tensor or array-like), without copying.
+
+    Non-native byte order (e.g. big-endian data read from disk) is converted once to native.
+    """
     if x is None or isinstance(x, (str, bytes, dict, set)):
         raise TypeError(
             f"{name}: expected an array (numpy array or torch tensor), got {_describe(x)}"
@@ -50,16 +53,22 @@ def as_numpy(x, name: str) -> np.ndarray:
         x = x.detach()
         try:
             return x.numpy()
-        except TypeError as e:  # bfloat16 and other dtypes numpy has no equivalent for
-            raise TypeError(f"{name}: unsupported torch dtype {x.dtype} ({e})") from None
+        except (TypeError, RuntimeError) as e:  # bfloat16, sparse, nested, conjugated ...
+            raise TypeError(
+                f"{name}: unsupported torch dtype {x.dtype} or layout {x.layout}; expected a dense "
+                f"tensor with a numpy dtype ({e})"
+            ) from None
     if isinstance(x, np.ndarray):
-        return x
-    try:
-        a = np.asarray(x)
-    except Exception as e:
-        raise TypeError(f"{name}: expected an array, got {_describe(x)} ({e})") from None
-    if a.dtype == object:
-        raise TypeError(f"{name}: expected a numeric array, got {_describe(x)} of dtype object")
+        a = x  # dtype checks follow in the caller, with the argument's own expectations
+    else:
+        try:
+            a = np.asarray(x)
+        except Exception as e:
+            raise TypeError(f"{name}: expected an array, got {_describe(x)} ({e})") from None
+        if a.dtype == object:
+            raise TypeError(f"{name}: expected a numeric array, got {_describe(x)} of dtype object")
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
     return a
 
 
@@ -80,7 +89,12 @@ def check_int(value, name: str, *, minimum=None, allow_none=False):
 def check_real(value, name: str) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {_describe(value)}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ValueError(
+            f"{name}: expected a value representable as a float, got {value}"
+        ) from None
     if np.isnan(value):
         raise ValueError(f"{name}: expected a number, got nan")
     return value
@@ -138,7 +152,7 @@ def check_params(
     kernel = check_int(nms_kernel, "nms_kernel", minimum=1)
     if kernel % 2 == 0:
         raise ValueError(f"nms_kernel: expected an odd window size (1, 3, 5, ...), got {kernel}")
-    threads = check_int(num_threads, "num_threads", minimum=1, allow_none=True)
+    threads = check_threads(num_threads)
     return MergeParams(
         thing_ids=check_thing_ids(thing_ids),
         label_divisor=check_int(label_divisor, "label_divisor", minimum=1),
@@ -148,12 +162,15 @@ def check_params(
         nms_kernel=kernel,
         top_k=check_int(top_k, "top_k", minimum=0, allow_none=True),
         topk_mode=check_choice(topk_mode, "topk_mode", ("exact", "detectron2")),
-        num_threads=0 if threads is None else threads,
+        num_threads=threads,
     )
 
 
 def check_threads(num_threads) -> int:
+    """0 (all cores) for None, else the thread count (at most 2**31 - 1, OpenMP's int)."""
     threads = check_int(num_threads, "num_threads", minimum=1, allow_none=True)
+    if threads is not None and threads > INT32_MAX:
+        raise ValueError(f"num_threads: expected at most {INT32_MAX} threads, got {threads}")
     return 0 if threads is None else threads
 
 

@@ -12,10 +12,31 @@ One documented difference: a NaN heatmap value is never a centre here, whereas d
 
 from __future__ import annotations
 
+import re
+from contextlib import contextmanager
+
 from pdl_post._api import postprocess
 from pdl_post._inputs import as_numpy
 
 __all__ = ["get_panoptic_segmentation"]
+
+# pdl_post's argument names -> detectron2's, for error messages.
+_NAMES = {"sem": "sem_seg", "ctr": "center_heatmap", "off": "offsets"}
+
+
+@contextmanager
+def _detectron2_names():
+    """Errors name the arguments as the caller wrote them (sem_seg, center_heatmap, offsets)."""
+    try:
+        yield
+    except (TypeError, ValueError) as e:
+        message = str(e)
+        renamed = re.sub(r"^(sem|ctr|off)(?=:)", lambda m: _NAMES[m.group(1)], message)
+        for ours, theirs in _NAMES.items():
+            renamed = re.sub(rf"\b{ours}'s\b", f"{theirs}'s", renamed)
+        if renamed == message:
+            raise
+        raise type(e)(renamed) from None
 
 
 def get_panoptic_segmentation(
@@ -55,20 +76,21 @@ def get_panoptic_segmentation(
     if sem.ndim != 3 or sem.shape[0] != 1:
         raise ValueError(f"sem_seg: expected shape [1,H,W], got {list(sem.shape)}")
     mask = None if foreground_mask is None else as_numpy(foreground_mask, "foreground_mask")
-    result = postprocess(
-        sem[0],
-        center_heatmap,
-        offsets,
-        thing_ids=thing_ids,
-        label_divisor=label_divisor,
-        stuff_area=stuff_area,
-        void_label=void_label,
-        threshold=threshold,
-        nms_kernel=nms_kernel,
-        top_k=top_k,
-        foreground_mask=mask,
-        topk_mode="detectron2",
-    )
+    with _detectron2_names():
+        result = postprocess(
+            sem[0],
+            center_heatmap,
+            offsets,
+            thing_ids=thing_ids,
+            label_divisor=label_divisor,
+            stuff_area=stuff_area,
+            void_label=void_label,
+            threshold=threshold,
+            nms_kernel=nms_kernel,
+            top_k=top_k,
+            foreground_mask=mask,
+            topk_mode="detectron2",
+        )
     device = sem_seg.device if hasattr(sem_seg, "device") else "cpu"
     panoptic = torch.as_tensor(result.panoptic, dtype=torch.int64, device=device).unsqueeze(0)
     center = torch.as_tensor(result.centers, dtype=torch.int64, device=device).unsqueeze(0)

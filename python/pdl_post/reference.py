@@ -223,7 +223,9 @@ def find_centers(
     assert topk_mode in ("exact", "detectron2"), topk_mode
 
     # 1. Threshold in ctr's own dtype (NaN > t is False -> -1). Casting to float64 is exact.
-    t = ctr.dtype.type(threshold)
+    # A threshold beyond float32's range rounds to +-inf, as IEEE conversion does.
+    with np.errstate(over="ignore"):
+        t = ctr.dtype.type(threshold)
     h = np.where(ctr > t, ctr, ctr.dtype.type(-1)).astype(np.float64)
 
     # 2. Clipped k x k max filter.

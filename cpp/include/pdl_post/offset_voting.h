@@ -108,10 +108,28 @@ PDL_HOST_DEVICE float axis_gap_max(float c, float lo, float hi) {
   return a > b ? a : b;
 }
 
-// A label is a thing class when it indexes a set entry of the thing table.
-PDL_HOST_DEVICE bool is_thing_label(int64_t label, const uint8_t* thing_table, int64_t table_size) {
-  return label >= 0 && label < table_size && thing_table[label] != 0;
-}
+// The thing classes: a byte table while the largest id is small, else a sorted id list (binary
+// search), so any int64 class id works without a table sized by the id.
+struct ThingClasses {
+  const uint8_t* table;  // table[label] != 0 for things, or nullptr
+  int64_t table_size;
+  const int64_t* sorted;  // used when table is nullptr
+  int64_t sorted_size;
+
+  PDL_HOST_DEVICE bool contains(int64_t label) const {
+    if (table) return label >= 0 && label < table_size && table[label] != 0;
+    int64_t lo = 0, hi = sorted_size;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (sorted[mid] < label) {
+        lo = mid + 1;
+      } else {
+        hi = mid;
+      }
+    }
+    return lo < sorted_size && sorted[lo] == label;
+  }
+};
 
 // Square cells of side 2^shift; cell (i, j) covers [origin + i * side, origin + (i + 1) * side]
 // on each axis. The grid spans the image plus one margin cell on every side.

@@ -1,0 +1,468 @@
+"""torch interop: torch CPU tensors in, torch tensors out; inputs read in place and never modified;
+any strides; requires_grad; batches; device errors; and the detectron2 drop-in against the dense
+PyTorch implementation of the published algorithm."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import pdl_post
+from conftest import assert_results_equal
+from pdl_post import detectron2, synthetic
+from pdl_post._inputs import as_numpy
+
+torch = pytest.importorskip("torch")
+dense_torch = pytest.importorskip("pdl_post.baselines.dense_torch")
+
+CITY = {"thing_ids": synthetic.CITYSCAPES_THING_IDS, "stuff_area": 64, "nms_kernel": 7}
+
+
+def scene(h=48, w=64, n=6, seed=0, **kw):
+    return synthetic.make_scene(h, w, n, seed=seed, **kw)
+
+
+def tensors(s):
+    return torch.from_numpy(s.sem), torch.from_numpy(s.ctr), torch.from_numpy(s.off)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch in -> torch out
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_torch_in_torch_out(backend):
+    s = scene()
+    sem, ctr, off = tensors(s)
+    out = pdl_post.merge(sem, ctr, off, backend=backend, **CITY)
+    assert isinstance(out, torch.Tensor)
+    assert out.dtype == torch.int32 and out.device.type == "cpu" and tuple(out.shape) == (48, 64)
+    want = pdl_post.merge(s.sem, s.ctr, s.off, backend=backend, **CITY)
+    assert isinstance(want, np.ndarray)
+    np.testing.assert_array_equal(out.numpy(), want)
+    # ids beyond int32 -> int64, as numpy would
+    out64 = pdl_post.merge(sem, ctr, off, backend=backend, label_divisor=2**30, **CITY)
+    assert out64.dtype == torch.int64
+    np.testing.assert_array_equal(
+        out64.numpy(),
+        pdl_post.merge(s.sem, s.ctr, s.off, backend=backend, label_divisor=2**30, **CITY),
+    )
+
+
+def test_postprocess_torch():
+    s = scene(logits=True)
+    lg, ctr, off = torch.from_numpy(s.logits), torch.from_numpy(s.ctr), torch.from_numpy(s.off)
+    r = pdl_post.postprocess(lg, ctr, off, **CITY)
+    assert isinstance(r.panoptic, torch.Tensor) and r.panoptic.dtype == torch.int32
+    assert isinstance(r.centers, np.ndarray) and r.centers.dtype == np.int64
+    want = pdl_post.postprocess(s.logits, s.ctr, s.off, **CITY)
+    assert_results_equal(r, want)
+    ref = pdl_post.postprocess(lg, ctr, off, backend="reference", **CITY)
+    assert isinstance(ref.panoptic, torch.Tensor)
+    assert_results_equal(r, ref)
+
+
+def test_mixed_numpy_and_torch():
+    s = scene()
+    out = pdl_post.merge(s.sem, torch.from_numpy(s.ctr), s.off, **CITY)
+    assert isinstance(out, torch.Tensor)
+    np.testing.assert_array_equal(out.numpy(), pdl_post.merge(s.sem, s.ctr, s.off, **CITY))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32, torch.int64])
+@pytest.mark.parametrize("fdtype", [torch.float32, torch.float64])
+def test_torch_dtypes(dtype, fdtype):
+    s = scene(seed=3)
+    want = pdl_post.merge(s.sem, s.ctr.astype(np.float64), s.off.astype(np.float64), **CITY)
+    out = pdl_post.merge(
+        torch.from_numpy(s.sem).to(dtype),
+        torch.from_numpy(s.ctr).to(fdtype),
+        torch.from_numpy(s.off).to(fdtype),
+        **CITY,
+    )
+    # float32 -> float64 is exact, so the answer does not depend on fdtype.
+    np.testing.assert_array_equal(out.numpy(), want)
+
+
+def test_unsupported_torch_dtypes():
+    s = scene()
+    sem, ctr, off = tensors(s)
+    with pytest.raises(TypeError, match=r"ctr: unsupported torch dtype torch.bfloat16"):
+        pdl_post.merge(sem, ctr.bfloat16(), off)
+    with pytest.raises(
+        TypeError,
+        match=r"ctr: expected a float32 or float64 heatmap, got dtype "
+        r"float16",
+    ):
+        pdl_post.merge(sem, ctr.half(), off)
+    with pytest.raises(TypeError, match=r"sem: expected integer labels .* got dtype bool"):
+        pdl_post.merge(sem > 0, ctr, off)
+    with pytest.raises(TypeError, match=r"off: .*complex"):
+        pdl_post.merge(sem, ctr, off.to(torch.complex64))
+
+
+def _exotic(kind, t):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # beta / prototype / deprecation notices of torch
+        if kind == "sparse":
+            return t.to_sparse()
+        if kind == "quantized":
+            return torch.quantize_per_tensor(t.float(), 0.1, 0, torch.quint8)
+        if kind == "float8":
+            return t.to(torch.float8_e4m3fn)
+        if kind == "conj":
+            return t.to(torch.complex64).conj()
+        if kind == "nested":
+            return torch.nested.nested_tensor([t[0].float(), t[0].float()])
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["sparse", "quantized", "float8", "conj", "nested"])
+@pytest.mark.parametrize("which", ["sem", "ctr", "off"])
+def test_exotic_tensors_raise_type_or_value_error(kind, which):
+    """Tensors numpy cannot view are refused with a TypeError/ValueError naming the argument."""
+    s = scene()
+    args = dict(zip(("sem", "ctr", "off"), tensors(s)))
+    args[which] = _exotic(kind, args[which])
+    with pytest.raises((TypeError, ValueError), match=rf"^{which}: "):
+        pdl_post.merge(args["sem"], args["ctr"], args["off"], **CITY)
+
+
+# ---------------------------------------------------------------------------------------------
+# no copies, any strides, inputs untouched
+# ---------------------------------------------------------------------------------------------
+
+
+def test_as_numpy_is_a_view():
+    base = torch.arange(2 * 6 * 8, dtype=torch.float32).reshape(2, 6, 8)
+    for t in (
+        base,
+        base[:, ::2, 1::3],
+        base.permute(0, 2, 1),
+        base[:1].expand(5, 6, 8),
+        base[1, 2:, 3:],
+    ):
+        a = as_numpy(t, "x")
+        assert a.shape == tuple(t.shape)
+        assert a.ctypes.data == t.data_ptr()
+        assert np.shares_memory(a, base.numpy())
+        np.testing.assert_array_equal(a, t.contiguous().numpy())
+    # requires_grad: read through .detach(), no copy
+    g = torch.zeros(3, 4, requires_grad=True)
+    a = as_numpy(g, "x")
+    assert a.ctypes.data == g.data_ptr()
+
+
+def _strided(t, kind):
+    """The same values as t in another layout (torch has no negative strides)."""
+    if kind == "step":
+        big = torch.zeros(*[2 * s for s in t.shape], dtype=t.dtype)
+        view = big[tuple(slice(None, None, 2) for _ in t.shape)]
+        view.copy_(t)
+        return view
+    if kind == "transposed":
+        return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+    if kind == "channels_last" and t.dim() == 4:
+        return t.contiguous(memory_format=torch.channels_last)
+    if kind == "offset":
+        big = torch.zeros(t.numel() + 7, dtype=t.dtype)
+        view = big[7:].view(t.shape)
+        view.copy_(t)
+        return view
+    return t
+
+
+def _numpy_peak_bytes(fn):
+    """Peak bytes numpy allocates while fn runs (numpy reports its buffers to tracemalloc; torch's
+    allocator and the C++ core's scratch memory are not counted)."""
+    fn()  # warm-up: lazy imports, caches
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "step"])
+def test_merge_reads_tensors_in_place(layout):
+    """No copy of any input where the layout allows (any strides do): numpy allocates nothing of
+    image size for torch inputs (the output is a torch tensor)."""
+    s = scene(256, 384, 20, seed=9, logits=True)
+    sem, ctr, off = (_strided(t, layout) for t in tensors(s))
+    lg = _strided(torch.from_numpy(s.logits), layout)
+    small = 64 * 1024
+    assert _numpy_peak_bytes(lambda: pdl_post.merge(sem, ctr, off, **CITY)) < small
+    assert _numpy_peak_bytes(lambda: pdl_post.postprocess(sem, ctr, off, **CITY)) < small
+    # logits: the int32 argmax labels are the one image-sized intermediate
+    labels_bytes = 256 * 384 * 4
+    assert _numpy_peak_bytes(lambda: pdl_post.merge(lg, ctr, off, **CITY)) < labels_bytes + small
+    # numpy in: only the output
+    out_bytes = 256 * 384 * 4
+    peak = _numpy_peak_bytes(lambda: pdl_post.merge(s.sem, s.ctr, s.off, **CITY))
+    assert peak < out_bytes + small
+
+
+@pytest.mark.parametrize("kind", ["step", "transposed", "offset", "channels_last"])
+def test_non_contiguous_tensors(kind):
+    b = synthetic.make_batch(2, 40, 56, 5, seed=1)
+    sem, ctr, off = torch.from_numpy(b.sem), torch.from_numpy(b.ctr), torch.from_numpy(b.off)
+    want = pdl_post.postprocess(b.sem, b.ctr, b.off, **CITY)
+    s2, c2, o2 = _strided(sem, kind), _strided(ctr, kind), _strided(off, kind)
+    for t, ref in ((s2, sem), (c2, ctr), (o2, off)):
+        assert torch.equal(t, ref)
+    got = pdl_post.postprocess(s2, c2, o2, **CITY)
+    assert_results_equal(got, want)
+    got_ref = pdl_post.postprocess(s2, c2, o2, backend="reference", **CITY)
+    assert_results_equal(got_ref, want)
+
+
+def test_zero_stride_tensors():
+    s = scene(seed=5)
+    sem, ctr, off = tensors(s)
+    row = sem[20:21].expand(48, 64)
+    want = pdl_post.merge(np.ascontiguousarray(row.numpy()), s.ctr, s.off, **CITY)
+    np.testing.assert_array_equal(pdl_post.merge(row, ctr, off, **CITY).numpy(), want)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_inputs_not_modified(backend):
+    s = scene(seed=2, logits=True)
+    ins = [torch.from_numpy(s.logits), torch.from_numpy(s.ctr), torch.from_numpy(s.off)]
+    mask = torch.from_numpy(s.sem >= 11)
+    before = [t.clone() for t in [*ins, mask]]
+    pdl_post.postprocess(*ins, foreground_mask=mask, backend=backend, **CITY)
+    pdl_post.merge(torch.from_numpy(s.sem), ins[1], ins[2], backend=backend, **CITY)
+    centers, _ = pdl_post.find_centers(ins[1], backend=backend)
+    inst = pdl_post.group_pixels(torch.from_numpy(s.sem), centers, ins[2], backend=backend)
+    pdl_post.fuse(ins[0], inst, backend=backend)
+    for t, b in zip([*ins, mask], before):
+        assert torch.equal(t, b)
+
+
+def test_requires_grad():
+    s = scene(seed=4, logits=True)
+    lg = torch.from_numpy(s.logits).requires_grad_(True)
+    ctr = torch.from_numpy(s.ctr).requires_grad_(True)
+    off = torch.from_numpy(s.off).requires_grad_(True)
+    r = pdl_post.postprocess(lg, ctr, off, **CITY)
+    assert not r.panoptic.requires_grad
+    assert_results_equal(r, pdl_post.postprocess(s.logits, s.ctr, s.off, **CITY))
+    # a non-leaf tensor in an autograd graph
+    out = pdl_post.merge(lg * 1.0, ctr + 0.0, off * 1.0, **CITY)
+    np.testing.assert_array_equal(out.numpy(), r.panoptic.numpy())
+    assert lg.grad is None
+
+
+def test_batched_tensors():
+    b = synthetic.make_batch(3, 32, 40, 4, seed=7, logits=True)
+    sem, ctr, off = torch.from_numpy(b.sem), torch.from_numpy(b.ctr), torch.from_numpy(b.off)
+    out = pdl_post.merge(sem, ctr, off, **CITY)
+    assert isinstance(out, torch.Tensor) and tuple(out.shape) == (3, 32, 40)
+    for i in range(3):
+        np.testing.assert_array_equal(
+            out[i].numpy(), pdl_post.merge(b.sem[i], b.ctr[i], b.off[i], **CITY)
+        )
+    rs = pdl_post.postprocess(torch.from_numpy(b.logits), ctr, off, **CITY)
+    assert isinstance(rs, list) and len(rs) == 3
+    assert all(isinstance(r.panoptic, torch.Tensor) for r in rs)
+    assert_results_equal(rs, pdl_post.postprocess(b.logits, b.ctr, b.off, **CITY))
+    # the stages, batched
+    pairs = pdl_post.find_centers(ctr)
+    inst = pdl_post.group_pixels(sem, [c for c, _ in pairs], off, thing_ids=CITY["thing_ids"])
+    assert isinstance(inst, torch.Tensor) and inst.dtype == torch.int32
+    pan = pdl_post.fuse(sem, inst, thing_ids=CITY["thing_ids"], stuff_area=64)
+    assert isinstance(pan, torch.Tensor)
+    np.testing.assert_array_equal(pan.numpy(), out.numpy())
+
+
+def test_stage_outputs_are_tensors():
+    s = scene(seed=8)
+    sem, ctr, off = tensors(s)
+    centers, _ = pdl_post.find_centers(ctr)
+    assert isinstance(centers, np.ndarray)
+    inst = pdl_post.group_pixels(sem, torch.from_numpy(centers), off, thing_ids=CITY["thing_ids"])
+    assert isinstance(inst, torch.Tensor) and inst.dtype == torch.int32
+    pan = pdl_post.fuse(s.sem, inst, thing_ids=CITY["thing_ids"], stuff_area=64)
+    assert isinstance(pan, torch.Tensor) and pan.dtype == torch.int32
+    np.testing.assert_array_equal(pan.numpy(), pdl_post.merge(s.sem, s.ctr, s.off, **CITY))
+
+
+# ---------------------------------------------------------------------------------------------
+# devices
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["sem", "ctr", "off", "foreground_mask"])
+def test_meta_tensor_is_a_clear_value_error(which):
+    """A tensor that is not on the CPU (simulated with the 'meta' device) is refused by name."""
+    s = scene()
+    args = dict(zip(("sem", "ctr", "off"), tensors(s)))
+    args["foreground_mask"] = torch.from_numpy(s.sem > 10)
+    args[which] = args[which].to("meta")
+    with pytest.raises(ValueError, match=rf"{which}: got a tensor on device 'meta'.*\.cpu\(\)"):
+        pdl_post.merge(
+            args["sem"], args["ctr"], args["off"], foreground_mask=args["foreground_mask"], **CITY
+        )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_tensor():
+    s = scene()
+    sem, ctr, off = (t.cuda() for t in tensors(s))
+    if "cuda" in pdl_post.available_backends():
+        out = pdl_post.merge(sem, ctr, off, **CITY)
+        assert out.device.type == "cuda"
+        np.testing.assert_array_equal(
+            out.cpu().numpy(), pdl_post.merge(s.sem, s.ctr, s.off, **CITY)
+        )
+    else:
+        with pytest.raises(ValueError, match=r"sem: got a tensor on device 'cuda"):
+            pdl_post.merge(sem, ctr, off, **CITY)
+
+
+# ---------------------------------------------------------------------------------------------
+# detectron2 drop-in == the dense PyTorch implementation
+# ---------------------------------------------------------------------------------------------
+
+D2_SCENES = [
+    # (h, w, centres, seed, kwargs of make_scene)
+    (32, 48, 0, 0, {}),
+    (48, 64, 1, 1, {}),
+    (64, 96, 8, 2, {}),
+    (64, 128, 30, 3, {"integer_offsets": True}),
+    (80, 80, 60, 4, {"offset_noise": 3.0, "semantic_noise": 0.05}),
+    (40, 72, 12, 5, {"ctr_dtype": np.float64, "off_dtype": np.float64, "sem_dtype": np.uint8}),
+]
+
+
+def _quantised(ctr):
+    """A heatmap with plateaus and tied peaks (a few levels)."""
+    return (np.round(ctr * 4) / 4).astype(ctr.dtype)
+
+
+@pytest.mark.parametrize(("h", "w", "n", "seed", "make_kw"), D2_SCENES)
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {
+            "thing_ids": set(range(11, 19)),
+            "label_divisor": 1000,
+            "stuff_area": 64,
+            "void_label": 0,
+            "threshold": 0.1,
+            "nms_kernel": 7,
+            "top_k": 200,
+        },
+        {
+            "thing_ids": [11, 13, 14],
+            "label_divisor": 256,
+            "stuff_area": 0,
+            "void_label": -1,
+            "threshold": 0.3,
+            "nms_kernel": 3,
+            "top_k": 4,
+        },
+        {
+            "thing_ids": (12, 15, 17, 18),
+            "label_divisor": 10000,
+            "stuff_area": 300,
+            "void_label": 255,
+            "threshold": 0.05,
+            "nms_kernel": 11,
+            "top_k": None,
+        },
+    ],
+    ids=["cityscapes", "small-topk", "no-topk"],
+)
+@pytest.mark.parametrize("quantise", [False, True])
+def test_detectron2_dropin_equals_dense_torch(h, w, n, seed, make_kw, opts, quantise):
+    s = synthetic.make_scene(h, w, n, seed=seed, **make_kw)
+    ctr = _quantised(s.ctr) if quantise else s.ctr
+    sem_t = torch.from_numpy(s.sem)[None]  # [1, H, W]
+    ctr_t = torch.from_numpy(ctr)  # [1, H, W]
+    off_t = torch.from_numpy(s.off)  # [2, H, W]
+    pan, centers = detectron2.get_panoptic_segmentation(
+        sem_t,
+        ctr_t,
+        off_t,
+        opts["thing_ids"],
+        opts["label_divisor"],
+        opts["stuff_area"],
+        opts["void_label"],
+        threshold=opts["threshold"],
+        nms_kernel=opts["nms_kernel"],
+        top_k=opts["top_k"],
+    )
+    want_pan, want_centers = dense_torch.panoptic_dense_torch(
+        sem_t[0],
+        ctr_t,
+        off_t,
+        thing_ids=opts["thing_ids"],
+        label_divisor=opts["label_divisor"],
+        stuff_area=opts["stuff_area"],
+        void_label=opts["void_label"],
+        threshold=opts["threshold"],
+        nms_kernel=opts["nms_kernel"],
+        top_k=opts["top_k"],
+    )
+    assert isinstance(pan, torch.Tensor) and isinstance(centers, torch.Tensor)
+    assert tuple(pan.shape) == (1, h, w) and pan.dtype == torch.int64
+    assert centers.dim() == 3 and centers.shape[0] == 1 and centers.shape[2] == 2
+    assert centers.dtype == torch.int64
+    assert torch.equal(centers[0], want_centers)
+    assert torch.equal(pan[0], want_pan)
+    if n and not quantise and opts["top_k"] is None:
+        assert centers.shape[1] > 0
+
+
+def test_detectron2_dropin_foreground_mask():
+    s = synthetic.make_scene(48, 64, 10, seed=11)
+    mask = torch.from_numpy((s.panoptic_gt % 1000) > 0)
+    args = (torch.from_numpy(s.sem)[None], torch.from_numpy(s.ctr), torch.from_numpy(s.off))
+    pan, centers = detectron2.get_panoptic_segmentation(
+        *args, set(range(11, 19)), 1000, 64, 0, foreground_mask=mask[None]
+    )
+    want_pan, want_centers = dense_torch.panoptic_dense_torch(
+        args[0][0],
+        args[1],
+        args[2],
+        thing_ids=range(11, 19),
+        label_divisor=1000,
+        stuff_area=64,
+        void_label=0,
+        foreground_mask=mask,
+    )
+    assert torch.equal(centers[0], want_centers)
+    assert torch.equal(pan[0], want_pan)
+
+
+def test_detectron2_dropin_top_k_rule():
+    """detectron2 keeps peaks strictly above the top_k-th value: at most top_k - 1, ties dropped."""
+    h, w = 9, 9
+    sem = torch.full((1, h, w), 11, dtype=torch.int64)
+    ctr = torch.zeros(1, h, w)
+    ctr[0, 1, 1], ctr[0, 1, 7], ctr[0, 7, 1], ctr[0, 7, 7] = 0.9, 0.8, 0.8, 0.7
+    off = torch.zeros(2, h, w)
+    _, centers = detectron2.get_panoptic_segmentation(
+        sem, ctr, off, {11}, 1000, 0, 0, nms_kernel=3, top_k=3
+    )
+    assert centers[0].tolist() == [[1, 1]]  # 3rd value is 0.8: 0.8 ties are dropped
+    _, centers = detectron2.get_panoptic_segmentation(
+        sem, ctr, off, {11}, 1000, 0, 0, nms_kernel=3, top_k=4
+    )
+    assert centers[0].tolist() == [[1, 1], [1, 7], [7, 1]]
+    _, centers = detectron2.get_panoptic_segmentation(
+        sem, ctr, off, {11}, 1000, 0, 0, nms_kernel=3, top_k=5
+    )
+    assert centers[0].tolist() == [[1, 1], [1, 7], [7, 1], [7, 7]]
+    _, centers = detectron2.get_panoptic_segmentation(
+        sem, ctr, off, {11}, 1000, 0, 0, nms_kernel=3, top_k=0
+    )
+    assert tuple(centers.shape) == (1, 0, 2)
