@@ -77,7 +77,6 @@ void column_peaks(Plane<const T> ctr, const std::vector<const T*>& row_max,
   const int64_t block_rows = std::min(k, height);
   std::vector<T> suffix(static_cast<size_t>(block_rows * width));
   std::vector<T> prefix(static_cast<size_t>(width));
-  std::vector<T> h(static_cast<size_t>(width));
   int64_t suffix_block = -1;
   int64_t prefix_last = -1;  // last row folded into `prefix` (-1: none)
   for (int64_t y = y0; y < y1; ++y) {
@@ -113,11 +112,14 @@ void column_peaks(Plane<const T> ctr, const std::vector<const T*>& row_max,
     const bool two_blocks = a / k != b / k;
     const T* suffix_a = suffix.data() + (a - suffix_block * k) * width;
     const T* one_block = (a % k == 0) ? prefix.data() : suffix_a;
-    threshold_row(ctr, y, width, threshold, h.data());
+    // h > 0 exactly where ctr > max(threshold, 0), and there h == ctr.
+    const T cut = std::max(threshold, T(0));
+    const T* src = ctr.row(y);
     for (int64_t x = 0; x < width; ++x) {
-      if (!(h[x] > T(0))) continue;
+      const T h = src[x * ctr.stride_x];
+      if (!(h > cut)) continue;
       const T m = two_blocks ? std::max(suffix_a[x], prefix[x]) : one_block[x];
-      if (is_center_peak(h[x], m)) peaks.push_back(Peak{y * width + x, static_cast<double>(h[x])});
+      if (is_center_peak(h, m)) peaks.push_back(Peak{y * width + x, static_cast<double>(h)});
     }
   }
 }

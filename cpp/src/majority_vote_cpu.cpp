@@ -187,7 +187,7 @@ SegmentStats count_segments(Plane<const TSem> sem, const int32_t* instance, int6
   std::vector<SegmentStats> partial(threads, SegmentStats(num_instances, classes.size, dense));
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static, 1)
   for (int t = 0; t < threads; ++t) {
-    const SegmentCounter counter = partial[t].counter();
+    RunCounter counter(partial[t].counter());
     for (int64_t y = height * t / threads; y < height * (t + 1) / threads; ++y) {
       for (int64_t x = 0; x < width; ++x) {
         counter.add(instance[y * width + x], classes.index(sem(y, x)));

@@ -157,15 +157,17 @@ void vote_rows(Plane<const TSem> sem, const ThingSource& things, Plane<const TOf
                Plane<const TOff> dx, int64_t y0, int64_t y1, int64_t width, CenterIndex& index,
                int32_t* instance, const ClassIndex* classes, SegmentStats* stats) {
   const ThingClasses thing_classes = things.classes;
-  SegmentCounter counter = kCount ? stats->counter() : SegmentCounter{};
+  RunCounter counter(kCount ? stats->counter() : SegmentCounter{});
   const bool dense_classes = kCount && classes->dense;
+  const bool have_centers = index.size() > 0;
   CenterIndex::Cache cache;
   for (int64_t y = y0; y < y1; ++y) {
     int32_t* out = instance + y * width;
     for (int64_t x = 0; x < width; ++x) {
       const int64_t label = sem.data ? static_cast<int64_t>(sem(y, x)) : 0;
       const bool thing = kFromMask ? things.mask(y, x) != 0 : thing_classes.contains(label);
-      const int32_t inst = thing ? vote_pixel(y, x, dy(y, x), dx(y, x), index, cache) : 0;
+      const int32_t inst =
+          thing && have_centers ? vote_pixel(y, x, dy(y, x), dx(y, x), index, cache) : 0;
       out[x] = inst;
       if constexpr (kCount) counter.add(inst, dense_classes ? label : classes->index(label));
     }

@@ -199,14 +199,14 @@ class CenterIndex {
   std::unique_ptr<Lists> lists_;
 };
 
-// Instance of one pixel: 0 when its vote is not finite (or there are no centres), else
+// Instance of one pixel (index.size() must be > 0): 0 when its vote is not finite, else
 // 1 + the nearest centre's index.
 template <typename TOff>
 inline int32_t vote_pixel(int64_t y, int64_t x, TOff dy, TOff dx, CenterIndex& index,
                           CenterIndex::Cache& cache) {
   const float qy = vote_coordinate(y, dy);
   const float qx = vote_coordinate(x, dx);
-  if (index.size() == 0 || !is_finite_vote(qy, qx)) return 0;
+  if (!is_finite_vote(qy, qx)) return 0;
   return index.nearest(qy, qx, cache) + 1;
 }
 
