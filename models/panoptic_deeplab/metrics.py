@@ -166,7 +166,15 @@ class Evaluator:
                 ).reshape(self.num_classes, self.num_classes)
 
     def compute(self) -> dict[str, float]:
-        res = {k: float(v) for k, v in dict(self._pq.compute()).items() if np.isscalar(v)}
+        raw = dict(self._pq.compute())
+        if "All" in raw:  # pdl_post.eval: the pq_compute-style result of the official tools
+            res = {
+                metric + suffix: float(raw[group][metric])
+                for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st"))
+                for metric in ("pq", "sq", "rq")
+            }
+        else:
+            res = {k: float(v) for k, v in raw.items() if np.isscalar(v)}
         if self._sem is not None:
             res.update(
                 {k: float(v) for k, v in dict(self._sem.compute()).items() if np.isscalar(v)}
