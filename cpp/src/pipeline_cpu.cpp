@@ -120,26 +120,25 @@ ImageCenters find_image_centers(const StridedView& ctr, int64_t b, const CenterO
   });
 }
 
-// Storage behind ThingClasses.
+// Storage behind ThingClasses: a byte table for ids below 2^16, else only the sorted ids.
 struct ThingTable {
   static constexpr int64_t kMaxTableSize = int64_t{1} << 16;
   std::vector<uint8_t> bytes;
   std::vector<int64_t> sorted;
+  bool use_table;
 
   explicit ThingTable(const std::vector<int64_t>& thing_ids) : sorted(thing_ids) {
     std::sort(sorted.begin(), sorted.end());
     sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
     const int64_t size = sorted.empty() ? 0 : sorted.back() + 1;
-    if (size <= kMaxTableSize) {
+    use_table = size <= kMaxTableSize;
+    if (use_table) {
       bytes.assign(static_cast<size_t>(size), 0);
-      for (int64_t t : sorted) {
-        if (t >= 0) bytes[t] = 1;
-      }
+      for (int64_t t : sorted) bytes[t] = 1;  // ids are validated >= 0
     }
   }
   ThingClasses view() const {
-    const bool small = sorted.empty() || sorted.back() < kMaxTableSize;
-    return ThingClasses{small ? bytes.data() : nullptr, static_cast<int64_t>(bytes.size()),
+    return ThingClasses{use_table ? bytes.data() : nullptr, static_cast<int64_t>(bytes.size()),
                         sorted.data(), static_cast<int64_t>(sorted.size())};
   }
 };
