@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "pdl_post/panoptic_targets.h"
 #include "pdl_post/pipeline.h"
 #include "pdl_post/semantic_argmax.h"
 
@@ -242,4 +243,41 @@ PYBIND11_MODULE(_core, m) {
       py::arg("max_label"), py::arg("thing_ids"), py::arg("label_divisor"), py::arg("stuff_area"),
       py::arg("void_label"), py::arg("threshold"), py::arg("nms_kernel"), py::arg("top_k"),
       py::arg("topk_mode"), py::arg("out"), py::arg("num_threads"));
+
+  m.def(
+      "panoptic_targets",
+      [](const py::array& panoptic, std::vector<int64_t> segment_ids,
+         std::vector<int64_t> category_ids, std::vector<uint8_t> iscrowd,
+         std::vector<int64_t> thing_ids, int64_t ignore_label, int64_t radius,
+         int64_t small_instance_area, double small_instance_weight, bool ignore_crowd_in_semantic,
+         const py::array_t<float, py::array::c_style | py::array::forcecast>& gaussian,
+         const py::array& semantic, const py::array& semantic_weights, const py::array& center,
+         const py::array& offset, const py::array& center_weights, const py::array& offset_weights,
+         int num_threads) {
+        const StridedView p = view_of(panoptic, "panoptic");
+        const TargetOutputs out{view_of(semantic, "semantic"),
+                                view_of(semantic_weights, "semantic_weights"),
+                                view_of(center, "center"),
+                                view_of(offset, "offset"),
+                                view_of(center_weights, "center_weights"),
+                                view_of(offset_weights, "offset_weights")};
+        TargetSegments segments{std::move(segment_ids), std::move(category_ids),
+                                std::move(iscrowd)};
+        TargetParams params;
+        params.thing_ids = std::move(thing_ids);
+        params.ignore_label = ignore_label;
+        params.radius = radius;
+        params.small_instance_area = small_instance_area;
+        params.small_instance_weight = small_instance_weight;
+        params.ignore_crowd_in_semantic = ignore_crowd_in_semantic;
+        py::gil_scoped_release release;
+        panoptic_targets_cpu(p, segments, params, gaussian.data(), gaussian.size(), out,
+                             num_threads);
+      },
+      py::arg("panoptic"), py::arg("segment_ids"), py::arg("category_ids"), py::arg("iscrowd"),
+      py::arg("thing_ids"), py::arg("ignore_label"), py::arg("radius"),
+      py::arg("small_instance_area"), py::arg("small_instance_weight"),
+      py::arg("ignore_crowd_in_semantic"), py::arg("gaussian"), py::arg("semantic"),
+      py::arg("semantic_weights"), py::arg("center"), py::arg("offset"), py::arg("center_weights"),
+      py::arg("offset_weights"), py::arg("num_threads"));
 }

@@ -62,3 +62,23 @@ def merge(
     out: npt.NDArray[np.int32] | npt.NDArray[np.int64],
     num_threads: int,
 ) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], Segments]]: ...
+def panoptic_targets(
+    panoptic: npt.NDArray[np.integer],
+    segment_ids: list[int],
+    category_ids: list[int],
+    iscrowd: list[int],
+    thing_ids: list[int],
+    ignore_label: int,
+    radius: int,
+    small_instance_area: int,
+    small_instance_weight: float,
+    ignore_crowd_in_semantic: bool,
+    gaussian: npt.NDArray[np.float32],
+    semantic: npt.NDArray[np.int64],
+    semantic_weights: npt.NDArray[np.float32],
+    center: npt.NDArray[np.float32],
+    offset: npt.NDArray[np.float32],
+    center_weights: npt.NDArray[np.float32],
+    offset_weights: npt.NDArray[np.float32],
+    num_threads: int,
+) -> None: ...
