@@ -43,8 +43,12 @@ test: build
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(BIN)/python -m pytest benchmarks -q --benchmark-disable -p no:cacheprovider
 
+# The evaluation benchmarks compare against hotcoco and cityscapesScripts (skipped when absent).
 bench: build
+	$(BIN)/python -m pip install --quiet hotcoco==1.3.0
+	$(BIN)/python -m pip install --quiet --no-deps cityscapesscripts==2.3.0 pyquaternion==0.9.9
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python -m pytest benchmarks/test_bench_eval.py benchmarks/test_bench_targets.py -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check python tests benchmarks models

@@ -10,154 +10,31 @@ Everything the evaluators need per image reduces to such counts:
 - Cityscapes instance AP: (gt instance id) -> pixels inside one predicted mask.
 
 The pass keeps the current run of equal pairs in registers (label maps are piecewise constant, so
-runs are long) and flushes a run into an open-addressing hash table keyed by the 64-bit pair.
-No limit on the number of distinct ids; the table grows as needed. The GIL is released.
+runs are long) and flushes a run into an open-addressing hash table keyed by the 64-bit pair
+(``_counting.pxi``, shared with ``_png.pyx``). No limit on the number of distinct ids; the table
+grows as needed. The GIL is released.
+
+``pq_match`` / ``pq_image_coco`` apply the panoptic-quality matching rules to one image's pairs.
 """
 
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
-
-
-cdef extern from *:
-    """
-    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    #define PDL_LITTLE_ENDIAN 0
-    #else
-    #define PDL_LITTLE_ENDIAN 1
-    #endif
-    static inline uint64_t pdl_bswap64(uint64_t x) {
-        x = ((x & 0x00FF00FF00FF00FFULL) << 8) | ((x >> 8) & 0x00FF00FF00FF00FFULL);
-        x = ((x & 0x0000FFFF0000FFFFULL) << 16) | ((x >> 16) & 0x0000FFFF0000FFFFULL);
-        return (x << 32) | (x >> 32);
-    }
-    """
-    bint LITTLE_ENDIAN "PDL_LITTLE_ENDIAN"
-    uint64_t _bswap64 "pdl_bswap64"(uint64_t x) nogil
+from libcpp.algorithm cimport sort
+from libcpp.pair cimport pair
+from libcpp.vector cimport vector
 
 import numpy as np
 
-
-cdef struct Table:
-    uint64_t* keys
-    int64_t* counts
-    uint8_t* used
-    size_t mask        # capacity - 1 (capacity is a power of two)
-    size_t size
-
-
-cdef inline uint64_t _mix(uint64_t k) noexcept nogil:
-    # splitmix64 finaliser: spreads (id << 32 | id) keys over the table.
-    k ^= k >> 30
-    k *= 0xbf58476d1ce4e5b9ULL
-    k ^= k >> 27
-    k *= 0x94d049bb133111ebULL
-    k ^= k >> 31
-    return k
-
-
-cdef int _table_init(Table* t, size_t capacity) noexcept nogil:
-    t.keys = <uint64_t*>malloc(capacity * sizeof(uint64_t))
-    t.counts = <int64_t*>malloc(capacity * sizeof(int64_t))
-    t.used = <uint8_t*>calloc(capacity, 1)
-    t.mask = capacity - 1
-    t.size = 0
-    if t.keys == NULL or t.counts == NULL or t.used == NULL:
-        return -1
-    return 0
-
-
-cdef void _table_free(Table* t) noexcept nogil:
-    free(t.keys)
-    free(t.counts)
-    free(t.used)
-    t.keys = NULL
-    t.counts = NULL
-    t.used = NULL
-
-
-cdef int _table_grow(Table* t) noexcept nogil:
-    cdef Table n
-    cdef size_t i, h
-    if _table_init(&n, (t.mask + 1) * 2) != 0:
-        _table_free(&n)
-        return -1
-    for i in range(t.mask + 1):
-        if t.used[i]:
-            h = _mix(t.keys[i]) & n.mask
-            while n.used[h]:
-                h = (h + 1) & n.mask
-            n.used[h] = 1
-            n.keys[h] = t.keys[i]
-            n.counts[h] = t.counts[i]
-    n.size = t.size
-    _table_free(t)
-    t[0] = n
-    return 0
-
-
-cdef inline int _table_add(Table* t, uint64_t key, int64_t count) noexcept nogil:
-    cdef size_t h = _mix(key) & t.mask
-    while t.used[h]:
-        if t.keys[h] == key:
-            t.counts[h] += count
-            return 0
-        h = (h + 1) & t.mask
-    t.used[h] = 1
-    t.keys[h] = key
-    t.counts[h] = count
-    t.size += 1
-    if t.size * 2 > t.mask + 1:
-        return _table_grow(t)
-    return 0
-
-
-cdef object _table_export(Table* t):
-    """(first ids, second ids, counts) as numpy arrays, in table order (unsorted)."""
-    cdef size_t i, j = 0
-    keys = np.empty(t.size, dtype=np.uint64)
-    counts = np.empty(t.size, dtype=np.int64)
-    cdef uint64_t[::1] kv = keys
-    cdef int64_t[::1] cv = counts
-    for i in range(t.mask + 1):
-        if t.used[i]:
-            kv[j] = t.keys[i]
-            cv[j] = t.counts[i]
-            j += 1
-    return (keys >> np.uint64(32)).astype(np.uint32), (keys & np.uint64(0xFFFFFFFF)).astype(np.uint32), counts
+include "_counting.pxi"
 
 
 cdef int _pair_pass(const uint32_t* a, const uint32_t* b, size_t n, Table* t) noexcept nogil:
-    cdef size_t i = 1, j, run_start = 0
-    cdef uint64_t key, cur
-    cdef uint32_t ca, cb, diff
-    if n == 0:
-        return 0
-    ca = a[0]
-    cb = b[0]
-    cur = (<uint64_t>ca << 32) | cb
-    while i < n:
-        # Blocks of 16 that continue the current run are skipped with a branch-free test the
-        # compiler vectorises.
-        if i + 16 <= n:
-            diff = 0
-            for j in range(16):
-                diff |= (a[i + j] ^ ca) | (b[i + j] ^ cb)
-            if diff == 0:
-                i += 16
-                continue
-        # Otherwise walk to the first change, start a new run there, and try blocks again.
-        while i < n and a[i] == ca and b[i] == cb:
-            i += 1
-        if i < n:
-            if _table_add(t, cur, <int64_t>(i - run_start)) != 0:
-                return -1
-            ca = a[i]
-            cb = b[i]
-            cur = (<uint64_t>ca << 32) | cb
-            run_start = i
-            i += 1
-    return _table_add(t, cur, <int64_t>(n - run_start))
+    cdef PairRun s
+    _pair_run_init(&s)
+    if _pair_run_chunk(&s, a, b, n, t) != 0:
+        return -1
+    return _pair_run_flush(&s, t)
 
 
 def pair_counts(const uint32_t[::1] a, const uint32_t[::1] b):
@@ -253,105 +130,16 @@ def masked_counts(const uint32_t[::1] ids, const uint8_t[::1] mask):
         _table_free(&t)
 
 
-cdef inline uint32_t _rgb_id(const uint8_t* p) noexcept nogil:
-    return p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16)
-
-
-cdef inline bint _same_as_left(const uint8_t* p, size_t bpp) noexcept nogil:
-    # The pixel at p equals the one before it, byte for byte (bpp is 3 or 4).
-    if bpp == 3:
-        return p[0] == p[-3] and p[1] == p[-2] and p[2] == p[-1]
-    return p[0] == p[-4] and p[1] == p[-3] and p[2] == p[-2] and p[3] == p[-1]
-
-
-cdef inline void _pattern(uint64_t* words, const uint8_t* px, size_t bpp) noexcept nogil:
-    # 16 copies of the pixel at px as 2 * bpp little-endian words, built in registers.
-    cdef uint64_t t, r1, r2, w0, w1, w2
-    cdef uint32_t v
-    cdef int k
-    if bpp == 4:
-        memcpy(&v, px, 4)
-        w0 = (<uint64_t>v) | ((<uint64_t>v) << 32)
-        for k in range(8):
-            words[k] = w0
-        return
-    # bpp 3: the byte stream p0 p1 p2 p0 ... repeats every 24 bytes = 3 words, which start at
-    # phases 0, 2 and 1 of the pixel.
-    t = px[0] | (<uint64_t>px[1] << 8) | (<uint64_t>px[2] << 16)
-    r1 = (t >> 8) | ((t & 0xFF) << 16)
-    r2 = (t >> 16) | ((t & 0xFFFF) << 8)
-    w0 = t | (t << 24) | (t << 48)
-    w1 = r2 | (r2 << 24) | (r2 << 48)
-    w2 = r1 | (r1 << 24) | (r1 << 48)
-    words[0] = w0
-    words[1] = w1
-    words[2] = w2
-    words[3] = w0
-    words[4] = w1
-    words[5] = w2
-    if LITTLE_ENDIAN == 0:
-        for k in range(6):
-            words[k] = _bswap64(words[k])
-
-
 cdef int _pair_pass_rgb(const uint8_t* a, const uint8_t* b, size_t height, size_t width,
                         size_t abpp, size_t bbpp, Table* t) noexcept nogil:
-    cdef size_t y, x, j, run = 0
-    cdef size_t awords = 2 * abpp, bwords = 2 * bbpp
-    cdef size_t astride = 1 + width * abpp, bstride = 1 + width * bbpp
-    cdef const uint8_t* ra
-    cdef const uint8_t* rb
-    cdef uint64_t key, cur = 0, diff, w
-    cdef uint64_t pa[8]
-    cdef uint64_t pb[8]
-    cdef bint started = False, pattern_ok = False
+    cdef RgbPairs s
+    cdef size_t y
+    _rgb_pairs_init(&s)
     for y in range(height):
-        ra = a + y * astride + 1
-        rb = b + y * bstride + 1
-        x = 0
-        while x < width:
-            if x > 0:
-                # 16 pixels equal, byte for byte, to the pixel on their left (whose 16-fold
-                # pattern is kept in pa / pb): skipped with one word-wise test.
-                if x + 16 <= width:
-                    if not pattern_ok:
-                        # 16 copies of the pixel to the left (the run's pixel).
-                        _pattern(pa, ra + (x - 1) * abpp, abpp)
-                        _pattern(pb, rb + (x - 1) * bbpp, bbpp)
-                        pattern_ok = True
-                    diff = 0
-                    for j in range(awords):
-                        memcpy(&w, ra + x * abpp + 8 * j, 8)
-                        diff |= w ^ pa[j]
-                    for j in range(bwords):
-                        memcpy(&w, rb + x * bbpp + 8 * j, 8)
-                        diff |= w ^ pb[j]
-                    if diff == 0:
-                        run += 16
-                        x += 16
-                        continue
-                # Otherwise walk to the first pixel that differs from its left neighbour.
-                while x < width and _same_as_left(ra + x * abpp, abpp) and _same_as_left(rb + x * bbpp, bbpp):
-                    run += 1
-                    x += 1
-                if x >= width:
-                    break
-            # A pixel that may start a new run (first of a row, or different from its left).
-            key = (<uint64_t>_rgb_id(ra + x * abpp) << 32) | _rgb_id(rb + x * bbpp)
-            if not started:
-                cur = key
-                started = True
-            elif key != cur:
-                if _table_add(t, cur, <int64_t>run) != 0:
-                    return -1
-                cur = key
-                run = 0
-            pattern_ok = False
-            run += 1
-            x += 1
-    if started:
-        return _table_add(t, cur, <int64_t>run)
-    return 0
+        if _rgb_pairs_row(&s, a + y * (1 + width * abpp) + 1, b + y * (1 + width * bbpp) + 1,
+                          width, abpp, bbpp, t) != 0:
+            return -1
+    return _rgb_pairs_finish(&s, t)
 
 
 def pair_counts_rgb(const uint8_t[::1] a, const uint8_t[::1] b, Py_ssize_t height,
@@ -412,6 +200,94 @@ cdef inline Py_ssize_t _find(const int64_t* ids, const int64_t* order, Py_ssize_
     return -1
 
 
+cdef Py_ssize_t _pq_core(Py_ssize_t K, const int64_t* g, const int64_t* p, const int64_t* inter,
+                         Py_ssize_t G, const int64_t* gt_ids, const int64_t* gorder,
+                         const int64_t* gt_cat, const uint8_t* gt_crowd, const int64_t* gt_area,
+                         Py_ssize_t P, const int64_t* pred_ids, const int64_t* porder,
+                         const int64_t* pred_cat, const int64_t* pred_area, int64_t void_id,
+                         Py_ssize_t C, double* iou, int64_t* tp, int64_t* fp,
+                         int64_t* fn) noexcept nogil:
+    """The PQ matching rules for one image (see pq_match). Returns -1, the index of a pair with a
+    non-positive union (nothing added then), or -2 when out of memory."""
+    cdef Py_ssize_t k, gi, pi, c, bad = -1
+    cdef int64_t u
+    cdef double v
+    cdef int64_t* gis = <int64_t*>malloc((K + 1) * sizeof(int64_t))
+    cdef int64_t* pis = <int64_t*>malloc((K + 1) * sizeof(int64_t))
+    cdef int64_t* void_ov = <int64_t*>calloc(P + 1, sizeof(int64_t))
+    cdef int64_t* ign = <int64_t*>calloc(P + 1, sizeof(int64_t))
+    cdef uint8_t* gm = <uint8_t*>calloc(G + 1, 1)
+    cdef uint8_t* pm = <uint8_t*>calloc(P + 1, 1)
+    cdef uint8_t* crowd_set = <uint8_t*>calloc(C + 1, 1)
+    cdef int64_t* crowd_id = <int64_t*>calloc(C + 1, sizeof(int64_t))
+    if (gis == NULL or pis == NULL or void_ov == NULL or ign == NULL or gm == NULL or pm == NULL
+            or crowd_set == NULL or crowd_id == NULL):
+        bad = -2
+    else:
+        for k in range(K):
+            gis[k] = _find(gt_ids, gorder, G, g[k]) if G else -1
+            pis[k] = _find(pred_ids, porder, P, p[k]) if P else -1
+            if g[k] == void_id and pis[k] >= 0:
+                void_ov[pis[k]] += inter[k]
+        # Check every union first, so that nothing is added for an inconsistent image.
+        for k in range(K):
+            gi = gis[k]
+            pi = pis[k]
+            if gi < 0 or pi < 0 or gt_crowd[gi] or gt_cat[gi] != pred_cat[pi]:
+                continue
+            if pred_area[pi] + gt_area[gi] - inter[k] - void_ov[pi] <= 0:
+                bad = k
+                break
+        if bad == -1:
+            # Matches, summed in pair order as the official code does.
+            for k in range(K):
+                gi = gis[k]
+                pi = pis[k]
+                if gi < 0 or pi < 0 or gt_crowd[gi] or gt_cat[gi] != pred_cat[pi]:
+                    continue
+                u = pred_area[pi] + gt_area[gi] - inter[k] - void_ov[pi]
+                v = <double>inter[k] / <double>u
+                if v > 0.5:
+                    c = gt_cat[gi]
+                    tp[c] += 1
+                    iou[c] += v
+                    gm[gi] = 1
+                    pm[pi] = 1
+            # Unmatched non-crowd GT: false negatives. The last listed crowd segment of each
+            # category is the one predictions may overlap without counting as false positives.
+            for k in range(G):
+                if gm[k] == 0 and gt_crowd[k] == 0:
+                    fn[gt_cat[k]] += 1
+                if gt_crowd[k]:
+                    crowd_set[gt_cat[k]] = 1
+                    crowd_id[gt_cat[k]] = gt_ids[k]
+            for k in range(P):
+                ign[k] = void_ov[k]
+            for k in range(K):
+                pi = pis[k]
+                if pi >= 0 and crowd_set[pred_cat[pi]] and g[k] == crowd_id[pred_cat[pi]]:
+                    ign[pi] += inter[k]
+            for k in range(P):
+                if pm[k] == 0 and not (<double>ign[k] / <double>pred_area[k] > 0.5):
+                    fp[pred_cat[k]] += 1
+    free(gis)
+    free(pis)
+    free(void_ov)
+    free(ign)
+    free(gm)
+    free(pm)
+    free(crowd_set)
+    free(crowd_id)
+    return bad
+
+
+def _check_cats(const int64_t[::1] cats, Py_ssize_t C, str name):
+    cdef Py_ssize_t k
+    for k in range(cats.shape[0]):
+        if cats[k] < 0 or cats[k] >= C:
+            raise ValueError(f"{name}: index {cats[k]} out of range 0..{C - 1}")
+
+
 def pq_match(const int64_t[::1] g, const int64_t[::1] p, const int64_t[::1] inter,
              const int64_t[::1] gt_ids, const int64_t[::1] gt_cat, const uint8_t[::1] gt_crowd,
              const int64_t[::1] gt_area, const int64_t[::1] pred_ids, const int64_t[::1] pred_cat,
@@ -440,10 +316,8 @@ def pq_match(const int64_t[::1] g, const int64_t[::1] p, const int64_t[::1] inte
         -1, or the index into the pairs of a match candidate whose union is not positive
         (inconsistent GT areas); nothing is added then.
     """
-    cdef Py_ssize_t K = g.shape[0], G = gt_ids.shape[0], P = pred_ids.shape[0]
-    cdef Py_ssize_t C = iou.shape[0], k, gi, pi, c, bad = -1
-    cdef int64_t u
-    cdef double v
+    cdef Py_ssize_t K = g.shape[0], G = gt_ids.shape[0], P = pred_ids.shape[0], C = iou.shape[0]
+    cdef Py_ssize_t bad
     if p.shape[0] != K or inter.shape[0] != K:
         raise ValueError("g, p, inter: expected the same length")
     if gt_cat.shape[0] != G or gt_crowd.shape[0] != G or gt_area.shape[0] != G:
@@ -452,74 +326,97 @@ def pq_match(const int64_t[::1] g, const int64_t[::1] p, const int64_t[::1] inte
         raise ValueError("pred_*: expected the same length")
     if tp.shape[0] != C or fp.shape[0] != C or fn.shape[0] != C:
         raise ValueError("iou, tp, fp, fn: expected the same length")
-    for k in range(G):
-        if gt_cat[k] < 0 or gt_cat[k] >= C:
-            raise ValueError(f"gt_cat: index {gt_cat[k]} out of range 0..{C - 1}")
-    for k in range(P):
-        if pred_cat[k] < 0 or pred_cat[k] >= C:
-            raise ValueError(f"pred_cat: index {pred_cat[k]} out of range 0..{C - 1}")
-    gorder_a = np.argsort(np.asarray(gt_ids), kind="stable")
-    porder_a = np.argsort(np.asarray(pred_ids), kind="stable")
-    cdef const int64_t[::1] gorder = gorder_a
-    cdef const int64_t[::1] porder = porder_a
-    gi_a = np.empty(K, np.int64)
-    pi_a = np.empty(K, np.int64)
-    cdef int64_t[::1] gis = gi_a
-    cdef int64_t[::1] pis = pi_a
-    void_ov_a = np.zeros(P, np.int64)
-    ign_a = np.zeros(P, np.int64)
-    cdef int64_t[::1] void_ov = void_ov_a
-    cdef int64_t[::1] ign = ign_a
-    gm_a = np.zeros(G, np.uint8)
-    pm_a = np.zeros(P, np.uint8)
-    cdef uint8_t[::1] gm = gm_a
-    cdef uint8_t[::1] pm = pm_a
-    crowd_set_a = np.zeros(C, np.uint8)
-    crowd_id_a = np.zeros(C, np.int64)
-    cdef uint8_t[::1] crowd_set = crowd_set_a
-    cdef int64_t[::1] crowd_id = crowd_id_a
+    _check_cats(gt_cat, C, "gt_cat")
+    _check_cats(pred_cat, C, "pred_cat")
+    cdef const int64_t[::1] gorder = np.argsort(np.asarray(gt_ids), kind="stable")
+    cdef const int64_t[::1] porder = np.argsort(np.asarray(pred_ids), kind="stable")
     with nogil:
-        for k in range(K):
-            gis[k] = _find(&gt_ids[0], &gorder[0], G, g[k]) if G else -1
-            pis[k] = _find(&pred_ids[0], &porder[0], P, p[k]) if P else -1
-            if g[k] == void_id and pis[k] >= 0:
-                void_ov[pis[k]] += inter[k]
-        # Check every union first, so that nothing is added for an inconsistent image.
-        for k in range(K):
-            gi = gis[k]
-            pi = pis[k]
-            if gi < 0 or pi < 0 or gt_crowd[gi] or gt_cat[gi] != pred_cat[pi]:
-                continue
-            if pred_area[pi] + gt_area[gi] - inter[k] - void_ov[pi] <= 0:
-                bad = k
-                break
-        if bad < 0:
-            for k in range(K):
-                gi = gis[k]
-                pi = pis[k]
-                if gi < 0 or pi < 0 or gt_crowd[gi] or gt_cat[gi] != pred_cat[pi]:
-                    continue
-                u = pred_area[pi] + gt_area[gi] - inter[k] - void_ov[pi]
-                v = <double>inter[k] / <double>u
-                if v > 0.5:
-                    c = gt_cat[gi]
-                    tp[c] += 1
-                    iou[c] += v
-                    gm[gi] = 1
-                    pm[pi] = 1
-            for k in range(G):
-                if gm[k] == 0 and gt_crowd[k] == 0:
-                    fn[gt_cat[k]] += 1
-                if gt_crowd[k]:
-                    crowd_set[gt_cat[k]] = 1
-                    crowd_id[gt_cat[k]] = gt_ids[k]
-            for k in range(P):
-                ign[k] = void_ov[k]
-            for k in range(K):
-                pi = pis[k]
-                if pi >= 0 and crowd_set[pred_cat[pi]] and g[k] == crowd_id[pred_cat[pi]]:
-                    ign[pi] += inter[k]
-            for k in range(P):
-                if pm[k] == 0 and not (<double>ign[k] / <double>pred_area[k] > 0.5):
-                    fp[pred_cat[k]] += 1
+        bad = _pq_core(K, &g[0] if K else NULL, &p[0] if K else NULL, &inter[0] if K else NULL,
+                       G, &gt_ids[0] if G else NULL, &gorder[0] if G else NULL,
+                       &gt_cat[0] if G else NULL, &gt_crowd[0] if G else NULL,
+                       &gt_area[0] if G else NULL, P, &pred_ids[0] if P else NULL,
+                       &porder[0] if P else NULL, &pred_cat[0] if P else NULL,
+                       &pred_area[0] if P else NULL, void_id, C, &iou[0], &tp[0], &fp[0], &fn[0])
+    if bad == -2:
+        raise MemoryError()
     return bad
+
+
+def pq_image_coco(const uint32_t[::1] g32, const uint32_t[::1] p32, const int64_t[::1] counts,
+                  const int64_t[::1] gt_ids, const int64_t[::1] gt_cat, const uint8_t[::1] gt_crowd,
+                  const int64_t[::1] gt_area, const int64_t[::1] pred_ids,
+                  const int64_t[::1] pred_cat, double[::1] iou, int64_t[::1] tp, int64_t[::1] fp,
+                  int64_t[::1] fn):
+    """One COCO-panoptic image from its unsorted (GT id, predicted id, count) pairs: sorts them,
+    takes the predicted areas from them, checks the PNG ids against ``segments_info`` and runs
+    :func:`pq_match` (GT void id 0).
+
+    Returns
+    -------
+    tuple
+        ``(0, 0)`` on success; ``(1, id)``: a predicted PNG id (not 0) missing from
+        ``segments_info``; ``(2, k)``: listed predicted segment ``k`` absent from the PNG;
+        ``(3, (gt id, pred id, intersection))``: a non-positive union (inconsistent GT area).
+        Nothing is added unless the code is 0.
+    """
+    cdef Py_ssize_t K = g32.shape[0], G = gt_ids.shape[0], P = pred_ids.shape[0], C = iou.shape[0]
+    cdef Py_ssize_t k, pi, bad
+    cdef int64_t missing_id = 0
+    cdef int code = 0
+    cdef vector[pair[uint64_t, int64_t]] keyed
+    if p32.shape[0] != K or counts.shape[0] != K:
+        raise ValueError("g32, p32, counts: expected the same length")
+    if gt_cat.shape[0] != G or gt_crowd.shape[0] != G or gt_area.shape[0] != G:
+        raise ValueError("gt_*: expected the same length")
+    if pred_cat.shape[0] != P:
+        raise ValueError("pred_*: expected the same length")
+    if tp.shape[0] != C or fp.shape[0] != C or fn.shape[0] != C:
+        raise ValueError("iou, tp, fp, fn: expected the same length")
+    _check_cats(gt_cat, C, "gt_cat")
+    _check_cats(pred_cat, C, "pred_cat")
+    cdef const int64_t[::1] gorder = np.argsort(np.asarray(gt_ids), kind="stable")
+    cdef const int64_t[::1] porder = np.argsort(np.asarray(pred_ids), kind="stable")
+    g_a = np.empty(K, np.int64)
+    p_a = np.empty(K, np.int64)
+    c_a = np.empty(K, np.int64)
+    area_a = np.zeros(P, np.int64)
+    cdef int64_t[::1] gs = g_a
+    cdef int64_t[::1] ps = p_a
+    cdef int64_t[::1] cs = c_a
+    cdef int64_t[::1] area = area_a
+    with nogil:
+        keyed.resize(K)
+        for k in range(K):
+            keyed[k].first = (<uint64_t>g32[k] << 32) | p32[k]
+            keyed[k].second = counts[k]
+        sort(keyed.begin(), keyed.end())
+        for k in range(K):
+            gs[k] = <int64_t>(keyed[k].first >> 32)
+            ps[k] = <int64_t>(keyed[k].first & <uint64_t>0xFFFFFFFF)
+            cs[k] = keyed[k].second
+            pi = _find(&pred_ids[0], &porder[0], P, ps[k]) if P else -1
+            if pi >= 0:
+                area[pi] += cs[k]
+            elif ps[k] != 0 and code == 0:
+                code = 1
+                missing_id = ps[k]
+        if code == 0:
+            for k in range(P):
+                if area[k] == 0:
+                    code = 2
+                    missing_id = k
+                    break
+        if code == 0:
+            bad = _pq_core(K, &gs[0] if K else NULL, &ps[0] if K else NULL, &cs[0] if K else NULL,
+                           G, &gt_ids[0] if G else NULL, &gorder[0] if G else NULL,
+                           &gt_cat[0] if G else NULL, &gt_crowd[0] if G else NULL,
+                           &gt_area[0] if G else NULL, P, &pred_ids[0] if P else NULL,
+                           &porder[0] if P else NULL, &pred_cat[0] if P else NULL,
+                           &area[0] if P else NULL, 0, C, &iou[0], &tp[0], &fp[0], &fn[0])
+    if code:
+        return code, int(missing_id)
+    if bad == -2:
+        raise MemoryError()
+    if bad >= 0:
+        return 3, (int(gs[bad]), int(ps[bad]), int(cs[bad]))
+    return 0, 0

@@ -33,3 +33,18 @@ def pq_match(
     fp: _I64,
     fn: _I64,
 ) -> int: ...
+def pq_image_coco(
+    g32: _U32,
+    p32: _U32,
+    counts: _I64,
+    gt_ids: _I64,
+    gt_cat: _I64,
+    gt_crowd: npt.NDArray[np.uint8],
+    gt_area: _I64,
+    pred_ids: _I64,
+    pred_cat: _I64,
+    iou: npt.NDArray[np.float64],
+    tp: _I64,
+    fp: _I64,
+    fn: _I64,
+) -> tuple[int, int | tuple[int, int, int]]: ...

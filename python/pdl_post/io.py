@@ -72,34 +72,38 @@ class _PngInfo(NamedTuple):
     bitdepth: int
     colortype: int
     interlace: int
-    idat: bytes
+    idat: bytes | memoryview
 
 
 def _parse_png(data: bytes, name: str) -> _PngInfo:
-    """Walk the chunks of a PNG file, checking CRCs; return the header and the IDAT payload."""
+    """Walk the chunks of a PNG file, checking CRCs; return the header and the IDAT payload
+    (a zero-copy view when there is one IDAT chunk)."""
     if data[:8] != PNG_SIGNATURE:
         raise ValueError(f"{name}: not a PNG file (bad signature)")
+    view = memoryview(data)
     pos, n = 8, len(data)
     header = None
-    idat: list[bytes] = []
+    idat: list = []
+    unpack = struct.unpack_from
+    crc32 = zlib.crc32
     while True:
         if pos + 8 > n:
             raise ValueError(f"{name}: truncated PNG (no IEND chunk)")
-        (length,) = struct.unpack_from(">I", data, pos)
+        (length,) = unpack(">I", data, pos)
         ctype = data[pos + 4 : pos + 8]
         end = pos + 12 + length
         if end > n:
             raise ValueError(f"{name}: truncated PNG (chunk {ctype!r} runs past the end)")
-        body = data[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack_from(">I", data, pos + 8 + length)
-        if zlib.crc32(body, zlib.crc32(ctype)) != crc:
+        body = view[pos + 8 : pos + 8 + length]
+        (crc,) = unpack(">I", data, pos + 8 + length)
+        if crc32(body, crc32(ctype)) != crc:
             raise ValueError(f"{name}: corrupt PNG (CRC mismatch in chunk {ctype!r})")
-        if ctype == b"IHDR":
+        if ctype == b"IDAT":
+            idat.append(body)
+        elif ctype == b"IHDR":
             if length != 13:
                 raise ValueError(f"{name}: corrupt PNG (IHDR of {length} bytes)")
             header = struct.unpack(">IIBBBBB", body)
-        elif ctype == b"IDAT":
-            idat.append(body)
         elif ctype == b"IEND":
             break
         pos = end
@@ -108,7 +112,8 @@ def _parse_png(data: bytes, name: str) -> _PngInfo:
     width, height, bitdepth, colortype, compression, filtering, interlace = header
     if compression != 0 or filtering != 0:
         raise ValueError(f"{name}: unsupported PNG compression/filter method")
-    return _PngInfo(width, height, bitdepth, colortype, interlace, b"".join(idat))
+    payload = idat[0] if len(idat) == 1 else b"".join(idat)
+    return _PngInfo(width, height, bitdepth, colortype, interlace, payload)
 
 
 def _read_bytes(path) -> bytes:
@@ -229,27 +234,14 @@ def read_panoptic_png(path, *, out: np.ndarray | None = None) -> np.ndarray:
     return rgb2id(arr)
 
 
-def _read_rgb_rows(path, out: np.ndarray | None = None):
-    """Inflated, unfiltered scanlines of an 8-bit RGB/RGBA PNG (for the fused PQ kernel).
-
-    Returns ``(rows, height, width, bpp)`` where rows is ``out`` when it has the right size, or
-    ``None`` when the file needs the general path (:func:`read_panoptic_png`).
-    """
-    from pdl_post import _png
-
+def _rgb_idat(path):
+    """``(idat bytes, height, width, bytes per pixel)`` of an 8-bit RGB/RGBA PNG for the fused
+    PQ kernel, or ``None`` when the file needs the general path (:func:`read_panoptic_png`)."""
     name = os.fspath(path)
     info = _parse_png(_read_bytes(path), name)
     if not (_fast_path(info) and info.bitdepth == 8 and info.colortype in (2, 6)):
         return None
-    bpp = _CHANNELS[info.colortype]
-    size = info.height * (1 + info.width * bpp)
-    if out is None or out.shape != (size,):
-        out = np.empty(size, np.uint8)
-    try:
-        _png.inflate_rows(np.frombuffer(info.idat, np.uint8), info.height, info.width, bpp, out)
-    except ValueError as e:
-        raise ValueError(f"{name}: corrupt PNG image data ({e})") from None
-    return out, info.height, info.width, bpp
+    return info.idat, info.height, info.width, _CHANNELS[info.colortype]
 
 
 def rgb2id(rgb) -> np.ndarray:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from functools import partial
 from typing import Any
@@ -340,34 +341,42 @@ def accumulate_image(
     np.add.at(stats.fp, pred_cat[fp], 1)
 
 
-def _segments_by_id(segments, where: str, what: str) -> list[Mapping]:
+def _parse_segments(segments, cat_index: Mapping[int, int], where: str, what: str, *, gt: bool):
+    """ids, category indices (and for GT: crowd flags, areas) of a ``segments_info`` list."""
     if not isinstance(segments, list):
         raise ValueError(
             f"{where}: 'segments_info' of the {what} must be a list, got {type(segments).__name__}"
         )
-    seen = set()
-    for s in segments:
-        if not isinstance(s, Mapping) or "id" not in s or "category_id" not in s:
-            raise ValueError(
-                f"{where}: each {what} segment needs 'id' and 'category_id', got {s!r}"
-            )
-        if s["id"] in seen:
-            raise ValueError(
-                f"{where}: {what} segment id {s['id']} is listed twice in segments_info"
-            )
-        seen.add(s["id"])
-    return segments
-
-
-def _cat_indices(
-    cats: list[int], cat_index: Mapping[int, int], where: str, what: str, ids
-) -> np.ndarray:
-    out = np.empty(len(cats), np.int64)
-    for k, c in enumerate(cats):
-        idx = cat_index.get(c)
-        if idx is None:
-            raise ValueError(f"{where}: {what} segment {ids[k]} has unknown category_id {c}")
-        out[k] = idx
+    try:
+        ids = [int(s["id"]) for s in segments]
+        cats = [cat_index.get(s["category_id"], -1) for s in segments]
+        if gt:
+            crowd = [s.get("iscrowd", 0) == 1 for s in segments]
+    except (KeyError, TypeError, AttributeError):
+        bad = next(
+            s
+            for s in segments
+            if not isinstance(s, Mapping) or "id" not in s or "category_id" not in s
+        )
+        raise ValueError(
+            f"{where}: each {what} segment needs 'id' and 'category_id', got {bad!r}"
+        ) from None
+    if len(set(ids)) != len(ids):
+        seen = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))
+        raise ValueError(f"{where}: {what} segment id {dup} is listed twice in segments_info")
+    if -1 in cats:
+        k = cats.index(-1)
+        raise ValueError(
+            f"{where}: {what} segment {ids[k]} has unknown category_id {segments[k]['category_id']}"
+        )
+    out = [np.array(ids, np.int64), np.array(cats, np.int64)]
+    if gt:
+        try:
+            area = [int(s["area"]) for s in segments]
+        except KeyError:
+            raise ValueError(f"{where}: every GT segment needs an 'area'") from None
+        out += [np.array(crowd, bool), np.array(area, np.int64)]
     return out
 
 
@@ -378,45 +387,88 @@ def pq_image_from_pairs(
     pred_ann: Mapping,
     cat_index: Mapping[int, int],
     where: str,
+    *,
+    backend: str = "compiled",
 ) -> None:
-    """Add one image given its (GT id, predicted id, count) pairs and JSON annotations."""
-    gsegs = _segments_by_id(gt_ann.get("segments_info"), where, "GT")
-    psegs = _segments_by_id(pred_ann.get("segments_info"), where, "predicted")
-    _, p, c = pairs
+    """Add one image given its (GT id, predicted id, count) pairs (any order) and JSON
+    annotations; predicted areas come from the pairs (the PNG), GT areas from the JSON."""
+    gt_ids, gt_cat, gt_crowd, gt_area = _parse_segments(
+        gt_ann.get("segments_info"), cat_index, where, "GT", gt=True
+    )
+    pred_ids, pred_cat = _parse_segments(
+        pred_ann.get("segments_info"), cat_index, where, "predicted", gt=False
+    )
+    g, p, c = pairs
+    if backend == "compiled":
+        from pdl_post import _eval_kernels
 
-    # Predicted segments: areas from the PNG, checked against the JSON as the official code does.
-    png_ids, inv = np.unique(p, return_inverse=True)
-    png_area = np.zeros(png_ids.size, np.int64)
-    np.add.at(png_area, inv, c)
-    pred_ids = np.array([int(s["id"]) for s in psegs], np.int64)
-    pos = _lookup(pred_ids, png_ids)
-    for k in np.flatnonzero(pos < 0).tolist():
-        if png_ids[k] != VOID:
+        code, value = _eval_kernels.pq_image_coco(
+            np.ascontiguousarray(g, np.uint32),
+            np.ascontiguousarray(p, np.uint32),
+            np.ascontiguousarray(c, np.int64),
+            gt_ids,
+            gt_cat,
+            gt_crowd.view(np.uint8),
+            gt_area,
+            pred_ids,
+            pred_cat,
+            stats.iou,
+            stats.tp,
+            stats.fp,
+            stats.fn,
+        )
+        if code == 1:
             raise ValueError(
-                f"{where}: segment id {int(png_ids[k])} is in the predicted PNG but not in its "
-                f"segments_info"
+                f"{where}: segment id {value} is in the predicted PNG but not in its segments_info"
             )
+        if code == 2:
+            raise ValueError(
+                f"{where}: segment ids [{int(pred_ids[value])}] are in the predicted segments_info "
+                f"but not in its PNG"
+            )
+        if code == 3:
+            gid, pid, inter = value
+            area = int(gt_area[list(gt_ids).index(gid)])
+            raise ValueError(
+                f"{where}: GT segment {gid} has area {area} but overlaps predicted segment {pid} "
+                f"on {inter} pixels (inconsistent 'area')"
+            )
+        return
+    if backend != "reference":
+        raise ValueError(f"backend: expected 'compiled' or 'reference', got {backend!r}")
+    g, p, c = (np.asarray(x, np.int64) for x in (g, p, c))
+    order = np.lexsort((p, g))
+    g, p, c = g[order], p[order], c[order]
+    png_ids, inv = np.unique(p, return_inverse=True)
+    png_area = np.bincount(inv, weights=c, minlength=png_ids.size).astype(np.int64)
+    pos = _lookup(pred_ids, png_ids)
+    unlisted = (pos < 0) & (png_ids != VOID)
+    if unlisted.any():
+        raise ValueError(
+            f"{where}: segment id {int(png_ids[unlisted][0])} is in the predicted PNG but not in "
+            f"its segments_info"
+        )
     pred_area = np.zeros(pred_ids.size, np.int64)
     pred_area[pos[pos >= 0]] = png_area[pos >= 0]
-    pred_cat = _cat_indices(
-        [s["category_id"] for s in psegs], cat_index, where, "predicted", pred_ids
-    )
-    missing = np.flatnonzero(_lookup(png_ids, pred_ids) < 0)
-    if missing.size:
+    missing = pred_area == 0
+    if missing.any():
         raise ValueError(
-            f"{where}: segment ids {pred_ids[missing].tolist()} are in the predicted segments_info "
-            f"but not in its PNG"
+            f"{where}: segment ids {pred_ids[missing][:1].tolist()} are in the predicted "
+            f"segments_info but not in its PNG"
         )
-
-    gt_ids = np.array([int(s["id"]) for s in gsegs], np.int64)
-    gt_cat = _cat_indices([s["category_id"] for s in gsegs], cat_index, where, "GT", gt_ids)
-    gt_crowd = np.array([s.get("iscrowd", 0) == 1 for s in gsegs], bool)
-    try:
-        gt_area = np.array([int(s["area"]) for s in gsegs], np.int64)
-    except KeyError:
-        raise ValueError(f"{where}: every GT segment needs an 'area'") from None
     accumulate_image(
-        stats, pairs, gt_ids, gt_cat, gt_crowd, gt_area, pred_ids, pred_cat, pred_area, VOID, where
+        stats,
+        (g, p, c),
+        gt_ids,
+        gt_cat,
+        gt_crowd,
+        gt_area,
+        pred_ids,
+        pred_cat,
+        pred_area,
+        VOID,
+        where,
+        backend="reference",
     )
 
 
@@ -427,26 +479,57 @@ def _size_mismatch(where, gshape, pshape):
     )
 
 
+_LOCAL = threading.local()
+
+
+def _buffers() -> dict:
+    """Per-thread scanline buffers reused across images and calls: fresh multi-megabyte
+    allocations cost page faults comparable to decoding an image."""
+    d = getattr(_LOCAL, "buffers", None)
+    if d is None:
+        d = _LOCAL.buffers = {}
+    return d
+
+
+def _buffer(buffers: dict, key: str, size: int) -> np.ndarray:
+    buf = buffers.get(key)
+    if buf is None or buf.size < size:
+        buf = buffers[key] = np.empty(size, np.uint8)
+    return buf[:size]
+
+
 def image_pairs(gt_file, pred_file, buffers: dict, where: str):
-    """(GT id, predicted id, count) pairs of two COCO-panoptic PNGs, sorted.
+    """(GT id, predicted id, count) pairs of two COCO-panoptic PNGs, in no particular order.
 
-    8-bit RGB/RGBA PNGs take the fused path: both are inflated into reused scanline buffers and
-    counted straight from the RGB bytes; anything else is decoded to id maps first.
+    8-bit RGB/RGBA PNGs take the fused path (``pdl_post._png.pair_counts_png``: inflate both into
+    reused buffers, then unfilter and count row by row); anything else is decoded to id maps.
     """
-    from pdl_post import _eval_kernels
-    from pdl_post.io import _read_rgb_rows, read_panoptic_png
+    from pdl_post import _png
+    from pdl_post.io import _rgb_idat, read_panoptic_png
 
-    ga = _read_rgb_rows(gt_file, buffers.get("gt"))
-    pa = _read_rgb_rows(pred_file, buffers.get("pred")) if ga is not None else None
+    ga = _rgb_idat(gt_file)
+    pa = _rgb_idat(pred_file) if ga is not None else None
     if ga is not None and pa is not None:
-        buffers["gt"], buffers["pred"] = ga[0], pa[0]
         if ga[1:3] != pa[1:3]:
             raise _size_mismatch(where, ga[1:3], pa[1:3])
-        g, p, c = _eval_kernels.pair_counts_rgb(ga[0], pa[0], ga[1], ga[2], ga[3], pa[3])
-        g = g.astype(np.int64)
-        p = p.astype(np.int64)
-        order = np.lexsort((p, g))
-        return g[order], p[order], c[order]
+        h, w = ga[1], ga[2]
+        try:
+            g, p, c = _png.pair_counts_png(
+                np.frombuffer(ga[0], np.uint8),
+                np.frombuffer(pa[0], np.uint8),
+                h,
+                w,
+                ga[3],
+                pa[3],
+                _buffer(buffers, "gt", h * (1 + w * ga[3])),
+                _buffer(buffers, "pred", h * (1 + w * pa[3])),
+            )
+        except ValueError as e:
+            which, msg = str(e).split(": ", 1)
+            raise ValueError(
+                f"{gt_file if which == 'a' else pred_file}: corrupt PNG image data ({msg})"
+            ) from None
+        return g, p, c
     gt_map = read_panoptic_png(gt_file)
     pred_map = read_panoptic_png(pred_file)
     if gt_map.shape != pred_map.shape:
@@ -455,7 +538,7 @@ def image_pairs(gt_file, pred_file, buffers: dict, where: str):
 
 
 def _pq_files(items, stats: PQStats, tick, *, gt_folder, pred_folder, cat_index) -> None:
-    buffers: dict = {}  # scanline buffers reused across images of the same size
+    buffers = _buffers()
     for gt_ann, pred_ann in items:
         where = f"image {gt_ann.get('image_id')!r}"
         try:
