@@ -162,13 +162,24 @@ void vote_rows(Plane<const TSem> sem, const ThingSource& things, Plane<const TOf
   CenterIndex::Cache cache;
   for (int64_t y = y0; y < y1; ++y) {
     int32_t* out = instance + y * width;
-    for (int64_t x = 0; x < width; ++x) {
+    for (int64_t x = 0; x < width;) {
       const int64_t label = sem.data ? static_cast<int64_t>(sem(y, x)) : 0;
-      const bool thing = kFromMask ? things.mask(y, x) != 0 : thing_classes.contains(label);
+      if (!kFromMask && !thing_classes.contains(label)) {
+        // A run of one non-thing label (stuff regions are long runs): no votes, one count.
+        int64_t end = x + 1;
+        while (end < width && static_cast<int64_t>(sem(y, end)) == label) ++end;
+        std::fill(out + x, out + end, 0);
+        if constexpr (kCount)
+          counter.add(0, dense_classes ? label : classes->index(label), end - x);
+        x = end;
+        continue;
+      }
+      const bool thing = kFromMask ? things.mask(y, x) != 0 : true;
       const int32_t inst =
           thing && have_centers ? vote_pixel(y, x, dy(y, x), dx(y, x), index, cache) : 0;
       out[x] = inst;
       if constexpr (kCount) counter.add(inst, dense_classes ? label : classes->index(label));
+      ++x;
     }
   }
 }

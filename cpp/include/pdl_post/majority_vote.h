@@ -77,15 +77,15 @@ class RunCounter {
  public:
   explicit RunCounter(const SegmentCounter& counter) : counter_(counter) {}
   ~RunCounter() { flush(); }
-  void add(int32_t instance, int64_t class_index) {
+  void add(int32_t instance, int64_t class_index, int64_t count = 1) {
     if (instance == instance_ && class_index == class_index_) {
-      ++length_;
+      length_ += count;
       return;
     }
     flush();
     instance_ = instance;
     class_index_ = class_index;
-    length_ = 1;
+    length_ = count;
   }
   void flush() {
     if (length_ > 0) counter_.add(instance_, class_index_, length_);
