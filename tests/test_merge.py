@@ -261,3 +261,14 @@ def test_recovers_ground_truth_on_clean_scenes():
     s = synthetic.make_scene(160, 320, 25, seed=21, offset_noise=0.0, semantic_noise=0.0)
     out = pdl_post.merge(s.sem, s.ctr, s.off, top_k=None, stuff_area=0)
     np.testing.assert_array_equal(out, s.panoptic_gt)
+
+
+def test_merge_docstring_example_runs():
+    import doctest
+
+    from pdl_post import _api
+
+    runner = doctest.DocTestRunner()
+    for test in doctest.DocTestFinder().find(_api.merge, "merge", globs={}):
+        runner.run(test)
+    assert runner.tries > 0 and runner.failures == 0

@@ -292,7 +292,7 @@ merge.__doc__ = (
     >>> sem = np.full((4, 6), 11, np.int32)
     >>> ctr = np.zeros((1, 4, 6), np.float32); ctr[0, 1, 2] = 0.9
     >>> off = np.zeros((2, 4, 6), np.float32)
-    >>> pdl_post.merge(sem, ctr, off, stuff_area=0)[0, 0]
+    >>> int(pdl_post.merge(sem, ctr, off, stuff_area=0)[0, 0])
     11001
     """
 )
