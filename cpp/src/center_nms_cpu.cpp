@@ -133,8 +133,7 @@ std::vector<Peak> find_peaks_cpu(Plane<const T> ctr, int64_t height, int64_t wid
   if (height <= 0 || width <= 0) return peaks;
   // Rows are independent in the first pass; strips of rows in the second.
   const int64_t k = nms_kernel;
-  const int threads =
-      static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, height)));
+  const int threads = row_threads(num_threads, height);
   // Pass 1a: which rows hold a candidate (h > 0) at all.
   std::vector<char> row_positive(static_cast<size_t>(height), 0);
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
@@ -167,7 +166,7 @@ std::vector<Peak> find_peaks_cpu(Plane<const T> ctr, int64_t height, int64_t wid
   }
   // Contiguous strips (a few per thread: candidate rows cluster), concatenated in order: the
   // peak list is row-major for any thread count.
-  const int64_t strips = std::min<int64_t>(height, threads > 1 ? 4 * threads : 1);
+  const int64_t strips = row_strips(height, threads);
   std::vector<std::vector<Peak>> strip_peaks(static_cast<size_t>(strips));
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(dynamic, 1)
   for (int64_t t = 0; t < strips; ++t) {

@@ -26,17 +26,13 @@ TOut checked_id(int64_t label, int64_t label_divisor, int64_t n) {
   return static_cast<TOut>(label * label_divisor + n);
 }
 
-int strip_threads(int num_threads, int64_t height) {
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, height)));
-}
-
 // Majority class of every instance from a counting sort of its pixels' classes.
 template <typename TSem>
 std::vector<int64_t> majority_by_sorting(const SegmentStats& stats, const ClassIndex& classes,
                                          Plane<const TSem> sem, const int32_t* instance,
                                          int64_t height, int64_t width, int num_threads) {
   const int64_t K = stats.num_instances, C = stats.num_classes;
-  const int threads = strip_threads(num_threads, height);
+  const int threads = row_threads(num_threads, height);
   // Per strip and instance: where the strip's pixels of the instance start in `grouped`.
   std::vector<std::vector<int64_t>> counts(threads, std::vector<int64_t>(K + 1, 0));
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static, 1)
@@ -182,7 +178,7 @@ template <typename TSem>
 SegmentStats count_segments(Plane<const TSem> sem, const int32_t* instance, int64_t height,
                             int64_t width, int64_t num_instances, const ClassIndex& classes,
                             int num_threads) {
-  const int threads = strip_threads(num_threads, height);
+  const int threads = row_threads(num_threads, height);
   const bool dense = use_dense_pairs(num_instances, classes.size, threads);
   std::vector<SegmentStats> partial(threads, SegmentStats(num_instances, classes.size, dense));
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static, 1)

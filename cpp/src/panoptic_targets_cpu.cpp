@@ -145,8 +145,7 @@ void targets_typed(const StridedView& panoptic, const TargetSegments& segments,
   const int64_t height = panoptic.height(), width = panoptic.width();
   const size_t S = segments.ids.size();
   const SegmentIndex index(segments.ids);
-  const int threads =
-      static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, height)));
+  const int threads = row_threads(num_threads, height);
   const Plane<const TP> pan = plane_of<const TP>(panoptic, 0, 0);
   const SegmentSums sums = segment_sums(pan, index, height, width, S + 1, threads);
 

@@ -196,16 +196,11 @@ void vote_rows_any_source(Plane<const TSem> sem, const ThingSource& things, Plan
   }
 }
 
-// Rows split into a few strips per thread (dynamic: thing pixels cluster in some rows).
-int64_t strips_for(int64_t height, int threads) {
-  return std::max<int64_t>(1, std::min<int64_t>(height, threads > 1 ? 4 * threads : 1));
-}
-
 template <typename TSem, typename TOff>
 void vote_image(Plane<const TSem> sem, const ThingSource& things, Plane<const TOff> dy,
                 Plane<const TOff> dx, int64_t height, int64_t width, CenterIndex& index,
                 int32_t* instance, int threads) {
-  const int64_t strips = strips_for(height, threads);
+  const int64_t strips = row_strips(height, threads);
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(dynamic, 1)
   for (int64_t s = 0; s < strips; ++s) {
     vote_rows_any_source<false>(sem, things, dy, dx, height * s / strips, height * (s + 1) / strips,
@@ -237,7 +232,7 @@ std::vector<Segment> merge_image(Plane<const TSem> sem, const ThingSource& thing
   CenterIndex index(height, width, centers.y, centers.x);
   const ClassIndex classes = make_class_index(sem, height, width, max_label);
   const int64_t K = index.size();
-  const int64_t strips = strips_for(height, threads);
+  const int64_t strips = row_strips(height, threads);
   const bool dense = use_dense_pairs(K, classes.size, static_cast<int>(strips));
   std::vector<int32_t> scratch;
   int32_t* instance;

@@ -88,19 +88,23 @@ def _segments_list(seg: dict) -> list[dict]:
     ]
 
 
-def _empty_output(shape, dtype, like_torch: bool):
-    """Output allocated with the caller's own library (torch in, torch out); returns (obj, view)."""
+def _as_4d(view: np.ndarray, batched: bool) -> np.ndarray:
+    return view[:, None] if batched else view[None, None]
+
+
+def _empty_output(batch: int, height: int, width: int, batched: bool, dtype, like_torch: bool):
+    """Output [B,H,W] or [H,W] allocated with the caller's own library (torch in, torch out).
+
+    Returns (the object handed to the caller, its numpy view as the core's [B,1,H,W]).
+    """
+    shape = (batch, height, width) if batched else (height, width)
     if like_torch:
         import torch
 
         t = torch.empty(shape, dtype=torch.int64 if dtype == np.int64 else torch.int32)
-        return t, t.numpy()
+        return t, _as_4d(t.numpy(), batched)
     a = np.empty(shape, dtype=dtype)
-    return a, a
-
-
-def _as_4d(view: np.ndarray, batched: bool) -> np.ndarray:
-    return view[:, None] if batched else view[None, None]
+    return a, _as_4d(a, batched)
 
 
 def _labels_from_logits(logits: np.ndarray, threads: int, backend: str) -> np.ndarray:
@@ -144,9 +148,9 @@ def _run(sem, ctr, off, *, foreground_mask, backend, params):
     max_label = _checked_max_label(labels, threads)
     dtype = output_dtype(max_label, params.label_divisor, params.void_label)
     torch_out = any(is_torch_tensor(x) for x in (sem, ctr, off))
-    out, view = _empty_output((b, h, w) if batched else (h, w), dtype, torch_out)
+    out, out4 = _empty_output(b, h, w, batched, dtype, torch_out)
     if backend == "reference":
-        per_image = _run_reference(labels, logits, ctr4, off4, mask4, params, _as_4d(view, batched))
+        per_image = _run_reference(labels, logits, ctr4, off4, mask4, params, out4)
     else:
         per_image = _core.merge(
             labels,
@@ -163,7 +167,7 @@ def _run(sem, ctr, off, *, foreground_mask, backend, params):
             params.nms_kernel,
             -1 if params.top_k is None else params.top_k,
             params.topk_mode,
-            _as_4d(view, batched),
+            out4,
             threads,
         )
     return out, per_image, batched
@@ -505,8 +509,7 @@ def group_pixels(
     if labels is not None:
         _checked_max_label(labels, threads)  # negative class ids are an error here too
     center_list = _check_centers(centers, b, h, w, batched)
-    out, view = _empty_output((b, h, w) if batched else (h, w), np.int32, is_torch_tensor(off))
-    out4 = _as_4d(view, batched)
+    out, out4 = _empty_output(b, h, w, batched, np.int32, is_torch_tensor(off))
     if backend == "reference":
         from pdl_post import reference
 
@@ -585,10 +588,9 @@ def fuse(
     counts = [int(inst4[i].max()) if inst4[i].size else 0 for i in range(b)]
     max_label = _checked_max_label(labels, threads)
     dtype = output_dtype(max_label, params.label_divisor, params.void_label)
-    out, view = _empty_output(
-        (b, h, w) if batched else (h, w), dtype, is_torch_tensor(sem) or is_torch_tensor(instance)
+    out, out4 = _empty_output(
+        b, h, w, batched, dtype, is_torch_tensor(sem) or is_torch_tensor(instance)
     )
-    out4 = _as_4d(view, batched)
     if backend == "reference":
         from pdl_post import reference
 

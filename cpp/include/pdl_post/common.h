@@ -5,6 +5,7 @@
 // layout are read in place. Per-pixel math that the CUDA path shares is marked PDL_HOST_DEVICE.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <stdexcept>
@@ -101,6 +102,17 @@ Plane<T> plane_of(const StridedView& v, int64_t b, int64_t c) {
 struct ValueError : std::invalid_argument {
   explicit ValueError(const std::string& what) : std::invalid_argument(what) {}
 };
+
+// Threads for a loop over `height` rows: the request, at least 1 and at most one per row.
+inline int row_threads(int num_threads, int64_t height) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, height)));
+}
+
+// Row strips for dynamic scheduling: a few per thread (work clusters in some rows), one when
+// single-threaded, never more than the rows.
+inline int64_t row_strips(int64_t height, int threads) {
+  return std::max<int64_t>(1, std::min<int64_t>(height, threads > 1 ? 4 * threads : 1));
+}
 
 // Thread count actually used: 1 without OpenMP, else the request (<= 0 means "all").
 int resolve_threads(int requested);
