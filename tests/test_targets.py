@@ -213,3 +213,97 @@ def test_bad_input(args, kwargs, error, match):
 def test_options_are_keyword_only():
     with pytest.raises(TypeError):
         panoptic_targets(Z, [0], [0], None, [1])  # thing_ids passed positionally
+
+
+def _buffers(h, w, fill=7):
+    """Output buffers pre-filled with garbage, so a test sees every element overwritten."""
+    shapes = {"center": (1, h, w), "offset": (2, h, w)}
+    return {
+        k: np.full(shapes.get(k, (h, w)), fill, dtype=np.int64 if k == "semantic" else np.float32)
+        for k in KEYS
+    }
+
+
+def test_out_buffers_are_filled_and_returned():
+    pan, seg, cat = _scene(200, 300, 25, seed=5)
+    expected = panoptic_targets_reference(pan, seg, cat, thing_ids=THINGS)
+    out = _buffers(200, 300)
+    arrays = dict(out)
+    for threads in (1, 2):
+        result = panoptic_targets(pan, seg, cat, thing_ids=THINGS, out=out, num_threads=threads)
+        assert result is out
+        assert all(result[k] is arrays[k] for k in KEYS)
+        _same(result, expected)
+    # Reused for a different map: nothing of the first one survives.
+    pan2, seg2, cat2 = _scene(200, 300, 3, seed=6)
+    _same(
+        panoptic_targets(pan2, seg2, cat2, thing_ids=THINGS, out=out),
+        panoptic_targets_reference(pan2, seg2, cat2, thing_ids=THINGS),
+    )
+
+
+def test_out_buffers_with_row_padding():
+    pan, seg, cat = _scene(64, 96, 5, seed=2)
+    padded = {k: np.full((*v.shape[:-1], 128), 9, v.dtype) for k, v in _buffers(64, 96).items()}
+    out = {k: v[..., :96] for k, v in padded.items()}
+    _same(
+        panoptic_targets(pan, seg, cat, thing_ids=THINGS, out=out),
+        panoptic_targets_reference(pan, seg, cat, thing_ids=THINGS),
+    )
+    for v in padded.values():  # the padding columns are left alone
+        assert (v[..., 96:] == 9).all()
+
+
+def _bad_out(**changes):
+    out = _buffers(4, 5)
+    for key, value in changes.items():
+        if value is None:
+            del out[key]
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.mark.parametrize(
+    ("out", "error", "match"),
+    [
+        ([1, 2], TypeError, "out: expected a dict of numpy arrays"),
+        (_bad_out(center=None), ValueError, "out: expected exactly the keys"),
+        (_bad_out(semantic=[0] * 20), TypeError, r"out\['semantic'\]: expected a numpy array"),
+        (
+            _bad_out(semantic=np.zeros((4, 5), np.int32)),
+            TypeError,
+            r"out\['semantic'\]: expected dtype int64, got int32",
+        ),
+        (
+            _bad_out(center=np.zeros((4, 5), np.float32)),
+            ValueError,
+            r"out\['center'\]: expected shape \[1, 4, 5\], got \[4, 5\]",
+        ),
+        (
+            _bad_out(offset_weights=np.zeros((4, 10), np.float32)[:, ::2]),
+            ValueError,
+            r"out\['offset_weights'\]: expected contiguous rows",
+        ),
+        (
+            _bad_out(center_weights=np.broadcast_to(np.float32(0), (4, 5))),
+            ValueError,
+            r"out\['center_weights'\]: expected a writeable array",
+        ),
+    ],
+)
+def test_bad_out(out, error, match):
+    with pytest.raises(error, match=match):
+        panoptic_targets(Z, [0], [0], thing_ids=[1], out=out)
+
+
+def test_out_must_not_overlap():
+    out = _buffers(4, 5)
+    out["offset_weights"] = out["center_weights"]
+    with pytest.raises(ValueError, match=r"out\['offset_weights'\]: must not overlap"):
+        panoptic_targets(Z, [0], [0], thing_ids=[1], out=out)
+    pan = np.zeros((4, 5), np.int64)
+    out = _buffers(4, 5)
+    out["semantic"] = pan
+    with pytest.raises(ValueError, match=r"out\['semantic'\]: must not overlap panoptic"):
+        panoptic_targets(pan, [0], [0], thing_ids=[1], out=out)

@@ -93,24 +93,40 @@ struct SegmentSums {
   explicit SegmentSums(size_t n) : area(n, 0), sum_y(n, 0), sum_x(n, 0) {}
 };
 
+// The runs of equal ids found by the statistics pass, kept so that the write pass neither
+// rescans the map nor looks ids up again. Run i of a strip covers [end[i - 1], end[i]) of its row
+// (from 0 for a row's first run) and belongs to segment index segment[i].
+struct StripRuns {
+  std::vector<int32_t> segment;
+  std::vector<int64_t> end;
+  std::vector<size_t> row_begin;  // first run of each of the strip's rows, plus the total
+};
+
 template <typename TP>
 SegmentSums segment_sums(const Plane<const TP>& pan, const SegmentIndex& index, int64_t height,
-                         int64_t width, size_t num_slots, int threads) {
+                         int64_t width, size_t num_slots, int threads,
+                         std::vector<StripRuns>& runs) {
   std::vector<SegmentSums> partial(threads, SegmentSums(num_slots));
+  runs.assign(threads, StripRuns{});
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static, 1)
   for (int t = 0; t < threads; ++t) {
     int64_t* area = partial[t].area.data();
     int64_t* sum_y = partial[t].sum_y.data();
     int64_t* sum_x = partial[t].sum_x.data();
+    StripRuns& strip = runs[t];
     for (int64_t y = height * t / threads; y < height * (t + 1) / threads; ++y) {
+      strip.row_begin.push_back(strip.end.size());
       for_each_run(pan.row(y), pan.stride_x, width, [&](int64_t id, int64_t x0, int64_t x1) {
         const int32_t k = index.find(id);
         const int64_t n = x1 - x0;
         area[k] += n;
         sum_y[k] += y * n;
         sum_x[k] += (x0 + x1 - 1) * n / 2;
+        strip.segment.push_back(k);
+        strip.end.push_back(x1);
       });
     }
+    strip.row_begin.push_back(strip.end.size());
   }
   SegmentSums total(num_slots);
   for (const SegmentSums& p : partial) {
@@ -147,7 +163,8 @@ void targets_typed(const StridedView& panoptic, const TargetSegments& segments,
   const SegmentIndex index(segments.ids);
   const int threads = row_threads(num_threads, height);
   const Plane<const TP> pan = plane_of<const TP>(panoptic, 0, 0);
-  const SegmentSums sums = segment_sums(pan, index, height, width, S + 1, threads);
+  std::vector<StripRuns> runs;
+  const SegmentSums sums = segment_sums(pan, index, height, width, S + 1, threads, runs);
 
   std::vector<int64_t> things = params.thing_ids;
   std::sort(things.begin(), things.end());
@@ -192,15 +209,22 @@ void targets_typed(const StridedView& panoptic, const TargetSegments& segments,
       float *sw = sem_w.row(y), *cw = ctr_w.row(y), *ow = off_w.row(y);
       float *oy = off_y.row(y), *ox = off_x.row(y);
       std::fill(center.row(y), center.row(y) + width, 0.0f);
-      for_each_run(pan.row(y), pan.stride_x, width, [&](int64_t id, int64_t x0, int64_t x1) {
-        const SegmentTarget& t = table[index.find(id)];
-        std::fill(sem_row + x0, sem_row + x1, t.semantic);
-        std::fill(sw + x0, sw + x1, t.semantic_weight);
-        std::fill(cw + x0, cw + x1, t.center_weight);
-        std::fill(ow + x0, ow + x1, t.offset_weight);
-        if (t.offset_weight != 0.0f) {
-          std::fill(oy + x0, oy + x1, offset_to(t.cy, y));
-          const double cx = t.cx;
+      // The statistics pass split the rows the same way: strip t holds rows
+      // [height * t / threads, height * (t + 1) / threads).
+      const int64_t t = ((y + 1) * threads - 1) / height;
+      const StripRuns& strip = runs[t];
+      const size_t row = static_cast<size_t>(y - height * t / threads);
+      int64_t x0 = 0;
+      for (size_t i = strip.row_begin[row]; i < strip.row_begin[row + 1]; ++i) {
+        const int64_t x1 = strip.end[i];
+        const SegmentTarget& s = table[strip.segment[i]];
+        std::fill(sem_row + x0, sem_row + x1, s.semantic);
+        std::fill(sw + x0, sw + x1, s.semantic_weight);
+        std::fill(cw + x0, cw + x1, s.center_weight);
+        std::fill(ow + x0, ow + x1, s.offset_weight);
+        if (s.offset_weight != 0.0f) {
+          std::fill(oy + x0, oy + x1, offset_to(s.cy, y));
+          const double cx = s.cx;
           for (int64_t x = x0; x < x1; ++x) {
             ox[x] = static_cast<float>(cx - static_cast<double>(static_cast<int32_t>(x)));
           }
@@ -208,7 +232,8 @@ void targets_typed(const StridedView& panoptic, const TargetSegments& segments,
           std::fill(oy + x0, oy + x1, 0.0f);
           std::fill(ox + x0, ox + x1, 0.0f);
         }
-      });
+        x0 = x1;
+      }
     }
     // Gaussians clipped to this block's rows: max over windows, order-independent.
     for (const Window& w : windows) {
