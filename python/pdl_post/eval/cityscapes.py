@@ -550,9 +550,10 @@ class CityscapesInstanceStats:
         """AP per class and overlap threshold, shape (8, 10); NaN for classes without GT."""
         ap = np.full((len(INSTANCE_CLASSES), len(OVERLAPS)), np.nan)
         for ci, name in enumerate(INSTANCE_CLASSES):
-            recs = [img[name] for img in self.images]
+            # GT ids below 1000 are groups (crowd regions) of the class, not instances.
+            recs = [(img[name][0] >= 1000, *img[name][1:]) for img in self.images]
             for oi, th in enumerate(OVERLAPS):
-                ap[ci, oi] = _class_ap(recs, float(th))
+                ap[ci, oi] = class_ap(recs, float(th), MIN_REGION_SIZE)
         return ap
 
     def summarize(self) -> dict:
@@ -575,15 +576,21 @@ class CityscapesInstanceStats:
         }
 
 
-def _class_ap(recs, th: float) -> float:
-    """AP of one class at one overlap threshold over all images (cityscapesScripts' rules)."""
+def class_ap(recs, th: float, min_region_size: int) -> float:
+    """AP of one class at one overlap threshold over all images (cityscapesScripts' rules).
+
+    ``recs`` holds one tuple per image: ``(gt_is_instance, gt_pixels, pred_conf, pred_pixels,
+    pred_void, pair_pred, pair_gt, pair_inter)``, numpy arrays over the GT segments of the class
+    (instances and groups), its non-empty predictions and their non-zero intersections. GT
+    instances smaller than ``min_region_size`` pixels are neither matched nor missed.
+    """
     y_true: list[np.ndarray] = []
     y_score: list[np.ndarray] = []
     hard_fns = 0
     have_gt = False
     have_pred = False
-    for gt_ids, gt_pix, conf, pix, void, pp, pg, pi in recs:
-        valid = (gt_ids >= 1000) & (gt_pix >= MIN_REGION_SIZE)
+    for is_instance, gt_pix, conf, pix, void, pp, pg, pi in recs:
+        valid = is_instance & (gt_pix >= min_region_size)
         if valid.any():
             have_gt = True
         if conf.size:
@@ -594,7 +601,7 @@ def _class_ap(recs, th: float) -> float:
         # highest confidence; every other such prediction is a false positive (scored by its own
         # confidence), as the official pairwise max/min bookkeeping yields.
         m = above & valid[pg]
-        n_gt = gt_ids.size
+        n_gt = is_instance.size
         matched = np.zeros(n_gt, bool)
         matched[pg[m]] = True
         hard_fns += int((valid & ~matched).sum())
@@ -613,7 +620,7 @@ def _class_ap(recs, th: float) -> float:
         found = np.zeros(conf.size, bool)
         found[pp[above]] = True
         ignored = void.astype(np.int64)
-        extra = pi * (gt_ids[pg] < 1000) + pi * (gt_pix[pg] < MIN_REGION_SIZE)
+        extra = pi * ~is_instance[pg] + pi * (gt_pix[pg] < min_region_size)
         if extra.size:
             ignored = ignored + np.bincount(pp, weights=extra, minlength=conf.size).astype(np.int64)
         fp = ~found & (ignored / pix <= th)
