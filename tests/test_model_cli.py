@@ -33,12 +33,18 @@ def test_evaluate_shipped_weights_other_seed():
     res = json.loads(out.strip().splitlines()[-1])
     assert res["images"] == 12
     assert res["pq"] >= 0.5, res
+    # AP from the segment scores, pixel metrics from the semantic GT: all real numbers.
+    for key in ("ap", "ap50", "miou", "pixel_accuracy", "mean_accuracy", "fwiou"):
+        assert 0.0 <= res[key] <= 1.0, (key, res)
+    assert res["ap50"] >= 0.5, res
 
 
 def test_demo_and_predict(tmp_path):
     out = run("demo", "--out", str(tmp_path / "demo"), "--images", "2")
     res = json.loads(out.strip().splitlines()[0])
     assert res["images"] == 2 and 0.0 <= res["pq"] <= 1.0
+    assert all(0.0 <= res[k] <= 1.0 for k in ("ap", "miou", "pixel_accuracy")), res
+    assert json.loads((tmp_path / "demo" / "metrics.json").read_text())["pq"] == res["pq"]
     pngs = sorted(p.name for p in (tmp_path / "demo").glob("*.png"))
     assert len(pngs) == 6
     image = next((tmp_path / "demo").glob("*_image.png"))

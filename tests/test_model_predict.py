@@ -1,5 +1,7 @@
 """Predictor (flip / multi-scale TTA via pdl_post) and export equality."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -50,6 +52,63 @@ def test_predictor_shapes_and_batch(model_cfg, image):
     two = pred([image, image[:, ::-1]])
     assert two["panoptic"].shape == (2, 64, 80)
     np.testing.assert_array_equal(two["panoptic"][0], one["panoptic"][0])
+    assert len(two["segments"]) == 2
+    # The network's batched convolutions may round differently: scores agree to float precision.
+    for a, b in zip(two["segments"][0], one["segments"][0], strict=True):
+        assert {**a, "score": 0} == {**b, "score": 0}
+        assert a["score"] == pytest.approx(b["score"], rel=1e-5)
+
+
+def test_predictor_segments_and_scores():
+    """Segments describe the panoptic map; scores use the averaged probabilities (not a second
+    softmax): thing score = centre heatmap value x mean class probability over the segment."""
+    from panoptic_deeplab.train import load_model
+
+    weights = Path(__file__).resolve().parents[1] / "models/panoptic_deeplab/weights"
+    model, cfg = load_model(weights / "synthetic_tiny.pt")
+    cfg = load_config("synthetic_tiny.yaml", [])  # the same post section, with every default
+    image = SyntheticPanoptic(num_images=1, height=128, width=128, seed=77)[0]["image"]
+    pred = Predictor(model, cfg, thing_ids=(3, 4), flip=True)
+    out = pred(image)
+    pan, segs = out["panoptic"][0], out["segments"][0]
+    ids = np.unique(pan[pan != cfg["post"]["void_label"]])
+    assert sorted(s["id"] for s in segs) == ids.tolist()
+    probs = out["probs"][0]
+    div = cfg["post"]["label_divisor"]
+    import pdl_post
+
+    heat = out["center"][0, 0]
+    _, center_scores = pdl_post.find_centers(
+        heat,
+        threshold=cfg["post"]["threshold"],
+        nms_kernel=cfg["post"]["nms_kernel"],
+        top_k=cfg["post"]["top_k"],
+    )
+    assert any(s["isthing"] for s in segs), "the test needs at least one thing segment"
+    for s in segs:
+        mask = pan == s["id"]
+        assert s["area"] == int(mask.sum()) and s["category_id"] == s["id"] // div
+        mean_prob = float(probs[s["category_id"]][mask].astype(np.float64).mean())
+        if s["isthing"]:
+            # score / mean probability is the heatmap value at one of the kept centres
+            ratio = s["score"] / mean_prob
+            assert np.abs(center_scores - ratio).min() <= 1e-5 * ratio, s
+        else:
+            assert s["score"] == pytest.approx(mean_prob, rel=1e-5), s
+    # The log-probabilities handed to pdl_post give the probabilities' own argmax.
+    direct = pdl_post.merge(
+        torch.from_numpy(probs)[None],
+        torch.from_numpy(out["center"]),
+        torch.from_numpy(out["offset"]),
+        thing_ids=(3, 4),
+        label_divisor=div,
+        stuff_area=cfg["post"]["stuff_area"],
+        void_label=cfg["post"]["void_label"],
+        threshold=cfg["post"]["threshold"],
+        nms_kernel=cfg["post"]["nms_kernel"],
+        top_k=cfg["post"]["top_k"],
+    )
+    np.testing.assert_array_equal(np.asarray(direct)[0], pan)
 
 
 def test_flip_tta_is_flip_equivariant(model_cfg, image):

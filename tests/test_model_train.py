@@ -101,6 +101,7 @@ def test_train_writes_outputs_and_resumes(tmp_path):
         assert (out / name).exists(), name
     assert metrics["iterations"] == 3
     assert json.loads((out / "metrics.json").read_text())["pq"] == metrics["pq"]
+    assert "ap" in metrics and "miou" in metrics  # PQ, mIoU and AP in the evaluation
     rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows if "loss" in r] == [1, 2, 3]
     # resume to 5 iterations

@@ -136,38 +136,22 @@ def _cmd_demo(args) -> int:
     from PIL import Image
 
     from .data import build_dataset
-    from .metrics import Evaluator, gt_to_panoptic_ids
-    from .predict import Predictor
+    from .train import evaluate
 
     torch.set_num_threads(args.threads)
     model, cfg = _load(args)
     ds = build_dataset(cfg, "val")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    post = cfg["post"]
-    pred = Predictor(model, cfg, thing_ids=ds.thing_ids)
-    ev = Evaluator(
-        ds.categories,
-        label_divisor=post["label_divisor"],
-        void_label=post["void_label"],
-        ignore_label=cfg["targets"]["ignore_label"],
-    )
-    for i in range(min(args.images, len(ds))):
-        s = ds[i]
-        res = pred(s["image"])
-        gt = gt_to_panoptic_ids(
-            s,
-            label_divisor=post["label_divisor"],
-            void_label=post["void_label"],
-            thing_ids=ds.thing_ids,
-        )
-        ev.update(res["panoptic"][0], gt)
-        Image.fromarray(s["image"]).save(out / f"{s['name']}_image.png")
-        _write_overlay(out / f"{s['name']}_panoptic.png", s["image"], res["panoptic"][0], cfg)
-        _write_overlay(out / f"{s['name']}_groundtruth.png", s["image"], gt, cfg)
-    m = ev.compute()
-    m.pop("miou", None)
-    print(json.dumps({"images": min(args.images, len(ds)), **m}))
+
+    def write_overlays(sample, result, gt) -> None:
+        name = sample["name"]
+        Image.fromarray(sample["image"]).save(out / f"{name}_image.png")
+        _write_overlay(out / f"{name}_panoptic.png", sample["image"], result["panoptic"][0], cfg)
+        _write_overlay(out / f"{name}_groundtruth.png", sample["image"], gt, cfg)
+
+    m = evaluate(model, cfg, dataset=ds, max_images=args.images, on_image=write_overlays)
+    print(json.dumps(m))
     (out / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
     print(f"wrote overlays to {out}/")
     return 0
@@ -202,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--resume", default=None, help="checkpoint.pt to resume from")
     sp.set_defaults(fn=_cmd_train)
 
-    sp = sub.add_parser("evaluate", help="PQ / SQ / RQ / mIoU on the val split")
+    sp = sub.add_parser("evaluate", help="PQ / SQ / RQ, mIoU and AP on the val split")
     common(sp, weights=True)
     sp.add_argument("--seed", type=int, default=None, help="seed of the synthetic val split")
     sp.add_argument("--max-images", type=int, default=0)

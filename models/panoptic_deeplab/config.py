@@ -55,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
         "max_minutes": 0,
         "eval_images": 0,
     },
-    "test": {"flip": False, "scales": [1.0]},
+    "test": {"flip": False, "scales": [1.0], "min_instance_area": 100},
 }
 
 

@@ -125,14 +125,22 @@ def _scalars(obj) -> dict[str, float]:
 
 
 class Evaluator:
-    """PQ (+ SQ/RQ, things/stuff), mIoU and, with ``pdl_post.eval``, AP.
+    """PQ (+ SQ/RQ, things/stuff), mIoU and, with ``pdl_post.eval`` and ``thing_ids``, AP.
 
-    ``update(pred_panoptic, gt_panoptic, pred_semantic, gt_semantic)`` with panoptic ids in
-    the ``class * label_divisor + instance`` format.
+    ``update(pred_panoptic, gt_panoptic, pred_semantic, gt_semantic, scores)`` with panoptic ids
+    in the ``class * label_divisor + instance`` format; ``scores`` maps predicted thing segment
+    ids to their confidence (AP ranks detections by it).
     """
 
     def __init__(
-        self, categories, *, label_divisor: int, void_label: int, ignore_label: int
+        self,
+        categories,
+        *,
+        label_divisor: int,
+        void_label: int,
+        ignore_label: int,
+        thing_ids=None,
+        min_instance_area: int = 100,
     ) -> None:
         self.categories = list(categories)
         self.num_classes = len(self.categories)
@@ -140,6 +148,7 @@ class Evaluator:
         self.backend = "fallback"
         self._pq: Any
         self._sem: Any = None
+        self._ap: Any = None
         try:
             from pdl_post import eval as pe  # type: ignore[attr-defined]
 
@@ -147,13 +156,22 @@ class Evaluator:
                 self.categories, label_divisor=label_divisor, void_label=void_label
             )
             self._sem = pe.SemanticEvaluator(self.num_classes, ignore_label=ignore_label)
+            if thing_ids is not None:
+                self._ap = pe.InstanceEvaluator(
+                    thing_ids,
+                    label_divisor=label_divisor,
+                    void_label=void_label,
+                    min_region_size=min_instance_area,
+                )
             self.backend = "pdl_post.eval"
         except (ImportError, AttributeError, TypeError):
             self._pq = _FallbackPQ(self.categories, label_divisor, void_label)
         self.conf = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
 
-    def update(self, pred_pan, gt_pan, pred_sem=None, gt_sem=None) -> None:
+    def update(self, pred_pan, gt_pan, pred_sem=None, gt_sem=None, scores=None) -> None:
         self._pq.update(np.asarray(pred_pan), np.asarray(gt_pan))
+        if self._ap is not None:
+            self._ap.update(np.asarray(pred_pan), np.asarray(gt_pan), scores)
         if pred_sem is not None and gt_sem is not None:
             if self._sem is not None:
                 self._sem.update(np.asarray(pred_sem), np.asarray(gt_sem))
@@ -184,5 +202,8 @@ class Evaluator:
             union = self.conf.sum(0) + self.conf.sum(1) - tp
             valid = union > 0
             res["miou"] = float((tp[valid] / union[valid]).mean()) if valid.any() else 0.0
+        if self._ap is not None:
+            ap = self._ap.compute()
+            res["ap"], res["ap50"] = ap["ap"], ap["ap50"]
         res["eval_backend"] = self.backend  # type: ignore[assignment]
         return res

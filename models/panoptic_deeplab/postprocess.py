@@ -11,16 +11,30 @@ __all__ = ["merge_outputs"]
 
 
 def merge_outputs(
-    outputs: dict[str, torch.Tensor], *, thing_ids, post: dict[str, Any]
-) -> np.ndarray:
+    outputs: dict[str, torch.Tensor],
+    *,
+    thing_ids,
+    post: dict[str, Any],
+    probabilities: bool = False,
+    segments: bool = False,
+):
     """Panoptic ids ``[B, H, W]`` (int) from ``semantic`` logits / probabilities, ``center``, ``offset``.
 
-    Calls :func:`pdl_post.merge` with the ``post`` section of the config (threshold,
-    nms_kernel, top_k, stuff_area, label_divisor, void_label, optional num_threads).
+    Calls :func:`pdl_post.merge` (or :func:`pdl_post.postprocess` with ``segments=True``) with
+    the ``post`` section of the config (threshold, nms_kernel, top_k, stuff_area,
+    label_divisor, void_label, optional num_threads).
+
+    ``probabilities``: ``semantic`` holds softmax probabilities (e.g. averaged over TTA), not
+    logits. Their logarithm is handed over, so that the segment scores' softmax gives back these
+    probabilities. ``segments=True`` returns ``(panoptic, segments)`` with one list of segment
+    dicts (``id``, ``category_id``, ``isthing``, ``area``, ``score``) per image.
     """
     import pdl_post
 
     sem = outputs["semantic"].detach().float().cpu()
+    if probabilities:
+        # log is monotone: the argmax is that of the probabilities.
+        sem = torch.log(sem.clamp_min(torch.finfo(torch.float32).tiny))
     ctr = outputs["center"].detach().float().cpu()
     off = outputs["offset"].detach().float().cpu()
     kw = {
@@ -34,7 +48,12 @@ def merge_outputs(
     }
     if post.get("num_threads"):
         kw["num_threads"] = int(post["num_threads"])
-    res = pdl_post.merge(sem, ctr, off, **kw)
-    if isinstance(res, torch.Tensor):
-        res = res.numpy()
-    return np.asarray(res)
+    if not segments:
+        return _numpy(pdl_post.merge(sem, ctr, off, **kw))
+    results = pdl_post.postprocess(sem, ctr, off, **kw)
+    pan = np.stack([_numpy(r.panoptic) for r in results])
+    return pan, [r.segments for r in results]
+
+
+def _numpy(x) -> np.ndarray:
+    return x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

@@ -35,9 +35,10 @@ class Predictor:
         averaged: semantic as softmax probabilities, centre heatmaps and offsets directly.
 
     Calling with one ``uint8 [H, W, 3]`` image, a list of them (same size), or a normalised
-    float tensor ``[B, 3, H, W]`` returns ``{"panoptic": int [B, H, W], "semantic": int64
-    [B, H, W], "center": [B, 1, H, W], "offset": [B, 2, H, W], "probs": [B, C, H, W]}``
-    (numpy arrays).
+    float tensor ``[B, 3, H, W]`` returns ``{"panoptic": int [B, H, W], "segments": [B] lists of
+    segment dicts (``id``, ``category_id``, ``isthing``, ``area``, ``score``; see
+    ``pdl_post.postprocess``), "semantic": int64 [B, H, W], "center": [B, 1, H, W], "offset":
+    [B, 2, H, W], "probs": [B, C, H, W]}`` (numpy arrays).
     """
 
     def __init__(
@@ -94,9 +95,12 @@ class Predictor:
 
     def __call__(self, images) -> dict[str, np.ndarray]:
         out = self.forward(self._to_batch(images))
-        pan = merge_outputs(out, thing_ids=self.thing_ids, post=self.cfg["post"])
+        pan, segments = merge_outputs(
+            out, thing_ids=self.thing_ids, post=self.cfg["post"], probabilities=True, segments=True
+        )
         return {
             "panoptic": pan,
+            "segments": segments,
             "semantic": out["semantic"].argmax(1).cpu().numpy(),
             "center": out["center"].cpu().numpy(),
             "offset": out["offset"].cpu().numpy(),

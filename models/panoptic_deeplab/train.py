@@ -99,8 +99,13 @@ def evaluate(
     max_images: int = 0,
     device: torch.device | str = "cpu",
     predictor=None,
+    on_image=None,
 ) -> dict[str, Any]:
-    """PQ / SQ / RQ / mIoU of ``model`` on the val split of ``cfg`` (images one by one)."""
+    """PQ / SQ / RQ, mIoU and AP of ``model`` on the val split of ``cfg`` (images one by one).
+
+    ``on_image(sample, result, gt_panoptic)``, if given, is called for every image (e.g. to
+    write overlays); ``result`` is the :class:`Predictor` output.
+    """
     from .predict import Predictor
 
     ds = dataset if dataset is not None else build_dataset(cfg, "val")
@@ -111,6 +116,8 @@ def evaluate(
         label_divisor=post["label_divisor"],
         void_label=post["void_label"],
         ignore_label=cfg["targets"]["ignore_label"],
+        thing_ids=thing_ids,
+        min_instance_area=cfg["test"].get("min_instance_area", 100),
     )
     pred = predictor or Predictor(model, cfg, thing_ids=thing_ids, device=device)
     n = len(ds) if not max_images else min(max_images, len(ds))
@@ -127,7 +134,10 @@ def evaluate(
         sem_gt = np.where(
             gt == post["void_label"], cfg["targets"]["ignore_label"], gt // post["label_divisor"]
         )
-        ev.update(out["panoptic"][0], gt, out["semantic"][0], sem_gt)
+        scores = {seg["id"]: seg["score"] for seg in out["segments"][0]}
+        ev.update(out["panoptic"][0], gt, out["semantic"][0], sem_gt, scores)
+        if on_image is not None:
+            on_image(sample, out, gt)
     res = ev.compute()
     res["images"] = n
     res["eval_seconds"] = round(time.perf_counter() - t0, 3)
