@@ -13,9 +13,14 @@ all: build
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): requirements-dev.txt | $(BIN)/python
+# histolytics is installed for its H&E image with nuclei labels only (the model's real-image
+# data set): --no-deps keeps its heavy dependency tree out.
+HISTOLYTICS := histolytics==0.3.0
+
+$(STAMP): requirements-dev.txt Makefile | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps $(HISTOLYTICS)
 	touch $@
 
 venv: $(STAMP)
