@@ -61,26 +61,24 @@ def _segment_array(x, name: str, length: int | None) -> np.ndarray:
     return a.astype(np.int64)
 
 
+# (key, dtype, leading axes before [H, W]): center is [1, H, W], offset [2, H, W] (dy, dx).
 _OUTPUTS = (
-    ("semantic", np.int64, 1),
-    ("semantic_weights", np.float32, 1),
-    ("center", np.float32, 1),
-    ("offset", np.float32, 2),
-    ("center_weights", np.float32, 1),
-    ("offset_weights", np.float32, 1),
+    ("semantic", np.int64, ()),
+    ("semantic_weights", np.float32, ()),
+    ("center", np.float32, (1,)),
+    ("offset", np.float32, (2,)),
+    ("center_weights", np.float32, ()),
+    ("offset_weights", np.float32, ()),
 )
 
 
 def _new_outputs(height: int, width: int) -> dict[str, np.ndarray]:
-    return {
-        key: np.empty(_shape_of(key, channels, height, width), dtype=dtype)
-        for key, dtype, channels in _OUTPUTS
-    }
+    return {key: np.empty((*lead, height, width), dtype) for key, dtype, lead in _OUTPUTS}
 
 
-def _shape_of(key: str, channels: int, height: int, width: int) -> tuple[int, ...]:
-    """``center`` [1, H, W] and ``offset`` [2, H, W] carry a channel axis, the others are [H, W]."""
-    return (channels, height, width) if key in ("center", "offset") else (height, width)
+def _core_view(a: np.ndarray) -> np.ndarray:
+    """The [1, C, H, W] view the core takes."""
+    return a.reshape((1,) * (4 - a.ndim) + a.shape)
 
 
 def _check_out(out, panoptic: np.ndarray) -> dict[str, np.ndarray]:
@@ -92,10 +90,10 @@ def _check_out(out, panoptic: np.ndarray) -> dict[str, np.ndarray]:
         raise ValueError(f"out: expected exactly the keys {expected}, got {list(out)}")
     height, width = panoptic.shape
     arrays = []
-    for key, dtype, channels in _OUTPUTS:
+    for key, dtype, lead in _OUTPUTS:
         a = out[key]
         name = f"out[{key!r}]"
-        shape = _shape_of(key, channels, height, width)
+        shape = (*lead, height, width)
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{name}: expected a numpy array, got {_describe(a)}")
         if a.dtype != dtype:
@@ -236,10 +234,7 @@ def panoptic_targets(
         weight,
         bool(ignore_crowd_in_semantic),
         _gaussian_table(sigma, radius, H, W),
-        *(
-            out[key][None] if key in ("center", "offset") else out[key][None, None]
-            for key, _, _ in _OUTPUTS
-        ),
+        *(_core_view(out[key]) for key, _, _ in _OUTPUTS),
         threads,
     )
     return out
