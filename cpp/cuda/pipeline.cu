@@ -440,29 +440,6 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   check(cudaMemcpyAsync(head.data(), summary.as<long long>(), head.size() * sizeof(long long),
                         cudaMemcpyDeviceToHost, stream),
         "cudaMemcpyAsync (summary)");
-  std::vector<int64_t> host_pixel;
-  std::vector<double> host_score;
-  std::vector<cuda::DeviceSegment> host_segments;
-  if (with_segments) {
-    // Kept centres are compacted over the whole batch; the peaks bound their number.
-    host_pixel.resize(static_cast<size_t>(total_peaks));
-    host_score.resize(static_cast<size_t>(total_peaks));
-    host_segments.resize(static_cast<size_t>(seg_offset[B]));
-    if (total_peaks > 0) {
-      check(cudaMemcpyAsync(host_pixel.data(), c_pixel.as<void>(), total_peaks * sizeof(int64_t),
-                            cudaMemcpyDeviceToHost, stream),
-            "cudaMemcpyAsync (centres)");
-      check(cudaMemcpyAsync(host_score.data(), c_score.as<void>(), total_peaks * sizeof(double),
-                            cudaMemcpyDeviceToHost, stream),
-            "cudaMemcpyAsync (centres)");
-    }
-    if (seg_offset[B] > 0) {
-      check(cudaMemcpyAsync(host_segments.data(), segments.as<void>(),
-                            host_segments.size() * sizeof(cuda::DeviceSegment),
-                            cudaMemcpyDeviceToHost, stream),
-            "cudaMemcpyAsync (segments)");
-    }
-  }
   check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
   for (int64_t b = 0; b < B; ++b) {
     const long long* h = head.data() + 5 * b;
@@ -474,6 +451,37 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     }
   }
   if (!with_segments) return results;
+  // postprocess only: the centres (compacted over the batch from 0) and each image's segments,
+  // copied at their exact sizes, then one more synchronisation.
+  int64_t total_centers = 0, total_segments = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    total_centers += head[5 * b];
+    total_segments += head[5 * b + 2];
+  }
+  std::vector<int64_t> host_pixel(static_cast<size_t>(total_centers));
+  std::vector<double> host_score(static_cast<size_t>(total_centers));
+  std::vector<cuda::DeviceSegment> host_segments(static_cast<size_t>(total_segments));
+  if (total_centers > 0) {
+    check(cudaMemcpyAsync(host_pixel.data(), c_pixel.as<void>(), total_centers * sizeof(int64_t),
+                          cudaMemcpyDeviceToHost, stream),
+          "cudaMemcpyAsync (centres)");
+    check(cudaMemcpyAsync(host_score.data(), c_score.as<void>(), total_centers * sizeof(double),
+                          cudaMemcpyDeviceToHost, stream),
+          "cudaMemcpyAsync (centres)");
+  }
+  std::vector<int64_t> first_segment(static_cast<size_t>(B));
+  for (int64_t b = 0, at = 0; b < B; ++b) {
+    first_segment[b] = at;
+    const int64_t n = head[5 * b + 2];
+    if (n > 0) {
+      check(cudaMemcpyAsync(host_segments.data() + at,
+                            segments.as<cuda::DeviceSegment>() + seg_offset[b],
+                            n * sizeof(cuda::DeviceSegment), cudaMemcpyDeviceToHost, stream),
+            "cudaMemcpyAsync (segments)");
+    }
+    at += n;
+  }
+  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
   for (int64_t b = 0; b < B; ++b) {
     const long long* h = head.data() + 5 * b;
     ImageResult& r = results[b];
@@ -483,7 +491,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
       r.centers.score.push_back(host_score[i]);
     }
     for (long long i = 0; i < h[2]; ++i) {
-      const cuda::DeviceSegment& d = host_segments[seg_offset[b] + i];
+      const cuda::DeviceSegment& d = host_segments[first_segment[b] + i];
       r.segments.push_back(
           Segment{d.id, d.category_id, d.isthing != 0, d.area, d.score, d.instance});
     }
