@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -62,6 +63,27 @@ DeviceBuffer upload(const std::vector<T>& values, cudaStream_t stream, const cha
   return buffer;
 }
 
+// Small host arrays gathered into one host-to-device copy (one copy instead of one per array).
+class UploadPack {
+ public:
+  // Appends the values; returns their byte offset in the pack (16-byte aligned).
+  template <typename T>
+  size_t add(const std::vector<T>& values) {
+    const size_t at = (bytes_.size() + 15) / 16 * 16;
+    bytes_.resize(at + values.size() * sizeof(T));
+    if (!values.empty()) std::memcpy(bytes_.data() + at, values.data(), values.size() * sizeof(T));
+    return at;
+  }
+  DeviceBuffer upload(cudaStream_t stream) const { return cuda::upload(bytes_, stream, "tables"); }
+  template <typename T>
+  static T* at(const DeviceBuffer& buffer, size_t offset) {
+    return reinterpret_cast<T*>(buffer.as<char>() + offset);
+  }
+
+ private:
+  std::vector<char> bytes_;
+};
+
 // A 4-D strided array [B, C, H, W] readable in kernels (strides in elements).
 template <typename T>
 struct DeviceView {
@@ -80,7 +102,7 @@ DeviceView<const T> device_view(const StridedView& v) {
 }
 
 // Blocks for a grid-stride loop over `items`, at most `cap`.
-inline unsigned grid_for(int64_t items, int threads, int64_t cap = int64_t{1} << 20) {
+inline unsigned grid_for(int64_t items, int threads, int64_t cap = 2147483647) {
   const int64_t blocks = (items + threads - 1) / threads;
   return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > cap ? cap : blocks));
 }

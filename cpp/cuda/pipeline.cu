@@ -134,23 +134,29 @@ __global__ void summary_kernel(int64_t batch, CenterList centers, FuseLayout lay
 }
 
 // Thing classes on the device: a byte table for small ids, else the sorted ids (as on the CPU).
-struct DeviceThings {
-  DeviceBuffer table, sorted;
-  ThingClasses view{};
+struct ThingUpload {
+  bool use_table = true;
+  int64_t size = 0;
+  size_t offset = 0;
 
-  DeviceThings(std::vector<int64_t> ids, cudaStream_t stream) {
+  ThingUpload(std::vector<int64_t> ids, UploadPack& pack) {
     std::sort(ids.begin(), ids.end());
     ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
-    const int64_t size = ids.empty() ? 0 : ids.back() + 1;
-    if (size <= (int64_t{1} << 16)) {
-      std::vector<uint8_t> bytes(static_cast<size_t>(size), 0);
+    const int64_t table_size = ids.empty() ? 0 : ids.back() + 1;
+    use_table = table_size <= (int64_t{1} << 16);
+    if (use_table) {
+      std::vector<uint8_t> bytes(static_cast<size_t>(table_size), 0);
       for (int64_t t : ids) bytes[t] = 1;
-      table = upload(bytes, stream, "thing table");
-      view = ThingClasses{table.as<uint8_t>(), size, nullptr, 0};
+      size = table_size;
+      offset = pack.add(bytes);
     } else {
-      sorted = upload(ids, stream, "thing ids");
-      view = ThingClasses{nullptr, 0, sorted.as<int64_t>(), static_cast<int64_t>(ids.size())};
+      size = static_cast<int64_t>(ids.size());
+      offset = pack.add(ids);
     }
+  }
+  ThingClasses view(const DeviceBuffer& tables) const {
+    if (use_table) return ThingClasses{UploadPack::at<uint8_t>(tables, offset), size, nullptr, 0};
+    return ThingClasses{nullptr, 0, UploadPack::at<int64_t>(tables, offset), size};
   }
 };
 
@@ -210,7 +216,6 @@ struct CudaMerge::State {
   DeviceBuffer labels;  // argmax of logits
   DeviceBuffer row_offset;
   std::vector<int64_t> peak_begin;  // B + 1 (host)
-  DeviceBuffer peak_begin_device;   // B + 1
   int64_t lo = 0, hi = -1;
 };
 
@@ -270,7 +275,6 @@ CudaMerge::CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers
   s.lo = host[0];
   s.hi = host[1];
   s.peak_begin.assign(host.begin() + 2, host.end());
-  s.peak_begin_device = cuda::upload(s.peak_begin, s.stream, "peak offsets");
 }
 
 CudaMerge::~CudaMerge() {
@@ -332,23 +336,13 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     max_bins = std::max(max_bins, (k + 1) * C);
   }
   seg_offset[B] = seg_offset[B - 1] + seg_capacity[B - 1];
-  const DeviceBuffer d_hist_offset = cuda::upload(hist_offset, stream, "layout");
-  const DeviceBuffer d_inst_offset = cuda::upload(inst_offset, stream, "layout");
-  const DeviceBuffer d_seg_offset = cuda::upload(seg_offset, stream, "layout");
-  const cuda::FuseLayout layout{C,
-                                d_hist_offset.as<int64_t>(),
-                                d_inst_offset.as<int64_t>(),
-                                d_seg_offset.as<int64_t>(),
-                                max_instances,
-                                max_segments};
-
-  // Everything the host decides is uploaded before the first kernel of this phase: copies from
-  // pageable memory may wait for the stream, which is idle here (sync point 1 just passed).
+  if (total_peaks > std::numeric_limits<int>::max() - 1) {  // cub's sort and scan sizes are int
+    throw ValueError("find_centers: " + std::to_string(total_peaks) +
+                     " peaks exceed the CUDA path's int32 sort size; use the CPU path");
+  }
   std::vector<int> sort_begin, sort_end;
   const bool any_sorted =
       cuda::sort_segments(s.peak_begin, s.centers.top_k, s.centers.topk_mode, sort_begin, sort_end);
-  const DeviceBuffer d_sort_begin = cuda::upload(sort_begin, stream, "top-k segments");
-  const DeviceBuffer d_sort_end = cuda::upload(sort_end, stream, "top-k segments");
   const bool with_scores = with_segments && s.in.logits.data != nullptr;
   std::vector<int64_t> partial_offset(static_cast<size_t>(B));
   int64_t partial_total = 0;
@@ -356,9 +350,23 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     partial_offset[b] = partial_total;
     partial_total += cuda::score_blocks(H) * seg_capacity[b];
   }
-  const DeviceBuffer d_partial_offset =
-      cuda::upload(with_scores ? partial_offset : std::vector<int64_t>{}, stream, "score offsets");
-  const cuda::DeviceThings things(s.params.thing_ids, stream);
+  // Everything the host decides goes to the device in one copy, before the first kernel of this
+  // phase: a copy from pageable memory may wait for the stream, which is idle right after sync 1.
+  cuda::UploadPack pack;
+  const size_t at_hist = pack.add(hist_offset), at_inst = pack.add(inst_offset);
+  const size_t at_seg = pack.add(seg_offset), at_peaks = pack.add(s.peak_begin);
+  const size_t at_sort_begin = pack.add(sort_begin), at_sort_end = pack.add(sort_end);
+  const size_t at_partial = pack.add(partial_offset);
+  const cuda::ThingUpload thing_upload(s.params.thing_ids, pack);
+  const DeviceBuffer tables = pack.upload(stream);
+  const int64_t* peak_begin_device = cuda::UploadPack::at<int64_t>(tables, at_peaks);
+  const ThingClasses things = thing_upload.view(tables);
+  const cuda::FuseLayout layout{C,
+                                cuda::UploadPack::at<int64_t>(tables, at_hist),
+                                cuda::UploadPack::at<int64_t>(tables, at_inst),
+                                cuda::UploadPack::at<int64_t>(tables, at_seg),
+                                max_instances,
+                                max_segments};
 
   // Peaks in row-major order, then the kept centres.
   const int64_t score_size = dtype_size(s.in.ctr.dtype);
@@ -379,9 +387,10 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   if (total_peaks > 0) {
     cuda::write_peaks(s.in.ctr, s.centers.threshold, s.centers.nms_kernel,
                       s.row_offset.as<int64_t>(), peaks, stream);
-    cuda::select_centers(s.in.ctr.dtype, W, peaks, s.peak_begin_device.as<int64_t>(), s.peak_begin,
-                         s.centers.top_k, s.centers.topk_mode, d_sort_begin.as<int>(),
-                         d_sort_end.as<int>(), any_sorted, centers, stream);
+    cuda::select_centers(s.in.ctr.dtype, W, peaks, peak_begin_device, s.peak_begin, s.centers.top_k,
+                         s.centers.topk_mode, cuda::UploadPack::at<int>(tables, at_sort_begin),
+                         cuda::UploadPack::at<int>(tables, at_sort_end), any_sorted, centers,
+                         stream);
   } else {
     check(cudaMemsetAsync(c_begin.as<void>(), 0, B * sizeof(int64_t), stream), "cudaMemsetAsync");
     check(cudaMemsetAsync(c_count.as<void>(), 0, B * sizeof(int64_t), stream), "cudaMemsetAsync");
@@ -422,12 +431,13 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
                                   segments.as<cuda::DeviceSegment>(),
                                   num_segments.as<int64_t>(),
                                   error_instance.as<unsigned long long>()};
-  cuda::vote_and_count(s.sem, s.in.mask, s.in.off, things.view, centers, layout,
+  cuda::vote_and_count(s.sem, s.in.mask, s.in.off, things, centers, layout,
                        max_bins <= cuda::kSharedBinLimit ? max_bins : 0, buffers, stream);
-  cuda::resolve_segments(B, things.view, s.params, centers, layout, buffers, stream);
+  cuda::resolve_segments(B, things, s.params, centers, layout, buffers, stream);
   if (with_scores) {
-    cuda::score_with_logits(s.sem, s.in.logits, layout, buffers, d_partial_offset.as<int64_t>(),
-                            partial_total, stream);
+    cuda::score_with_logits(s.sem, s.in.logits, layout, buffers,
+                            cuda::UploadPack::at<int64_t>(tables, at_partial), partial_total,
+                            stream);
   }
   cuda::write_panoptic(s.sem, layout, buffers, s.params, out, stream);
 
