@@ -23,7 +23,8 @@ void check(cudaError_t status, const char* what);
 void check_launch(const char* kernel);
 
 // Scratch memory from a per-device pool that keeps its memory between calls, allocated and freed
-// in stream order (no synchronisation, safe for concurrent calls on different streams).
+// in stream order (no synchronisation, safe for concurrent calls on different streams); plain
+// cudaMalloc where the device has no memory pools.
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;
@@ -41,9 +42,12 @@ class DeviceBuffer {
   int64_t bytes() const { return bytes_; }
 
  private:
+  void release() noexcept;
+
   void* data_ = nullptr;
   int64_t bytes_ = 0;
   cudaStream_t stream_ = nullptr;
+  bool pooled_ = true;
 };
 
 template <typename T>

@@ -35,6 +35,13 @@ cudaMemPool_t pool_for_current_device() {
   std::lock_guard<std::mutex> lock(mutex);
   auto it = pools.find(device);
   if (it != pools.end()) return it->second;
+  int supported = 0;
+  check(cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, device),
+        "cudaDeviceGetAttribute");
+  if (!supported) {  // plain cudaMalloc / cudaFree then (they synchronise, but work)
+    pools[device] = nullptr;
+    return nullptr;
+  }
   cudaMemPoolProps props{};
   props.allocType = cudaMemAllocationTypePinned;
   props.location.type = cudaMemLocationTypeDevice;
@@ -55,8 +62,10 @@ DeviceBuffer::DeviceBuffer(int64_t bytes, cudaStream_t stream, const char* what)
   if (bytes < 0) throw ValueError(std::string(what) + ": negative buffer size");
   // Never zero bytes: every buffer gets a distinct valid pointer.
   const size_t request = static_cast<size_t>(std::max<int64_t>(bytes, 16));
-  const cudaError_t status =
-      cudaMallocFromPoolAsync(&data_, request, pool_for_current_device(), stream);
+  const cudaMemPool_t pool = pool_for_current_device();
+  pooled_ = pool != nullptr;
+  const cudaError_t status = pooled_ ? cudaMallocFromPoolAsync(&data_, request, pool, stream)
+                                     : cudaMalloc(&data_, request);
   if (status != cudaSuccess) {
     (void)cudaGetLastError();
     data_ = nullptr;
@@ -65,21 +74,25 @@ DeviceBuffer::DeviceBuffer(int64_t bytes, cudaStream_t stream, const char* what)
   }
 }
 
-DeviceBuffer::~DeviceBuffer() {
-  if (data_) (void)cudaFreeAsync(data_, stream_);
+void DeviceBuffer::release() noexcept {
+  if (data_) (void)(pooled_ ? cudaFreeAsync(data_, stream_) : cudaFree(data_));
+  data_ = nullptr;
 }
 
+DeviceBuffer::~DeviceBuffer() { release(); }
+
 DeviceBuffer::DeviceBuffer(DeviceBuffer&& other) noexcept
-    : data_(other.data_), bytes_(other.bytes_), stream_(other.stream_) {
+    : data_(other.data_), bytes_(other.bytes_), stream_(other.stream_), pooled_(other.pooled_) {
   other.data_ = nullptr;
 }
 
 DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& other) noexcept {
   if (this != &other) {
-    if (data_) (void)cudaFreeAsync(data_, stream_);
+    release();
     data_ = other.data_;
     bytes_ = other.bytes_;
     stream_ = other.stream_;
+    pooled_ = other.pooled_;
     other.data_ = nullptr;
   }
   return *this;
