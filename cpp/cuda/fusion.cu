@@ -434,10 +434,16 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
   const int64_t blocks_x =
       std::min<int64_t>(device_blocks_for(batch), (hw + kThreads - 1) / kThreads);
   const dim3 grid(static_cast<unsigned>(blocks_x < 1 ? 1 : blocks_x), static_cast<unsigned>(batch));
-  const bool use_shared = shared_bins > 0;
-  const size_t shared_bytes =
-      2 * kCenterTile * sizeof(float) +
-      (use_shared ? static_cast<size_t>(shared_bins) * sizeof(unsigned) : 0);
+  // Shared counters only where the device allows that much shared memory per block.
+  int device = 0, shared_limit = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&shared_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+        "cudaDeviceGetAttribute");
+  const size_t tile_bytes = 2 * kCenterTile * sizeof(float);
+  const size_t hist_bytes = static_cast<size_t>(shared_bins) * sizeof(unsigned);
+  const bool use_shared =
+      shared_bins > 0 && tile_bytes + hist_bytes <= static_cast<size_t>(shared_limit);
+  const size_t shared_bytes = tile_bytes + (use_shared ? hist_bytes : 0);
   with_label_type(sem.dtype, [&](auto sem_tag) {
     using TSem = decltype(sem_tag);
     with_float_type(off.dtype, "off", [&](auto off_tag) {
