@@ -374,3 +374,158 @@ def test_backend_cuda_needs_cuda_arrays():
         pdl_post.merge(s.sem, s.ctr, s.off, backend="cuda")
     with pytest.raises(ValueError, match=r"backend: 'cuda' runs merge\(\) and postprocess\(\)"):
         pdl_post.find_centers(s.ctr, backend="cuda")
+
+
+# ---------------------------------------------------------------------------------------------
+# The Python glue on its own (runs everywhere): CUDA-array dispatch with a host-emulated core
+# ---------------------------------------------------------------------------------------------
+
+
+class HostCudaArray:
+    """numpy memory exposed through __cuda_array_interface__ (the emulated core reads it)."""
+
+    def __init__(self, a: np.ndarray):
+        self.a = a
+        self.__cuda_array_interface__ = {
+            "shape": a.shape,
+            "typestr": a.dtype.str,
+            "data": (a.ctypes.data if a.size else 0, False),
+            "strides": None if a.flags.c_contiguous else a.strides,
+            "version": 3,
+        }
+
+    def __getitem__(self, index):
+        return self.a[index]
+
+
+_NUMPY_OF = {
+    "uint8": np.uint8,
+    "int16": np.int16,
+    "int32": np.int32,
+    "int64": np.int64,
+    "float32": np.float32,
+    "float64": np.float64,
+}
+
+
+def _view_of(descriptor):
+    """The numpy view a (pointer, dtype, shape, strides-in-elements) descriptor names."""
+    import ctypes
+
+    if descriptor is None:
+        return None
+    pointer, dtype, shape, strides = descriptor
+    dtype = np.dtype(_NUMPY_OF[dtype])
+    if min(shape) == 0:
+        return np.empty(shape, dtype)
+    extent = sum((n - 1) * s for n, s in zip(shape, strides)) + 1
+    assert all(s >= 0 for s in strides)
+    raw = (ctypes.c_char * (extent * dtype.itemsize)).from_address(pointer)
+    base = np.frombuffer(raw, dtype=dtype)
+    return np.lib.stride_tricks.as_strided(
+        base, shape=shape, strides=[s * dtype.itemsize for s in strides]
+    )
+
+
+class EmulatedCudaMerge:
+    """Stands in for _core.CudaMerge: the same two phases, computed by the CPU core."""
+
+    def __init__(self, sem, logits, ctr, off, mask, device, stream, *options):
+        from pdl_post import _core
+
+        assert device == 0 and stream == 0
+        self.logits = _view_of(logits)
+        self.ctr, self.off, self.mask = _view_of(ctr), _view_of(off), _view_of(mask)
+        if self.logits is not None:
+            b, _, h, w = self.logits.shape
+            self.labels = np.empty((b, 1, h, w), np.int32)
+            if self.labels.size:
+                _core.argmax_logits(self.logits, self.labels, 0)
+        else:
+            self.labels = _view_of(sem)
+        self.options = options
+        self.range = _core.label_range(self.labels, 0)
+
+    def label_range(self):
+        return self.range
+
+    def finish(self, out, with_segments):
+        from pdl_post import _core
+
+        things, divisor, stuff, void, threshold, kernel, top_k, mode = self.options
+        return _core.merge(
+            self.labels, self.ctr, self.off, self.mask, self.logits, self.range[1], things,
+            divisor, stuff, void, threshold, kernel, top_k, mode, _view_of(out), 0,
+        )  # fmt: skip
+
+
+@pytest.fixture
+def emulated_cuda(monkeypatch):
+    from pdl_post import _core, _cuda
+
+    monkeypatch.setattr(_cuda, "available", lambda: True)
+    monkeypatch.setattr(_core, "cuda_pointer_device", lambda pointer: 0, raising=False)
+    monkeypatch.setattr(_core, "CudaMerge", EmulatedCudaMerge, raising=False)
+    monkeypatch.setattr(
+        _cuda,
+        "_allocate",
+        lambda arrays, shape, dtype, device: HostCudaArray(np.empty(shape, dtype)),
+    )
+
+
+def _emulated_equals_cpu(sem, ctr, off, mask=None, **kw):
+    def wrap(a):
+        return None if a is None else HostCudaArray(a)
+
+    gpu = pdl_post.postprocess(wrap(sem), wrap(ctr), wrap(off), foreground_mask=wrap(mask), **kw)
+    cpu = pdl_post.postprocess(sem, ctr, off, foreground_mask=mask, **kw)
+    for r in gpu if isinstance(gpu, list) else [gpu]:
+        r.panoptic = r.panoptic.a if isinstance(r.panoptic, HostCudaArray) else r.panoptic
+    assert_results_equal(gpu, cpu, score_rtol=0)
+    merged = pdl_post.merge(wrap(sem), wrap(ctr), wrap(off), foreground_mask=wrap(mask), **kw)
+    assert isinstance(merged, HostCudaArray)
+    np.testing.assert_array_equal(
+        merged.a, pdl_post.merge(sem, ctr, off, foreground_mask=mask, **kw)
+    )
+
+
+def test_cuda_dispatch_builds_the_views_the_core_reads(emulated_cuda):
+    s = synthetic.make_scene(40, 56, 6, seed=4, logits=True)
+    _emulated_equals_cpu(s.sem, s.ctr, s.off, stuff_area=8)
+    _emulated_equals_cpu(s.sem, s.ctr[0], s.off, stuff_area=8)  # ctr [H,W]
+    _emulated_equals_cpu(s.logits, s.ctr, s.off, stuff_area=8)
+    _emulated_equals_cpu(np.asfortranarray(s.sem), s.ctr, s.off[:, :, ::-1][:, :, ::-1], top_k=3)
+    wide = np.zeros((2, 40, 112), np.float32)
+    wide[:, :, ::2] = s.off
+    _emulated_equals_cpu(s.sem, s.ctr, wide[:, :, ::2], mask=s.sem > 10, stuff_area=8)
+    _emulated_equals_cpu(s.sem, s.ctr, s.off, mask=(s.sem > 10).astype(np.uint8), stuff_area=8)
+    _emulated_equals_cpu(s.sem, s.ctr, s.off, label_divisor=2**27)  # int64 output
+    b = synthetic.make_batch(3, 24, 40, 4, seed=1, logits=True)
+    _emulated_equals_cpu(b.sem, b.ctr, b.off, stuff_area=8)
+    _emulated_equals_cpu(b.logits, b.ctr, b.off, mask=b.sem > 12, stuff_area=8)
+    _emulated_equals_cpu(
+        np.zeros((0, 5), np.int32), np.zeros((0, 5), np.float32), np.zeros((2, 0, 5), np.float32)
+    )
+
+
+def test_cuda_dispatch_checks_like_the_cpu_path(emulated_cuda):
+    s = synthetic.make_scene(16, 24, 2, seed=0)
+    with pytest.raises(ValueError, match=r"ctr: expected shape \[H,W\] or \[1,H,W\] for one image"):
+        pdl_post.merge(HostCudaArray(s.sem), HostCudaArray(s.off), HostCudaArray(s.off))
+    with pytest.raises(ValueError, match=r"off: image size 16x12 does not match sem's 16x24"):
+        pdl_post.merge(
+            HostCudaArray(s.sem), HostCudaArray(s.ctr), HostCudaArray(s.off[:, :, :12].copy())
+        )
+    with pytest.raises(TypeError, match=r"sem: expected integer labels"):
+        pdl_post.merge(HostCudaArray(s.sem > 3), HostCudaArray(s.ctr), HostCudaArray(s.off))
+    with pytest.raises(TypeError, match=r"foreground_mask: .*needs torch or CuPy"):
+        pdl_post.merge(
+            HostCudaArray(s.sem),
+            HostCudaArray(s.ctr),
+            HostCudaArray(s.off),
+            foreground_mask=HostCudaArray(s.sem.astype(np.float32)),
+        )
+    neg = s.sem.astype(np.int32)
+    neg[0, 0] = -1
+    with pytest.raises(ValueError, match=r"sem: class ids must be >= 0, got a minimum of -1"):
+        pdl_post.merge(HostCudaArray(neg), HostCudaArray(s.ctr), HostCudaArray(s.off))
