@@ -204,7 +204,7 @@ void score_with_logits(const StridedView& sem, const StridedView& logits, const 
 int64_t score_blocks(int64_t height);
 // out = panoptic id of every pixel (may alias buffers.instance for int32 output).
 void write_panoptic(const StridedView& sem, const FuseLayout& layout, const FuseBuffers& buffers,
-                    const FuseParams& params, const StridedView& out, cudaStream_t stream);
+                    const StridedView& out, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace pdl_post

@@ -324,7 +324,6 @@ __global__ void probability_sums_kernel(DeviceView<const TSem> sem, DeviceView<c
                                         FuseLayout layout, FuseBuffers buffers,
                                         const int64_t* partial_offset, double* partial) {
   const int64_t blk = blockIdx.x, b = blockIdx.y;
-  const int64_t blocks = gridDim.x;
   const int64_t capacity = layout.seg_offset[b + 1] - layout.seg_offset[b];
   double* acc = partial + partial_offset[b] + blk * capacity;
   const Plane<const TSem> labels = sem.plane(b, 0);
@@ -337,7 +336,6 @@ __global__ void probability_sums_kernel(DeviceView<const TSem> sem, DeviceView<c
   int64_t run_slot = -1;
   double run = 0.0;
   const int64_t y1 = (blk + 1) * kScoreBlockRows < height ? (blk + 1) * kScoreBlockRows : height;
-  (void)blocks;
   for (int64_t y = blk * kScoreBlockRows; y < y1; ++y) {
     for (int64_t x0 = 0; x0 < width; x0 += 32) {
       const int64_t x = x0 + lane;
@@ -526,8 +524,7 @@ void score_with_logits(const StridedView& sem, const StridedView& logits, const 
 }
 
 void write_panoptic(const StridedView& sem, const FuseLayout& layout, const FuseBuffers& buffers,
-                    const FuseParams& params, const StridedView& out, cudaStream_t stream) {
-  (void)params;
+                    const StridedView& out, cudaStream_t stream) {
   const int64_t total = sem.batch() * sem.height() * sem.width();
   with_label_type(sem.dtype, [&](auto sem_tag) {
     using TSem = decltype(sem_tag);

@@ -452,7 +452,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
                             cuda::UploadPack::at<int64_t>(tables, at_partial), partial_total,
                             stream);
   }
-  cuda::write_panoptic(s.sem, layout, buffers, s.params, out, stream);
+  cuda::write_panoptic(s.sem, layout, buffers, out, stream);
 
   // Sync point 2: per-image summary (and for postprocess the centres and segments).
   DeviceBuffer summary = cuda::device_array<long long>(5 * B, stream, "summary");
