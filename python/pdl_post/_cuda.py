@@ -52,6 +52,20 @@ def is_cuda_array(x) -> bool:
     return hasattr(type(x), "__cuda_array_interface__") or hasattr(x, "__cuda_array_interface__")
 
 
+_TORCH_DTYPES: dict = {}  # torch dtype -> numpy dtype, filled on first use (calls are hot)
+
+
+def _numpy_dtype_of_torch(dtype, name: str) -> np.dtype:
+    if dtype not in _TORCH_DTYPES:
+        import torch
+
+        try:
+            _TORCH_DTYPES[dtype] = np.dtype(torch.empty((), dtype=dtype).numpy().dtype)
+        except TypeError:
+            raise TypeError(f"{name}: unsupported torch dtype {dtype}") from None
+    return _TORCH_DTYPES[dtype]
+
+
 def _library(x) -> str | None:
     if is_torch_tensor(x):
         return "torch"
@@ -69,17 +83,12 @@ class DeviceArray:
         self.library = _library(obj)
         self.stream = None
         if self.library == "torch":
-            import torch
-
             t = obj.detach()
             self.obj = t
             self.ptr = int(t.data_ptr())
             self.shape = tuple(int(s) for s in t.shape)
             self.strides = tuple(int(s) for s in t.stride())
-            try:
-                self.dtype = np.dtype(torch.empty((), dtype=t.dtype).numpy().dtype)
-            except TypeError:
-                raise TypeError(f"{name}: unsupported torch dtype {t.dtype}") from None
+            self.dtype = _numpy_dtype_of_torch(t.dtype, name)
             self.device = int(t.device.index)
             return
         cai = obj.__cuda_array_interface__
