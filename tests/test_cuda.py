@@ -233,8 +233,10 @@ def test_label_divisor_and_negative_label_errors_match_the_cpu():
 def test_strided_views_are_read_in_place():
     s = synthetic.make_scene(80, 120, 15, seed=9)
     sem, ctr, off = (to_device(a, "cuda") for a in (s.sem, s.ctr, s.off))
-    # Transposed storage and every other column of a wider array.
-    sem_t = sem.T.clone().T if GPU == "torch" else sem.T.copy().T
+    # Column-major storage (transposed copy, transposed back) and every other column of a wider
+    # array.
+    sem_t = sem.T.contiguous().T if GPU == "torch" else sem.T.copy().T
+    assert not (sem_t.is_contiguous() if GPU == "torch" else sem_t.flags.c_contiguous)
     wide = to_device(np.zeros((2, 80, 240), np.float32), "cuda")
     wide[:, :, ::2] = off
     gpu = pdl_post.postprocess(sem_t, ctr, wide[:, :, ::2], stuff_area=16)
