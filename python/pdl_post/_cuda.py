@@ -277,9 +277,11 @@ def _stream(arrays: list[DeviceArray], device: int) -> int:
 
 
 def _allocate(arrays: list[DeviceArray], shape, dtype, device: int):
-    """The output with the caller's own library (torch preferred, like the CPU path)."""
-    libraries = [a.library for a in arrays]
-    if "torch" in libraries or ("cupy" not in libraries and _importable("torch")):
+    """The output with the caller's own library: torch for torch inputs, CuPy for CuPy inputs;
+    for other ``__cuda_array_interface__`` objects torch (with CUDA), else CuPy."""
+    libraries = {a.library for a in arrays}
+    use_torch = "torch" in libraries or ("cupy" not in libraries and _torch_has_cuda())
+    if use_torch:
         import torch
 
         torch_dtype = torch.int64 if dtype == np.int64 else torch.int32
@@ -290,8 +292,17 @@ def _allocate(arrays: list[DeviceArray], shape, dtype, device: int):
         with cupy.cuda.Device(device):
             return cupy.empty(shape, dtype=dtype)
     raise TypeError(
-        "the CUDA path allocates its output with torch or CuPy; neither is installed"
-    )  # pragma: no cover
+        "the CUDA path allocates its output with torch (built with CUDA) or CuPy; neither is "
+        "installed"
+    )
+
+
+def _torch_has_cuda() -> bool:
+    if not _importable("torch"):
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def _current_device(a: DeviceArray) -> int:
