@@ -58,11 +58,11 @@ bench: build
 lint: $(STAMP)
 	$(BIN)/ruff check python tests benchmarks models
 	$(BIN)/ruff format --check python tests benchmarks models
-	$(BIN)/clang-format --dry-run --Werror cpp/include/pdl_post/*.h cpp/src/*.cpp src/*.cpp
+	$(BIN)/clang-format --dry-run --Werror cpp/include/pdl_post/*.h cpp/src/*.cpp cpp/cuda/*.cu cpp/cuda/*.cuh src/*.cpp
 
 format: $(STAMP)
 	$(BIN)/ruff format python tests benchmarks models
-	$(BIN)/clang-format -i cpp/include/pdl_post/*.h cpp/src/*.cpp src/*.cpp
+	$(BIN)/clang-format -i cpp/include/pdl_post/*.h cpp/src/*.cpp cpp/cuda/*.cu cpp/cuda/*.cuh src/*.cpp
 
 clean:
 	rm -rf $(VENV) build dist demo-out .pytest_cache .hypothesis .benchmarks

@@ -40,7 +40,13 @@ def test_ruff_format_clean():
 def test_clang_format_clean():
     files = [
         os.path.relpath(f, ROOT)
-        for pattern in ("cpp/include/pdl_post/*.h", "cpp/src/*.cpp", "cpp/cuda/*.cu", "src/*.cpp")
+        for pattern in (
+            "cpp/include/pdl_post/*.h",
+            "cpp/src/*.cpp",
+            "cpp/cuda/*.cu",
+            "cpp/cuda/*.cuh",
+            "src/*.cpp",
+        )
         for f in glob.glob(str(ROOT / pattern))
     ]
     r = _run([_tool("clang-format"), "--dry-run", "--Werror", *files])

@@ -3,14 +3,16 @@
 >>> import pdl_post
 >>> panoptic = pdl_post.merge(sem, ctr, off)            # doctest: +SKIP
 
-The rules are in ``docs/merge-semantics.md``; the compiled core (C++17, OpenMP) and the readable
-reference backend give identical results.
+The rules are in ``docs/merge-semantics.md``; the compiled core (C++17, OpenMP), its CUDA path
+(CUDA arrays in, ``pdl_post.cuda_available()``) and the readable reference backend give identical
+results.
 """
 
 from pdl_post import _core, presets
 from pdl_post._api import (
     PanopticResult,
     available_backends,
+    cuda_available,
     find_centers,
     fuse,
     group_pixels,
@@ -25,6 +27,7 @@ __all__ = [
     "__version__",
     "available_backends",
     "build_info",
+    "cuda_available",
     "find_centers",
     "fuse",
     "group_pixels",
@@ -35,5 +38,9 @@ __all__ = [
 
 
 def build_info() -> dict:
-    """How this installation was built: version, compiler, build type, OpenMP, threads, CUDA."""
+    """How this installation was built: version, compiler, build type, OpenMP, threads, CUDA.
+
+    ``cuda`` is "enabled" or why not; ``cuda_compiled`` says whether the CUDA path is in this
+    build and ``cuda_build`` (when it is) the CUDA runtime and architectures compiled for.
+    """
     return dict(_core.build_info())

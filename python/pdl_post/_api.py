@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pdl_post import _core
+from pdl_post import _core, _cuda
 from pdl_post._inputs import (
     as_numpy,
     check_choice,
@@ -41,16 +41,32 @@ _DEFAULT_THINGS = CITYSCAPES.thing_ids
 
 
 def available_backends() -> list[str]:
-    """Backends usable in this installation, fastest first (``"auto"`` picks the first)."""
-    return ["cpu", "reference"]
+    """Backends usable here: ``"cpu"`` and ``"reference"`` for host arrays, plus ``"cuda"`` for
+    CUDA arrays when :func:`cuda_available` (``"auto"`` picks by where the inputs live)."""
+    return ["cpu", "reference"] + (["cuda"] if _cuda.available() else [])
 
 
-def _backend(backend) -> str:
+def cuda_available() -> bool:
+    """Whether CUDA arrays can be post-processed here.
+
+    True when this build contains the CUDA path (``build_info()["cuda"]``) and a CUDA driver with
+    at least one device is present. Never raises, also without a driver.
+    """
+    return _cuda.available()
+
+
+def _backend(backend, *, cuda_ok: bool = False) -> str:
     check_choice(backend, "backend", (*BACKENDS, "cuda"))
-    if backend == "cuda":
+    if backend == "cuda" and not _cuda.available():
         raise ValueError(
-            "backend: 'cuda' is not available in this build (pdl_post.build_info()"
-            "['cuda'] says why); available: " + ", ".join(available_backends())
+            "backend: 'cuda' is not available in this build or on this machine "
+            "(pdl_post.build_info()['cuda'] and pdl_post.cuda_available() say why); available: "
+            + ", ".join(available_backends())
+        )
+    if backend == "cuda" and not cuda_ok:
+        raise ValueError(
+            "backend: 'cuda' runs merge() and postprocess(); this function runs on the CPU "
+            "(backend 'cpu' or 'reference')"
         )
     return "cpu" if backend == "auto" else backend
 
@@ -61,7 +77,7 @@ class PanopticResult:
 
     Attributes
     ----------
-    panoptic : ndarray or torch.Tensor, shape [H, W], int32 (int64 where ids need it)
+    panoptic : ndarray, torch.Tensor or cupy.ndarray, shape [H, W], int32 (int64 where ids need it)
         ``class * label_divisor + instance`` for things, ``class * label_divisor`` for stuff,
         ``void_label`` elsewhere.
     centers : ndarray, shape [K, 2], int64
@@ -129,8 +145,22 @@ def _checked_max_label(labels: np.ndarray, threads: int) -> int:
     return hi
 
 
-def _run(sem, ctr, off, *, foreground_mask, backend, params):
-    backend = _backend(backend)
+def _run(sem, ctr, off, *, foreground_mask, backend, params, with_segments=True):
+    on_device = any(_cuda.is_cuda_array(x) for x in (sem, ctr, off, foreground_mask))
+    check_choice(backend, "backend", (*BACKENDS, "cuda"))
+    if on_device and backend in ("auto", "cuda"):
+        return _cuda.run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments)
+    backend = _backend(backend, cuda_ok=True)
+    if on_device:
+        raise ValueError(
+            f"backend: {backend!r} runs on host arrays, got CUDA arrays; use backend='auto' or "
+            "'cuda', or move the inputs to the CPU"
+        )
+    if backend == "cuda":
+        raise ValueError(
+            "backend: 'cuda' takes CUDA arrays (torch CUDA tensors, CuPy arrays or any "
+            "__cuda_array_interface__ object), got host arrays"
+        )
     labels, logits, batched = normalize_sem(sem)
     ctr4 = normalize_ctr(ctr, batched)
     off4 = normalize_off(off, batched)
@@ -241,8 +271,12 @@ _MERGE_DOC_PARAMS = """
         detectron2's rule (keeps peaks above the top_k-th value: at most top_k - 1, ties dropped).
     num_threads : int or None
         OpenMP threads (None: all cores). Results are identical for every thread count.
-    backend : {"auto", "cpu", "reference"}
+    backend : {"auto", "cpu", "reference", "cuda"}
         "reference" is the readable pure-Python implementation (numba-jitted when available).
+        "auto" runs CUDA arrays (torch CUDA tensors, CuPy arrays, any ``__cuda_array_interface__``
+        v3 object; all inputs on one device) on the GPU, in place and on the caller's current
+        stream, with the CPU's exact answer; host arrays on the CPU. ``num_threads`` is ignored on
+        the GPU.
 """
 
 
@@ -274,7 +308,15 @@ def merge(
         topk_mode=topk_mode,
         num_threads=num_threads,
     )
-    out, _, _ = _run(sem, ctr, off, foreground_mask=foreground_mask, backend=backend, params=params)
+    out, _, _ = _run(
+        sem,
+        ctr,
+        off,
+        foreground_mask=foreground_mask,
+        backend=backend,
+        params=params,
+        with_segments=False,
+    )
     return out
 
 
@@ -286,9 +328,10 @@ merge.__doc__ = (
     + """
     Returns
     -------
-    panoptic : ndarray or torch.Tensor, shape [H, W] or [B, H, W]
+    panoptic : ndarray, torch.Tensor or cupy.ndarray, shape [H, W] or [B, H, W]
         int32, or int64 where ``(max class + 1) * label_divisor`` or ``void_label`` do not fit
-        int32. A torch tensor when any input is one.
+        int32. A torch tensor when any input is one; for CUDA inputs an array on their device,
+        allocated by their library (torch, else CuPy).
 
     Examples
     --------

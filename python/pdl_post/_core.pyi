@@ -82,3 +82,33 @@ def panoptic_targets(
     offset_weights: npt.NDArray[np.float32],
     num_threads: int,
 ) -> None: ...
+
+# Present only when the CUDA path is compiled in (build_info()["cuda_compiled"]).
+DeviceView = tuple[int, str, list[int], list[int]]  # pointer, dtype, shape[4], strides[4]
+
+def cuda_device_count() -> int: ...
+def cuda_pointer_device(pointer: int) -> int: ...
+
+class CudaMerge:
+    def __init__(
+        self,
+        sem: DeviceView | None,
+        logits: DeviceView | None,
+        ctr: DeviceView,
+        off: DeviceView,
+        mask: DeviceView | None,
+        device: int,
+        stream: int,
+        thing_ids: list[int],
+        label_divisor: int,
+        stuff_area: int,
+        void_label: int,
+        threshold: float,
+        nms_kernel: int,
+        top_k: int,
+        topk_mode: str,
+    ) -> None: ...
+    def label_range(self) -> tuple[int, int]: ...
+    def finish(
+        self, out: DeviceView, with_segments: bool
+    ) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], Segments]]: ...

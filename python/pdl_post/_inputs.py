@@ -47,8 +47,8 @@ def as_numpy(x, name: str) -> np.ndarray:
     if is_torch_tensor(x):
         if x.device.type != "cpu":
             raise ValueError(
-                f"{name}: got a tensor on device '{x.device}'; this build of pdl_post has no CUDA "
-                "backend (pdl_post.build_info()['cuda']), move it to the CPU with .cpu()"
+                f"{name}: got a tensor on device '{x.device}'; only merge() and postprocess() take "
+                "CUDA tensors (see pdl_post.cuda_available()), move it to the CPU with .cpu()"
             )
         x = x.detach()
         try:
@@ -58,6 +58,11 @@ def as_numpy(x, name: str) -> np.ndarray:
                 f"{name}: unsupported torch dtype {x.dtype} or layout {x.layout}; expected a dense "
                 f"tensor with a numpy dtype ({e})"
             ) from None
+    if not isinstance(x, np.ndarray) and hasattr(x, "__cuda_array_interface__"):
+        raise ValueError(
+            f"{name}: got a CUDA array ({type(x).__name__}); only merge() and postprocess() take "
+            "CUDA arrays (see pdl_post.cuda_available()), copy it to the host first"
+        )
     if isinstance(x, np.ndarray):
         a = x  # dtype checks follow in the caller, with the argument's own expectations
     else:

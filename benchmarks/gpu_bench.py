@@ -1,0 +1,146 @@
+"""GPU timings of the CUDA path against dense PyTorch and the device copy floor (issue 5).
+
+Run by ``benchmarks/gpu_check.sh`` on a GPU machine (needs torch with CUDA). Every time is the
+median of ``--repeat`` calls after ``--warmup`` calls, measured with CUDA events recorded on the
+current stream around the whole call (``merge`` synchronises internally, so this is end to end:
+inputs on the device -> panoptic ids on the device, errors checked).
+
+- ours: ``pdl_post.merge`` on torch CUDA tensors (batch 1 and batch 8, 1024x2048, 40 centres);
+- dense torch: ``pdl_post.baselines.dense_torch`` on the same GPU, image by image (batch 1);
+- copy floor: device-to-device copies of the same input bytes (sem, ctr, off) plus writing the
+  int32 output once, i.e. what any pass over the data costs.
+
+The table ends with the issue's targets and whether each is met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+import numpy as np
+
+
+def _time(fn, warmup: int, repeat: int) -> float:
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--height", type=int, default=1024)
+    parser.add_argument("--width", type=int, default=2048)
+    parser.add_argument("--centers", type=int, default=40)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=50)
+    parser.add_argument("--dense-repeat", type=int, default=5)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    import pdl_post
+    from pdl_post import synthetic
+    from pdl_post.baselines.dense_torch import panoptic_dense_torch
+
+    if not (torch.cuda.is_available() and pdl_post.cuda_available()):
+        print("needs a CUDA device, torch with CUDA and pdl_post built with CUDA", file=sys.stderr)
+        return 2
+    device = torch.device("cuda")
+    kw = pdl_post.presets.CITYSCAPES.kwargs()
+    h, w, n, b = args.height, args.width, args.centers, args.batch
+
+    def upload(arrays):
+        return [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays]
+
+    scene = synthetic.make_scene(h, w, n, seed=0)
+    sem1, ctr1, off1 = upload([scene.sem.astype(np.int32), scene.ctr, scene.off])
+    batch = synthetic.make_batch(b, h, w, n, seed=0)
+    semb, ctrb, offb = upload([batch.sem.astype(np.int32), batch.ctr, batch.off])
+
+    # Correctness first: the GPU answer equals the CPU answer on both inputs.
+    gpu1 = pdl_post.merge(sem1, ctr1, off1, **kw).cpu().numpy()
+    np.testing.assert_array_equal(
+        gpu1, pdl_post.merge(scene.sem.astype(np.int32), scene.ctr, scene.off, **kw)
+    )
+    gpub = pdl_post.merge(semb, ctrb, offb, **kw).cpu().numpy()
+    np.testing.assert_array_equal(
+        gpub, pdl_post.merge(batch.sem.astype(np.int32), batch.ctr, batch.off, **kw)
+    )
+    k = len(pdl_post.postprocess(sem1, ctr1, off1, **kw).centers)
+
+    ours1 = _time(lambda: pdl_post.merge(sem1, ctr1, off1, **kw), args.warmup, args.repeat)
+    oursb = _time(lambda: pdl_post.merge(semb, ctrb, offb, **kw), args.warmup, args.repeat)
+
+    dense_kw = {key: kw[key] for key in ("thing_ids", "label_divisor", "stuff_area", "threshold")}
+    dense_kw.update(nms_kernel=kw["nms_kernel"], top_k=kw["top_k"])
+
+    def dense():
+        return panoptic_dense_torch(sem1.long(), ctr1, off1, **dense_kw)
+
+    dense_out, _ = dense()
+    same_as_d2 = np.array_equal(
+        dense_out.cpu().numpy(),
+        pdl_post.merge(sem1, ctr1, off1, topk_mode="detectron2", **kw).cpu().numpy(),
+    )
+    dense1 = _time(dense, 1, args.dense_repeat)
+
+    def floor_for(inputs):
+        scratch = [torch.empty_like(t) for t in inputs]
+        out_shape = inputs[0].shape
+
+        def copy():
+            for dst, src in zip(scratch, inputs):
+                dst.copy_(src)
+            torch.empty(out_shape, dtype=torch.int32, device=device).zero_()
+
+        return copy
+
+    floor1 = _time(floor_for([sem1, ctr1, off1]), args.warmup, args.repeat)
+    floorb = _time(floor_for([semb, ctrb, offb]), args.warmup, args.repeat)
+
+    name = torch.cuda.get_device_name(device)
+    print(f"\nGPU: {name}; torch {torch.__version__}; pdl_post {pdl_post.__version__}")
+    print(f"build: {pdl_post.build_info()['cuda_build']}")
+    print(f"scene: synthetic {h}x{w}, {n} centres requested, K = {k} found; sem int32")
+    print(f"median of {args.repeat} (dense: {args.dense_repeat}) after warm-up, CUDA events\n")
+    rows = [
+        ("ours, batch 1", ours1, ours1 / floor1),
+        ("dense torch, batch 1", dense1, dense1 / floor1),
+        ("copy floor, batch 1", floor1, 1.0),
+        (f"ours, batch {b}", oursb, oursb / floorb),
+        (f"copy floor, batch {b}", floorb, 1.0),
+    ]
+    print("| case | ms | x floor |")
+    print("|---|---:|---:|")
+    for label, ms, ratio in rows:
+        print(f"| {label} | {ms:.3f} | {ratio:.2f} |")
+    print(f"\ndense torch equals ours (topk_mode='detectron2'): {same_as_d2}")
+    targets = [
+        (f"batch 1 end to end <= 0.3 ms (got {ours1:.3f} ms)", ours1 <= 0.3),
+        (f"batch {b} within 3x of the copy floor (got {oursb / floorb:.2f}x)", oursb <= 3 * floorb),
+        (f">= 50x faster than dense torch (got {dense1 / ours1:.1f}x)", dense1 >= 50 * ours1),
+    ]
+    print("\n| target | met |")
+    print("|---|---|")
+    for label, ok in targets:
+        print(f"| {label} | {'yes' if ok else 'NO'} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# GPU check of the CUDA path (issue 5), in one go on a GPU machine, in under 5 minutes:
+#   1. builds the package with CUDA required (PDL_POST_CUDA=ON) into build/gpu;
+#   2. runs the CUDA tests (tests/test_cuda.py: GPU output == CPU output on every case);
+#   3. runs compute-sanitizer memcheck on a small batch (merge and postprocess, logits included);
+#   4. times our GPU path, dense PyTorch on the same GPU and the device copy floor
+#      (benchmarks/gpu_bench.py: CUDA events, warm-up, median) and prints a table with the targets.
+#
+# Needs: nvcc (CUDA 12+), a driver and a Python whose torch is a CUDA build (PYTHON=..., default
+# python3), with the build requirements (scikit-build-core, pybind11, cython, ninja, cmake, pytest,
+# hypothesis, numpy). The venv .venv-gpu sees that Python's packages (--system-site-packages);
+# missing build requirements are installed with pip when an index is reachable.
+# Options: PDL_POST_CUDA_ARCHITECTURES (default 90-real;90-virtual), SKIP_MEMCHECK=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv-gpu}
+start=$(date +%s)
+step() { echo; echo "== $* ($(( $(date +%s) - start )) s)"; }
+
+step "environment"
+nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader
+nvcc --version | tail -1
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv --system-site-packages "$VENV"
+fi
+PY="$VENV/bin/python"
+"$PY" -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA device'; \
+print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
+if ! "$PY" -c "import scikit_build_core, pybind11, Cython, pytest, hypothesis" 2>/dev/null; then
+  "$PY" -m pip install --quiet scikit-build-core pybind11 cython ninja cmake pytest hypothesis
+fi
+
+step "build (PDL_POST_CUDA=ON)"
+export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+PDL_POST_CUDA=ON "$PY" -m pip install --quiet --no-build-isolation --no-deps \
+  -Cbuild-dir=build/gpu -e .
+"$PY" - <<'PYEOF'
+import pdl_post
+info = pdl_post.build_info()
+print(info["cuda"], "|", info.get("cuda_build"))
+assert pdl_post.cuda_available(), "pdl_post.cuda_available() is False"
+PYEOF
+
+step "CUDA tests"
+"$PY" -m pytest tests/test_cuda.py -q -p no:cacheprovider
+
+if [ "${SKIP_MEMCHECK:-0}" != "1" ]; then
+  step "compute-sanitizer memcheck (small batch)"
+  compute-sanitizer --tool memcheck --error-exitcode 1 --report-api-errors no \
+    --leak-check no "$PY" - <<'PYEOF'
+import numpy as np
+import torch
+
+import pdl_post
+from pdl_post import synthetic
+
+kw = dict(stuff_area=16)
+b = synthetic.make_batch(2, 64, 96, 12, seed=3, logits=True)
+sem, ctr, off, logits = (torch.from_numpy(a).cuda() for a in (b.sem, b.ctr, b.off, b.logits))
+for top_k in (200, 3, None):
+    out = pdl_post.merge(sem, ctr, off, top_k=top_k, **kw)
+    np.testing.assert_array_equal(out.cpu().numpy(), pdl_post.merge(b.sem, b.ctr, b.off, top_k=top_k, **kw))
+r = pdl_post.postprocess(logits, ctr, off, foreground_mask=sem > 10, **kw)
+many = synthetic.make_scene(96, 128, 400, seed=1)
+pdl_post.merge(*(torch.from_numpy(a).cuda() for a in (many.sem, many.ctr, many.off)), top_k=None)
+torch.cuda.synchronize()
+print("memcheck case done:", len(r), "images")
+PYEOF
+fi
+
+step "timings"
+"$PY" benchmarks/gpu_bench.py
+step "done"

@@ -1,0 +1,282 @@
+// CUDA centre finding: threshold + k x k NMS per pixel, peak compaction in row-major order and
+// top-k on the device (docs/merge-semantics.md steps 1-4).
+//
+// Peaks are sparse, so the NMS tests each pixel directly: a pixel above max(threshold, 0) is a peak
+// when no thresholded value in its clipped window is larger (max is exact, so this equals the CPU's
+// van Herk filter). Compaction: one block per row counts its peaks, an exclusive sum over the rows
+// gives every row its output offset, and a second pass writes the peaks of non-empty rows in order
+// with a block-wide scan. Top-k sorts only images with more peaks than top_k: a stable segmented
+// radix sort by descending score keeps equal scores in row-major order, so the first top_k of a
+// segment are exactly the CPU's "ties go to the earlier pixel"; detectron2 mode keeps scores above
+// the top_k-th. Kept flags are compacted with one more exclusive sum, preserving row-major order.
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+#include <cub/device/device_scan.cuh>
+#include <cub/device/device_segmented_radix_sort.cuh>
+#include <limits>
+#include <string>
+
+#include "cuda_common.cuh"
+
+namespace pdl_post {
+namespace cuda {
+namespace {
+
+constexpr int kRowThreads = 256;
+
+template <typename T>
+__device__ bool is_peak(Plane<const T> ctr, int64_t y, int64_t x, int64_t height, int64_t width,
+                        T threshold, int64_t radius) {
+  const T h = threshold_center(ctr(y, x), threshold);
+  if (!(h > T(0))) return false;
+  const int64_t y0 = y - radius < 0 ? 0 : y - radius;
+  const int64_t y1 = y + radius >= height ? height - 1 : y + radius;
+  const int64_t x0 = x - radius < 0 ? 0 : x - radius;
+  const int64_t x1 = x + radius >= width ? width - 1 : x + radius;
+  T m = h;
+  // Stops at the first larger value: the pixel is then not a peak whatever the rest holds.
+  for (int64_t yy = y0; yy <= y1 && !(m > h); ++yy) {
+    for (int64_t xx = x0; xx <= x1; ++xx) {
+      const T v = threshold_center(ctr(yy, xx), threshold);
+      if (v > m) {
+        m = v;
+        break;
+      }
+    }
+  }
+  return is_center_peak(h, m);
+}
+
+template <typename T>
+__global__ void count_peaks_kernel(DeviceView<const T> ctr, int64_t height, int64_t width,
+                                   T threshold, int64_t radius, int64_t* row_count) {
+  using Reduce = cub::BlockReduce<int64_t, kRowThreads>;
+  __shared__ typename Reduce::TempStorage storage;
+  const int64_t y = blockIdx.x, b = blockIdx.y;
+  const Plane<const T> plane = ctr.plane(b, 0);
+  int64_t count = 0;
+  for (int64_t x = threadIdx.x; x < width; x += kRowThreads) {
+    count += is_peak(plane, y, x, height, width, threshold, radius) ? 1 : 0;
+  }
+  const int64_t total = Reduce(storage).Sum(count);
+  if (threadIdx.x == 0) row_count[b * height + y] = total;
+}
+
+template <typename T>
+__global__ void write_peaks_kernel(DeviceView<const T> ctr, int64_t height, int64_t width,
+                                   T threshold, int64_t radius, const int64_t* row_offset,
+                                   int64_t* pixel, T* score, int32_t* image) {
+  using Scan = cub::BlockScan<int64_t, kRowThreads>;
+  __shared__ typename Scan::TempStorage storage;
+  const int64_t y = blockIdx.x, b = blockIdx.y;
+  const int64_t row = b * height + y;
+  int64_t base = row_offset[row];
+  if (row_offset[row + 1] == base) return;  // the whole block leaves together
+  const Plane<const T> plane = ctr.plane(b, 0);
+  for (int64_t x0 = 0; x0 < width; x0 += kRowThreads) {
+    const int64_t x = x0 + threadIdx.x;
+    const int64_t flag = (x < width && is_peak(plane, y, x, height, width, threshold, radius));
+    int64_t position = 0, total = 0;
+    Scan(storage).ExclusiveSum(flag, position, total);
+    if (flag) {
+      pixel[base + position] = y * width + x;
+      score[base + position] = plane(y, x);
+      image[base + position] = static_cast<int32_t>(b);
+    }
+    base += total;
+    __syncthreads();  // the scan storage is reused
+  }
+}
+
+// Kept flags where no sort is needed; sorted images start with none kept.
+__global__ void default_kept_kernel(const int32_t* image, const int64_t* peak_begin, int64_t total,
+                                    int64_t top_k, TopKMode mode, int64_t* kept) {
+  const int64_t j = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (j > total) return;
+  if (j == total) {
+    kept[j] = 0;  // the extra element that makes the exclusive sum end with the total
+    return;
+  }
+  const int32_t b = image[j];
+  const int64_t count = peak_begin[b + 1] - peak_begin[b];
+  const bool sorted = top_k > 0 && (mode == TopKMode::kExact ? count > top_k : count >= top_k);
+  kept[j] = (top_k != 0 && !sorted) ? 1 : 0;
+}
+
+__global__ void iota_in_segment_kernel(const int32_t* image, const int64_t* peak_begin,
+                                       int64_t total, int32_t* local) {
+  const int64_t j = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (j < total) local[j] = static_cast<int32_t>(j - peak_begin[image[j]]);
+}
+
+template <typename T>
+__global__ void sorted_kept_kernel(const int32_t* image, const int64_t* peak_begin, int64_t total,
+                                   int64_t top_k, TopKMode mode, const T* score,
+                                   const T* sorted_score, const int32_t* sorted_local,
+                                   int64_t* kept) {
+  const int64_t j = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (j >= total) return;
+  const int32_t b = image[j];
+  const int64_t begin = peak_begin[b];
+  const int64_t count = peak_begin[b + 1] - begin;
+  if (top_k <= 0) return;
+  if (mode == TopKMode::kExact) {
+    // j walks the sorted order: the first top_k entries name the kept peaks.
+    if (count > top_k && j - begin < top_k) kept[begin + sorted_local[j]] = 1;
+  } else if (count >= top_k) {
+    const T t = sorted_score[begin + top_k - 1];  // the top_k-th largest peak value
+    kept[j] = score[j] > t ? 1 : 0;
+  }
+}
+
+template <typename T>
+__global__ void compact_centers_kernel(const int64_t* kept, const int64_t* position, int64_t total,
+                                       int64_t width, const int64_t* pixel, const T* score,
+                                       CenterList centers) {
+  const int64_t j = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (j >= total || !kept[j]) return;
+  const int64_t p = position[j];
+  centers.pixel[p] = pixel[j];
+  centers.y[p] = static_cast<float>(pixel[j] / width);
+  centers.x[p] = static_cast<float>(pixel[j] % width);
+  centers.score[p] = static_cast<double>(score[j]);
+}
+
+__global__ void center_ranges_kernel(const int64_t* peak_begin, const int64_t* position,
+                                     int64_t batch, CenterList centers) {
+  const int64_t b = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (b >= batch) return;
+  centers.begin[b] = position[peak_begin[b]];
+  centers.count[b] = position[peak_begin[b + 1]] - position[peak_begin[b]];
+}
+
+template <typename T>
+void select_typed(int64_t width, const PeakList& peaks, const int64_t* peak_begin_device,
+                  const std::vector<int64_t>& peak_begin, int64_t top_k, TopKMode mode,
+                  const int* sort_begin, const int* sort_end, bool any_sorted,
+                  const CenterList& centers, cudaStream_t stream) {
+  const int64_t batch = static_cast<int64_t>(peak_begin.size()) - 1;
+  const int64_t total = peak_begin.back();
+  const int threads = 256;
+  DeviceBuffer kept = device_array<int64_t>(total + 1, stream, "top-k flags");
+  default_kept_kernel<<<grid_for(total + 1, threads), threads, 0, stream>>>(
+      peaks.image, peak_begin_device, total, top_k, mode, kept.as<int64_t>());
+  check_launch("default_kept_kernel");
+  if (any_sorted) {
+    DeviceBuffer local = device_array<int32_t>(total, stream, "top-k indices");
+    DeviceBuffer sorted_local = device_array<int32_t>(total, stream, "top-k indices");
+    DeviceBuffer sorted_score = device_array<T>(total, stream, "top-k scores");
+    iota_in_segment_kernel<<<grid_for(total, threads), threads, 0, stream>>>(
+        peaks.image, peak_begin_device, total, local.as<int32_t>());
+    check_launch("iota_in_segment_kernel");
+    const T* keys = static_cast<const T*>(peaks.score);
+    size_t temp_bytes = 0;
+    check(cub::DeviceSegmentedRadixSort::SortPairsDescending(
+              nullptr, temp_bytes, keys, sorted_score.as<T>(), local.as<int32_t>(),
+              sorted_local.as<int32_t>(), static_cast<int>(total), static_cast<int>(batch),
+              sort_begin, sort_end, 0, static_cast<int>(sizeof(T) * 8), stream),
+          "cub::DeviceSegmentedRadixSort (size)");
+    DeviceBuffer temp(static_cast<int64_t>(temp_bytes), stream, "top-k sort");
+    check(cub::DeviceSegmentedRadixSort::SortPairsDescending(
+              temp.as<void>(), temp_bytes, keys, sorted_score.as<T>(), local.as<int32_t>(),
+              sorted_local.as<int32_t>(), static_cast<int>(total), static_cast<int>(batch),
+              sort_begin, sort_end, 0, static_cast<int>(sizeof(T) * 8), stream),
+          "cub::DeviceSegmentedRadixSort");
+    sorted_kept_kernel<T><<<grid_for(total, threads), threads, 0, stream>>>(
+        peaks.image, peak_begin_device, total, top_k, mode, keys, sorted_score.as<T>(),
+        sorted_local.as<int32_t>(), kept.as<int64_t>());
+    check_launch("sorted_kept_kernel");
+  }
+  DeviceBuffer position = device_array<int64_t>(total + 1, stream, "top-k positions");
+  exclusive_sum(kept.as<int64_t>(), position.as<int64_t>(), total + 1, stream);
+  compact_centers_kernel<T><<<grid_for(total, threads), threads, 0, stream>>>(
+      kept.as<int64_t>(), position.as<int64_t>(), total, width, peaks.pixel,
+      static_cast<const T*>(peaks.score), centers);
+  check_launch("compact_centers_kernel");
+  center_ranges_kernel<<<grid_for(batch, threads), threads, 0, stream>>>(
+      peak_begin_device, position.as<int64_t>(), batch, centers);
+  check_launch("center_ranges_kernel");
+}
+
+template <typename F>
+void with_heatmap_type(DType t, F&& f) {
+  if (t == DType::kFloat32) return f(float{});
+  if (t == DType::kFloat64) return f(double{});
+  throw ValueError(std::string("ctr: expected float32 or float64, got ") + dtype_name(t));
+}
+
+}  // namespace
+
+void exclusive_sum(const int64_t* in, int64_t* out, int64_t count, cudaStream_t stream) {
+  if (count > std::numeric_limits<int>::max()) {
+    throw ValueError("exclusive_sum: " + std::to_string(count) +
+                     " items exceed the CUDA path's int32 scan size");
+  }
+  size_t temp_bytes = 0;
+  check(
+      cub::DeviceScan::ExclusiveSum(nullptr, temp_bytes, in, out, static_cast<int>(count), stream),
+      "cub::DeviceScan::ExclusiveSum (size)");
+  DeviceBuffer temp(static_cast<int64_t>(temp_bytes), stream, "scan");
+  check(cub::DeviceScan::ExclusiveSum(temp.as<void>(), temp_bytes, in, out, static_cast<int>(count),
+                                      stream),
+        "cub::DeviceScan::ExclusiveSum");
+}
+
+void count_peaks(const StridedView& ctr, double threshold, int64_t nms_kernel, int64_t* row_count,
+                 cudaStream_t stream) {
+  const int64_t batch = ctr.batch(), height = ctr.height(), width = ctr.width();
+  check(cudaMemsetAsync(row_count + batch * height, 0, sizeof(int64_t), stream), "cudaMemset");
+  with_heatmap_type(ctr.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const dim3 grid(static_cast<unsigned>(height), static_cast<unsigned>(batch));
+    count_peaks_kernel<T><<<grid, kRowThreads, 0, stream>>>(
+        device_view<T>(ctr), height, width, static_cast<T>(threshold), nms_kernel / 2, row_count);
+    check_launch("count_peaks_kernel");
+  });
+}
+
+void write_peaks(const StridedView& ctr, double threshold, int64_t nms_kernel,
+                 const int64_t* row_offset, const PeakList& peaks, cudaStream_t stream) {
+  const int64_t batch = ctr.batch(), height = ctr.height(), width = ctr.width();
+  with_heatmap_type(ctr.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const dim3 grid(static_cast<unsigned>(height), static_cast<unsigned>(batch));
+    write_peaks_kernel<T><<<grid, kRowThreads, 0, stream>>>(
+        device_view<T>(ctr), height, width, static_cast<T>(threshold), nms_kernel / 2, row_offset,
+        peaks.pixel, static_cast<T*>(peaks.score), peaks.image);
+    check_launch("write_peaks_kernel");
+  });
+}
+
+bool sort_segments(const std::vector<int64_t>& peak_begin, int64_t top_k, TopKMode mode,
+                   std::vector<int>& begin, std::vector<int>& end) {
+  const int64_t batch = static_cast<int64_t>(peak_begin.size()) - 1;
+  begin.resize(static_cast<size_t>(batch));
+  end.resize(static_cast<size_t>(batch));
+  bool any_sorted = false;
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t count = peak_begin[b + 1] - peak_begin[b];
+    const bool sorted = top_k > 0 && (mode == TopKMode::kExact ? count > top_k : count >= top_k);
+    begin[b] = static_cast<int>(peak_begin[b]);
+    end[b] = static_cast<int>(sorted ? peak_begin[b + 1] : peak_begin[b]);
+    any_sorted = any_sorted || sorted;
+  }
+  return any_sorted;
+}
+
+void select_centers(DType ctr_dtype, int64_t width, const PeakList& peaks,
+                    const int64_t* peak_begin_device, const std::vector<int64_t>& peak_begin,
+                    int64_t top_k, TopKMode mode, const int* sort_begin, const int* sort_end,
+                    bool any_sorted, const CenterList& centers, cudaStream_t stream) {
+  if (peak_begin.back() > std::numeric_limits<int>::max() - 1) {
+    throw ValueError("find_centers: " + std::to_string(peak_begin.back()) +
+                     " peaks exceed the CUDA path's int32 sort size");
+  }
+  with_heatmap_type(ctr_dtype, [&](auto tag) {
+    select_typed<decltype(tag)>(width, peaks, peak_begin_device, peak_begin, top_k, mode,
+                                sort_begin, sort_end, any_sorted, centers, stream);
+  });
+}
+
+}  // namespace cuda
+}  // namespace pdl_post

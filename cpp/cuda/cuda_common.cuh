@@ -1,0 +1,210 @@
+// Internal helpers of the CUDA path: error checks, stream-ordered scratch buffers, device views
+// and the kernel launchers shared by the .cu files (one file per algorithm, as on the CPU side).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "pdl_post/center_nms.h"
+#include "pdl_post/common.h"
+#include "pdl_post/cuda_pipeline.h"
+#include "pdl_post/offset_voting.h"
+
+namespace pdl_post {
+namespace cuda {
+
+// Throws CudaError naming the failed call and CUDA's own message.
+void check(cudaError_t status, const char* what);
+// Checks the launch of the kernel just queued (configuration errors surface here).
+void check_launch(const char* kernel);
+
+// Scratch memory from a per-device pool that keeps its memory between calls, allocated and freed
+// in stream order (no synchronisation, safe for concurrent calls on different streams); plain
+// cudaMalloc where the device has no memory pools.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(int64_t bytes, cudaStream_t stream, const char* what);
+  ~DeviceBuffer();
+  DeviceBuffer(DeviceBuffer&& other) noexcept;
+  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(data_);
+  }
+  int64_t bytes() const { return bytes_; }
+
+ private:
+  void release() noexcept;
+
+  void* data_ = nullptr;
+  int64_t bytes_ = 0;
+  cudaStream_t stream_ = nullptr;
+  bool pooled_ = true;
+};
+
+template <typename T>
+DeviceBuffer device_array(int64_t count, cudaStream_t stream, const char* what) {
+  return DeviceBuffer(count * static_cast<int64_t>(sizeof(T)), stream, what);
+}
+
+// Host vector -> new device buffer (stream-ordered copy from pageable memory).
+template <typename T>
+DeviceBuffer upload(const std::vector<T>& values, cudaStream_t stream, const char* what) {
+  DeviceBuffer buffer = device_array<T>(static_cast<int64_t>(values.size()), stream, what);
+  if (!values.empty()) {
+    check(cudaMemcpyAsync(buffer.as<void>(), values.data(), values.size() * sizeof(T),
+                          cudaMemcpyHostToDevice, stream),
+          what);
+  }
+  return buffer;
+}
+
+// Small host arrays gathered into one host-to-device copy (one copy instead of one per array).
+class UploadPack {
+ public:
+  // Appends the values; returns their byte offset in the pack (16-byte aligned).
+  template <typename T>
+  size_t add(const std::vector<T>& values) {
+    const size_t at = (bytes_.size() + 15) / 16 * 16;
+    bytes_.resize(at + values.size() * sizeof(T));
+    if (!values.empty()) std::memcpy(bytes_.data() + at, values.data(), values.size() * sizeof(T));
+    return at;
+  }
+  DeviceBuffer upload(cudaStream_t stream) const { return cuda::upload(bytes_, stream, "tables"); }
+  template <typename T>
+  static T* at(const DeviceBuffer& buffer, size_t offset) {
+    return reinterpret_cast<T*>(buffer.as<char>() + offset);
+  }
+
+ private:
+  std::vector<char> bytes_;
+};
+
+// A 4-D strided array [B, C, H, W] readable in kernels (strides in elements).
+template <typename T>
+struct DeviceView {
+  T* data;
+  int64_t stride_b, stride_c, stride_y, stride_x;
+
+  __host__ __device__ Plane<T> plane(int64_t b, int64_t c) const {
+    return Plane<T>{data + b * stride_b + c * stride_c, stride_y, stride_x};
+  }
+};
+
+template <typename T>
+DeviceView<const T> device_view(const StridedView& v) {
+  return DeviceView<const T>{static_cast<const T*>(v.data), v.strides[0], v.strides[1],
+                             v.strides[2], v.strides[3]};
+}
+
+// Blocks for a grid-stride loop over `items`, at most `cap`.
+inline unsigned grid_for(int64_t items, int threads, int64_t cap = 2147483647) {
+  const int64_t blocks = (items + threads - 1) / threads;
+  return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > cap ? cap : blocks));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Centres (center_nms.cu).
+
+struct PeakList {
+  int64_t* pixel;  // y * W + x
+  void* score;     // heatmap value, the heatmap's dtype
+  int32_t* image;
+};
+
+// row_count[b * H + y] = number of peaks in row y of image b; row_count[B * H] = 0.
+void count_peaks(const StridedView& ctr, double threshold, int64_t nms_kernel, int64_t* row_count,
+                 cudaStream_t stream);
+// Peaks in row-major order per image at row_offset (the exclusive sum of row_count).
+void write_peaks(const StridedView& ctr, double threshold, int64_t nms_kernel,
+                 const int64_t* row_offset, const PeakList& peaks, cudaStream_t stream);
+
+// Top-k on the device. peak_begin: B + 1 offsets (device and host copies). Writes the kept
+// centres compacted in row-major order (pixel, float y/x, score as double) and per image the
+// first centre and the count.
+struct CenterList {
+  int64_t* pixel;
+  float* y;
+  float* x;
+  double* score;
+  int64_t* begin;  // [B]
+  int64_t* count;  // [B]
+};
+// The images to sort (more peaks than top_k) have segment [begin, end) in sort_begin/sort_end
+// (device, int), the others an empty one; see sort_segments().
+void select_centers(DType ctr_dtype, int64_t width, const PeakList& peaks,
+                    const int64_t* peak_begin_device, const std::vector<int64_t>& peak_begin,
+                    int64_t top_k, TopKMode mode, const int* sort_begin, const int* sort_end,
+                    bool any_sorted, const CenterList& centers, cudaStream_t stream);
+// Host side of the above: per image the sort segment; returns whether any image needs a sort.
+bool sort_segments(const std::vector<int64_t>& peak_begin, int64_t top_k, TopKMode mode,
+                   std::vector<int>& begin, std::vector<int>& end);
+
+// Exclusive prefix sum of `count` int64 values (cub), `out` may not alias `in`.
+void exclusive_sum(const int64_t* in, int64_t* out, int64_t count, cudaStream_t stream);
+
+// ---------------------------------------------------------------------------------------------
+// Labels, voting and fusion (fusion.cu).
+
+// labels (int32 [B, H, W] contiguous) = argmax over the channels of logits.
+void argmax_logits(const StridedView& logits, int32_t* labels, cudaStream_t stream);
+// range[0] = min, range[1] = max label (range must hold {INT64_MAX, INT64_MIN} beforehand).
+void label_range(const StridedView& sem, long long* range, cudaStream_t stream);
+
+struct FuseLayout {
+  int64_t num_classes;         // C = max label + 1 (labels are their own table index)
+  const int64_t* hist_offset;  // [B] start of image b's (K_b + 1) x C histogram
+  const int64_t* inst_offset;  // [B] start of image b's per-instance tables (K_b + 1)
+  const int64_t* seg_offset;   // [B] start of image b's segment slots (K_b + C)
+  int64_t max_instances;       // upper bound of K_b over the batch
+  int64_t max_segments;        // upper bound of K_b + C over the batch
+};
+
+struct DeviceSegment {
+  int64_t id, category_id, area, instance, isthing;
+  double score;
+};
+
+struct FuseBuffers {
+  unsigned long long* hist;  // zeroed, sum of (K_b + 1) * C
+  int32_t* instance;         // [B, H, W]
+  int64_t* area;             // per instance tables
+  int64_t* class_of;
+  int64_t* instance_label;
+  int64_t* slot_of_instance;
+  int64_t* class_label;  // [B, C]
+  int64_t* slot_of_class;
+  DeviceSegment* segments;             // per image slots
+  int64_t* num_segments;               // [B]
+  unsigned long long* error_instance;  // [B], ULLONG_MAX when no error
+};
+
+// Votes of every pixel (instance map) and the instance x class histogram in one pass.
+void vote_and_count(const StridedView& sem, const StridedView& mask, const StridedView& off,
+                    const ThingClasses& things, const CenterList& centers, const FuseLayout& layout,
+                    int64_t shared_bins, const FuseBuffers& buffers, cudaStream_t stream);
+// Majority vote, numbering, stuff filter and the segment list (scores before the logits factor).
+void resolve_segments(int64_t batch, const ThingClasses& things, const FuseParams& params,
+                      const CenterList& centers, const FuseLayout& layout,
+                      const FuseBuffers& buffers, cudaStream_t stream);
+// Multiplies segment scores by the mean softmax probability of their class (CPU order of sums).
+// partial_offset: [B] start of image b's (row blocks x segment slots) sums, see score_blocks().
+void score_with_logits(const StridedView& sem, const StridedView& logits, const FuseLayout& layout,
+                       const FuseBuffers& buffers, const int64_t* partial_offset,
+                       int64_t partial_total, cudaStream_t stream);
+// Row blocks of the score sums (the CPU's kScoreBlockRows).
+int64_t score_blocks(int64_t height);
+// out = panoptic id of every pixel (may alias buffers.instance for int32 output).
+void write_panoptic(const StridedView& sem, const FuseLayout& layout, const FuseBuffers& buffers,
+                    const StridedView& out, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace pdl_post

@@ -1,0 +1,548 @@
+// CUDA labels, offset voting and fusion (docs/merge-semantics.md steps 5-8), in deeplab2's stage
+// split but without its caps: every table is sized from the data.
+//   vote_and_count   one pass over the pixels: thing test, nearest centre (brute force over tiles
+//                    of centres in shared memory; strict '<' in index order = ties to the lower
+//                    index, the CPU's exact answer), instance map, and one histogram over
+//                    (instance, class) pairs. Row 0 of the histogram (no instance) is the
+//                    unassigned area per class; rows 1..K give areas and the majority vote. Bins
+//                    are counted in shared memory when the table is small, with warp-aggregated
+//                    atomics, and flushed once per block; the counts are integers, so the order of
+//                    the atomics does not matter.
+//   resolve_segments per instance: area and majority class (first maximum = smallest class);
+//                    number n = 1 + earlier non-empty instances of the same class (a parallel
+//                    count over earlier instances, so ids follow centre order); stuff filter per
+//                    class; segment list per image in the CPU's order (block-wide scans).
+//   score_with_logits  the CPU's summation order: per block of 64 rows a sequential sum per segment
+//                    in row-major order, blocks added in order, so scores are deterministic.
+//   write_panoptic   per pixel panoptic_label() through the instance and class tables.
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+#include <limits>
+#include <string>
+
+#include "cuda_common.cuh"
+#include "pdl_post/majority_vote.h"
+#include "pdl_post/semantic_argmax.h"
+
+namespace pdl_post {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kCenterTile = 512;         // centres per shared-memory tile
+constexpr int64_t kScoreBlockRows = 64;  // must equal the CPU's (majority_vote_cpu.cpp)
+
+template <typename F>
+void with_label_type(DType t, F&& f) {
+  switch (t) {
+    case DType::kUInt8:
+      return f(uint8_t{});
+    case DType::kInt16:
+      return f(int16_t{});
+    case DType::kInt32:
+      return f(int32_t{});
+    case DType::kInt64:
+      return f(int64_t{});
+    default:
+      throw ValueError(std::string("sem: expected uint8, int16, int32 or int64 labels, got ") +
+                       dtype_name(t));
+  }
+}
+
+template <typename F>
+void with_float_type(DType t, const char* what, F&& f) {
+  if (t == DType::kFloat32) return f(float{});
+  if (t == DType::kFloat64) return f(double{});
+  throw ValueError(std::string(what) + ": expected float32 or float64, got " + dtype_name(t));
+}
+
+struct MinOp {
+  __device__ long long operator()(long long a, long long b) const { return a < b ? a : b; }
+};
+struct MaxOp {
+  __device__ long long operator()(long long a, long long b) const { return a > b ? a : b; }
+};
+
+template <typename T>
+__global__ void argmax_kernel(DeviceView<const T> logits, int64_t channels, int64_t height,
+                              int64_t width, int64_t total, int32_t* labels) {
+  const int64_t hw = height * width;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t b = i / hw, y = (i % hw) / width, x = i % width;
+    labels[i] = argmax_channel(&logits.plane(b, 0)(y, x), logits.stride_c, channels);
+  }
+}
+
+template <typename TSem>
+__global__ void label_range_kernel(DeviceView<const TSem> sem, int64_t height, int64_t width,
+                                   int64_t total, long long* range) {
+  using Reduce = cub::BlockReduce<long long, kThreads>;
+  __shared__ typename Reduce::TempStorage storage;
+  const int64_t hw = height * width;
+  long long lo = std::numeric_limits<long long>::max();
+  long long hi = std::numeric_limits<long long>::min();
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t b = i / hw, y = (i % hw) / width, x = i % width;
+    const long long v = static_cast<long long>(sem.plane(b, 0)(y, x));
+    lo = v < lo ? v : lo;
+    hi = v > hi ? v : hi;
+  }
+  lo = Reduce(storage).Reduce(lo, MinOp());
+  __syncthreads();
+  hi = Reduce(storage).Reduce(hi, MaxOp());
+  if (threadIdx.x == 0) {
+    atomicMin(&range[0], lo);
+    atomicMax(&range[1], hi);
+  }
+}
+
+// Adds one to hist[bin] for every lane of the warp at once (lanes with equal bins add together).
+template <typename TCount>
+__device__ void add_to_bin(TCount* hist, unsigned long long bin) {
+  const unsigned lanes = __activemask();
+  const unsigned peers = __match_any_sync(lanes, bin);
+  if ((threadIdx.x & 31u) == static_cast<unsigned>(__ffs(peers) - 1)) {
+    atomicAdd(&hist[bin], static_cast<TCount>(__popc(peers)));
+  }
+}
+
+template <typename TSem, typename TOff>
+struct VoteArgs {
+  DeviceView<const TSem> sem;
+  DeviceView<const uint8_t> mask;
+  DeviceView<const TOff> off;
+  ThingClasses things;
+  CenterList centers;
+  FuseLayout layout;
+  FuseBuffers buffers;
+  int64_t height, width;
+};
+
+template <typename TSem, typename TOff, bool kFromMask, bool kSharedHist>
+__global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
+  extern __shared__ unsigned char shared_bytes[];
+  float* tile_y = reinterpret_cast<float*>(shared_bytes);
+  float* tile_x = tile_y + kCenterTile;
+  unsigned int* shared_hist = reinterpret_cast<unsigned int*>(tile_x + kCenterTile);
+  const int64_t b = blockIdx.y;
+  const int64_t num_centers = a.centers.count[b];
+  const float* center_y = a.centers.y + a.centers.begin[b];
+  const float* center_x = a.centers.x + a.centers.begin[b];
+  const int64_t classes = a.layout.num_classes;
+  const int64_t bins = (num_centers + 1) * classes;
+  unsigned long long* hist = a.buffers.hist + a.layout.hist_offset[b];
+  if (kSharedHist) {
+    for (int64_t i = threadIdx.x; i < bins; i += blockDim.x) shared_hist[i] = 0;
+    __syncthreads();
+  }
+  const Plane<const TSem> sem = a.sem.plane(b, 0);
+  const Plane<const TOff> dy = a.off.plane(b, 0), dx = a.off.plane(b, 1);
+  const int64_t hw = a.height * a.width;
+  int32_t* instance = a.buffers.instance + b * hw;
+  for (int64_t base = blockIdx.x * int64_t{blockDim.x}; base < hw;
+       base += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t p = base + threadIdx.x;
+    const bool active = p < hw;
+    const int64_t y = active ? p / a.width : 0, x = active ? p % a.width : 0;
+    const int64_t label = active ? static_cast<int64_t>(sem(y, x)) : 0;
+    bool thing = false;
+    if (active) thing = kFromMask ? a.mask.plane(b, 0)(y, x) != 0 : a.things.contains(label);
+    bool voting = thing && num_centers > 0;
+    float qy = 0.0f, qx = 0.0f;
+    if (voting) {
+      qy = vote_coordinate(y, dy(y, x));
+      qx = vote_coordinate(x, dx(y, x));
+      voting = is_finite_vote(qy, qx);
+    }
+    // Nearest centre, ties to the lower index: the CPU brute force's rule (all-inf picks 0).
+    int32_t best = 0;
+    float best_distance = __int_as_float(0x7f800000);  // +inf
+    if (__syncthreads_or(voting)) {
+      for (int64_t t0 = 0; t0 < num_centers; t0 += kCenterTile) {
+        const int64_t n = num_centers - t0 < kCenterTile ? num_centers - t0 : kCenterTile;
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+          tile_y[i] = center_y[t0 + i];
+          tile_x[i] = center_x[t0 + i];
+        }
+        __syncthreads();
+        if (voting) {
+          for (int64_t i = 0; i < n; ++i) {
+            const float d = center_distance(tile_y[i], tile_x[i], qy, qx);
+            if (d < best_distance) {
+              best_distance = d;
+              best = static_cast<int32_t>(t0 + i);
+            }
+          }
+        }
+        __syncthreads();
+      }
+    }
+    if (active) {
+      const int32_t inst = voting ? best + 1 : 0;
+      instance[p] = inst;
+      const unsigned long long bin = static_cast<unsigned long long>(inst * classes + label);
+      if (kSharedHist) {
+        add_to_bin(shared_hist, bin);
+      } else {
+        add_to_bin(hist, bin);
+      }
+    }
+  }
+  if (kSharedHist) {
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < bins; i += blockDim.x) {
+      if (shared_hist[i] != 0) atomicAdd(&hist[i], static_cast<unsigned long long>(shared_hist[i]));
+    }
+  }
+}
+
+// Per instance k >= 1: area and majority class (first maximum: the smallest class wins ties).
+__global__ void majority_kernel(CenterList centers, FuseLayout layout, FuseBuffers buffers) {
+  const int64_t b = blockIdx.y;
+  const int64_t k = blockIdx.x * int64_t{blockDim.x} + threadIdx.x + 1;
+  if (k > centers.count[b]) return;
+  const int64_t classes = layout.num_classes;
+  const unsigned long long* row = buffers.hist + layout.hist_offset[b] + k * classes;
+  unsigned long long area = 0, best_count = 0;
+  int64_t best = -1;
+  for (int64_t c = 0; c < classes; ++c) {
+    const unsigned long long v = row[c];
+    area += v;
+    if (v > best_count) {
+      best_count = v;
+      best = c;
+    }
+  }
+  const int64_t t = layout.inst_offset[b] + k;
+  buffers.area[t] = static_cast<int64_t>(area);
+  buffers.class_of[t] = area > 0 ? best : -1;
+}
+
+// Per instance: n = 1 + number of earlier non-empty instances of its class; id or error.
+__global__ void number_kernel(CenterList centers, FuseLayout layout, FuseBuffers buffers,
+                              int64_t label_divisor, int64_t void_label) {
+  __shared__ int64_t tile[kThreads];
+  const int64_t b = blockIdx.y;
+  const int64_t count = centers.count[b];
+  const int64_t first = blockIdx.x * int64_t{blockDim.x} + 1;
+  if (first > count) return;  // the whole block leaves together
+  const int64_t k = first + threadIdx.x;
+  const int64_t last = first + blockDim.x - 1 < count ? first + blockDim.x - 1 : count;
+  const int64_t* class_of = buffers.class_of + layout.inst_offset[b];
+  const int64_t mine = k <= count ? class_of[k] : -1;
+  int64_t n = 1;
+  for (int64_t j0 = 1; j0 < last; j0 += blockDim.x) {
+    const int64_t j = j0 + threadIdx.x;
+    tile[threadIdx.x] = j < last ? class_of[j] : -1;
+    __syncthreads();
+    if (mine >= 0) {
+      const int64_t end = k - j0 < int64_t{blockDim.x} ? k - j0 : int64_t{blockDim.x};
+      for (int64_t i = 0; i < end; ++i) n += tile[i] == mine ? 1 : 0;
+    }
+    __syncthreads();
+  }
+  if (k > count) return;
+  int64_t* label = buffers.instance_label + layout.inst_offset[b];
+  if (mine < 0) {
+    label[k] = void_label;  // empty instance: uses no id
+  } else if (n >= label_divisor) {
+    atomicMin(&buffers.error_instance[b], static_cast<unsigned long long>(k));
+    label[k] = void_label;
+  } else {
+    label[k] = mine * label_divisor + n;
+  }
+}
+
+__device__ bool is_kept_stuff(const ThingClasses& things, int64_t c, unsigned long long area,
+                              int64_t stuff_area) {
+  return !things.contains(c) && area > 0 && static_cast<int64_t>(area) >= stuff_area;
+}
+
+__global__ void stuff_kernel(int64_t batch, ThingClasses things, FuseLayout layout,
+                             FuseBuffers buffers, int64_t label_divisor, int64_t stuff_area,
+                             int64_t void_label) {
+  const int64_t b = blockIdx.y;
+  const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (b >= batch || c >= layout.num_classes) return;
+  const unsigned long long area = buffers.hist[layout.hist_offset[b] + c];  // row 0: unassigned
+  buffers.class_label[b * layout.num_classes + c] =
+      is_kept_stuff(things, c, area, stuff_area) ? c * label_divisor : void_label;
+}
+
+// One block per image: things in centre order, then kept stuff by class, as on the CPU.
+__global__ void segments_kernel(ThingClasses things, CenterList centers, FuseLayout layout,
+                                FuseBuffers buffers, int64_t stuff_area) {
+  using Scan = cub::BlockScan<int64_t, kThreads>;
+  __shared__ typename Scan::TempStorage storage;
+  const int64_t b = blockIdx.x;
+  const int64_t count = centers.count[b];
+  const int64_t inst0 = layout.inst_offset[b];
+  DeviceSegment* out = buffers.segments + layout.seg_offset[b];
+  int64_t written = 0;
+  for (int64_t k0 = 1; k0 <= count; k0 += kThreads) {
+    const int64_t k = k0 + threadIdx.x;
+    const int64_t flag = (k <= count && buffers.area[inst0 + k] > 0) ? 1 : 0;
+    int64_t position = 0, total = 0;
+    Scan(storage).ExclusiveSum(flag, position, total);
+    if (k <= count) buffers.slot_of_instance[inst0 + k] = flag ? written + position : -1;
+    if (flag) {
+      const int64_t c = buffers.class_of[inst0 + k];
+      out[written + position] =
+          DeviceSegment{buffers.instance_label[inst0 + k],      c, buffers.area[inst0 + k], k, 1,
+                        centers.score[centers.begin[b] + k - 1]};
+    }
+    written += total;
+    __syncthreads();
+  }
+  const int64_t classes = layout.num_classes;
+  const unsigned long long* unassigned = buffers.hist + layout.hist_offset[b];
+  for (int64_t c0 = 0; c0 < classes; c0 += kThreads) {
+    const int64_t c = c0 + threadIdx.x;
+    const int64_t flag =
+        (c < classes && is_kept_stuff(things, c, unassigned[c], stuff_area)) ? 1 : 0;
+    int64_t position = 0, total = 0;
+    Scan(storage).ExclusiveSum(flag, position, total);
+    if (c < classes) buffers.slot_of_class[b * classes + c] = flag ? written + position : -1;
+    if (flag) {
+      out[written + position] = DeviceSegment{
+          buffers.class_label[b * classes + c], c, static_cast<int64_t>(unassigned[c]), 0, 0, 1.0};
+    }
+    written += total;
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) buffers.num_segments[b] = written;
+}
+
+// One warp per (block of 64 rows, image): the lanes evaluate 32 pixels' probabilities at once,
+// lane 0 adds them in row-major order into the block's per-segment sums (a register holds the
+// running sum of the current segment: the same additions, in the same order, as the CPU).
+template <typename TSem, typename TL>
+__global__ void probability_sums_kernel(DeviceView<const TSem> sem, DeviceView<const TL> logits,
+                                        int64_t channels, int64_t height, int64_t width,
+                                        FuseLayout layout, FuseBuffers buffers,
+                                        const int64_t* partial_offset, double* partial) {
+  const int64_t blk = blockIdx.x, b = blockIdx.y;
+  const int64_t capacity = layout.seg_offset[b + 1] - layout.seg_offset[b];
+  double* acc = partial + partial_offset[b] + blk * capacity;
+  const Plane<const TSem> labels = sem.plane(b, 0);
+  const Plane<const TL> l = logits.plane(b, 0);
+  const int32_t* instance = buffers.instance + b * height * width;
+  const int64_t* class_of = buffers.class_of + layout.inst_offset[b];
+  const int64_t* slot_of_instance = buffers.slot_of_instance + layout.inst_offset[b];
+  const int64_t* slot_of_class = buffers.slot_of_class + b * layout.num_classes;
+  const unsigned lane = threadIdx.x;
+  int64_t run_slot = -1;
+  double run = 0.0;
+  const int64_t y1 = (blk + 1) * kScoreBlockRows < height ? (blk + 1) * kScoreBlockRows : height;
+  for (int64_t y = blk * kScoreBlockRows; y < y1; ++y) {
+    for (int64_t x0 = 0; x0 < width; x0 += 32) {
+      const int64_t x = x0 + lane;
+      int64_t slot = -1;
+      double value = 0.0;
+      if (x < width) {
+        const int32_t inst = instance[y * width + x];
+        const int64_t c = inst > 0 ? class_of[inst] : static_cast<int64_t>(labels(y, x));
+        slot = inst > 0 ? slot_of_instance[inst] : slot_of_class[c];
+        if (slot >= 0) value = softmax_probability(&l(y, x), logits.stride_c, channels, c);
+      }
+      for (int i = 0; i < 32; ++i) {
+        const long long s = __shfl_sync(0xffffffffu, static_cast<long long>(slot), i);
+        const double v = __shfl_sync(0xffffffffu, value, i);
+        if (lane == 0 && s >= 0) {
+          if (s != run_slot) {
+            if (run_slot >= 0) acc[run_slot] = run;
+            run_slot = s;
+            run = acc[s];
+          }
+          run += v;
+        }
+      }
+    }
+  }
+  if (lane == 0 && run_slot >= 0) acc[run_slot] = run;
+}
+
+__global__ void apply_scores_kernel(FuseLayout layout, FuseBuffers buffers, int64_t blocks,
+                                    const int64_t* partial_offset, const double* partial) {
+  const int64_t b = blockIdx.y;
+  const int64_t s = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (s >= buffers.num_segments[b]) return;
+  const int64_t capacity = layout.seg_offset[b + 1] - layout.seg_offset[b];
+  double sum = 0.0;
+  for (int64_t blk = 0; blk < blocks; ++blk) sum += partial[partial_offset[b] + blk * capacity + s];
+  DeviceSegment& seg = buffers.segments[layout.seg_offset[b] + s];
+  seg.score *= sum / static_cast<double>(seg.area);
+}
+
+template <typename TSem, typename TOut>
+__global__ void write_kernel(DeviceView<const TSem> sem, int64_t height, int64_t width,
+                             int64_t total, FuseLayout layout, FuseBuffers buffers, TOut* out) {
+  const int64_t hw = height * width;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t b = i / hw, y = (i % hw) / width, x = i % width;
+    const int64_t c = static_cast<int64_t>(sem.plane(b, 0)(y, x));
+    const int32_t inst = buffers.instance[i];  // read before the write: out may alias it
+    out[i] =
+        static_cast<TOut>(panoptic_label(inst, c, buffers.instance_label + layout.inst_offset[b],
+                                         buffers.class_label + b * layout.num_classes));
+  }
+}
+
+int device_blocks_for(int64_t batch) {
+  int device = 0, sms = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
+        "cudaDeviceGetAttribute");
+  // About 8 resident blocks per multiprocessor over the whole batch.
+  const int64_t blocks = (int64_t{sms} * 8 + batch - 1) / batch;
+  return static_cast<int>(blocks < 1 ? 1 : blocks);
+}
+
+}  // namespace
+
+void argmax_logits(const StridedView& logits, int32_t* labels, cudaStream_t stream) {
+  const int64_t total = logits.batch() * logits.height() * logits.width();
+  if (logits.channels() < 1) throw ValueError("argmax_logits: logits need at least one channel");
+  with_float_type(logits.dtype, "sem", [&](auto tag) {
+    using T = decltype(tag);
+    argmax_kernel<T><<<grid_for(total, kThreads, 4096), kThreads, 0, stream>>>(
+        device_view<T>(logits), logits.channels(), logits.height(), logits.width(), total, labels);
+    check_launch("argmax_kernel");
+  });
+}
+
+void label_range(const StridedView& sem, long long* range, cudaStream_t stream) {
+  const int64_t total = sem.batch() * sem.height() * sem.width();
+  with_label_type(sem.dtype, [&](auto tag) {
+    using TSem = decltype(tag);
+    label_range_kernel<TSem><<<grid_for(total, kThreads, 1024), kThreads, 0, stream>>>(
+        device_view<TSem>(sem), sem.height(), sem.width(), total, range);
+    check_launch("label_range_kernel");
+  });
+}
+
+void vote_and_count(const StridedView& sem, const StridedView& mask, const StridedView& off,
+                    const ThingClasses& things, const CenterList& centers, const FuseLayout& layout,
+                    int64_t shared_bins, const FuseBuffers& buffers, cudaStream_t stream) {
+  const int64_t batch = sem.batch(), height = sem.height(), width = sem.width();
+  const int64_t hw = height * width;
+  const int64_t blocks_x =
+      std::min<int64_t>(device_blocks_for(batch), (hw + kThreads - 1) / kThreads);
+  const dim3 grid(static_cast<unsigned>(blocks_x < 1 ? 1 : blocks_x), static_cast<unsigned>(batch));
+  // Shared counters only where the device allows that much shared memory per block.
+  int device = 0, shared_limit = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&shared_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+        "cudaDeviceGetAttribute");
+  const size_t tile_bytes = 2 * kCenterTile * sizeof(float);
+  const size_t hist_bytes = static_cast<size_t>(shared_bins) * sizeof(unsigned);
+  const bool use_shared =
+      shared_bins > 0 && tile_bytes + hist_bytes <= static_cast<size_t>(shared_limit);
+  const size_t shared_bytes = tile_bytes + (use_shared ? hist_bytes : 0);
+  with_label_type(sem.dtype, [&](auto sem_tag) {
+    using TSem = decltype(sem_tag);
+    with_float_type(off.dtype, "off", [&](auto off_tag) {
+      using TOff = decltype(off_tag);
+      VoteArgs<TSem, TOff> args{
+          device_view<TSem>(sem),
+          mask.data ? device_view<uint8_t>(mask) : DeviceView<const uint8_t>{nullptr, 0, 0, 0, 0},
+          device_view<TOff>(off),
+          things,
+          centers,
+          layout,
+          buffers,
+          height,
+          width};
+      auto launch = [&](auto kernel) {
+        check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   static_cast<int>(shared_bytes)),
+              "cudaFuncSetAttribute");
+        kernel<<<grid, kThreads, shared_bytes, stream>>>(args);
+        check_launch("vote_kernel");
+      };
+      if (mask.data) {
+        if (use_shared) {
+          launch(vote_kernel<TSem, TOff, true, true>);
+        } else {
+          launch(vote_kernel<TSem, TOff, true, false>);
+        }
+      } else if (use_shared) {
+        launch(vote_kernel<TSem, TOff, false, true>);
+      } else {
+        launch(vote_kernel<TSem, TOff, false, false>);
+      }
+    });
+  });
+}
+
+void resolve_segments(int64_t batch, const ThingClasses& things, const FuseParams& params,
+                      const CenterList& centers, const FuseLayout& layout,
+                      const FuseBuffers& buffers, cudaStream_t stream) {
+  const dim3 instance_grid(grid_for(layout.max_instances, kThreads), static_cast<unsigned>(batch));
+  majority_kernel<<<instance_grid, kThreads, 0, stream>>>(centers, layout, buffers);
+  check_launch("majority_kernel");
+  number_kernel<<<instance_grid, kThreads, 0, stream>>>(centers, layout, buffers,
+                                                        params.label_divisor, params.void_label);
+  check_launch("number_kernel");
+  const dim3 class_grid(grid_for(layout.num_classes, kThreads), static_cast<unsigned>(batch));
+  stuff_kernel<<<class_grid, kThreads, 0, stream>>>(
+      batch, things, layout, buffers, params.label_divisor, params.stuff_area, params.void_label);
+  check_launch("stuff_kernel");
+  segments_kernel<<<static_cast<unsigned>(batch), kThreads, 0, stream>>>(
+      things, centers, layout, buffers, params.stuff_area);
+  check_launch("segments_kernel");
+}
+
+int64_t score_blocks(int64_t height) { return (height + kScoreBlockRows - 1) / kScoreBlockRows; }
+
+void score_with_logits(const StridedView& sem, const StridedView& logits, const FuseLayout& layout,
+                       const FuseBuffers& buffers, const int64_t* partial_offset,
+                       int64_t partial_total, cudaStream_t stream) {
+  const int64_t batch = sem.batch(), height = sem.height(), width = sem.width();
+  const int64_t blocks = score_blocks(height);
+  DeviceBuffer partial = device_array<double>(partial_total, stream, "score sums");
+  check(cudaMemsetAsync(partial.as<void>(), 0, static_cast<size_t>(partial.bytes()), stream),
+        "cudaMemsetAsync");
+  with_label_type(sem.dtype, [&](auto sem_tag) {
+    using TSem = decltype(sem_tag);
+    with_float_type(logits.dtype, "sem", [&](auto l_tag) {
+      using TL = decltype(l_tag);
+      const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(batch));
+      probability_sums_kernel<TSem, TL><<<grid, 32, 0, stream>>>(
+          device_view<TSem>(sem), device_view<TL>(logits), logits.channels(), height, width, layout,
+          buffers, partial_offset, partial.as<double>());
+      check_launch("probability_sums_kernel");
+    });
+  });
+  const dim3 grid(grid_for(layout.max_segments, kThreads), static_cast<unsigned>(batch));
+  apply_scores_kernel<<<grid, kThreads, 0, stream>>>(layout, buffers, blocks, partial_offset,
+                                                     partial.as<double>());
+  check_launch("apply_scores_kernel");
+}
+
+void write_panoptic(const StridedView& sem, const FuseLayout& layout, const FuseBuffers& buffers,
+                    const StridedView& out, cudaStream_t stream) {
+  const int64_t total = sem.batch() * sem.height() * sem.width();
+  with_label_type(sem.dtype, [&](auto sem_tag) {
+    using TSem = decltype(sem_tag);
+    const unsigned grid = grid_for(total, kThreads, 8192);
+    if (out.dtype == DType::kInt32) {
+      write_kernel<TSem, int32_t>
+          <<<grid, kThreads, 0, stream>>>(device_view<TSem>(sem), sem.height(), sem.width(), total,
+                                          layout, buffers, static_cast<int32_t*>(out.data));
+    } else if (out.dtype == DType::kInt64) {
+      write_kernel<TSem, int64_t>
+          <<<grid, kThreads, 0, stream>>>(device_view<TSem>(sem), sem.height(), sem.width(), total,
+                                          layout, buffers, static_cast<int64_t*>(out.data));
+    } else {
+      throw ValueError(std::string("out: expected int32 or int64, got ") + dtype_name(out.dtype));
+    }
+    check_launch("write_kernel");
+  });
+}
+
+}  // namespace cuda
+}  // namespace pdl_post

@@ -1,0 +1,525 @@
+// CUDA batch driver: device and stream handling, scratch memory, the two phases of CudaMerge and
+// the copies of per-image results to the host (see cuda_pipeline.h for the sync points).
+#include <algorithm>
+#include <climits>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <string>
+
+#include "cuda_common.cuh"
+
+namespace pdl_post {
+
+namespace cuda {
+
+void check(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) {
+    throw CudaError(std::string("CUDA error in ") + what + ": " + cudaGetErrorName(status) + " (" +
+                    cudaGetErrorString(status) + ")");
+  }
+}
+
+void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
+
+namespace {
+
+// One pool per device that keeps freed memory for the next call (the default pool would hand it
+// back to the driver at every synchronisation).
+cudaMemPool_t pool_for_current_device() {
+  static std::mutex mutex;
+  static std::map<int, cudaMemPool_t> pools;
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = pools.find(device);
+  if (it != pools.end()) return it->second;
+  int supported = 0;
+  check(cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, device),
+        "cudaDeviceGetAttribute");
+  if (!supported) {  // plain cudaMalloc / cudaFree then (they synchronise, but work)
+    pools[device] = nullptr;
+    return nullptr;
+  }
+  cudaMemPoolProps props{};
+  props.allocType = cudaMemAllocationTypePinned;
+  props.location.type = cudaMemLocationTypeDevice;
+  props.location.id = device;
+  cudaMemPool_t pool = nullptr;
+  check(cudaMemPoolCreate(&pool, &props), "cudaMemPoolCreate");
+  uint64_t keep = std::numeric_limits<uint64_t>::max();
+  check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep),
+        "cudaMemPoolSetAttribute");
+  pools[device] = pool;
+  return pool;
+}
+
+}  // namespace
+
+DeviceBuffer::DeviceBuffer(int64_t bytes, cudaStream_t stream, const char* what)
+    : bytes_(bytes), stream_(stream) {
+  if (bytes < 0) throw ValueError(std::string(what) + ": negative buffer size");
+  // Never zero bytes: every buffer gets a distinct valid pointer.
+  const size_t request = static_cast<size_t>(std::max<int64_t>(bytes, 16));
+  const cudaMemPool_t pool = pool_for_current_device();
+  pooled_ = pool != nullptr;
+  const cudaError_t status = pooled_ ? cudaMallocFromPoolAsync(&data_, request, pool, stream)
+                                     : cudaMalloc(&data_, request);
+  if (status != cudaSuccess) {
+    (void)cudaGetLastError();
+    data_ = nullptr;
+    throw CudaError(std::string("CUDA path: cannot allocate ") + std::to_string(bytes) +
+                    " bytes of device memory for " + what + ": " + cudaGetErrorString(status));
+  }
+}
+
+void DeviceBuffer::release() noexcept {
+  if (data_) (void)(pooled_ ? cudaFreeAsync(data_, stream_) : cudaFree(data_));
+  data_ = nullptr;
+}
+
+DeviceBuffer::~DeviceBuffer() { release(); }
+
+DeviceBuffer::DeviceBuffer(DeviceBuffer&& other) noexcept
+    : data_(other.data_), bytes_(other.bytes_), stream_(other.stream_), pooled_(other.pooled_) {
+  other.data_ = nullptr;
+}
+
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& other) noexcept {
+  if (this != &other) {
+    release();
+    data_ = other.data_;
+    bytes_ = other.bytes_;
+    stream_ = other.stream_;
+    pooled_ = other.pooled_;
+    other.data_ = nullptr;
+  }
+  return *this;
+}
+
+namespace {
+
+cudaStream_t stream_of(uintptr_t handle) {
+  // __cuda_array_interface__ v3 names the default streams 1 (legacy) and 2 (per-thread).
+  if (handle == 1) return cudaStreamLegacy;
+  if (handle == 2) return cudaStreamPerThread;
+  return reinterpret_cast<cudaStream_t>(handle);
+}
+
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    check(cudaGetDevice(&previous_), "cudaGetDevice");
+    if (previous_ != device) check(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~DeviceGuard() { (void)cudaSetDevice(previous_); }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
+__global__ void init_range_kernel(long long* range) {
+  range[0] = LLONG_MAX;
+  range[1] = LLONG_MIN;
+}
+
+__global__ void peak_begin_kernel(const int64_t* row_offset, int64_t batch, int64_t height,
+                                  long long* peak_begin) {
+  const int64_t b = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (b <= batch) peak_begin[b] = static_cast<long long>(row_offset[b * height]);
+}
+
+// Per image: centre count and first centre, segment count, error instance and its class.
+__global__ void summary_kernel(int64_t batch, CenterList centers, FuseLayout layout,
+                               FuseBuffers buffers, long long* summary) {
+  const int64_t b = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (b >= batch) return;
+  long long* s = summary + 5 * b;
+  s[0] = centers.count[b];
+  s[1] = centers.begin[b];
+  s[2] = buffers.num_segments[b];
+  const unsigned long long k = buffers.error_instance[b];
+  s[3] = k == ULLONG_MAX ? -1 : static_cast<long long>(k);
+  s[4] = k == ULLONG_MAX ? -1 : buffers.class_of[layout.inst_offset[b] + static_cast<int64_t>(k)];
+}
+
+// Thing classes on the device: a byte table for small ids, else the sorted ids (as on the CPU).
+struct ThingUpload {
+  bool use_table = true;
+  int64_t size = 0;
+  size_t offset = 0;
+
+  ThingUpload(std::vector<int64_t> ids, UploadPack& pack) {
+    std::sort(ids.begin(), ids.end());
+    ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+    const int64_t table_size = ids.empty() ? 0 : ids.back() + 1;
+    use_table = table_size <= (int64_t{1} << 16);
+    if (use_table) {
+      std::vector<uint8_t> bytes(static_cast<size_t>(table_size), 0);
+      for (int64_t t : ids) bytes[t] = 1;
+      size = table_size;
+      offset = pack.add(bytes);
+    } else {
+      size = static_cast<int64_t>(ids.size());
+      offset = pack.add(ids);
+    }
+  }
+  ThingClasses view(const DeviceBuffer& tables) const {
+    if (use_table) return ThingClasses{UploadPack::at<uint8_t>(tables, offset), size, nullptr, 0};
+    return ThingClasses{nullptr, 0, UploadPack::at<int64_t>(tables, offset), size};
+  }
+};
+
+// Upper bound of the number of kept centres of an image with `peaks` peaks.
+int64_t kept_bound(int64_t peaks, int64_t top_k, TopKMode mode) {
+  if (top_k < 0) return peaks;
+  if (top_k == 0) return 0;
+  if (mode == TopKMode::kExact) return std::min(peaks, top_k);
+  return peaks >= top_k ? top_k - 1 : peaks;
+}
+
+constexpr int64_t kSharedBinLimit = 16384;  // 64 KiB of shared counters per block
+
+}  // namespace
+}  // namespace cuda
+
+using cuda::check;
+using cuda::DeviceBuffer;
+
+int cuda_device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
+int cuda_pointer_device(uintptr_t pointer) {
+  cudaPointerAttributes attributes{};
+  if (cudaPointerGetAttributes(&attributes, reinterpret_cast<const void*>(pointer)) !=
+      cudaSuccess) {
+    (void)cudaGetLastError();
+    return -1;
+  }
+  if (attributes.type == cudaMemoryTypeDevice || attributes.type == cudaMemoryTypeManaged) {
+    return attributes.device;
+  }
+  return -1;
+}
+
+std::string cuda_build_description() {
+  const int version = CUDART_VERSION;
+  return "CUDA runtime " + std::to_string(version / 1000) + "." +
+         std::to_string((version % 1000) / 10) + " (static), architectures " +
+         PDL_POST_CUDA_ARCHITECTURES;
+}
+
+struct CudaMerge::State {
+  CudaMergeInputs in;
+  CenterOptions centers;
+  FuseParams params;
+  cudaStream_t stream = nullptr;
+  int64_t batch = 0, height = 0, width = 0;
+  bool empty = false, finished = false;
+  StridedView sem;      // the labels read by every later stage
+  DeviceBuffer labels;  // argmax of logits
+  DeviceBuffer row_offset;
+  std::vector<int64_t> peak_begin;  // B + 1 (host)
+  int64_t lo = 0, hi = -1;
+};
+
+CudaMerge::CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers,
+                     const FuseParams& params)
+    : state_(std::make_unique<State>()) {
+  State& s = *state_;
+  s.in = inputs;
+  s.centers = centers;
+  s.params = params;
+  s.stream = cuda::stream_of(inputs.stream);
+  s.batch = inputs.ctr.batch();
+  s.height = inputs.ctr.height();
+  s.width = inputs.ctr.width();
+  if (s.batch * s.height * s.width == 0) {
+    s.empty = true;
+    return;
+  }
+  if (s.batch > 65535) {
+    throw ValueError("CUDA path: batches of at most 65535 images, got " + std::to_string(s.batch));
+  }
+  if (s.batch * s.height + 1 > std::numeric_limits<int>::max()) {
+    throw ValueError("CUDA path: batch x height must stay below 2**31 rows");
+  }
+  cuda::DeviceGuard guard(inputs.device);
+  const int64_t hw = s.height * s.width;
+  if (inputs.logits.data) {
+    s.labels = cuda::device_array<int32_t>(s.batch * hw, s.stream, "argmax labels");
+    cuda::argmax_logits(inputs.logits, s.labels.as<int32_t>(), s.stream);
+    s.sem.data = s.labels.as<void>();
+    s.sem.dtype = DType::kInt32;
+    s.sem.shape = {s.batch, 1, s.height, s.width};
+    s.sem.strides = {hw, hw, s.width, 1};
+  } else {
+    s.sem = inputs.sem;
+  }
+  // header: [min label, max label, peak_begin[0..B]]
+  DeviceBuffer header = cuda::device_array<long long>(3 + s.batch, s.stream, "label range");
+  cuda::init_range_kernel<<<1, 1, 0, s.stream>>>(header.as<long long>());
+  cuda::check_launch("init_range_kernel");
+  cuda::label_range(s.sem, header.as<long long>(), s.stream);
+  const int64_t rows = s.batch * s.height;
+  DeviceBuffer row_count = cuda::device_array<int64_t>(rows + 1, s.stream, "peak counts");
+  s.row_offset = cuda::device_array<int64_t>(rows + 1, s.stream, "peak offsets");
+  cuda::count_peaks(inputs.ctr, centers.threshold, centers.nms_kernel, row_count.as<int64_t>(),
+                    s.stream);
+  cuda::exclusive_sum(row_count.as<int64_t>(), s.row_offset.as<int64_t>(), rows + 1, s.stream);
+  cuda::peak_begin_kernel<<<cuda::grid_for(s.batch + 1, 256), 256, 0, s.stream>>>(
+      s.row_offset.as<int64_t>(), s.batch, s.height, header.as<long long>() + 2);
+  cuda::check_launch("peak_begin_kernel");
+  // Sync point 1: the label range decides the output dtype, the peak counts size the buffers.
+  std::vector<long long> host(static_cast<size_t>(3 + s.batch));
+  check(cudaMemcpyAsync(host.data(), header.as<long long>(), host.size() * sizeof(long long),
+                        cudaMemcpyDeviceToHost, s.stream),
+        "cudaMemcpyAsync (label range)");
+  check(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize");
+  s.lo = host[0];
+  s.hi = host[1];
+  s.peak_begin.assign(host.begin() + 2, host.end());
+}
+
+CudaMerge::~CudaMerge() {
+  if (state_) {
+    // Scratch is released in stream order on the job's device.
+    int previous = 0;
+    if (cudaGetDevice(&previous) == cudaSuccess && previous != state_->in.device) {
+      (void)cudaSetDevice(state_->in.device);
+      state_.reset();
+      (void)cudaSetDevice(previous);
+    }
+    state_.reset();
+  }
+}
+
+std::pair<int64_t, int64_t> CudaMerge::label_range() const {
+  if (state_->empty) return {0, -1};
+  return {state_->lo, state_->hi};
+}
+
+std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_segments) {
+  State& s = *state_;
+  if (s.finished) throw ValueError("CudaMerge.finish: already called");
+  s.finished = true;
+  std::vector<ImageResult> results(static_cast<size_t>(s.batch));
+  if (s.empty) return results;
+  if (s.lo < 0) {
+    throw ValueError("sem: class ids must be >= 0, got a minimum of " + std::to_string(s.lo));
+  }
+  if (out.dtype != DType::kInt32 && out.dtype != DType::kInt64) {
+    throw ValueError(std::string("out: expected int32 or int64, got ") + dtype_name(out.dtype));
+  }
+  cuda::DeviceGuard guard(s.in.device);
+  cudaStream_t stream = s.stream;
+  const int64_t B = s.batch, H = s.height, W = s.width, hw = H * W;
+  const int64_t total_peaks = s.peak_begin.back();
+
+  // Table layout per image from the centre bounds (the exact counts stay on the device).
+  const int64_t C = s.hi + 1;
+  std::vector<int64_t> hist_offset(B), inst_offset(B), seg_offset(B + 1), seg_capacity(B);
+  int64_t hist_total = 0, inst_total = 0, max_instances = 0, max_segments = 0, max_bins = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t k = cuda::kept_bound(s.peak_begin[b + 1] - s.peak_begin[b], s.centers.top_k,
+                                       s.centers.topk_mode);
+    const double bins = static_cast<double>(k + 1) * static_cast<double>(C);
+    if (bins * 8.0 > 9.0e18) {
+      throw ValueError("CUDA path: " + std::to_string(k) + " centres x " + std::to_string(C) +
+                       " class ids need an instance x class table beyond int64; class ids this "
+                       "large are supported by the CPU path only");
+    }
+    hist_offset[b] = hist_total;
+    hist_total += (k + 1) * C;
+    inst_offset[b] = inst_total;
+    inst_total += k + 1;
+    seg_offset[b] = b == 0 ? 0 : seg_offset[b - 1] + seg_capacity[b - 1];
+    seg_capacity[b] = k + C;
+    max_instances = std::max(max_instances, k);
+    max_segments = std::max(max_segments, k + C);
+    max_bins = std::max(max_bins, (k + 1) * C);
+  }
+  seg_offset[B] = seg_offset[B - 1] + seg_capacity[B - 1];
+  if (total_peaks > std::numeric_limits<int>::max() - 1) {  // cub's sort and scan sizes are int
+    throw ValueError("find_centers: " + std::to_string(total_peaks) +
+                     " peaks exceed the CUDA path's int32 sort size; use the CPU path");
+  }
+  std::vector<int> sort_begin, sort_end;
+  const bool any_sorted =
+      cuda::sort_segments(s.peak_begin, s.centers.top_k, s.centers.topk_mode, sort_begin, sort_end);
+  const bool with_scores = with_segments && s.in.logits.data != nullptr;
+  std::vector<int64_t> partial_offset(static_cast<size_t>(B));
+  int64_t partial_total = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    partial_offset[b] = partial_total;
+    partial_total += cuda::score_blocks(H) * seg_capacity[b];
+  }
+  // Everything the host decides goes to the device in one copy, before the first kernel of this
+  // phase: a copy from pageable memory may wait for the stream, which is idle right after sync 1.
+  cuda::UploadPack pack;
+  const size_t at_hist = pack.add(hist_offset), at_inst = pack.add(inst_offset);
+  const size_t at_seg = pack.add(seg_offset), at_peaks = pack.add(s.peak_begin);
+  const size_t at_sort_begin = pack.add(sort_begin), at_sort_end = pack.add(sort_end);
+  const size_t at_partial = pack.add(partial_offset);
+  const cuda::ThingUpload thing_upload(s.params.thing_ids, pack);
+  const DeviceBuffer tables = pack.upload(stream);
+  const int64_t* peak_begin_device = cuda::UploadPack::at<int64_t>(tables, at_peaks);
+  const ThingClasses things = thing_upload.view(tables);
+  const cuda::FuseLayout layout{C,
+                                cuda::UploadPack::at<int64_t>(tables, at_hist),
+                                cuda::UploadPack::at<int64_t>(tables, at_inst),
+                                cuda::UploadPack::at<int64_t>(tables, at_seg),
+                                max_instances,
+                                max_segments};
+
+  // Peaks in row-major order, then the kept centres.
+  const int64_t score_size = dtype_size(s.in.ctr.dtype);
+  DeviceBuffer peak_pixel = cuda::device_array<int64_t>(total_peaks, stream, "peaks");
+  DeviceBuffer peak_score(total_peaks * score_size, stream, "peak scores");
+  DeviceBuffer peak_image = cuda::device_array<int32_t>(total_peaks, stream, "peaks");
+  const cuda::PeakList peaks{peak_pixel.as<int64_t>(), peak_score.as<void>(),
+                             peak_image.as<int32_t>()};
+  DeviceBuffer c_pixel = cuda::device_array<int64_t>(total_peaks, stream, "centres");
+  DeviceBuffer c_y = cuda::device_array<float>(total_peaks, stream, "centres");
+  DeviceBuffer c_x = cuda::device_array<float>(total_peaks, stream, "centres");
+  DeviceBuffer c_score = cuda::device_array<double>(total_peaks, stream, "centres");
+  DeviceBuffer c_begin = cuda::device_array<int64_t>(B, stream, "centres");
+  DeviceBuffer c_count = cuda::device_array<int64_t>(B, stream, "centres");
+  const cuda::CenterList centers{c_pixel.as<int64_t>(), c_y.as<float>(),
+                                 c_x.as<float>(),       c_score.as<double>(),
+                                 c_begin.as<int64_t>(), c_count.as<int64_t>()};
+  if (total_peaks > 0) {
+    cuda::write_peaks(s.in.ctr, s.centers.threshold, s.centers.nms_kernel,
+                      s.row_offset.as<int64_t>(), peaks, stream);
+    cuda::select_centers(s.in.ctr.dtype, W, peaks, peak_begin_device, s.peak_begin, s.centers.top_k,
+                         s.centers.topk_mode, cuda::UploadPack::at<int>(tables, at_sort_begin),
+                         cuda::UploadPack::at<int>(tables, at_sort_end), any_sorted, centers,
+                         stream);
+  } else {
+    check(cudaMemsetAsync(c_begin.as<void>(), 0, B * sizeof(int64_t), stream), "cudaMemsetAsync");
+    check(cudaMemsetAsync(c_count.as<void>(), 0, B * sizeof(int64_t), stream), "cudaMemsetAsync");
+  }
+
+  DeviceBuffer hist =
+      cuda::device_array<unsigned long long>(hist_total, stream, "the instance x class histogram");
+  check(cudaMemsetAsync(hist.as<void>(), 0, static_cast<size_t>(hist.bytes()), stream),
+        "cudaMemsetAsync");
+  DeviceBuffer instance_scratch;
+  int32_t* instance = nullptr;
+  if (out.dtype == DType::kInt32) {
+    instance = static_cast<int32_t*>(out.data);  // instance ids first, panoptic ids over them
+  } else {
+    instance_scratch = cuda::device_array<int32_t>(B * hw, stream, "the instance map");
+    instance = instance_scratch.as<int32_t>();
+  }
+  DeviceBuffer area = cuda::device_array<int64_t>(inst_total, stream, "instance tables");
+  DeviceBuffer class_of = cuda::device_array<int64_t>(inst_total, stream, "instance tables");
+  DeviceBuffer inst_label = cuda::device_array<int64_t>(inst_total, stream, "instance tables");
+  DeviceBuffer inst_slot = cuda::device_array<int64_t>(inst_total, stream, "instance tables");
+  DeviceBuffer class_label = cuda::device_array<int64_t>(B * C, stream, "class tables");
+  DeviceBuffer class_slot = cuda::device_array<int64_t>(B * C, stream, "class tables");
+  DeviceBuffer segments =
+      cuda::device_array<cuda::DeviceSegment>(seg_offset[B], stream, "segments");
+  DeviceBuffer num_segments = cuda::device_array<int64_t>(B, stream, "segments");
+  DeviceBuffer error_instance = cuda::device_array<unsigned long long>(B, stream, "errors");
+  check(cudaMemsetAsync(error_instance.as<void>(), 0xff, B * sizeof(unsigned long long), stream),
+        "cudaMemsetAsync");
+  const cuda::FuseBuffers buffers{hist.as<unsigned long long>(),
+                                  instance,
+                                  area.as<int64_t>(),
+                                  class_of.as<int64_t>(),
+                                  inst_label.as<int64_t>(),
+                                  inst_slot.as<int64_t>(),
+                                  class_label.as<int64_t>(),
+                                  class_slot.as<int64_t>(),
+                                  segments.as<cuda::DeviceSegment>(),
+                                  num_segments.as<int64_t>(),
+                                  error_instance.as<unsigned long long>()};
+  cuda::vote_and_count(s.sem, s.in.mask, s.in.off, things, centers, layout,
+                       max_bins <= cuda::kSharedBinLimit ? max_bins : 0, buffers, stream);
+  cuda::resolve_segments(B, things, s.params, centers, layout, buffers, stream);
+  if (with_scores) {
+    cuda::score_with_logits(s.sem, s.in.logits, layout, buffers,
+                            cuda::UploadPack::at<int64_t>(tables, at_partial), partial_total,
+                            stream);
+  }
+  cuda::write_panoptic(s.sem, layout, buffers, out, stream);
+
+  // Sync point 2: per-image summary (and for postprocess the centres and segments).
+  DeviceBuffer summary = cuda::device_array<long long>(5 * B, stream, "summary");
+  cuda::summary_kernel<<<cuda::grid_for(B, 256), 256, 0, stream>>>(B, centers, layout, buffers,
+                                                                   summary.as<long long>());
+  cuda::check_launch("summary_kernel");
+  std::vector<long long> head(static_cast<size_t>(5 * B));
+  check(cudaMemcpyAsync(head.data(), summary.as<long long>(), head.size() * sizeof(long long),
+                        cudaMemcpyDeviceToHost, stream),
+        "cudaMemcpyAsync (summary)");
+  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  for (int64_t b = 0; b < B; ++b) {
+    const long long* h = head.data() + 5 * b;
+    if (h[3] >= 0) {  // the first instance (in centre order) whose number reached label_divisor
+      throw ValueError("fuse: class " + std::to_string(h[4]) + " has " +
+                       std::to_string(s.params.label_divisor) +
+                       " or more instances, which does not fit label_divisor=" +
+                       std::to_string(s.params.label_divisor) + "; use a larger label_divisor");
+    }
+  }
+  if (!with_segments) return results;
+  // postprocess only: the centres (compacted over the batch from 0) and each image's segments,
+  // copied at their exact sizes, then one more synchronisation.
+  int64_t total_centers = 0, total_segments = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    total_centers += head[5 * b];
+    total_segments += head[5 * b + 2];
+  }
+  std::vector<int64_t> host_pixel(static_cast<size_t>(total_centers));
+  std::vector<double> host_score(static_cast<size_t>(total_centers));
+  std::vector<cuda::DeviceSegment> host_segments(static_cast<size_t>(total_segments));
+  if (total_centers > 0) {
+    check(cudaMemcpyAsync(host_pixel.data(), c_pixel.as<void>(), total_centers * sizeof(int64_t),
+                          cudaMemcpyDeviceToHost, stream),
+          "cudaMemcpyAsync (centres)");
+    check(cudaMemcpyAsync(host_score.data(), c_score.as<void>(), total_centers * sizeof(double),
+                          cudaMemcpyDeviceToHost, stream),
+          "cudaMemcpyAsync (centres)");
+  }
+  std::vector<int64_t> first_segment(static_cast<size_t>(B));
+  for (int64_t b = 0, at = 0; b < B; ++b) {
+    first_segment[b] = at;
+    const int64_t n = head[5 * b + 2];
+    if (n > 0) {
+      check(cudaMemcpyAsync(host_segments.data() + at,
+                            segments.as<cuda::DeviceSegment>() + seg_offset[b],
+                            n * sizeof(cuda::DeviceSegment), cudaMemcpyDeviceToHost, stream),
+            "cudaMemcpyAsync (segments)");
+    }
+    at += n;
+  }
+  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  for (int64_t b = 0; b < B; ++b) {
+    const long long* h = head.data() + 5 * b;
+    ImageResult& r = results[b];
+    for (long long i = h[1]; i < h[1] + h[0]; ++i) {
+      r.centers.y.push_back(host_pixel[i] / W);
+      r.centers.x.push_back(host_pixel[i] % W);
+      r.centers.score.push_back(host_score[i]);
+    }
+    for (long long i = 0; i < h[2]; ++i) {
+      const cuda::DeviceSegment& d = host_segments[first_segment[b] + i];
+      r.segments.push_back(
+          Segment{d.id, d.category_id, d.isthing != 0, d.area, d.score, d.instance});
+    }
+  }
+  return results;
+}
+
+}  // namespace pdl_post

@@ -1,0 +1,73 @@
+// The CUDA path of merge/postprocess: the same steps as pipeline.h, on device memory, on the
+// caller's stream.
+//
+// A call runs in two phases because the output dtype depends on the data (the largest class id,
+// docs/merge-semantics.md "Output dtype") and the output is allocated by the caller's own array
+// library between them:
+//   CudaMerge(...)   argmax of logits, label range and per-row peak counts are queued on the
+//                    stream; one small device-to-host copy (label range + peak counts per image)
+//                    and a stream synchronisation. Everything else is sized from these counts.
+//   finish(out)      top-k (segmented radix sort on the device, only for images with more peaks
+//                    than top_k), compaction, voting with segment statistics, majority vote,
+//                    stuff filter, write; one device-to-host copy of per-image results (centres,
+//                    segments, error flags) and a synchronisation at the end.
+// Every per-pixel rule is the HOST_DEVICE function the CPU path calls, so the answer is the CPU's
+// bit for bit (scores with logits: same summation order; exp() is CUDA's, within 1 ulp of libm).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "pdl_post/common.h"
+#include "pdl_post/majority_vote.h"
+#include "pdl_post/pipeline.h"
+
+namespace pdl_post {
+
+// A CUDA runtime error (the bindings raise RuntimeError with this message).
+struct CudaError : std::runtime_error {
+  explicit CudaError(const std::string& what) : std::runtime_error(what) {}
+};
+
+// Number of usable CUDA devices; 0 without a driver or device (never throws).
+int cuda_device_count();
+// The device that owns a device (or managed) pointer, or -1 for host or unknown memory.
+int cuda_pointer_device(uintptr_t pointer);
+// Compiled architectures and CUDA runtime version, for build_info().
+std::string cuda_build_description();
+
+struct CudaMergeInputs {
+  StridedView sem;     // labels [B, 1, H, W]; data == nullptr when logits are given
+  StridedView logits;  // [B, C, H, W] float32/float64 or data == nullptr
+  StridedView ctr;     // [B, 1, H, W]
+  StridedView off;     // [B, 2, H, W]
+  StridedView mask;    // uint8 [B, 1, H, W] or data == nullptr
+  int device = 0;
+  uintptr_t stream = 0;  // cudaStream_t; 1 and 2 mean the legacy / per-thread default streams
+};
+
+class CudaMerge {
+ public:
+  CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers, const FuseParams& params);
+  ~CudaMerge();
+  CudaMerge(const CudaMerge&) = delete;
+  CudaMerge& operator=(const CudaMerge&) = delete;
+
+  // (min, max) class id over the batch; (0, -1) when there are no pixels.
+  std::pair<int64_t, int64_t> label_range() const;
+
+  // Runs the rest of the pipeline into `out` (int32/int64 [B, 1, H, W] contiguous, on the same
+  // device). Centres and segments are returned when with_segments, else empty lists. Once only.
+  std::vector<ImageResult> finish(const StridedView& out, bool with_segments);
+
+  struct State;
+
+ private:
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace pdl_post

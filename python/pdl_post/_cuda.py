@@ -1,0 +1,398 @@
+"""The CUDA path of ``merge`` / ``postprocess``: CUDA arrays in, the same answer as the CPU out.
+
+Inputs are torch CUDA tensors, CuPy arrays or any object exposing ``__cuda_array_interface__`` (v3).
+They are read in place on the device (pointer + shape + strides, no host copies); the output is
+allocated on the same device by the caller's own library (torch in, torch out; CuPy in, CuPy out)
+and the work is queued on the caller's current stream. The core (``cpp/cuda``) synchronises that
+stream twice per call: once for the label range (it decides the output dtype) and the peak counts,
+once at the end for error flags and, for ``postprocess``, the centres and segments.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pdl_post import _core
+from pdl_post._inputs import FLOAT_DTYPES, MAX_SIDE, is_torch_tensor
+
+# Dtypes the core reads directly; bool is read as uint8 (0 / 1).
+_CORE_DTYPES = {
+    np.dtype(np.uint8): "uint8",
+    np.dtype(np.bool_): "uint8",
+    np.dtype(np.int16): "int16",
+    np.dtype(np.int32): "int32",
+    np.dtype(np.int64): "int64",
+    np.dtype(np.float32): "float32",
+    np.dtype(np.float64): "float64",
+}
+# Label dtypes widened on the device with the caller's library (as the CPU path widens them).
+_WIDENED = {
+    np.dtype(np.uint16): np.int32,
+    np.dtype(np.uint32): np.int64,
+    np.dtype(np.int8): np.int16,
+}
+
+
+def compiled() -> bool:
+    """Whether this build contains the CUDA path."""
+    return hasattr(_core, "cuda_device_count")
+
+
+def available() -> bool:
+    """Whether the CUDA path can run here: compiled in, with a driver and at least one device."""
+    return compiled() and _core.cuda_device_count() > 0
+
+
+def is_cuda_array(x) -> bool:
+    """A torch CUDA tensor or any object exposing ``__cuda_array_interface__``."""
+    if x is None:
+        return False
+    if is_torch_tensor(x):
+        return x.device.type == "cuda"
+    return hasattr(type(x), "__cuda_array_interface__") or hasattr(x, "__cuda_array_interface__")
+
+
+_TORCH_DTYPES: dict = {}  # torch dtype -> numpy dtype, filled on first use (calls are hot)
+
+
+def _numpy_dtype_of_torch(dtype, name: str) -> np.dtype:
+    if dtype not in _TORCH_DTYPES:
+        import torch
+
+        try:
+            _TORCH_DTYPES[dtype] = np.dtype(torch.empty((), dtype=dtype).numpy().dtype)
+        except TypeError:
+            raise TypeError(f"{name}: unsupported torch dtype {dtype}") from None
+    return _TORCH_DTYPES[dtype]
+
+
+def _library(x) -> str | None:
+    if is_torch_tensor(x):
+        return "torch"
+    if type(x).__module__.split(".")[0] == "cupy":
+        return "cupy"
+    return None
+
+
+class DeviceArray:
+    """Pointer, dtype, shape and element strides of a CUDA array, plus where it came from."""
+
+    def __init__(self, obj, name: str):
+        self.obj = obj
+        self.name = name
+        self.library = _library(obj)
+        self.stream = None
+        if self.library == "torch":
+            t = obj.detach()
+            self.obj = t
+            self.ptr = int(t.data_ptr())
+            self.shape = tuple(int(s) for s in t.shape)
+            self.strides = tuple(int(s) for s in t.stride())
+            self.dtype = _numpy_dtype_of_torch(t.dtype, name)
+            self.device = int(t.device.index)
+            return
+        cai = obj.__cuda_array_interface__
+        if cai.get("mask") is not None:
+            raise TypeError(f"{name}: masked CUDA arrays are not supported")
+        self.dtype = np.dtype(cai["typestr"])
+        if not self.dtype.isnative:
+            raise TypeError(f"{name}: expected native byte order, got typestr {cai['typestr']}")
+        self.ptr = int(cai["data"][0])
+        self.shape = tuple(int(s) for s in cai["shape"])
+        itemsize = self.dtype.itemsize
+        if cai.get("strides") is None:
+            strides, step = [], 1
+            for s in reversed(self.shape):
+                strides.append(step)
+                step *= max(s, 1)
+            self.strides = tuple(reversed(strides))
+        else:
+            if any(s % itemsize for s in cai["strides"]):
+                raise ValueError(f"{name}: strides must be multiples of the item size")
+            self.strides = tuple(int(s) // itemsize for s in cai["strides"])
+        self.stream = cai.get("stream")
+        size = int(np.prod(self.shape)) if self.shape else 1
+        self.device = _core.cuda_pointer_device(self.ptr) if size and self.ptr else -1
+        if size and self.ptr and self.device < 0:
+            raise ValueError(f"{name}: __cuda_array_interface__ pointer is not CUDA device memory")
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def view4(self, shape, strides) -> tuple:
+        """The core's descriptor: (pointer, dtype name, shape[4], strides[4])."""
+        return (self.ptr, _CORE_DTYPES[self.dtype], list(shape), list(strides))
+
+    def converted(self, fn, what: str) -> DeviceArray:
+        """A new device array computed on the device by the caller's library."""
+        if self.library is None:
+            raise TypeError(
+                f"{self.name}: {what} needs torch or CuPy on the device; pass a "
+                f"{'bool' if 'mask' in self.name else 'supported'} dtype instead of {self.dtype}"
+            )
+        return DeviceArray(fn(self.obj), self.name)
+
+
+def _shape_str(shape) -> str:
+    return "[" + ",".join(str(s) for s in shape) + "]"
+
+
+def _lead(a: DeviceArray, count: int):
+    """Shape/strides with `count` leading unit dimensions inserted (4-D afterwards)."""
+    return (1,) * count + a.shape, (0,) * count + a.strides
+
+
+def _cast(a: DeviceArray, dtype) -> DeviceArray:
+    if a.library == "torch":
+        import torch
+
+        torch_dtype = {np.int16: torch.int16, np.int32: torch.int32, np.int64: torch.int64}[dtype]
+        return a.converted(lambda t: t.to(torch_dtype), "widening labels")
+    return a.converted(lambda x: x.astype(dtype), "widening labels")
+
+
+def _normalize_sem(a: DeviceArray):
+    """-> (labels descriptor or None, logits descriptor or None, batched, [B,C,H,W] shape, keep)."""
+    if a.dtype.kind == "f":
+        if a.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"sem: float logits must be float32 or float64, got {a.dtype}")
+        if a.ndim == 3:
+            shape, strides = _lead(a, 1)
+            return None, a.view4(shape, strides), False, shape, a
+        if a.ndim == 4:
+            return None, a.view4(a.shape, a.strides), True, a.shape, a
+        raise ValueError(
+            f"sem: float logits must have shape [C,H,W] or [B,C,H,W], got {_shape_str(a.shape)}"
+        )
+    if a.dtype.kind not in "ui" or a.dtype == np.uint64:
+        raise TypeError(
+            f"sem: expected integer labels (uint8, int16, int32, int64) or float "
+            f"logits (float32, float64), got dtype {a.dtype}"
+        )
+    if a.dtype in _WIDENED:
+        a = _cast(a, _WIDENED[a.dtype])
+    if a.ndim == 2:
+        shape, strides = _lead(a, 2)
+    elif a.ndim == 3:
+        shape = (a.shape[0], 1, *a.shape[1:])
+        strides = (a.strides[0], 0, *a.strides[1:])
+    else:
+        raise ValueError(
+            f"sem: integer labels must have shape [H,W] or [B,H,W], got {_shape_str(a.shape)}"
+        )
+    return a.view4(shape, strides), None, a.ndim == 3, shape, a
+
+
+def _normalize_ctr(a: DeviceArray, batched: bool):
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"ctr: expected a float32 or float64 heatmap, got dtype {a.dtype}")
+    if not batched:
+        if a.ndim in (2, 3) and (a.ndim == 2 or a.shape[0] == 1):
+            shape, strides = _lead(a, 4 - a.ndim)
+            return a.view4(shape, strides), shape
+        raise ValueError(
+            f"ctr: expected shape [H,W] or [1,H,W] for one image, got {_shape_str(a.shape)}"
+        )
+    if a.ndim == 4 and a.shape[1] == 1:
+        return a.view4(a.shape, a.strides), a.shape
+    raise ValueError(f"ctr: expected shape [B,1,H,W] for a batch, got {_shape_str(a.shape)}")
+
+
+def _normalize_off(a: DeviceArray, batched: bool):
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"off: expected float32 or float64 offsets, got dtype {a.dtype}")
+    if not batched:
+        if a.ndim == 3 and a.shape[0] == 2:
+            shape, strides = _lead(a, 1)
+            return a.view4(shape, strides), shape
+        raise ValueError(
+            f"off: expected shape [2,H,W] (dy, dx) for one image, got {_shape_str(a.shape)}"
+        )
+    if a.ndim == 4 and a.shape[1] == 2:
+        return a.view4(a.shape, a.strides), a.shape
+    raise ValueError(
+        f"off: expected shape [B,2,H,W] (dy, dx) for a batch, got {_shape_str(a.shape)}"
+    )
+
+
+def _normalize_mask(a: DeviceArray, batched: bool):
+    if a.dtype.kind not in "buif":
+        raise TypeError(f"foreground_mask: expected a bool or numeric array, got dtype {a.dtype}")
+    if a.dtype not in (np.dtype(np.bool_), np.dtype(np.uint8)):
+        # mask > 0 on the device (NaN > 0 is False), read as uint8 by the core.
+        a = a.converted(lambda x: x > 0, "a non-bool mask")
+    expected = 3 if batched else 2
+    shape, strides = a.shape, a.strides
+    if len(shape) == expected + 1 and shape[-3] == 1:  # [1,H,W] / [B,1,H,W]
+        shape = shape[:-3] + shape[-2:]
+        strides = strides[:-3] + strides[-2:]
+    if len(shape) != expected:
+        want = "[B,H,W]" if batched else "[H,W]"
+        raise ValueError(f"foreground_mask: expected shape {want}, got {_shape_str(a.shape)}")
+    if batched:
+        shape4, strides4 = (shape[0], 1, *shape[1:]), (strides[0], 0, *strides[1:])
+    else:
+        shape4, strides4 = (1, 1, *shape), (0, 0, *strides)
+    return a.view4(shape4, strides4), shape4, a
+
+
+def _check_geometry(named: dict) -> tuple[int, int, int]:
+    items = [(n, s) for n, s in named.items() if s is not None]
+    ref_name, ref = items[0]
+    for name, s in items[1:]:
+        if s[0] != ref[0]:
+            raise ValueError(
+                f"{name}: batch size {s[0]} does not match {ref_name}'s batch size {ref[0]}"
+            )
+        if tuple(s[2:]) != tuple(ref[2:]):
+            raise ValueError(
+                f"{name}: image size {s[2]}x{s[3]} does not match {ref_name}'s {ref[2]}x{ref[3]}"
+            )
+    b, _, h, w = ref
+    if h >= MAX_SIDE or w >= MAX_SIDE:
+        raise ValueError(
+            f"{ref_name}: image sides must be < 2**24 (exact float32 pixel coordinates), got "
+            f"{h}x{w}"
+        )
+    return b, h, w
+
+
+def _stream(arrays: list[DeviceArray], device: int) -> int:
+    """The caller's current stream: torch's, else CuPy's, else the interface's (v3 numbering)."""
+    libraries = {a.library for a in arrays}
+    if "torch" in libraries:
+        import torch
+
+        return int(torch.cuda.current_stream(device).cuda_stream)
+    if "cupy" in libraries:
+        import cupy
+
+        with cupy.cuda.Device(device):
+            return int(cupy.cuda.get_current_stream().ptr)
+    for a in arrays:
+        if a.stream is not None:
+            return int(a.stream)
+    return 0
+
+
+def _allocate(arrays: list[DeviceArray], shape, dtype, device: int):
+    """The output with the caller's own library: torch for torch inputs, CuPy for CuPy inputs;
+    for other ``__cuda_array_interface__`` objects torch (with CUDA), else CuPy."""
+    libraries = {a.library for a in arrays}
+    use_torch = "torch" in libraries or ("cupy" not in libraries and _torch_has_cuda())
+    if use_torch:
+        import torch
+
+        torch_dtype = torch.int64 if dtype == np.int64 else torch.int32
+        return torch.empty(shape, dtype=torch_dtype, device=f"cuda:{device}")
+    if "cupy" in libraries or _importable("cupy"):
+        import cupy
+
+        with cupy.cuda.Device(device):
+            return cupy.empty(shape, dtype=dtype)
+    raise TypeError(
+        "the CUDA path allocates its output with torch (built with CUDA) or CuPy; neither is "
+        "installed"
+    )
+
+
+def _torch_has_cuda() -> bool:
+    if not _importable("torch"):
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _current_device(a: DeviceArray) -> int:
+    if a.library == "torch":
+        import torch
+
+        return int(torch.cuda.current_device())
+    if a.library == "cupy":
+        import cupy
+
+        return int(cupy.cuda.Device().id)
+    return 0
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: bool):
+    """The whole pipeline on the device; returns (out, per-image results, batched)."""
+    named = {"sem": sem, "ctr": ctr, "off": off, "foreground_mask": foreground_mask}
+    host = [n for n, x in named.items() if x is not None and not is_cuda_array(x)]
+    if host:
+        device_names = [n for n, x in named.items() if is_cuda_array(x)]
+        raise ValueError(
+            f"{host[0]}: expected a CUDA array like {device_names[0]}; all inputs must be on the "
+            "same device (move them with .cuda() / cupy.asarray or all to the CPU)"
+        )
+    if not available():
+        why = (
+            "no CUDA device or driver is available"
+            if compiled()
+            else f"this build has no CUDA backend (pdl_post.build_info()['cuda']: "
+            f"{_core.build_info()['cuda']!r})"
+        )
+        first = sem if is_cuda_array(sem) else ctr
+        where = f"a tensor on device '{first.device}'" if is_torch_tensor(first) else "a CUDA array"
+        name = "sem" if is_cuda_array(sem) else "ctr"
+        raise ValueError(f"{name}: got {where}, but {why}; move the inputs to the CPU")
+    arrays = {n: DeviceArray(x, n) for n, x in named.items() if x is not None}
+    # Empty arrays own no memory (device -1); the others decide the device.
+    placed = [(n, a.device) for n, a in arrays.items() if a.device >= 0]
+    first_name, device = placed[0] if placed else ("sem", _current_device(arrays["sem"]))
+    for n, d in placed:
+        if d != device:
+            raise ValueError(
+                f"{n}: on CUDA device {d} while {first_name} is on device {device}; all inputs "
+                "must be on the same device"
+            )
+    labels, logits, batched, sem_shape, sem_keep = _normalize_sem(arrays["sem"])
+    ctr4, ctr_shape = _normalize_ctr(arrays["ctr"], batched)
+    off4, off_shape = _normalize_off(arrays["off"], batched)
+    mask4 = mask_shape = mask_keep = None
+    if "foreground_mask" in arrays:
+        mask4, mask_shape, mask_keep = _normalize_mask(arrays["foreground_mask"], batched)
+    b, h, w = _check_geometry(
+        {"sem": sem_shape, "ctr": ctr_shape, "off": off_shape, "foreground_mask": mask_shape}
+    )
+    if logits is not None and sem_shape[1] == 0:
+        raise ValueError("sem: logits need at least one class channel, got 0")
+    stream = _stream(list(arrays.values()), device)
+    job = _core.CudaMerge(
+        labels,
+        logits,
+        ctr4,
+        off4,
+        mask4,
+        device,
+        stream,
+        params.thing_ids,
+        params.label_divisor,
+        params.stuff_area,
+        params.void_label,
+        params.threshold,
+        params.nms_kernel,
+        -1 if params.top_k is None else params.top_k,
+        params.topk_mode,
+    )
+    lo, hi = job.label_range()
+    if lo < 0:
+        raise ValueError(f"sem: class ids must be >= 0, got a minimum of {lo}")
+    dtype = output_dtype(hi, params.label_divisor, params.void_label)
+    shape = (b, h, w) if batched else (h, w)
+    out = _allocate(list(arrays.values()), shape, dtype, device)
+    out_array = DeviceArray(out, "out")
+    out4 = out_array.view4((b, 1, h, w), (h * w, h * w, w, 1))
+    per_image = job.finish(out4, with_segments)
+    del sem_keep, mask_keep  # converted inputs lived until the device finished with them
+    if not with_segments:
+        per_image = [None] * b
+    return out, per_image, batched

@@ -1,0 +1,533 @@
+"""The CUDA path: GPU output identical to the CPU output, and clear errors where it cannot run.
+
+Every ``device`` case runs the same inputs through the CPU path and, on the GPU, through torch
+CUDA tensors (or CuPy arrays when torch has no CUDA), and compares everything: panoptic ids and
+dtype, centres, centre scores, segments (scores exactly for label inputs; with logits the sums run
+in the CPU's order and only exp() differs, by at most an ulp). GPU cases are skipped without a GPU;
+the error cases at the end run everywhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import pdl_post
+from conftest import assert_results_equal
+from pdl_post import synthetic
+
+CITY = pdl_post.presets.CITYSCAPES.kwargs()
+
+
+def _gpu_library():
+    if not pdl_post.cuda_available():
+        return None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "torch"
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return "cupy"
+    except Exception:  # pragma: no cover - CuPy absent or without a driver
+        pass
+    return None
+
+
+GPU = _gpu_library()
+needs_gpu = pytest.mark.skipif(
+    GPU is None,
+    reason="no GPU: pdl_post.cuda_available() is False or neither torch nor CuPy sees a device",
+)
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_gpu)]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+def to_device(a, device):
+    """numpy -> the device's array (numpy itself for 'cpu'); None stays None."""
+    if a is None or device == "cpu":
+        return a
+    if GPU == "torch":
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(a)).cuda()
+    import cupy
+
+    return cupy.asarray(a)
+
+
+def to_host(a) -> np.ndarray:
+    if isinstance(a, np.ndarray):
+        return a
+    if GPU == "torch":
+        return a.cpu().numpy()
+    import cupy
+
+    return cupy.asnumpy(a)
+
+
+def run(device, sem, ctr, off, *, mask=None, score_rtol=0.0, **kw):
+    """postprocess on `device` equals postprocess on the CPU (merge too); returns the CPU result."""
+    cpu = pdl_post.postprocess(sem, ctr, off, foreground_mask=mask, backend="cpu", **kw)
+    if device == "cpu":
+        return cpu
+    args = [to_device(a, device) for a in (sem, ctr, off, mask)]
+    gpu = pdl_post.postprocess(*args[:3], foreground_mask=args[3], **kw)
+    merged = pdl_post.merge(*args[:3], foreground_mask=args[3], **kw)
+    batched = isinstance(cpu, list)
+    for r in gpu if batched else [gpu]:
+        r.panoptic = to_host(r.panoptic)
+    assert_results_equal(gpu, cpu, score_rtol=score_rtol)
+    cpu_panoptic = np.stack([r.panoptic for r in cpu]) if batched else cpu.panoptic
+    host = to_host(merged)
+    assert host.dtype == cpu_panoptic.dtype
+    np.testing.assert_array_equal(host, cpu_panoptic)
+    return cpu
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU == CPU on the CPU suite's inputs
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "centers"),
+    [(1, 1, 0), (5, 7, 1), (40, 60, 0), (64, 128, 5), (128, 256, 40), (200, 300, 250)],
+)
+@pytest.mark.parametrize("topk_mode", ["exact", "detectron2"])
+def test_synthetic_scenes(device, height, width, centers, topk_mode):
+    s = synthetic.make_scene(height, width, centers, seed=height + centers)
+    for top_k in (200, None, 3, 0):
+        run(device, s.sem, s.ctr, s.off, top_k=top_k, topk_mode=topk_mode, stuff_area=64)
+
+
+def test_thousands_of_centres_use_the_global_histogram(device):
+    # (K + 1) x C beyond the shared-memory histogram: counted with global atomics.
+    s = synthetic.make_scene(256, 512, 2500, seed=7)
+    r = run(device, s.sem, s.ctr, s.off, top_k=None, stuff_area=0)
+    assert len(r.centers) > 1000
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_vote_and_top_k_ties(device, seed):
+    s = synthetic.make_scene(96, 160, 30, seed=seed, integer_offsets=True)
+    ctr = np.round(s.ctr * 4) / 4  # plateaus and equal peak values
+    for mode in ("exact", "detectron2"):
+        for top_k in (5, 17, None):
+            run(device, s.sem, ctr, s.off, top_k=top_k, topk_mode=mode, stuff_area=16)
+
+
+def test_nms_kernel_sizes(device):
+    s = synthetic.make_scene(128, 192, 40, seed=12)
+    for kernel in (1, 3, 41, 301):
+        run(device, s.sem, s.ctr, s.off, nms_kernel=kernel, stuff_area=16)
+
+
+def test_foreground_masks(device):
+    s = synthetic.make_scene(96, 160, 25, seed=3)
+    rng = np.random.default_rng(0)
+    mask = rng.random(s.sem.shape) < 0.6
+    run(device, s.sem, s.ctr, s.off, mask=mask, stuff_area=8)
+    run(device, s.sem, s.ctr, s.off, mask=mask.astype(np.float32) - 0.2, stuff_area=8)
+    run(device, s.sem, s.ctr, s.off, mask=mask.astype(np.uint8) * 3, stuff_area=8)
+
+
+@pytest.mark.parametrize("sem_dtype", [np.uint8, np.int16, np.int32, np.int64, np.uint16])
+@pytest.mark.parametrize("ctr_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("off_dtype", [np.float32, np.float64])
+def test_every_dtype(device, sem_dtype, ctr_dtype, off_dtype):
+    s = synthetic.make_scene(
+        64, 96, 12, seed=5, sem_dtype=sem_dtype, ctr_dtype=ctr_dtype, off_dtype=off_dtype
+    )
+    run(device, s.sem, s.ctr, s.off, stuff_area=32)
+
+
+def test_batches_in_one_pass(device):
+    b = synthetic.make_batch(4, 64, 96, 10, seed=4)
+    ctr = b.ctr.copy()
+    ctr[2] = 0.0  # an image without centres inside the batch
+    run(device, b.sem, ctr, b.off, stuff_area=16)
+    run(device, b.sem, ctr, b.off, stuff_area=16, top_k=3)
+    rng = np.random.default_rng(1)
+    run(device, b.sem, ctr, b.off, mask=rng.random(b.sem.shape) < 0.5, stuff_area=16)
+
+
+def test_logits_and_scores(device):
+    s = synthetic.make_scene(80, 120, 15, seed=9, logits=True)
+    r = run(device, s.logits, s.ctr, s.off, stuff_area=16, score_rtol=1e-12)
+    assert any(seg["isthing"] for seg in r.segments)
+    logits = s.logits.astype(np.float64)
+    logits[:, ::5, ::7] = np.nan  # NaN never wins the argmax
+    run(device, logits, s.ctr, s.off, stuff_area=16, score_rtol=1e-12)
+    b = synthetic.make_batch(2, 48, 64, 6, seed=2, logits=True)
+    run(device, b.logits, b.ctr, b.off, stuff_area=16, score_rtol=1e-12)
+
+
+def test_huge_labels_and_wide_output(device):
+    s = synthetic.make_scene(64, 96, 10, seed=3)
+    big = s.sem.astype(np.int64) + 70_000  # class ids beyond the CPU's dense tables
+    things = [t + 70_000 for t in CITY["thing_ids"]]
+    r = run(device, big, s.ctr, s.off, thing_ids=things, stuff_area=16)
+    assert any(seg["isthing"] for seg in r.segments)
+    wide = run(device, s.sem, s.ctr, s.off, label_divisor=2**27, stuff_area=0)
+    assert wide.panoptic.dtype == np.int64
+    run(device, s.sem, s.ctr, s.off, void_label=-(2**40), stuff_area=0)
+
+
+def test_empty_images(device):
+    for shape in [(0, 5), (4, 0)]:
+        sem = np.zeros(shape, np.int32)
+        run(device, sem, np.zeros(shape, np.float32), np.zeros((2, *shape), np.float32))
+    run(
+        device,
+        np.zeros((0, 3, 3), np.int32),
+        np.zeros((0, 1, 3, 3), np.float32),
+        np.zeros((0, 2, 3, 3), np.float32),
+    )
+
+
+def test_non_finite_heatmaps_and_offsets(device):
+    s = synthetic.make_scene(48, 64, 6, seed=2)
+    ctr = s.ctr.copy()
+    ctr[0, ::7, ::5] = np.nan
+    ctr[0, 10, 10] = np.inf
+    off = s.off.copy()
+    off[0, ::3, ::4] = np.nan
+    off[1, 5::9, ::2] = np.inf
+    off[0, 2::11, 1::3] = 1e30
+    r = run(device, s.sem, ctr, off, stuff_area=8)
+    assert [10, 10] in r.centers.tolist()
+
+
+def test_presets(device):
+    s = synthetic.make_scene(64, 96, 10, seed=0)
+    for preset in (pdl_post.presets.COCO, pdl_post.presets.MAPILLARY_VISTAS):
+        run(device, s.sem, s.ctr, s.off, **preset.kwargs())
+
+
+@needs_gpu
+def test_label_divisor_and_negative_label_errors_match_the_cpu():
+    s = synthetic.make_scene(64, 96, 30, seed=1, semantic_noise=0.0)
+    args = [to_device(a, "cuda") for a in (s.sem, s.ctr, s.off)]
+    with pytest.raises(ValueError) as cpu_error:
+        pdl_post.merge(s.sem, s.ctr, s.off, label_divisor=2)
+    with pytest.raises(ValueError) as gpu_error:
+        pdl_post.merge(*args, label_divisor=2)
+    assert str(gpu_error.value) == str(cpu_error.value)
+    neg = s.sem.astype(np.int32)
+    neg[3, 4] = -2
+    with pytest.raises(ValueError, match=r"sem: class ids must be >= 0, got a minimum of -2"):
+        pdl_post.merge(to_device(neg, "cuda"), *args[1:])
+
+
+@needs_gpu
+def test_strided_views_are_read_in_place():
+    s = synthetic.make_scene(80, 120, 15, seed=9)
+    sem, ctr, off = (to_device(a, "cuda") for a in (s.sem, s.ctr, s.off))
+    # Column-major storage (transposed copy, transposed back) and every other column of a wider
+    # array.
+    sem_t = sem.T.contiguous().T if GPU == "torch" else sem.T.copy().T
+    assert not (sem_t.is_contiguous() if GPU == "torch" else sem_t.flags.c_contiguous)
+    wide = to_device(np.zeros((2, 80, 240), np.float32), "cuda")
+    wide[:, :, ::2] = off
+    gpu = pdl_post.postprocess(sem_t, ctr, wide[:, :, ::2], stuff_area=16)
+    gpu.panoptic = to_host(gpu.panoptic)
+    assert_results_equal(
+        gpu, pdl_post.postprocess(s.sem, s.ctr, s.off, stuff_area=16), score_rtol=0
+    )
+
+
+@needs_gpu
+def test_output_library_device_and_stream():
+    s = synthetic.make_scene(64, 96, 10, seed=6)
+    expected = pdl_post.merge(s.sem, s.ctr, s.off, stuff_area=16)
+    if GPU == "torch":
+        import torch
+
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
+            sem, ctr, off = (
+                torch.from_numpy(a).cuda(non_blocking=True) for a in (s.sem, s.ctr, s.off)
+            )
+            ctr.requires_grad_(True)  # read through .detach(), never copied
+            out = pdl_post.merge(sem, ctr, off, stuff_area=16)
+            assert isinstance(out, torch.Tensor) and out.device == sem.device
+            out2 = pdl_post.merge(sem, ctr, off, stuff_area=16)
+        stream.synchronize()
+        np.testing.assert_array_equal(out.cpu().numpy(), expected)
+        np.testing.assert_array_equal(out2.cpu().numpy(), expected)
+    else:
+        import cupy
+
+        stream = cupy.cuda.Stream(non_blocking=True)
+        with stream:
+            out = pdl_post.merge(*(cupy.asarray(a) for a in (s.sem, s.ctr, s.off)), stuff_area=16)
+            assert isinstance(out, cupy.ndarray)
+        stream.synchronize()
+        np.testing.assert_array_equal(cupy.asnumpy(out), expected)
+
+
+@needs_gpu
+def test_cupy_arrays_give_cupy_output():
+    cupy = pytest.importorskip("cupy")
+    try:
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception:
+        pytest.skip("CuPy sees no device")
+    s = synthetic.make_scene(64, 96, 10, seed=6)
+    out = pdl_post.merge(*(cupy.asarray(a) for a in (s.sem, s.ctr, s.off)), stuff_area=16)
+    assert isinstance(out, cupy.ndarray)
+    np.testing.assert_array_equal(
+        cupy.asnumpy(out), pdl_post.merge(s.sem, s.ctr, s.off, stuff_area=16)
+    )
+
+
+@needs_gpu
+def test_mixed_host_and_device_inputs_are_refused():
+    s = synthetic.make_scene(32, 48, 4, seed=0)
+    with pytest.raises(ValueError, match=r"off: expected a CUDA array like sem"):
+        pdl_post.merge(to_device(s.sem, "cuda"), to_device(s.ctr, "cuda"), s.off)
+
+
+# ---------------------------------------------------------------------------------------------
+# Everywhere (no GPU needed): availability, build info and clear errors
+# ---------------------------------------------------------------------------------------------
+
+
+class FakeCudaArray:
+    """An object that claims to be CUDA memory through __cuda_array_interface__ (v3)."""
+
+    def __init__(self, shape, typestr="<f4"):
+        self.__cuda_array_interface__ = {
+            "shape": shape,
+            "typestr": typestr,
+            "data": (0xDEAD0000, False),
+            "strides": None,
+            "version": 3,
+        }
+
+
+def test_cuda_available_never_raises_and_agrees_with_the_build():
+    info = pdl_post.build_info()
+    available = pdl_post.cuda_available()
+    assert isinstance(available, bool)
+    assert info["cuda_compiled"] == (info["cuda"] == "enabled")
+    if info["cuda_compiled"]:
+        assert "architectures" in info["cuda_build"]
+    else:
+        assert not available
+    assert ("cuda" in pdl_post.available_backends()) == available
+    assert pdl_post.available_backends()[:2] == ["cpu", "reference"]
+
+
+@pytest.mark.skipif(pdl_post.cuda_available(), reason="a CUDA device is available")
+def test_cuda_arrays_without_a_device_are_a_clear_error():
+    fakes = (FakeCudaArray((8, 8), "<i4"), FakeCudaArray((1, 8, 8)), FakeCudaArray((2, 8, 8)))
+    with pytest.raises(
+        ValueError, match=r"sem: got a CUDA array, but .*move the inputs to the CPU"
+    ):
+        pdl_post.merge(*fakes)
+    with pytest.raises(ValueError, match=r"sem: got a CUDA array, but"):
+        pdl_post.postprocess(*fakes)
+
+
+def test_mixed_devices_are_refused_by_name():
+    s = synthetic.make_scene(8, 8, 1, seed=0)
+    with pytest.raises(ValueError, match=r"sem: expected a CUDA array like ctr; all inputs"):
+        pdl_post.merge(s.sem, FakeCudaArray((1, 8, 8)), s.off)
+    with pytest.raises(ValueError, match=r"foreground_mask: expected a CUDA array like sem"):
+        pdl_post.merge(
+            FakeCudaArray((8, 8), "<i4"),
+            FakeCudaArray((1, 8, 8)),
+            FakeCudaArray((2, 8, 8)),
+            foreground_mask=s.sem > 11,
+        )
+
+
+def test_host_backends_refuse_cuda_arrays():
+    fakes = (FakeCudaArray((8, 8), "<i4"), FakeCudaArray((1, 8, 8)), FakeCudaArray((2, 8, 8)))
+    for backend in ("cpu", "reference"):
+        with pytest.raises(ValueError, match=rf"backend: '{backend}' runs on host arrays"):
+            pdl_post.merge(*fakes, backend=backend)
+
+
+def test_stage_functions_name_the_cuda_argument():
+    fake = FakeCudaArray((1, 8, 8))
+    with pytest.raises(ValueError, match=r"ctr: got a CUDA array .*only merge\(\) and postprocess"):
+        pdl_post.find_centers(fake)
+    s = synthetic.make_scene(8, 8, 1, seed=0)
+    with pytest.raises(ValueError, match=r"off: got a CUDA array"):
+        pdl_post.group_pixels(s.sem, np.zeros((0, 2), np.int64), FakeCudaArray((2, 8, 8)))
+
+
+@pytest.mark.skipif(not pdl_post.cuda_available(), reason="needs the CUDA backend")
+def test_backend_cuda_needs_cuda_arrays():
+    s = synthetic.make_scene(8, 8, 1, seed=0)
+    with pytest.raises(ValueError, match=r"backend: 'cuda' takes CUDA arrays"):
+        pdl_post.merge(s.sem, s.ctr, s.off, backend="cuda")
+    with pytest.raises(ValueError, match=r"backend: 'cuda' runs merge\(\) and postprocess\(\)"):
+        pdl_post.find_centers(s.ctr, backend="cuda")
+
+
+# ---------------------------------------------------------------------------------------------
+# The Python glue on its own (runs everywhere): CUDA-array dispatch with a host-emulated core
+# ---------------------------------------------------------------------------------------------
+
+
+class HostCudaArray:
+    """numpy memory exposed through __cuda_array_interface__ (the emulated core reads it)."""
+
+    def __init__(self, a: np.ndarray):
+        self.a = a
+        self.__cuda_array_interface__ = {
+            "shape": a.shape,
+            "typestr": a.dtype.str,
+            "data": (a.ctypes.data if a.size else 0, False),
+            "strides": None if a.flags.c_contiguous else a.strides,
+            "version": 3,
+        }
+
+    def __getitem__(self, index):
+        return self.a[index]
+
+
+_NUMPY_OF = {
+    "uint8": np.uint8,
+    "int16": np.int16,
+    "int32": np.int32,
+    "int64": np.int64,
+    "float32": np.float32,
+    "float64": np.float64,
+}
+
+
+def _view_of(descriptor):
+    """The numpy view a (pointer, dtype, shape, strides-in-elements) descriptor names."""
+    import ctypes
+
+    if descriptor is None:
+        return None
+    pointer, dtype, shape, strides = descriptor
+    dtype = np.dtype(_NUMPY_OF[dtype])
+    if min(shape) == 0:
+        return np.empty(shape, dtype)
+    extent = sum((n - 1) * s for n, s in zip(shape, strides)) + 1
+    assert all(s >= 0 for s in strides)
+    raw = (ctypes.c_char * (extent * dtype.itemsize)).from_address(pointer)
+    base = np.frombuffer(raw, dtype=dtype)
+    return np.lib.stride_tricks.as_strided(
+        base, shape=shape, strides=[s * dtype.itemsize for s in strides]
+    )
+
+
+class EmulatedCudaMerge:
+    """Stands in for _core.CudaMerge: the same two phases, computed by the CPU core."""
+
+    def __init__(self, sem, logits, ctr, off, mask, device, stream, *options):
+        from pdl_post import _core
+
+        assert device == 0 and stream == 0
+        self.logits = _view_of(logits)
+        self.ctr, self.off, self.mask = _view_of(ctr), _view_of(off), _view_of(mask)
+        if self.logits is not None:
+            b, _, h, w = self.logits.shape
+            self.labels = np.empty((b, 1, h, w), np.int32)
+            if self.labels.size:
+                _core.argmax_logits(self.logits, self.labels, 0)
+        else:
+            self.labels = _view_of(sem)
+        self.options = options
+        self.range = _core.label_range(self.labels, 0)
+
+    def label_range(self):
+        return self.range
+
+    def finish(self, out, with_segments):
+        from pdl_post import _core
+
+        things, divisor, stuff, void, threshold, kernel, top_k, mode = self.options
+        return _core.merge(
+            self.labels, self.ctr, self.off, self.mask, self.logits, self.range[1], things,
+            divisor, stuff, void, threshold, kernel, top_k, mode, _view_of(out), 0,
+        )  # fmt: skip
+
+
+@pytest.fixture
+def emulated_cuda(monkeypatch):
+    from pdl_post import _core, _cuda
+
+    monkeypatch.setattr(_cuda, "available", lambda: True)
+    monkeypatch.setattr(_core, "cuda_pointer_device", lambda pointer: 0, raising=False)
+    monkeypatch.setattr(_core, "CudaMerge", EmulatedCudaMerge, raising=False)
+    monkeypatch.setattr(
+        _cuda,
+        "_allocate",
+        lambda arrays, shape, dtype, device: HostCudaArray(np.empty(shape, dtype)),
+    )
+
+
+def _emulated_equals_cpu(sem, ctr, off, mask=None, **kw):
+    def wrap(a):
+        return None if a is None else HostCudaArray(a)
+
+    gpu = pdl_post.postprocess(wrap(sem), wrap(ctr), wrap(off), foreground_mask=wrap(mask), **kw)
+    cpu = pdl_post.postprocess(sem, ctr, off, foreground_mask=mask, **kw)
+    for r in gpu if isinstance(gpu, list) else [gpu]:
+        r.panoptic = r.panoptic.a if isinstance(r.panoptic, HostCudaArray) else r.panoptic
+    assert_results_equal(gpu, cpu, score_rtol=0)
+    merged = pdl_post.merge(wrap(sem), wrap(ctr), wrap(off), foreground_mask=wrap(mask), **kw)
+    assert isinstance(merged, HostCudaArray)
+    np.testing.assert_array_equal(
+        merged.a, pdl_post.merge(sem, ctr, off, foreground_mask=mask, **kw)
+    )
+
+
+def test_cuda_dispatch_builds_the_views_the_core_reads(emulated_cuda):
+    s = synthetic.make_scene(40, 56, 6, seed=4, logits=True)
+    _emulated_equals_cpu(s.sem, s.ctr, s.off, stuff_area=8)
+    _emulated_equals_cpu(s.sem, s.ctr[0], s.off, stuff_area=8)  # ctr [H,W]
+    _emulated_equals_cpu(s.logits, s.ctr, s.off, stuff_area=8)
+    _emulated_equals_cpu(np.asfortranarray(s.sem), s.ctr, s.off[:, :, ::-1][:, :, ::-1], top_k=3)
+    wide = np.zeros((2, 40, 112), np.float32)
+    wide[:, :, ::2] = s.off
+    _emulated_equals_cpu(s.sem, s.ctr, wide[:, :, ::2], mask=s.sem > 10, stuff_area=8)
+    _emulated_equals_cpu(s.sem, s.ctr, s.off, mask=(s.sem > 10).astype(np.uint8), stuff_area=8)
+    _emulated_equals_cpu(s.sem, s.ctr, s.off, label_divisor=2**27)  # int64 output
+    b = synthetic.make_batch(3, 24, 40, 4, seed=1, logits=True)
+    _emulated_equals_cpu(b.sem, b.ctr, b.off, stuff_area=8)
+    _emulated_equals_cpu(b.logits, b.ctr, b.off, mask=b.sem > 12, stuff_area=8)
+    _emulated_equals_cpu(
+        np.zeros((0, 5), np.int32), np.zeros((0, 5), np.float32), np.zeros((2, 0, 5), np.float32)
+    )
+
+
+def test_cuda_dispatch_checks_like_the_cpu_path(emulated_cuda):
+    s = synthetic.make_scene(16, 24, 2, seed=0)
+    with pytest.raises(ValueError, match=r"ctr: expected shape \[H,W\] or \[1,H,W\] for one image"):
+        pdl_post.merge(HostCudaArray(s.sem), HostCudaArray(s.off), HostCudaArray(s.off))
+    with pytest.raises(ValueError, match=r"off: image size 16x12 does not match sem's 16x24"):
+        pdl_post.merge(
+            HostCudaArray(s.sem), HostCudaArray(s.ctr), HostCudaArray(s.off[:, :, :12].copy())
+        )
+    with pytest.raises(TypeError, match=r"sem: expected integer labels"):
+        pdl_post.merge(HostCudaArray(s.sem > 3), HostCudaArray(s.ctr), HostCudaArray(s.off))
+    with pytest.raises(TypeError, match=r"foreground_mask: .*needs torch or CuPy"):
+        pdl_post.merge(
+            HostCudaArray(s.sem),
+            HostCudaArray(s.ctr),
+            HostCudaArray(s.off),
+            foreground_mask=HostCudaArray(s.sem.astype(np.float32)),
+        )
+    neg = s.sem.astype(np.int32)
+    neg[0, 0] = -1
+    with pytest.raises(ValueError, match=r"sem: class ids must be >= 0, got a minimum of -1"):
+        pdl_post.merge(HostCudaArray(neg), HostCudaArray(s.ctr), HostCudaArray(s.off))
