@@ -33,7 +33,8 @@ def merge_outputs(
 
     sem = outputs["semantic"].detach().float().cpu()
     if probabilities:
-        # log is monotone: the argmax is that of the probabilities.
+        # log is monotone, so the argmax is the probabilities' own (bar exact ties that float32
+        # rounding of log could create between nearly equal probabilities).
         sem = torch.log(sem.clamp_min(torch.finfo(torch.float32).tiny))
     ctr = outputs["center"].detach().float().cpu()
     off = outputs["offset"].detach().float().cpu()

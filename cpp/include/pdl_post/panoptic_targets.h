@@ -7,13 +7,14 @@
 //      take the extra index S;
 //   1. statistics pass over row strips (one strip per thread): per segment, its area and the exact
 //      int64 sums of the row and column indices of its pixels, added once per run of equal ids;
-//      the strips' integer sums are added afterwards, so any thread count gives the same totals;
+//      the strips' integer sums are added afterwards, so any thread count gives the same totals.
+//      The runs (segment index, end) are recorded for step 3: 12 bytes per run, at most per pixel;
 //   2. per segment: centroid (cy, cx) = sum / area in double. numpy's mean of integer indices is
 //      this same division (its float64 sum of integers < 2^53 is exact). Also the per-segment
 //      values every pixel of the segment receives (category, weights, offset flag);
-//   3. write pass over rows, one run of equal ids at a time: semantic, semantic / centre / offset
-//      weights, the offsets (float(cy - y), float(cx - x), computed in double) and a zeroed
-//      centre plane;
+//   3. write pass over rows, replaying the recorded runs (no second scan, no second lookup):
+//      semantic, semantic / centre / offset weights, the offsets (float(cy - y), float(cx - x),
+//      computed in double) and a zeroed centre plane;
 //   4. Gaussians: for every non-crowd thing segment with pixels, a (2 radius + 1)^2 window at
 //      (round(cy), round(cx)) (half to even), clipped to the image, drawn with max. Each thread
 //      draws every window clipped to its own rows, so no two threads write the same pixel.
