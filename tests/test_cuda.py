@@ -214,6 +214,24 @@ def test_presets(device):
         run(device, s.sem, s.ctr, s.off, **preset.kwargs())
 
 
+def test_divergent_warps_count_every_pixel(device):
+    # Thing and non-thing pixels alternate inside every warp, some votes are not finite and the
+    # width is no multiple of 32: the histogram's warp-aggregated adds run in divergent code
+    # (their lane mask must name exactly the counting lanes), with the shared-memory histogram
+    # (few centres) and the global one (thousands of centres, more than one centre tile).
+    for height, width, centers in ((61, 83, 12), (150, 227, 1500)):
+        s = synthetic.make_scene(height, width, centers, seed=centers, semantic_noise=0.0)
+        sem = s.sem.copy()
+        sem[:, 1::2] = 0  # a stuff class every other column
+        sem[::3, ::5] = 11  # and thing pixels sprinkled over the stuff
+        off = s.off.copy()
+        off[0, ::7, ::3] = np.nan
+        kw = dict(top_k=None, label_divisor=10_000)
+        run(device, sem, s.ctr, off, stuff_area=0, **kw)
+        rng = np.random.default_rng(centers)
+        run(device, sem, s.ctr, off, mask=rng.random(sem.shape) < 0.5, stuff_area=4, **kw)
+
+
 @needs_gpu
 def test_label_divisor_and_negative_label_errors_match_the_cpu():
     s = synthetic.make_scene(64, 96, 30, seed=1, semantic_noise=0.0)

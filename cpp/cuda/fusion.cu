@@ -29,6 +29,7 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
+static_assert(kThreads % 32 == 0, "vote_kernel's __ballot_sync needs whole warps");
 constexpr int kCenterTile = 512;         // centres per shared-memory tile
 constexpr int64_t kScoreBlockRows = 64;  // must equal the CPU's (majority_vote_cpu.cpp)
 
@@ -99,9 +100,11 @@ __global__ void label_range_kernel(DeviceView<const TSem> sem, int64_t height, i
 }
 
 // Adds one to hist[bin] for every lane of the warp at once (lanes with equal bins add together).
+// `lanes` names exactly the lanes that call this: it comes from a __ballot_sync taken where the
+// whole warp is converged (__activemask() after a branch may miss lanes that have not yet
+// reconverged, and a *_sync mask must name every lane that executes the call).
 template <typename TCount>
-__device__ void add_to_bin(TCount* hist, unsigned long long bin) {
-  const unsigned lanes = __activemask();
+__device__ void add_to_bin(TCount* hist, unsigned long long bin, unsigned lanes) {
   const unsigned peers = __match_any_sync(lanes, bin);
   if ((threadIdx.x & 31u) == static_cast<unsigned>(__ffs(peers) - 1)) {
     atomicAdd(&hist[bin], static_cast<TCount>(__popc(peers)));
@@ -179,14 +182,17 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
         __syncthreads();
       }
     }
+    // Every lane of the warp is here (whole warps, no lane has left the loop): the lanes that
+    // count are known before the branch.
+    const unsigned counting = __ballot_sync(0xffffffffu, active);
     if (active) {
       const int32_t inst = voting ? best + 1 : 0;
       instance[p] = inst;
       const unsigned long long bin = static_cast<unsigned long long>(inst * classes + label);
       if (kSharedHist) {
-        add_to_bin(shared_hist, bin);
+        add_to_bin(shared_hist, bin, counting);
       } else {
-        add_to_bin(hist, bin);
+        add_to_bin(hist, bin, counting);
       }
     }
   }
