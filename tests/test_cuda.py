@@ -233,6 +233,50 @@ def test_divergent_warps_count_every_pixel(device):
 
 
 @needs_gpu
+def test_concurrent_calls_with_different_shared_memory_sizes():
+    # Calls on two threads and streams at once: one counts a large shared-memory histogram, the
+    # other a small one. The kernel's shared-memory limit is process-wide state, so a call must
+    # never lower it under another call's launch.
+    import threading
+
+    big = synthetic.make_scene(128, 192, 700, seed=21)  # (K + 1) x C close to the shared limit
+    small = synthetic.make_scene(64, 96, 3, seed=22)
+    expected = {
+        "big": pdl_post.merge(big.sem, big.ctr, big.off, top_k=None, stuff_area=8),
+        "small": pdl_post.merge(small.sem, small.ctr, small.off, top_k=None, stuff_area=8),
+    }
+    errors = []
+
+    def work(name, scene):
+        try:
+            args = [to_device(a, "cuda") for a in (scene.sem, scene.ctr, scene.off)]
+            if GPU == "torch":
+                import torch
+
+                context = torch.cuda.stream(torch.cuda.Stream())
+            else:
+                import cupy
+
+                context = cupy.cuda.Stream(non_blocking=True)
+            with context:
+                for _ in range(40):
+                    out = pdl_post.merge(*args, top_k=None, stuff_area=8)
+                    np.testing.assert_array_equal(to_host(out), expected[name])
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [
+        threading.Thread(target=work, args=("big", big)),
+        threading.Thread(target=work, args=("small", small)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+@needs_gpu
 def test_label_divisor_and_negative_label_errors_match_the_cpu():
     s = synthetic.make_scene(64, 96, 30, seed=1, semantic_noise=0.0)
     args = [to_device(a, "cuda") for a in (s.sem, s.ctr, s.off)]

@@ -187,7 +187,11 @@ struct FuseBuffers {
   unsigned long long* error_instance;  // [B], ULLONG_MAX when no error
 };
 
+// Largest instance x class histogram counted in shared memory (64 KiB of counters per block).
+constexpr int64_t kSharedBinLimit = 16384;
+
 // Votes of every pixel (instance map) and the instance x class histogram in one pass.
+// shared_bins: the largest (K_b + 1) x C of the batch when it is <= kSharedBinLimit, else 0.
 void vote_and_count(const StridedView& sem, const StridedView& mask, const StridedView& off,
                     const ThingClasses& things, const CenterList& centers, const FuseLayout& layout,
                     int64_t shared_bins, const FuseBuffers& buffers, cudaStream_t stream);

@@ -15,6 +15,7 @@
 //   score_with_logits  the CPU's summation order: per block of 64 rows a sequential sum per segment
 //                    in row-major order, blocks added in order, so scores are deterministic.
 //   write_panoptic   per pixel panoptic_label() through the instance and class tables.
+#include <algorithm>
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 #include <limits>
@@ -448,6 +449,12 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
   const bool use_shared =
       shared_bins > 0 && tile_bytes + hist_bytes <= static_cast<size_t>(shared_limit);
   const size_t shared_bytes = tile_bytes + (use_shared ? hist_bytes : 0);
+  // The kernel's limit is process-wide state, not stream-ordered: it is set to the same value by
+  // every call (the largest this path ever launches with), so that concurrent calls on other
+  // threads or streams cannot lower it between another call's setting and its launch.
+  const int shared_attribute = static_cast<int>(std::min<int64_t>(
+      shared_limit,
+      static_cast<int64_t>(tile_bytes) + kSharedBinLimit * int64_t{sizeof(unsigned)}));
   with_label_type(sem.dtype, [&](auto sem_tag) {
     using TSem = decltype(sem_tag);
     with_float_type(off.dtype, "off", [&](auto off_tag) {
@@ -464,7 +471,7 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
           width};
       auto launch = [&](auto kernel) {
         check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   static_cast<int>(shared_bytes)),
+                                   shared_attribute),
               "cudaFuncSetAttribute");
         kernel<<<grid, kThreads, shared_bytes, stream>>>(args);
         check_launch("vote_kernel");

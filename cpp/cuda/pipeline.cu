@@ -181,8 +181,6 @@ int64_t kept_bound(int64_t peaks, int64_t top_k, TopKMode mode) {
   return peaks >= top_k ? top_k - 1 : peaks;
 }
 
-constexpr int64_t kSharedBinLimit = 16384;  // 64 KiB of shared counters per block
-
 }  // namespace
 }  // namespace cuda
 
