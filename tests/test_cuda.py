@@ -277,6 +277,20 @@ def test_concurrent_calls_with_different_shared_memory_sizes():
 
 
 @needs_gpu
+def test_class_ids_near_int64_max_are_a_clear_error():
+    # (max class + 1) * label_divisor - 1 fits int64 with label_divisor=1, so the output is int64;
+    # the CUDA path's (K + 1) x (max class + 1) table does not: a ValueError, not an overflow.
+    s = synthetic.make_scene(32, 48, 3, seed=0)
+    sem = s.sem.astype(np.int64)
+    sem[0, 0] = np.iinfo(np.int64).max  # a stuff class
+    cpu = pdl_post.merge(sem, s.ctr, s.off, label_divisor=1, stuff_area=0)
+    assert cpu.dtype == np.int64
+    args = [to_device(a, "cuda") for a in (sem, s.ctr, s.off)]
+    with pytest.raises(ValueError, match=r"class ids this large are supported by the CPU path"):
+        pdl_post.merge(*args, label_divisor=1, stuff_area=0)
+
+
+@needs_gpu
 def test_label_divisor_and_negative_label_errors_match_the_cpu():
     s = synthetic.make_scene(64, 96, 30, seed=1, semantic_noise=0.0)
     args = [to_device(a, "cuda") for a in (s.sem, s.ctr, s.off)]

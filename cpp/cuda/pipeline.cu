@@ -324,6 +324,11 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   const int64_t total_peaks = s.peak_begin.back();
 
   // Table layout per image from the centre bounds (the exact counts stay on the device).
+  if (s.hi >= std::numeric_limits<int64_t>::max() / 8) {  // C = hi + 1 itself would overflow
+    throw ValueError("CUDA path: class id " + std::to_string(s.hi) +
+                     " needs an instance x class table beyond int64; class ids this large are "
+                     "supported by the CPU path only");
+  }
   const int64_t C = s.hi + 1;
   std::vector<int64_t> hist_offset(B), inst_offset(B), seg_offset(B + 1), seg_capacity(B);
   int64_t hist_total = 0, inst_total = 0, max_instances = 0, max_segments = 0, max_bins = 0;
