@@ -4,8 +4,9 @@ Inputs are torch CUDA tensors, CuPy arrays or any object exposing ``__cuda_array
 They are read in place on the device (pointer + shape + strides, no host copies); the output is
 allocated on the same device by the caller's own library (torch in, torch out; CuPy in, CuPy out)
 and the work is queued on the caller's current stream. The core (``cpp/cuda``) synchronises that
-stream twice per call: once for the label range (it decides the output dtype) and the peak counts,
-once at the end for error flags and, for ``postprocess``, the centres and segments.
+stream twice per ``merge`` call: once for the label range (it decides the output dtype) and the peak
+counts, once at the end for the error flags; ``postprocess`` adds a third for its exact-size copies
+of the centres and segments.
 """
 
 from __future__ import annotations
