@@ -167,13 +167,13 @@ def test_torch_and_batchless_inputs():
     [
         ({"thing_ids": 11}, TypeError, "thing_ids: expected an iterable"),
         ({"thing_ids": [11, 11]}, ValueError, "thing_ids: expected unique"),
-        ({"thing_ids": [-1]}, ValueError, "thing_ids: expected an int >= 0"),
+        ({"thing_ids": [-1]}, ValueError, "thing_ids: expected an integer >= 0"),
         (
             {"thing_ids": [11], "label_divisor": 0},
             ValueError,
-            "label_divisor: expected an int >= 1",
+            "label_divisor: expected an integer >= 1",
         ),
-        ({"thing_ids": [11], "void_label": 1.5}, TypeError, "void_label: expected an int"),
+        ({"thing_ids": [11], "void_label": 1.5}, TypeError, "void_label: expected an integer, got"),
         ({"thing_ids": [11], "min_region_size": -1}, ValueError, "min_region_size"),
     ],
 )

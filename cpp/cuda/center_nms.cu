@@ -198,13 +198,6 @@ void select_typed(int64_t width, const PeakList& peaks, const int64_t* peak_begi
   check_launch("center_ranges_kernel");
 }
 
-template <typename F>
-void with_heatmap_type(DType t, F&& f) {
-  if (t == DType::kFloat32) return f(float{});
-  if (t == DType::kFloat64) return f(double{});
-  throw ValueError(std::string("ctr: expected float32 or float64, got ") + dtype_name(t));
-}
-
 }  // namespace
 
 void exclusive_sum(const int64_t* in, int64_t* out, int64_t count, cudaStream_t stream) {
@@ -226,7 +219,7 @@ void count_peaks(const StridedView& ctr, double threshold, int64_t nms_kernel, i
                  cudaStream_t stream) {
   const int64_t batch = ctr.batch(), height = ctr.height(), width = ctr.width();
   check(cudaMemsetAsync(row_count + batch * height, 0, sizeof(int64_t), stream), "cudaMemset");
-  with_heatmap_type(ctr.dtype, [&](auto tag) {
+  with_float_type(ctr.dtype, "ctr", [&](auto tag) {
     using T = decltype(tag);
     const dim3 grid(static_cast<unsigned>(height), static_cast<unsigned>(batch));
     count_peaks_kernel<T><<<grid, kRowThreads, 0, stream>>>(
@@ -238,7 +231,7 @@ void count_peaks(const StridedView& ctr, double threshold, int64_t nms_kernel, i
 void write_peaks(const StridedView& ctr, double threshold, int64_t nms_kernel,
                  const int64_t* row_offset, const PeakList& peaks, cudaStream_t stream) {
   const int64_t batch = ctr.batch(), height = ctr.height(), width = ctr.width();
-  with_heatmap_type(ctr.dtype, [&](auto tag) {
+  with_float_type(ctr.dtype, "ctr", [&](auto tag) {
     using T = decltype(tag);
     const dim3 grid(static_cast<unsigned>(height), static_cast<unsigned>(batch));
     write_peaks_kernel<T><<<grid, kRowThreads, 0, stream>>>(
@@ -272,7 +265,7 @@ void select_centers(DType ctr_dtype, int64_t width, const PeakList& peaks,
     throw ValueError("find_centers: " + std::to_string(peak_begin.back()) +
                      " peaks exceed the CUDA path's int32 sort size");
   }
-  with_heatmap_type(ctr_dtype, [&](auto tag) {
+  with_float_type(ctr_dtype, "ctr", [&](auto tag) {
     select_typed<decltype(tag)>(width, peaks, peak_begin_device, peak_begin, top_k, mode,
                                 sort_begin, sort_end, any_sorted, centers, stream);
   });

@@ -34,30 +34,6 @@ static_assert(kThreads % 32 == 0, "vote_kernel's __ballot_sync needs whole warps
 constexpr int kCenterTile = 512;         // centres per shared-memory tile
 constexpr int64_t kScoreBlockRows = 64;  // must equal the CPU's (majority_vote_cpu.cpp)
 
-template <typename F>
-void with_label_type(DType t, F&& f) {
-  switch (t) {
-    case DType::kUInt8:
-      return f(uint8_t{});
-    case DType::kInt16:
-      return f(int16_t{});
-    case DType::kInt32:
-      return f(int32_t{});
-    case DType::kInt64:
-      return f(int64_t{});
-    default:
-      throw ValueError(std::string("sem: expected uint8, int16, int32 or int64 labels, got ") +
-                       dtype_name(t));
-  }
-}
-
-template <typename F>
-void with_float_type(DType t, const char* what, F&& f) {
-  if (t == DType::kFloat32) return f(float{});
-  if (t == DType::kFloat64) return f(double{});
-  throw ValueError(std::string(what) + ": expected float32 or float64, got " + dtype_name(t));
-}
-
 struct MinOp {
   __device__ long long operator()(long long a, long long b) const { return a < b ? a : b; }
 };
@@ -423,7 +399,7 @@ void argmax_logits(const StridedView& logits, int32_t* labels, cudaStream_t stre
 
 void label_range(const StridedView& sem, long long* range, cudaStream_t stream) {
   const int64_t total = sem.batch() * sem.height() * sem.width();
-  with_label_type(sem.dtype, [&](auto tag) {
+  with_label_type(sem.dtype, "sem", [&](auto tag) {
     using TSem = decltype(tag);
     label_range_kernel<TSem><<<grid_for(total, kThreads, 1024), kThreads, 0, stream>>>(
         device_view<TSem>(sem), sem.height(), sem.width(), total, range);
@@ -455,7 +431,7 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
   const int shared_attribute = static_cast<int>(std::min<int64_t>(
       shared_limit,
       static_cast<int64_t>(tile_bytes) + kSharedBinLimit * int64_t{sizeof(unsigned)}));
-  with_label_type(sem.dtype, [&](auto sem_tag) {
+  with_label_type(sem.dtype, "sem", [&](auto sem_tag) {
     using TSem = decltype(sem_tag);
     with_float_type(off.dtype, "off", [&](auto off_tag) {
       using TOff = decltype(off_tag);
@@ -519,7 +495,7 @@ void score_with_logits(const StridedView& sem, const StridedView& logits, const 
   DeviceBuffer partial = device_array<double>(partial_total, stream, "score sums");
   check(cudaMemsetAsync(partial.as<void>(), 0, static_cast<size_t>(partial.bytes()), stream),
         "cudaMemsetAsync");
-  with_label_type(sem.dtype, [&](auto sem_tag) {
+  with_label_type(sem.dtype, "sem", [&](auto sem_tag) {
     using TSem = decltype(sem_tag);
     with_float_type(logits.dtype, "sem", [&](auto l_tag) {
       using TL = decltype(l_tag);
@@ -539,20 +515,15 @@ void score_with_logits(const StridedView& sem, const StridedView& logits, const 
 void write_panoptic(const StridedView& sem, const FuseLayout& layout, const FuseBuffers& buffers,
                     const StridedView& out, cudaStream_t stream) {
   const int64_t total = sem.batch() * sem.height() * sem.width();
-  with_label_type(sem.dtype, [&](auto sem_tag) {
+  with_label_type(sem.dtype, "sem", [&](auto sem_tag) {
     using TSem = decltype(sem_tag);
     const unsigned grid = grid_for(total, kThreads, 8192);
-    if (out.dtype == DType::kInt32) {
-      write_kernel<TSem, int32_t>
-          <<<grid, kThreads, 0, stream>>>(device_view<TSem>(sem), sem.height(), sem.width(), total,
-                                          layout, buffers, static_cast<int32_t*>(out.data));
-    } else if (out.dtype == DType::kInt64) {
-      write_kernel<TSem, int64_t>
-          <<<grid, kThreads, 0, stream>>>(device_view<TSem>(sem), sem.height(), sem.width(), total,
-                                          layout, buffers, static_cast<int64_t*>(out.data));
-    } else {
-      throw ValueError(std::string("out: expected int32 or int64, got ") + dtype_name(out.dtype));
-    }
+    with_output_type(out.dtype, [&](auto out_tag) {
+      using TOut = decltype(out_tag);
+      write_kernel<TSem, TOut><<<grid, kThreads, 0, stream>>>(device_view<TSem>(sem), sem.height(),
+                                                              sem.width(), total, layout, buffers,
+                                                              static_cast<TOut*>(out.data));
+    });
     check_launch("write_kernel");
   });
 }

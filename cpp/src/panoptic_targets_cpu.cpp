@@ -289,19 +289,9 @@ void panoptic_targets_cpu(const StridedView& panoptic, const TargetSegments& seg
   check_output(out.offset_weights, "offset_weights", DType::kFloat32, 1, height, width);
   if (height == 0 || width == 0) return;
   const int threads = resolve_threads(num_threads);
-  switch (panoptic.dtype) {
-    case DType::kUInt8:
-      return targets_typed<uint8_t>(panoptic, segments, params, gaussian, out, threads);
-    case DType::kInt16:
-      return targets_typed<int16_t>(panoptic, segments, params, gaussian, out, threads);
-    case DType::kInt32:
-      return targets_typed<int32_t>(panoptic, segments, params, gaussian, out, threads);
-    case DType::kInt64:
-      return targets_typed<int64_t>(panoptic, segments, params, gaussian, out, threads);
-    default:
-      throw ValueError(std::string("panoptic_targets: panoptic must hold integer ids, got ") +
-                       dtype_name(panoptic.dtype));
-  }
+  with_label_type(panoptic.dtype, "panoptic", [&](auto tag) {
+    targets_typed<decltype(tag)>(panoptic, segments, params, gaussian, out, threads);
+  });
 }
 
 }  // namespace pdl_post

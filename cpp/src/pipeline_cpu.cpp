@@ -33,47 +33,6 @@ int resolve_threads(int requested) {
 
 namespace {
 
-template <typename F>
-decltype(auto) with_label_type(DType t, const char* what, F&& f) {
-  switch (t) {
-    case DType::kUInt8:
-      return f(uint8_t{});
-    case DType::kInt16:
-      return f(int16_t{});
-    case DType::kInt32:
-      return f(int32_t{});
-    case DType::kInt64:
-      return f(int64_t{});
-    default:
-      throw ValueError(std::string(what) + ": expected uint8, int16, int32 or int64 labels, got " +
-                       dtype_name(t));
-  }
-}
-
-template <typename F>
-decltype(auto) with_float_type(DType t, const char* what, F&& f) {
-  switch (t) {
-    case DType::kFloat32:
-      return f(float{});
-    case DType::kFloat64:
-      return f(double{});
-    default:
-      throw ValueError(std::string(what) + ": expected float32 or float64, got " + dtype_name(t));
-  }
-}
-
-template <typename F>
-decltype(auto) with_output_type(DType t, F&& f) {
-  switch (t) {
-    case DType::kInt32:
-      return f(int32_t{});
-    case DType::kInt64:
-      return f(int64_t{});
-    default:
-      throw ValueError(std::string("out: expected int32 or int64, got ") + dtype_name(t));
-  }
-}
-
 // body(b, threads_for_this_image) for every image: image-parallel when there are at least as many
 // images as threads, else image by image. The first error (in image order) is rethrown.
 template <typename F>

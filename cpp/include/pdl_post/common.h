@@ -103,6 +103,49 @@ struct ValueError : std::invalid_argument {
   explicit ValueError(const std::string& what) : std::invalid_argument(what) {}
 };
 
+// dtype dispatch: f(T{}) with the C++ type of a label, float or output dtype tag; anything else
+// is a ValueError naming `what`. Shared by the CPU and CUDA drivers.
+template <typename F>
+decltype(auto) with_label_type(DType t, const char* what, F&& f) {
+  switch (t) {
+    case DType::kUInt8:
+      return f(uint8_t{});
+    case DType::kInt16:
+      return f(int16_t{});
+    case DType::kInt32:
+      return f(int32_t{});
+    case DType::kInt64:
+      return f(int64_t{});
+    default:
+      throw ValueError(std::string(what) + ": expected uint8, int16, int32 or int64 labels, got " +
+                       dtype_name(t));
+  }
+}
+
+template <typename F>
+decltype(auto) with_float_type(DType t, const char* what, F&& f) {
+  switch (t) {
+    case DType::kFloat32:
+      return f(float{});
+    case DType::kFloat64:
+      return f(double{});
+    default:
+      throw ValueError(std::string(what) + ": expected float32 or float64, got " + dtype_name(t));
+  }
+}
+
+template <typename F>
+decltype(auto) with_output_type(DType t, F&& f) {
+  switch (t) {
+    case DType::kInt32:
+      return f(int32_t{});
+    case DType::kInt64:
+      return f(int64_t{});
+    default:
+      throw ValueError(std::string("out: expected int32 or int64, got ") + dtype_name(t));
+  }
+}
+
 // Threads for a loop over `height` rows: the request, at least 1 and at most one per row.
 inline int row_threads(int num_threads, int64_t height) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, height)));

@@ -21,18 +21,12 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from pdl_post._inputs import check_int
 from pdl_post.eval._kernels import pair_counts
 from pdl_post.eval.cityscapes import OVERLAPS, class_ap
+from pdl_post.eval.panoptic import id_map_pair
 
 __all__ = ["InstanceEvaluator"]
-
-
-def _check_int(value, name: str, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
-    return int(value)
 
 
 class InstanceEvaluator:
@@ -75,12 +69,12 @@ class InstanceEvaluator:
             raise TypeError(
                 f"thing_ids: expected an iterable of ints, got {type(thing_ids).__name__}"
             )
-        self.thing_ids = [_check_int(t, "thing_ids", 0) for t in thing_ids]
+        self.thing_ids = [check_int(t, "thing_ids", minimum=0) for t in thing_ids]
         if len(set(self.thing_ids)) != len(self.thing_ids):
             raise ValueError(f"thing_ids: expected unique class ids, got {self.thing_ids}")
-        self.label_divisor = _check_int(label_divisor, "label_divisor", 1)
-        self.void_label = _check_int(void_label, "void_label")
-        self.min_region_size = _check_int(min_region_size, "min_region_size", 0)
+        self.label_divisor = check_int(label_divisor, "label_divisor", minimum=1)
+        self.void_label = check_int(void_label, "void_label")
+        self.min_region_size = check_int(min_region_size, "min_region_size", minimum=0)
         self.gt_crowd = bool(gt_crowd)
         self.images: list[list[tuple]] = []
 
@@ -104,19 +98,7 @@ class InstanceEvaluator:
             ``pdl_post.postprocess``'s segments). Without it every detection scores 1.0 (AP
             then ranks them as ties). Ids of predicted thing segments missing from it raise.
         """
-        from pdl_post._inputs import as_numpy
-
-        pred = as_numpy(pred, "pred")
-        gt = as_numpy(gt, "gt")
-        for name, a in (("pred", pred), ("gt", gt)):
-            if a.ndim != 2:
-                raise ValueError(f"{name}: expected shape (H, W), got {list(a.shape)}")
-            if not np.issubdtype(a.dtype, np.integer):
-                raise TypeError(f"{name}: expected an integer id map, got dtype {a.dtype}")
-        if pred.shape != gt.shape:
-            raise ValueError(
-                f"pred, gt: expected the same shape, got {list(pred.shape)} and {list(gt.shape)}"
-            )
+        pred, gt = id_map_pair(pred, gt)
         if scores is not None and not isinstance(scores, Mapping):
             raise TypeError(f"scores: expected a mapping id -> score, got {type(scores).__name__}")
         self.images.append(self._image_records(pred, gt, scores))

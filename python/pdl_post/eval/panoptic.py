@@ -661,6 +661,22 @@ def pq_compute(
     return stats.summarize()
 
 
+def id_map_pair(pred, gt) -> tuple[np.ndarray, np.ndarray]:
+    """One image's predicted and GT id maps as numpy arrays: integer, (H, W), the same shape."""
+    from pdl_post._inputs import as_numpy
+
+    pred = as_numpy(pred, "pred")
+    gt = as_numpy(gt, "gt")
+    for name, a in (("pred", pred), ("gt", gt)):
+        if a.ndim != 2:
+            raise ValueError(f"{name}: expected shape (H, W), got {a.shape}")
+        if not np.issubdtype(a.dtype, np.integer):
+            raise TypeError(f"{name}: expected an integer id map, got dtype {a.dtype}")
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred, gt: expected the same shape, got {pred.shape} and {gt.shape}")
+    return pred, gt
+
+
 class PanopticEvaluator:
     """PQ over ``merge``-style id maps in memory (no PNG round trip), for training/inference loops.
 
@@ -733,17 +749,7 @@ class PanopticEvaluator:
 
     def image_stats(self, pred, gt) -> PQStats:
         """Statistics of one image pair ``(H, W)`` without adding them (see :meth:`update`)."""
-        from pdl_post._inputs import as_numpy
-
-        pred = as_numpy(pred, "pred")
-        gt = as_numpy(gt, "gt")
-        for name, a in (("pred", pred), ("gt", gt)):
-            if a.ndim != 2:
-                raise ValueError(f"{name}: expected shape (H, W), got {a.shape}")
-            if not np.issubdtype(a.dtype, np.integer):
-                raise TypeError(f"{name}: expected an integer id map, got dtype {a.dtype}")
-        if pred.shape != gt.shape:
-            raise ValueError(f"pred, gt: expected the same shape, got {pred.shape} and {gt.shape}")
+        pred, gt = id_map_pair(pred, gt)
         stats = PQStats(self.categories)
         pairs = pair_counts(gt, pred)
         g, p, c = pairs
