@@ -581,6 +581,9 @@ def test_cuda_dispatch_builds_the_views_the_core_reads(emulated_cuda):
     b = synthetic.make_batch(3, 24, 40, 4, seed=1, logits=True)
     _emulated_equals_cpu(b.sem, b.ctr, b.off, stuff_area=8)
     _emulated_equals_cpu(b.logits, b.ctr, b.off, mask=b.sem > 12, stuff_area=8)
+    # masks with a unit channel axis: [1,H,W] and [B,1,H,W]
+    _emulated_equals_cpu(s.sem, s.ctr, s.off, mask=(s.sem > 10)[None], stuff_area=8)
+    _emulated_equals_cpu(b.sem, b.ctr, b.off, mask=(b.sem > 12)[:, None], stuff_area=8)
     _emulated_equals_cpu(
         np.zeros((0, 5), np.int32), np.zeros((0, 5), np.float32), np.zeros((2, 0, 5), np.float32)
     )

@@ -14,7 +14,15 @@ from __future__ import annotations
 import numpy as np
 
 from pdl_post import _core
-from pdl_post._inputs import FLOAT_DTYPES, MAX_SIDE, is_torch_tensor
+from pdl_post._inputs import (
+    WIDENED_LABEL_DTYPES,
+    check_same_shapes,
+    ctr_layout,
+    is_torch_tensor,
+    mask_layout,
+    off_layout,
+    sem_layout,
+)
 
 # Dtypes the core reads directly; bool is read as uint8 (0 / 1).
 _CORE_DTYPES = {
@@ -25,12 +33,6 @@ _CORE_DTYPES = {
     np.dtype(np.int64): "int64",
     np.dtype(np.float32): "float32",
     np.dtype(np.float64): "float64",
-}
-# Label dtypes widened on the device with the caller's library (as the CPU path widens them).
-_WIDENED = {
-    np.dtype(np.uint16): np.int32,
-    np.dtype(np.uint32): np.int64,
-    np.dtype(np.int8): np.int16,
 }
 
 
@@ -135,13 +137,13 @@ class DeviceArray:
         return DeviceArray(fn(self.obj), self.name)
 
 
-def _shape_str(shape) -> str:
-    return "[" + ",".join(str(s) for s in shape) + "]"
-
-
-def _lead(a: DeviceArray, count: int):
-    """Shape/strides with `count` leading unit dimensions inserted (4-D afterwards)."""
-    return (1,) * count + a.shape, (0,) * count + a.strides
+def _expand(shape, strides, axes) -> tuple[tuple, tuple]:
+    """np.expand_dims on (shape, element strides): stride-0 unit axes at `axes`."""
+    shape, strides = list(shape), list(strides)
+    for axis in sorted(axes):
+        shape.insert(axis, 1)
+        strides.insert(axis, 0)
+    return tuple(shape), tuple(strides)
 
 
 def _cast(a: DeviceArray, dtype) -> DeviceArray:
@@ -153,110 +155,31 @@ def _cast(a: DeviceArray, dtype) -> DeviceArray:
     return a.converted(lambda x: x.astype(dtype), "widening labels")
 
 
+def _normalize(a: DeviceArray, axes):
+    """-> (the core's descriptor, [B,C,H,W] shape)."""
+    shape, strides = _expand(a.shape, a.strides, axes)
+    return a.view4(shape, strides), shape
+
+
 def _normalize_sem(a: DeviceArray):
-    """-> (labels descriptor or None, logits descriptor or None, batched, [B,C,H,W] shape, keep)."""
-    if a.dtype.kind == "f":
-        if a.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"sem: float logits must be float32 or float64, got {a.dtype}")
-        if a.ndim == 3:
-            shape, strides = _lead(a, 1)
-            return None, a.view4(shape, strides), False, shape, a
-        if a.ndim == 4:
-            return None, a.view4(a.shape, a.strides), True, a.shape, a
-        raise ValueError(
-            f"sem: float logits must have shape [C,H,W] or [B,C,H,W], got {_shape_str(a.shape)}"
-        )
-    if a.dtype.kind not in "ui" or a.dtype == np.uint64:
-        raise TypeError(
-            f"sem: expected integer labels (uint8, int16, int32, int64) or float "
-            f"logits (float32, float64), got dtype {a.dtype}"
-        )
-    if a.dtype in _WIDENED:
-        a = _cast(a, _WIDENED[a.dtype])
-    if a.ndim == 2:
-        shape, strides = _lead(a, 2)
-    elif a.ndim == 3:
-        shape = (a.shape[0], 1, *a.shape[1:])
-        strides = (a.strides[0], 0, *a.strides[1:])
-    else:
-        raise ValueError(
-            f"sem: integer labels must have shape [H,W] or [B,H,W], got {_shape_str(a.shape)}"
-        )
-    return a.view4(shape, strides), None, a.ndim == 3, shape, a
-
-
-def _normalize_ctr(a: DeviceArray, batched: bool):
-    if a.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"ctr: expected a float32 or float64 heatmap, got dtype {a.dtype}")
-    if not batched:
-        if a.ndim in (2, 3) and (a.ndim == 2 or a.shape[0] == 1):
-            shape, strides = _lead(a, 4 - a.ndim)
-            return a.view4(shape, strides), shape
-        raise ValueError(
-            f"ctr: expected shape [H,W] or [1,H,W] for one image, got {_shape_str(a.shape)}"
-        )
-    if a.ndim == 4 and a.shape[1] == 1:
-        return a.view4(a.shape, a.strides), a.shape
-    raise ValueError(f"ctr: expected shape [B,1,H,W] for a batch, got {_shape_str(a.shape)}")
-
-
-def _normalize_off(a: DeviceArray, batched: bool):
-    if a.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"off: expected float32 or float64 offsets, got dtype {a.dtype}")
-    if not batched:
-        if a.ndim == 3 and a.shape[0] == 2:
-            shape, strides = _lead(a, 1)
-            return a.view4(shape, strides), shape
-        raise ValueError(
-            f"off: expected shape [2,H,W] (dy, dx) for one image, got {_shape_str(a.shape)}"
-        )
-    if a.ndim == 4 and a.shape[1] == 2:
-        return a.view4(a.shape, a.strides), a.shape
-    raise ValueError(
-        f"off: expected shape [B,2,H,W] (dy, dx) for a batch, got {_shape_str(a.shape)}"
-    )
+    """-> ((labels or None, logits or None) descriptors, batched, [B,C,H,W] shape, keep)."""
+    logits, batched, axes = sem_layout(a.dtype, a.shape)
+    if not logits and a.dtype in WIDENED_LABEL_DTYPES:
+        a = _cast(a, WIDENED_LABEL_DTYPES[a.dtype])
+    view, shape = _normalize(a, axes)
+    return (None, view) if logits else (view, None), batched, shape, a
 
 
 def _normalize_mask(a: DeviceArray, batched: bool):
-    if a.dtype.kind not in "buif":
-        raise TypeError(f"foreground_mask: expected a bool or numeric array, got dtype {a.dtype}")
+    drop, axes = mask_layout(a.dtype, a.shape, batched)
     if a.dtype not in (np.dtype(np.bool_), np.dtype(np.uint8)):
         # mask > 0 on the device (NaN > 0 is False), read as uint8 by the core.
         a = a.converted(lambda x: x > 0, "a non-bool mask")
-    expected = 3 if batched else 2
     shape, strides = a.shape, a.strides
-    if len(shape) == expected + 1 and shape[-3] == 1:  # [1,H,W] / [B,1,H,W]
-        shape = shape[:-3] + shape[-2:]
-        strides = strides[:-3] + strides[-2:]
-    if len(shape) != expected:
-        want = "[B,H,W]" if batched else "[H,W]"
-        raise ValueError(f"foreground_mask: expected shape {want}, got {_shape_str(a.shape)}")
-    if batched:
-        shape4, strides4 = (shape[0], 1, *shape[1:]), (strides[0], 0, *strides[1:])
-    else:
-        shape4, strides4 = (1, 1, *shape), (0, 0, *strides)
+    if drop:  # [1,H,W] / [B,1,H,W]: the unit channel axis -3 goes
+        shape, strides = shape[:-3] + shape[-2:], strides[:-3] + strides[-2:]
+    shape4, strides4 = _expand(shape, strides, axes)
     return a.view4(shape4, strides4), shape4, a
-
-
-def _check_geometry(named: dict) -> tuple[int, int, int]:
-    items = [(n, s) for n, s in named.items() if s is not None]
-    ref_name, ref = items[0]
-    for name, s in items[1:]:
-        if s[0] != ref[0]:
-            raise ValueError(
-                f"{name}: batch size {s[0]} does not match {ref_name}'s batch size {ref[0]}"
-            )
-        if tuple(s[2:]) != tuple(ref[2:]):
-            raise ValueError(
-                f"{name}: image size {s[2]}x{s[3]} does not match {ref_name}'s {ref[2]}x{ref[3]}"
-            )
-    b, _, h, w = ref
-    if h >= MAX_SIDE or w >= MAX_SIDE:
-        raise ValueError(
-            f"{ref_name}: image sides must be < 2**24 (exact float32 pixel coordinates), got "
-            f"{h}x{w}"
-        )
-    return b, h, w
 
 
 def _stream(arrays: list[DeviceArray], device: int) -> int:
@@ -355,13 +278,14 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
                 f"{n}: on CUDA device {d} while {first_name} is on device {device}; all inputs "
                 "must be on the same device"
             )
-    labels, logits, batched, sem_shape, sem_keep = _normalize_sem(arrays["sem"])
-    ctr4, ctr_shape = _normalize_ctr(arrays["ctr"], batched)
-    off4, off_shape = _normalize_off(arrays["off"], batched)
+    (labels, logits), batched, sem_shape, sem_keep = _normalize_sem(arrays["sem"])
+    ctr, off = arrays["ctr"], arrays["off"]
+    ctr4, ctr_shape = _normalize(ctr, ctr_layout(ctr.dtype, ctr.shape, batched))
+    off4, off_shape = _normalize(off, off_layout(off.dtype, off.shape, batched))
     mask4 = mask_shape = mask_keep = None
     if "foreground_mask" in arrays:
         mask4, mask_shape, mask_keep = _normalize_mask(arrays["foreground_mask"], batched)
-    b, h, w = _check_geometry(
+    b, h, w = check_same_shapes(
         {"sem": sem_shape, "ctr": ctr_shape, "off": off_shape, "foreground_mask": mask_shape}
     )
     if logits is not None and sem_shape[1] == 0:

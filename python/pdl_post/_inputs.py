@@ -201,100 +201,140 @@ class Batch:
         return 0
 
 
-def _shape_str(a: np.ndarray) -> str:
-    return "[" + ",".join(str(s) for s in a.shape) + "]"
+def _shape_str(shape) -> str:
+    return "[" + ",".join(str(s) for s in shape) + "]"
+
+
+# The rules for each input's dtype and shape, on (dtype, shape) alone so that host arrays here and
+# device arrays in _cuda.py follow the same ones. Each returns the positions of the unit axes that
+# np.expand_dims inserts to make the input [B, C, H, W].
+
+
+def sem_layout(dtype, shape, *, allow_logits=True) -> tuple[bool, bool, tuple[int, ...]]:
+    """-> (logits?, batched?, unit axes); label dtypes outside LABEL_DTYPES are widened by the
+    caller (WIDENED_LABEL_DTYPES)."""
+    if dtype.kind == "f":
+        if not allow_logits:
+            raise TypeError(f"sem: expected integer labels, got dtype {dtype}")
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(f"sem: float logits must be float32 or float64, got {dtype}")
+        if len(shape) == 3:
+            return True, False, (0,)
+        if len(shape) == 4:
+            return True, True, ()
+        raise ValueError(
+            f"sem: float logits must have shape [C,H,W] or [B,C,H,W], got {_shape_str(shape)}"
+        )
+    if dtype.kind not in "ui" or dtype == np.uint64:
+        raise TypeError(
+            f"sem: expected integer labels (uint8, int16, int32, int64) or float "
+            f"logits (float32, float64), got dtype {dtype}"
+        )
+    if len(shape) == 2:
+        return False, False, (0, 1)
+    if len(shape) == 3:
+        return False, True, (1,)
+    raise ValueError(
+        f"sem: integer labels must have shape [H,W] or [B,H,W], got {_shape_str(shape)}"
+    )
+
+
+def ctr_layout(dtype, shape, batched: bool) -> tuple[int, ...]:
+    """-> unit axes of the heatmap [H,W] / [1,H,W] (one image) or [B,1,H,W] (batch)."""
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"ctr: expected a float32 or float64 heatmap, got dtype {dtype}")
+    if not batched:
+        if len(shape) == 2:
+            return (0, 1)
+        if len(shape) == 3 and shape[0] == 1:
+            return (0,)
+        raise ValueError(
+            f"ctr: expected shape [H,W] or [1,H,W] for one image, got {_shape_str(shape)}"
+        )
+    if len(shape) == 4 and shape[1] == 1:
+        return ()
+    raise ValueError(f"ctr: expected shape [B,1,H,W] for a batch, got {_shape_str(shape)}")
+
+
+def off_layout(dtype, shape, batched: bool) -> tuple[int, ...]:
+    """-> unit axes of the offsets [2,H,W] (one image) or [B,2,H,W] (batch)."""
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"off: expected float32 or float64 offsets, got dtype {dtype}")
+    if not batched:
+        if len(shape) == 3 and shape[0] == 2:
+            return (0,)
+        raise ValueError(
+            f"off: expected shape [2,H,W] (dy, dx) for one image, got {_shape_str(shape)}"
+        )
+    if len(shape) == 4 and shape[1] == 2:
+        return ()
+    raise ValueError(f"off: expected shape [B,2,H,W] (dy, dx) for a batch, got {_shape_str(shape)}")
+
+
+def mask_layout(dtype, shape, batched: bool) -> tuple[bool, tuple[int, ...]]:
+    """-> (drop the unit channel axis -3?, unit axes after that) of [H,W] / [1,H,W] (one image) or
+    [B,H,W] / [B,1,H,W] (batch)."""
+    if dtype.kind not in "buif":
+        raise TypeError(f"foreground_mask: expected a bool or numeric array, got dtype {dtype}")
+    expected = 3 if batched else 2
+    drop = len(shape) == expected + 1 and shape[-3] == 1
+    if len(shape) - drop != expected:
+        want = "[B,H,W]" if batched else "[H,W]"
+        raise ValueError(f"foreground_mask: expected shape {want}, got {_shape_str(shape)}")
+    return drop, (1,) if batched else (0, 1)
 
 
 def normalize_sem(sem, *, allow_logits=True):
     """sem -> (labels or None, logits or None, batched)."""
     a = as_numpy(sem, "sem")
-    if a.dtype.kind == "f":
-        if not allow_logits:
-            raise TypeError(f"sem: expected integer labels, got dtype {a.dtype}")
-        if a.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"sem: float logits must be float32 or float64, got {a.dtype}")
-        if a.ndim == 3:
-            return None, a[None], False
-        if a.ndim == 4:
-            return None, a, True
-        raise ValueError(
-            f"sem: float logits must have shape [C,H,W] or [B,C,H,W], got {_shape_str(a)}"
-        )
-    if a.dtype.kind not in "ui" or a.dtype == np.uint64:
-        raise TypeError(
-            f"sem: expected integer labels (uint8, int16, int32, int64) or float "
-            f"logits (float32, float64), got dtype {a.dtype}"
-        )
+    logits, batched, axes = sem_layout(a.dtype, a.shape, allow_logits=allow_logits)
+    if logits:
+        return None, np.expand_dims(a, axes), batched
     if a.dtype in WIDENED_LABEL_DTYPES:
         a = a.astype(WIDENED_LABEL_DTYPES[a.dtype])
-    if a.ndim == 2:
-        return a[None, None], None, False
-    if a.ndim == 3:
-        return a[:, None], None, True
-    raise ValueError(f"sem: integer labels must have shape [H,W] or [B,H,W], got {_shape_str(a)}")
+    return np.expand_dims(a, axes), None, batched
 
 
 def normalize_ctr(ctr, batched: bool) -> np.ndarray:
     a = as_numpy(ctr, "ctr")
-    if a.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"ctr: expected a float32 or float64 heatmap, got dtype {a.dtype}")
-    if not batched:
-        if a.ndim == 2:
-            return a[None, None]
-        if a.ndim == 3 and a.shape[0] == 1:
-            return a[None]
-        raise ValueError(f"ctr: expected shape [H,W] or [1,H,W] for one image, got {_shape_str(a)}")
-    if a.ndim == 4 and a.shape[1] == 1:
-        return a
-    raise ValueError(f"ctr: expected shape [B,1,H,W] for a batch, got {_shape_str(a)}")
+    return np.expand_dims(a, ctr_layout(a.dtype, a.shape, batched))
 
 
 def normalize_off(off, batched: bool) -> np.ndarray:
     a = as_numpy(off, "off")
-    if a.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"off: expected float32 or float64 offsets, got dtype {a.dtype}")
-    if not batched:
-        if a.ndim == 3 and a.shape[0] == 2:
-            return a[None]
-        raise ValueError(f"off: expected shape [2,H,W] (dy, dx) for one image, got {_shape_str(a)}")
-    if a.ndim == 4 and a.shape[1] == 2:
-        return a
-    raise ValueError(f"off: expected shape [B,2,H,W] (dy, dx) for a batch, got {_shape_str(a)}")
+    return np.expand_dims(a, off_layout(a.dtype, a.shape, batched))
 
 
 def normalize_mask(mask, batched: bool) -> np.ndarray | None:
     if mask is None:
         return None
     a = as_numpy(mask, "foreground_mask")
-    if a.dtype.kind not in "buif":
-        raise TypeError(f"foreground_mask: expected a bool or numeric array, got dtype {a.dtype}")
-    expected = 3 if batched else 2
-    if a.ndim == expected + 1 and a.shape[-3] == 1:  # [1,H,W] / [B,1,H,W]
+    drop, axes = mask_layout(a.dtype, a.shape, batched)
+    if drop:
         a = a[..., 0, :, :]
-    if a.ndim != expected:
-        want = "[B,H,W]" if batched else "[H,W]"
-        raise ValueError(f"foreground_mask: expected shape {want}, got {_shape_str(a)}")
     thing = a if a.dtype == np.bool_ else (a > 0)  # NaN > 0 is False
-    thing = thing.view(np.uint8)
-    return thing[:, None] if batched else thing[None, None]
+    return np.expand_dims(thing.view(np.uint8), axes)
 
 
 def check_same_geometry(named: dict) -> tuple[int, int, int]:
     """All arrays (4-D) agree on batch, height and width; returns (B, H, W)."""
-    items = [(n, a) for n, a in named.items() if a is not None]
+    return check_same_shapes({n: a.shape for n, a in named.items() if a is not None})
+
+
+def check_same_shapes(named: dict) -> tuple[int, int, int]:
+    """All [B, C, H, W] shapes (None: absent) agree on batch, height and width; -> (B, H, W)."""
+    items = [(n, s) for n, s in named.items() if s is not None]
     ref_name, ref = items[0]
-    for name, a in items[1:]:
-        if a.shape[0] != ref.shape[0]:
+    for name, s in items[1:]:
+        if s[0] != ref[0]:
             raise ValueError(
-                f"{name}: batch size {a.shape[0]} does not match {ref_name}'s "
-                f"batch size {ref.shape[0]}"
+                f"{name}: batch size {s[0]} does not match {ref_name}'s batch size {ref[0]}"
             )
-        if a.shape[2:] != ref.shape[2:]:
+        if tuple(s[2:]) != tuple(ref[2:]):
             raise ValueError(
-                f"{name}: image size {a.shape[2]}x{a.shape[3]} does not match "
-                f"{ref_name}'s {ref.shape[2]}x{ref.shape[3]}"
+                f"{name}: image size {s[2]}x{s[3]} does not match {ref_name}'s {ref[2]}x{ref[3]}"
             )
-    b, _, h, w = ref.shape
+    b, _, h, w = ref
     if h >= MAX_SIDE or w >= MAX_SIDE:
         raise ValueError(
             f"{ref_name}: image sides must be < 2**24 (exact float32 pixel "
