@@ -25,17 +25,20 @@ $(STAMP): requirements-dev.txt Makefile | $(BIN)/python
 
 venv: $(STAMP)
 
+# The test suite runs the CUDA kernels on a host emulator as well (pdl_post._cuda_emulation).
+EMULATION := -Ccmake.define.PDL_POST_CUDA_EMULATION=ON
+
 # Non-editable install with a persistent CMake build directory: rebuilds are incremental.
 build: $(STAMP)
 	$(BIN)/python -m pip install --quiet --no-build-isolation --no-deps \
-		-Cbuild-dir=$(BUILD_DIR) .
+		-Cbuild-dir=$(BUILD_DIR) $(EMULATION) .
 
 # Development: editable install (Python edits are live; rerun after C++ changes).
 # flock serialises concurrent rebuilds of the shared build directory.
 develop: $(STAMP)
 	mkdir -p build
 	flock build/.lock $(BIN)/python -m pip install --quiet --no-build-isolation --no-deps \
-		-Cbuild-dir=build/dev -e .
+		-Cbuild-dir=build/dev $(EMULATION) -e .
 
 # Post-processing on a synthetic 1024x2048 scene beside the dense PyTorch implementation, then the
 # shipped tiny model end to end (image -> network -> pdl_post -> overlay PNG and PQ).
@@ -55,14 +58,18 @@ bench: build
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python -m pytest benchmarks/test_bench_eval.py benchmarks/test_bench_targets.py -q -p no:cacheprovider
 
+CPP_SOURCES := cpp/include/pdl_post/*.h cpp/src/*.cpp cpp/cuda/*.cu cpp/cuda/*.cuh src/*.cpp src/*.h \
+	cpp/cuda_emulation/*.cpp cpp/cuda_emulation/include/*.h cpp/cuda_emulation/include/*/*.h \
+	cpp/cuda_emulation/include/cub/*/*.cuh
+
 lint: $(STAMP)
-	$(BIN)/ruff check python tests benchmarks models
-	$(BIN)/ruff format --check python tests benchmarks models
-	$(BIN)/clang-format --dry-run --Werror cpp/include/pdl_post/*.h cpp/src/*.cpp cpp/cuda/*.cu cpp/cuda/*.cuh src/*.cpp
+	$(BIN)/ruff check python tests benchmarks models cpp/cuda_emulation
+	$(BIN)/ruff format --check python tests benchmarks models cpp/cuda_emulation
+	$(BIN)/clang-format --dry-run --Werror $(CPP_SOURCES)
 
 format: $(STAMP)
-	$(BIN)/ruff format python tests benchmarks models
-	$(BIN)/clang-format -i cpp/include/pdl_post/*.h cpp/src/*.cpp cpp/cuda/*.cu cpp/cuda/*.cuh src/*.cpp
+	$(BIN)/ruff format python tests benchmarks models cpp/cuda_emulation
+	$(BIN)/clang-format -i $(CPP_SOURCES)
 
 clean:
 	rm -rf $(VENV) build dist demo-out .pytest_cache .hypothesis .benchmarks

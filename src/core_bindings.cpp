@@ -7,8 +7,9 @@
 #include <string>
 #include <vector>
 
+#include "binding_helpers.h"
 #ifdef PDL_POST_HAVE_CUDA
-#include "pdl_post/cuda_pipeline.h"
+#include "cuda_bindings.h"
 #endif
 #include "pdl_post/panoptic_targets.h"
 #include "pdl_post/pipeline.h"
@@ -16,6 +17,7 @@
 
 namespace py = pybind11;
 using namespace pdl_post;
+using namespace pdl_post_bindings;
 
 namespace {
 
@@ -54,20 +56,6 @@ StridedView optional_view(const py::object& o, const char* name) {
   return o.is_none() ? StridedView{} : view_of(o.cast<py::array>(), name);
 }
 
-py::tuple centers_to_python(const ImageCenters& c) {
-  const auto k = static_cast<py::ssize_t>(c.y.size());
-  py::array_t<int64_t> yx({k, py::ssize_t{2}});
-  py::array_t<double> scores(k);
-  auto m = yx.mutable_unchecked<2>();
-  auto s = scores.mutable_unchecked<1>();
-  for (py::ssize_t i = 0; i < k; ++i) {
-    m(i, 0) = c.y[i];
-    m(i, 1) = c.x[i];
-    s(i) = c.score[i];
-  }
-  return py::make_tuple(yx, scores);
-}
-
 ImageCenters centers_from_python(
     const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& a) {
   ImageCenters c;
@@ -78,78 +66,6 @@ ImageCenters centers_from_python(
   }
   return c;
 }
-
-py::dict segments_to_python(const std::vector<Segment>& segments) {
-  const auto n = static_cast<py::ssize_t>(segments.size());
-  py::array_t<int64_t> id(n), category(n), area(n), instance(n);
-  py::array_t<bool> isthing(n);
-  py::array_t<double> score(n);
-  for (py::ssize_t i = 0; i < n; ++i) {
-    id.mutable_at(i) = segments[i].id;
-    category.mutable_at(i) = segments[i].category_id;
-    isthing.mutable_at(i) = segments[i].isthing;
-    area.mutable_at(i) = segments[i].area;
-    score.mutable_at(i) = segments[i].score;
-    instance.mutable_at(i) = segments[i].instance;
-  }
-  py::dict d;
-  d["id"] = id;
-  d["category_id"] = category;
-  d["isthing"] = isthing;
-  d["area"] = area;
-  d["score"] = score;
-  d["instance"] = instance;
-  return d;
-}
-
-TopKMode topk_mode_of(const std::string& mode) {
-  if (mode == "exact") return TopKMode::kExact;
-  if (mode == "detectron2") return TopKMode::kDetectron2;
-  throw py::value_error("topk_mode: expected 'exact' or 'detectron2', got '" + mode + "'");
-}
-
-FuseParams fuse_params(std::vector<int64_t> thing_ids, int64_t label_divisor, int64_t stuff_area,
-                       int64_t void_label) {
-  FuseParams p;
-  p.thing_ids = std::move(thing_ids);
-  p.label_divisor = label_divisor;
-  p.stuff_area = stuff_area;
-  p.void_label = void_label;
-  return p;
-}
-
-#ifdef PDL_POST_HAVE_CUDA
-// A device array described by the Python layer: (pointer, dtype name, shape[4], strides[4] in
-// elements), or None.
-StridedView device_view_of(const py::object& o, const char* name) {
-  if (o.is_none()) return StridedView{};
-  const auto t = o.cast<py::tuple>();
-  StridedView v;
-  v.data = reinterpret_cast<void*>(t[0].cast<uintptr_t>());
-  const auto dtype = t[1].cast<std::string>();
-  const std::pair<const char*, DType> names[] = {
-      {"uint8", DType::kUInt8}, {"int16", DType::kInt16},     {"int32", DType::kInt32},
-      {"int64", DType::kInt64}, {"float32", DType::kFloat32}, {"float64", DType::kFloat64}};
-  bool found = false;
-  for (const auto& [n, d] : names) {
-    if (dtype == n) {
-      v.dtype = d;
-      found = true;
-    }
-  }
-  if (!found) throw py::type_error(std::string(name) + ": unsupported dtype " + dtype);
-  const auto shape = t[2].cast<std::vector<int64_t>>();
-  const auto strides = t[3].cast<std::vector<int64_t>>();
-  if (shape.size() != 4 || strides.size() != 4) {
-    throw py::value_error(std::string(name) + ": the core expects a 4-D view");
-  }
-  for (int i = 0; i < 4; ++i) {
-    v.shape[i] = shape[i];
-    v.strides[i] = strides[i];
-  }
-  return v;
-}
-#endif
 
 }  // namespace
 
@@ -174,51 +90,7 @@ PYBIND11_MODULE(_core, m) {
   });
 
 #ifdef PDL_POST_HAVE_CUDA
-  m.def("cuda_device_count", &cuda_device_count);
-  m.def("cuda_pointer_device", &cuda_pointer_device, py::arg("pointer"));
-  py::class_<CudaMerge>(m, "CudaMerge")
-      .def(py::init([](const py::object& sem, const py::object& logits, const py::object& ctr,
-                       const py::object& off, const py::object& mask, int device, uintptr_t stream,
-                       std::vector<int64_t> thing_ids, int64_t label_divisor, int64_t stuff_area,
-                       int64_t void_label, double threshold, int64_t nms_kernel, int64_t top_k,
-                       const std::string& topk_mode) {
-             CudaMergeInputs in;
-             in.sem = device_view_of(sem, "sem");
-             in.logits = device_view_of(logits, "sem");
-             in.ctr = device_view_of(ctr, "ctr");
-             in.off = device_view_of(off, "off");
-             in.mask = device_view_of(mask, "foreground_mask");
-             in.device = device;
-             in.stream = stream;
-             const CenterOptions options{threshold, nms_kernel, top_k, topk_mode_of(topk_mode)};
-             const FuseParams params =
-                 fuse_params(std::move(thing_ids), label_divisor, stuff_area, void_label);
-             py::gil_scoped_release release;
-             return std::make_unique<CudaMerge>(in, options, params);
-           }),
-           py::arg("sem"), py::arg("logits"), py::arg("ctr"), py::arg("off"), py::arg("mask"),
-           py::arg("device"), py::arg("stream"), py::arg("thing_ids"), py::arg("label_divisor"),
-           py::arg("stuff_area"), py::arg("void_label"), py::arg("threshold"),
-           py::arg("nms_kernel"), py::arg("top_k"), py::arg("topk_mode"))
-      .def("label_range", &CudaMerge::label_range)
-      .def(
-          "finish",
-          [](CudaMerge& job, const py::object& out, bool with_segments) {
-            const StridedView o = device_view_of(out, "out");
-            std::vector<ImageResult> results;
-            {
-              py::gil_scoped_release release;
-              results = job.finish(o, with_segments);
-            }
-            py::list out_list;
-            for (const auto& r : results) {
-              py::tuple centers = centers_to_python(r.centers);
-              out_list.append(
-                  py::make_tuple(centers[0], centers[1], segments_to_python(r.segments)));
-            }
-            return out_list;
-          },
-          py::arg("out"), py::arg("with_segments"));
+  bind_cuda(m);
 #endif
 
   m.def(

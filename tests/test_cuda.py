@@ -9,6 +9,9 @@ the error cases at the end run everywhere.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+
 import numpy as np
 import pytest
 
@@ -44,18 +47,103 @@ needs_gpu = pytest.mark.skipif(
     GPU is None,
     reason="no GPU: pdl_post.cuda_available() is False or neither torch nor CuPy sees a device",
 )
-DEVICES = ["cpu", pytest.param("cuda", marks=needs_gpu)]
+try:
+    from pdl_post import _cuda_emulation as EMULATION
+except ImportError:  # pragma: no cover - a build without PDL_POST_CUDA_EMULATION
+    EMULATION = None
+needs_emulation = pytest.mark.skipif(
+    EMULATION is None, reason="pdl_post._cuda_emulation not built (PDL_POST_CUDA_EMULATION=OFF)"
+)
+# "emulated": the CUDA sources on the host emulator (cpp/cuda_emulation), fed numpy memory
+# through __cuda_array_interface__; runs everywhere the test build runs.
+DEVICES = [
+    "cpu",
+    pytest.param("emulated", marks=needs_emulation),
+    pytest.param("cuda", marks=needs_gpu),
+]
+
+
+class HostCudaArray:
+    """numpy memory exposed through __cuda_array_interface__ (what the emulated device reads)."""
+
+    def __init__(self, a: np.ndarray):
+        self.a = a
+        self.__cuda_array_interface__ = {
+            "shape": a.shape,
+            "typestr": a.dtype.str,
+            "data": (a.ctypes.data if a.size else 0, False),
+            "strides": None if a.flags.c_contiguous else a.strides,
+            "version": 3,
+        }
+
+    def __getitem__(self, index):
+        return self.a[index]
+
+    # The conversions the CUDA dispatch asks of the caller's array library (as CuPy's).
+    def __gt__(self, other):
+        return HostCudaArray(self.a > other)
+
+    def astype(self, dtype):
+        return HostCudaArray(self.a.astype(dtype))
+
+
+class InterfaceOnlyArray(HostCudaArray):
+    """Only __cuda_array_interface__: no array library that could convert it on the device."""
+
+
+def use_emulation(monkeypatch):
+    """Route CUDA arrays through pdl_post._cuda_emulation; returns a check for after the test."""
+    from pdl_post import _core, _cuda
+
+    monkeypatch.setattr(_cuda, "available", lambda: True)
+    monkeypatch.setattr(_core, "cuda_pointer_device", EMULATION.cuda_pointer_device, raising=False)
+    monkeypatch.setattr(_core, "CudaMerge", EMULATION.CudaMerge, raising=False)
+    library = _cuda._library
+    monkeypatch.setattr(
+        _cuda, "_library", lambda x: "host" if type(x) is HostCudaArray else library(x)
+    )
+    monkeypatch.setattr(
+        _cuda,
+        "_allocate",
+        lambda arrays, shape, dtype, device: HostCudaArray(np.empty(shape, dtype)),
+    )
+    EMULATION.take_violations()
+    allocations = EMULATION.live_allocations()
+
+    def check():
+        gc.collect()  # exception tracebacks may hold a CudaMerge (and its scratch) in a cycle
+        assert EMULATION.take_violations() == []
+        assert EMULATION.live_allocations() == allocations, "device memory leaked"
+
+    return check
+
+
+def _device(request):
+    if request.param != "emulated":
+        yield request.param
+        return
+    check = use_emulation(request.getfixturevalue("monkeypatch"))
+    yield "emulated"
+    check()
 
 
 @pytest.fixture(params=DEVICES)
 def device(request):
-    return request.param
+    yield from _device(request)
+
+
+@pytest.fixture(params=DEVICES[1:])
+def cuda_device(request):
+    """The CUDA path only: emulated, and on a GPU when there is one."""
+    yield from _device(request)
 
 
 def to_device(a, device):
     """numpy -> the device's array (numpy itself for 'cpu'); None stays None."""
     if a is None or device == "cpu":
         return a
+    if device == "emulated":
+        return HostCudaArray(np.array(a))  # a private copy: the kernels must not write inputs
     if GPU == "torch":
         import torch
 
@@ -68,6 +156,8 @@ def to_device(a, device):
 def to_host(a) -> np.ndarray:
     if isinstance(a, np.ndarray):
         return a
+    if isinstance(a, HostCudaArray):
+        return a.a
     if GPU == "torch":
         return a.cpu().numpy()
     import cupy
@@ -87,7 +177,7 @@ def run(device, sem, ctr, off, *, mask=None, score_rtol=0.0, **kw):
     for r in gpu if batched else [gpu]:
         r.panoptic = to_host(r.panoptic)
     assert_results_equal(gpu, cpu, score_rtol=score_rtol)
-    cpu_panoptic = np.stack([r.panoptic for r in cpu]) if batched else cpu.panoptic
+    cpu_panoptic = pdl_post.merge(sem, ctr, off, foreground_mask=mask, backend="cpu", **kw)
     host = to_host(merged)
     assert host.dtype == cpu_panoptic.dtype
     np.testing.assert_array_equal(host, cpu_panoptic)
@@ -232,8 +322,7 @@ def test_divergent_warps_count_every_pixel(device):
         run(device, sem, s.ctr, off, mask=rng.random(sem.shape) < 0.5, stuff_area=4, **kw)
 
 
-@needs_gpu
-def test_concurrent_calls_with_different_shared_memory_sizes():
+def test_concurrent_calls_with_different_shared_memory_sizes(cuda_device):
     # Calls on two threads and streams at once: one counts a large shared-memory histogram, the
     # other a small one. The kernel's shared-memory limit is process-wide state, so a call must
     # never lower it under another call's launch.
@@ -249,8 +338,10 @@ def test_concurrent_calls_with_different_shared_memory_sizes():
 
     def work(name, scene):
         try:
-            args = [to_device(a, "cuda") for a in (scene.sem, scene.ctr, scene.off)]
-            if GPU == "torch":
+            args = [to_device(a, cuda_device) for a in (scene.sem, scene.ctr, scene.off)]
+            if cuda_device == "emulated":
+                context = contextlib.nullcontext()
+            elif GPU == "torch":
                 import torch
 
                 context = torch.cuda.stream(torch.cuda.Stream())
@@ -262,6 +353,8 @@ def test_concurrent_calls_with_different_shared_memory_sizes():
                 for _ in range(40):
                     out = pdl_post.merge(*args, top_k=None, stuff_area=8)
                     np.testing.assert_array_equal(to_host(out), expected[name])
+                    if cuda_device == "emulated":
+                        break  # the emulator runs launches one at a time: once is enough
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -276,33 +369,36 @@ def test_concurrent_calls_with_different_shared_memory_sizes():
     assert not errors, errors
 
 
-@needs_gpu
-def test_class_ids_near_int64_max_are_a_clear_error():
+def test_class_ids_near_int64_max_are_a_clear_error(cuda_device):
     # (max class + 1) * label_divisor - 1 fits int64 with label_divisor=1, so the output is int64;
     # the CUDA path's (K + 1) x (max class + 1) table does not: a ValueError, not an overflow.
+    # No centres: label_divisor=1 leaves no room for instance numbers.
     s = synthetic.make_scene(32, 48, 3, seed=0)
     sem = s.sem.astype(np.int64)
     sem[0, 0] = np.iinfo(np.int64).max  # a stuff class
-    cpu = pdl_post.merge(sem, s.ctr, s.off, label_divisor=1, stuff_area=0)
-    assert cpu.dtype == np.int64
-    args = [to_device(a, "cuda") for a in (sem, s.ctr, s.off)]
+    ctr = np.zeros_like(s.ctr)
+    cpu = pdl_post.merge(sem, ctr, s.off, label_divisor=1, stuff_area=0)
+    assert cpu.dtype == np.int64 and cpu[0, 0] == np.iinfo(np.int64).max
+    args = [to_device(a, cuda_device) for a in (sem, ctr, s.off)]
     with pytest.raises(ValueError, match=r"class ids this large are supported by the CPU path"):
         pdl_post.merge(*args, label_divisor=1, stuff_area=0)
 
 
-@needs_gpu
-def test_label_divisor_and_negative_label_errors_match_the_cpu():
+def test_label_divisor_and_negative_label_errors_match_the_cpu(cuda_device):
     s = synthetic.make_scene(64, 96, 30, seed=1, semantic_noise=0.0)
-    args = [to_device(a, "cuda") for a in (s.sem, s.ctr, s.off)]
+    args = [to_device(a, cuda_device) for a in (s.sem, s.ctr, s.off)]
     with pytest.raises(ValueError) as cpu_error:
         pdl_post.merge(s.sem, s.ctr, s.off, label_divisor=2)
+    allocations = EMULATION.live_allocations() if cuda_device == "emulated" else None
     with pytest.raises(ValueError) as gpu_error:
         pdl_post.merge(*args, label_divisor=2)
     assert str(gpu_error.value) == str(cpu_error.value)
+    if allocations is not None:  # the traceback still holds the job: its scratch is freed
+        assert EMULATION.live_allocations() == allocations
     neg = s.sem.astype(np.int32)
     neg[3, 4] = -2
     with pytest.raises(ValueError, match=r"sem: class ids must be >= 0, got a minimum of -2"):
-        pdl_post.merge(to_device(neg, "cuda"), *args[1:])
+        pdl_post.merge(to_device(neg, cuda_device), *args[1:])
 
 
 @needs_gpu
@@ -455,100 +551,17 @@ def test_backend_cuda_needs_cuda_arrays():
 
 
 # ---------------------------------------------------------------------------------------------
-# The Python glue on its own (runs everywhere): CUDA-array dispatch with a host-emulated core
+# The Python glue with the emulated device: odd layouts reach the kernels as the right views
 # ---------------------------------------------------------------------------------------------
-
-
-class HostCudaArray:
-    """numpy memory exposed through __cuda_array_interface__ (the emulated core reads it)."""
-
-    def __init__(self, a: np.ndarray):
-        self.a = a
-        self.__cuda_array_interface__ = {
-            "shape": a.shape,
-            "typestr": a.dtype.str,
-            "data": (a.ctypes.data if a.size else 0, False),
-            "strides": None if a.flags.c_contiguous else a.strides,
-            "version": 3,
-        }
-
-    def __getitem__(self, index):
-        return self.a[index]
-
-
-_NUMPY_OF = {
-    "uint8": np.uint8,
-    "int16": np.int16,
-    "int32": np.int32,
-    "int64": np.int64,
-    "float32": np.float32,
-    "float64": np.float64,
-}
-
-
-def _view_of(descriptor):
-    """The numpy view a (pointer, dtype, shape, strides-in-elements) descriptor names."""
-    import ctypes
-
-    if descriptor is None:
-        return None
-    pointer, dtype, shape, strides = descriptor
-    dtype = np.dtype(_NUMPY_OF[dtype])
-    if min(shape) == 0:
-        return np.empty(shape, dtype)
-    extent = sum((n - 1) * s for n, s in zip(shape, strides)) + 1
-    assert all(s >= 0 for s in strides)
-    raw = (ctypes.c_char * (extent * dtype.itemsize)).from_address(pointer)
-    base = np.frombuffer(raw, dtype=dtype)
-    return np.lib.stride_tricks.as_strided(
-        base, shape=shape, strides=[s * dtype.itemsize for s in strides]
-    )
-
-
-class EmulatedCudaMerge:
-    """Stands in for _core.CudaMerge: the same two phases, computed by the CPU core."""
-
-    def __init__(self, sem, logits, ctr, off, mask, device, stream, *options):
-        from pdl_post import _core
-
-        assert device == 0 and stream == 0
-        self.logits = _view_of(logits)
-        self.ctr, self.off, self.mask = _view_of(ctr), _view_of(off), _view_of(mask)
-        if self.logits is not None:
-            b, _, h, w = self.logits.shape
-            self.labels = np.empty((b, 1, h, w), np.int32)
-            if self.labels.size:
-                _core.argmax_logits(self.logits, self.labels, 0)
-        else:
-            self.labels = _view_of(sem)
-        self.options = options
-        self.range = _core.label_range(self.labels, 0)
-
-    def label_range(self):
-        return self.range
-
-    def finish(self, out, with_segments):
-        from pdl_post import _core
-
-        things, divisor, stuff, void, threshold, kernel, top_k, mode = self.options
-        return _core.merge(
-            self.labels, self.ctr, self.off, self.mask, self.logits, self.range[1], things,
-            divisor, stuff, void, threshold, kernel, top_k, mode, _view_of(out), 0,
-        )  # fmt: skip
 
 
 @pytest.fixture
 def emulated_cuda(monkeypatch):
-    from pdl_post import _core, _cuda
-
-    monkeypatch.setattr(_cuda, "available", lambda: True)
-    monkeypatch.setattr(_core, "cuda_pointer_device", lambda pointer: 0, raising=False)
-    monkeypatch.setattr(_core, "CudaMerge", EmulatedCudaMerge, raising=False)
-    monkeypatch.setattr(
-        _cuda,
-        "_allocate",
-        lambda arrays, shape, dtype, device: HostCudaArray(np.empty(shape, dtype)),
-    )
+    if EMULATION is None:
+        pytest.skip("pdl_post._cuda_emulation not built (PDL_POST_CUDA_EMULATION=OFF)")
+    check = use_emulation(monkeypatch)
+    yield
+    check()
 
 
 def _emulated_equals_cpu(sem, ctr, off, mask=None, **kw):
@@ -604,7 +617,7 @@ def test_cuda_dispatch_checks_like_the_cpu_path(emulated_cuda):
             HostCudaArray(s.sem),
             HostCudaArray(s.ctr),
             HostCudaArray(s.off),
-            foreground_mask=HostCudaArray(s.sem.astype(np.float32)),
+            foreground_mask=InterfaceOnlyArray(s.sem.astype(np.float32)),
         )
     neg = s.sem.astype(np.int32)
     neg[0, 0] = -1

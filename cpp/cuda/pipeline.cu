@@ -288,17 +288,22 @@ CudaMerge::CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers
   s.peak_begin.assign(host.begin() + 2, host.end());
 }
 
+namespace {
+
+// Runs `release` with `device` current (scratch is freed in stream order on the job's device).
+template <typename F>
+void on_device(int device, F release) noexcept {
+  int previous = 0;
+  const bool other = cudaGetDevice(&previous) == cudaSuccess && previous != device;
+  if (other) (void)cudaSetDevice(device);
+  release();
+  if (other) (void)cudaSetDevice(previous);
+}
+
+}  // namespace
+
 CudaMerge::~CudaMerge() {
-  if (state_) {
-    // Scratch is released in stream order on the job's device.
-    int previous = 0;
-    if (cudaGetDevice(&previous) == cudaSuccess && previous != state_->in.device) {
-      (void)cudaSetDevice(state_->in.device);
-      state_.reset();
-      (void)cudaSetDevice(previous);
-    }
-    state_.reset();
-  }
+  if (state_) on_device(state_->in.device, [&] { state_.reset(); });
 }
 
 std::pair<int64_t, int64_t> CudaMerge::label_range() const {
@@ -310,6 +315,17 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   State& s = *state_;
   if (s.finished) throw ValueError("CudaMerge.finish: already called");
   s.finished = true;
+  // The first phase's scratch goes back to the pool when finish ends, errors included (a Python
+  // traceback may keep this object alive for a long time).
+  struct ReleaseScratch {
+    State& s;
+    ~ReleaseScratch() {
+      on_device(s.in.device, [this] {
+        s.labels = DeviceBuffer();
+        s.row_offset = DeviceBuffer();
+      });
+    }
+  } release_scratch{s};
   std::vector<ImageResult> results(static_cast<size_t>(s.batch));
   if (s.empty) return results;
   if (s.lo < 0) {

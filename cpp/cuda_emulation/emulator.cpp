@@ -1,0 +1,687 @@
+// The host emulator of the CUDA execution model and runtime API (see pdl_emu/emulator.h).
+#include <signal.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "cuda_runtime.h"
+
+namespace pdl_emu {
+namespace {
+
+constexpr size_t kStackBytes = 256 * 1024;
+constexpr size_t kGuardBytes = 64;
+constexpr unsigned char kPoison = 0xA5;        // fresh device memory
+constexpr unsigned char kSharedPoison = 0xCD;  // dynamic shared memory at block start
+constexpr unsigned char kGuard = 0xFD;         // bytes around every allocation
+constexpr int kDefaultSharedLimit = 48 * 1024;
+constexpr int kSharedOptinLimit = 232448;  // H100: 227 KiB per block
+constexpr int kMultiprocessors = 132;
+
+size_t page_size() { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
+
+// Memory whose payload (16-byte aligned) ends flush with an inaccessible page, so that a kernel
+// reading or writing past the end faults; guard bytes fill the slack before and after it.
+struct Span {
+  unsigned char* base = nullptr;
+  size_t mapped = 0;
+  unsigned char* payload = nullptr;
+};
+
+Span map_guarded(size_t bytes) {
+  const size_t page = page_size();
+  const size_t rounded = (bytes + 15) / 16 * 16;
+  const size_t data_pages = (rounded + kGuardBytes + page - 1) / page;
+  Span span;
+  span.mapped = (data_pages + 1) * page;
+  void* p = mmap(nullptr, span.mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return Span{};
+  span.base = static_cast<unsigned char*>(p);
+  mprotect(span.base + data_pages * page, page, PROT_NONE);
+  span.payload = span.base + data_pages * page - rounded;
+  std::memset(span.base, kGuard, static_cast<size_t>(span.payload - span.base));
+  std::memset(span.payload + bytes, kGuard, rounded - bytes);
+  return span;
+}
+
+void unmap(const Span& span) {
+  if (span.base) munmap(span.base, span.mapped);
+}
+
+// Whether the guard bytes around `bytes` at `payload` are intact.
+bool guards_intact(const unsigned char* payload, size_t bytes) {
+  const size_t after = (bytes + 15) / 16 * 16 - bytes;
+  for (size_t i = 1; i <= kGuardBytes; ++i) {
+    if (payload[-static_cast<ptrdiff_t>(i)] != kGuard) return false;
+  }
+  for (size_t i = 0; i < after; ++i) {
+    if (payload[bytes + i] != kGuard) return false;
+  }
+  return true;
+}
+
+std::map<uintptr_t, Span> g_spans;  // device allocations: payload address -> mapping
+
+struct Fiber {
+  ucontext_t context;
+  uint3 idx;
+  unsigned linear = 0;
+  bool done = false, blocked = false;
+  const char* waiting_at = nullptr;
+  int barrier_result = 0;
+  uint64_t exchange[32];
+};
+
+struct Warp {
+  unsigned pending = 0, arrived = 0;
+  const char* site = nullptr;
+  uint64_t values[32];
+};
+
+struct LaunchState {
+  const char* name = nullptr;
+  dim3 grid, block;
+  uint3 block_idx{0, 0, 0};
+  unsigned threads = 0;
+  const std::function<void()>* body = nullptr;
+  std::vector<Fiber> fibers;
+  std::vector<Warp> warps;
+  Span shared;  // dynamic shared memory
+  size_t shared_bytes = 0;
+  int barrier_arrived = 0, barrier_or = 0;
+  const char* barrier_site = nullptr;
+  ucontext_t scheduler;
+  Fiber* current = nullptr;
+  bool failed = false;
+  std::string error;
+};
+
+std::recursive_mutex g_mutex;
+LaunchState* g_launch = nullptr;
+uint64_t g_epoch = 1;
+uint64_t g_seed = 1;
+bool g_pools = true;
+std::vector<std::string> g_violations;
+cudaError_t g_last_error = cudaSuccess;  // returned (and cleared) by cudaGetLastError
+cudaError_t g_sync_error = cudaSuccess;  // returned (and cleared) by cudaStreamSynchronize
+std::string g_message;
+std::map<uintptr_t, size_t> g_allocations;  // payload address -> bytes
+std::map<const void*, int> g_max_dynamic_shared;
+std::vector<char*> g_stacks;
+thread_local int t_device = 0;
+
+void violation(const std::string& message) {
+  g_violations.push_back(message);
+  g_message = message;
+}
+
+char* stack_for(size_t i) {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  while (g_stacks.size() <= i) {
+    void* p = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+      std::fprintf(stderr, "pdl_emu: cannot map a fiber stack\n");
+      std::abort();
+    }
+    mprotect(p, page, PROT_NONE);  // an overflow faults instead of corrupting a neighbour
+    g_stacks.push_back(static_cast<char*>(p) + page);
+  }
+  return g_stacks[i];
+}
+
+uint64_t mix(uint64_t x) {  // splitmix64
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+void shuffle(std::vector<unsigned>& order, uint64_t& state) {
+  for (size_t i = order.size(); i > 1; --i) {
+    state = mix(state);
+    std::swap(order[i - 1], order[state % i]);
+  }
+}
+
+void fiber_entry() {
+  LaunchState& L = *g_launch;
+  Fiber* f = L.current;
+  (*L.body)();
+  f->done = true;
+  swapcontext(&f->context, &L.scheduler);  // never resumed
+  std::abort();
+}
+
+void wait_here(Fiber* f, const char* site) {
+  f->blocked = true;
+  f->waiting_at = site;
+  swapcontext(&f->context, &g_launch->scheduler);
+}
+
+std::string describe(const dim3& d) {
+  return "(" + std::to_string(d.x) + "," + std::to_string(d.y) + "," + std::to_string(d.z) + ")";
+}
+
+std::string deadlock_report(const LaunchState& L) {
+  std::map<std::string, int> waiting;
+  int exited = 0;
+  for (unsigned i = 0; i < L.threads; ++i) {
+    const Fiber& f = L.fibers[i];
+    if (f.done) {
+      ++exited;
+    } else {
+      ++waiting[f.waiting_at ? f.waiting_at : "?"];
+    }
+  }
+  std::string s = "deadlock: ";
+  for (const auto& [site, n] : waiting) s += std::to_string(n) + " threads wait at " + site + "; ";
+  s +=
+      std::to_string(exited) + " of " + std::to_string(L.threads) +
+      " threads have exited (a barrier or warp intrinsic must be reached by every thread it names)";
+  return s;
+}
+
+void check_guards(uintptr_t payload, size_t bytes, const char* when) {
+  if (!guards_intact(reinterpret_cast<const unsigned char*>(payload), bytes)) {
+    violation(std::string("device memory of ") + std::to_string(bytes) +
+              " bytes written out of bounds (found " + when + ")");
+  }
+}
+
+// A kernel thread that touches an inaccessible page (past the end of a device allocation, or its
+// own stack overflowing) ends the launch with a violation instead of the process.
+struct sigaction g_previous_segv, g_previous_bus;
+thread_local std::vector<char> t_signal_stack;
+
+void fault_handler(int signal, siginfo_t* info, void* context) {
+  LaunchState* L = g_launch;
+  if (!L || !L->current) {  // not a kernel thread: the previous handler decides
+    sigaction(signal, signal == SIGSEGV ? &g_previous_segv : &g_previous_bus, nullptr);
+    raise(signal);
+    return;
+  }
+  (void)context;
+  char text[200];
+  const uintptr_t address = reinterpret_cast<uintptr_t>(info->si_addr);
+  auto it = g_allocations.upper_bound(address);  // the allocation that ends below the address
+  if (it != g_allocations.begin() && address >= std::prev(it)->first + std::prev(it)->second) {
+    --it;
+    std::snprintf(text, sizeof text,
+                  "thread %u: access %zu bytes past the end of a device allocation of %zu bytes",
+                  L->current->linear, static_cast<size_t>(address - it->first - it->second),
+                  it->second);
+  } else {
+    std::snprintf(text, sizeof text, "thread %u: invalid memory access at %p", L->current->linear,
+                  info->si_addr);
+  }
+  L->failed = true;
+  L->error = text;
+  L->current->done = true;
+  setcontext(&L->scheduler);  // restores the scheduler's signal mask as well
+}
+
+void install_fault_handler() {
+  if (t_signal_stack.empty()) {
+    t_signal_stack.resize(64 * 1024);
+    stack_t stack{};
+    stack.ss_sp = t_signal_stack.data();
+    stack.ss_size = t_signal_stack.size();
+    sigaltstack(&stack, nullptr);
+  }
+  struct sigaction action{};
+  action.sa_sigaction = fault_handler;
+  action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGSEGV, &action, &g_previous_segv);
+  sigaction(SIGBUS, &action, &g_previous_bus);
+}
+
+void restore_fault_handler() {
+  sigaction(SIGSEGV, &g_previous_segv, nullptr);
+  sigaction(SIGBUS, &g_previous_bus, nullptr);
+}
+
+bool run_block(LaunchState& L, const ucontext_t& blank, uint64_t block_number) {
+  ++g_epoch;
+  L.barrier_arrived = 0;
+  L.barrier_or = 0;
+  for (Warp& w : L.warps) w = Warp{};
+  std::memset(L.shared.payload, kSharedPoison, L.shared_bytes);
+  const unsigned bx = L.block.x, by = L.block.y;
+  for (unsigned i = 0; i < L.threads; ++i) {
+    Fiber& f = L.fibers[i];
+    f.idx = uint3{i % bx, (i / bx) % by, i / (bx * by)};
+    f.linear = i;
+    f.done = f.blocked = false;
+    f.waiting_at = nullptr;
+    f.context = blank;
+    f.context.uc_stack.ss_sp = stack_for(i);
+    f.context.uc_stack.ss_size = kStackBytes;
+    f.context.uc_link = nullptr;
+    makecontext(&f.context, fiber_entry, 0);
+  }
+  std::vector<unsigned> order(L.threads);
+  std::iota(order.begin(), order.end(), 0u);
+  uint64_t state = mix(g_seed ^ mix(block_number));
+  for (;;) {
+    if (g_seed != 0) shuffle(order, state);
+    bool ran = false;
+    for (unsigned i : order) {
+      Fiber& f = L.fibers[i];
+      if (f.done || f.blocked) continue;
+      L.current = &f;
+      swapcontext(&L.scheduler, &f.context);
+      L.current = nullptr;
+      ran = true;
+      if (L.failed) return false;
+    }
+    const bool all_done = std::all_of(L.fibers.begin(), L.fibers.begin() + L.threads,
+                                      [](const Fiber& f) { return f.done; });
+    if (all_done) break;
+    if (!ran) {
+      L.failed = true;
+      L.error = deadlock_report(L);
+      return false;
+    }
+  }
+  if (!guards_intact(L.shared.payload, L.shared_bytes)) {
+    L.failed = true;
+    L.error = "dynamic shared memory written out of bounds (" + std::to_string(L.shared_bytes) +
+              " bytes were requested)";
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+const uint3& thread_idx() { return g_launch->current->idx; }
+const uint3& block_idx() { return g_launch->block_idx; }
+const dim3& block_dim() { return g_launch->block; }
+const dim3& grid_dim() { return g_launch->grid; }
+unsigned linear_thread() { return g_launch->current->linear; }
+void* dynamic_shared() { return g_launch->shared.payload; }
+uint64_t barrier_epoch() { return g_epoch; }
+
+void fail(const std::string& message) {
+  LaunchState& L = *g_launch;
+  Fiber* f = L.current;
+  if (!L.failed) {
+    L.failed = true;
+    L.error = message;
+  }
+  f->done = true;
+  swapcontext(&f->context, &L.scheduler);  // abandoned: never resumed
+  std::abort();
+}
+
+int sync_block(int predicate, const char* site, void (*on_complete)(void*), void* context) {
+  LaunchState& L = *g_launch;
+  Fiber* f = L.current;
+  if (L.barrier_arrived == 0) {
+    L.barrier_site = site;
+  } else if (std::strcmp(L.barrier_site, site) != 0) {
+    fail(std::string("thread ") + std::to_string(f->linear) + " reaches the barrier at " + site +
+         " while other threads of its block wait at " + L.barrier_site);
+  }
+  L.barrier_or |= predicate != 0 ? 1 : 0;
+  if (++L.barrier_arrived == static_cast<int>(L.threads)) {
+    const int result = L.barrier_or;
+    L.barrier_arrived = 0;
+    L.barrier_or = 0;
+    ++g_epoch;
+    if (on_complete) on_complete(context);
+    for (unsigned i = 0; i < L.threads; ++i) {
+      L.fibers[i].barrier_result = result;
+      L.fibers[i].blocked = false;
+    }
+    return result;
+  }
+  wait_here(f, site);
+  return f->barrier_result;
+}
+
+const uint64_t* warp_exchange(unsigned mask, uint64_t value, const char* site) {
+  LaunchState& L = *g_launch;
+  Fiber* f = L.current;
+  const unsigned lane = f->linear & 31u, warp = f->linear >> 5;
+  const unsigned size = std::min(32u, L.threads - warp * 32u);
+  const unsigned existing = size == 32 ? ~0u : (1u << size) - 1u;
+  char buffer[160];
+  if (!(mask >> lane & 1u)) {
+    std::snprintf(buffer, sizeof buffer,
+                  ": lane %u calls a warp intrinsic whose mask 0x%08x "
+                  "does not name it",
+                  lane, mask);
+    fail(site + std::string(buffer));
+  }
+  if (mask & ~existing) {
+    std::snprintf(buffer, sizeof buffer, ": mask 0x%08x names lanes beyond the block's %u threads",
+                  mask, L.threads);
+    fail(site + std::string(buffer));
+  }
+  Warp& w = L.warps[warp];
+  if (w.arrived == 0) {
+    w.pending = mask;
+    w.site = site;
+  } else if (w.pending != mask || std::strcmp(w.site, site) != 0) {
+    std::snprintf(buffer, sizeof buffer, " (mask 0x%08x) while lanes of its warp wait at ", mask);
+    fail(std::string("warp intrinsic at ") + site + buffer + w.site);
+  }
+  w.values[lane] = value;
+  w.arrived |= 1u << lane;
+  if (w.arrived == mask) {
+    for (unsigned l = 0; l < 32; ++l) {
+      if (!(mask >> l & 1u)) continue;
+      Fiber& u = L.fibers[warp * 32 + l];
+      std::memcpy(u.exchange, w.values, sizeof w.values);
+      u.blocked = false;
+    }
+    w.arrived = 0;
+    return f->exchange;
+  }
+  wait_here(f, site);
+  return f->exchange;
+}
+
+int launch_kernel(const char* name, const void* kernel, dim3 grid, dim3 block, size_t shared_bytes,
+                  cudaStream_t stream, const std::function<void()>& body) {
+  (void)stream;
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  const uint64_t threads = uint64_t{block.x} * block.y * block.z;
+  if (g_launch) {
+    violation(std::string("launch of ") + name + " from device code is not supported");
+    g_last_error = cudaErrorLaunchFailure;
+    return g_last_error;
+  }
+  if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
+      grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535) {
+    g_message = std::string(name) + ": grid " + describe(grid) + " x block " + describe(block) +
+                " is not a valid launch configuration";
+    g_last_error = cudaErrorInvalidConfiguration;
+    return g_last_error;
+  }
+  int limit = kDefaultSharedLimit;
+  const auto attribute = g_max_dynamic_shared.find(kernel);
+  if (attribute != g_max_dynamic_shared.end()) limit = std::max(limit, attribute->second);
+  if (shared_bytes > static_cast<size_t>(limit)) {
+    g_message = std::string(name) + ": " + std::to_string(shared_bytes) +
+                " bytes of dynamic shared memory exceed the kernel's limit of " +
+                std::to_string(limit) + " (cudaFuncAttributeMaxDynamicSharedMemorySize)";
+    g_last_error = cudaErrorInvalidValue;
+    return g_last_error;
+  }
+  LaunchState L;
+  L.name = name;
+  L.grid = grid;
+  L.block = block;
+  L.threads = static_cast<unsigned>(threads);
+  L.body = &body;
+  L.fibers.resize(L.threads);
+  L.warps.resize((L.threads + 31) / 32);
+  L.shared_bytes = shared_bytes;
+  L.shared = map_guarded(shared_bytes);
+  if (!L.shared.payload) {
+    g_message = std::string(name) + ": cannot map dynamic shared memory";
+    g_last_error = cudaErrorMemoryAllocation;
+    return g_last_error;
+  }
+  ucontext_t blank;
+  getcontext(&blank);
+  g_launch = &L;
+  install_fault_handler();
+  const uint64_t blocks = uint64_t{grid.x} * grid.y * grid.z;
+  std::vector<unsigned> order;
+  uint64_t state = mix(g_seed ^ 0x5eedull);
+  if (g_seed != 0 && blocks <= (uint64_t{1} << 24)) {
+    order.resize(blocks);
+    std::iota(order.begin(), order.end(), 0u);
+    shuffle(order, state);
+  }
+  for (uint64_t i = 0; i < blocks && !L.failed; ++i) {
+    const uint64_t n = order.empty() ? i : order[i];
+    L.block_idx =
+        uint3{static_cast<unsigned>(n % grid.x), static_cast<unsigned>((n / grid.x) % grid.y),
+              static_cast<unsigned>(n / (uint64_t{grid.x} * grid.y))};
+    run_block(L, blank, n);
+  }
+  restore_fault_handler();
+  unmap(L.shared);
+  g_launch = nullptr;
+  if (L.failed) {
+    const dim3 at(L.block_idx.x, L.block_idx.y, L.block_idx.z);
+    violation(std::string(name) + " block " + describe(at) + ": " + L.error);
+    g_last_error = g_sync_error = cudaErrorLaunchFailure;
+    return g_last_error;
+  }
+  return cudaSuccess;
+}
+
+cudaError_t set_max_dynamic_shared(const void* kernel, int bytes) {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  if (bytes < 0 || bytes > kSharedOptinLimit) {
+    g_message = "cudaFuncSetAttribute: " + std::to_string(bytes) +
+                " bytes of dynamic shared memory exceed the device's " +
+                std::to_string(kSharedOptinLimit);
+    return cudaErrorInvalidValue;
+  }
+  g_max_dynamic_shared[kernel] = bytes;
+  return cudaSuccess;
+}
+
+void check_allocation(const void* pointer, size_t bytes, const char* what) {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  const uintptr_t p = reinterpret_cast<uintptr_t>(pointer);
+  auto it = g_allocations.upper_bound(p);
+  if (it == g_allocations.begin() || p + bytes > std::prev(it)->first + std::prev(it)->second) {
+    violation(std::string(what) + ": " + std::to_string(bytes) +
+              " bytes are not inside one device allocation");
+  }
+}
+
+void set_schedule_seed(uint64_t seed) {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  g_seed = seed;
+}
+
+uint64_t schedule_seed() { return g_seed; }
+
+std::vector<std::string> take_violations() {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  for (const auto& [payload, bytes] : g_allocations) check_guards(payload, bytes, "at a check");
+  std::vector<std::string> out;
+  out.swap(g_violations);
+  return out;
+}
+
+int64_t live_allocations() {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  return static_cast<int64_t>(g_allocations.size());
+}
+
+void set_memory_pools_supported(bool supported) {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  g_pools = supported;
+}
+
+}  // namespace pdl_emu
+
+using pdl_emu::g_allocations;
+using pdl_emu::g_mutex;
+
+namespace {
+
+cudaError_t allocate(void** pointer, size_t bytes) {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  const pdl_emu::Span span = pdl_emu::map_guarded(bytes);
+  *pointer = span.payload;
+  if (!span.payload) return cudaErrorMemoryAllocation;
+  std::memset(span.payload, pdl_emu::kPoison, bytes);
+  g_allocations[reinterpret_cast<uintptr_t>(span.payload)] = bytes;
+  pdl_emu::g_spans[reinterpret_cast<uintptr_t>(span.payload)] = span;
+  return cudaSuccess;
+}
+
+cudaError_t release(void* pointer) {
+  if (!pointer) return cudaSuccess;
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  const auto it = g_allocations.find(reinterpret_cast<uintptr_t>(pointer));
+  if (it == g_allocations.end()) {
+    pdl_emu::violation("cudaFree of a pointer that is not a live device allocation");
+    return cudaErrorInvalidDevicePointer;
+  }
+  pdl_emu::check_guards(it->first, it->second, "when it was freed");
+  pdl_emu::unmap(pdl_emu::g_spans.at(it->first));
+  pdl_emu::g_spans.erase(it->first);
+  g_allocations.erase(it);
+  return cudaSuccess;
+}
+
+// A range that starts inside a device allocation must end inside it.
+cudaError_t check_range(const void* pointer, size_t bytes, const char* what) {
+  const uintptr_t p = reinterpret_cast<uintptr_t>(pointer);
+  auto it = g_allocations.upper_bound(p);
+  if (it == g_allocations.begin()) return cudaSuccess;
+  --it;
+  if (p >= it->first + it->second || p + bytes <= it->first + it->second) return cudaSuccess;
+  pdl_emu::violation(std::string(what) + " of " + std::to_string(bytes) +
+                     " bytes runs past the end of a device allocation");
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+const char* cudaGetErrorName(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess:
+      return "cudaSuccess";
+    case cudaErrorInvalidValue:
+      return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation:
+      return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration:
+      return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevicePointer:
+      return "cudaErrorInvalidDevicePointer";
+    case cudaErrorNoDevice:
+      return "cudaErrorNoDevice";
+    case cudaErrorInvalidDevice:
+      return "cudaErrorInvalidDevice";
+    case cudaErrorLaunchFailure:
+      return "cudaErrorLaunchFailure";
+  }
+  return "cudaErrorUnknown";
+}
+
+const char* cudaGetErrorString(cudaError_t error) {
+  thread_local std::string text;
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  text = std::string("emulated: ") + (error == cudaSuccess ? "no error" : pdl_emu::g_message);
+  return text.c_str();
+}
+
+cudaError_t cudaGetLastError() {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  const cudaError_t e = pdl_emu::g_last_error;
+  pdl_emu::g_last_error = cudaSuccess;
+  return e;
+}
+
+cudaError_t cudaGetDevice(int* device) {
+  *device = pdl_emu::t_device;
+  return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) {
+  if (device != 0) return cudaErrorInvalidDevice;
+  pdl_emu::t_device = device;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetDeviceCount(int* count) {
+  *count = 1;
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int device) {
+  if (device != 0) return cudaErrorInvalidDevice;
+  switch (attribute) {
+    case cudaDevAttrMultiProcessorCount:
+      *value = pdl_emu::kMultiprocessors;
+      return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin:
+      *value = pdl_emu::kSharedOptinLimit;
+      return cudaSuccess;
+    case cudaDevAttrMemoryPoolsSupported:
+      *value = pdl_emu::g_pools ? 1 : 0;
+      return cudaSuccess;
+  }
+  return cudaErrorInvalidValue;
+}
+
+// Every non-null pointer is device 0's memory: the emulator's device memory is host memory, so
+// numpy arrays exposed through __cuda_array_interface__ are read as device arrays.
+cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attributes, const void* pointer) {
+  *attributes = cudaPointerAttributes{};
+  attributes->type = pointer ? cudaMemoryTypeDevice : cudaMemoryTypeUnregistered;
+  attributes->device = pointer ? 0 : -1;
+  attributes->devicePointer = const_cast<void*>(pointer);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemPoolCreate(cudaMemPool_t* pool, const cudaMemPoolProps* props) {
+  static int the_pool = 0;
+  if (props->location.id != 0) return cudaErrorInvalidDevice;
+  *pool = reinterpret_cast<cudaMemPool_t>(&the_pool);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, cudaMemPoolAttr, void*) { return cudaSuccess; }
+
+cudaError_t cudaMallocFromPoolAsync(void** pointer, size_t bytes, cudaMemPool_t, cudaStream_t) {
+  return allocate(pointer, bytes);
+}
+
+cudaError_t cudaMalloc(void** pointer, size_t bytes) { return allocate(pointer, bytes); }
+
+cudaError_t cudaFree(void* pointer) { return release(pointer); }
+
+cudaError_t cudaFreeAsync(void* pointer, cudaStream_t) { return release(pointer); }
+
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind,
+                            cudaStream_t) {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  if (check_range(dst, bytes, "cudaMemcpyAsync destination") != cudaSuccess ||
+      check_range(src, bytes, "cudaMemcpyAsync source") != cudaSuccess) {
+    return cudaErrorInvalidValue;
+  }
+  if (bytes) std::memmove(dst, src, bytes);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void* pointer, int value, size_t bytes, cudaStream_t) {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  if (check_range(pointer, bytes, "cudaMemsetAsync") != cudaSuccess) return cudaErrorInvalidValue;
+  if (bytes) std::memset(pointer, value, bytes);
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t) {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  for (const auto& [payload, bytes] : g_allocations) {
+    pdl_emu::check_guards(payload, bytes, "at a stream synchronisation");
+  }
+  const cudaError_t e = pdl_emu::g_sync_error;
+  pdl_emu::g_sync_error = cudaSuccess;
+  return e;
+}

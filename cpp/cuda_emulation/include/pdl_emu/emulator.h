@@ -1,0 +1,150 @@
+// A host emulator of the CUDA execution model, so that the unmodified kernels of cpp/cuda run and
+// are compared with the CPU path on machines without a GPU (tests only, never shipped).
+//
+// translate.py turns each .cu file into C++: `kernel<<<grid, block, shared, stream>>>(args)`
+// becomes `pdl_emu::launch(kernel, "kernel", grid, block, shared, stream)(args)` and
+// `extern __shared__ T name[]` a pointer to the launch's dynamic shared memory. A launch runs the
+// blocks one after another; the threads of a block are fibers (ucontext) switched only at
+// __syncthreads and warp intrinsics, in an order shuffled by a seed, so code that depends on an
+// unsynchronised order of threads or blocks gives different answers under different seeds.
+//
+// What it checks beyond the answer: barriers reached by only part of a block or at different
+// call sites, warp intrinsics called by a lane outside their mask or with differing masks,
+// lanes that exit while the rest of their warp waits (deadlocks), cub temp storage reused without
+// a __syncthreads in between, launch configurations CUDA refuses, dynamic shared memory
+// overruns, writes past either end of a device allocation, double frees; device allocations and
+// dynamic shared memory start filled with a poison pattern, so reads of unwritten memory change
+// the answer. What it cannot see: races between blocks (they never overlap) and the memory model.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+struct uint3 {
+  unsigned int x, y, z;
+};
+
+struct dim3 {
+  unsigned int x, y, z;
+  constexpr dim3(unsigned int vx = 1, unsigned int vy = 1, unsigned int vz = 1)
+      : x(vx), y(vy), z(vz) {}
+};
+
+struct CUstream_st;
+typedef CUstream_st* cudaStream_t;
+
+namespace pdl_emu {
+
+// The calling fiber's coordinates (valid inside a kernel only).
+const uint3& thread_idx();
+const uint3& block_idx();
+const dim3& block_dim();
+const dim3& grid_dim();
+unsigned linear_thread();
+void* dynamic_shared();
+
+// __syncthreads(): every thread of the block at the same call site. `on_complete` runs once, in
+// the last thread to arrive, before any thread continues (the cub shims compute there).
+// Returns the OR of `predicate` over the block.
+int sync_block(int predicate, const char* site, void (*on_complete)(void*) = nullptr,
+               void* context = nullptr);
+// Number of __syncthreads completed by the calling block so far.
+uint64_t barrier_epoch();
+// Every lane of `mask` deposits `value`; returns the 32 deposited values (lanes outside the mask
+// hold garbage).
+const uint64_t* warp_exchange(unsigned mask, uint64_t value, const char* site);
+// Stops the calling kernel with a violation of CUDA's rules.
+[[noreturn]] void fail(const std::string& message);
+
+// Runs `body` once per thread of every block; returns a cudaError_t value.
+int launch_kernel(const char* name, const void* kernel, dim3 grid, dim3 block, size_t shared_bytes,
+                  cudaStream_t stream, const std::function<void()>& body);
+
+template <typename... P>
+struct Launch {
+  void (*kernel)(P...);
+  const char* name;
+  dim3 grid, block;
+  size_t shared_bytes;
+  cudaStream_t stream;
+
+  template <typename... A>
+  void operator()(A&&... args) const {
+    // The arguments are converted to the parameter types once, as a launch does, and every
+    // thread gets its own copies (kernel parameters are per-thread values).
+    const std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
+    auto* k = kernel;
+    launch_kernel(name, reinterpret_cast<const void*>(k), grid, block, shared_bytes, stream,
+                  [k, &params] { std::apply(k, params); });
+  }
+};
+
+template <typename... P>
+Launch<P...> launch(void (*kernel)(P...), const char* name, dim3 grid, dim3 block,
+                    size_t shared_bytes = 0, cudaStream_t stream = nullptr) {
+  return Launch<P...>{kernel, name, grid, block, shared_bytes, stream};
+}
+
+// Device memory bookkeeping (for the cub shims' temp storage checks).
+void check_allocation(const void* pointer, size_t bytes, const char* what);
+
+// Test hooks (exposed by the _cuda_emulation module).
+void set_schedule_seed(uint64_t seed);
+uint64_t schedule_seed();
+std::vector<std::string> take_violations();
+int64_t live_allocations();
+void set_memory_pools_supported(bool supported);
+
+template <typename T>
+uint64_t to_bits(T value) {
+  static_assert(sizeof(T) <= 8, "warp intrinsics take values of at most 8 bytes");
+  uint64_t bits = 0;
+  std::memcpy(&bits, &value, sizeof(T));
+  return bits;
+}
+
+template <typename T>
+T from_bits(uint64_t bits) {
+  T value;
+  std::memcpy(&value, &bits, sizeof(T));
+  return value;
+}
+
+inline unsigned lane_bit() { return 1u << (linear_thread() & 31u); }
+
+inline unsigned ballot(unsigned mask, int predicate, const char* site) {
+  const uint64_t* v = warp_exchange(mask, predicate != 0, site);
+  unsigned result = 0;
+  for (unsigned lane = 0; lane < 32; ++lane) {
+    if ((mask >> lane & 1u) && v[lane]) result |= 1u << lane;
+  }
+  return result;
+}
+
+template <typename T>
+unsigned match_any(unsigned mask, T value, const char* site) {
+  const uint64_t mine = to_bits(value);
+  const uint64_t* v = warp_exchange(mask, mine, site);
+  unsigned result = 0;
+  for (unsigned lane = 0; lane < 32; ++lane) {
+    if ((mask >> lane & 1u) && v[lane] == mine) result |= 1u << lane;
+  }
+  return result;
+}
+
+template <typename T>
+T shfl(unsigned mask, T value, int source, const char* site) {
+  const uint64_t* v = warp_exchange(mask, to_bits(value), site);
+  const unsigned lane = static_cast<unsigned>(source) & 31u;
+  if (!(mask >> lane & 1u)) fail(std::string(site) + ": __shfl_sync reads a lane outside its mask");
+  return from_bits<T>(v[lane]);
+}
+
+}  // namespace pdl_emu

@@ -1,0 +1,22 @@
+// pdl_post._cuda_emulation: the CUDA path's sources (cpp/cuda) compiled for the host emulator
+// (cpp/cuda_emulation), with the same bindings as _core's CUDA part plus the emulator's test
+// hooks. Built for the test suite only (PDL_POST_CUDA_EMULATION=ON), never shipped in a wheel.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "cuda_bindings.h"
+#include "pdl_emu/emulator.h"
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_cuda_emulation, m) {
+  m.doc() = "The CUDA path on a host emulator of CUDA (tests only).";
+  pdl_post_bindings::bind_cuda(m);
+  m.def("set_schedule_seed", &pdl_emu::set_schedule_seed, py::arg("seed"),
+        "Order of blocks and threads (0: in index order, else a seeded shuffle).");
+  m.def("schedule_seed", &pdl_emu::schedule_seed);
+  m.def("take_violations", &pdl_emu::take_violations,
+        "Violations of CUDA's rules recorded since the last call (and clears them).");
+  m.def("live_allocations", &pdl_emu::live_allocations, "Device allocations not yet freed.");
+  m.def("set_memory_pools_supported", &pdl_emu::set_memory_pools_supported, py::arg("supported"));
+}
