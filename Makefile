@@ -59,7 +59,7 @@ bench: build
 	$(BIN)/python -m pytest benchmarks/test_bench_eval.py benchmarks/test_bench_targets.py -q -p no:cacheprovider
 
 CPP_SOURCES := cpp/include/pdl_post/*.h cpp/src/*.cpp cpp/cuda/*.cu cpp/cuda/*.cuh src/*.cpp src/*.h \
-	cpp/cuda_emulation/*.cpp cpp/cuda_emulation/include/*.h cpp/cuda_emulation/include/*/*.h \
+	cpp/cuda_emulation/*.cpp cpp/cuda_emulation/*.cu cpp/cuda_emulation/include/*.h cpp/cuda_emulation/include/*/*.h \
 	cpp/cuda_emulation/include/cub/*/*.cuh
 
 lint: $(STAMP)

@@ -9,6 +9,11 @@
 
 namespace py = pybind11;
 
+namespace pdl_emu {
+// cpp/cuda_emulation/selftest.cu
+std::pair<std::string, std::vector<int>> run_selftest(const std::string& name, int salt);
+}  // namespace pdl_emu
+
 PYBIND11_MODULE(_cuda_emulation, m) {
   m.doc() = "The CUDA path on a host emulator of CUDA (tests only).";
   pdl_post_bindings::bind_cuda(m);
@@ -18,5 +23,6 @@ PYBIND11_MODULE(_cuda_emulation, m) {
   m.def("take_violations", &pdl_emu::take_violations,
         "Violations of CUDA's rules recorded since the last call (and clears them).");
   m.def("live_allocations", &pdl_emu::live_allocations, "Device allocations not yet freed.");
-  m.def("set_memory_pools_supported", &pdl_emu::set_memory_pools_supported, py::arg("supported"));
+  m.def("selftest", &pdl_emu::run_selftest, py::arg("name"), py::arg("salt") = 0,
+        "Runs one of the emulator's own test kernels: (error text or '', output ints).");
 }

@@ -109,10 +109,12 @@ std::recursive_mutex g_mutex;
 LaunchState* g_launch = nullptr;
 uint64_t g_epoch = 1;
 uint64_t g_seed = 1;
-bool g_pools = true;
 std::vector<std::string> g_violations;
-cudaError_t g_last_error = cudaSuccess;  // returned (and cleared) by cudaGetLastError
-cudaError_t g_sync_error = cudaSuccess;  // returned (and cleared) by cudaStreamSynchronize
+// A failed launch is reported once: by cudaGetLastError or, if that is not called first, by the
+// next cudaStreamSynchronize (not sticky as on a GPU, so that one test's broken kernel does not
+// fail the next).
+cudaError_t g_last_error = cudaSuccess;
+cudaError_t g_sync_error = cudaSuccess;
 std::string g_message;
 std::map<uintptr_t, size_t> g_allocations;  // payload address -> bytes
 std::map<const void*, int> g_max_dynamic_shared;
@@ -220,6 +222,12 @@ void fault_handler(int signal, siginfo_t* info, void* context) {
                   "thread %u: access %zu bytes past the end of a device allocation of %zu bytes",
                   L->current->linear, static_cast<size_t>(address - it->first - it->second),
                   it->second);
+  } else if (address >= reinterpret_cast<uintptr_t>(L->shared.payload) + L->shared_bytes &&
+             address < reinterpret_cast<uintptr_t>(L->shared.base) + L->shared.mapped) {
+    std::snprintf(text, sizeof text,
+                  "thread %u: access past the end of the block's %zu bytes of dynamic shared "
+                  "memory",
+                  L->current->linear, L->shared_bytes);
   } else {
     std::snprintf(text, sizeof text, "thread %u: invalid memory access at %p", L->current->linear,
                   info->si_addr);
@@ -509,11 +517,6 @@ int64_t live_allocations() {
   return static_cast<int64_t>(g_allocations.size());
 }
 
-void set_memory_pools_supported(bool supported) {
-  std::lock_guard<std::recursive_mutex> lock(g_mutex);
-  g_pools = supported;
-}
-
 }  // namespace pdl_emu
 
 using pdl_emu::g_allocations;
@@ -593,7 +596,7 @@ const char* cudaGetErrorString(cudaError_t error) {
 cudaError_t cudaGetLastError() {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   const cudaError_t e = pdl_emu::g_last_error;
-  pdl_emu::g_last_error = cudaSuccess;
+  pdl_emu::g_last_error = pdl_emu::g_sync_error = cudaSuccess;
   return e;
 }
 
@@ -623,7 +626,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int dev
       *value = pdl_emu::kSharedOptinLimit;
       return cudaSuccess;
     case cudaDevAttrMemoryPoolsSupported:
-      *value = pdl_emu::g_pools ? 1 : 0;
+      *value = 1;
       return cudaSuccess;
   }
   return cudaErrorInvalidValue;

@@ -100,7 +100,6 @@ void set_schedule_seed(uint64_t seed);
 uint64_t schedule_seed();
 std::vector<std::string> take_violations();
 int64_t live_allocations();
-void set_memory_pools_supported(bool supported);
 
 template <typename T>
 uint64_t to_bits(T value) {

@@ -1,0 +1,144 @@
+// Kernels for the emulator's own tests (tests/test_cuda_emulation.py): correct uses of every
+// intrinsic and cub shim with known answers, and kernels that each break one rule the emulator
+// must report. Written in CUDA and translated like cpp/cuda; never built for a GPU.
+#include <cuda_runtime.h>
+
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace pdl_emu {
+namespace {
+
+constexpr int kThreads = 64;
+
+// out[t] = exclusive sum of t + 1, then the block total, the OR of a predicate, the ballot, the
+// match_any and shuffle results of lane t.
+__global__ void correct_collectives(int* out) {
+  using Scan = cub::BlockScan<int, kThreads>;
+  using Reduce = cub::BlockReduce<int, kThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  __shared__ typename Reduce::TempStorage reduce_storage;
+  const int t = static_cast<int>(threadIdx.x);
+  int prefix = 0, total = 0;
+  Scan(scan_storage).ExclusiveSum(t + 1, prefix, total);
+  const int sum = Reduce(reduce_storage).Sum(t);
+  const int any = __syncthreads_or(t == 37);
+  const unsigned odd = __ballot_sync(0xffffffffu, t % 2 == 1);
+  const unsigned same = __match_any_sync(0xffffffffu, t % 3);
+  const int from_next = __shfl_sync(0xffffffffu, t * 10, (t + 1) % 32);
+  int* row = out + 7 * t;
+  row[0] = prefix;
+  row[1] = total;
+  row[2] = t == 0 ? sum : -1;
+  row[3] = any;
+  row[4] = static_cast<int>(odd);
+  row[5] = static_cast<int>(same);
+  row[6] = from_next;
+}
+
+__global__ void barrier_after_exit(int* out) {
+  if (threadIdx.x == 5) return;
+  __syncthreads();
+  out[threadIdx.x] = 1;
+}
+
+__global__ void barriers_at_two_sites(int* out) {
+  if (threadIdx.x < 32) {
+    __syncthreads();
+  } else {
+    __syncthreads();
+  }
+  out[threadIdx.x] = 1;
+}
+
+__global__ void ballot_outside_its_mask(int* out) {
+  out[threadIdx.x] = static_cast<int>(__ballot_sync(0x0000ffffu, 1));
+}
+
+__global__ void ballot_with_a_missing_lane(int* out) {
+  if (threadIdx.x != 3) out[threadIdx.x] = static_cast<int>(__ballot_sync(0xffffffffu, 1));
+}
+
+__global__ void write_past_the_end(int* out, int n) { out[n + threadIdx.x] = 1; }
+
+__global__ void scan_storage_reused_without_barrier(int* out) {
+  using Scan = cub::BlockScan<int, kThreads>;
+  __shared__ typename Scan::TempStorage storage;
+  int a = 0, b = 0;
+  Scan(storage).ExclusiveSum(1, a);
+  Scan(storage).ExclusiveSum(1, b);
+  out[threadIdx.x] = a + b;
+}
+
+__global__ void copy(const int* in, int* out) { out[threadIdx.x] = in[threadIdx.x]; }
+
+// Reads a neighbour's shared value without a barrier: the answer depends on the thread order.
+__global__ void unsynchronised_neighbour_read(int* out, int salt) {
+  __shared__ int values[kThreads];
+  values[threadIdx.x] = static_cast<int>(threadIdx.x) + salt;
+  out[threadIdx.x] = values[(threadIdx.x + 1) % kThreads];
+}
+
+__global__ void dynamic_shared_overrun(int* out) {
+  extern __shared__ int scratch[];
+  scratch[threadIdx.x * 2] = 1;  // 2 x 64 ints into a buffer for 64
+  out[threadIdx.x] = 0;
+}
+
+}  // namespace
+
+// Runs one named case on a fresh device buffer of 7 x 64 ints; returns the launch's error text
+// ("" on success) and the buffer (copied back). `salt` is added to what the racy case writes.
+std::pair<std::string, std::vector<int>> run_selftest(const std::string& name, int salt) {
+  constexpr int n = 7 * kThreads;
+  int* out = nullptr;
+  int* in = nullptr;
+  if (cudaMalloc(reinterpret_cast<void**>(&out), n * sizeof(int)) != cudaSuccess ||
+      cudaMalloc(reinterpret_cast<void**>(&in), n * sizeof(int)) != cudaSuccess) {
+    throw std::runtime_error("selftest: cudaMalloc failed");
+  }
+  cudaMemsetAsync(out, 0, n * sizeof(int));
+  if (name == "correct_collectives") {
+    correct_collectives<<<1, kThreads>>>(out);
+  } else if (name == "barrier_after_exit") {
+    barrier_after_exit<<<1, kThreads>>>(out);
+  } else if (name == "barriers_at_two_sites") {
+    barriers_at_two_sites<<<1, kThreads>>>(out);
+  } else if (name == "ballot_outside_its_mask") {
+    ballot_outside_its_mask<<<1, kThreads>>>(out);
+  } else if (name == "ballot_with_a_missing_lane") {
+    ballot_with_a_missing_lane<<<1, kThreads>>>(out);
+  } else if (name == "write_past_the_end") {
+    write_past_the_end<<<1, kThreads>>>(out, n);
+  } else if (name == "scan_storage_reused_without_barrier") {
+    scan_storage_reused_without_barrier<<<1, kThreads>>>(out);
+  } else if (name == "read_unwritten_memory") {
+    copy<<<1, kThreads>>>(in, out);
+  } else if (name == "unsynchronised_neighbour_read") {
+    unsynchronised_neighbour_read<<<1, kThreads>>>(out, salt);
+  } else if (name == "dynamic_shared_overrun") {
+    dynamic_shared_overrun<<<1, kThreads, kThreads * sizeof(int)>>>(out);
+  } else if (name == "too_many_threads") {
+    copy<<<1, 2048>>>(in, out);
+  } else if (name == "too_much_dynamic_shared_memory") {
+    dynamic_shared_overrun<<<1, kThreads, 64 * 1024>>>(out);
+  } else {
+    throw std::invalid_argument("selftest: unknown case " + name);
+  }
+  const cudaError_t status = cudaGetLastError();
+  std::string error = status == cudaSuccess ? ""
+                                            : std::string(cudaGetErrorName(status)) + ": " +
+                                                  cudaGetErrorString(status);
+  std::vector<int> host(n);
+  cudaMemcpyAsync(host.data(), out, n * sizeof(int), cudaMemcpyDeviceToHost);
+  cudaFree(out);
+  cudaFree(in);
+  return {error, host};
+}
+
+}  // namespace pdl_emu

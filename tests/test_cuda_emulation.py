@@ -1,0 +1,123 @@
+"""The host emulator of CUDA that runs the CUDA path's sources on machines without a GPU.
+
+test_cuda.py runs the real kernels on it (the ``emulated`` device); here the emulator itself:
+its intrinsics and cub shims give CUDA's answers, every rule it promises to check is reported
+(cpp/cuda_emulation/selftest.cu breaks each one on purpose), and the CUDA path's output does not
+depend on the order in which it runs threads and blocks.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import pdl_post
+from pdl_post import synthetic
+
+emulation = pytest.importorskip(
+    "pdl_post._cuda_emulation", reason="built only with PDL_POST_CUDA_EMULATION=ON (make test)"
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_emulator():
+    seed = emulation.schedule_seed()
+    emulation.take_violations()
+    yield
+    emulation.set_schedule_seed(seed)
+    emulation.take_violations()
+
+
+def test_intrinsics_and_cub_shims_give_cuda_answers():
+    for seed in (0, 1, 2):
+        emulation.set_schedule_seed(seed)
+        error, out = emulation.selftest("correct_collectives")
+        assert error == ""
+        rows = np.array(out).reshape(64, 7)
+        t = np.arange(64)
+        np.testing.assert_array_equal(rows[:, 0], t * (t + 1) // 2)  # exclusive sum of t + 1
+        assert (rows[:, 1] == 64 * 65 // 2).all()  # block aggregate in every thread
+        assert rows[0, 2] == 63 * 64 // 2  # BlockReduce: thread 0 holds the sum
+        assert (rows[:, 3] == 1).all()  # __syncthreads_or
+        assert (rows[:, 4].astype(np.uint32) == 0xAAAAAAAA).all()  # ballot of the odd lanes
+        lane = t % 32
+        same = [sum(1 << j for j in range(32) if j % 3 == k % 3) for k in lane]
+        np.testing.assert_array_equal(rows[:, 5].astype(np.uint32), np.array(same, np.uint32))
+        np.testing.assert_array_equal(rows[:, 6], (t // 32 * 32 + (lane + 1) % 32) * 10)
+    assert emulation.take_violations() == []
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("barrier_after_exit", r"deadlock: 63 threads wait at .*selftest\.cu:\d+; 1 of 64 threads"),
+        ("barriers_at_two_sites", r"reaches the barrier at .*selftest\.cu:\d+ while other"),
+        ("ballot_outside_its_mask", r"lane \d+ calls a warp intrinsic whose mask 0x0000ffff"),
+        ("ballot_with_a_missing_lane", r"deadlock: 31 threads wait at .*selftest\.cu"),
+        ("write_past_the_end", r"past the end of a device allocation of 1792 bytes"),
+        ("scan_storage_reused_without_barrier", r"temp storage reused without a __syncthreads"),
+        ("dynamic_shared_overrun", r"past the end of the block's 256 bytes of dynamic shared"),
+    ],
+)
+def test_broken_rules_are_reported(case, message):
+    error, out = emulation.selftest(case)
+    assert error.startswith("cudaErrorLaunchFailure")
+    assert out[:32] == [0] * 32  # the first warp never got past the broken rule
+    violations = emulation.take_violations()
+    assert len(violations) == 1
+    assert violations[0].startswith(f"{case} block (0,0,0): ")
+    assert re.search(message, violations[0]), violations[0]
+    assert re.search(message, error)
+
+
+@pytest.mark.parametrize(
+    ("case", "error"),
+    [
+        ("too_many_threads", r"cudaErrorInvalidConfiguration: .*block \(2048,1,1\)"),
+        ("too_much_dynamic_shared_memory", r"cudaErrorInvalidValue: .*65536 bytes of dynamic"),
+    ],
+)
+def test_launches_cuda_refuses_are_refused(case, error):
+    message, _ = emulation.selftest(case)
+    assert re.match(error, message), message
+
+
+def test_fresh_device_memory_is_poisoned():
+    error, out = emulation.selftest("read_unwritten_memory")
+    assert error == ""
+    assert (np.array(out[:64], np.int64) & 0xFFFFFFFF == 0xA5A5A5A5).all()
+
+
+def test_unsynchronised_code_depends_on_the_schedule():
+    answers = set()
+    for seed in (0, 1, 2, 3):
+        emulation.set_schedule_seed(seed)
+        emulation.selftest("unsynchronised_neighbour_read", salt=0)
+        error, out = emulation.selftest("unsynchronised_neighbour_read", salt=1000)
+        assert error == ""
+        answers.add(tuple(out[:64]))
+    # In index order thread t reads values[t + 1] before thread t + 1 writes it (the stale value
+    # of the previous launch); shuffled orders read some fresh ones.
+    assert tuple(t + 1 if t < 63 else 1000 for t in range(64)) in answers
+    assert len(answers) > 1
+
+
+def test_cuda_path_does_not_depend_on_the_schedule(monkeypatch):
+    from test_cuda import HostCudaArray, use_emulation
+
+    check = use_emulation(monkeypatch)
+    s = synthetic.make_scene(72, 100, 40, seed=3, logits=True)
+    b = synthetic.make_batch(3, 40, 70, 8, seed=5)
+    expected = pdl_post.merge(s.logits, s.ctr, s.off, stuff_area=8)
+    expected_batch = pdl_post.merge(b.sem, b.ctr, b.off, top_k=5, stuff_area=8)
+    for seed in (0, 7, 12345):
+        emulation.set_schedule_seed(seed)
+        out = pdl_post.merge(*(HostCudaArray(a) for a in (s.logits, s.ctr, s.off)), stuff_area=8)
+        np.testing.assert_array_equal(out.a, expected)
+        out = pdl_post.merge(
+            *(HostCudaArray(a) for a in (b.sem, b.ctr, b.off)), top_k=5, stuff_area=8
+        )
+        np.testing.assert_array_equal(out.a, expected_batch)
+    check()
