@@ -25,3 +25,31 @@ def assert_results_equal(a, b, *, score_rtol=1e-12):
         rtol=score_rtol,
         equal_nan=True,
     )
+
+
+# Devices of the parametrised tests (tests/devices.py): imported after assert_results_equal,
+# which devices.py uses.
+import pytest  # noqa: E402
+
+from devices import DEVICES, use_emulation  # noqa: E402
+
+
+def _device(request):
+    if request.param != "emulated":
+        yield request.param
+        return
+    check = use_emulation(request.getfixturevalue("monkeypatch"))
+    yield "emulated"
+    check()
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """cpu, emulated (the CUDA sources on the host emulator) and cuda (a GPU, else skipped)."""
+    yield from _device(request)
+
+
+@pytest.fixture(params=DEVICES[1:])
+def cuda_device(request):
+    """The CUDA path only: emulated, and on a GPU when there is one."""
+    yield from _device(request)

@@ -1,310 +1,48 @@
-"""The CUDA path: GPU output identical to the CPU output, and clear errors where it cannot run.
+"""The CUDA path: what only it has, and clear errors where it cannot run.
 
-Every ``device`` case runs the same inputs through the CPU path and, on the GPU, through torch
-CUDA tensors (or CuPy arrays when torch has no CUDA), and compares everything: panoptic ids and
-dtype, centres, centre scores, segments (scores exactly for label inputs; with logits the sums run
-in the CPU's order and only exp() differs, by at most an ulp). GPU cases are skipped without a GPU;
-the error cases at the end run everywhere.
+The CPU suite (tests/test_merge.py) runs every input family on every device: ``cpu``,
+``emulated`` (the CUDA sources on the host emulator, everywhere) and ``cuda`` (a GPU with torch or
+CuPy arrays, skipped without one), comparing everything with the CPU path (tests/devices.py). Here:
+the CUDA-only paths (global histogram, divergent warps, concurrent calls, its own errors), the
+GPU-only behaviour (strided torch views, streams, output library), and the dispatch and errors that
+run everywhere.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 
 import numpy as np
 import pytest
 
 import pdl_post
 from conftest import assert_results_equal
+from devices import (
+    EMULATION,
+    GPU,
+    HostCudaArray,
+    InterfaceOnlyArray,
+    needs_gpu,
+    run_on,
+    to_device,
+    to_host,
+    use_emulation,
+)
 from pdl_post import synthetic
 
-CITY = pdl_post.presets.CITYSCAPES.kwargs()
-
-
-def _gpu_library():
-    if not pdl_post.cuda_available():
-        return None
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return "torch"
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        import cupy
-
-        if cupy.cuda.runtime.getDeviceCount() > 0:
-            return "cupy"
-    except Exception:  # pragma: no cover - CuPy absent or without a driver
-        pass
-    return None
-
-
-GPU = _gpu_library()
-needs_gpu = pytest.mark.skipif(
-    GPU is None,
-    reason="no GPU: pdl_post.cuda_available() is False or neither torch nor CuPy sees a device",
-)
-try:
-    from pdl_post import _cuda_emulation as EMULATION
-except ImportError:  # pragma: no cover - a build without PDL_POST_CUDA_EMULATION
-    EMULATION = None
-needs_emulation = pytest.mark.skipif(
-    EMULATION is None, reason="pdl_post._cuda_emulation not built (PDL_POST_CUDA_EMULATION=OFF)"
-)
-# "emulated": the CUDA sources on the host emulator (cpp/cuda_emulation), fed numpy memory
-# through __cuda_array_interface__; runs everywhere the test build runs.
-DEVICES = [
-    "cpu",
-    pytest.param("emulated", marks=needs_emulation),
-    pytest.param("cuda", marks=needs_gpu),
-]
-
-
-class HostCudaArray:
-    """numpy memory exposed through __cuda_array_interface__ (what the emulated device reads)."""
-
-    def __init__(self, a: np.ndarray):
-        self.a = a
-        self.__cuda_array_interface__ = {
-            "shape": a.shape,
-            "typestr": a.dtype.str,
-            "data": (a.ctypes.data if a.size else 0, False),
-            "strides": None if a.flags.c_contiguous else a.strides,
-            "version": 3,
-        }
-
-    def __getitem__(self, index):
-        return self.a[index]
-
-    # The conversions the CUDA dispatch asks of the caller's array library (as CuPy's).
-    def __gt__(self, other):
-        return HostCudaArray(self.a > other)
-
-    def astype(self, dtype):
-        return HostCudaArray(self.a.astype(dtype))
-
-
-class InterfaceOnlyArray(HostCudaArray):
-    """Only __cuda_array_interface__: no array library that could convert it on the device."""
-
-
-def use_emulation(monkeypatch):
-    """Route CUDA arrays through pdl_post._cuda_emulation; returns a check for after the test."""
-    from pdl_post import _core, _cuda
-
-    monkeypatch.setattr(_cuda, "available", lambda: True)
-    monkeypatch.setattr(_core, "cuda_pointer_device", EMULATION.cuda_pointer_device, raising=False)
-    monkeypatch.setattr(_core, "CudaMerge", EMULATION.CudaMerge, raising=False)
-    library = _cuda._library
-    monkeypatch.setattr(
-        _cuda, "_library", lambda x: "host" if type(x) is HostCudaArray else library(x)
-    )
-    monkeypatch.setattr(
-        _cuda,
-        "_allocate",
-        lambda arrays, shape, dtype, device: HostCudaArray(np.empty(shape, dtype)),
-    )
-    EMULATION.take_violations()
-    allocations = EMULATION.live_allocations()
-
-    def check():
-        gc.collect()  # exception tracebacks may hold a CudaMerge (and its scratch) in a cycle
-        assert EMULATION.take_violations() == []
-        assert EMULATION.live_allocations() == allocations, "device memory leaked"
-
-    return check
-
-
-def _device(request):
-    if request.param != "emulated":
-        yield request.param
-        return
-    check = use_emulation(request.getfixturevalue("monkeypatch"))
-    yield "emulated"
-    check()
-
-
-@pytest.fixture(params=DEVICES)
-def device(request):
-    yield from _device(request)
-
-
-@pytest.fixture(params=DEVICES[1:])
-def cuda_device(request):
-    """The CUDA path only: emulated, and on a GPU when there is one."""
-    yield from _device(request)
-
-
-def to_device(a, device):
-    """numpy -> the device's array (numpy itself for 'cpu'); None stays None."""
-    if a is None or device == "cpu":
-        return a
-    if device == "emulated":
-        return HostCudaArray(np.array(a))  # a private copy: the kernels must not write inputs
-    if GPU == "torch":
-        import torch
-
-        return torch.from_numpy(np.ascontiguousarray(a)).cuda()
-    import cupy
-
-    return cupy.asarray(a)
-
-
-def to_host(a) -> np.ndarray:
-    if isinstance(a, np.ndarray):
-        return a
-    if isinstance(a, HostCudaArray):
-        return a.a
-    if GPU == "torch":
-        return a.cpu().numpy()
-    import cupy
-
-    return cupy.asnumpy(a)
-
-
-def run(device, sem, ctr, off, *, mask=None, score_rtol=0.0, **kw):
-    """postprocess on `device` equals postprocess on the CPU (merge too); returns the CPU result."""
-    cpu = pdl_post.postprocess(sem, ctr, off, foreground_mask=mask, backend="cpu", **kw)
-    if device == "cpu":
-        return cpu
-    args = [to_device(a, device) for a in (sem, ctr, off, mask)]
-    gpu = pdl_post.postprocess(*args[:3], foreground_mask=args[3], **kw)
-    merged = pdl_post.merge(*args[:3], foreground_mask=args[3], **kw)
-    batched = isinstance(cpu, list)
-    for r in gpu if batched else [gpu]:
-        r.panoptic = to_host(r.panoptic)
-    assert_results_equal(gpu, cpu, score_rtol=score_rtol)
-    cpu_panoptic = pdl_post.merge(sem, ctr, off, foreground_mask=mask, backend="cpu", **kw)
-    host = to_host(merged)
-    assert host.dtype == cpu_panoptic.dtype
-    np.testing.assert_array_equal(host, cpu_panoptic)
-    return cpu
-
-
 # ---------------------------------------------------------------------------------------------
-# GPU == CPU on the CPU suite's inputs
+# Paths only the CUDA code has (the CPU suite, tests/test_merge.py, runs on every device too)
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("height", "width", "centers"),
-    [(1, 1, 0), (5, 7, 1), (40, 60, 0), (64, 128, 5), (128, 256, 40), (200, 300, 250)],
-)
-@pytest.mark.parametrize("topk_mode", ["exact", "detectron2"])
-def test_synthetic_scenes(device, height, width, centers, topk_mode):
-    s = synthetic.make_scene(height, width, centers, seed=height + centers)
-    for top_k in (200, None, 3, 0):
-        run(device, s.sem, s.ctr, s.off, top_k=top_k, topk_mode=topk_mode, stuff_area=64)
-
-
-def test_thousands_of_centres_use_the_global_histogram(device):
+def test_thousands_of_centres_use_the_global_histogram(cuda_device):
     # (K + 1) x C beyond the shared-memory histogram: counted with global atomics.
     s = synthetic.make_scene(256, 512, 2500, seed=7)
-    r = run(device, s.sem, s.ctr, s.off, top_k=None, stuff_area=0)
+    r = run_on(cuda_device, s.sem, s.ctr, s.off, top_k=None, stuff_area=0)
     assert len(r.centers) > 1000
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_vote_and_top_k_ties(device, seed):
-    s = synthetic.make_scene(96, 160, 30, seed=seed, integer_offsets=True)
-    ctr = np.round(s.ctr * 4) / 4  # plateaus and equal peak values
-    for mode in ("exact", "detectron2"):
-        for top_k in (5, 17, None):
-            run(device, s.sem, ctr, s.off, top_k=top_k, topk_mode=mode, stuff_area=16)
-
-
-def test_nms_kernel_sizes(device):
-    s = synthetic.make_scene(128, 192, 40, seed=12)
-    for kernel in (1, 3, 41, 301):
-        run(device, s.sem, s.ctr, s.off, nms_kernel=kernel, stuff_area=16)
-
-
-def test_foreground_masks(device):
-    s = synthetic.make_scene(96, 160, 25, seed=3)
-    rng = np.random.default_rng(0)
-    mask = rng.random(s.sem.shape) < 0.6
-    run(device, s.sem, s.ctr, s.off, mask=mask, stuff_area=8)
-    run(device, s.sem, s.ctr, s.off, mask=mask.astype(np.float32) - 0.2, stuff_area=8)
-    run(device, s.sem, s.ctr, s.off, mask=mask.astype(np.uint8) * 3, stuff_area=8)
-
-
-@pytest.mark.parametrize("sem_dtype", [np.uint8, np.int16, np.int32, np.int64, np.uint16])
-@pytest.mark.parametrize("ctr_dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("off_dtype", [np.float32, np.float64])
-def test_every_dtype(device, sem_dtype, ctr_dtype, off_dtype):
-    s = synthetic.make_scene(
-        64, 96, 12, seed=5, sem_dtype=sem_dtype, ctr_dtype=ctr_dtype, off_dtype=off_dtype
-    )
-    run(device, s.sem, s.ctr, s.off, stuff_area=32)
-
-
-def test_batches_in_one_pass(device):
-    b = synthetic.make_batch(4, 64, 96, 10, seed=4)
-    ctr = b.ctr.copy()
-    ctr[2] = 0.0  # an image without centres inside the batch
-    run(device, b.sem, ctr, b.off, stuff_area=16)
-    run(device, b.sem, ctr, b.off, stuff_area=16, top_k=3)
-    rng = np.random.default_rng(1)
-    run(device, b.sem, ctr, b.off, mask=rng.random(b.sem.shape) < 0.5, stuff_area=16)
-
-
-def test_logits_and_scores(device):
-    s = synthetic.make_scene(80, 120, 15, seed=9, logits=True)
-    r = run(device, s.logits, s.ctr, s.off, stuff_area=16, score_rtol=1e-12)
-    assert any(seg["isthing"] for seg in r.segments)
-    logits = s.logits.astype(np.float64)
-    logits[:, ::5, ::7] = np.nan  # NaN never wins the argmax
-    run(device, logits, s.ctr, s.off, stuff_area=16, score_rtol=1e-12)
-    b = synthetic.make_batch(2, 48, 64, 6, seed=2, logits=True)
-    run(device, b.logits, b.ctr, b.off, stuff_area=16, score_rtol=1e-12)
-
-
-def test_huge_labels_and_wide_output(device):
-    s = synthetic.make_scene(64, 96, 10, seed=3)
-    big = s.sem.astype(np.int64) + 70_000  # class ids beyond the CPU's dense tables
-    things = [t + 70_000 for t in CITY["thing_ids"]]
-    r = run(device, big, s.ctr, s.off, thing_ids=things, stuff_area=16)
-    assert any(seg["isthing"] for seg in r.segments)
-    wide = run(device, s.sem, s.ctr, s.off, label_divisor=2**27, stuff_area=0)
-    assert wide.panoptic.dtype == np.int64
-    run(device, s.sem, s.ctr, s.off, void_label=-(2**40), stuff_area=0)
-
-
-def test_empty_images(device):
-    for shape in [(0, 5), (4, 0)]:
-        sem = np.zeros(shape, np.int32)
-        run(device, sem, np.zeros(shape, np.float32), np.zeros((2, *shape), np.float32))
-    run(
-        device,
-        np.zeros((0, 3, 3), np.int32),
-        np.zeros((0, 1, 3, 3), np.float32),
-        np.zeros((0, 2, 3, 3), np.float32),
-    )
-
-
-def test_non_finite_heatmaps_and_offsets(device):
-    s = synthetic.make_scene(48, 64, 6, seed=2)
-    ctr = s.ctr.copy()
-    ctr[0, ::7, ::5] = np.nan
-    ctr[0, 10, 10] = np.inf
-    off = s.off.copy()
-    off[0, ::3, ::4] = np.nan
-    off[1, 5::9, ::2] = np.inf
-    off[0, 2::11, 1::3] = 1e30
-    r = run(device, s.sem, ctr, off, stuff_area=8)
-    assert [10, 10] in r.centers.tolist()
-
-
-def test_presets(device):
-    s = synthetic.make_scene(64, 96, 10, seed=0)
-    for preset in (pdl_post.presets.COCO, pdl_post.presets.MAPILLARY_VISTAS):
-        run(device, s.sem, s.ctr, s.off, **preset.kwargs())
-
-
-def test_divergent_warps_count_every_pixel(device):
+def test_divergent_warps_count_every_pixel(cuda_device):
     # Thing and non-thing pixels alternate inside every warp, some votes are not finite and the
     # width is no multiple of 32: the histogram's warp-aggregated adds run in divergent code
     # (their lane mask must name exactly the counting lanes), with the shared-memory histogram
@@ -317,9 +55,9 @@ def test_divergent_warps_count_every_pixel(device):
         off = s.off.copy()
         off[0, ::7, ::3] = np.nan
         kw = dict(top_k=None, label_divisor=10_000)
-        run(device, sem, s.ctr, off, stuff_area=0, **kw)
+        run_on(cuda_device, sem, s.ctr, off, stuff_area=0, **kw)
         rng = np.random.default_rng(centers)
-        run(device, sem, s.ctr, off, mask=rng.random(sem.shape) < 0.5, stuff_area=4, **kw)
+        run_on(cuda_device, sem, s.ctr, off, mask=rng.random(sem.shape) < 0.5, stuff_area=4, **kw)
 
 
 def test_concurrent_calls_with_different_shared_memory_sizes(cuda_device):

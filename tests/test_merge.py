@@ -1,8 +1,11 @@
-"""The compiled backend equals the reference backend exactly, on every input family.
+"""The compiled backend equals the reference backend exactly, on every input family and device.
 
 Synthetic scenes at several sizes with 0, 1, a few, hundreds and thousands of centres; integer
-offsets (vote ties); quantised heatmaps (plateaus, top-k ties); foreground masks; batches; every
-dtype; 1-4 threads; non-contiguous views; logits; the stages on their own; the large-label paths.
+offsets (vote ties); quantised heatmaps (plateaus, top-k ties); NMS window sizes; foreground
+masks; batches; every dtype; 1-4 threads; non-contiguous views; logits; the stages on their own;
+the large-label paths. Tests taking ``device`` run on the CPU (compiled == reference) and on the
+CUDA path, emulated everywhere and on a GPU when there is one (CUDA == compiled CPU, every output
+compared: tests/devices.py).
 """
 
 from __future__ import annotations
@@ -12,14 +15,23 @@ import pytest
 
 import pdl_post
 from conftest import assert_results_equal
+from devices import LARGE_DEVICES, run_on, to_device, to_host
 from pdl_post import synthetic
 
 CITY = pdl_post.presets.CITYSCAPES.kwargs()
 
 
-def both(sem, ctr, off, **kw):
-    fast = pdl_post.postprocess(sem, ctr, off, backend="cpu", **kw)
-    ref = pdl_post.postprocess(sem, ctr, off, backend="reference", **kw)
+def both(device, sem, ctr, off, *, foreground_mask=None, **kw):
+    """On the CPU: compiled == reference. Elsewhere: the device == the compiled CPU path.
+
+    Returns the compiled CPU result.
+    """
+    if device != "cpu":
+        return run_on(device, sem, ctr, off, mask=foreground_mask, **kw)
+    fast = pdl_post.postprocess(sem, ctr, off, foreground_mask=foreground_mask, **kw)
+    ref = pdl_post.postprocess(
+        sem, ctr, off, foreground_mask=foreground_mask, backend="reference", **kw
+    )
     assert_results_equal(fast, ref)
     return fast
 
@@ -38,47 +50,55 @@ def both(sem, ctr, off, **kw):
     ],
 )
 @pytest.mark.parametrize("topk_mode", ["exact", "detectron2"])
-def test_synthetic_scenes_match_reference(height, width, centers, topk_mode):
+def test_synthetic_scenes_match_reference(device, height, width, centers, topk_mode):
     s = synthetic.make_scene(height, width, centers, seed=height + centers)
-    for top_k in (200, None, 3):
-        r = both(s.sem, s.ctr, s.off, top_k=top_k, topk_mode=topk_mode, stuff_area=64)
+    for top_k in (200, 0, 3, None):
+        r = both(device, s.sem, s.ctr, s.off, top_k=top_k, topk_mode=topk_mode, stuff_area=64)
     if centers and top_k is None:
         assert len(r.centers) > 0
 
 
-def test_thousands_of_centres_top_k_none():
+@pytest.mark.parametrize("device", LARGE_DEVICES)  # minutes on the emulator
+def test_thousands_of_centres_top_k_none(device):
     s = synthetic.make_scene(512, 1024, 3000, seed=7)
-    r = both(s.sem, s.ctr, s.off, top_k=None, stuff_area=0)
+    r = both(device, s.sem, s.ctr, s.off, top_k=None, stuff_area=0)
     assert len(r.centers) > 2000
     assert sum(seg["isthing"] for seg in r.segments) > 1500
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_integer_offsets_and_quantised_heatmaps_tie_identically(seed):
+def test_integer_offsets_and_quantised_heatmaps_tie_identically(device, seed):
     s = synthetic.make_scene(96, 160, 30, seed=seed, integer_offsets=True)
     ctr = np.round(s.ctr * 4) / 4  # plateaus and equal peak values
     for mode in ("exact", "detectron2"):
         for top_k in (5, 17, None):
-            both(s.sem, ctr, s.off, top_k=top_k, topk_mode=mode, stuff_area=16)
+            both(device, s.sem, ctr, s.off, top_k=top_k, topk_mode=mode, stuff_area=16)
 
 
-def test_foreground_mask_including_stuff_pixels():
+def test_nms_kernel_sizes(device):
+    s = synthetic.make_scene(128, 192, 40, seed=12)
+    for kernel in (1, 3, 41, 301):
+        both(device, s.sem, s.ctr, s.off, nms_kernel=kernel, stuff_area=16)
+
+
+def test_foreground_mask_including_stuff_pixels(device):
     s = synthetic.make_scene(96, 160, 25, seed=3)
     rng = np.random.default_rng(0)
     mask = rng.random(s.sem.shape) < 0.6  # covers stuff pixels too
-    r = both(s.sem, s.ctr, s.off, foreground_mask=mask, stuff_area=8)
-    both(s.sem, s.ctr, s.off, foreground_mask=mask.astype(np.float32) - 0.2, stuff_area=8)
+    r = both(device, s.sem, s.ctr, s.off, foreground_mask=mask, stuff_area=8)
+    for other in (mask.astype(np.float32) - 0.2, mask.astype(np.uint8) * 3):  # mask > 0
+        both(device, s.sem, s.ctr, s.off, foreground_mask=other, stuff_area=8)
     assert any(seg["isthing"] for seg in r.segments)
 
 
 @pytest.mark.parametrize("sem_dtype", [np.uint8, np.int16, np.int32, np.int64, np.uint16])
 @pytest.mark.parametrize("ctr_dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("off_dtype", [np.float32, np.float64])
-def test_every_dtype(sem_dtype, ctr_dtype, off_dtype):
+def test_every_dtype(device, sem_dtype, ctr_dtype, off_dtype):
     s = synthetic.make_scene(
         64, 96, 12, seed=5, sem_dtype=sem_dtype, ctr_dtype=ctr_dtype, off_dtype=off_dtype
     )
-    r = both(s.sem, s.ctr, s.off, stuff_area=32)
+    r = both(device, s.sem, s.ctr, s.off, stuff_area=32)
     base = pdl_post.merge(
         s.sem.astype(np.int64), s.ctr.astype(np.float64), s.off.astype(np.float64), stuff_area=32
     )
@@ -99,15 +119,18 @@ def test_thread_counts_give_identical_results(threads):
     )
 
 
-def test_batches_equal_image_by_image():
-    b = synthetic.make_batch(3, 64, 96, 10, seed=4)
-    batched = pdl_post.postprocess(b.sem, b.ctr, b.off, stuff_area=16)
-    ref = pdl_post.postprocess(b.sem, b.ctr, b.off, stuff_area=16, backend="reference")
-    assert_results_equal(batched, ref)
-    for i in range(3):
-        single = pdl_post.postprocess(b.sem[i], b.ctr[i], b.off[i], stuff_area=16)
+def test_batches_equal_image_by_image(device):
+    b = synthetic.make_batch(4, 64, 96, 10, seed=4)
+    ctr = b.ctr.copy()
+    ctr[2] = 0.0  # an image without centres inside the batch
+    batched = both(device, b.sem, ctr, b.off, stuff_area=16)
+    for i in range(4):
+        single = pdl_post.postprocess(b.sem[i], ctr[i], b.off[i], stuff_area=16)
         assert_results_equal(batched[i], single)
-    assert pdl_post.merge(b.sem, b.ctr, b.off).shape == (3, 64, 96)
+    assert pdl_post.merge(b.sem, ctr, b.off).shape == (4, 64, 96)
+    both(device, b.sem, ctr, b.off, stuff_area=16, top_k=3)
+    mask = np.random.default_rng(1).random(b.sem.shape) < 0.5
+    both(device, b.sem, ctr, b.off, foreground_mask=mask, stuff_area=16)
 
 
 def test_non_contiguous_views():
@@ -119,18 +142,18 @@ def test_non_contiguous_views():
     wide[:, :, ::2] = s.off
     off = wide[:, :, ::2]
     assert not off.flags.c_contiguous and not sem.flags.c_contiguous
-    r = both(sem, ctr, off, stuff_area=16)
+    r = both("cpu", sem, ctr, off, stuff_area=16)
     assert_results_equal(r, pdl_post.postprocess(s.sem, s.ctr, s.off, stuff_area=16))
     logits = np.moveaxis(np.ascontiguousarray(np.moveaxis(s.logits, 0, -1)), -1, 0)
     assert_results_equal(
-        both(logits, ctr, off, stuff_area=16),
+        both("cpu", logits, ctr, off, stuff_area=16),
         pdl_post.postprocess(s.logits, s.ctr, s.off, stuff_area=16),
     )
 
 
-def test_logits_argmax_and_scores():
+def test_logits_argmax_and_scores(device):
     s = synthetic.make_scene(64, 96, 8, seed=1, logits=True)
-    r = both(s.logits, s.ctr, s.off, stuff_area=16)
+    r = both(device, s.logits, s.ctr, s.off, stuff_area=16)
     np.testing.assert_array_equal(r.panoptic, pdl_post.merge(s.sem, s.ctr, s.off, stuff_area=16))
     things = [seg for seg in r.segments if seg["isthing"]]
     assert things and all(0 < seg["score"] <= 1 for seg in r.segments)
@@ -140,13 +163,16 @@ def test_logits_argmax_and_scores():
         assert seg["id"] == ref["id"]
         assert seg["score"] <= ref["score"] + 1e-12
     assert all(seg["score"] == 1.0 for seg in labels.segments if not seg["isthing"])
+    b = synthetic.make_batch(2, 48, 64, 6, seed=2, logits=True)
+    both(device, b.logits, b.ctr, b.off, stuff_area=16)
 
 
-def test_logits_nan_never_wins():
+def test_logits_nan_never_wins(device):
     logits = np.zeros((3, 2, 2), np.float32)
     logits[0] = np.nan
     logits[2, 0, 0] = 1.0
-    sem = pdl_post.merge(
+    r = both(
+        device,
         logits,
         np.zeros((2, 2), np.float32),
         np.zeros((2, 2, 2), np.float32),
@@ -154,7 +180,11 @@ def test_logits_nan_never_wins():
         stuff_area=0,
         label_divisor=1,
     )
-    np.testing.assert_array_equal(sem, [[2, 1], [1, 1]])
+    np.testing.assert_array_equal(r.panoptic, [[2, 1], [1, 1]])
+    s = synthetic.make_scene(80, 120, 15, seed=9, logits=True)
+    noisy = s.logits.astype(np.float64)
+    noisy[:, ::5, ::7] = np.nan
+    both(device, noisy, s.ctr, s.off, stuff_area=16)
 
 
 def test_stages_compose_to_merge():
@@ -174,50 +204,60 @@ def test_stages_compose_to_merge():
     np.testing.assert_array_equal(inst_mask, inst)
 
 
-def test_huge_labels_use_compacted_class_tables():
+def test_huge_labels_use_compacted_class_tables(device):
     s = synthetic.make_scene(64, 96, 10, seed=3)
-    big = s.sem.astype(np.int64) + 5_000_000  # every class id shifted far beyond table limits
-    things = [t + 5_000_000 for t in CITY["thing_ids"]]
-    r = both(big, s.ctr, s.off, thing_ids=things, stuff_area=16)
-    assert r.panoptic.dtype == np.int64
+    # Class ids shifted far beyond the CPU's dense table limits. The CUDA path sizes its tables by
+    # the largest id; the emulator runs one thread per class, so it gets a smaller shift.
+    shift = 70_000 if device == "emulated" else 5_000_000
+    big = s.sem.astype(np.int64) + shift
+    things = [t + shift for t in CITY["thing_ids"]]
+    r = both(device, big, s.ctr, s.off, thing_ids=things, stuff_area=16)
+    assert r.panoptic.dtype == (np.int64 if shift * 1000 > np.iinfo(np.int32).max else np.int32)
     small = pdl_post.merge(s.sem, s.ctr, s.off, stuff_area=16)
-    shifted = np.where(small >= 0, small.astype(np.int64) + 5_000_000 * 1000, small)
+    shifted = np.where(small >= 0, small.astype(np.int64) + shift * 1000, small)
     np.testing.assert_array_equal(r.panoptic, shifted)
 
 
-def test_many_instances_and_classes_use_the_counting_sort_path():
+@pytest.mark.parametrize("device", LARGE_DEVICES)  # a 1.2 GB class table on the CUDA path
+def test_many_instances_and_classes_use_the_counting_sort_path(device):
     # (K + 1) x C beyond the dense histogram budget: 2500 centres x 60000 classes.
     s = synthetic.make_scene(256, 512, 2500, seed=8)
     sem = s.sem.astype(np.int32)
     sem[0, 0] = 60_000  # enlarges the class table without changing anything else
-    r = both(sem, s.ctr, s.off, top_k=None, stuff_area=0)
+    r = both(device, sem, s.ctr, s.off, top_k=None, stuff_area=0)
     ref = pdl_post.merge(s.sem, s.ctr, s.off, top_k=None, stuff_area=0)
     np.testing.assert_array_equal(r.panoptic[1:], ref[1:])
 
 
-def test_output_dtype_widens_only_when_needed():
+def test_output_dtype_widens_only_when_needed(device):
     s = synthetic.make_scene(32, 48, 4, seed=0)
-    assert pdl_post.merge(s.sem, s.ctr, s.off).dtype == np.int32
-    assert pdl_post.merge(s.sem, s.ctr, s.off, label_divisor=2**27).dtype == np.int64
-    assert pdl_post.merge(s.sem, s.ctr, s.off, void_label=-(2**40)).dtype == np.int64
-    wide = both(s.sem, s.ctr, s.off, label_divisor=2**27, stuff_area=0)
+    assert both(device, s.sem, s.ctr, s.off).panoptic.dtype == np.int32
+    assert both(device, s.sem, s.ctr, s.off, void_label=-(2**40)).panoptic.dtype == np.int64
+    wide = both(device, s.sem, s.ctr, s.off, label_divisor=2**27, stuff_area=0)
+    assert wide.panoptic.dtype == np.int64
     assert wide.panoptic.max() > np.iinfo(np.int32).max
 
 
-def test_empty_images():
+def test_empty_images(device):
     for shape in [(0, 5), (4, 0), (0, 0)]:
         sem = np.zeros(shape, np.int32)
-        out = pdl_post.merge(sem, np.zeros(shape, np.float32), np.zeros((2, *shape), np.float32))
-        assert out.shape == shape and out.dtype == np.int32
-    empty_batch = pdl_post.merge(
+        r = both(device, sem, np.zeros(shape, np.float32), np.zeros((2, *shape), np.float32))
+        assert r.panoptic.shape == shape and r.panoptic.dtype == np.int32
+    empty_batch = both(
+        device,
         np.zeros((0, 3, 3), np.int32),
         np.zeros((0, 1, 3, 3), np.float32),
         np.zeros((0, 2, 3, 3), np.float32),
     )
-    assert empty_batch.shape == (0, 3, 3)
+    assert empty_batch == []
+    assert pdl_post.merge(
+        np.zeros((0, 3, 3), np.int32),
+        np.zeros((0, 1, 3, 3), np.float32),
+        np.zeros((0, 2, 3, 3), np.float32),
+    ).shape == (0, 3, 3)
 
 
-def test_non_finite_heatmaps_and_offsets():
+def test_non_finite_heatmaps_and_offsets(device):
     s = synthetic.make_scene(48, 64, 6, seed=2)
     ctr = s.ctr.copy()
     ctr[0, ::7, ::5] = np.nan
@@ -226,18 +266,19 @@ def test_non_finite_heatmaps_and_offsets():
     off[0, ::3, ::4] = np.nan
     off[1, 5::9, ::2] = np.inf
     off[0, 2::11, 1::3] = 1e30  # finite but far outside: exact brute-force fallback
-    r = both(s.sem, ctr, off, stuff_area=8)
+    r = both(device, s.sem, ctr, off, stuff_area=8)
     assert [10, 10] in r.centers.tolist()
 
 
-def test_presets():
+def test_presets(device):
     assert pdl_post.presets.CITYSCAPES.thing_ids == tuple(range(11, 19))
     coco = pdl_post.presets.COCO.kwargs()
     assert coco["nms_kernel"] == 41 and coco["stuff_area"] == 4096 and len(coco["thing_ids"]) == 80
     mv = pdl_post.presets.MAPILLARY_VISTAS
     assert mv.stuff_area == 4096 and len(mv.thing_ids) == 37
     s = synthetic.make_scene(64, 96, 10, seed=0)
-    both(s.sem, s.ctr, s.off, **coco)
+    for preset in (pdl_post.presets.CITYSCAPES, pdl_post.presets.COCO, mv):
+        both(device, s.sem, s.ctr, s.off, **preset.kwargs())
 
 
 def test_build_info_and_backends():
@@ -248,19 +289,21 @@ def test_build_info_and_backends():
     assert "reference" in pdl_post.available_backends()
 
 
-def test_merge_is_postprocess_panoptic_and_inputs_untouched():
-    s = synthetic.make_scene(64, 96, 10, seed=6)
-    copies = [a.copy() for a in (s.sem, s.ctr, s.off)]
-    out = pdl_post.merge(s.sem, s.ctr, s.off)
-    for a, c in zip((s.sem, s.ctr, s.off), copies):
-        np.testing.assert_array_equal(a, c)
-    np.testing.assert_array_equal(out, pdl_post.postprocess(s.sem, s.ctr, s.off).panoptic)
+def test_merge_is_postprocess_panoptic_and_inputs_untouched(device):
+    s = synthetic.make_scene(64, 96, 10, seed=6, logits=True)
+    for sem in (s.sem, s.logits):
+        inputs = [to_device(a, device) for a in (sem, s.ctr, s.off)]
+        out = to_host(pdl_post.merge(*inputs))
+        for a, original in zip(inputs, (sem, s.ctr, s.off)):
+            np.testing.assert_array_equal(to_host(a), original)
+        result = pdl_post.postprocess(*inputs)
+        np.testing.assert_array_equal(out, to_host(result.panoptic))
 
 
-def test_recovers_ground_truth_on_clean_scenes():
+def test_recovers_ground_truth_on_clean_scenes(device):
     s = synthetic.make_scene(160, 320, 25, seed=21, offset_noise=0.0, semantic_noise=0.0)
-    out = pdl_post.merge(s.sem, s.ctr, s.off, top_k=None, stuff_area=0)
-    np.testing.assert_array_equal(out, s.panoptic_gt)
+    r = both(device, s.sem, s.ctr, s.off, top_k=None, stuff_area=0)
+    np.testing.assert_array_equal(r.panoptic, s.panoptic_gt)
 
 
 def test_merge_docstring_example_runs():

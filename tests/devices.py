@@ -1,0 +1,166 @@
+"""Devices of the parametrised tests: the CPU path, the CUDA path on the host emulator, a GPU.
+
+``cpu`` runs everywhere; ``emulated`` runs the CUDA sources (cpp/cuda) on the host emulator
+(cpp/cuda_emulation, module pdl_post._cuda_emulation, built by ``make test``) fed numpy memory
+through ``__cuda_array_interface__``; ``cuda`` runs on a GPU with torch or CuPy arrays and is
+skipped without one. The fixtures ``device`` and ``cuda_device`` (conftest.py) take these values.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+
+import pdl_post
+
+
+def _gpu_library():
+    if not pdl_post.cuda_available():
+        return None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "torch"
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return "cupy"
+    except Exception:  # pragma: no cover - CuPy absent or without a driver
+        pass
+    return None
+
+
+GPU = _gpu_library()
+needs_gpu = pytest.mark.skipif(
+    GPU is None,
+    reason="no GPU: pdl_post.cuda_available() is False or neither torch nor CuPy sees a device",
+)
+try:
+    from pdl_post import _cuda_emulation as EMULATION
+except ImportError:  # pragma: no cover - a build without PDL_POST_CUDA_EMULATION
+    EMULATION = None
+needs_emulation = pytest.mark.skipif(
+    EMULATION is None, reason="pdl_post._cuda_emulation not built (PDL_POST_CUDA_EMULATION=OFF)"
+)
+# "emulated": the CUDA sources on the host emulator (cpp/cuda_emulation), fed numpy memory
+# through __cuda_array_interface__; runs everywhere the test build runs.
+DEVICES = [
+    "cpu",
+    pytest.param("emulated", marks=needs_emulation),
+    pytest.param("cuda", marks=needs_gpu),
+]
+# For inputs too large to emulate in reasonable time (the emulator runs one fibre per thread).
+LARGE_DEVICES = ["cpu", pytest.param("cuda", marks=needs_gpu)]
+
+
+class HostCudaArray:
+    """numpy memory exposed through __cuda_array_interface__ (what the emulated device reads)."""
+
+    def __init__(self, a: np.ndarray):
+        self.a = a
+        self.__cuda_array_interface__ = {
+            "shape": a.shape,
+            "typestr": a.dtype.str,
+            "data": (a.ctypes.data if a.size else 0, False),
+            "strides": None if a.flags.c_contiguous else a.strides,
+            "version": 3,
+        }
+
+    def __getitem__(self, index):
+        return self.a[index]
+
+    # The conversions the CUDA dispatch asks of the caller's array library (as CuPy's).
+    def __gt__(self, other):
+        return HostCudaArray(self.a > other)
+
+    def astype(self, dtype):
+        return HostCudaArray(self.a.astype(dtype))
+
+
+class InterfaceOnlyArray(HostCudaArray):
+    """Only __cuda_array_interface__: no array library that could convert it on the device."""
+
+
+def use_emulation(monkeypatch):
+    """Route CUDA arrays through pdl_post._cuda_emulation; returns a check for after the test."""
+    from pdl_post import _core, _cuda
+
+    monkeypatch.setattr(_cuda, "available", lambda: True)
+    monkeypatch.setattr(_core, "cuda_pointer_device", EMULATION.cuda_pointer_device, raising=False)
+    monkeypatch.setattr(_core, "CudaMerge", EMULATION.CudaMerge, raising=False)
+    library = _cuda._library
+    monkeypatch.setattr(
+        _cuda, "_library", lambda x: "host" if type(x) is HostCudaArray else library(x)
+    )
+    monkeypatch.setattr(
+        _cuda,
+        "_allocate",
+        lambda arrays, shape, dtype, device: HostCudaArray(np.empty(shape, dtype)),
+    )
+    EMULATION.take_violations()
+    allocations = EMULATION.live_allocations()
+
+    def check():
+        gc.collect()  # exception tracebacks may hold a CudaMerge (and its scratch) in a cycle
+        assert EMULATION.take_violations() == []
+        assert EMULATION.live_allocations() == allocations, "device memory leaked"
+
+    return check
+
+
+def to_device(a, device):
+    """numpy -> the device's array (numpy itself for 'cpu'); None stays None."""
+    if a is None or device == "cpu":
+        return a
+    if device == "emulated":
+        return HostCudaArray(np.array(a))  # a private copy: the kernels must not write inputs
+    if GPU == "torch":
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(a)).cuda()
+    import cupy
+
+    return cupy.asarray(a)
+
+
+def to_host(a) -> np.ndarray:
+    if isinstance(a, np.ndarray):
+        return a
+    if isinstance(a, HostCudaArray):
+        return a.a
+    if GPU == "torch":
+        return a.cpu().numpy()
+    import cupy
+
+    return cupy.asnumpy(a)
+
+
+def run_on(device, sem, ctr, off, *, mask=None, **kw):
+    """postprocess and merge on a CUDA `device` equal the CPU path's; returns the CPU result.
+
+    Scores are compared exactly, except logits scores on a real GPU (CUDA's exp() may differ
+    from libm's by an ulp; the sums run in the CPU's order).
+    """
+    from conftest import assert_results_equal
+
+    cpu = pdl_post.postprocess(sem, ctr, off, foreground_mask=mask, backend="cpu", **kw)
+    logits = np.issubdtype(np.asarray(sem).dtype, np.floating)
+    score_rtol = 1e-12 if device == "cuda" and logits else 0.0
+    args = [to_device(a, device) for a in (sem, ctr, off, mask)]
+    gpu = pdl_post.postprocess(*args[:3], foreground_mask=args[3], **kw)
+    merged = pdl_post.merge(*args[:3], foreground_mask=args[3], **kw)
+    batched = isinstance(cpu, list)
+    for r in gpu if batched else [gpu]:
+        r.panoptic = to_host(r.panoptic)
+    assert_results_equal(gpu, cpu, score_rtol=score_rtol)
+    cpu_panoptic = pdl_post.merge(sem, ctr, off, foreground_mask=mask, backend="cpu", **kw)
+    host = to_host(merged)
+    assert host.dtype == cpu_panoptic.dtype
+    np.testing.assert_array_equal(host, cpu_panoptic)
+    return cpu
