@@ -35,6 +35,7 @@ struct Span {
   unsigned char* base = nullptr;
   size_t mapped = 0;
   unsigned char* payload = nullptr;
+  size_t bytes = 0;
 };
 
 Span map_guarded(size_t bytes) {
@@ -42,6 +43,7 @@ Span map_guarded(size_t bytes) {
   const size_t rounded = (bytes + 15) / 16 * 16;
   const size_t data_pages = (rounded + kGuardBytes + page - 1) / page;
   Span span;
+  span.bytes = bytes;
   span.mapped = (data_pages + 1) * page;
   void* p = mmap(nullptr, span.mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return Span{};
@@ -68,8 +70,6 @@ bool guards_intact(const unsigned char* payload, size_t bytes) {
   }
   return true;
 }
-
-std::map<uintptr_t, Span> g_spans;  // device allocations: payload address -> mapping
 
 struct Fiber {
   ucontext_t context;
@@ -116,7 +116,7 @@ std::vector<std::string> g_violations;
 cudaError_t g_last_error = cudaSuccess;
 cudaError_t g_sync_error = cudaSuccess;
 std::string g_message;
-std::map<uintptr_t, size_t> g_allocations;  // payload address -> bytes
+std::map<uintptr_t, Span> g_allocations;  // live device allocations by payload address
 std::map<const void*, int> g_max_dynamic_shared;
 std::vector<char*> g_stacks;
 thread_local int t_device = 0;
@@ -127,7 +127,7 @@ void violation(const std::string& message) {
 }
 
 char* stack_for(size_t i) {
-  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t page = page_size();
   while (g_stacks.size() <= i) {
     void* p = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -216,12 +216,13 @@ void fault_handler(int signal, siginfo_t* info, void* context) {
   char text[200];
   const uintptr_t address = reinterpret_cast<uintptr_t>(info->si_addr);
   auto it = g_allocations.upper_bound(address);  // the allocation that ends below the address
-  if (it != g_allocations.begin() && address >= std::prev(it)->first + std::prev(it)->second) {
+  if (it != g_allocations.begin() &&
+      address >= std::prev(it)->first + std::prev(it)->second.bytes) {
     --it;
     std::snprintf(text, sizeof text,
                   "thread %u: access %zu bytes past the end of a device allocation of %zu bytes",
-                  L->current->linear, static_cast<size_t>(address - it->first - it->second),
-                  it->second);
+                  L->current->linear, static_cast<size_t>(address - it->first - it->second.bytes),
+                  it->second.bytes);
   } else if (address >= reinterpret_cast<uintptr_t>(L->shared.payload) + L->shared_bytes &&
              address < reinterpret_cast<uintptr_t>(L->shared.base) + L->shared.mapped) {
     std::snprintf(text, sizeof text,
@@ -491,7 +492,8 @@ void check_allocation(const void* pointer, size_t bytes, const char* what) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   const uintptr_t p = reinterpret_cast<uintptr_t>(pointer);
   auto it = g_allocations.upper_bound(p);
-  if (it == g_allocations.begin() || p + bytes > std::prev(it)->first + std::prev(it)->second) {
+  if (it == g_allocations.begin() ||
+      p + bytes > std::prev(it)->first + std::prev(it)->second.bytes) {
     violation(std::string(what) + ": " + std::to_string(bytes) +
               " bytes are not inside one device allocation");
   }
@@ -506,7 +508,7 @@ uint64_t schedule_seed() { return g_seed; }
 
 std::vector<std::string> take_violations() {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
-  for (const auto& [payload, bytes] : g_allocations) check_guards(payload, bytes, "at a check");
+  for (const auto& [payload, span] : g_allocations) check_guards(payload, span.bytes, "at a check");
   std::vector<std::string> out;
   out.swap(g_violations);
   return out;
@@ -530,8 +532,7 @@ cudaError_t allocate(void** pointer, size_t bytes) {
   *pointer = span.payload;
   if (!span.payload) return cudaErrorMemoryAllocation;
   std::memset(span.payload, pdl_emu::kPoison, bytes);
-  g_allocations[reinterpret_cast<uintptr_t>(span.payload)] = bytes;
-  pdl_emu::g_spans[reinterpret_cast<uintptr_t>(span.payload)] = span;
+  g_allocations[reinterpret_cast<uintptr_t>(span.payload)] = span;
   return cudaSuccess;
 }
 
@@ -543,9 +544,8 @@ cudaError_t release(void* pointer) {
     pdl_emu::violation("cudaFree of a pointer that is not a live device allocation");
     return cudaErrorInvalidDevicePointer;
   }
-  pdl_emu::check_guards(it->first, it->second, "when it was freed");
-  pdl_emu::unmap(pdl_emu::g_spans.at(it->first));
-  pdl_emu::g_spans.erase(it->first);
+  pdl_emu::check_guards(it->first, it->second.bytes, "when it was freed");
+  pdl_emu::unmap(it->second);
   g_allocations.erase(it);
   return cudaSuccess;
 }
@@ -556,7 +556,8 @@ cudaError_t check_range(const void* pointer, size_t bytes, const char* what) {
   auto it = g_allocations.upper_bound(p);
   if (it == g_allocations.begin()) return cudaSuccess;
   --it;
-  if (p >= it->first + it->second || p + bytes <= it->first + it->second) return cudaSuccess;
+  const uintptr_t end = it->first + it->second.bytes;
+  if (p >= end || p + bytes <= end) return cudaSuccess;
   pdl_emu::violation(std::string(what) + " of " + std::to_string(bytes) +
                      " bytes runs past the end of a device allocation");
   return cudaErrorInvalidValue;
@@ -681,8 +682,8 @@ cudaError_t cudaMemsetAsync(void* pointer, int value, size_t bytes, cudaStream_t
 
 cudaError_t cudaStreamSynchronize(cudaStream_t) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
-  for (const auto& [payload, bytes] : g_allocations) {
-    pdl_emu::check_guards(payload, bytes, "at a stream synchronisation");
+  for (const auto& [payload, span] : g_allocations) {
+    pdl_emu::check_guards(payload, span.bytes, "at a stream synchronisation");
   }
   const cudaError_t e = pdl_emu::g_sync_error;
   pdl_emu::g_sync_error = cudaSuccess;
