@@ -18,6 +18,7 @@ from hypothesis.extra import numpy as hnp
 
 import pdl_post
 from conftest import assert_results_equal
+from devices import EMULATION, HostCudaArray, to_host, use_emulation
 
 # PDL_POST_FUZZ_SCALE=20 runs 20x the examples (a longer hunt than the ~60 s of the suite).
 SCALE = float(os.environ.get("PDL_POST_FUZZ_SCALE", "1"))
@@ -568,3 +569,38 @@ def test_nonfinite_rules(backend):
     assert r.center_scores[0] == INF
     assert r.panoptic[1, 1] == -1 and r.panoptic[1, 2] == -1
     assert r.panoptic[1, 3] == 1001
+
+
+@pytest.mark.skipif(EMULATION is None, reason="pdl_post._cuda_emulation not built")
+@settings(max_examples=int(150 * SCALE), **SETTINGS)
+@given(merge_inputs())
+def test_emulated_cuda_equals_cpu(case):
+    # The CUDA sources on the host emulator (tests/devices.py) against the CPU path, on the same
+    # tie-, plateau- and NaN-rich inputs: the same result, or the same error.
+    sem, ctr, off, kw = case
+    mask = kw.pop("foreground_mask", None)
+
+    def device(a):
+        return None if a is None else HostCudaArray(a)
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        check = use_emulation(monkeypatch)
+        outcomes = []
+        for wrap in (lambda a: a, device):
+            try:
+                outcomes.append(
+                    pdl_post.postprocess(
+                        wrap(sem), wrap(ctr), wrap(off), foreground_mask=wrap(mask), **kw
+                    )
+                )
+            except ValueError as e:  # n >= label_divisor
+                outcomes.append(e)
+        cpu, gpu = outcomes
+        if isinstance(cpu, Exception) or isinstance(gpu, Exception):
+            assert type(cpu) is type(gpu) and str(cpu) == str(gpu), (cpu, gpu)
+        else:
+            for r in gpu if isinstance(gpu, list) else [gpu]:
+                r.panoptic = to_host(r.panoptic)
+            assert_results_equal(gpu, cpu, score_rtol=0)
+        del outcomes, cpu, gpu
+        check()
