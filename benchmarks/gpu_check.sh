@@ -18,6 +18,8 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv-gpu}
 start=$(date +%s)
 step() { echo; echo "== $* ($(( $(date +%s) - start )) s)"; }
+# Device time is scarce: a failing step is recorded and the later steps still run.
+failed=()
 
 step "environment"
 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader
@@ -44,11 +46,12 @@ assert pdl_post.cuda_available(), "pdl_post.cuda_available() is False"
 PYEOF
 
 step "device tests on the GPU"
-"$PY" -m pytest tests/test_merge.py tests/test_cuda.py -q -p no:cacheprovider -k "not emulated"
+"$PY" -m pytest tests/test_merge.py tests/test_cuda.py -q -p no:cacheprovider -k "not emulated" \
+  --maxfail=5 || failed+=("device tests")
 
 if [ "${SKIP_MEMCHECK:-0}" != "1" ]; then
   step "compute-sanitizer memcheck (small batch)"
-  compute-sanitizer --tool memcheck --error-exitcode 1 --report-api-errors no \
+  if compute-sanitizer --tool memcheck --error-exitcode 1 --report-api-errors no \
     --leak-check no "$PY" - <<'PYEOF'
 import numpy as np
 import torch
@@ -68,8 +71,14 @@ pdl_post.merge(*(torch.from_numpy(a).cuda() for a in (many.sem, many.ctr, many.o
 torch.cuda.synchronize()
 print("memcheck case done:", len(r), "images")
 PYEOF
+  then :; else failed+=("compute-sanitizer memcheck"); fi
 fi
 
 step "timings"
-"$PY" benchmarks/gpu_bench.py
+"$PY" benchmarks/gpu_bench.py || failed+=("timings")
 step "done"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "FAILED: ${failed[*]}"
+  exit 1
+fi
+echo "all steps passed"
