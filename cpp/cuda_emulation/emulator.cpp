@@ -3,6 +3,9 @@
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
+#if defined(__x86_64__) && !defined(PDL_EMU_UCONTEXT)
+#include <xmmintrin.h>
+#endif
 
 #include <algorithm>
 #include <cstdio>
@@ -71,8 +74,92 @@ bool guards_intact(const unsigned char* payload, size_t bytes) {
   return true;
 }
 
+void fiber_entry();
+void fault_exit();
+
+// Fibre contexts. On x86-64 a switch is a few instructions (callee-saved registers and the
+// floating-point control words, no system call: swapcontext's signal-mask call dominated the
+// emulator's run time); elsewhere ucontext.
+#if defined(__x86_64__) && !defined(PDL_EMU_UCONTEXT)
+extern "C" void pdl_emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+  .text
+  .globl pdl_emu_switch
+  .hidden pdl_emu_switch
+  .type pdl_emu_switch, @function
+pdl_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size pdl_emu_switch, .-pdl_emu_switch
+)");
+
+struct Context {
+  void* sp = nullptr;
+};
+
+// A context that starts fiber_entry on the stack below `top` (16-byte aligned), with the
+// calling thread's floating-point modes.
+void start_context(Context& c, char* top) {
+  auto* slot = reinterpret_cast<uint64_t*>(top);
+  slot[-1] = 0;                                         // fiber_entry's return address: unused
+  slot[-2] = reinterpret_cast<uint64_t>(&fiber_entry);  // where pdl_emu_switch returns to
+  for (int i = 3; i <= 8; ++i) slot[-i] = 0;            // rbp, rbx, r12-r15
+  uint16_t control_word = 0;
+  asm volatile("fnstcw %0" : "=m"(control_word));
+  auto* modes = reinterpret_cast<uint32_t*>(slot - 9);
+  modes[0] = _mm_getcsr();
+  modes[1] = control_word;
+  c.sp = slot - 9;
+}
+
+void switch_context(Context& from, const Context& to) { pdl_emu_switch(&from.sp, to.sp); }
+
+// From the fault handler: the faulting fibre resumes in fault_exit at the top of its stack.
+void redirect_to_fault_exit(void* signal_context, char* top) {
+  auto* uc = static_cast<ucontext_t*>(signal_context);
+  uc->uc_mcontext.gregs[REG_RSP] = reinterpret_cast<greg_t>(top - 8);
+  uc->uc_mcontext.gregs[REG_RIP] = reinterpret_cast<greg_t>(&fault_exit);
+}
+#else
+struct Context {
+  ucontext_t uc;
+};
+
+void start_context(Context& c, char* top) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = top - kStackBytes;
+  c.uc.uc_stack.ss_size = kStackBytes;
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, fiber_entry, 0);
+}
+
+void switch_context(Context& from, const Context& to) { swapcontext(&from.uc, &to.uc); }
+
+void redirect_to_fault_exit(void*, char*) { fault_exit(); }  // setcontext restores the mask
+#endif
+
 struct Fiber {
-  ucontext_t context;
+  Context context;
+  char* stack_top = nullptr;
   uint3 idx;
   unsigned linear = 0;
   bool done = false, blocked = false;
@@ -99,7 +186,7 @@ struct LaunchState {
   size_t shared_bytes = 0;
   int barrier_arrived = 0, barrier_or = 0;
   const char* barrier_site = nullptr;
-  ucontext_t scheduler;
+  Context scheduler;
   Fiber* current = nullptr;
   bool failed = false;
   std::string error;
@@ -160,14 +247,23 @@ void fiber_entry() {
   Fiber* f = L.current;
   (*L.body)();
   f->done = true;
-  swapcontext(&f->context, &L.scheduler);  // never resumed
+  switch_context(f->context, L.scheduler);  // never resumed
+  std::abort();
+}
+
+// A fibre that faulted ends here (the launch's failure is recorded already).
+void fault_exit() {
+  LaunchState& L = *g_launch;
+  Fiber* f = L.current;
+  f->done = true;
+  switch_context(f->context, L.scheduler);  // abandoned: never resumed
   std::abort();
 }
 
 void wait_here(Fiber* f, const char* site) {
   f->blocked = true;
   f->waiting_at = site;
-  swapcontext(&f->context, &g_launch->scheduler);
+  switch_context(f->context, g_launch->scheduler);
 }
 
 std::string describe(const dim3& d) {
@@ -212,7 +308,6 @@ void fault_handler(int signal, siginfo_t* info, void* context) {
     raise(signal);
     return;
   }
-  (void)context;
   char text[200];
   const uintptr_t address = reinterpret_cast<uintptr_t>(info->si_addr);
   auto it = g_allocations.upper_bound(address);  // the allocation that ends below the address
@@ -235,8 +330,7 @@ void fault_handler(int signal, siginfo_t* info, void* context) {
   }
   L->failed = true;
   L->error = text;
-  L->current->done = true;
-  setcontext(&L->scheduler);  // restores the scheduler's signal mask as well
+  redirect_to_fault_exit(context, L->current->stack_top);
 }
 
 void install_fault_handler() {
@@ -260,7 +354,7 @@ void restore_fault_handler() {
   sigaction(SIGBUS, &g_previous_bus, nullptr);
 }
 
-bool run_block(LaunchState& L, const ucontext_t& blank, uint64_t block_number) {
+bool run_block(LaunchState& L, uint64_t block_number) {
   ++g_epoch;
   L.barrier_arrived = 0;
   L.barrier_or = 0;
@@ -273,11 +367,8 @@ bool run_block(LaunchState& L, const ucontext_t& blank, uint64_t block_number) {
     f.linear = i;
     f.done = f.blocked = false;
     f.waiting_at = nullptr;
-    f.context = blank;
-    f.context.uc_stack.ss_sp = stack_for(i);
-    f.context.uc_stack.ss_size = kStackBytes;
-    f.context.uc_link = nullptr;
-    makecontext(&f.context, fiber_entry, 0);
+    f.stack_top = stack_for(i) + kStackBytes;
+    start_context(f.context, f.stack_top);
   }
   std::vector<unsigned> order(L.threads);
   std::iota(order.begin(), order.end(), 0u);
@@ -289,7 +380,7 @@ bool run_block(LaunchState& L, const ucontext_t& blank, uint64_t block_number) {
       Fiber& f = L.fibers[i];
       if (f.done || f.blocked) continue;
       L.current = &f;
-      swapcontext(&L.scheduler, &f.context);
+      switch_context(L.scheduler, f.context);
       L.current = nullptr;
       ran = true;
       if (L.failed) return false;
@@ -330,7 +421,7 @@ void fail(const std::string& message) {
     L.error = message;
   }
   f->done = true;
-  swapcontext(&f->context, &L.scheduler);  // abandoned: never resumed
+  switch_context(f->context, L.scheduler);  // abandoned: never resumed
   std::abort();
 }
 
@@ -445,8 +536,6 @@ int launch_kernel(const char* name, const void* kernel, dim3 grid, dim3 block, s
     g_last_error = cudaErrorMemoryAllocation;
     return g_last_error;
   }
-  ucontext_t blank;
-  getcontext(&blank);
   g_launch = &L;
   install_fault_handler();
   const uint64_t blocks = uint64_t{grid.x} * grid.y * grid.z;
@@ -462,7 +551,7 @@ int launch_kernel(const char* name, const void* kernel, dim3 grid, dim3 block, s
     L.block_idx =
         uint3{static_cast<unsigned>(n % grid.x), static_cast<unsigned>((n / grid.x) % grid.y),
               static_cast<unsigned>(n / (uint64_t{grid.x} * grid.y))};
-    run_block(L, blank, n);
+    run_block(L, n);
   }
   restore_fault_handler();
   unmap(L.shared);
