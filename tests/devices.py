@@ -55,8 +55,6 @@ DEVICES = [
     pytest.param("emulated", marks=needs_emulation),
     pytest.param("cuda", marks=needs_gpu),
 ]
-# For inputs too large to emulate in reasonable time (the emulator runs one fibre per thread).
-LARGE_DEVICES = ["cpu", pytest.param("cuda", marks=needs_gpu)]
 
 
 class HostCudaArray:
