@@ -121,3 +121,30 @@ def test_cuda_path_does_not_depend_on_the_schedule(monkeypatch):
         )
         np.testing.assert_array_equal(out.a, expected_batch)
     check()
+
+
+def test_synchronisations_copies_and_launches_per_call(monkeypatch):
+    # The design (cpp/include/pdl_post/cuda_pipeline.h): merge synchronises the stream twice
+    # (label range and peak counts; error flags), with one small copy to the device and one back
+    # at each; postprocess adds one synchronisation for the centres and segments. A batch runs
+    # in one pass: the number of launches does not grow with it.
+    from test_cuda import HostCudaArray, use_emulation
+
+    check = use_emulation(monkeypatch)
+    launches = {}
+    for batch in (1, 8):
+        b = synthetic.make_batch(batch, 48, 64, 6, seed=batch, logits=True)
+        for name in ("merge", "postprocess"):
+            for sem in (b.sem, b.logits):
+                emulation.take_counters()
+                getattr(pdl_post, name)(
+                    *(HostCudaArray(a) for a in (sem, b.ctr, b.off)), stuff_area=8
+                )
+                counts = emulation.take_counters()
+                assert counts["synchronisations"] == (2 if name == "merge" else 3)
+                assert counts["host_to_device_copies"] == 1
+                if name == "merge":
+                    assert counts["device_to_host_copies"] == 2
+                launches.setdefault((name, sem.dtype.kind), set()).add(counts["launches"])
+    assert all(len(n) == 1 for n in launches.values()), launches
+    check()

@@ -207,6 +207,7 @@ std::map<uintptr_t, Span> g_allocations;  // live device allocations by payload 
 std::map<const void*, int> g_max_dynamic_shared;
 std::vector<char*> g_stacks;
 thread_local int t_device = 0;
+std::map<std::string, int64_t> g_counters;  // launches, synchronisations, copies, allocations
 
 void violation(const std::string& message) {
   g_violations.push_back(message);
@@ -556,6 +557,7 @@ int launch_kernel(const char* name, const void* kernel, dim3 grid, dim3 block, s
   restore_fault_handler();
   unmap(L.shared);
   g_launch = nullptr;
+  ++g_counters["launches"];
   if (L.failed) {
     const dim3 at(L.block_idx.x, L.block_idx.y, L.block_idx.z);
     violation(std::string(name) + " block " + describe(at) + ": " + L.error);
@@ -603,6 +605,13 @@ std::vector<std::string> take_violations() {
   return out;
 }
 
+std::map<std::string, int64_t> take_counters() {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  std::map<std::string, int64_t> out;
+  out.swap(g_counters);
+  return out;
+}
+
 int64_t live_allocations() {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   return static_cast<int64_t>(g_allocations.size());
@@ -620,6 +629,7 @@ cudaError_t allocate(void** pointer, size_t bytes) {
   const pdl_emu::Span span = pdl_emu::map_guarded(bytes);
   *pointer = span.payload;
   if (!span.payload) return cudaErrorMemoryAllocation;
+  ++pdl_emu::g_counters["allocations"];
   std::memset(span.payload, pdl_emu::kPoison, bytes);
   g_allocations[reinterpret_cast<uintptr_t>(span.payload)] = span;
   return cudaSuccess;
@@ -751,9 +761,13 @@ cudaError_t cudaFree(void* pointer) { return release(pointer); }
 
 cudaError_t cudaFreeAsync(void* pointer, cudaStream_t) { return release(pointer); }
 
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind,
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
                             cudaStream_t) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  static const char* const kinds[] = {"host_to_host_copies", "host_to_device_copies",
+                                      "device_to_host_copies", "device_to_device_copies",
+                                      "default_copies"};
+  ++pdl_emu::g_counters[kinds[kind]];
   if (check_range(dst, bytes, "cudaMemcpyAsync destination") != cudaSuccess ||
       check_range(src, bytes, "cudaMemcpyAsync source") != cudaSuccess) {
     return cudaErrorInvalidValue;
@@ -764,6 +778,7 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
 
 cudaError_t cudaMemsetAsync(void* pointer, int value, size_t bytes, cudaStream_t) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  ++pdl_emu::g_counters["memsets"];
   if (check_range(pointer, bytes, "cudaMemsetAsync") != cudaSuccess) return cudaErrorInvalidValue;
   if (bytes) std::memset(pointer, value, bytes);
   return cudaSuccess;
@@ -771,6 +786,7 @@ cudaError_t cudaMemsetAsync(void* pointer, int value, size_t bytes, cudaStream_t
 
 cudaError_t cudaStreamSynchronize(cudaStream_t) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  ++pdl_emu::g_counters["synchronisations"];
   for (const auto& [payload, span] : g_allocations) {
     pdl_emu::check_guards(payload, span.bytes, "at a stream synchronisation");
   }

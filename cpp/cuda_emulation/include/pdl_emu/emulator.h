@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -99,6 +100,9 @@ void check_allocation(const void* pointer, size_t bytes, const char* what);
 void set_schedule_seed(uint64_t seed);
 uint64_t schedule_seed();
 std::vector<std::string> take_violations();
+// Runtime calls since the last call (launches, synchronisations, copies by kind, memsets,
+// allocations), and clears them.
+std::map<std::string, int64_t> take_counters();
 int64_t live_allocations();
 
 template <typename T>
