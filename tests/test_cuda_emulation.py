@@ -105,7 +105,7 @@ def test_unsynchronised_code_depends_on_the_schedule():
 
 
 def test_cuda_path_does_not_depend_on_the_schedule(monkeypatch):
-    from test_cuda import HostCudaArray, use_emulation
+    from devices import HostCudaArray, use_emulation
 
     check = use_emulation(monkeypatch)
     s = synthetic.make_scene(72, 100, 40, seed=3, logits=True)
@@ -128,7 +128,7 @@ def test_synchronisations_copies_and_launches_per_call(monkeypatch):
     # (label range and peak counts; error flags), with one small copy to the device and one back
     # at each; postprocess adds one synchronisation for the centres and segments. A batch runs
     # in one pass: the number of launches does not grow with it.
-    from test_cuda import HostCudaArray, use_emulation
+    from devices import HostCudaArray, use_emulation
 
     check = use_emulation(monkeypatch)
     launches = {}
