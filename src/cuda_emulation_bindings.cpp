@@ -24,7 +24,7 @@ PYBIND11_MODULE(_cuda_emulation, m) {
         "Violations of CUDA's rules recorded since the last call (and clears them).");
   m.def("take_counters", &pdl_emu::take_counters,
         "Runtime calls since the last call: launches, synchronisations, copies by kind, memsets, "
-        "allocations (and clears them).");
+        "allocations from pools and plain (and clears them).");
   m.def("live_allocations", &pdl_emu::live_allocations, "Device allocations not yet freed.");
   m.def("selftest", &pdl_emu::run_selftest, py::arg("name"), py::arg("salt") = 0,
         "Runs one of the emulator's own test kernels: (error text or '', output ints).");

@@ -148,3 +148,36 @@ def test_synchronisations_copies_and_launches_per_call(monkeypatch):
                 launches.setdefault((name, sem.dtype.kind), set()).add(counts["launches"])
     assert all(len(n) == 1 for n in launches.values()), launches
     check()
+
+
+def test_devices_without_memory_pools_use_cuda_malloc():
+    # The pool choice is made once per device and process, so a fresh process.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+import numpy as np, pdl_post
+from pdl_post import synthetic
+from devices import HostCudaArray, use_emulation, EMULATION
+class Patch:
+    def setattr(self, obj, name, value, raising=True):
+        setattr(obj, name, value)
+check = use_emulation(Patch())
+EMULATION.take_counters()
+s = synthetic.make_scene(48, 64, 6, seed=2, logits=True)
+out = pdl_post.postprocess(*(HostCudaArray(a) for a in (s.logits, s.ctr, s.off)), stuff_area=8)
+assert (out.panoptic.a == pdl_post.merge(s.logits, s.ctr, s.off, stuff_area=8)).all()
+check()
+counts = EMULATION.take_counters()
+print(counts.get("pool_allocations", 0), counts.get("allocations", 0))
+"""
+    env = {**os.environ, "PDL_EMU_NO_MEMORY_POOLS": "1"}
+    tests = str(Path(__file__).parent)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=tests, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    pooled, plain = (int(n) for n in done.stdout.split())
+    assert pooled == 0 and plain > 0

@@ -624,12 +624,12 @@ using pdl_emu::g_mutex;
 
 namespace {
 
-cudaError_t allocate(void** pointer, size_t bytes) {
+cudaError_t allocate(void** pointer, size_t bytes, const char* counter) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   const pdl_emu::Span span = pdl_emu::map_guarded(bytes);
   *pointer = span.payload;
   if (!span.payload) return cudaErrorMemoryAllocation;
-  ++pdl_emu::g_counters["allocations"];
+  ++pdl_emu::g_counters[counter];
   std::memset(span.payload, pdl_emu::kPoison, bytes);
   g_allocations[reinterpret_cast<uintptr_t>(span.payload)] = span;
   return cudaSuccess;
@@ -725,8 +725,8 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int dev
     case cudaDevAttrMaxSharedMemoryPerBlockOptin:
       *value = pdl_emu::kSharedOptinLimit;
       return cudaSuccess;
-    case cudaDevAttrMemoryPoolsSupported:
-      *value = 1;
+    case cudaDevAttrMemoryPoolsSupported:  // PDL_EMU_NO_MEMORY_POOLS=1: a device without them
+      *value = std::getenv("PDL_EMU_NO_MEMORY_POOLS") ? 0 : 1;
       return cudaSuccess;
   }
   return cudaErrorInvalidValue;
@@ -752,10 +752,12 @@ cudaError_t cudaMemPoolCreate(cudaMemPool_t* pool, const cudaMemPoolProps* props
 cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, cudaMemPoolAttr, void*) { return cudaSuccess; }
 
 cudaError_t cudaMallocFromPoolAsync(void** pointer, size_t bytes, cudaMemPool_t, cudaStream_t) {
-  return allocate(pointer, bytes);
+  return allocate(pointer, bytes, "pool_allocations");
 }
 
-cudaError_t cudaMalloc(void** pointer, size_t bytes) { return allocate(pointer, bytes); }
+cudaError_t cudaMalloc(void** pointer, size_t bytes) {
+  return allocate(pointer, bytes, "allocations");
+}
 
 cudaError_t cudaFree(void* pointer) { return release(pointer); }
 

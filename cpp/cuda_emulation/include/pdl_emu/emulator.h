@@ -4,17 +4,20 @@
 // translate.py turns each .cu file into C++: `kernel<<<grid, block, shared, stream>>>(args)`
 // becomes `pdl_emu::launch(kernel, "kernel", grid, block, shared, stream)(args)` and
 // `extern __shared__ T name[]` a pointer to the launch's dynamic shared memory. A launch runs the
-// blocks one after another; the threads of a block are fibers (ucontext) switched only at
-// __syncthreads and warp intrinsics, in an order shuffled by a seed, so code that depends on an
-// unsynchronised order of threads or blocks gives different answers under different seeds.
+// blocks one after another; the threads of a block are fibres switched only at __syncthreads and
+// warp intrinsics, in an order shuffled by a seed, so code that depends on an unsynchronised
+// order of threads or blocks gives different answers under different seeds.
 //
 // What it checks beyond the answer: barriers reached by only part of a block or at different
 // call sites, warp intrinsics called by a lane outside their mask or with differing masks,
 // lanes that exit while the rest of their warp waits (deadlocks), cub temp storage reused without
-// a __syncthreads in between, launch configurations CUDA refuses, dynamic shared memory
-// overruns, writes past either end of a device allocation, double frees; device allocations and
-// dynamic shared memory start filled with a poison pattern, so reads of unwritten memory change
-// the answer. What it cannot see: races between blocks (they never overlap) and the memory model.
+// a __syncthreads in between, launch configurations CUDA refuses, any access past the end of a
+// device allocation or of dynamic shared memory (each ends at an inaccessible page; the fault
+// ends the launch with a message), writes just before the start (guard bytes), frees of unknown
+// pointers, leaks (live_allocations). Device allocations and dynamic shared memory start filled
+// with a poison pattern, so reads of unwritten memory change the answer. It also counts runtime
+// calls (take_counters). What it cannot see: races between blocks (they never overlap), races
+// between barriers that every schedule resolves alike, the memory model, and speed.
 #pragma once
 
 #include <cstddef>
@@ -101,7 +104,7 @@ void set_schedule_seed(uint64_t seed);
 uint64_t schedule_seed();
 std::vector<std::string> take_violations();
 // Runtime calls since the last call (launches, synchronisations, copies by kind, memsets,
-// allocations), and clears them.
+// allocations from pools and plain), and clears them.
 std::map<std::string, int64_t> take_counters();
 int64_t live_allocations();
 
