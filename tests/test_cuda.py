@@ -279,8 +279,7 @@ def test_stage_functions_name_the_cuda_argument():
         pdl_post.group_pixels(s.sem, np.zeros((0, 2), np.int64), FakeCudaArray((2, 8, 8)))
 
 
-@pytest.mark.skipif(not pdl_post.cuda_available(), reason="needs the CUDA backend")
-def test_backend_cuda_needs_cuda_arrays():
+def test_backend_cuda_needs_cuda_arrays(cuda_device):
     s = synthetic.make_scene(8, 8, 1, seed=0)
     with pytest.raises(ValueError, match=r"backend: 'cuda' takes CUDA arrays"):
         pdl_post.merge(s.sem, s.ctr, s.off, backend="cuda")
