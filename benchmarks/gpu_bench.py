@@ -10,7 +10,8 @@ inputs on the device -> panoptic ids on the device, errors checked).
 - copy floor: device-to-device copies of the same input bytes (sem, ctr, off) plus writing the
   int32 output once, i.e. what any pass over the data costs.
 
-The table ends with the issue's targets and whether each is met.
+The table ends with the issue's targets and whether each is met, then a torch.profiler table of
+batch 1 (kernels and runtime calls: where the time goes, should a target be missed).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=50)
     parser.add_argument("--dense-repeat", type=int, default=5)
+    parser.add_argument(
+        "--profile", type=int, default=20, help="calls profiled at batch 1 (0: no profile)"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -139,7 +143,26 @@ def main(argv=None) -> int:
     print("|---|---|")
     for label, ok in targets:
         print(f"| {label} | {'yes' if ok else 'NO'} |")
+    if args.profile:
+        _profile(lambda: pdl_post.merge(sem1, ctr1, off1, **kw), args.profile)
     return 0
+
+
+def _profile(fn, calls: int) -> None:
+    """Where batch 1's time goes (kernels, runtime calls, the host side), for the next session."""
+    import torch
+
+    print(f"\nprofile of {calls} calls at batch 1 (torch.profiler):")
+    try:
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=activities) as prof:
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+        print(table)
+    except Exception as e:  # the profiler is optional: the timings above stand without it
+        print(f"profiler unavailable here: {type(e).__name__}: {e}")
 
 
 if __name__ == "__main__":
