@@ -48,7 +48,7 @@ demo: build
 
 # The whole suite, then a smoke run of the benchmark suite on tiny scenes (keeps it from rotting).
 test: build
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	PDL_POST_REQUIRE_EMULATION=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(BIN)/python -m pytest benchmarks -q --benchmark-disable -p no:cacheprovider
 
 # The evaluation benchmarks compare against hotcoco and cityscapesScripts (skipped when absent).

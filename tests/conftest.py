@@ -29,9 +29,18 @@ def assert_results_equal(a, b, *, score_rtol=1e-12):
 
 # Devices of the parametrised tests (tests/devices.py): imported after assert_results_equal,
 # which devices.py uses.
+import os  # noqa: E402
+
 import pytest  # noqa: E402
 
-from devices import DEVICES, use_emulation  # noqa: E402
+from devices import DEVICES, EMULATION, use_emulation  # noqa: E402
+
+# make test builds the emulated device and asks for it: its cases must not vanish as skips.
+if os.environ.get("PDL_POST_REQUIRE_EMULATION") == "1" and EMULATION is None:
+    raise RuntimeError(
+        "PDL_POST_REQUIRE_EMULATION=1 but pdl_post._cuda_emulation is not built: build with "
+        "-Ccmake.define.PDL_POST_CUDA_EMULATION=ON (make build does)"
+    )
 
 
 def _device(request):
