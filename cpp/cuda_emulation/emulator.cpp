@@ -1,4 +1,5 @@
 // The host emulator of the CUDA execution model and runtime API (see pdl_emu/emulator.h).
+#include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <ucontext.h>
@@ -187,6 +188,7 @@ struct LaunchState {
   int barrier_arrived = 0, barrier_or = 0;
   const char* barrier_site = nullptr;
   Context scheduler;
+  pthread_t launcher;  // the OS thread that runs the fibres
   Fiber* current = nullptr;
   bool failed = false;
   std::string error;
@@ -246,7 +248,11 @@ void shuffle(std::vector<unsigned>& order, uint64_t& state) {
 void fiber_entry() {
   LaunchState& L = *g_launch;
   Fiber* f = L.current;
-  (*L.body)();
+  try {
+    (*L.body)();
+  } catch (const std::exception& e) {  // no exception may unwind past a fibre's first frame
+    fail(std::string("C++ exception in device code: ") + e.what());
+  }
   f->done = true;
   switch_context(f->context, L.scheduler);  // never resumed
   std::abort();
@@ -304,7 +310,8 @@ thread_local std::vector<char> t_signal_stack;
 
 void fault_handler(int signal, siginfo_t* info, void* context) {
   LaunchState* L = g_launch;
-  if (!L || !L->current) {  // not a kernel thread: the previous handler decides
+  if (!L || !L->current || !pthread_equal(pthread_self(), L->launcher)) {
+    // Not a kernel thread: the previous handler decides.
     sigaction(signal, signal == SIGSEGV ? &g_previous_segv : &g_previous_bus, nullptr);
     raise(signal);
     return;
@@ -527,6 +534,7 @@ int launch_kernel(const char* name, const void* kernel, dim3 grid, dim3 block, s
   L.grid = grid;
   L.block = block;
   L.threads = static_cast<unsigned>(threads);
+  L.launcher = pthread_self();
   L.body = &body;
   L.fibers.resize(L.threads);
   L.warps.resize((L.threads + 31) / 32);
@@ -628,7 +636,10 @@ cudaError_t allocate(void** pointer, size_t bytes, const char* counter) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   const pdl_emu::Span span = pdl_emu::map_guarded(bytes);
   *pointer = span.payload;
-  if (!span.payload) return cudaErrorMemoryAllocation;
+  if (!span.payload) {
+    pdl_emu::g_message = "cannot map " + std::to_string(bytes) + " bytes of device memory";
+    return cudaErrorMemoryAllocation;
+  }
   ++pdl_emu::g_counters[counter];
   std::memset(span.payload, pdl_emu::kPoison, bytes);
   g_allocations[reinterpret_cast<uintptr_t>(span.payload)] = span;
