@@ -59,6 +59,8 @@ def test_intrinsics_and_cub_shims_give_cuda_answers():
         ("write_past_the_end", r"past the end of a device allocation of 1792 bytes"),
         ("scan_storage_reused_without_barrier", r"temp storage reused without a __syncthreads"),
         ("dynamic_shared_overrun", r"past the end of the block's 256 bytes of dynamic shared"),
+        ("stack_overflow", r"thread \d+: stack overflow \(262144 bytes per thread\)"),
+        ("null_pointer_write", r"thread \d+: invalid memory access at 0x[0-9a-f]+$"),
     ],
 )
 def test_broken_rules_are_reported(case, message):

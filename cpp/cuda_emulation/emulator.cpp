@@ -318,9 +318,14 @@ void fault_handler(int signal, siginfo_t* info, void* context) {
   }
   char text[200];
   const uintptr_t address = reinterpret_cast<uintptr_t>(info->si_addr);
+  const uintptr_t stack_top = reinterpret_cast<uintptr_t>(L->current->stack_top);
   auto it = g_allocations.upper_bound(address);  // the allocation that ends below the address
-  if (it != g_allocations.begin() &&
-      address >= std::prev(it)->first + std::prev(it)->second.bytes) {
+  if (address < stack_top - kStackBytes && address + page_size() >= stack_top - kStackBytes) {
+    std::snprintf(text, sizeof text, "thread %u: stack overflow (%zu bytes per thread)",
+                  L->current->linear, kStackBytes);
+  } else if (it != g_allocations.begin() &&
+             address >= std::prev(it)->first + std::prev(it)->second.bytes &&
+             address < std::prev(it)->first + std::prev(it)->second.bytes + page_size()) {
     --it;
     std::snprintf(text, sizeof text,
                   "thread %u: access %zu bytes past the end of a device allocation of %zu bytes",

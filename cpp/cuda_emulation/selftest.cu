@@ -84,6 +84,19 @@ __global__ void unsynchronised_neighbour_read(int* out, int salt) {
   out[threadIdx.x] = values[(threadIdx.x + 1) % kThreads];
 }
 
+__device__ int deep(int n) {
+  volatile char frame[4096];  // 4 KiB per call: 1000 calls overflow any fibre stack
+  frame[0] = static_cast<char>(n);
+  return n == 0 ? 0 : deep(n - 1) + frame[0];
+}
+
+__global__ void stack_overflow(int* out) { out[threadIdx.x] = deep(1000); }
+
+__global__ void null_pointer_write(int* out, int* nowhere) {
+  nowhere[threadIdx.x] = 1;
+  out[threadIdx.x] = 0;
+}
+
 __global__ void dynamic_shared_overrun(int* out) {
   extern __shared__ int scratch[];
   scratch[threadIdx.x * 2] = 1;  // 2 x 64 ints into a buffer for 64
@@ -123,6 +136,10 @@ std::pair<std::string, std::vector<int>> run_selftest(const std::string& name, i
     unsynchronised_neighbour_read<<<1, kThreads>>>(out, salt);
   } else if (name == "dynamic_shared_overrun") {
     dynamic_shared_overrun<<<1, kThreads, kThreads * sizeof(int)>>>(out);
+  } else if (name == "stack_overflow") {
+    stack_overflow<<<1, kThreads>>>(out);
+  } else if (name == "null_pointer_write") {
+    null_pointer_write<<<1, kThreads>>>(out, nullptr);
   } else if (name == "too_many_threads") {
     copy<<<1, 2048>>>(in, out);
   } else if (name == "too_much_dynamic_shared_memory") {
