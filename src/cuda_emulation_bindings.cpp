@@ -11,7 +11,7 @@ namespace py = pybind11;
 
 namespace pdl_emu {
 // cpp/cuda_emulation/selftest.cu
-std::pair<std::string, std::vector<int>> run_selftest(const std::string& name, int salt);
+std::pair<std::string, std::vector<int>> run_selftest(const std::string& name);
 }  // namespace pdl_emu
 
 PYBIND11_MODULE(_cuda_emulation, m) {
@@ -26,6 +26,6 @@ PYBIND11_MODULE(_cuda_emulation, m) {
         "Runtime calls since the last call: launches, synchronisations, copies by kind, memsets, "
         "allocations from pools and plain (and clears them).");
   m.def("live_allocations", &pdl_emu::live_allocations, "Device allocations not yet freed.");
-  m.def("selftest", &pdl_emu::run_selftest, py::arg("name"), py::arg("salt") = 0,
+  m.def("selftest", &pdl_emu::run_selftest, py::arg("name"),
         "Runs one of the emulator's own test kernels: (error text or '', output ints).");
 }

@@ -93,17 +93,24 @@ def test_fresh_device_memory_is_poisoned():
 
 
 def test_unsynchronised_code_depends_on_the_schedule():
+    poison = np.array(0xCDCDCDCD, np.uint32).view(np.int32).item()  # unwritten shared memory
     answers = set()
     for seed in (0, 1, 2, 3):
         emulation.set_schedule_seed(seed)
-        emulation.selftest("unsynchronised_neighbour_read", salt=0)
-        error, out = emulation.selftest("unsynchronised_neighbour_read", salt=1000)
+        error, out = emulation.selftest("unsynchronised_neighbour_read")
         assert error == ""
         answers.add(tuple(out[:64]))
-    # In index order thread t reads values[t + 1] before thread t + 1 writes it (the stale value
-    # of the previous launch); shuffled orders read some fresh ones.
-    assert tuple(t + 1 if t < 63 else 1000 for t in range(64)) in answers
+    # In index order thread t reads values[t + 1] before thread t + 1 writes it; shuffled orders
+    # read some written values.
+    assert tuple(poison if t < 63 else 0 for t in range(64)) in answers
     assert len(answers) > 1
+
+
+def test_static_shared_memory_is_poisoned_at_every_block():
+    # Every run starts from poison, not from what the previous launch left behind.
+    emulation.set_schedule_seed(0)
+    first = emulation.selftest("unsynchronised_neighbour_read")[1][:64]
+    assert emulation.selftest("unsynchronised_neighbour_read")[1][:64] == first
 
 
 def test_cuda_path_does_not_depend_on_the_schedule(monkeypatch):

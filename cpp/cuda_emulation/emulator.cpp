@@ -210,6 +210,7 @@ std::map<const void*, int> g_max_dynamic_shared;
 std::vector<char*> g_stacks;
 thread_local int t_device = 0;
 std::map<std::string, int64_t> g_counters;  // launches, synchronisations, copies, allocations
+std::map<void*, size_t> g_shared_statics;   // static __shared__ variables seen so far
 
 void violation(const std::string& message) {
   g_violations.push_back(message);
@@ -373,6 +374,7 @@ bool run_block(LaunchState& L, uint64_t block_number) {
   L.barrier_or = 0;
   for (Warp& w : L.warps) w = Warp{};
   std::memset(L.shared.payload, kSharedPoison, L.shared_bytes);
+  for (const auto& [address, bytes] : g_shared_statics) std::memset(address, kSharedPoison, bytes);
   const unsigned bx = L.block.x, by = L.block.y;
   for (unsigned i = 0; i < L.threads; ++i) {
     Fiber& f = L.fibers[i];
@@ -424,6 +426,12 @@ const dim3& block_dim() { return g_launch->block; }
 const dim3& grid_dim() { return g_launch->grid; }
 unsigned linear_thread() { return g_launch->current->linear; }
 void* dynamic_shared() { return g_launch->shared.payload; }
+
+void shared_variable(void* address, size_t bytes) {
+  if (g_shared_statics.emplace(address, bytes).second) {
+    std::memset(address, kSharedPoison, bytes);  // its first use ever: nobody has written it
+  }
+}
 uint64_t barrier_epoch() { return g_epoch; }
 
 void fail(const std::string& message) {

@@ -78,9 +78,9 @@ __global__ void scan_storage_reused_without_barrier(int* out) {
 __global__ void copy(const int* in, int* out) { out[threadIdx.x] = in[threadIdx.x]; }
 
 // Reads a neighbour's shared value without a barrier: the answer depends on the thread order.
-__global__ void unsynchronised_neighbour_read(int* out, int salt) {
+__global__ void unsynchronised_neighbour_read(int* out) {
   __shared__ int values[kThreads];
-  values[threadIdx.x] = static_cast<int>(threadIdx.x) + salt;
+  values[threadIdx.x] = static_cast<int>(threadIdx.x);
   out[threadIdx.x] = values[(threadIdx.x + 1) % kThreads];
 }
 
@@ -106,8 +106,8 @@ __global__ void dynamic_shared_overrun(int* out) {
 }  // namespace
 
 // Runs one named case on a fresh device buffer of 7 x 64 ints; returns the launch's error text
-// ("" on success) and the buffer (copied back). `salt` is added to what the racy case writes.
-std::pair<std::string, std::vector<int>> run_selftest(const std::string& name, int salt) {
+// ("" on success) and the buffer (copied back).
+std::pair<std::string, std::vector<int>> run_selftest(const std::string& name) {
   constexpr int n = 7 * kThreads;
   int* out = nullptr;
   int* in = nullptr;
@@ -133,7 +133,7 @@ std::pair<std::string, std::vector<int>> run_selftest(const std::string& name, i
   } else if (name == "read_unwritten_memory") {
     copy<<<1, kThreads>>>(in, out);
   } else if (name == "unsynchronised_neighbour_read") {
-    unsynchronised_neighbour_read<<<1, kThreads>>>(out, salt);
+    unsynchronised_neighbour_read<<<1, kThreads>>>(out);
   } else if (name == "dynamic_shared_overrun") {
     dynamic_shared_overrun<<<1, kThreads, kThreads * sizeof(int)>>>(out);
   } else if (name == "stack_overflow") {

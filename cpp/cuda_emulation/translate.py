@@ -1,11 +1,13 @@
 """Rewrite a .cu file as C++ for the host emulator (see include/pdl_emu/emulator.h).
 
-Two rewrites, nothing else changes (line numbers are kept, so emulator messages point at the
+Three rewrites, nothing else changes (line numbers are kept, so emulator messages point at the
 .cu source):
   kernel<Args><<<grid, block, shared, stream>>>(args)
       -> ::pdl_emu::launch(kernel<Args>, "kernel", grid, block, shared, stream)(args)
   extern __shared__ T name[];
       -> T* name = reinterpret_cast<T*>(::pdl_emu::dynamic_shared());
+  __shared__ T name[N];
+      -> static T name[N]; ::pdl_emu::shared_variable(&name, sizeof(name));
 
 Usage: python translate.py input.cu output.cpp
 """
@@ -16,6 +18,7 @@ import re
 import sys
 
 EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+([\w:\s]+?)\s+(\w+)\s*\[\s*\]\s*;")
+STATIC_SHARED = re.compile(r"(?<!extern )__shared__\s+([\w:\s]+?)\s+(\w+)(\s*\[[^\]]*\])?\s*;")
 
 
 def _kernel_start(text: str, end: int) -> int:
@@ -43,6 +46,15 @@ def translate(text: str) -> str:
         lambda m: (
             f"{m.group(1)}* {m.group(2)} = "
             f"reinterpret_cast<{m.group(1)}*>(::pdl_emu::dynamic_shared());"
+        ),
+        text,
+    )
+    # Static shared variables are function statics that the emulator poisons at every block's
+    # start (registered the first time a thread passes the declaration).
+    text = STATIC_SHARED.sub(
+        lambda m: (
+            f"static {m.group(1)} {m.group(2)}{m.group(3) or ''}; "
+            f"::pdl_emu::shared_variable(&{m.group(2)}, sizeof({m.group(2)}));"
         ),
         text,
     )

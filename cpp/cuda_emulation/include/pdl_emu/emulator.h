@@ -15,7 +15,8 @@
 // device allocation or of dynamic shared memory (each ends at an inaccessible page; the fault
 // ends the launch with a message), writes just before the start (guard bytes), frees of unknown
 // pointers, leaks (live_allocations). Device allocations and dynamic shared memory start filled
-// with a poison pattern, so reads of unwritten memory change the answer. It also counts runtime
+// with a poison pattern, as do static shared variables at every block's start, so reads of
+// unwritten memory change the answer. It also counts runtime
 // calls (take_counters). What it cannot see: races between blocks (they never overlap), races
 // between barriers that every schedule resolves alike, the memory model, and speed.
 #pragma once
@@ -53,6 +54,9 @@ const dim3& block_dim();
 const dim3& grid_dim();
 unsigned linear_thread();
 void* dynamic_shared();
+// A static __shared__ variable (a function static here): poisoned now if new, and at the start
+// of every later block.
+void shared_variable(void* address, size_t bytes);
 
 // __syncthreads(): every thread of the block at the same call site. `on_complete` runs once, in
 // the last thread to arrive, before any thread continues (the cub shims compute there).
