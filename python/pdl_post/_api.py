@@ -189,14 +189,7 @@ def _run(sem, ctr, off, *, foreground_mask, backend, params, with_segments=True)
             mask4,
             logits,
             max_label,
-            params.thing_ids,
-            params.label_divisor,
-            params.stuff_area,
-            params.void_label,
-            params.threshold,
-            params.nms_kernel,
-            -1 if params.top_k is None else params.top_k,
-            params.topk_mode,
+            *params.core_options(),
             out4,
             threads,
         )
@@ -454,14 +447,7 @@ def find_centers(
             for i in range(ctr4.shape[0])
         ]
     else:
-        pairs = _core.find_centers(
-            ctr4,
-            params.threshold,
-            params.nms_kernel,
-            -1 if params.top_k is None else params.top_k,
-            params.topk_mode,
-            params.num_threads,
-        )
+        pairs = _core.find_centers(ctr4, *params.center_options(), params.num_threads)
     pairs = [
         (np.asarray(c, dtype=np.int64).reshape(-1, 2), np.asarray(s, dtype=np.float64))
         for c, s in pairs

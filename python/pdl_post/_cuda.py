@@ -299,14 +299,7 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
         mask4,
         device,
         stream,
-        params.thing_ids,
-        params.label_divisor,
-        params.stuff_area,
-        params.void_label,
-        params.threshold,
-        params.nms_kernel,
-        -1 if params.top_k is None else params.top_k,
-        params.topk_mode,
+        *params.core_options(),
     )
     lo, hi = job.label_range()
     if lo < 0:

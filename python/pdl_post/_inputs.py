@@ -141,6 +141,25 @@ class MergeParams:
     topk_mode: str
     num_threads: int  # 0 = all cores
 
+    def center_options(self) -> tuple:
+        """threshold, nms_kernel, top_k (-1: all), topk_mode: as the core's calls take them."""
+        return (
+            self.threshold,
+            self.nms_kernel,
+            -1 if self.top_k is None else self.top_k,
+            self.topk_mode,
+        )
+
+    def core_options(self) -> tuple:
+        """The options of the core's merge and CudaMerge, in their order."""
+        return (
+            self.thing_ids,
+            self.label_divisor,
+            self.stuff_area,
+            self.void_label,
+            *self.center_options(),
+        )
+
 
 def check_params(
     *,
