@@ -43,22 +43,29 @@ if os.environ.get("PDL_POST_REQUIRE_EMULATION") == "1" and EMULATION is None:
     )
 
 
-def _device(request):
-    if request.param != "emulated":
-        yield request.param
-        return
-    check = use_emulation(request.getfixturevalue("monkeypatch"))
-    yield "emulated"
+@pytest.fixture
+def emulated_cuda(monkeypatch):
+    """CUDA arrays go to the CUDA sources on the host emulator; no violation or leak after."""
+    if EMULATION is None:
+        pytest.skip("pdl_post._cuda_emulation not built (PDL_POST_CUDA_EMULATION=OFF)")
+    check = use_emulation(monkeypatch)
+    yield
     check()
+
+
+def _device(request):
+    if request.param == "emulated":
+        request.getfixturevalue("emulated_cuda")
+    return request.param
 
 
 @pytest.fixture(params=DEVICES)
 def device(request):
     """cpu, emulated (the CUDA sources on the host emulator) and cuda (a GPU, else skipped)."""
-    yield from _device(request)
+    return _device(request)
 
 
 @pytest.fixture(params=DEVICES[1:])
 def cuda_device(request):
     """The CUDA path only: emulated, and on a GPU when there is one."""
-    yield from _device(request)
+    return _device(request)

@@ -26,7 +26,6 @@ from devices import (
     run_on,
     to_device,
     to_host,
-    use_emulation,
 )
 from pdl_post import synthetic
 
@@ -290,15 +289,6 @@ def test_backend_cuda_needs_cuda_arrays(cuda_device):
 # ---------------------------------------------------------------------------------------------
 # The Python glue with the emulated device: odd layouts reach the kernels as the right views
 # ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def emulated_cuda(monkeypatch):
-    if EMULATION is None:
-        pytest.skip("pdl_post._cuda_emulation not built (PDL_POST_CUDA_EMULATION=OFF)")
-    check = use_emulation(monkeypatch)
-    yield
-    check()
 
 
 def _emulated_equals_cpu(sem, ctr, off, mask=None, **kw):

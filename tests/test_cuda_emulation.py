@@ -113,10 +113,9 @@ def test_static_shared_memory_is_poisoned_at_every_block():
     assert emulation.selftest("unsynchronised_neighbour_read")[1][:64] == first
 
 
-def test_cuda_path_does_not_depend_on_the_schedule(monkeypatch):
-    from devices import HostCudaArray, use_emulation
+def test_cuda_path_does_not_depend_on_the_schedule(emulated_cuda):
+    from devices import HostCudaArray
 
-    check = use_emulation(monkeypatch)
     s = synthetic.make_scene(72, 100, 40, seed=3, logits=True)
     b = synthetic.make_batch(3, 40, 70, 8, seed=5)
     expected = pdl_post.merge(s.logits, s.ctr, s.off, stuff_area=8)
@@ -129,17 +128,15 @@ def test_cuda_path_does_not_depend_on_the_schedule(monkeypatch):
             *(HostCudaArray(a) for a in (b.sem, b.ctr, b.off)), top_k=5, stuff_area=8
         )
         np.testing.assert_array_equal(out.a, expected_batch)
-    check()
 
 
-def test_synchronisations_copies_and_launches_per_call(monkeypatch):
+def test_synchronisations_copies_and_launches_per_call(emulated_cuda):
     # The design (cpp/include/pdl_post/cuda_pipeline.h): merge synchronises the stream twice
     # (label range and peak counts; error flags), with one small copy to the device and one back
     # at each; postprocess adds one synchronisation for the centres and segments. A batch runs
     # in one pass: the number of launches does not grow with it.
-    from devices import HostCudaArray, use_emulation
+    from devices import HostCudaArray
 
-    check = use_emulation(monkeypatch)
     launches = {}
     for batch in (1, 8):
         b = synthetic.make_batch(batch, 48, 64, 6, seed=batch, logits=True)
@@ -156,7 +153,6 @@ def test_synchronisations_copies_and_launches_per_call(monkeypatch):
                     assert counts["device_to_host_copies"] == 2
                 launches.setdefault((name, sem.dtype.kind), set()).add(counts["launches"])
     assert all(len(n) == 1 for n in launches.values()), launches
-    check()
 
 
 def test_devices_without_memory_pools_use_cuda_malloc():

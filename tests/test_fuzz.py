@@ -166,15 +166,17 @@ def merge_inputs(draw, allow_small_divisor=True):
     return sem, ctr, off, kw
 
 
+def _outcome(*args, **kw):
+    """postprocess(*args, **kw), or the ValueError it raised (n >= label_divisor)."""
+    try:
+        return pdl_post.postprocess(*args, **kw)
+    except ValueError as e:
+        return e
+
+
 def _both(sem, ctr, off, kw):
     """postprocess on both backends: same result, or the same exception type."""
-    outcomes = []
-    for backend in ("cpu", "reference"):
-        try:
-            outcomes.append(pdl_post.postprocess(sem, ctr, off, backend=backend, **kw))
-        except ValueError as e:  # n >= label_divisor
-            outcomes.append(e)
-    fast, ref = outcomes
+    fast, ref = (_outcome(sem, ctr, off, backend=b, **kw) for b in ("cpu", "reference"))
     if isinstance(ref, Exception) or isinstance(fast, Exception):
         assert type(fast) is type(ref), (fast, ref)
         assert "label_divisor" in str(fast), fast
@@ -585,22 +587,13 @@ def test_emulated_cuda_equals_cpu(case):
 
     with pytest.MonkeyPatch.context() as monkeypatch:
         check = use_emulation(monkeypatch)
-        outcomes = []
-        for wrap in (lambda a: a, device):
-            try:
-                outcomes.append(
-                    pdl_post.postprocess(
-                        wrap(sem), wrap(ctr), wrap(off), foreground_mask=wrap(mask), **kw
-                    )
-                )
-            except ValueError as e:  # n >= label_divisor
-                outcomes.append(e)
-        cpu, gpu = outcomes
+        cpu = _outcome(sem, ctr, off, foreground_mask=mask, **kw)
+        gpu = _outcome(device(sem), device(ctr), device(off), foreground_mask=device(mask), **kw)
         if isinstance(cpu, Exception) or isinstance(gpu, Exception):
             assert type(cpu) is type(gpu) and str(cpu) == str(gpu), (cpu, gpu)
         else:
             for r in gpu if isinstance(gpu, list) else [gpu]:
                 r.panoptic = to_host(r.panoptic)
             assert_results_equal(gpu, cpu, score_rtol=0)
-        del outcomes, cpu, gpu
+        del cpu, gpu
         check()

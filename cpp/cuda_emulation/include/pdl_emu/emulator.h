@@ -127,8 +127,6 @@ T from_bits(uint64_t bits) {
   return value;
 }
 
-inline unsigned lane_bit() { return 1u << (linear_thread() & 31u); }
-
 inline unsigned ballot(unsigned mask, int predicate, const char* site) {
   const uint64_t* v = warp_exchange(mask, predicate != 0, site);
   unsigned result = 0;
