@@ -133,8 +133,9 @@ def test_cuda_path_does_not_depend_on_the_schedule(emulated_cuda):
 def test_synchronisations_copies_and_launches_per_call(emulated_cuda):
     # The design (cpp/include/pdl_post/cuda_pipeline.h): merge synchronises the stream twice
     # (label range and peak counts; error flags), with one small copy to the device and one back
-    # at each; postprocess adds one synchronisation for the centres and segments. A batch runs
-    # in one pass: the number of launches does not grow with it.
+    # at each; postprocess adds one synchronisation for the centres and segments. Each phase
+    # takes its scratch arrays from one pool allocation (cuda_common.cuh's Scratch). A batch
+    # runs in one pass: the number of launches does not grow with it.
     from devices import HostCudaArray
 
     launches = {}
@@ -151,6 +152,9 @@ def test_synchronisations_copies_and_launches_per_call(emulated_cuda):
                 assert counts["host_to_device_copies"] == 1
                 if name == "merge":
                     assert counts["device_to_host_copies"] == 2
+                assert counts["pool_allocations"] == 2
+                assert counts.get("allocations", 0) == 0
+                assert counts["scratch_pieces"] >= 28  # each piece guarded on its own
                 launches.setdefault((name, sem.dtype.kind), set()).add(counts["launches"])
     assert all(len(n) == 1 for n in launches.values()), launches
 
@@ -185,4 +189,4 @@ print(counts.get("pool_allocations", 0), counts.get("allocations", 0))
     )
     assert done.returncode == 0, done.stderr
     pooled, plain = (int(n) for n in done.stdout.split())
-    assert pooled == 0 and plain > 0
+    assert pooled == 0 and plain == 2  # one block per phase

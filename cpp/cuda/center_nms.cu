@@ -154,64 +154,63 @@ template <typename T>
 void select_typed(int64_t width, const PeakList& peaks, const int64_t* peak_begin_device,
                   const std::vector<int64_t>& peak_begin, int64_t top_k, TopKMode mode,
                   const int* sort_begin, const int* sort_end, bool any_sorted,
-                  const CenterList& centers, cudaStream_t stream) {
+                  const SelectScratch& scratch, const CenterList& centers, cudaStream_t stream) {
   const int64_t batch = static_cast<int64_t>(peak_begin.size()) - 1;
   const int64_t total = peak_begin.back();
   const int threads = 256;
-  DeviceBuffer kept = device_array<int64_t>(total + 1, stream, "top-k flags");
   default_kept_kernel<<<grid_for(total + 1, threads), threads, 0, stream>>>(
-      peaks.image, peak_begin_device, total, top_k, mode, kept.as<int64_t>());
+      peaks.image, peak_begin_device, total, top_k, mode, scratch.kept);
   check_launch("default_kept_kernel");
   if (any_sorted) {
-    DeviceBuffer local = device_array<int32_t>(total, stream, "top-k indices");
-    DeviceBuffer sorted_local = device_array<int32_t>(total, stream, "top-k indices");
-    DeviceBuffer sorted_score = device_array<T>(total, stream, "top-k scores");
+    T* sorted_score = static_cast<T*>(scratch.sorted_score);
     iota_in_segment_kernel<<<grid_for(total, threads), threads, 0, stream>>>(
-        peaks.image, peak_begin_device, total, local.as<int32_t>());
+        peaks.image, peak_begin_device, total, scratch.local);
     check_launch("iota_in_segment_kernel");
     const T* keys = static_cast<const T*>(peaks.score);
-    size_t temp_bytes = 0;
+    size_t temp_bytes = scratch.sort.bytes;
     check(cub::DeviceSegmentedRadixSort::SortPairsDescending(
-              nullptr, temp_bytes, keys, sorted_score.as<T>(), local.as<int32_t>(),
-              sorted_local.as<int32_t>(), static_cast<int>(total), static_cast<int>(batch),
-              sort_begin, sort_end, 0, static_cast<int>(sizeof(T) * 8), stream),
-          "cub::DeviceSegmentedRadixSort (size)");
-    DeviceBuffer temp(static_cast<int64_t>(temp_bytes), stream, "top-k sort");
-    check(cub::DeviceSegmentedRadixSort::SortPairsDescending(
-              temp.as<void>(), temp_bytes, keys, sorted_score.as<T>(), local.as<int32_t>(),
-              sorted_local.as<int32_t>(), static_cast<int>(total), static_cast<int>(batch),
-              sort_begin, sort_end, 0, static_cast<int>(sizeof(T) * 8), stream),
+              scratch.sort.data, temp_bytes, keys, sorted_score, scratch.local,
+              scratch.sorted_local, static_cast<int>(total), static_cast<int>(batch), sort_begin,
+              sort_end, 0, static_cast<int>(sizeof(T) * 8), stream),
           "cub::DeviceSegmentedRadixSort");
     sorted_kept_kernel<T><<<grid_for(total, threads), threads, 0, stream>>>(
-        peaks.image, peak_begin_device, total, top_k, mode, keys, sorted_score.as<T>(),
-        sorted_local.as<int32_t>(), kept.as<int64_t>());
+        peaks.image, peak_begin_device, total, top_k, mode, keys, sorted_score,
+        scratch.sorted_local, scratch.kept);
     check_launch("sorted_kept_kernel");
   }
-  DeviceBuffer position = device_array<int64_t>(total + 1, stream, "top-k positions");
-  exclusive_sum(kept.as<int64_t>(), position.as<int64_t>(), total + 1, stream);
+  exclusive_sum(scratch.kept, scratch.position, total + 1, scratch.scan, stream);
   compact_centers_kernel<T><<<grid_for(total, threads), threads, 0, stream>>>(
-      kept.as<int64_t>(), position.as<int64_t>(), total, width, peaks.pixel,
-      static_cast<const T*>(peaks.score), centers);
+      scratch.kept, scratch.position, total, width, peaks.pixel, static_cast<const T*>(peaks.score),
+      centers);
   check_launch("compact_centers_kernel");
   center_ranges_kernel<<<grid_for(batch, threads), threads, 0, stream>>>(
-      peak_begin_device, position.as<int64_t>(), batch, centers);
+      peak_begin_device, scratch.position, batch, centers);
   check_launch("center_ranges_kernel");
+}
+
+// cub's int item counts.
+void check_cub_items(int64_t count, const char* what) {
+  if (count > std::numeric_limits<int>::max()) {
+    throw ValueError(std::string(what) + ": " + std::to_string(count) +
+                     " items exceed the CUDA path's int32 sort and scan sizes; use the CPU path");
+  }
 }
 
 }  // namespace
 
-void exclusive_sum(const int64_t* in, int64_t* out, int64_t count, cudaStream_t stream) {
-  if (count > std::numeric_limits<int>::max()) {
-    throw ValueError("exclusive_sum: " + std::to_string(count) +
-                     " items exceed the CUDA path's int32 scan size");
-  }
-  size_t temp_bytes = 0;
-  check(
-      cub::DeviceScan::ExclusiveSum(nullptr, temp_bytes, in, out, static_cast<int>(count), stream),
-      "cub::DeviceScan::ExclusiveSum (size)");
-  DeviceBuffer temp(static_cast<int64_t>(temp_bytes), stream, "scan");
-  check(cub::DeviceScan::ExclusiveSum(temp.as<void>(), temp_bytes, in, out, static_cast<int>(count),
-                                      stream),
+CubTemp take_scan_temp(Scratch& scratch, int64_t count) {
+  check_cub_items(count, "exclusive_sum");
+  size_t bytes = 0;
+  check(cub::DeviceScan::ExclusiveSum(nullptr, bytes, static_cast<const int64_t*>(nullptr),
+                                      static_cast<int64_t*>(nullptr), static_cast<int>(count)),
+        "cub::DeviceScan::ExclusiveSum (size)");
+  return CubTemp{scratch.take_bytes(static_cast<int64_t>(bytes), "scan storage"), bytes};
+}
+
+void exclusive_sum(const int64_t* in, int64_t* out, int64_t count, const CubTemp& temp,
+                   cudaStream_t stream) {
+  size_t bytes = temp.bytes;
+  check(cub::DeviceScan::ExclusiveSum(temp.data, bytes, in, out, static_cast<int>(count), stream),
         "cub::DeviceScan::ExclusiveSum");
 }
 
@@ -257,17 +256,39 @@ bool sort_segments(const std::vector<int64_t>& peak_begin, int64_t top_k, TopKMo
   return any_sorted;
 }
 
+SelectScratch take_select_scratch(Scratch& scratch, DType ctr_dtype, int64_t total, int64_t batch,
+                                  bool any_sorted) {
+  check_cub_items(total + 1, "find_centers");
+  SelectScratch taken{};
+  taken.kept = scratch.take<int64_t>(total + 1, "top-k flags");
+  taken.position = scratch.take<int64_t>(total + 1, "top-k positions");
+  taken.scan = take_scan_temp(scratch, total + 1);
+  if (!any_sorted) return taken;
+  taken.local = scratch.take<int32_t>(total, "top-k indices");
+  taken.sorted_local = scratch.take<int32_t>(total, "top-k indices");
+  with_float_type(ctr_dtype, "ctr", [&](auto tag) {
+    using T = decltype(tag);
+    taken.sorted_score = scratch.take<T>(total, "top-k scores");
+    size_t bytes = 0;
+    check(cub::DeviceSegmentedRadixSort::SortPairsDescending(
+              nullptr, bytes, static_cast<const T*>(nullptr), static_cast<T*>(nullptr),
+              static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+              static_cast<int>(total), static_cast<int>(batch), static_cast<const int*>(nullptr),
+              static_cast<const int*>(nullptr), 0, static_cast<int>(sizeof(T) * 8)),
+          "cub::DeviceSegmentedRadixSort (size)");
+    taken.sort = CubTemp{scratch.take_bytes(static_cast<int64_t>(bytes), "top-k sort"), bytes};
+  });
+  return taken;
+}
+
 void select_centers(DType ctr_dtype, int64_t width, const PeakList& peaks,
                     const int64_t* peak_begin_device, const std::vector<int64_t>& peak_begin,
                     int64_t top_k, TopKMode mode, const int* sort_begin, const int* sort_end,
-                    bool any_sorted, const CenterList& centers, cudaStream_t stream) {
-  if (peak_begin.back() > std::numeric_limits<int>::max() - 1) {
-    throw ValueError("find_centers: " + std::to_string(peak_begin.back()) +
-                     " peaks exceed the CUDA path's int32 sort size");
-  }
+                    bool any_sorted, const SelectScratch& scratch, const CenterList& centers,
+                    cudaStream_t stream) {
   with_float_type(ctr_dtype, "ctr", [&](auto tag) {
     select_typed<decltype(tag)>(width, peaks, peak_begin_device, peak_begin, top_k, mode,
-                                sort_begin, sort_end, any_sorted, centers, stream);
+                                sort_begin, sort_end, any_sorted, scratch, centers, stream);
   });
 }
 

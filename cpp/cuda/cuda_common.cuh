@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -50,21 +51,53 @@ class DeviceBuffer {
   bool pooled_ = true;
 };
 
-template <typename T>
-DeviceBuffer device_array(int64_t count, cudaStream_t stream, const char* what) {
-  return DeviceBuffer(count * static_cast<int64_t>(sizeof(T)), stream, what);
-}
+// The scratch arrays of one phase, carved from one pool allocation: every allocation and free
+// costs host time, and a merge needs about thirty arrays. A phase takes its arrays twice, in the
+// same order (see carve()): from a sizing Scratch, whose take() hands out null and only adds up
+// the bytes, then from a Scratch that owns one block of that size. Pieces are 256-byte aligned.
+class Scratch {
+ public:
+  Scratch() = default;  // sizing
+  Scratch(const Scratch& sizing, cudaStream_t stream);
+  ~Scratch();
+  Scratch(Scratch&& other) noexcept = default;
+  Scratch& operator=(Scratch&& other) noexcept;
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
 
-// Host vector -> new device buffer (stream-ordered copy from pageable memory).
-template <typename T>
-DeviceBuffer upload(const std::vector<T>& values, cudaStream_t stream, const char* what) {
-  DeviceBuffer buffer = device_array<T>(static_cast<int64_t>(values.size()), stream, what);
-  if (!values.empty()) {
-    check(cudaMemcpyAsync(buffer.as<void>(), values.data(), values.size() * sizeof(T),
-                          cudaMemcpyHostToDevice, stream),
-          what);
+  void* take_bytes(int64_t bytes, const char* what);
+  template <typename T>
+  T* take(int64_t count, const char* what) {
+    if (count < 0 || count > std::numeric_limits<int64_t>::max() / int64_t{sizeof(T)}) {
+      throw ValueError(std::string("CUDA path: cannot size ") + what + " for " +
+                       std::to_string(count) + " items");
+    }
+    return static_cast<T*>(take_bytes(count * static_cast<int64_t>(sizeof(T)), what));
   }
-  return buffer;
+  int64_t bytes() const { return used_; }
+
+ private:
+  void release_pieces() noexcept;
+
+  bool sizing_ = true;
+  int64_t used_ = 0;
+  int64_t largest_ = 0;  // the largest piece, for the out-of-memory message
+  std::string largest_what_;
+  DeviceBuffer block_;
+  // Under the host emulator each piece is also its own guarded allocation, so that an access
+  // past a piece is caught as it is past any allocation (the block is still allocated, and
+  // counted, as on a GPU).
+  std::vector<void*> emulated_pieces_;
+};
+
+// `take(scratch)` lists a phase's arrays and returns them; run once to size `scratch`, once to
+// carve it. Nothing may be launched inside `take`.
+template <typename Take>
+auto carve(Scratch& scratch, cudaStream_t stream, Take take) {
+  Scratch sizing;
+  (void)take(sizing);
+  scratch = Scratch(sizing, stream);
+  return take(scratch);
 }
 
 // Small host arrays gathered into one host-to-device copy (one copy instead of one per array).
@@ -78,10 +111,12 @@ class UploadPack {
     if (!values.empty()) std::memcpy(bytes_.data() + at, values.data(), values.size() * sizeof(T));
     return at;
   }
-  DeviceBuffer upload(cudaStream_t stream) const { return cuda::upload(bytes_, stream, "tables"); }
+  int64_t bytes() const { return static_cast<int64_t>(bytes_.size()); }
+  // Stream-ordered copy from pageable memory to `device` (bytes() long).
+  void upload(void* device, cudaStream_t stream) const;
   template <typename T>
-  static T* at(const DeviceBuffer& buffer, size_t offset) {
-    return reinterpret_cast<T*>(buffer.as<char>() + offset);
+  static T* at(void* device, size_t offset) {
+    return reinterpret_cast<T*>(static_cast<char*>(device) + offset);
   }
 
  private:
@@ -138,18 +173,41 @@ struct CenterList {
   int64_t* begin;  // [B]
   int64_t* count;  // [B]
 };
+// Device temp storage of a cub algorithm.
+struct CubTemp {
+  void* data;
+  size_t bytes;
+};
+
+// The scratch arrays of select_centers for `total` peaks in `batch` images.
+struct SelectScratch {
+  int64_t* kept;      // [total + 1]
+  int64_t* position;  // [total + 1]
+  CubTemp scan;       // for total + 1 items
+  int32_t* local;     // [total] index in the image; these four only when any_sorted
+  int32_t* sorted_local;
+  void* sorted_score;  // [total], the heatmap's dtype
+  CubTemp sort;
+};
+SelectScratch take_select_scratch(Scratch& scratch, DType ctr_dtype, int64_t total, int64_t batch,
+                                  bool any_sorted);
+
 // The images to sort (more peaks than top_k) have segment [begin, end) in sort_begin/sort_end
 // (device, int), the others an empty one; see sort_segments().
 void select_centers(DType ctr_dtype, int64_t width, const PeakList& peaks,
                     const int64_t* peak_begin_device, const std::vector<int64_t>& peak_begin,
                     int64_t top_k, TopKMode mode, const int* sort_begin, const int* sort_end,
-                    bool any_sorted, const CenterList& centers, cudaStream_t stream);
+                    bool any_sorted, const SelectScratch& scratch, const CenterList& centers,
+                    cudaStream_t stream);
 // Host side of the above: per image the sort segment; returns whether any image needs a sort.
 bool sort_segments(const std::vector<int64_t>& peak_begin, int64_t top_k, TopKMode mode,
                    std::vector<int>& begin, std::vector<int>& end);
 
-// Exclusive prefix sum of `count` int64 values (cub), `out` may not alias `in`.
-void exclusive_sum(const int64_t* in, int64_t* out, int64_t count, cudaStream_t stream);
+// Exclusive prefix sum of `count` int64 values (cub), `out` may not alias `in`; `temp` from
+// take_scan_temp with the same count.
+CubTemp take_scan_temp(Scratch& scratch, int64_t count);
+void exclusive_sum(const int64_t* in, int64_t* out, int64_t count, const CubTemp& temp,
+                   cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------------------
 // Labels, voting and fusion (fusion.cu).
@@ -201,9 +259,10 @@ void resolve_segments(int64_t batch, const ThingClasses& things, const FuseParam
                       const FuseBuffers& buffers, cudaStream_t stream);
 // Multiplies segment scores by the mean softmax probability of their class (CPU order of sums).
 // partial_offset: [B] start of image b's (row blocks x segment slots) sums, see score_blocks().
+// partial: partial_total doubles of scratch.
 void score_with_logits(const StridedView& sem, const StridedView& logits, const FuseLayout& layout,
                        const FuseBuffers& buffers, const int64_t* partial_offset,
-                       int64_t partial_total, cudaStream_t stream);
+                       int64_t partial_total, double* partial, cudaStream_t stream);
 // Row blocks of the score sums (the CPU's kScoreBlockRows).
 int64_t score_blocks(int64_t height);
 // out = panoptic id of every pixel (may alias buffers.instance for int32 output).

@@ -489,11 +489,10 @@ int64_t score_blocks(int64_t height) { return (height + kScoreBlockRows - 1) / k
 
 void score_with_logits(const StridedView& sem, const StridedView& logits, const FuseLayout& layout,
                        const FuseBuffers& buffers, const int64_t* partial_offset,
-                       int64_t partial_total, cudaStream_t stream) {
+                       int64_t partial_total, double* partial, cudaStream_t stream) {
   const int64_t batch = sem.batch(), height = sem.height(), width = sem.width();
   const int64_t blocks = score_blocks(height);
-  DeviceBuffer partial = device_array<double>(partial_total, stream, "score sums");
-  check(cudaMemsetAsync(partial.as<void>(), 0, static_cast<size_t>(partial.bytes()), stream),
+  check(cudaMemsetAsync(partial, 0, static_cast<size_t>(partial_total) * sizeof(double), stream),
         "cudaMemsetAsync");
   with_label_type(sem.dtype, "sem", [&](auto sem_tag) {
     using TSem = decltype(sem_tag);
@@ -502,13 +501,13 @@ void score_with_logits(const StridedView& sem, const StridedView& logits, const 
       const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(batch));
       probability_sums_kernel<TSem, TL><<<grid, 32, 0, stream>>>(
           device_view<TSem>(sem), device_view<TL>(logits), logits.channels(), height, width, layout,
-          buffers, partial_offset, partial.as<double>());
+          buffers, partial_offset, partial);
       check_launch("probability_sums_kernel");
     });
   });
   const dim3 grid(grid_for(layout.max_segments, kThreads), static_cast<unsigned>(batch));
   apply_scores_kernel<<<grid, kThreads, 0, stream>>>(layout, buffers, blocks, partial_offset,
-                                                     partial.as<double>());
+                                                     partial);
   check_launch("apply_scores_kernel");
 }
 

@@ -98,6 +98,68 @@ DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& other) noexcept {
   return *this;
 }
 
+Scratch::Scratch(const Scratch& sizing, cudaStream_t stream) : sizing_(false) {
+  const std::string what = "scratch arrays (the largest: " + sizing.largest_what_ + ", " +
+                           std::to_string(sizing.largest_) + " bytes)";
+  block_ = DeviceBuffer(sizing.used_, stream, what.c_str());
+}
+
+Scratch::~Scratch() { release_pieces(); }
+
+Scratch& Scratch::operator=(Scratch&& other) noexcept {
+  if (this != &other) {
+    release_pieces();
+    sizing_ = other.sizing_;
+    used_ = other.used_;
+    largest_ = other.largest_;
+    largest_what_ = std::move(other.largest_what_);
+    block_ = std::move(other.block_);
+    emulated_pieces_ = std::move(other.emulated_pieces_);
+    other.emulated_pieces_.clear();
+  }
+  return *this;
+}
+
+void* Scratch::take_bytes(int64_t bytes, const char* what) {
+  if (bytes < 0) throw ValueError(std::string(what) + ": negative buffer size");
+  const int64_t size = std::max<int64_t>(bytes, 16);  // every piece gets its own address
+  const int64_t at = (used_ + 255) / 256 * 256;
+  if (size > std::numeric_limits<int64_t>::max() - at) {
+    throw ValueError(std::string("CUDA path: the scratch arrays with ") + what +
+                     " exceed 2**63 bytes");
+  }
+  used_ = at + size;
+  if (sizing_) {
+    if (bytes >= largest_) {
+      largest_ = bytes;
+      largest_what_ = what;
+    }
+    return nullptr;
+  }
+  if (used_ > block_.bytes()) {  // the two passes of carve() took different arrays
+    throw std::logic_error(std::string("Scratch: ") + what + " was not sized");
+  }
+#ifdef PDL_POST_EMULATED_CUDA
+  emulated_pieces_.push_back(pdl_emu::allocate_piece(static_cast<size_t>(size)));
+  return emulated_pieces_.back();
+#else
+  return block_.as<char>() + at;
+#endif
+}
+
+void Scratch::release_pieces() noexcept {
+#ifdef PDL_POST_EMULATED_CUDA
+  for (void* piece : emulated_pieces_) pdl_emu::free_piece(piece);
+#endif
+  emulated_pieces_.clear();
+}
+
+void UploadPack::upload(void* device, cudaStream_t stream) const {
+  if (bytes_.empty()) return;
+  check(cudaMemcpyAsync(device, bytes_.data(), bytes_.size(), cudaMemcpyHostToDevice, stream),
+        "cudaMemcpyAsync (tables)");
+}
+
 namespace {
 
 cudaStream_t stream_of(uintptr_t handle) {
@@ -167,7 +229,7 @@ struct ThingUpload {
       offset = pack.add(ids);
     }
   }
-  ThingClasses view(const DeviceBuffer& tables) const {
+  ThingClasses view(void* tables) const {
     if (use_table) return ThingClasses{UploadPack::at<uint8_t>(tables, offset), size, nullptr, 0};
     return ThingClasses{nullptr, 0, UploadPack::at<int64_t>(tables, offset), size};
   }
@@ -185,7 +247,6 @@ int64_t kept_bound(int64_t peaks, int64_t top_k, TopKMode mode) {
 }  // namespace cuda
 
 using cuda::check;
-using cuda::DeviceBuffer;
 
 int cuda_device_count() {
   int count = 0;
@@ -223,9 +284,9 @@ struct CudaMerge::State {
   cudaStream_t stream = nullptr;
   int64_t batch = 0, height = 0, width = 0;
   bool empty = false, finished = false;
-  StridedView sem;      // the labels read by every later stage
-  DeviceBuffer labels;  // argmax of logits
-  DeviceBuffer row_offset;
+  StridedView sem;                  // the labels read by every later stage
+  cuda::Scratch first_scratch;      // the first phase's arrays, until finish ends
+  int64_t* row_offset = nullptr;    // peaks before each row (B * H + 1), in first_scratch
   std::vector<int64_t> peak_begin;  // B + 1 (host)
   int64_t lo = 0, hi = -1;
 };
@@ -253,33 +314,45 @@ CudaMerge::CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers
   }
   cuda::DeviceGuard guard(inputs.device);
   const int64_t hw = s.height * s.width;
-  if (inputs.logits.data) {
-    s.labels = cuda::device_array<int32_t>(s.batch * hw, s.stream, "argmax labels");
-    cuda::argmax_logits(inputs.logits, s.labels.as<int32_t>(), s.stream);
-    s.sem.data = s.labels.as<void>();
+  const int64_t rows = s.batch * s.height;
+  const bool argmax = inputs.logits.data != nullptr;
+  struct Arrays {
+    int32_t* labels;     // argmax of logits
+    long long* header;   // [min label, max label, peak_begin[0..B]]
+    int64_t* row_count;  // peaks per row
+    int64_t* row_offset;
+    cuda::CubTemp scan;
+  };
+  const Arrays a = cuda::carve(s.first_scratch, s.stream, [&](cuda::Scratch& scratch) {
+    Arrays taken{};
+    if (argmax) taken.labels = scratch.take<int32_t>(s.batch * hw, "argmax labels");
+    taken.header = scratch.take<long long>(3 + s.batch, "label range");
+    taken.row_count = scratch.take<int64_t>(rows + 1, "peak counts");
+    taken.row_offset = scratch.take<int64_t>(rows + 1, "peak offsets");
+    taken.scan = cuda::take_scan_temp(scratch, rows + 1);
+    return taken;
+  });
+  s.row_offset = a.row_offset;
+  if (argmax) {
+    cuda::argmax_logits(inputs.logits, a.labels, s.stream);
+    s.sem.data = a.labels;
     s.sem.dtype = DType::kInt32;
     s.sem.shape = {s.batch, 1, s.height, s.width};
     s.sem.strides = {hw, hw, s.width, 1};
   } else {
     s.sem = inputs.sem;
   }
-  // header: [min label, max label, peak_begin[0..B]]
-  DeviceBuffer header = cuda::device_array<long long>(3 + s.batch, s.stream, "label range");
-  cuda::init_range_kernel<<<1, 1, 0, s.stream>>>(header.as<long long>());
+  cuda::init_range_kernel<<<1, 1, 0, s.stream>>>(a.header);
   cuda::check_launch("init_range_kernel");
-  cuda::label_range(s.sem, header.as<long long>(), s.stream);
-  const int64_t rows = s.batch * s.height;
-  DeviceBuffer row_count = cuda::device_array<int64_t>(rows + 1, s.stream, "peak counts");
-  s.row_offset = cuda::device_array<int64_t>(rows + 1, s.stream, "peak offsets");
-  cuda::count_peaks(inputs.ctr, centers.threshold, centers.nms_kernel, row_count.as<int64_t>(),
-                    s.stream);
-  cuda::exclusive_sum(row_count.as<int64_t>(), s.row_offset.as<int64_t>(), rows + 1, s.stream);
+  cuda::label_range(s.sem, a.header, s.stream);
+  cuda::count_peaks(inputs.ctr, centers.threshold, centers.nms_kernel, a.row_count, s.stream);
+  cuda::exclusive_sum(a.row_count, a.row_offset, rows + 1, a.scan, s.stream);
   cuda::peak_begin_kernel<<<cuda::grid_for(s.batch + 1, 256), 256, 0, s.stream>>>(
-      s.row_offset.as<int64_t>(), s.batch, s.height, header.as<long long>() + 2);
+      a.row_offset, s.batch, s.height, a.header + 2);
   cuda::check_launch("peak_begin_kernel");
   // Sync point 1: the label range decides the output dtype, the peak counts size the buffers.
   std::vector<long long> host(static_cast<size_t>(3 + s.batch));
-  check(cudaMemcpyAsync(host.data(), header.as<long long>(), host.size() * sizeof(long long),
+  check(cudaMemcpyAsync(host.data(), a.header, host.size() * sizeof(long long),
                         cudaMemcpyDeviceToHost, s.stream),
         "cudaMemcpyAsync (label range)");
   check(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize");
@@ -321,8 +394,8 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     State& s;
     ~ReleaseScratch() {
       on_device(s.in.device, [this] {
-        s.labels = DeviceBuffer();
-        s.row_offset = DeviceBuffer();
+        s.first_scratch = cuda::Scratch();
+        s.row_offset = nullptr;
       });
     }
   } release_scratch{s};
@@ -382,104 +455,106 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     partial_offset[b] = partial_total;
     partial_total += cuda::score_blocks(H) * seg_capacity[b];
   }
-  // Everything the host decides goes to the device in one copy, before the first kernel of this
-  // phase: a copy from pageable memory may wait for the stream, which is idle right after sync 1.
   cuda::UploadPack pack;
   const size_t at_hist = pack.add(hist_offset), at_inst = pack.add(inst_offset);
   const size_t at_seg = pack.add(seg_offset), at_peaks = pack.add(s.peak_begin);
   const size_t at_sort_begin = pack.add(sort_begin), at_sort_end = pack.add(sort_end);
   const size_t at_partial = pack.add(partial_offset);
   const cuda::ThingUpload thing_upload(s.params.thing_ids, pack);
-  const DeviceBuffer tables = pack.upload(stream);
-  const int64_t* peak_begin_device = cuda::UploadPack::at<int64_t>(tables, at_peaks);
-  const ThingClasses things = thing_upload.view(tables);
+
+  // Every array of this phase, from one allocation.
+  const int64_t score_size = dtype_size(s.in.ctr.dtype);
+  struct Arrays {
+    void* tables;
+    cuda::PeakList peaks;
+    cuda::CenterList centers;
+    cuda::SelectScratch select;
+    cuda::FuseBuffers buffers;
+    double* partial;     // score sums with logits
+    long long* summary;  // 5 per image
+  };
+  cuda::Scratch scratch;
+  const Arrays a = cuda::carve(scratch, stream, [&](cuda::Scratch& sc) {
+    Arrays t{};
+    t.tables = sc.take_bytes(pack.bytes(), "tables");
+    t.peaks.pixel = sc.take<int64_t>(total_peaks, "peaks");
+    t.peaks.score = sc.take_bytes(total_peaks * score_size, "peak scores");
+    t.peaks.image = sc.take<int32_t>(total_peaks, "peaks");
+    t.centers.pixel = sc.take<int64_t>(total_peaks, "centres");
+    t.centers.y = sc.take<float>(total_peaks, "centres");
+    t.centers.x = sc.take<float>(total_peaks, "centres");
+    t.centers.score = sc.take<double>(total_peaks, "centres");
+    t.centers.begin = sc.take<int64_t>(B, "centres");
+    t.centers.count = sc.take<int64_t>(B, "centres");
+    if (total_peaks > 0) {
+      t.select = cuda::take_select_scratch(sc, s.in.ctr.dtype, total_peaks, B, any_sorted);
+    }
+    cuda::FuseBuffers& f = t.buffers;
+    f.hist = sc.take<unsigned long long>(hist_total, "the instance x class histogram");
+    // int32 output: instance ids first, panoptic ids written over them.
+    f.instance = out.dtype == DType::kInt32 ? static_cast<int32_t*>(out.data)
+                                            : sc.take<int32_t>(B * hw, "the instance map");
+    f.area = sc.take<int64_t>(inst_total, "instance tables");
+    f.class_of = sc.take<int64_t>(inst_total, "instance tables");
+    f.instance_label = sc.take<int64_t>(inst_total, "instance tables");
+    f.slot_of_instance = sc.take<int64_t>(inst_total, "instance tables");
+    f.class_label = sc.take<int64_t>(B * C, "class tables");
+    f.slot_of_class = sc.take<int64_t>(B * C, "class tables");
+    f.segments = sc.take<cuda::DeviceSegment>(seg_offset[B], "segments");
+    f.num_segments = sc.take<int64_t>(B, "segments");
+    f.error_instance = sc.take<unsigned long long>(B, "errors");
+    t.partial = with_scores ? sc.take<double>(partial_total, "score sums") : nullptr;
+    t.summary = sc.take<long long>(5 * B, "summary");
+    return t;
+  });
+  // Everything the host decides goes to the device in one copy, before the first kernel of this
+  // phase: a copy from pageable memory may wait for the stream, which is idle right after sync 1.
+  pack.upload(a.tables, stream);
+  const int64_t* peak_begin_device = cuda::UploadPack::at<int64_t>(a.tables, at_peaks);
+  const ThingClasses things = thing_upload.view(a.tables);
   const cuda::FuseLayout layout{C,
-                                cuda::UploadPack::at<int64_t>(tables, at_hist),
-                                cuda::UploadPack::at<int64_t>(tables, at_inst),
-                                cuda::UploadPack::at<int64_t>(tables, at_seg),
+                                cuda::UploadPack::at<int64_t>(a.tables, at_hist),
+                                cuda::UploadPack::at<int64_t>(a.tables, at_inst),
+                                cuda::UploadPack::at<int64_t>(a.tables, at_seg),
                                 max_instances,
                                 max_segments};
+  const cuda::CenterList& centers = a.centers;
+  const cuda::FuseBuffers& buffers = a.buffers;
 
   // Peaks in row-major order, then the kept centres.
-  const int64_t score_size = dtype_size(s.in.ctr.dtype);
-  DeviceBuffer peak_pixel = cuda::device_array<int64_t>(total_peaks, stream, "peaks");
-  DeviceBuffer peak_score(total_peaks * score_size, stream, "peak scores");
-  DeviceBuffer peak_image = cuda::device_array<int32_t>(total_peaks, stream, "peaks");
-  const cuda::PeakList peaks{peak_pixel.as<int64_t>(), peak_score.as<void>(),
-                             peak_image.as<int32_t>()};
-  DeviceBuffer c_pixel = cuda::device_array<int64_t>(total_peaks, stream, "centres");
-  DeviceBuffer c_y = cuda::device_array<float>(total_peaks, stream, "centres");
-  DeviceBuffer c_x = cuda::device_array<float>(total_peaks, stream, "centres");
-  DeviceBuffer c_score = cuda::device_array<double>(total_peaks, stream, "centres");
-  DeviceBuffer c_begin = cuda::device_array<int64_t>(B, stream, "centres");
-  DeviceBuffer c_count = cuda::device_array<int64_t>(B, stream, "centres");
-  const cuda::CenterList centers{c_pixel.as<int64_t>(), c_y.as<float>(),
-                                 c_x.as<float>(),       c_score.as<double>(),
-                                 c_begin.as<int64_t>(), c_count.as<int64_t>()};
   if (total_peaks > 0) {
-    cuda::write_peaks(s.in.ctr, s.centers.threshold, s.centers.nms_kernel,
-                      s.row_offset.as<int64_t>(), peaks, stream);
-    cuda::select_centers(s.in.ctr.dtype, W, peaks, peak_begin_device, s.peak_begin, s.centers.top_k,
-                         s.centers.topk_mode, cuda::UploadPack::at<int>(tables, at_sort_begin),
-                         cuda::UploadPack::at<int>(tables, at_sort_end), any_sorted, centers,
-                         stream);
+    cuda::write_peaks(s.in.ctr, s.centers.threshold, s.centers.nms_kernel, s.row_offset, a.peaks,
+                      stream);
+    cuda::select_centers(
+        s.in.ctr.dtype, W, a.peaks, peak_begin_device, s.peak_begin, s.centers.top_k,
+        s.centers.topk_mode, cuda::UploadPack::at<int>(a.tables, at_sort_begin),
+        cuda::UploadPack::at<int>(a.tables, at_sort_end), any_sorted, a.select, centers, stream);
   } else {
-    check(cudaMemsetAsync(c_begin.as<void>(), 0, B * sizeof(int64_t), stream), "cudaMemsetAsync");
-    check(cudaMemsetAsync(c_count.as<void>(), 0, B * sizeof(int64_t), stream), "cudaMemsetAsync");
+    check(cudaMemsetAsync(centers.begin, 0, B * sizeof(int64_t), stream), "cudaMemsetAsync");
+    check(cudaMemsetAsync(centers.count, 0, B * sizeof(int64_t), stream), "cudaMemsetAsync");
   }
 
-  DeviceBuffer hist =
-      cuda::device_array<unsigned long long>(hist_total, stream, "the instance x class histogram");
-  check(cudaMemsetAsync(hist.as<void>(), 0, static_cast<size_t>(hist.bytes()), stream),
+  check(
+      cudaMemsetAsync(buffers.hist, 0, static_cast<size_t>(hist_total) * sizeof(uint64_t), stream),
+      "cudaMemsetAsync");
+  check(cudaMemsetAsync(buffers.error_instance, 0xff, B * sizeof(unsigned long long), stream),
         "cudaMemsetAsync");
-  DeviceBuffer instance_scratch;
-  int32_t* instance = nullptr;
-  if (out.dtype == DType::kInt32) {
-    instance = static_cast<int32_t*>(out.data);  // instance ids first, panoptic ids over them
-  } else {
-    instance_scratch = cuda::device_array<int32_t>(B * hw, stream, "the instance map");
-    instance = instance_scratch.as<int32_t>();
-  }
-  DeviceBuffer area = cuda::device_array<int64_t>(inst_total, stream, "instance tables");
-  DeviceBuffer class_of = cuda::device_array<int64_t>(inst_total, stream, "instance tables");
-  DeviceBuffer inst_label = cuda::device_array<int64_t>(inst_total, stream, "instance tables");
-  DeviceBuffer inst_slot = cuda::device_array<int64_t>(inst_total, stream, "instance tables");
-  DeviceBuffer class_label = cuda::device_array<int64_t>(B * C, stream, "class tables");
-  DeviceBuffer class_slot = cuda::device_array<int64_t>(B * C, stream, "class tables");
-  DeviceBuffer segments =
-      cuda::device_array<cuda::DeviceSegment>(seg_offset[B], stream, "segments");
-  DeviceBuffer num_segments = cuda::device_array<int64_t>(B, stream, "segments");
-  DeviceBuffer error_instance = cuda::device_array<unsigned long long>(B, stream, "errors");
-  check(cudaMemsetAsync(error_instance.as<void>(), 0xff, B * sizeof(unsigned long long), stream),
-        "cudaMemsetAsync");
-  const cuda::FuseBuffers buffers{hist.as<unsigned long long>(),
-                                  instance,
-                                  area.as<int64_t>(),
-                                  class_of.as<int64_t>(),
-                                  inst_label.as<int64_t>(),
-                                  inst_slot.as<int64_t>(),
-                                  class_label.as<int64_t>(),
-                                  class_slot.as<int64_t>(),
-                                  segments.as<cuda::DeviceSegment>(),
-                                  num_segments.as<int64_t>(),
-                                  error_instance.as<unsigned long long>()};
   cuda::vote_and_count(s.sem, s.in.mask, s.in.off, things, centers, layout,
                        max_bins <= cuda::kSharedBinLimit ? max_bins : 0, buffers, stream);
   cuda::resolve_segments(B, things, s.params, centers, layout, buffers, stream);
   if (with_scores) {
     cuda::score_with_logits(s.sem, s.in.logits, layout, buffers,
-                            cuda::UploadPack::at<int64_t>(tables, at_partial), partial_total,
-                            stream);
+                            cuda::UploadPack::at<int64_t>(a.tables, at_partial), partial_total,
+                            a.partial, stream);
   }
   cuda::write_panoptic(s.sem, layout, buffers, out, stream);
 
   // Sync point 2: per-image summary (and for postprocess the centres and segments).
-  DeviceBuffer summary = cuda::device_array<long long>(5 * B, stream, "summary");
   cuda::summary_kernel<<<cuda::grid_for(B, 256), 256, 0, stream>>>(B, centers, layout, buffers,
-                                                                   summary.as<long long>());
+                                                                   a.summary);
   cuda::check_launch("summary_kernel");
   std::vector<long long> head(static_cast<size_t>(5 * B));
-  check(cudaMemcpyAsync(head.data(), summary.as<long long>(), head.size() * sizeof(long long),
+  check(cudaMemcpyAsync(head.data(), a.summary, head.size() * sizeof(long long),
                         cudaMemcpyDeviceToHost, stream),
         "cudaMemcpyAsync (summary)");
   check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
@@ -504,10 +579,10 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   std::vector<double> host_score(static_cast<size_t>(total_centers));
   std::vector<cuda::DeviceSegment> host_segments(static_cast<size_t>(total_segments));
   if (total_centers > 0) {
-    check(cudaMemcpyAsync(host_pixel.data(), c_pixel.as<void>(), total_centers * sizeof(int64_t),
+    check(cudaMemcpyAsync(host_pixel.data(), centers.pixel, total_centers * sizeof(int64_t),
                           cudaMemcpyDeviceToHost, stream),
           "cudaMemcpyAsync (centres)");
-    check(cudaMemcpyAsync(host_score.data(), c_score.as<void>(), total_centers * sizeof(double),
+    check(cudaMemcpyAsync(host_score.data(), centers.score, total_centers * sizeof(double),
                           cudaMemcpyDeviceToHost, stream),
           "cudaMemcpyAsync (centres)");
   }
@@ -516,8 +591,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     first_segment[b] = at;
     const int64_t n = head[5 * b + 2];
     if (n > 0) {
-      check(cudaMemcpyAsync(host_segments.data() + at,
-                            segments.as<cuda::DeviceSegment>() + seg_offset[b],
+      check(cudaMemcpyAsync(host_segments.data() + at, buffers.segments + seg_offset[b],
                             n * sizeof(cuda::DeviceSegment), cudaMemcpyDeviceToHost, stream),
             "cudaMemcpyAsync (segments)");
     }

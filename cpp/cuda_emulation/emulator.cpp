@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <new>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -778,6 +779,20 @@ cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, cudaMemPoolAttr, void*) { ret
 cudaError_t cudaMallocFromPoolAsync(void** pointer, size_t bytes, cudaMemPool_t, cudaStream_t) {
   return allocate(pointer, bytes, "pool_allocations");
 }
+
+namespace pdl_emu {
+
+void* allocate_piece(size_t bytes) {
+  void* pointer = nullptr;
+  if (allocate(&pointer, bytes, "scratch_pieces") != cudaSuccess) {
+    throw std::bad_alloc();
+  }
+  return pointer;
+}
+
+void free_piece(void* pointer) { (void)release(pointer); }
+
+}  // namespace pdl_emu
 
 cudaError_t cudaMalloc(void** pointer, size_t bytes) {
   return allocate(pointer, bytes, "allocations");

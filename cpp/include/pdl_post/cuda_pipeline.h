@@ -11,8 +11,10 @@
 //                    than top_k), compaction, voting with segment statistics, majority vote,
 //                    stuff filter, write; one device-to-host copy of per-image results (centres,
 //                    segments, error flags) and a synchronisation at the end.
-// Every per-pixel rule is the HOST_DEVICE function the CPU path calls, so the answer is the CPU's
-// bit for bit (scores with logits: same summation order; exp() is CUDA's, within 1 ulp of libm).
+// Each phase takes its scratch arrays from one stream-ordered pool allocation (host time per call
+// does not grow with the number of arrays). Every per-pixel rule is the HOST_DEVICE function the
+// CPU path calls, so the answer is the CPU's bit for bit (scores with logits: same summation order;
+// exp() is CUDA's, within 1 ulp of libm).
 #pragma once
 
 #include <cstdint>

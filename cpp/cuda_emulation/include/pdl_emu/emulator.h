@@ -102,6 +102,11 @@ Launch<P...> launch(void (*kernel)(P...), const char* name, dim3 grid, dim3 bloc
 
 // Device memory bookkeeping (for the cub shims' temp storage checks).
 void check_allocation(const void* pointer, size_t bytes, const char* what);
+// A piece of a scratch block (cuda_common.cuh's Scratch, built with PDL_POST_EMULATED_CUDA) as
+// its own guarded, poisoned allocation, so that accesses past a piece are caught; counted as
+// "scratch_pieces", not as allocations (the block itself is the allocation a GPU sees).
+void* allocate_piece(size_t bytes);
+void free_piece(void* pointer);
 
 // Test hooks (exposed by the _cuda_emulation module).
 void set_schedule_seed(uint64_t seed);
