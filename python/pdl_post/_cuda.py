@@ -11,6 +11,8 @@ of the centres and segments.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from pdl_post import _core
@@ -114,7 +116,7 @@ class DeviceArray:
                 raise ValueError(f"{name}: strides must be multiples of the item size")
             self.strides = tuple(int(s) // itemsize for s in cai["strides"])
         self.stream = cai.get("stream")
-        size = int(np.prod(self.shape)) if self.shape else 1
+        size = math.prod(self.shape)
         self.device = _core.cuda_pointer_device(self.ptr) if size and self.ptr else -1
         if size and self.ptr and self.device < 0:
             raise ValueError(f"{name}: __cuda_array_interface__ pointer is not CUDA device memory")

@@ -7,6 +7,7 @@ shape) naming the argument, what was expected and what was received. Arrays are 
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -80,7 +81,10 @@ def as_numpy(x, name: str) -> np.ndarray:
 def check_int(value, name: str, *, minimum=None, allow_none=False):
     if value is None and allow_none:
         return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    # type(...) first: the common case skips the abstract-class checks (this runs on every call).
+    if type(value) is not int and (
+        isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral)
+    ):
         expected = "an integer or None" if allow_none else "an integer"
         raise TypeError(f"{name}: expected {expected}, got {_describe(value)}")
     value = int(value)
@@ -92,7 +96,9 @@ def check_int(value, name: str, *, minimum=None, allow_none=False):
 
 
 def check_real(value, name: str) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+    if type(value) not in (float, int) and (
+        isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)
+    ):
         raise TypeError(f"{name}: expected a real number, got {_describe(value)}")
     try:
         value = float(value)
@@ -100,7 +106,7 @@ def check_real(value, name: str) -> float:
         raise ValueError(
             f"{name}: expected a value representable as a float, got {value}"
         ) from None
-    if np.isnan(value):
+    if math.isnan(value):
         raise ValueError(f"{name}: expected a number, got nan")
     return value
 
