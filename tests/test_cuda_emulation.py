@@ -159,6 +159,27 @@ def test_synchronisations_copies_and_launches_per_call(emulated_cuda):
     assert all(len(n) == 1 for n in launches.values()), launches
 
 
+def test_class_ids_from_65536_cost_one_more_synchronisation(emulated_cuda):
+    # Compacted class tables (cuda_pipeline.h): the distinct ids are sorted on the device and
+    # their count read back before the tables are sized; the ids go to the tables by one
+    # device-to-device copy, and the sort's scratch is one more pool allocation.
+    from devices import HostCudaArray
+
+    s = synthetic.make_scene(48, 64, 6, seed=2)
+    shift = 70_000
+    big = HostCudaArray(s.sem.astype(np.int64) + shift)
+    things = [t + shift for t in range(11, 19)]
+    emulation.take_counters()
+    out = pdl_post.merge(big, HostCudaArray(s.ctr), HostCudaArray(s.off), thing_ids=things)
+    counts = emulation.take_counters()
+    assert counts["synchronisations"] == 3
+    assert counts["device_to_host_copies"] == 3
+    assert counts["device_to_device_copies"] == 1
+    assert counts["pool_allocations"] == 3
+    small = pdl_post.merge(s.sem, s.ctr, s.off)
+    np.testing.assert_array_equal(out.a, np.where(small >= 0, small + shift * 1000, small))
+
+
 def test_devices_without_memory_pools_use_cuda_malloc():
     # The pool choice is made once per device and process, so a fresh process.
     import os

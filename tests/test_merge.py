@@ -205,8 +205,8 @@ def test_stages_compose_to_merge():
 
 def test_huge_labels_use_compacted_class_tables(device):
     s = synthetic.make_scene(64, 96, 10, seed=3)
-    # Class ids shifted far beyond the CPU's dense table limits (the CUDA path sizes its tables
-    # by the largest id).
+    # Class ids shifted far beyond the dense table limit (2**16): both paths index their tables by
+    # the rank among the labels present.
     shift = 5_000_000
     big = s.sem.astype(np.int64) + shift
     things = [t + shift for t in CITY["thing_ids"]]
@@ -215,6 +215,26 @@ def test_huge_labels_use_compacted_class_tables(device):
     small = pdl_post.merge(s.sem, s.ctr, s.off, stuff_area=16)
     shifted = np.where(small >= 0, small.astype(np.int64) + shift * 1000, small)
     np.testing.assert_array_equal(r.panoptic, shifted)
+
+
+def test_sparse_huge_class_ids_in_a_batch(device):
+    # Compacted class tables over a batch whose images hold different, sparse, huge ids (up to
+    # int64 max / 2**20, so that ids x label_divisor still fit int64), ids absent from some
+    # images, things and stuff among them; with and without a foreground mask.
+    b = synthetic.make_batch(3, 48, 64, 6, seed=11)
+    rng = np.random.default_rng(11)
+    present = np.unique(b.sem)
+    huge = np.sort(rng.choice(2**43, size=present.size, replace=False)) + 2**16
+    table = np.zeros(present.max() + 1, np.int64)
+    table[present] = huge
+    sem = table[b.sem]
+    sem[1][sem[1] == huge[0]] = huge[-1]  # image 1 lacks the smallest id
+    things = [int(table[t]) for t in CITY["thing_ids"] if t in present]
+    for mask in (None, np.isin(sem, things)):
+        r = both(device, sem, b.ctr, b.off, foreground_mask=mask, thing_ids=things, stuff_area=4)
+        assert all(res.panoptic.dtype == np.int64 for res in r)
+        categories = {seg["category_id"] for res in r for seg in res.segments}
+        assert categories <= set(huge.tolist()) and len(categories) > 5
 
 
 def test_many_instances_and_classes_use_the_counting_sort_path(device):

@@ -217,13 +217,23 @@ void argmax_logits(const StridedView& logits, int32_t* labels, cudaStream_t stre
 // range[0] = min, range[1] = max label (range must hold {INT64_MAX, INT64_MIN} beforehand).
 void label_range(const StridedView& sem, long long* range, cudaStream_t stream);
 
+// Class tables as on the CPU (ClassIndex): a label is its own table index while the largest label
+// is below ClassIndex::kDenseLabelLimit, else its rank among the batch's sorted distinct labels.
 struct FuseLayout {
-  int64_t num_classes;         // C = max label + 1 (labels are their own table index)
-  const int64_t* hist_offset;  // [B] start of image b's (K_b + 1) x C histogram
-  const int64_t* inst_offset;  // [B] start of image b's per-instance tables (K_b + 1)
-  const int64_t* seg_offset;   // [B] start of image b's segment slots (K_b + C)
-  int64_t max_instances;       // upper bound of K_b over the batch
-  int64_t max_segments;        // upper bound of K_b + C over the batch
+  int64_t num_classes;          // C: max label + 1, or the number of distinct labels
+  const int64_t* class_labels;  // [C] the sorted distinct labels; nullptr for dense tables
+  const int64_t* hist_offset;   // [B] start of image b's (K_b + 1) x C histogram
+  const int64_t* inst_offset;   // [B] start of image b's per-instance tables (K_b + 1)
+  const int64_t* seg_offset;    // [B] start of image b's segment slots (K_b + C)
+  int64_t max_instances;        // upper bound of K_b over the batch
+  int64_t max_segments;         // upper bound of K_b + C over the batch
+
+  __host__ __device__ int64_t class_index(int64_t label) const {
+    return class_labels ? lower_bound_index(class_labels, num_classes, label) : label;
+  }
+  __host__ __device__ int64_t class_label(int64_t index) const {
+    return class_labels ? class_labels[index] : index;
+  }
 };
 
 struct DeviceSegment {
@@ -244,6 +254,19 @@ struct FuseBuffers {
   int64_t* num_segments;               // [B]
   unsigned long long* error_instance;  // [B], ULLONG_MAX when no error
 };
+
+// The sorted distinct labels of the batch (compacted class tables): gather, radix sort, unique.
+struct DistinctScratch {
+  int64_t* labels;    // [pixels]
+  int64_t* sorted;    // [pixels]
+  int64_t* distinct;  // [pixels], the first *count are the distinct labels
+  int* count;
+  CubTemp sort, unique;
+};
+// end_bit: bits that hold the largest label (labels are >= 0).
+DistinctScratch take_distinct_scratch(Scratch& scratch, int64_t pixels, int end_bit);
+void distinct_labels(const StridedView& sem, int end_bit, const DistinctScratch& scratch,
+                     cudaStream_t stream);
 
 // Largest instance x class histogram counted in shared memory (64 KiB of counters per block).
 constexpr int64_t kSharedBinLimit = 16384;

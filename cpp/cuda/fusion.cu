@@ -15,9 +15,13 @@
 //   score_with_logits  the CPU's summation order: per block of 64 rows a sequential sum per segment
 //                    in row-major order, blocks added in order, so scores are deterministic.
 //   write_panoptic   per pixel panoptic_label() through the instance and class tables.
+// Class tables are indexed by the label itself, or from ClassIndex::kDenseLabelLimit up by its rank
+// among the batch's distinct labels (distinct_labels: gather, radix sort, unique), as on the CPU.
 #include <algorithm>
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
+#include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_select.cuh>
 #include <limits>
 #include <string>
 
@@ -73,6 +77,17 @@ __global__ void label_range_kernel(DeviceView<const TSem> sem, int64_t height, i
   if (threadIdx.x == 0) {
     atomicMin(&range[0], lo);
     atomicMax(&range[1], hi);
+  }
+}
+
+template <typename TSem>
+__global__ void gather_labels_kernel(DeviceView<const TSem> sem, int64_t height, int64_t width,
+                                     int64_t total, int64_t* labels) {
+  const int64_t hw = height * width;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t b = i / hw, y = (i % hw) / width, x = i % width;
+    labels[i] = static_cast<int64_t>(sem.plane(b, 0)(y, x));
   }
 }
 
@@ -165,7 +180,8 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
     if (active) {
       const int32_t inst = voting ? best + 1 : 0;
       instance[p] = inst;
-      const unsigned long long bin = static_cast<unsigned long long>(inst * classes + label);
+      const unsigned long long bin =
+          static_cast<unsigned long long>(inst * classes + a.layout.class_index(label));
       if (kSharedHist) {
         add_to_bin(shared_hist, bin, counting);
       } else {
@@ -234,7 +250,7 @@ __global__ void number_kernel(CenterList centers, FuseLayout layout, FuseBuffers
     atomicMin(&buffers.error_instance[b], static_cast<unsigned long long>(k));
     label[k] = void_label;
   } else {
-    label[k] = mine * label_divisor + n;
+    label[k] = layout.class_label(mine) * label_divisor + n;
   }
 }
 
@@ -250,8 +266,9 @@ __global__ void stuff_kernel(int64_t batch, ThingClasses things, FuseLayout layo
   const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (b >= batch || c >= layout.num_classes) return;
   const unsigned long long area = buffers.hist[layout.hist_offset[b] + c];  // row 0: unassigned
+  const int64_t label = layout.class_label(c);
   buffers.class_label[b * layout.num_classes + c] =
-      is_kept_stuff(things, c, area, stuff_area) ? c * label_divisor : void_label;
+      is_kept_stuff(things, label, area, stuff_area) ? label * label_divisor : void_label;
 }
 
 // One block per image: things in centre order, then kept stuff by class, as on the CPU.
@@ -271,10 +288,10 @@ __global__ void segments_kernel(ThingClasses things, CenterList centers, FuseLay
     Scan(storage).ExclusiveSum(flag, position, total);
     if (k <= count) buffers.slot_of_instance[inst0 + k] = flag ? written + position : -1;
     if (flag) {
-      const int64_t c = buffers.class_of[inst0 + k];
-      out[written + position] =
-          DeviceSegment{buffers.instance_label[inst0 + k],      c, buffers.area[inst0 + k], k, 1,
-                        centers.score[centers.begin[b] + k - 1]};
+      const int64_t category = layout.class_label(buffers.class_of[inst0 + k]);
+      out[written + position] = DeviceSegment{
+          buffers.instance_label[inst0 + k],      category, buffers.area[inst0 + k], k, 1,
+          centers.score[centers.begin[b] + k - 1]};
     }
     written += total;
     __syncthreads();
@@ -283,14 +300,19 @@ __global__ void segments_kernel(ThingClasses things, CenterList centers, FuseLay
   const unsigned long long* unassigned = buffers.hist + layout.hist_offset[b];
   for (int64_t c0 = 0; c0 < classes; c0 += kThreads) {
     const int64_t c = c0 + threadIdx.x;
+    const int64_t label = c < classes ? layout.class_label(c) : 0;
     const int64_t flag =
-        (c < classes && is_kept_stuff(things, c, unassigned[c], stuff_area)) ? 1 : 0;
+        (c < classes && is_kept_stuff(things, label, unassigned[c], stuff_area)) ? 1 : 0;
     int64_t position = 0, total = 0;
     Scan(storage).ExclusiveSum(flag, position, total);
     if (c < classes) buffers.slot_of_class[b * classes + c] = flag ? written + position : -1;
     if (flag) {
-      out[written + position] = DeviceSegment{
-          buffers.class_label[b * classes + c], c, static_cast<int64_t>(unassigned[c]), 0, 0, 1.0};
+      out[written + position] = DeviceSegment{buffers.class_label[b * classes + c],
+                                              label,
+                                              static_cast<int64_t>(unassigned[c]),
+                                              0,
+                                              0,
+                                              1.0};
     }
     written += total;
     __syncthreads();
@@ -326,9 +348,12 @@ __global__ void probability_sums_kernel(DeviceView<const TSem> sem, DeviceView<c
       double value = 0.0;
       if (x < width) {
         const int32_t inst = instance[y * width + x];
-        const int64_t c = inst > 0 ? class_of[inst] : static_cast<int64_t>(labels(y, x));
+        const int64_t c =
+            inst > 0 ? class_of[inst] : layout.class_index(static_cast<int64_t>(labels(y, x)));
         slot = inst > 0 ? slot_of_instance[inst] : slot_of_class[c];
-        if (slot >= 0) value = softmax_probability(&l(y, x), logits.stride_c, channels, c);
+        if (slot >= 0) {
+          value = softmax_probability(&l(y, x), logits.stride_c, channels, layout.class_label(c));
+        }
       }
       for (int i = 0; i < 32; ++i) {
         const long long s = __shfl_sync(0xffffffffu, static_cast<long long>(slot), i);
@@ -366,7 +391,7 @@ __global__ void write_kernel(DeviceView<const TSem> sem, int64_t height, int64_t
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
        i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t b = i / hw, y = (i % hw) / width, x = i % width;
-    const int64_t c = static_cast<int64_t>(sem.plane(b, 0)(y, x));
+    const int64_t c = layout.class_index(static_cast<int64_t>(sem.plane(b, 0)(y, x)));
     const int32_t inst = buffers.instance[i];  // read before the write: out may alias it
     out[i] =
         static_cast<TOut>(panoptic_label(inst, c, buffers.instance_label + layout.inst_offset[b],
@@ -509,6 +534,52 @@ void score_with_logits(const StridedView& sem, const StridedView& logits, const 
   apply_scores_kernel<<<grid, kThreads, 0, stream>>>(layout, buffers, blocks, partial_offset,
                                                      partial);
   check_launch("apply_scores_kernel");
+}
+
+DistinctScratch take_distinct_scratch(Scratch& scratch, int64_t pixels, int end_bit) {
+  if (pixels > std::numeric_limits<int>::max()) {
+    throw ValueError("CUDA path: class ids of " + std::to_string(ClassIndex::kDenseLabelLimit) +
+                     " and more are compacted with a device sort of at most 2**31 - 1 pixels per "
+                     "call, got " +
+                     std::to_string(pixels) + "; split the batch or use the CPU path");
+  }
+  const int n = static_cast<int>(pixels);
+  DistinctScratch taken{};
+  taken.labels = scratch.take<int64_t>(pixels, "class ids");
+  taken.sorted = scratch.take<int64_t>(pixels, "class ids");
+  taken.distinct = scratch.take<int64_t>(pixels, "class ids");
+  taken.count = scratch.take<int>(1, "class count");
+  size_t bytes = 0;
+  check(cub::DeviceRadixSort::SortKeys(nullptr, bytes, static_cast<const int64_t*>(nullptr),
+                                       static_cast<int64_t*>(nullptr), n, 0, end_bit),
+        "cub::DeviceRadixSort::SortKeys (size)");
+  taken.sort = CubTemp{scratch.take_bytes(static_cast<int64_t>(bytes), "class id sort"), bytes};
+  bytes = 0;
+  check(cub::DeviceSelect::Unique(nullptr, bytes, static_cast<const int64_t*>(nullptr),
+                                  static_cast<int64_t*>(nullptr), static_cast<int*>(nullptr), n),
+        "cub::DeviceSelect::Unique (size)");
+  taken.unique = CubTemp{scratch.take_bytes(static_cast<int64_t>(bytes), "class id unique"), bytes};
+  return taken;
+}
+
+void distinct_labels(const StridedView& sem, int end_bit, const DistinctScratch& scratch,
+                     cudaStream_t stream) {
+  const int64_t total = sem.batch() * sem.height() * sem.width();
+  with_label_type(sem.dtype, "sem", [&](auto tag) {
+    using TSem = decltype(tag);
+    gather_labels_kernel<TSem><<<grid_for(total, kThreads, 8192), kThreads, 0, stream>>>(
+        device_view<TSem>(sem), sem.height(), sem.width(), total, scratch.labels);
+    check_launch("gather_labels_kernel");
+  });
+  // Labels are >= 0 (checked), so their low end_bit bits sort them.
+  size_t bytes = scratch.sort.bytes;
+  check(cub::DeviceRadixSort::SortKeys(scratch.sort.data, bytes, scratch.labels, scratch.sorted,
+                                       static_cast<int>(total), 0, end_bit, stream),
+        "cub::DeviceRadixSort::SortKeys");
+  bytes = scratch.unique.bytes;
+  check(cub::DeviceSelect::Unique(scratch.unique.data, bytes, scratch.sorted, scratch.distinct,
+                                  scratch.count, static_cast<int>(total), stream),
+        "cub::DeviceSelect::Unique");
 }
 
 void write_panoptic(const StridedView& sem, const FuseLayout& layout, const FuseBuffers& buffers,

@@ -205,7 +205,10 @@ __global__ void summary_kernel(int64_t batch, CenterList centers, FuseLayout lay
   s[2] = buffers.num_segments[b];
   const unsigned long long k = buffers.error_instance[b];
   s[3] = k == ULLONG_MAX ? -1 : static_cast<long long>(k);
-  s[4] = k == ULLONG_MAX ? -1 : buffers.class_of[layout.inst_offset[b] + static_cast<int64_t>(k)];
+  s[4] =
+      k == ULLONG_MAX
+          ? -1
+          : layout.class_label(buffers.class_of[layout.inst_offset[b] + static_cast<int64_t>(k)]);
 }
 
 // Thing classes on the device: a byte table for small ids, else the sorted ids (as on the CPU).
@@ -412,13 +415,28 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   const int64_t B = s.batch, H = s.height, W = s.width, hw = H * W;
   const int64_t total_peaks = s.peak_begin.back();
 
-  // Table layout per image from the centre bounds (the exact counts stay on the device).
-  if (s.hi >= std::numeric_limits<int64_t>::max() / 8) {  // C = hi + 1 itself would overflow
-    throw ValueError("CUDA path: class id " + std::to_string(s.hi) +
-                     " needs an instance x class table beyond int64; class ids this large are "
-                     "supported by the CPU path only");
+  // Class tables: dense below ClassIndex::kDenseLabelLimit, else over the batch's distinct labels
+  // (sorted on the device; one more synchronisation, for their count), as on the CPU.
+  int64_t C = s.hi + 1;
+  cuda::Scratch distinct_scratch;
+  const int64_t* distinct = nullptr;
+  if (s.hi >= ClassIndex::kDenseLabelLimit) {
+    int end_bit = 0;  // bits of the largest label
+    while (end_bit < 63 && (s.hi >> end_bit) != 0) ++end_bit;
+    const cuda::DistinctScratch d =
+        cuda::carve(distinct_scratch, stream, [&](cuda::Scratch& scratch) {
+          return cuda::take_distinct_scratch(scratch, B * hw, end_bit);
+        });
+    cuda::distinct_labels(s.sem, end_bit, d, stream);
+    int count = 0;
+    check(cudaMemcpyAsync(&count, d.count, sizeof(int), cudaMemcpyDeviceToHost, stream),
+          "cudaMemcpyAsync (class count)");
+    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    C = count;
+    distinct = d.distinct;
   }
-  const int64_t C = s.hi + 1;
+
+  // Table layout per image from the centre bounds (the exact counts stay on the device).
   std::vector<int64_t> hist_offset(B), inst_offset(B), seg_offset(B + 1), seg_capacity(B);
   int64_t hist_total = 0, inst_total = 0, max_instances = 0, max_segments = 0, max_bins = 0;
   for (int64_t b = 0; b < B; ++b) {
@@ -427,8 +445,8 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     const double bins = static_cast<double>(k + 1) * static_cast<double>(C);
     if (bins * 8.0 > 9.0e18) {
       throw ValueError("CUDA path: " + std::to_string(k) + " centres x " + std::to_string(C) +
-                       " class ids need an instance x class table beyond int64; class ids this "
-                       "large are supported by the CPU path only");
+                       " classes need an instance x class table beyond int64; use the CPU path "
+                       "(it needs no such table)");
     }
     hist_offset[b] = hist_total;
     hist_total += (k + 1) * C;
@@ -466,6 +484,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   const int64_t score_size = dtype_size(s.in.ctr.dtype);
   struct Arrays {
     void* tables;
+    int64_t* class_labels;  // compacted class tables only
     cuda::PeakList peaks;
     cuda::CenterList centers;
     cuda::SelectScratch select;
@@ -477,6 +496,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   const Arrays a = cuda::carve(scratch, stream, [&](cuda::Scratch& sc) {
     Arrays t{};
     t.tables = sc.take_bytes(pack.bytes(), "tables");
+    t.class_labels = distinct ? sc.take<int64_t>(C, "class ids") : nullptr;
     t.peaks.pixel = sc.take<int64_t>(total_peaks, "peaks");
     t.peaks.score = sc.take_bytes(total_peaks * score_size, "peak scores");
     t.peaks.image = sc.take<int32_t>(total_peaks, "peaks");
@@ -510,9 +530,16 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   // Everything the host decides goes to the device in one copy, before the first kernel of this
   // phase: a copy from pageable memory may wait for the stream, which is idle right after sync 1.
   pack.upload(a.tables, stream);
+  if (distinct) {
+    check(cudaMemcpyAsync(a.class_labels, distinct, C * sizeof(int64_t), cudaMemcpyDeviceToDevice,
+                          stream),
+          "cudaMemcpyAsync (class ids)");
+    distinct_scratch = cuda::Scratch();  // freed in stream order, after the copy
+  }
   const int64_t* peak_begin_device = cuda::UploadPack::at<int64_t>(a.tables, at_peaks);
   const ThingClasses things = thing_upload.view(a.tables);
   const cuda::FuseLayout layout{C,
+                                a.class_labels,
                                 cuda::UploadPack::at<int64_t>(a.tables, at_hist),
                                 cuda::UploadPack::at<int64_t>(a.tables, at_inst),
                                 cuda::UploadPack::at<int64_t>(a.tables, at_seg),

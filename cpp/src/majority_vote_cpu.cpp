@@ -125,7 +125,7 @@ void accumulate_probabilities(const StridedView& logits, Plane<const TSem> sem,
 }  // namespace
 
 int64_t ClassIndex::compacted_index(int64_t label) const {
-  return std::lower_bound(labels.begin(), labels.end(), label) - labels.begin();
+  return lower_bound_index(labels.data(), static_cast<int64_t>(labels.size()), label);
 }
 
 int64_t ClassIndex::find(int64_t label) const {

@@ -6,7 +6,7 @@ allocated on the same device by the caller's own library (torch in, torch out; C
 and the work is queued on the caller's current stream. The core (``cpp/cuda``) synchronises that
 stream twice per ``merge`` call: once for the label range (it decides the output dtype) and the peak
 counts, once at the end for the error flags; ``postprocess`` adds a third for its exact-size copies
-of the centres and segments.
+of the centres and segments, and class ids of 65536 and more one for the number of distinct ids.
 """
 
 from __future__ import annotations

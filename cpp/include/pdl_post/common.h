@@ -57,6 +57,21 @@ inline int64_t dtype_size(DType t) {
   return 0;
 }
 
+// Index of the first element of sorted[0, size) that is not less than value (std::lower_bound,
+// callable in kernels): the class and thing-id lookups of the CPU and CUDA paths.
+PDL_HOST_DEVICE int64_t lower_bound_index(const int64_t* sorted, int64_t size, int64_t value) {
+  int64_t lo = 0, hi = size;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (sorted[mid] < value) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
 // A 4-D strided view [B, C, H, W]; strides in elements.
 struct StridedView {
   void* data = nullptr;

@@ -10,7 +10,10 @@
 //   finish(out)      top-k (segmented radix sort on the device, only for images with more peaks
 //                    than top_k), compaction, voting with segment statistics, majority vote,
 //                    stuff filter, write; one device-to-host copy of per-image results (centres,
-//                    segments, error flags) and a synchronisation at the end.
+//                    segments, error flags) and a synchronisation at the end. Class ids from
+//                    ClassIndex::kDenseLabelLimit up: first the batch's distinct ids, sorted on the
+//                    device, and a synchronisation for their number; the tables are then indexed
+//                    by rank, as on the CPU.
 // Each phase takes its scratch arrays from one stream-ordered pool allocation (host time per call
 // does not grow with the number of arrays). Every per-pixel rule is the HOST_DEVICE function the
 // CPU path calls, so the answer is the CPU's bit for bit (scores with logits: same summation order;

@@ -118,16 +118,8 @@ struct ThingClasses {
 
   PDL_HOST_DEVICE bool contains(int64_t label) const {
     if (table) return label >= 0 && label < table_size && table[label] != 0;
-    int64_t lo = 0, hi = sorted_size;
-    while (lo < hi) {
-      const int64_t mid = lo + (hi - lo) / 2;
-      if (sorted[mid] < label) {
-        lo = mid + 1;
-      } else {
-        hi = mid;
-      }
-    }
-    return lo < sorted_size && sorted[lo] == label;
+    const int64_t at = lower_bound_index(sorted, sorted_size, label);
+    return at < sorted_size && sorted[at] == label;
   }
 };
 
