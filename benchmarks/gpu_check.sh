@@ -68,6 +68,10 @@ for top_k in (200, 3, None):
 r = pdl_post.postprocess(logits, ctr, off, foreground_mask=sem > 10, **kw)
 many = synthetic.make_scene(96, 128, 400, seed=1)
 pdl_post.merge(*(torch.from_numpy(a).cuda() for a in (many.sem, many.ctr, many.off)), top_k=None)
+big = (b.sem.astype(np.int64) + 70_000, [t + 70_000 for t in range(11, 19)])  # compacted tables
+out = pdl_post.merge(torch.from_numpy(big[0]).cuda(), ctr, off, thing_ids=big[1], **kw)
+np.testing.assert_array_equal(
+    out.cpu().numpy(), pdl_post.merge(big[0], b.ctr, b.off, thing_ids=big[1], **kw))
 torch.cuda.synchronize()
 print("memcheck case done:", len(r), "images")
 PYEOF

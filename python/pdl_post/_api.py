@@ -96,11 +96,11 @@ class PanopticResult:
 
 
 def _segments_list(seg: dict) -> list[dict]:
+    # tolist() gives Python ints, bools and floats in one call per column.
+    columns = (seg[k].tolist() for k in ("id", "category_id", "isthing", "area", "score"))
     return [
-        {"id": int(i), "category_id": int(c), "isthing": bool(t), "area": int(a), "score": float(s)}
-        for i, c, t, a, s in zip(
-            seg["id"], seg["category_id"], seg["isthing"], seg["area"], seg["score"]
-        )
+        {"id": i, "category_id": c, "isthing": bool(t), "area": a, "score": s}
+        for i, c, t, a, s in zip(*columns)
     ]
 
 

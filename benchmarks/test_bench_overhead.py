@@ -1,0 +1,94 @@
+"""Host time per call outside the compiled core: what the Python layer adds to every call.
+
+The GPU target (issue 5: 1024x2048 in at most 0.3 ms end to end) leaves little room for host work,
+and a GPU is not needed to measure the Python side of it. ``cuda_python_layer`` runs
+``pdl_post.merge`` / ``postprocess`` on ``__cuda_array_interface__`` objects with the compiled
+CUDA job replaced by a stand-in that returns at once (no device, no kernels): input parsing,
+validation, layout, dtype and stream choice, the output allocation (here ``numpy.empty``) and
+the result wrapping (``postprocess``: the centres and ~40 segments of a 40-centre scene, as the
+core returns them). ``cpu_merge_tiny`` is a whole CPU ``merge`` of a 16x16 scene, where the
+same validation dominates.
+
+    .venv/bin/python -m pytest benchmarks/test_bench_overhead.py -q -p no:cacheprovider
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import pdl_post
+from pdl_post import _core, _cuda, synthetic
+
+
+class _InterfaceArray:
+    """A host array that presents itself as a CUDA array (never dereferenced here)."""
+
+    def __init__(self, a: np.ndarray):
+        self.a = a
+        self.__cuda_array_interface__ = {
+            "shape": a.shape,
+            "typestr": a.dtype.str,
+            "data": (a.ctypes.data, False),
+            "strides": None,
+            "version": 3,
+        }
+
+
+class _InstantJob:
+    """Stands in for _core.CudaMerge: the label range at once, no work in finish, which returns
+    the CPU's centres and segments of the scene in the core's format."""
+
+    per_image: tuple = ()
+
+    def __init__(self, labels, logits, ctr, off, mask, device, stream, *options):
+        pass
+
+    def label_range(self):
+        return 0, 18
+
+    def finish(self, out, with_segments):
+        return [self.per_image] if with_segments else []
+
+
+def _core_format(result) -> tuple:
+    fields = {"id": np.int64, "category_id": np.int64, "isthing": bool, "area": np.int64}
+    segments = {k: np.array([s[k] for s in result.segments], t) for k, t in fields.items()}
+    segments["score"] = np.array([s["score"] for s in result.segments], np.float64)
+    segments["instance"] = np.zeros(len(result.segments), np.int64)
+    return result.centers, result.center_scores, segments
+
+
+@pytest.fixture(scope="module")
+def scene():
+    s = synthetic.make_scene(128, 256, 40, seed=1)
+    _InstantJob.per_image = _core_format(pdl_post.postprocess(s.sem, s.ctr, s.off))
+    return s
+
+
+@pytest.fixture
+def instant_cuda(monkeypatch, scene):
+    monkeypatch.setattr(_cuda, "available", lambda: True)
+    monkeypatch.setattr(_core, "cuda_pointer_device", lambda pointer: 0, raising=False)
+    monkeypatch.setattr(_core, "CudaMerge", _InstantJob, raising=False)
+    monkeypatch.setattr(
+        _cuda,
+        "_allocate",
+        lambda arrays, shape, dtype, device: _InterfaceArray(np.empty(shape, dtype)),
+    )
+
+
+@pytest.mark.parametrize("call", ["merge", "postprocess"])
+def test_cuda_python_layer(benchmark, instant_cuda, scene, call):
+    args = [_InterfaceArray(a) for a in (scene.sem, scene.ctr, scene.off)]
+    result = benchmark(getattr(pdl_post, call), *args)
+    out = (result if call == "merge" else result.panoptic).a
+    assert out.shape == scene.sem.shape and out.dtype == np.int32
+    if call == "postprocess":
+        assert len(result.segments) == len(_InstantJob.per_image[2]["id"]) > 20
+
+
+def test_cpu_merge_tiny(benchmark):
+    s = synthetic.make_scene(16, 16, 2, seed=1)
+    out = benchmark(pdl_post.merge, s.sem, s.ctr, s.off, num_threads=1)
+    np.testing.assert_array_equal(out, pdl_post.merge(s.sem, s.ctr, s.off, backend="reference"))
