@@ -12,7 +12,7 @@
 //                    number n = 1 + earlier non-empty instances of the same class (a parallel
 //                    count over earlier instances, so ids follow centre order); stuff filter per
 //                    class; segment list per image in the CPU's order (block-wide scans).
-//   score_with_logits  the CPU's summation order: per block of 64 rows a sequential sum per segment
+//   score_with_logits  the CPU's summation order: per block of 4 rows a sequential sum per segment
 //                    in row-major order, blocks added in order, so scores are deterministic.
 //   write_panoptic   per pixel panoptic_label() through the instance and class tables.
 // Class tables are indexed by the label itself, or from ClassIndex::kDenseLabelLimit up by its rank
@@ -35,8 +35,9 @@ namespace {
 
 constexpr int kThreads = 256;
 static_assert(kThreads % 32 == 0, "vote_kernel's __ballot_sync needs whole warps");
-constexpr int kCenterTile = 512;         // centres per shared-memory tile
-constexpr int64_t kScoreBlockRows = 64;  // must equal the CPU's (majority_vote_cpu.cpp)
+constexpr int kCenterTile = 512;        // centres per shared-memory tile
+constexpr int64_t kScoreBlockRows = 4;  // must equal the CPU's (majority_vote_cpu.cpp)
+constexpr int kScoreThreads = 256;      // pixels evaluated at once per score block
 
 struct MinOp {
   __device__ long long operator()(long long a, long long b) const { return a < b ? a : b; }
@@ -320,14 +321,17 @@ __global__ void segments_kernel(ThingClasses things, CenterList centers, FuseLay
   if (threadIdx.x == 0) buffers.num_segments[b] = written;
 }
 
-// One warp per (block of 64 rows, image): the lanes evaluate 32 pixels' probabilities at once,
-// lane 0 adds them in row-major order into the block's per-segment sums (a register holds the
-// running sum of the current segment: the same additions, in the same order, as the CPU).
+// One block per (kScoreBlockRows rows, image): its threads evaluate the probabilities of
+// kScoreThreads consecutive pixels at once into shared memory, then thread 0 adds them in
+// row-major order into the block's per-segment sums (a register holds the running sum of the
+// current segment: the same additions, in the same order, as the CPU).
 template <typename TSem, typename TL>
 __global__ void probability_sums_kernel(DeviceView<const TSem> sem, DeviceView<const TL> logits,
                                         int64_t channels, int64_t height, int64_t width,
                                         FuseLayout layout, FuseBuffers buffers,
                                         const int64_t* partial_offset, double* partial) {
+  __shared__ long long staged_slot[kScoreThreads];
+  __shared__ double staged_value[kScoreThreads];
   const int64_t blk = blockIdx.x, b = blockIdx.y;
   const int64_t capacity = layout.seg_offset[b + 1] - layout.seg_offset[b];
   double* acc = partial + partial_offset[b] + blk * capacity;
@@ -337,39 +341,44 @@ __global__ void probability_sums_kernel(DeviceView<const TSem> sem, DeviceView<c
   const int64_t* class_of = buffers.class_of + layout.inst_offset[b];
   const int64_t* slot_of_instance = buffers.slot_of_instance + layout.inst_offset[b];
   const int64_t* slot_of_class = buffers.slot_of_class + b * layout.num_classes;
-  const unsigned lane = threadIdx.x;
   int64_t run_slot = -1;
   double run = 0.0;
+  // The block's rows as one row-major range of pixels.
   const int64_t y1 = (blk + 1) * kScoreBlockRows < height ? (blk + 1) * kScoreBlockRows : height;
-  for (int64_t y = blk * kScoreBlockRows; y < y1; ++y) {
-    for (int64_t x0 = 0; x0 < width; x0 += 32) {
-      const int64_t x = x0 + lane;
-      int64_t slot = -1;
-      double value = 0.0;
-      if (x < width) {
-        const int32_t inst = instance[y * width + x];
-        const int64_t c =
-            inst > 0 ? class_of[inst] : layout.class_index(static_cast<int64_t>(labels(y, x)));
-        slot = inst > 0 ? slot_of_instance[inst] : slot_of_class[c];
-        if (slot >= 0) {
-          value = softmax_probability(&l(y, x), logits.stride_c, channels, layout.class_label(c));
-        }
-      }
-      for (int i = 0; i < 32; ++i) {
-        const long long s = __shfl_sync(0xffffffffu, static_cast<long long>(slot), i);
-        const double v = __shfl_sync(0xffffffffu, value, i);
-        if (lane == 0 && s >= 0) {
-          if (s != run_slot) {
-            if (run_slot >= 0) acc[run_slot] = run;
-            run_slot = s;
-            run = acc[s];
-          }
-          run += v;
-        }
+  const int64_t first = blk * kScoreBlockRows * width, end = y1 * width;
+  for (int64_t p0 = first; p0 < end; p0 += kScoreThreads) {
+    const int64_t p = p0 + threadIdx.x;
+    long long slot = -1;
+    double value = 0.0;
+    if (p < end) {
+      const int64_t y = p / width, x = p % width;
+      const int32_t inst = instance[p];
+      const int64_t c =
+          inst > 0 ? class_of[inst] : layout.class_index(static_cast<int64_t>(labels(y, x)));
+      slot = inst > 0 ? slot_of_instance[inst] : slot_of_class[c];
+      if (slot >= 0) {
+        value = softmax_probability(&l(y, x), logits.stride_c, channels, layout.class_label(c));
       }
     }
+    staged_slot[threadIdx.x] = slot;
+    staged_value[threadIdx.x] = value;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      const int64_t n = end - p0 < kScoreThreads ? end - p0 : kScoreThreads;
+      for (int64_t i = 0; i < n; ++i) {
+        const long long s = staged_slot[i];
+        if (s < 0) continue;
+        if (s != run_slot) {
+          if (run_slot >= 0) acc[run_slot] = run;
+          run_slot = s;
+          run = acc[s];
+        }
+        run += staged_value[i];
+      }
+    }
+    __syncthreads();  // the stage is refilled
   }
-  if (lane == 0 && run_slot >= 0) acc[run_slot] = run;
+  if (threadIdx.x == 0 && run_slot >= 0) acc[run_slot] = run;
 }
 
 __global__ void apply_scores_kernel(FuseLayout layout, FuseBuffers buffers, int64_t blocks,
@@ -524,7 +533,7 @@ void score_with_logits(const StridedView& sem, const StridedView& logits, const 
     with_float_type(logits.dtype, "sem", [&](auto l_tag) {
       using TL = decltype(l_tag);
       const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(batch));
-      probability_sums_kernel<TSem, TL><<<grid, 32, 0, stream>>>(
+      probability_sums_kernel<TSem, TL><<<grid, kScoreThreads, 0, stream>>>(
           device_view<TSem>(sem), device_view<TL>(logits), logits.channels(), height, width, layout,
           buffers, partial_offset, partial);
       check_launch("probability_sums_kernel");
