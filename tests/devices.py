@@ -92,6 +92,7 @@ def use_emulation(monkeypatch):
     monkeypatch.setattr(_cuda, "available", lambda: True)
     monkeypatch.setattr(_core, "cuda_pointer_device", EMULATION.cuda_pointer_device, raising=False)
     monkeypatch.setattr(_core, "CudaMerge", EMULATION.CudaMerge, raising=False)
+    monkeypatch.setattr(_core, "cuda_release_memory", EMULATION.cuda_release_memory, raising=False)
     library = _cuda._library
     monkeypatch.setattr(
         _cuda, "_library", lambda x: "host" if type(x) is HostCudaArray else library(x)

@@ -118,6 +118,21 @@ def test_class_ids_near_int64_max_match_the_cpu(cuda_device):
     assert cpu.panoptic.dtype == np.int64 and cpu.panoptic[0, 0] == np.iinfo(np.int64).max
 
 
+def test_cuda_release_memory_returns_what_the_pool_keeps(cuda_device):
+    # The pool keeps the scratch of the largest call until cuda_release_memory (on the emulator:
+    # its high-water mark, as a pool with an unbounded release threshold keeps).
+    pdl_post.cuda_release_memory()
+    b = synthetic.make_batch(4, 64, 96, 8, seed=4)
+    args = [to_device(a, cuda_device) for a in (b.sem, b.ctr, b.off)]
+    wide = {"void_label": -(2**40)}  # int64 output: the instance map is scratch
+    merged = to_host(pdl_post.merge(*args, **wide))
+    released = pdl_post.cuda_release_memory()
+    assert released >= 4 * 64 * 96 * 4  # at least the int32 instance map of 4 images
+    assert pdl_post.cuda_release_memory() == 0
+    np.testing.assert_array_equal(to_host(pdl_post.merge(*args, **wide)), merged)
+    assert pdl_post.cuda_release_memory() >= 4 * 64 * 96 * 4  # later calls allocate again
+
+
 def test_label_divisor_and_negative_label_errors_match_the_cpu(cuda_device):
     s = synthetic.make_scene(64, 96, 30, seed=1, semantic_noise=0.0)
     args = [to_device(a, cuda_device) for a in (s.sem, s.ctr, s.off)]

@@ -26,13 +26,23 @@ void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
 namespace {
 
 // One pool per device that keeps freed memory for the next call (the default pool would hand it
-// back to the driver at every synchronisation).
+// back to the driver at every synchronisation) until cuda_release_memory().
+struct DevicePools {
+  std::mutex mutex;
+  std::map<int, cudaMemPool_t> pools;  // nullptr: the device has no memory pools
+};
+
+DevicePools& device_pools() {
+  static DevicePools pools;
+  return pools;
+}
+
 cudaMemPool_t pool_for_current_device() {
-  static std::mutex mutex;
-  static std::map<int, cudaMemPool_t> pools;
   int device = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
-  std::lock_guard<std::mutex> lock(mutex);
+  DevicePools& registry = device_pools();
+  std::lock_guard<std::mutex> lock(registry.mutex);
+  std::map<int, cudaMemPool_t>& pools = registry.pools;
   auto it = pools.find(device);
   if (it != pools.end()) return it->second;
   int supported = 0;
@@ -271,6 +281,26 @@ int cuda_pointer_device(uintptr_t pointer) {
     return attributes.device;
   }
   return -1;
+}
+
+int64_t cuda_release_memory() {
+  cuda::DevicePools& registry = cuda::device_pools();
+  std::lock_guard<std::mutex> lock(registry.mutex);
+  int64_t released = 0;
+  for (const auto& [device, pool] : registry.pools) {
+    if (!pool) continue;
+    cuda::DeviceGuard guard(device);
+    // Frees are stream-ordered: memory comes back to the pool once the queued work has run.
+    check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+    uint64_t before = 0, after = 0;
+    check(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &before),
+          "cudaMemPoolGetAttribute");
+    check(cudaMemPoolTrimTo(pool, 0), "cudaMemPoolTrimTo");
+    check(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &after),
+          "cudaMemPoolGetAttribute");
+    released += static_cast<int64_t>(before - after);
+  }
+  return released;
 }
 
 std::string cuda_build_description() {

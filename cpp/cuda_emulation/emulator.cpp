@@ -41,6 +41,7 @@ struct Span {
   size_t mapped = 0;
   unsigned char* payload = nullptr;
   size_t bytes = 0;
+  bool pooled = false;  // from cudaMallocFromPoolAsync
 };
 
 Span map_guarded(size_t bytes) {
@@ -207,6 +208,9 @@ cudaError_t g_last_error = cudaSuccess;
 cudaError_t g_sync_error = cudaSuccess;
 std::string g_message;
 std::map<uintptr_t, Span> g_allocations;  // live device allocations by payload address
+// The memory pool as a pool that keeps what it once held (release threshold: all) until
+// cudaMemPoolTrimTo: bytes in use, and bytes reserved (the high-water mark since the last trim).
+size_t g_pool_used = 0, g_pool_reserved = 0;
 std::map<const void*, int> g_max_dynamic_shared;
 std::vector<char*> g_stacks;
 thread_local int t_device = 0;
@@ -646,9 +650,10 @@ using pdl_emu::g_mutex;
 
 namespace {
 
-cudaError_t allocate(void** pointer, size_t bytes, const char* counter) {
+cudaError_t allocate(void** pointer, size_t bytes, const char* counter, bool pooled = false) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
-  const pdl_emu::Span span = pdl_emu::map_guarded(bytes);
+  pdl_emu::Span span = pdl_emu::map_guarded(bytes);
+  span.pooled = pooled;
   *pointer = span.payload;
   if (!span.payload) {
     pdl_emu::g_message = "cannot map " + std::to_string(bytes) + " bytes of device memory";
@@ -657,6 +662,10 @@ cudaError_t allocate(void** pointer, size_t bytes, const char* counter) {
   ++pdl_emu::g_counters[counter];
   std::memset(span.payload, pdl_emu::kPoison, bytes);
   g_allocations[reinterpret_cast<uintptr_t>(span.payload)] = span;
+  if (pooled) {
+    pdl_emu::g_pool_used += bytes;
+    pdl_emu::g_pool_reserved = std::max(pdl_emu::g_pool_reserved, pdl_emu::g_pool_used);
+  }
   return cudaSuccess;
 }
 
@@ -669,6 +678,7 @@ cudaError_t release(void* pointer) {
     return cudaErrorInvalidDevicePointer;
   }
   pdl_emu::check_guards(it->first, it->second.bytes, "when it was freed");
+  if (it->second.pooled) pdl_emu::g_pool_used -= it->second.bytes;
   pdl_emu::unmap(it->second);
   g_allocations.erase(it);
   return cudaSuccess;
@@ -776,8 +786,22 @@ cudaError_t cudaMemPoolCreate(cudaMemPool_t* pool, const cudaMemPoolProps* props
 
 cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, cudaMemPoolAttr, void*) { return cudaSuccess; }
 
+cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t, cudaMemPoolAttr attribute, void* value) {
+  if (attribute != cudaMemPoolAttrReservedMemCurrent) return cudaErrorInvalidValue;
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  *static_cast<uint64_t*>(value) = pdl_emu::g_pool_reserved;
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemPoolTrimTo(cudaMemPool_t, size_t keep) {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  pdl_emu::g_pool_reserved =
+      std::max(pdl_emu::g_pool_used, std::min(pdl_emu::g_pool_reserved, keep));
+  return cudaSuccess;
+}
+
 cudaError_t cudaMallocFromPoolAsync(void** pointer, size_t bytes, cudaMemPool_t, cudaStream_t) {
-  return allocate(pointer, bytes, "pool_allocations");
+  return allocate(pointer, bytes, "pool_allocations", true);
 }
 
 namespace pdl_emu {
@@ -824,6 +848,8 @@ cudaError_t cudaMemsetAsync(void* pointer, int value, size_t bytes, cudaStream_t
   if (bytes) std::memset(pointer, value, bytes);
   return cudaSuccess;
 }
+
+cudaError_t cudaDeviceSynchronize() { return cudaStreamSynchronize(nullptr); }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);

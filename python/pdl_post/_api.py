@@ -55,6 +55,23 @@ def cuda_available() -> bool:
     return _cuda.available()
 
 
+def cuda_release_memory() -> int:
+    """Hand the scratch memory the CUDA path keeps between calls back to the driver.
+
+    The CUDA path takes its scratch arrays from its own stream-ordered memory pool per device,
+    which keeps freed memory for the next call (so that calls allocate nothing from the driver);
+    the other libraries of the process (torch's caching allocator, CuPy's pool) cannot use that
+    memory meanwhile. This returns it, like ``torch.cuda.empty_cache()``, after waiting for the
+    work queued on each device the pools serve. Later calls simply allocate again.
+
+    Returns
+    -------
+    int
+        The number of bytes released; 0 without the CUDA path or before its first call.
+    """
+    return _cuda.release_memory()
+
+
 def _backend(backend, *, cuda_ok: bool = False) -> str:
     check_choice(backend, "backend", (*BACKENDS, "cuda"))
     if backend == "cuda" and not _cuda.available():

@@ -48,6 +48,11 @@ def available() -> bool:
     return compiled() and _core.cuda_device_count() > 0
 
 
+def release_memory() -> int:
+    """Bytes of scratch memory handed back by the CUDA path's pools (0 without CUDA)."""
+    return int(_core.cuda_release_memory()) if compiled() else 0
+
+
 def is_cuda_array(x) -> bool:
     """A torch CUDA tensor or any object exposing ``__cuda_array_interface__``."""
     if x is None:

@@ -42,6 +42,9 @@ struct CudaError : std::runtime_error {
 int cuda_device_count();
 // The device that owns a device (or managed) pointer, or -1 for host or unknown memory.
 int cuda_pointer_device(uintptr_t pointer);
+// Returns the scratch memory the CUDA path's pools keep between calls to the driver (after
+// synchronising each device that has a pool); the number of bytes released.
+int64_t cuda_release_memory();
 // Compiled architectures and CUDA runtime version, for build_info().
 std::string cuda_build_description();
 
