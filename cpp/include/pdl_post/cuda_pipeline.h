@@ -16,8 +16,8 @@
 //                    by rank, as on the CPU.
 // Each phase takes its scratch arrays from one stream-ordered pool allocation (host time per call
 // does not grow with the number of arrays). Every per-pixel rule is the HOST_DEVICE function the
-// CPU path calls, so the answer is the CPU's bit for bit (scores with logits: same summation order;
-// exp() is CUDA's, within 1 ulp of libm).
+// CPU path calls, so the answer is the CPU's bit for bit (scores with logits too: same summation
+// order, and exp_nonpositive() instead of libm's or CUDA's exp()).
 #pragma once
 
 #include <cstdint>
