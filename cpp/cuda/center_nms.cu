@@ -188,18 +188,13 @@ void select_typed(int64_t width, const PeakList& peaks, const int64_t* peak_begi
   check_launch("center_ranges_kernel");
 }
 
-// cub's int item counts.
-void check_cub_items(int64_t count, const char* what) {
-  if (count > std::numeric_limits<int>::max()) {
-    throw ValueError(std::string(what) + ": " + std::to_string(count) +
-                     " items exceed the CUDA path's int32 sort and scan sizes; use the CPU path");
-  }
-}
-
 }  // namespace
 
 CubTemp take_scan_temp(Scratch& scratch, int64_t count) {
-  check_cub_items(count, "exclusive_sum");
+  if (count > std::numeric_limits<int>::max()) {  // cub's item counts are int
+    throw ValueError("exclusive_sum: " + std::to_string(count) +
+                     " items exceed the CUDA path's int32 sort and scan sizes; use the CPU path");
+  }
   size_t bytes = 0;
   check(cub::DeviceScan::ExclusiveSum(nullptr, bytes, static_cast<const int64_t*>(nullptr),
                                       static_cast<int64_t*>(nullptr), static_cast<int>(count)),
@@ -258,7 +253,6 @@ bool sort_segments(const std::vector<int64_t>& peak_begin, int64_t top_k, TopKMo
 
 SelectScratch take_select_scratch(Scratch& scratch, DType ctr_dtype, int64_t total, int64_t batch,
                                   bool any_sorted) {
-  check_cub_items(total + 1, "find_centers");
   SelectScratch taken{};
   taken.kept = scratch.take<int64_t>(total + 1, "top-k flags");
   taken.position = scratch.take<int64_t>(total + 1, "top-k positions");

@@ -81,8 +81,8 @@ class Scratch {
 
   bool sizing_ = true;
   int64_t used_ = 0;
-  int64_t largest_ = 0;  // the largest piece, for the out-of-memory message
-  std::string largest_what_;
+  int64_t largest_ = 0;            // the largest piece, for the out-of-memory message
+  const char* largest_what_ = "";  // the callers' string literals
   DeviceBuffer block_;
   // Under the host emulator each piece is also its own guarded allocation, so that an access
   // past a piece is caught as it is past any allocation (the block is still allocated, and

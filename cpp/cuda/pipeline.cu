@@ -109,8 +109,8 @@ DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& other) noexcept {
 }
 
 Scratch::Scratch(const Scratch& sizing, cudaStream_t stream) : sizing_(false) {
-  const std::string what = "scratch arrays (the largest: " + sizing.largest_what_ + ", " +
-                           std::to_string(sizing.largest_) + " bytes)";
+  const std::string what = std::string("scratch arrays (the largest: ") + sizing.largest_what_ +
+                           ", " + std::to_string(sizing.largest_) + " bytes)";
   block_ = DeviceBuffer(sizing.used_, stream, what.c_str());
 }
 
@@ -122,7 +122,7 @@ Scratch& Scratch::operator=(Scratch&& other) noexcept {
     sizing_ = other.sizing_;
     used_ = other.used_;
     largest_ = other.largest_;
-    largest_what_ = std::move(other.largest_what_);
+    largest_what_ = other.largest_what_;
     block_ = std::move(other.block_);
     emulated_pieces_ = std::move(other.emulated_pieces_);
     other.emulated_pieces_.clear();

@@ -132,8 +132,8 @@ int64_t ClassIndex::compacted_index(int64_t label) const {
 
 int64_t ClassIndex::find(int64_t label) const {
   if (dense) return (label >= 0 && label < size) ? label : -1;
-  auto it = std::lower_bound(labels.begin(), labels.end(), label);
-  return (it != labels.end() && *it == label) ? it - labels.begin() : -1;
+  const int64_t at = lower_bound_index(labels.data(), static_cast<int64_t>(labels.size()), label);
+  return (at < static_cast<int64_t>(labels.size()) && labels[at] == label) ? at : -1;
 }
 
 template <typename TSem>
