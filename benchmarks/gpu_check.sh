@@ -11,7 +11,8 @@
 # python3), with the build requirements (scikit-build-core, pybind11, cython, ninja, cmake, pytest,
 # hypothesis, numpy). The venv .venv-gpu sees that Python's packages (--system-site-packages);
 # missing build requirements are installed with pip when an index is reachable.
-# Options: PDL_POST_CUDA_ARCHITECTURES (default 90-real;90-virtual), SKIP_MEMCHECK=1.
+# Options: PDL_POST_CUDA_ARCHITECTURES (default here 90-real;90-virtual: Hopper only, to save
+# device time; the package default adds Turing and Ampere code), SKIP_MEMCHECK=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -36,6 +37,7 @@ fi
 
 step "build (PDL_POST_CUDA=ON)"
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+export PDL_POST_CUDA_ARCHITECTURES=${PDL_POST_CUDA_ARCHITECTURES:-90-real;90-virtual}
 PDL_POST_CUDA=ON "$PY" -m pip install --quiet --no-build-isolation --no-deps \
   -Cbuild-dir=build/gpu -e .
 "$PY" - <<'PYEOF'

@@ -20,6 +20,8 @@ PYBIND11_MODULE(_cuda_emulation, m) {
   m.def("set_schedule_seed", &pdl_emu::set_schedule_seed, py::arg("seed"),
         "Order of blocks and threads (0: in index order, else a seeded shuffle).");
   m.def("schedule_seed", &pdl_emu::schedule_seed);
+  m.def("set_compute_capability", &pdl_emu::set_compute_capability, py::arg("major"),
+        py::arg("minor"), "The emulated device's compute capability (default 9.0).");
   m.def("take_violations", &pdl_emu::take_violations,
         "Violations of CUDA's rules recorded since the last call (and clears them).");
   m.def("take_counters", &pdl_emu::take_counters,

@@ -130,6 +130,32 @@ def test_cuda_path_does_not_depend_on_the_schedule(emulated_cuda):
         np.testing.assert_array_equal(out.a, expected_batch)
 
 
+def test_a_gpu_the_build_does_not_cover_gets_a_clear_error(emulated_cuda):
+    # The emulated build stands for one compiled for 90-real;90-virtual: a Turing GPU (7.5) has no
+    # kernel image for it. The error names the device, its architecture, the build's and the fix,
+    # before any launch; a GPU it covers through PTX (10.0) runs it.
+    from devices import HostCudaArray
+
+    s = synthetic.make_scene(48, 64, 6, seed=2)
+    inputs = [HostCudaArray(a) for a in (s.sem, s.ctr, s.off)]
+    try:
+        emulation.set_compute_capability(7, 5)
+        emulation.take_counters()
+        with pytest.raises(RuntimeError) as error:
+            pdl_post.merge(*inputs)
+        assert emulation.take_counters().get("launches", 0) == 0
+        message = str(error.value)
+        assert "CUDA device 0 has compute capability 7.5" in message
+        assert "architectures 90-real,90-virtual (host emulation)" in message
+        assert 'PDL_POST_CUDA_ARCHITECTURES="75-real;90-virtual"' in message
+        emulation.set_compute_capability(10, 0)
+        np.testing.assert_array_equal(
+            pdl_post.merge(*inputs).a, pdl_post.merge(s.sem, s.ctr, s.off)
+        )
+    finally:
+        emulation.set_compute_capability(9, 0)
+
+
 def test_synchronisations_copies_and_launches_per_call(emulated_cuda):
     # The design (cpp/include/pdl_post/cuda_pipeline.h): merge synchronises the stream twice
     # (label range and peak counts; error flags), with one small copy to the device and one back

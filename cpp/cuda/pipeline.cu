@@ -198,6 +198,31 @@ __global__ void init_range_kernel(long long* range) {
   range[1] = LLONG_MIN;
 }
 
+// Does this build hold code the device can run (machine code for its architecture, or PTX it
+// can compile)? Without it every launch fails with a bare cudaErrorNoKernelImageForDevice; this
+// says which device and how to rebuild instead. A host-side lookup, no work on the device.
+void require_kernel_image(int device) {
+  cudaFuncAttributes attributes;
+  const cudaError_t status = cudaFuncGetAttributes(&attributes, init_range_kernel);
+  if (status == cudaErrorNoKernelImageForDevice || status == cudaErrorInvalidDeviceFunction) {
+    (void)cudaGetLastError();  // not sticky: clear it for the caller's next CUDA call
+    int major = 0, minor = 0;
+    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
+          "cudaDeviceGetAttribute");
+    check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device),
+          "cudaDeviceGetAttribute");
+    const std::string cc = std::to_string(major) + std::to_string(minor);
+    throw CudaError("CUDA device " + std::to_string(device) + " has compute capability " +
+                    std::to_string(major) + "." + std::to_string(minor) +
+                    ", which this build of pdl_post does not cover (architectures " +
+                    PDL_POST_CUDA_ARCHITECTURES +
+                    "): rebuild it with PDL_POST_CUDA_ARCHITECTURES=\"" + cc +
+                    "-real;90-virtual\" in the environment (pip install --no-binary " +
+                    "pdl_post pdl_post, or make develop in a checkout)");
+  }
+  check(status, "cudaFuncGetAttributes");
+}
+
 __global__ void peak_begin_kernel(const int64_t* row_offset, int64_t batch, int64_t height,
                                   long long* peak_begin) {
   const int64_t b = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
@@ -346,6 +371,7 @@ CudaMerge::CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers
     throw ValueError("CUDA path: batch x height must stay below 2**31 rows");
   }
   cuda::DeviceGuard guard(inputs.device);
+  cuda::require_kernel_image(inputs.device);
   const int64_t hw = s.height * s.width;
   const int64_t rows = s.batch * s.height;
   const bool argmax = inputs.logits.data != nullptr;

@@ -212,6 +212,18 @@ std::map<uintptr_t, Span> g_allocations;  // live device allocations by payload 
 // cudaMemPoolTrimTo: bytes in use, and bytes reserved (the high-water mark since the last trim).
 size_t g_pool_used = 0, g_pool_reserved = 0;
 std::map<const void*, int> g_max_dynamic_shared;
+// The emulated device's compute capability (major * 10 + minor). The emulated build stands for
+// one compiled for 90-real;90-virtual: devices below 9.0 have no kernel image for it.
+int g_compute_capability = 90;
+constexpr int kBuiltArchitecture = 90;
+
+bool has_kernel_image() { return g_compute_capability >= kBuiltArchitecture; }
+
+std::string no_kernel_image(const char* name) {
+  return std::string(name) + ": no kernel image for a device of compute capability " +
+         std::to_string(g_compute_capability / 10) + "." +
+         std::to_string(g_compute_capability % 10);
+}
 std::vector<char*> g_stacks;
 thread_local int t_device = 0;
 std::map<std::string, int64_t> g_counters;  // launches, synchronisations, copies, allocations
@@ -530,6 +542,11 @@ int launch_kernel(const char* name, const void* kernel, dim3 grid, dim3 block, s
     g_last_error = cudaErrorLaunchFailure;
     return g_last_error;
   }
+  if (!has_kernel_image()) {
+    g_message = no_kernel_image(name);
+    g_last_error = cudaErrorNoKernelImageForDevice;
+    return g_last_error;
+  }
   if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
       grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535) {
     g_message = std::string(name) + ": grid " + describe(grid) + " x block " + describe(block) +
@@ -605,6 +622,22 @@ cudaError_t set_max_dynamic_shared(const void* kernel, int bytes) {
   return cudaSuccess;
 }
 
+cudaError_t function_attributes(cudaFuncAttributes* attributes, const void* kernel) {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  if (!has_kernel_image()) {
+    g_message = no_kernel_image("cudaFuncGetAttributes");
+    g_last_error = cudaErrorNoKernelImageForDevice;
+    return g_last_error;
+  }
+  const auto attribute = g_max_dynamic_shared.find(kernel);
+  *attributes = cudaFuncAttributes{};
+  attributes->maxThreadsPerBlock = 1024;
+  attributes->ptxVersion = attributes->binaryVersion = kBuiltArchitecture;
+  attributes->maxDynamicSharedSizeBytes =
+      attribute != g_max_dynamic_shared.end() ? attribute->second : kDefaultSharedLimit;
+  return cudaSuccess;
+}
+
 void check_allocation(const void* pointer, size_t bytes, const char* what) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   const uintptr_t p = reinterpret_cast<uintptr_t>(pointer);
@@ -622,6 +655,11 @@ void set_schedule_seed(uint64_t seed) {
 }
 
 uint64_t schedule_seed() { return g_seed; }
+
+void set_compute_capability(int major, int minor) {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  g_compute_capability = major * 10 + minor;
+}
 
 std::vector<std::string> take_violations() {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
@@ -711,6 +749,10 @@ const char* cudaGetErrorName(cudaError_t error) {
       return "cudaErrorInvalidConfiguration";
     case cudaErrorInvalidDevicePointer:
       return "cudaErrorInvalidDevicePointer";
+    case cudaErrorInvalidDeviceFunction:
+      return "cudaErrorInvalidDeviceFunction";
+    case cudaErrorNoKernelImageForDevice:
+      return "cudaErrorNoKernelImageForDevice";
     case cudaErrorNoDevice:
       return "cudaErrorNoDevice";
     case cudaErrorInvalidDevice:
@@ -756,6 +798,12 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int dev
   switch (attribute) {
     case cudaDevAttrMultiProcessorCount:
       *value = pdl_emu::kMultiprocessors;
+      return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor:
+      *value = pdl_emu::g_compute_capability / 10;
+      return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor:
+      *value = pdl_emu::g_compute_capability % 10;
       return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin:
       *value = pdl_emu::kSharedOptinLimit;

@@ -67,8 +67,10 @@ enum cudaError_t {
   cudaErrorMemoryAllocation = 2,
   cudaErrorInvalidConfiguration = 9,
   cudaErrorInvalidDevicePointer = 17,
+  cudaErrorInvalidDeviceFunction = 98,
   cudaErrorNoDevice = 100,
   cudaErrorInvalidDevice = 101,
+  cudaErrorNoKernelImageForDevice = 209,
   cudaErrorLaunchFailure = 719,
 };
 
@@ -82,11 +84,22 @@ enum cudaMemcpyKind {
 
 enum cudaDeviceAttr {
   cudaDevAttrMultiProcessorCount = 16,
+  cudaDevAttrComputeCapabilityMajor = 75,
+  cudaDevAttrComputeCapabilityMinor = 76,
   cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
   cudaDevAttrMemoryPoolsSupported = 115,
 };
 
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+
+struct cudaFuncAttributes {  // the fields the sources may read
+  size_t sharedSizeBytes;
+  int maxThreadsPerBlock;
+  int numRegs;
+  int ptxVersion;
+  int binaryVersion;
+  int maxDynamicSharedSizeBytes;
+};
 
 enum cudaMemoryType {
   cudaMemoryTypeUnregistered = 0,
@@ -148,6 +161,12 @@ cudaError_t cudaDeviceSynchronize();
 
 namespace pdl_emu {
 cudaError_t set_max_dynamic_shared(const void* kernel, int bytes);
+cudaError_t function_attributes(cudaFuncAttributes* attributes, const void* kernel);
+}  // namespace pdl_emu
+
+template <typename T>
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attributes, T* kernel) {
+  return pdl_emu::function_attributes(attributes, reinterpret_cast<const void*>(kernel));
 }
 
 template <typename T>

@@ -111,6 +111,9 @@ void free_piece(void* pointer);
 // Test hooks (exposed by the _cuda_emulation module).
 void set_schedule_seed(uint64_t seed);
 uint64_t schedule_seed();
+// The emulated device's compute capability (default 9.0); below 9.0 the emulated build has no
+// kernel image for it, as a build for 90-real;90-virtual on such a GPU.
+void set_compute_capability(int major, int minor);
 std::vector<std::string> take_violations();
 // Runtime calls since the last call (launches, synchronisations, copies by kind, memsets,
 // allocations from pools and plain), and clears them.
