@@ -166,6 +166,28 @@ def test_logits_argmax_and_scores(device):
     both(device, b.logits, b.ctr, b.off, stuff_area=16)
 
 
+def test_logits_across_runs_and_layouts(device):
+    # The CPU reads logits channel by channel over runs of 256 pixels of a row
+    # (kLogitRunPixels); the GPU a pixel per thread. Rows of 600 pixels end in a partial run;
+    # channels-last storage, reversed rows and columns, and float64 give the same bits.
+    s = synthetic.make_scene(24, 600, 12, seed=21, logits=True)
+    logits = s.logits.copy()
+    logits[:, 3, 250:262] = np.nan  # NaN never wins, across a run boundary
+    logits[1, 5, 255:258] = logits[:, 5, 255:258].max(axis=0)  # ties: the first maximum wins
+    r = both(device, logits, s.ctr, s.off, stuff_area=16)
+    if device != "cpu":
+        return
+    last = np.moveaxis(np.ascontiguousarray(np.moveaxis(logits, 0, -1)), -1, 0)
+    flipped = np.ascontiguousarray(logits[:, ::-1, ::-1])[:, ::-1, ::-1]
+    for view in (last, flipped):
+        assert not view.flags.c_contiguous
+        assert_results_equal(
+            pdl_post.postprocess(view, s.ctr, s.off, stuff_area=16), r, score_rtol=0
+        )
+    wide = pdl_post.postprocess(logits.astype(np.float64), s.ctr, s.off, stuff_area=16)
+    assert_results_equal(wide, r, score_rtol=0)  # float32 -> float64 is exact
+
+
 def test_logits_nan_never_wins(device):
     logits = np.zeros((3, 2, 2), np.float32)
     logits[0] = np.nan

@@ -102,20 +102,53 @@ void accumulate_probabilities(const StridedView& logits, Plane<const TSem> sem,
                               int num_threads) {
   const Plane<const TL> plane = plane_of<const TL>(logits, 0, 0);
   const int64_t channels = logits.channels();
+  const int64_t stride_c = logits.strides[1], stride_x = logits.strides[3];
   const int64_t blocks = (height + kScoreBlockRows - 1) / kScoreBlockRows;
   std::vector<double> partial(static_cast<size_t>(blocks * num_slots), 0.0);
-#pragma omp parallel for num_threads(num_threads) if (num_threads > 1) schedule(dynamic, 1)
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    double* acc = partial.data() + blk * num_slots;
-    const int64_t y1 = std::min(height, (blk + 1) * kScoreBlockRows);
-    for (int64_t y = blk * kScoreBlockRows; y < y1; ++y) {
-      for (int64_t x = 0; x < width; ++x) {
-        const int32_t inst = instance[y * width + x];
-        const int64_t c = inst > 0 ? tables.class_of[inst] : classes.index(sem(y, x));
-        const int64_t slot = inst > 0 ? slot_of_instance[inst] : slot_of_class[c];
-        if (slot < 0) continue;
-        acc[slot] +=
-            softmax_probability(&plane(y, x), logits.strides[1], channels, classes.label(c));
+#pragma omp parallel num_threads(num_threads) if (num_threads > 1)
+  {
+    // One run of a row: its scored pixels (x, slot, target class) and their softmax state.
+    const size_t run = static_cast<size_t>(std::min(width, kLogitRunPixels));
+    std::vector<int64_t> xs(run), slots(run), targets(run);
+    std::vector<double> maxima(run);
+    std::vector<SoftmaxTerms> terms(run);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      double* acc = partial.data() + blk * num_slots;
+      const int64_t y1 = std::min(height, (blk + 1) * kScoreBlockRows);
+      for (int64_t y = blk * kScoreBlockRows; y < y1; ++y) {
+        for (int64_t x0 = 0; x0 < width; x0 += kLogitRunPixels) {
+          const int64_t x1 = std::min(width, x0 + kLogitRunPixels);
+          int64_t n = 0;
+          for (int64_t x = x0; x < x1; ++x) {
+            const int32_t inst = instance[y * width + x];
+            const int64_t c = inst > 0 ? tables.class_of[inst] : classes.index(sem(y, x));
+            const int64_t slot = inst > 0 ? slot_of_instance[inst] : slot_of_class[c];
+            if (slot < 0) continue;
+            xs[n] = x;
+            slots[n] = slot;
+            targets[n++] = classes.label(c);
+          }
+          const TL* row = plane.row(y);
+          for (int64_t i = 0; i < n; ++i) maxima[i] = static_cast<double>(row[xs[i] * stride_x]);
+          for (int64_t c = 1; c < channels; ++c) {
+            const TL* channel = row + c * stride_c;
+            for (int64_t i = 0; i < n; ++i) {
+              maxima[i] =
+                  softmax_max_step(maxima[i], static_cast<double>(channel[xs[i] * stride_x]));
+            }
+          }
+          for (int64_t i = 0; i < n; ++i) terms[i] = SoftmaxTerms{0.0, 0.0};
+          for (int64_t c = 0; c < channels; ++c) {
+            const TL* channel = row + c * stride_c;
+            for (int64_t i = 0; i < n; ++i) {
+              softmax_term_step(terms[i], static_cast<double>(channel[xs[i] * stride_x]), maxima[i],
+                                c == targets[i]);
+            }
+          }
+          // Into the block's sums in row-major order, as softmax_probability one pixel at a time.
+          for (int64_t i = 0; i < n; ++i) acc[slots[i]] += terms[i].mine / terms[i].total;
+        }
       }
     }
   }

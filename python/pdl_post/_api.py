@@ -196,6 +196,8 @@ def _run(sem, ctr, off, *, foreground_mask, backend, params, with_segments=True)
     dtype = output_dtype(max_label, params.label_divisor, params.void_label)
     torch_out = any(is_torch_tensor(x) for x in (sem, ctr, off))
     out, out4 = _empty_output(b, h, w, batched, dtype, torch_out)
+    if not with_segments:
+        logits = None  # logits only weigh the segments' scores once labels are known
     if backend == "reference":
         per_image = _run_reference(labels, logits, ctr4, off4, mask4, params, out4)
     else:

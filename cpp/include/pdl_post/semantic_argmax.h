@@ -10,26 +10,38 @@
 
 namespace pdl_post {
 
-// Index of the largest of `channels` logits read at `stride` apart; NaN never wins (all NaN -> 0).
+// Argmax over channels, one channel at a time in channel order: the first maximum wins, NaN
+// never wins (all NaN -> 0). A step per channel, so that the CPU can run a row of pixels channel
+// by channel (each logits plane read in order) and the GPU a pixel per thread, alike.
+template <typename T>
+struct ArgmaxState {
+  T value;
+  int32_t best;
+  bool have;  // value is not NaN
+};
+
+template <typename T>
+PDL_HOST_DEVICE ArgmaxState<T> argmax_first(T logit) {
+  return ArgmaxState<T>{logit, 0, !std::isnan(logit)};
+}
+
+template <typename T>
+PDL_HOST_DEVICE void argmax_step(ArgmaxState<T>& state, T logit, int32_t channel) {
+  if (state.have ? logit > state.value : !std::isnan(logit)) {
+    state.value = logit;
+    state.best = channel;
+    state.have = true;
+  }
+}
+
+// Index of the largest of `channels` logits read at `stride` apart.
 template <typename T>
 PDL_HOST_DEVICE int32_t argmax_channel(const T* logits, int64_t stride, int64_t channels) {
-  int32_t best = 0;
-  T best_value = logits[0];
-  bool have = !std::isnan(best_value);
+  ArgmaxState<T> state = argmax_first(logits[0]);
   for (int64_t c = 1; c < channels; ++c) {
-    const T v = logits[c * stride];
-    if (!have) {
-      if (!std::isnan(v)) {
-        best = static_cast<int32_t>(c);
-        best_value = v;
-        have = true;
-      }
-    } else if (v > best_value) {
-      best = static_cast<int32_t>(c);
-      best_value = v;
-    }
+    argmax_step(state, logits[c * stride], static_cast<int32_t>(c));
   }
-  return best;
+  return state.best;
 }
 
 // 2^exponent for exponent in [-1022, 1023], exactly.
@@ -86,20 +98,44 @@ PDL_HOST_DEVICE double exp_nonpositive(double x) {
   return (v * power_of_two(e + 600)) * power_of_two(-600);
 }
 
-// softmax(logits)[target] in double: exp(l_t - m) / sum_c exp(l_c - m), m = max_c l_c.
+// softmax(logits)[target] in double: exp(l_t - m) / sum_c exp(l_c - m), m = max_c l_c, in two
+// passes over the channels in channel order (the maximum, then the terms). Steps as for the
+// argmax, so that the CPU's channel-by-channel rows and the GPU's pixel per thread perform the
+// same operations in the same order (the same bits).
+PDL_HOST_DEVICE double softmax_max_step(double maximum, double logit) {
+  return std::fmax(maximum, logit);
+}
+
+struct SoftmaxTerms {
+  double total;  // sum of exp(l_c - m) so far
+  double mine;   // the target's term
+};
+
+PDL_HOST_DEVICE void softmax_term_step(SoftmaxTerms& terms, double logit, double maximum,
+                                       bool is_target) {
+  const double e = exp_nonpositive(logit - maximum);
+  terms.total += e;
+  if (is_target) terms.mine = e;
+}
+
 template <typename T>
 PDL_HOST_DEVICE double softmax_probability(const T* logits, int64_t stride, int64_t channels,
                                            int64_t target) {
   double m = static_cast<double>(logits[0]);
-  for (int64_t c = 1; c < channels; ++c) m = std::fmax(m, static_cast<double>(logits[c * stride]));
-  double total = 0.0, mine = 0.0;
-  for (int64_t c = 0; c < channels; ++c) {
-    const double e = exp_nonpositive(static_cast<double>(logits[c * stride]) - m);
-    total += e;
-    if (c == target) mine = e;
+  for (int64_t c = 1; c < channels; ++c) {
+    m = softmax_max_step(m, static_cast<double>(logits[c * stride]));
   }
-  return mine / total;
+  SoftmaxTerms terms{0.0, 0.0};
+  for (int64_t c = 0; c < channels; ++c) {
+    softmax_term_step(terms, static_cast<double>(logits[c * stride]), m, c == target);
+  }
+  return terms.mine / terms.total;
 }
+
+// The CPU runs the steps above over runs of this many pixels of a row, channel by channel: every
+// logits plane is then read in order. A pixel at a time, the C planes' same offsets (a power of two
+// apart for power-of-two images) share a cache set and evict each other (17x slower at 1024x2048).
+constexpr int64_t kLogitRunPixels = 256;
 
 // Labels [B, 1, H, W] int32 from logits [B, C, H, W] float32/float64.
 void argmax_logits_cpu(const StridedView& logits, const StridedView& labels, int num_threads);
