@@ -8,6 +8,20 @@
 namespace pdl_post {
 namespace {
 
+// One channel's argmax_step over a run of pixels whose states are kept as arrays (value, best,
+// have): without aliasing and branches the compiler vectorises it (with unit stride).
+template <typename T>
+void argmax_run_step(const T* __restrict logits, int64_t stride_x, int64_t n, int32_t channel,
+                     T* __restrict value, int32_t* __restrict best, int32_t* __restrict have) {
+  for (int64_t i = 0; i < n; ++i) {
+    ArgmaxState<T> state{value[i], best[i], have[i] != 0};
+    argmax_step(state, logits[i * stride_x], channel);
+    value[i] = state.value;
+    best[i] = state.best;
+    have[i] = state.have;
+  }
+}
+
 template <typename T>
 void argmax_typed(const StridedView& logits, const StridedView& labels, int num_threads) {
   const int64_t batch = logits.batch(), channels = logits.channels();
@@ -16,7 +30,9 @@ void argmax_typed(const StridedView& logits, const StridedView& labels, int num_
   const int64_t stride_c = logits.strides[1], stride_x = logits.strides[3];
 #pragma omp parallel num_threads(num_threads) if (num_threads > 1)
   {
-    std::vector<ArgmaxState<T>> states(static_cast<size_t>(std::min(width, kLogitRunPixels)));
+    const size_t run = static_cast<size_t>(std::min(width, kLogitRunPixels));
+    std::vector<T> value(run);
+    std::vector<int32_t> best(run), have(run);
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t b = r / height, y = r % height;
@@ -24,15 +40,23 @@ void argmax_typed(const StridedView& logits, const StridedView& labels, int num_
       const Plane<int32_t> dst = plane_of<int32_t>(labels, b, 0);
       for (int64_t x0 = 0; x0 < width; x0 += kLogitRunPixels) {
         const int64_t n = std::min(kLogitRunPixels, width - x0);
-        const T* run = &src(y, x0);
-        for (int64_t i = 0; i < n; ++i) states[i] = argmax_first(run[i * stride_x]);
+        const T* first = &src(y, x0);
+        for (int64_t i = 0; i < n; ++i) {
+          const ArgmaxState<T> state = argmax_first(first[i * stride_x]);
+          value[i] = state.value;
+          best[i] = state.best;
+          have[i] = state.have;
+        }
         for (int64_t c = 1; c < channels; ++c) {
-          const T* plane = run + c * stride_c;
-          for (int64_t i = 0; i < n; ++i) {
-            argmax_step(states[i], plane[i * stride_x], static_cast<int32_t>(c));
+          const T* plane = first + c * stride_c;
+          const int32_t channel = static_cast<int32_t>(c);
+          if (stride_x == 1) {  // the usual layout: contiguous loads
+            argmax_run_step(plane, 1, n, channel, value.data(), best.data(), have.data());
+          } else {
+            argmax_run_step(plane, stride_x, n, channel, value.data(), best.data(), have.data());
           }
         }
-        for (int64_t i = 0; i < n; ++i) dst(y, x0 + i) = states[i].best;
+        for (int64_t i = 0; i < n; ++i) dst(y, x0 + i) = best[i];
       }
     }
   }
