@@ -168,6 +168,22 @@ def test_strided_views_are_read_in_place():
 
 
 @needs_gpu
+def test_bfloat16_tensors_are_widened_on_the_device():
+    torch = pytest.importorskip("torch")
+    if GPU != "torch":
+        pytest.skip("bfloat16 tensors need torch with CUDA")
+    s = synthetic.make_scene(48, 64, 6, seed=4, logits=True)
+    host = [torch.from_numpy(a).bfloat16() for a in (s.logits, s.ctr, s.off)]
+    want = pdl_post.postprocess(*host, stuff_area=16)  # the CPU path, widened on the host
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):  # the widening copies run on the caller's stream too
+        got = pdl_post.postprocess(*(t.cuda() for t in host), stuff_area=16)
+    stream.synchronize()
+    got.panoptic = got.panoptic.cpu()
+    assert_results_equal(got, want, score_rtol=0)
+
+
+@needs_gpu
 def test_output_library_device_and_stream():
     s = synthetic.make_scene(64, 96, 10, seed=6)
     expected = pdl_post.merge(s.sem, s.ctr, s.off, stuff_area=16)
@@ -357,6 +373,10 @@ def test_cuda_dispatch_checks_like_the_cpu_path(emulated_cuda):
             HostCudaArray(s.ctr),
             HostCudaArray(s.off),
             foreground_mask=InterfaceOnlyArray(s.sem.astype(np.float32)),
+        )
+    with pytest.raises(TypeError, match=r"off: half-precision input needs torch or CuPy"):
+        pdl_post.merge(
+            HostCudaArray(s.sem), HostCudaArray(s.ctr), InterfaceOnlyArray(s.off.astype(np.float16))
         )
     neg = s.sem.astype(np.int32)
     neg[0, 0] = -1

@@ -188,6 +188,20 @@ def test_logits_across_runs_and_layouts(device):
     assert_results_equal(wide, r, score_rtol=0)  # float32 -> float64 is exact
 
 
+def test_half_precision_inputs_are_widened(device):
+    # float16 logits, heatmaps and offsets (networks run in half precision) are read as their
+    # float32 values, exactly, on every device (CUDA arrays widened on the device).
+    s = synthetic.make_scene(48, 64, 6, seed=4, logits=True)
+    half = [a.astype(np.float16) for a in (s.logits, s.ctr, s.off)]
+    want = pdl_post.postprocess(*(a.astype(np.float32) for a in half), stuff_area=16)
+    got = both(device, *half, stuff_area=16)
+    assert_results_equal(got, want, score_rtol=0)
+    labels = both(device, s.sem, half[1], s.off, stuff_area=16)  # one half input among others
+    np.testing.assert_array_equal(
+        labels.panoptic, pdl_post.merge(s.sem, half[1].astype(np.float32), s.off, stuff_area=16)
+    )
+
+
 def test_logits_nan_never_wins(device):
     logits = np.zeros((3, 2, 2), np.float32)
     logits[0] = np.nan

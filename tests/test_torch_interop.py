@@ -87,17 +87,24 @@ def test_torch_dtypes(dtype, fdtype):
     np.testing.assert_array_equal(out.numpy(), want)
 
 
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_half_precision_tensors_are_widened(half):
+    # Networks run in half precision hand out float16 / bfloat16: widened to float32 (exact),
+    # so the answer is the float32 copy's, scores included.
+    s = synthetic.make_scene(48, 64, 6, seed=4, logits=True)
+    logits, ctr, off = (torch.from_numpy(a).to(half) for a in (s.logits, s.ctr, s.off))
+    want = pdl_post.postprocess(logits.float(), ctr.float(), off.float(), stuff_area=16)
+    got = pdl_post.postprocess(logits, ctr, off, stuff_area=16)
+    assert_results_equal(got, want, score_rtol=0)
+    assert isinstance(got.panoptic, torch.Tensor)
+    assert torch.equal(pdl_post.merge(logits, ctr, off, stuff_area=16), want.panoptic)
+
+
 def test_unsupported_torch_dtypes():
     s = scene()
     sem, ctr, off = tensors(s)
-    with pytest.raises(TypeError, match=r"ctr: unsupported torch dtype torch.bfloat16"):
-        pdl_post.merge(sem, ctr.bfloat16(), off)
-    with pytest.raises(
-        TypeError,
-        match=r"ctr: expected a float32 or float64 heatmap, got dtype "
-        r"float16",
-    ):
-        pdl_post.merge(sem, ctr.half(), off)
+    with pytest.raises(TypeError, match=r"ctr: unsupported torch dtype torch.float8_e4m3fn"):
+        pdl_post.merge(sem, ctr.to(torch.float8_e4m3fn), off)
     with pytest.raises(TypeError, match=r"sem: expected integer labels .* got dtype bool"):
         pdl_post.merge(sem > 0, ctr, off)
     with pytest.raises(TypeError, match=r"off: .*complex"):

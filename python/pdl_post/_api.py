@@ -257,11 +257,12 @@ _MERGE_DOC_PARAMS = """
     ----------
     sem : array_like, shape [H, W] or [B, H, W] (int labels) or [C, H, W] or [B, C, H, W] (float logits)
         Semantic prediction. Labels: uint8, int16, int32 or int64 class ids >= 0 (uint16/uint32 are
-        widened). Logits (float32/float64) are argmaxed (first maximum wins, NaN never wins).
+        widened). Logits (float32/float64; float16/bfloat16 are widened to float32, exactly) are
+        argmaxed (first maximum wins, NaN never wins).
     ctr : array_like, shape [H, W], [1, H, W] or [B, 1, H, W], float32 or float64
-        Centre heatmap.
+        Centre heatmap (float16/bfloat16 widened to float32).
     off : array_like, shape [2, H, W] or [B, 2, H, W], float32 or float64
-        Centre offsets, channel 0 = dy, channel 1 = dx (centre minus pixel).
+        Centre offsets (float16/bfloat16 widened to float32), channel 0 = dy, channel 1 = dx (centre minus pixel).
     thing_ids : iterable of int, keyword-only
         Classes with instances (default: Cityscapes train ids 11..18).
     label_divisor : int

@@ -17,6 +17,7 @@ import numpy as np
 
 from pdl_post import _core
 from pdl_post._inputs import (
+    WIDENED_FLOAT_DTYPES,
     WIDENED_LABEL_DTYPES,
     check_same_shapes,
     ctr_layout,
@@ -94,6 +95,8 @@ class DeviceArray:
         self.stream = None
         if self.library == "torch":
             t = obj.detach()
+            if str(t.dtype) == "torch.bfloat16":  # no numpy dtype: widened on the device, exactly
+                t = t.float()
             self.obj = t
             self.ptr = int(t.data_ptr())
             self.shape = tuple(int(s) for s in t.shape)
@@ -162,6 +165,15 @@ def _cast(a: DeviceArray, dtype) -> DeviceArray:
     return a.converted(lambda x: x.astype(dtype), "widening labels")
 
 
+def _widened_float(a: DeviceArray) -> DeviceArray:
+    """float16 -> float32 on the device (exact), as WIDENED_FLOAT_DTYPES on the host."""
+    if a.dtype not in WIDENED_FLOAT_DTYPES:
+        return a
+    if a.library == "torch":
+        return a.converted(lambda t: t.float(), "half-precision input")
+    return a.converted(lambda x: x.astype(np.float32), "half-precision input")
+
+
 def _normalize(a: DeviceArray, axes):
     """-> (the core's descriptor, [B,C,H,W] shape)."""
     shape, strides = _expand(a.shape, a.strides, axes)
@@ -171,7 +183,9 @@ def _normalize(a: DeviceArray, axes):
 def _normalize_sem(a: DeviceArray):
     """-> ((labels or None, logits or None) descriptors, batched, [B,C,H,W] shape, keep)."""
     logits, batched, axes = sem_layout(a.dtype, a.shape)
-    if not logits and a.dtype in WIDENED_LABEL_DTYPES:
+    if logits:
+        a = _widened_float(a)
+    elif a.dtype in WIDENED_LABEL_DTYPES:
         a = _cast(a, WIDENED_LABEL_DTYPES[a.dtype])
     view, shape = _normalize(a, axes)
     return (None, view) if logits else (view, None), batched, shape, a
@@ -287,8 +301,13 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
             )
     (labels, logits), batched, sem_shape, sem_keep = _normalize_sem(arrays["sem"])
     ctr, off = arrays["ctr"], arrays["off"]
-    ctr4, ctr_shape = _normalize(ctr, ctr_layout(ctr.dtype, ctr.shape, batched))
-    off4, off_shape = _normalize(off, off_layout(off.dtype, off.shape, batched))
+    ctr_axes = ctr_layout(ctr.dtype, ctr.shape, batched)
+    off_axes = off_layout(off.dtype, off.shape, batched)
+    # Widened copies stay in `arrays` until the device has finished with them.
+    ctr = arrays["ctr"] = _widened_float(ctr)
+    off = arrays["off"] = _widened_float(off)
+    ctr4, ctr_shape = _normalize(ctr, ctr_axes)
+    off4, off_shape = _normalize(off, off_axes)
     mask4 = mask_shape = mask_keep = None
     if "foreground_mask" in arrays:
         mask4, mask_shape, mask_keep = _normalize_mask(arrays["foreground_mask"], batched)

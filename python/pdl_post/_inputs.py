@@ -21,6 +21,10 @@ WIDENED_LABEL_DTYPES = {
     np.dtype(np.int8): np.int16,
 }
 FLOAT_DTYPES = (np.float32, np.float64)
+# Accepted and widened (one copy) for logits, heatmaps and offsets: half precision from networks
+# run in float16 / bfloat16 (torch bfloat16 is widened on conversion). Every such value is a
+# float32 value, so the answer is the one for the float32 copy.
+WIDENED_FLOAT_DTYPES = {np.dtype(np.float16): np.float32}
 MAX_SIDE = 1 << 24  # pixel coordinates must be exact in float32
 INT32_MAX = np.iinfo(np.int32).max
 INT64_MAX = np.iinfo(np.int64).max
@@ -52,6 +56,8 @@ def as_numpy(x, name: str) -> np.ndarray:
                 "CUDA tensors (see pdl_post.cuda_available()), move it to the CPU with .cpu()"
             )
         x = x.detach()
+        if str(x.dtype) == "torch.bfloat16":  # no numpy dtype: widened, exactly
+            x = x.float()
         try:
             return x.numpy()
         except (TypeError, RuntimeError) as e:  # bfloat16, sparse, nested, conjugated ...
@@ -241,8 +247,10 @@ def sem_layout(dtype, shape, *, allow_logits=True) -> tuple[bool, bool, tuple[in
     if dtype.kind == "f":
         if not allow_logits:
             raise TypeError(f"sem: expected integer labels, got dtype {dtype}")
-        if dtype not in FLOAT_DTYPES:
-            raise TypeError(f"sem: float logits must be float32 or float64, got {dtype}")
+        if dtype not in FLOAT_DTYPES and dtype not in WIDENED_FLOAT_DTYPES:
+            raise TypeError(
+                f"sem: float logits must be float16, bfloat16, float32 or float64, got {dtype}"
+            )
         if len(shape) == 3:
             return True, False, (0,)
         if len(shape) == 4:
@@ -266,8 +274,10 @@ def sem_layout(dtype, shape, *, allow_logits=True) -> tuple[bool, bool, tuple[in
 
 def ctr_layout(dtype, shape, batched: bool) -> tuple[int, ...]:
     """-> unit axes of the heatmap [H,W] / [1,H,W] (one image) or [B,1,H,W] (batch)."""
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"ctr: expected a float32 or float64 heatmap, got dtype {dtype}")
+    if dtype not in FLOAT_DTYPES and dtype not in WIDENED_FLOAT_DTYPES:
+        raise TypeError(
+            f"ctr: expected a float16, bfloat16, float32 or float64 heatmap, got dtype {dtype}"
+        )
     if not batched:
         if len(shape) == 2:
             return (0, 1)
@@ -283,8 +293,10 @@ def ctr_layout(dtype, shape, batched: bool) -> tuple[int, ...]:
 
 def off_layout(dtype, shape, batched: bool) -> tuple[int, ...]:
     """-> unit axes of the offsets [2,H,W] (one image) or [B,2,H,W] (batch)."""
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"off: expected float32 or float64 offsets, got dtype {dtype}")
+    if dtype not in FLOAT_DTYPES and dtype not in WIDENED_FLOAT_DTYPES:
+        raise TypeError(
+            f"off: expected float16, bfloat16, float32 or float64 offsets, got dtype {dtype}"
+        )
     if not batched:
         if len(shape) == 3 and shape[0] == 2:
             return (0,)
@@ -314,20 +326,24 @@ def normalize_sem(sem, *, allow_logits=True):
     a = as_numpy(sem, "sem")
     logits, batched, axes = sem_layout(a.dtype, a.shape, allow_logits=allow_logits)
     if logits:
-        return None, np.expand_dims(a, axes), batched
+        return None, np.expand_dims(_widened_float(a), axes), batched
     if a.dtype in WIDENED_LABEL_DTYPES:
         a = a.astype(WIDENED_LABEL_DTYPES[a.dtype])
     return np.expand_dims(a, axes), None, batched
 
 
+def _widened_float(a: np.ndarray) -> np.ndarray:
+    return a.astype(WIDENED_FLOAT_DTYPES[a.dtype]) if a.dtype in WIDENED_FLOAT_DTYPES else a
+
+
 def normalize_ctr(ctr, batched: bool) -> np.ndarray:
     a = as_numpy(ctr, "ctr")
-    return np.expand_dims(a, ctr_layout(a.dtype, a.shape, batched))
+    return np.expand_dims(_widened_float(a), ctr_layout(a.dtype, a.shape, batched))
 
 
 def normalize_off(off, batched: bool) -> np.ndarray:
     a = as_numpy(off, "off")
-    return np.expand_dims(a, off_layout(a.dtype, a.shape, batched))
+    return np.expand_dims(_widened_float(a), off_layout(a.dtype, a.shape, batched))
 
 
 def normalize_mask(mask, batched: bool) -> np.ndarray | None:
