@@ -111,6 +111,10 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("logits"), py::arg("out"), py::arg("num_threads"));
 
+  m.def("_set_cpu_avx2", &set_cpu_avx2, py::arg("enabled"),
+        "Tests: use the AVX2 copies where the processor has them (default True); returns the "
+        "previous setting.");
+
   m.def(
       "find_centers",
       [](const py::array& ctr, double threshold, int64_t nms_kernel, int64_t top_k,

@@ -10,6 +10,8 @@ compared: tests/devices.py).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -200,6 +202,51 @@ def test_half_precision_inputs_are_widened(device):
     np.testing.assert_array_equal(
         labels.panoptic, pdl_post.merge(s.sem, half[1].astype(np.float32), s.off, stuff_area=16)
     )
+
+
+def test_softmax_scores_match_a_float64_softmax(device):
+    # A batch of 1x1 images without centres: each image's one stuff segment scores the softmax
+    # probability of its argmax class, computed with the library's own exp (exp_nonpositive,
+    # within 1 ulp of libm's) in channel order. Differences of logits reach 60, and 800 (exp
+    # underflows to 0).
+    rng = np.random.default_rng(8)
+    logits = rng.uniform(-60.0, 0.0, size=(500, 19, 1, 1))
+    logits[::7, 3] = -800.0
+    logits[::5, 11] = rng.uniform(-1e-9, 0.0, size=logits[::5, 11].shape)
+    kw = dict(thing_ids=[], stuff_area=0)
+    zeros = np.zeros((500, 1, 1, 1)), np.zeros((500, 2, 1, 1))
+    results = both(device, logits, *zeros, **kw)
+    for r, pixel in zip(results, logits[:, :, 0, 0]):
+        m = max(pixel)
+        terms = [math.exp(v - m) for v in pixel]
+        total = 0.0
+        for t in terms:  # channel order, as the library sums
+            total += t
+        (segment,) = r.segments
+        assert segment["score"] == pytest.approx(1.0 / total, rel=1e-14, abs=0)
+
+
+def test_cpu_avx2_copies_give_the_same_bits():
+    # The CPU's softmax loops have an AVX2 copy, used where the processor has it; the plain one
+    # (SSE2 vectors) must give the same scores bit for bit: contiguous, strided and float64.
+    from pdl_post import _core
+
+    s = synthetic.make_scene(40, 600, 12, seed=5, logits=True)
+    last = np.moveaxis(np.ascontiguousarray(np.moveaxis(s.logits, 0, -1)), -1, 0)
+    cases = (s.logits, last, s.logits.astype(np.float64))
+    results = {}
+    for avx2 in (True, False):
+        previous = _core._set_cpu_avx2(avx2)
+        try:
+            results[avx2] = [
+                pdl_post.postprocess(logits, s.ctr, s.off, stuff_area=16, num_threads=2)
+                for logits in cases
+            ]
+        finally:
+            _core._set_cpu_avx2(previous)
+    for with_avx2, plain in zip(results[True], results[False]):
+        assert_results_equal(with_avx2, plain, score_rtol=0)
+        assert_results_equal(with_avx2, results[True][0], score_rtol=0)
 
 
 def test_logits_nan_never_wins(device):

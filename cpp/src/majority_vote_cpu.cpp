@@ -107,47 +107,33 @@ void accumulate_probabilities(const StridedView& logits, Plane<const TSem> sem,
   std::vector<double> partial(static_cast<size_t>(blocks * num_slots), 0.0);
 #pragma omp parallel num_threads(num_threads) if (num_threads > 1)
   {
-    // One run of a row: its scored pixels (x, slot, target class) and their softmax state.
+    // One run of a row: each pixel's slot (-1: not scored) and target class, its softmax terms.
     const size_t run = static_cast<size_t>(std::min(width, kLogitRunPixels));
-    std::vector<int64_t> xs(run), slots(run), targets(run);
-    std::vector<double> maxima(run);
-    std::vector<SoftmaxTerms> terms(run);
+    std::vector<int64_t> slots(run), targets(run);
+    std::vector<double> maxima(run), totals(run), mines(run);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t blk = 0; blk < blocks; ++blk) {
       double* acc = partial.data() + blk * num_slots;
       const int64_t y1 = std::min(height, (blk + 1) * kScoreBlockRows);
       for (int64_t y = blk * kScoreBlockRows; y < y1; ++y) {
         for (int64_t x0 = 0; x0 < width; x0 += kLogitRunPixels) {
-          const int64_t x1 = std::min(width, x0 + kLogitRunPixels);
-          int64_t n = 0;
-          for (int64_t x = x0; x < x1; ++x) {
+          const int64_t n = std::min(width - x0, kLogitRunPixels);
+          bool any = false;
+          for (int64_t i = 0; i < n; ++i) {
+            const int64_t x = x0 + i;
             const int32_t inst = instance[y * width + x];
             const int64_t c = inst > 0 ? tables.class_of[inst] : classes.index(sem(y, x));
-            const int64_t slot = inst > 0 ? slot_of_instance[inst] : slot_of_class[c];
-            if (slot < 0) continue;
-            xs[n] = x;
-            slots[n] = slot;
-            targets[n++] = classes.label(c);
+            slots[i] = inst > 0 ? slot_of_instance[inst] : slot_of_class[c];
+            targets[i] = slots[i] < 0 ? -1 : classes.label(c);
+            any |= slots[i] >= 0;
           }
-          const TL* row = plane.row(y);
-          for (int64_t i = 0; i < n; ++i) maxima[i] = static_cast<double>(row[xs[i] * stride_x]);
-          for (int64_t c = 1; c < channels; ++c) {
-            const TL* channel = row + c * stride_c;
-            for (int64_t i = 0; i < n; ++i) {
-              maxima[i] =
-                  softmax_max_step(maxima[i], static_cast<double>(channel[xs[i] * stride_x]));
-            }
-          }
-          for (int64_t i = 0; i < n; ++i) terms[i] = SoftmaxTerms{0.0, 0.0};
-          for (int64_t c = 0; c < channels; ++c) {
-            const TL* channel = row + c * stride_c;
-            for (int64_t i = 0; i < n; ++i) {
-              softmax_term_step(terms[i], static_cast<double>(channel[xs[i] * stride_x]), maxima[i],
-                                c == targets[i]);
-            }
-          }
+          if (!any) continue;
+          softmax_run_cpu(&plane(y, x0), stride_c, stride_x, n, channels, targets.data(),
+                          maxima.data(), totals.data(), mines.data());
           // Into the block's sums in row-major order, as softmax_probability one pixel at a time.
-          for (int64_t i = 0; i < n; ++i) acc[slots[i]] += terms[i].mine / terms[i].total;
+          for (int64_t i = 0; i < n; ++i) {
+            if (slots[i] >= 0) acc[slots[i]] += mines[i] / totals[i];
+          }
         }
       }
     }

@@ -1,6 +1,7 @@
 // CPU argmax over logits channels, parallel over rows of every image, channel by channel over
-// runs of a row (see kLogitRunPixels).
+// runs of a row (see kLogitRunPixels); the softmax of such a run for the segment scores.
 #include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include "pdl_post/semantic_argmax.h"
@@ -62,7 +63,89 @@ void argmax_typed(const StridedView& logits, const StridedView& labels, int num_
   }
 }
 
+// softmax_run_cpu's loops, for inlining into the plain and the AVX2 copy. Every pixel of the run
+// is computed, also those whose result is not used, so that the loads stay contiguous.
+template <typename TL, bool kUnitStride>
+[[gnu::always_inline]] inline void softmax_run_body(const TL* run, int64_t stride_c,
+                                                    int64_t stride_x, int64_t n, int64_t channels,
+                                                    const int64_t* __restrict targets,
+                                                    double* __restrict maxima,
+                                                    double* __restrict totals,
+                                                    double* __restrict mines) {
+  const int64_t step = kUnitStride ? 1 : stride_x;
+  for (int64_t i = 0; i < n; ++i) maxima[i] = static_cast<double>(run[i * step]);
+  for (int64_t c = 1; c < channels; ++c) {
+    const TL* channel = run + c * stride_c;
+    for (int64_t i = 0; i < n; ++i) {
+      maxima[i] = softmax_max_step(maxima[i], static_cast<double>(channel[i * step]));
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) totals[i] = mines[i] = 0.0;
+  for (int64_t c = 0; c < channels; ++c) {
+    const TL* channel = run + c * stride_c;
+    for (int64_t i = 0; i < n; ++i) {
+      SoftmaxTerms terms{totals[i], mines[i]};
+      softmax_term_step(terms, static_cast<double>(channel[i * step]), maxima[i], c == targets[i]);
+      totals[i] = terms.total;
+      mines[i] = terms.mine;
+    }
+  }
+}
+
+template <typename TL>
+void softmax_run_plain(const TL* run, int64_t stride_c, int64_t stride_x, int64_t n,
+                       int64_t channels, const int64_t* targets, double* maxima, double* totals,
+                       double* mines) {
+  if (stride_x == 1) {
+    softmax_run_body<TL, true>(run, stride_c, 1, n, channels, targets, maxima, totals, mines);
+  } else {
+    softmax_run_body<TL, false>(run, stride_c, stride_x, n, channels, targets, maxima, totals,
+                                mines);
+  }
+}
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define PDL_POST_HAVE_AVX2_COPIES 1
+// The same loops compiled for AVX2 (no FMA: -ffp-contract=off holds and the target has none).
+template <typename TL>
+[[gnu::target("avx2")]] void softmax_run_avx2(const TL* run, int64_t stride_c, int64_t stride_x,
+                                              int64_t n, int64_t channels, const int64_t* targets,
+                                              double* maxima, double* totals, double* mines) {
+  if (stride_x == 1) {
+    softmax_run_body<TL, true>(run, stride_c, 1, n, channels, targets, maxima, totals, mines);
+  } else {
+    softmax_run_body<TL, false>(run, stride_c, stride_x, n, channels, targets, maxima, totals,
+                                mines);
+  }
+}
+
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+}
+#endif
+
+std::atomic<bool> g_avx2_enabled{true};
+
 }  // namespace
+
+template <typename TL>
+void softmax_run_cpu(const TL* run, int64_t stride_c, int64_t stride_x, int64_t n, int64_t channels,
+                     const int64_t* targets, double* maxima, double* totals, double* mines) {
+#ifdef PDL_POST_HAVE_AVX2_COPIES
+  if (cpu_has_avx2() && g_avx2_enabled.load(std::memory_order_relaxed)) {
+    return softmax_run_avx2(run, stride_c, stride_x, n, channels, targets, maxima, totals, mines);
+  }
+#endif
+  softmax_run_plain(run, stride_c, stride_x, n, channels, targets, maxima, totals, mines);
+}
+
+template void softmax_run_cpu<float>(const float*, int64_t, int64_t, int64_t, int64_t,
+                                     const int64_t*, double*, double*, double*);
+template void softmax_run_cpu<double>(const double*, int64_t, int64_t, int64_t, int64_t,
+                                      const int64_t*, double*, double*, double*);
+
+bool set_cpu_avx2(bool enabled) { return g_avx2_enabled.exchange(enabled); }
 
 void argmax_logits_cpu(const StridedView& logits, const StridedView& labels, int num_threads) {
   if (labels.dtype != DType::kInt32) throw ValueError("argmax_logits: labels must be int32");

@@ -44,66 +44,56 @@ PDL_HOST_DEVICE int32_t argmax_channel(const T* logits, int64_t stride, int64_t 
   return state.best;
 }
 
-// 2^exponent for exponent in [-1022, 1023], exactly.
-PDL_HOST_DEVICE double power_of_two(int64_t exponent) {
-  const uint64_t bits = static_cast<uint64_t>(exponent + 1023) << 52;
+// 2^e for an integral e in [-1022, 1023], exactly: e + 1023 + 2^52 holds e + 1023 in its low
+// mantissa bits, which the shift moves into the exponent field (other e give some bit pattern:
+// exp_nonpositive selects around those). Double and 64-bit integer operations only.
+PDL_HOST_DEVICE double power_of_two(double e) {
+  const double biased = (e + 1023.0) + 4503599627370496.0;
+  uint64_t bits;
+  memcpy(&bits, &biased, sizeof(bits));
+  bits <<= 52;
   double value;
   memcpy(&value, &bits, sizeof(value));
   return value;
 }
 
-// 2^(j/32) for j = 0..31, rounded to double: the table of exp_nonpositive(), one copy for host
-// code and one in device memory for kernels.
-#define PDL_POST_EXP2_FRACTIONS                                                            \
-  {0x1.0000000000000p+0, 0x1.059b0d3158574p+0, 0x1.0b5586cf9890fp+0, 0x1.11301d0125b51p+0, \
-   0x1.172b83c7d517bp+0, 0x1.1d4873168b9aap+0, 0x1.2387a6e756238p+0, 0x1.29e9df51fdee1p+0, \
-   0x1.306fe0a31b715p+0, 0x1.371a7373aa9cbp+0, 0x1.3dea64c123422p+0, 0x1.44e086061892dp+0, \
-   0x1.4bfdad5362a27p+0, 0x1.5342b569d4f82p+0, 0x1.5ab07dd485429p+0, 0x1.6247eb03a5585p+0, \
-   0x1.6a09e667f3bcdp+0, 0x1.71f75e8ec5f74p+0, 0x1.7a11473eb0187p+0, 0x1.82589994cce13p+0, \
-   0x1.8ace5422aa0dbp+0, 0x1.93737b0cdc5e5p+0, 0x1.9c49182a3f090p+0, 0x1.a5503b23e255dp+0, \
-   0x1.ae89f995ad3adp+0, 0x1.b7f76f2fb5e47p+0, 0x1.c199bdd85529cp+0, 0x1.cb720dcef9069p+0, \
-   0x1.d5818dcfba487p+0, 0x1.dfc97337b9b5fp+0, 0x1.ea4afa2a490dap+0, 0x1.f50765b6e4540p+0}
-inline constexpr double kExp2FractionsHost[32] = PDL_POST_EXP2_FRACTIONS;
-#ifdef __CUDACC__
-static __device__ const double kExp2FractionsDevice[32] = PDL_POST_EXP2_FRACTIONS;
-#endif
-
-// exp(x) for x <= 0 (and NaN), from + - *, a table and exact power-of-two scaling only, so that
-// the CPU and the GPU (both compiled without FMA contraction) round it identically; libm's and
-// CUDA's exp() differ in the last bit. x = (32 m + j) ln2 / 32 + r with |r| <= ln2 / 64, then
-// exp(x) = 2^m * 2^(j/32) * exp(r), exp(r) from its degree-6 Taylor polynomial (truncation
-// < 4e-18 relative); below 2^-1022 the scaling takes two steps so that the one rounding to a
-// subnormal happens last. Within 2 ulp of a correctly rounded exp.
+// exp(x) for x <= 0 (and NaN), from + - *, exact power-of-two scaling and selects only, so
+// that the CPU and the GPU (both compiled without FMA contraction) round it identically (libm's
+// and CUDA's exp() differ in the last bit), and so that the compiler vectorises a loop of it (no
+// table, no branches). x = k ln2 + r with |r| <= ln2 / 2, then exp(x) = 2^k exp(r), exp(r) from
+// its degree-13 Taylor polynomial (truncation < 5e-18 relative) in Estrin's scheme; below
+// 2^-1022 the scaling takes two steps so that the one rounding to a subnormal happens last.
+// Within 1 ulp of glibc's exp on normal results.
 PDL_HOST_DEVICE double exp_nonpositive(double x) {
-  if (!(x > -746.0)) return x != x ? x : 0.0;  // NaN stays NaN; -inf and underflow give 0
-  // k = round(32 x / ln 2): adding and subtracting 1.5 * 2^52 rounds to an integer (to nearest).
-  const double shifted = x * 46.16624130844683 + 6755399441055744.0;
-  const double k = shifted - 6755399441055744.0;
-  // ln 2 / 32 = hi + lo, hi with 32 significant bits: k * hi is exact.
-  const double r = (x - k * 0.02166084938653512) - k * 5.9631716539705866e-12;
-  // exp(r) = 1 + (r + r^2 q(r)), the 1 added last so that its rounding is the only large one.
-  const double r2 = r * r;
-  const double q =
-      (0.5 + r * (1.0 / 6.0)) + r2 * (1.0 / 24.0 + r * (1.0 / 120.0) + r2 * (1.0 / 720.0));
+  const bool in_range = x > -746.0;  // false for NaN, -inf and what underflows to 0
+  const double t = in_range ? x : 0.0;
+  // k = round(x / ln 2), in [-1076, 0]: adding 1.5 * 2^52 rounds to an integer (to nearest).
+  const double k = (t * 1.4426950408889634 + 6755399441055744.0) - 6755399441055744.0;
+  // ln 2 = hi + lo, hi with 32 significant bits: k * hi is exact.
+  const double r = (t - k * 0.6931471803691238) - k * 1.9082149292705877e-10;
+  // exp(r) = 1 + (r + r^2 q(r)), q(r) = sum_{i=2..13} r^(i-2) / i!, the 1 added last so that its
+  // rounding is the only large one.
+  const double r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
+  const double q01 = (1.0 / 2 + r * (1.0 / 6)) + r2 * (1.0 / 24 + r * (1.0 / 120));
+  const double q23 = (1.0 / 720 + r * (1.0 / 5040)) + r2 * (1.0 / 40320 + r * (1.0 / 362880));
+  const double q45 =
+      (1.0 / 3628800 + r * (1.0 / 39916800)) + r2 * (1.0 / 479001600 + r * (1.0 / 6227020800.0));
+  const double q = (q01 + r4 * q23) + r8 * q45;
   const double p = 1.0 + (r + r2 * q);
-  const int64_t n = static_cast<int64_t>(k);  // in [-34400, 0]
-  const int64_t e = n >> 5;                   // floor(n / 32), in [-1075, 0]
-#ifdef __CUDA_ARCH__
-  const double fraction = kExp2FractionsDevice[n & 31];
-#else
-  const double fraction = kExp2FractionsHost[n & 31];
-#endif
-  const double v = fraction * p;
-  if (e >= -1021) return v * power_of_two(e);
-  return (v * power_of_two(e + 600)) * power_of_two(-600);
+  const double scaled =
+      k >= -1021.0 ? p * power_of_two(k) : (p * power_of_two(k + 600.0)) * power_of_two(-600.0);
+  return in_range ? scaled : (x != x ? x : 0.0);  // NaN stays NaN; the rest gives 0
 }
 
 // softmax(logits)[target] in double: exp(l_t - m) / sum_c exp(l_c - m), m = max_c l_c, in two
 // passes over the channels in channel order (the maximum, then the terms). Steps as for the
 // argmax, so that the CPU's channel-by-channel rows and the GPU's pixel per thread perform the
 // same operations in the same order (the same bits).
+
+// fmax(maximum, logit) (NaN never wins unless both are NaN) as a select, which vectorises; it
+// may keep the other zero's sign, which no later result depends on.
 PDL_HOST_DEVICE double softmax_max_step(double maximum, double logit) {
-  return std::fmax(maximum, logit);
+  return (logit > maximum || maximum != maximum) ? logit : maximum;
 }
 
 struct SoftmaxTerms {
@@ -133,9 +123,22 @@ PDL_HOST_DEVICE double softmax_probability(const T* logits, int64_t stride, int6
 }
 
 // The CPU runs the steps above over runs of this many pixels of a row, channel by channel: every
-// logits plane is then read in order. A pixel at a time, the C planes' same offsets (a power of two
-// apart for power-of-two images) share a cache set and evict each other (17x slower at 1024x2048).
+// logits plane is then read in order, and each channel's step over the run vectorises (a pixel at
+// a time, the argmax of 1024x2048x19 took 1.4x as long here, with no vectors).
 constexpr int64_t kLogitRunPixels = 256;
+
+// The CPU's softmax_probability over a run of n pixels of a row: pixel i's logit of channel c at
+// run[c * stride_c + i * stride_x], its target class targets[i]; leaves sum_c exp(l_c - m) in
+// totals[i] and the target's term in mines[i] (maxima: scratch), the steps above channel by
+// channel in channel order, so the same bits as softmax_probability. Vectorised, with an AVX2
+// copy used where the processor has it (same operations, same bits).
+template <typename TL>
+void softmax_run_cpu(const TL* run, int64_t stride_c, int64_t stride_x, int64_t n, int64_t channels,
+                     const int64_t* targets, double* maxima, double* totals, double* mines);
+
+// Whether the CPU uses its AVX2 copies where the processor has them (default true); tests turn
+// them off to compare. Returns the previous setting.
+bool set_cpu_avx2(bool enabled);
 
 // Labels [B, 1, H, W] int32 from logits [B, C, H, W] float32/float64.
 void argmax_logits_cpu(const StridedView& logits, const StridedView& labels, int num_threads);
