@@ -262,7 +262,8 @@ _MERGE_DOC_PARAMS = """
     ctr : array_like, shape [H, W], [1, H, W] or [B, 1, H, W], float32 or float64
         Centre heatmap (float16/bfloat16 widened to float32).
     off : array_like, shape [2, H, W] or [B, 2, H, W], float32 or float64
-        Centre offsets (float16/bfloat16 widened to float32), channel 0 = dy, channel 1 = dx (centre minus pixel).
+        Centre offsets, channel 0 = dy, channel 1 = dx (centre minus pixel); float16/bfloat16
+        widened to float32.
     thing_ids : iterable of int, keyword-only
         Classes with instances (default: Cityscapes train ids 11..18).
     label_divisor : int

@@ -60,7 +60,7 @@ def as_numpy(x, name: str) -> np.ndarray:
             x = x.float()
         try:
             return x.numpy()
-        except (TypeError, RuntimeError) as e:  # bfloat16, sparse, nested, conjugated ...
+        except (TypeError, RuntimeError) as e:  # float8, sparse, nested, conjugated ...
             raise TypeError(
                 f"{name}: unsupported torch dtype {x.dtype} or layout {x.layout}; expected a dense "
                 f"tensor with a numpy dtype ({e})"
@@ -321,6 +321,10 @@ def mask_layout(dtype, shape, batched: bool) -> tuple[bool, tuple[int, ...]]:
     return drop, (1,) if batched else (0, 1)
 
 
+def _widened_float(a: np.ndarray) -> np.ndarray:
+    return a.astype(WIDENED_FLOAT_DTYPES[a.dtype]) if a.dtype in WIDENED_FLOAT_DTYPES else a
+
+
 def normalize_sem(sem, *, allow_logits=True):
     """sem -> (labels or None, logits or None, batched)."""
     a = as_numpy(sem, "sem")
@@ -330,10 +334,6 @@ def normalize_sem(sem, *, allow_logits=True):
     if a.dtype in WIDENED_LABEL_DTYPES:
         a = a.astype(WIDENED_LABEL_DTYPES[a.dtype])
     return np.expand_dims(a, axes), None, batched
-
-
-def _widened_float(a: np.ndarray) -> np.ndarray:
-    return a.astype(WIDENED_FLOAT_DTYPES[a.dtype]) if a.dtype in WIDENED_FLOAT_DTYPES else a
 
 
 def normalize_ctr(ctr, batched: bool) -> np.ndarray:
