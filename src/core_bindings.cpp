@@ -79,6 +79,7 @@ PYBIND11_MODULE(_core, m) {
     d["build_type"] = PDL_POST_BUILD_TYPE;
     d["openmp"] = openmp_enabled();
     d["max_threads"] = resolve_threads(0);
+    d["cpu_avx2"] = cpu_avx2_in_use();
     d["cuda"] = PDL_POST_CUDA_STATUS;
 #ifdef PDL_POST_HAVE_CUDA
     d["cuda_compiled"] = true;

@@ -385,7 +385,15 @@ def test_presets(device):
 def test_build_info_and_backends():
     info = pdl_post.build_info()
     assert info["version"] == pdl_post.__version__
-    assert {"compiler", "openmp", "cuda", "max_threads"} <= set(info)
+    assert {"compiler", "openmp", "cuda", "max_threads", "cpu_avx2"} <= set(info)
+    from pdl_post import _core
+
+    previous = _core._set_cpu_avx2(False)
+    try:
+        assert pdl_post.build_info()["cpu_avx2"] is False
+    finally:
+        _core._set_cpu_avx2(previous)
+    assert pdl_post.build_info()["cpu_avx2"] == info["cpu_avx2"]
     assert pdl_post.available_backends()[0] == "cpu"
     assert "reference" in pdl_post.available_backends()
 

@@ -133,7 +133,7 @@ template <typename TL>
 void softmax_run_cpu(const TL* run, int64_t stride_c, int64_t stride_x, int64_t n, int64_t channels,
                      const int64_t* targets, double* maxima, double* totals, double* mines) {
 #ifdef PDL_POST_HAVE_AVX2_COPIES
-  if (cpu_has_avx2() && g_avx2_enabled.load(std::memory_order_relaxed)) {
+  if (cpu_avx2_in_use()) {
     return softmax_run_avx2(run, stride_c, stride_x, n, channels, targets, maxima, totals, mines);
   }
 #endif
@@ -146,6 +146,14 @@ template void softmax_run_cpu<double>(const double*, int64_t, int64_t, int64_t, 
                                       const int64_t*, double*, double*, double*);
 
 bool set_cpu_avx2(bool enabled) { return g_avx2_enabled.exchange(enabled); }
+
+bool cpu_avx2_in_use() {
+#ifdef PDL_POST_HAVE_AVX2_COPIES
+  return cpu_has_avx2() && g_avx2_enabled.load(std::memory_order_relaxed);
+#else
+  return false;
+#endif
+}
 
 void argmax_logits_cpu(const StridedView& logits, const StridedView& labels, int num_threads) {
   if (labels.dtype != DType::kInt32) throw ValueError("argmax_logits: labels must be int32");

@@ -139,6 +139,8 @@ void softmax_run_cpu(const TL* run, int64_t stride_c, int64_t stride_x, int64_t 
 // Whether the CPU uses its AVX2 copies where the processor has them (default true); tests turn
 // them off to compare. Returns the previous setting.
 bool set_cpu_avx2(bool enabled);
+// Whether the AVX2 copies run: the processor has AVX2 and they are not turned off.
+bool cpu_avx2_in_use();
 
 // Labels [B, 1, H, W] int32 from logits [B, C, H, W] float32/float64.
 void argmax_logits_cpu(const StridedView& logits, const StridedView& labels, int num_threads);
