@@ -286,7 +286,7 @@ void resolve_segments(int64_t batch, const ThingClasses& things, const FuseParam
 void score_with_logits(const StridedView& sem, const StridedView& logits, const FuseLayout& layout,
                        const FuseBuffers& buffers, const int64_t* partial_offset,
                        int64_t partial_total, double* partial, cudaStream_t stream);
-// Row blocks of the score sums (the CPU's kScoreBlockRows).
+// Row blocks of the score sums (kScoreBlockRows rows each, as on the CPU).
 int64_t score_blocks(int64_t height);
 // out = panoptic id of every pixel (may alias buffers.instance for int32 output).
 void write_panoptic(const StridedView& sem, const FuseLayout& layout, const FuseBuffers& buffers,

@@ -35,9 +35,8 @@ namespace {
 
 constexpr int kThreads = 256;
 static_assert(kThreads % 32 == 0, "vote_kernel's __ballot_sync needs whole warps");
-constexpr int kCenterTile = 512;        // centres per shared-memory tile
-constexpr int64_t kScoreBlockRows = 4;  // must equal the CPU's (majority_vote_cpu.cpp)
-constexpr int kScoreThreads = 256;      // pixels evaluated at once per score block
+constexpr int kCenterTile = 512;    // centres per shared-memory tile
+constexpr int kScoreThreads = 256;  // pixels evaluated at once per score block
 
 struct MinOp {
   __device__ long long operator()(long long a, long long b) const { return a < b ? a : b; }

@@ -10,10 +10,6 @@
 namespace pdl_post {
 namespace {
 
-// Score sums run over fixed row blocks, added in order: identical for every thread count, and
-// on the GPU, whose blocks fold in parallel (small blocks: short serial chains there, blocks x
-// segments partial sums here).
-constexpr int64_t kScoreBlockRows = 4;
 // Per-thread instance x class histograms up to this many counters in total.
 constexpr int64_t kDensePairBudget = int64_t{1} << 22;
 

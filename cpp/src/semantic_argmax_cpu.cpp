@@ -63,15 +63,15 @@ void argmax_typed(const StridedView& logits, const StridedView& labels, int num_
   }
 }
 
-// softmax_run_cpu's loops, for inlining into the plain and the AVX2 copy. Every pixel of the run
-// is computed, also those whose result is not used, so that the loads stay contiguous.
+// softmax_run_cpu's loops (kUnitStride: contiguous loads, which vectorise best). Every pixel of
+// the run is computed, also those whose result is not used, so that the loads stay contiguous.
 template <typename TL, bool kUnitStride>
-[[gnu::always_inline]] inline void softmax_run_body(const TL* run, int64_t stride_c,
-                                                    int64_t stride_x, int64_t n, int64_t channels,
-                                                    const int64_t* __restrict targets,
-                                                    double* __restrict maxima,
-                                                    double* __restrict totals,
-                                                    double* __restrict mines) {
+[[gnu::always_inline]] inline void softmax_run_loops(const TL* run, int64_t stride_c,
+                                                     int64_t stride_x, int64_t n, int64_t channels,
+                                                     const int64_t* __restrict targets,
+                                                     double* __restrict maxima,
+                                                     double* __restrict totals,
+                                                     double* __restrict mines) {
   const int64_t step = kUnitStride ? 1 : stride_x;
   for (int64_t i = 0; i < n; ++i) maxima[i] = static_cast<double>(run[i * step]);
   for (int64_t c = 1; c < channels; ++c) {
@@ -92,16 +92,25 @@ template <typename TL, bool kUnitStride>
   }
 }
 
+// The body of both copies below: the loops for the run's stride.
+template <typename TL>
+[[gnu::always_inline]] inline void softmax_run_body(const TL* run, int64_t stride_c,
+                                                    int64_t stride_x, int64_t n, int64_t channels,
+                                                    const int64_t* targets, double* maxima,
+                                                    double* totals, double* mines) {
+  if (stride_x == 1) {
+    softmax_run_loops<TL, true>(run, stride_c, 1, n, channels, targets, maxima, totals, mines);
+  } else {
+    softmax_run_loops<TL, false>(run, stride_c, stride_x, n, channels, targets, maxima, totals,
+                                 mines);
+  }
+}
+
 template <typename TL>
 void softmax_run_plain(const TL* run, int64_t stride_c, int64_t stride_x, int64_t n,
                        int64_t channels, const int64_t* targets, double* maxima, double* totals,
                        double* mines) {
-  if (stride_x == 1) {
-    softmax_run_body<TL, true>(run, stride_c, 1, n, channels, targets, maxima, totals, mines);
-  } else {
-    softmax_run_body<TL, false>(run, stride_c, stride_x, n, channels, targets, maxima, totals,
-                                mines);
-  }
+  softmax_run_body(run, stride_c, stride_x, n, channels, targets, maxima, totals, mines);
 }
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -111,12 +120,7 @@ template <typename TL>
 [[gnu::target("avx2")]] void softmax_run_avx2(const TL* run, int64_t stride_c, int64_t stride_x,
                                               int64_t n, int64_t channels, const int64_t* targets,
                                               double* maxima, double* totals, double* mines) {
-  if (stride_x == 1) {
-    softmax_run_body<TL, true>(run, stride_c, 1, n, channels, targets, maxima, totals, mines);
-  } else {
-    softmax_run_body<TL, false>(run, stride_c, stride_x, n, channels, targets, maxima, totals,
-                                mines);
-  }
+  softmax_run_body(run, stride_c, stride_x, n, channels, targets, maxima, totals, mines);
 }
 
 bool cpu_has_avx2() {

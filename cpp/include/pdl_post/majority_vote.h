@@ -153,6 +153,12 @@ void write_panoptic(Plane<const TSem> sem, const int32_t* instance, const ClassI
                     const FuseTables<TOut>& tables, int64_t height, int64_t width, TOut* out,
                     int num_threads);
 
+// Score sums with logits run over blocks of this many rows, a sequential sum per segment in
+// row-major order and the blocks added in order: identical for every thread count, and on the
+// GPU (cpp/cuda/fusion.cu), whose blocks fold in parallel (small blocks: short serial chains
+// there, blocks x segments partial sums on the CPU).
+constexpr int64_t kScoreBlockRows = 4;
+
 // Segment scores: heatmap value at the centre (things), times the mean softmax probability of the
 // segment's class over its pixels when logits [1, C, H, W] are given (data == nullptr: none).
 template <typename TSem, typename TOut>
