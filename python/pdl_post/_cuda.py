@@ -25,6 +25,7 @@ from pdl_post._inputs import (
     mask_layout,
     off_layout,
     sem_layout,
+    without_bfloat16,
 )
 
 # Dtypes the core reads directly; bool is read as uint8 (0 / 1).
@@ -94,9 +95,7 @@ class DeviceArray:
         self.library = _library(obj)
         self.stream = None
         if self.library == "torch":
-            t = obj.detach()
-            if str(t.dtype) == "torch.bfloat16":  # no numpy dtype: widened on the device, exactly
-                t = t.float()
+            t = without_bfloat16(obj.detach())  # widened on the device
             self.obj = t
             self.ptr = int(t.data_ptr())
             self.shape = tuple(int(s) for s in t.shape)
@@ -156,22 +155,26 @@ def _expand(shape, strides, axes) -> tuple[tuple, tuple]:
     return tuple(shape), tuple(strides)
 
 
-def _cast(a: DeviceArray, dtype) -> DeviceArray:
+def _cast(a: DeviceArray, dtype, what: str) -> DeviceArray:
+    """A widened copy made on the device by the caller's library (WIDENED_*_DTYPES)."""
     if a.library == "torch":
         import torch
 
-        torch_dtype = {np.int16: torch.int16, np.int32: torch.int32, np.int64: torch.int64}[dtype]
-        return a.converted(lambda t: t.to(torch_dtype), "widening labels")
-    return a.converted(lambda x: x.astype(dtype), "widening labels")
+        torch_dtype = {
+            np.int16: torch.int16,
+            np.int32: torch.int32,
+            np.int64: torch.int64,
+            np.float32: torch.float32,
+        }[dtype]
+        return a.converted(lambda t: t.to(torch_dtype), what)
+    return a.converted(lambda x: x.astype(dtype), what)
 
 
 def _widened_float(a: DeviceArray) -> DeviceArray:
     """float16 -> float32 on the device (exact), as WIDENED_FLOAT_DTYPES on the host."""
     if a.dtype not in WIDENED_FLOAT_DTYPES:
         return a
-    if a.library == "torch":
-        return a.converted(lambda t: t.float(), "half-precision input")
-    return a.converted(lambda x: x.astype(np.float32), "half-precision input")
+    return _cast(a, WIDENED_FLOAT_DTYPES[a.dtype], "half-precision input")
 
 
 def _normalize(a: DeviceArray, axes):
@@ -186,7 +189,7 @@ def _normalize_sem(a: DeviceArray):
     if logits:
         a = _widened_float(a)
     elif a.dtype in WIDENED_LABEL_DTYPES:
-        a = _cast(a, WIDENED_LABEL_DTYPES[a.dtype])
+        a = _cast(a, WIDENED_LABEL_DTYPES[a.dtype], "widening labels")
     view, shape = _normalize(a, axes)
     return (None, view) if logits else (view, None), batched, shape, a
 

@@ -25,6 +25,7 @@ FLOAT_DTYPES = (np.float32, np.float64)
 # run in float16 / bfloat16 (torch bfloat16 is widened on conversion). Every such value is a
 # float32 value, so the answer is the one for the float32 copy.
 WIDENED_FLOAT_DTYPES = {np.dtype(np.float16): np.float32}
+ACCEPTED_FLOAT_DTYPES = (*FLOAT_DTYPES, *WIDENED_FLOAT_DTYPES)
 MAX_SIDE = 1 << 24  # pixel coordinates must be exact in float32
 INT32_MAX = np.iinfo(np.int32).max
 INT64_MAX = np.iinfo(np.int64).max
@@ -38,6 +39,11 @@ def _describe(x) -> str:
 
 def is_torch_tensor(x) -> bool:
     return type(x).__module__.split(".")[0] == "torch" and hasattr(x, "detach")
+
+
+def without_bfloat16(t):
+    """A torch tensor, bfloat16 widened to float32 (exact; numpy has no bfloat16)."""
+    return t.float() if str(t.dtype) == "torch.bfloat16" else t
 
 
 def as_numpy(x, name: str) -> np.ndarray:
@@ -55,9 +61,7 @@ def as_numpy(x, name: str) -> np.ndarray:
                 f"{name}: got a tensor on device '{x.device}'; only merge() and postprocess() take "
                 "CUDA tensors (see pdl_post.cuda_available()), move it to the CPU with .cpu()"
             )
-        x = x.detach()
-        if str(x.dtype) == "torch.bfloat16":  # no numpy dtype: widened, exactly
-            x = x.float()
+        x = without_bfloat16(x.detach())
         try:
             return x.numpy()
         except (TypeError, RuntimeError) as e:  # float8, sparse, nested, conjugated ...
@@ -247,7 +251,7 @@ def sem_layout(dtype, shape, *, allow_logits=True) -> tuple[bool, bool, tuple[in
     if dtype.kind == "f":
         if not allow_logits:
             raise TypeError(f"sem: expected integer labels, got dtype {dtype}")
-        if dtype not in FLOAT_DTYPES and dtype not in WIDENED_FLOAT_DTYPES:
+        if dtype not in ACCEPTED_FLOAT_DTYPES:
             raise TypeError(
                 f"sem: float logits must be float16, bfloat16, float32 or float64, got {dtype}"
             )
@@ -274,7 +278,7 @@ def sem_layout(dtype, shape, *, allow_logits=True) -> tuple[bool, bool, tuple[in
 
 def ctr_layout(dtype, shape, batched: bool) -> tuple[int, ...]:
     """-> unit axes of the heatmap [H,W] / [1,H,W] (one image) or [B,1,H,W] (batch)."""
-    if dtype not in FLOAT_DTYPES and dtype not in WIDENED_FLOAT_DTYPES:
+    if dtype not in ACCEPTED_FLOAT_DTYPES:
         raise TypeError(
             f"ctr: expected a float16, bfloat16, float32 or float64 heatmap, got dtype {dtype}"
         )
@@ -293,7 +297,7 @@ def ctr_layout(dtype, shape, batched: bool) -> tuple[int, ...]:
 
 def off_layout(dtype, shape, batched: bool) -> tuple[int, ...]:
     """-> unit axes of the offsets [2,H,W] (one image) or [B,2,H,W] (batch)."""
-    if dtype not in FLOAT_DTYPES and dtype not in WIDENED_FLOAT_DTYPES:
+    if dtype not in ACCEPTED_FLOAT_DTYPES:
         raise TypeError(
             f"off: expected float16, bfloat16, float32 or float64 offsets, got dtype {dtype}"
         )
