@@ -134,6 +134,11 @@ def test_batches_equal_image_by_image(device):
     both(device, b.sem, ctr, b.off, foreground_mask=mask, stuff_area=16)
 
 
+def _channels_last(logits):
+    """The same [C, H, W] logits stored channels-last (a non-contiguous view)."""
+    return np.moveaxis(np.ascontiguousarray(np.moveaxis(logits, 0, -1)), -1, 0)
+
+
 def test_non_contiguous_views():
     s = synthetic.make_scene(80, 120, 15, seed=9, logits=True)
     # Transposed storage, reversed rows, every other column of a wider array.
@@ -145,7 +150,7 @@ def test_non_contiguous_views():
     assert not off.flags.c_contiguous and not sem.flags.c_contiguous
     r = both("cpu", sem, ctr, off, stuff_area=16)
     assert_results_equal(r, pdl_post.postprocess(s.sem, s.ctr, s.off, stuff_area=16))
-    logits = np.moveaxis(np.ascontiguousarray(np.moveaxis(s.logits, 0, -1)), -1, 0)
+    logits = _channels_last(s.logits)
     assert_results_equal(
         both("cpu", logits, ctr, off, stuff_area=16),
         pdl_post.postprocess(s.logits, s.ctr, s.off, stuff_area=16),
@@ -179,7 +184,7 @@ def test_logits_across_runs_and_layouts(device):
     r = both(device, logits, s.ctr, s.off, stuff_area=16)
     if device != "cpu":
         return
-    last = np.moveaxis(np.ascontiguousarray(np.moveaxis(logits, 0, -1)), -1, 0)
+    last = _channels_last(logits)
     flipped = np.ascontiguousarray(logits[:, ::-1, ::-1])[:, ::-1, ::-1]
     for view in (last, flipped):
         assert not view.flags.c_contiguous
@@ -232,7 +237,7 @@ def test_cpu_avx2_copies_give_the_same_bits():
     from pdl_post import _core
 
     s = synthetic.make_scene(40, 600, 12, seed=5, logits=True)
-    last = np.moveaxis(np.ascontiguousarray(np.moveaxis(s.logits, 0, -1)), -1, 0)
+    last = _channels_last(s.logits)
     cases = (s.logits, last, s.logits.astype(np.float64))
     results = {}
     for avx2 in (True, False):
