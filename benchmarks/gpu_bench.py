@@ -89,12 +89,18 @@ def main(argv=None) -> int:
 
     ours1 = _time(lambda: pdl_post.merge(sem1, ctr1, off1, **kw), args.warmup, args.repeat)
     oursb = _time(lambda: pdl_post.merge(semb, ctrb, offb, **kw), args.warmup, args.repeat)
-    # Two paths beside the targets, for the next session's leads: postprocess with logits (the
-    # score sums run in the CPU's order, serially per block of rows) and class ids from 2**16 up
-    # (compacted tables: a device sort and one more synchronisation).
+    # Paths beside the targets, for the next session's leads: postprocess with logits (the score
+    # sums run in the CPU's order, serially per block of rows), COCO's NMS window and class ids
+    # from 2**16 up (compacted tables: a device sort and one more synchronisation).
     (logits1,) = upload([synthetic.make_scene(h, w, n, seed=0, logits=True).logits])
     scores1 = _time(
         lambda: pdl_post.postprocess(logits1, ctr1, off1, **kw), args.warmup, args.repeat
+    )
+    # COCO's 41 x 41 NMS window (presets.COCO) on the same scene: the per-pixel window test.
+    coco_nms1 = _time(
+        lambda: pdl_post.merge(sem1, ctr1, off1, **{**kw, "nms_kernel": 41}),
+        args.warmup,
+        args.repeat,
     )
     shift = 70_000
     big1 = sem1.long() + shift
@@ -140,6 +146,7 @@ def main(argv=None) -> int:
         (f"ours, batch {b}", oursb, oursb / floorb),
         (f"copy floor, batch {b}", floorb, 1.0),
         ("ours postprocess, logits, batch 1", scores1, scores1 / floor1),
+        ("ours, nms_kernel=41 (COCO's window), batch 1", coco_nms1, coco_nms1 / floor1),
         (f"ours, class ids + {shift} (compacted), batch 1", compacted1, compacted1 / floor1),
     ]
     print("| case | ms | x floor |")

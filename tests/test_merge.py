@@ -82,6 +82,30 @@ def test_nms_kernel_sizes(device):
         both(device, s.sem, s.ctr, s.off, nms_kernel=kernel, stuff_area=16)
 
 
+@pytest.mark.parametrize("kernel", [3, 5, 9, 41])
+def test_nms_on_rough_heatmaps_and_plateaus(device, kernel):
+    # The CUDA path tests a pixel's 3x3 neighbours before its whole window (cpp/cuda/center_nms.cu):
+    # noise makes many 3x3 maxima that a larger value elsewhere in the window suppresses, rounding
+    # makes plateaus (every tied pixel is kept) and a constant heatmap ties everywhere.
+    s = synthetic.make_scene(72, 112, 25, seed=kernel)
+    rng = np.random.default_rng(kernel)
+    rough = (s.ctr + rng.uniform(0, 0.05, s.ctr.shape)).astype(np.float32)
+    r = both(device, s.sem, rough, s.off, nms_kernel=kernel, top_k=None, stuff_area=16)
+    assert len(r.centers) > 0
+    coarse = np.round(rough * 8) / 8
+    both(device, s.sem, coarse, s.off, nms_kernel=kernel, top_k=None, stuff_area=16)
+    flat = np.full_like(s.ctr, 0.5)
+    flat[:, 40:44, 50:54] = 0.75  # one square plateau suppresses its surroundings
+    r = both(device, s.sem, flat, s.off, nms_kernel=kernel, top_k=None, stuff_area=16)
+    kept = np.zeros(s.ctr.shape[-2:], bool)
+    kept[r.centers[:, 0], r.centers[:, 1]] = True
+    radius = kernel // 2
+    expected = np.ones_like(kept)
+    expected[max(40 - radius, 0) : 44 + radius, max(50 - radius, 0) : 54 + radius] = False
+    expected[40:44, 50:54] = True
+    np.testing.assert_array_equal(kept, expected)
+
+
 def test_foreground_mask_including_stuff_pixels(device):
     s = synthetic.make_scene(96, 160, 25, seed=3)
     rng = np.random.default_rng(0)

@@ -3,12 +3,16 @@
 //
 // Peaks are sparse, so the NMS tests each pixel directly: a pixel above max(threshold, 0) is a peak
 // when no thresholded value in its clipped window is larger (max is exact, so this equals the CPU's
-// van Herk filter). Compaction: one block per row counts its peaks, an exclusive sum over the rows
-// gives every row its output offset, and a second pass writes the peaks of non-empty rows in order
-// with a block-wide scan. Top-k sorts only images with more peaks than top_k: a stable segmented
-// radix sort by descending score keeps equal scores in row-major order, so the first top_k of a
-// segment are exactly the CPU's "ties go to the earlier pixel"; detectron2 mode keeps scores above
-// the top_k-th. Kept flags are compacted with one more exclusive sum, preserving row-major order.
+// van Herk filter). Its 3x3 neighbours are tested first: a pixel on a slope has a larger one, so
+// only local maxima read the whole k x k window and a warp's lanes do about the same work (COCO's
+// 41 x 41 window: 20 -> 2 window reads per pixel and warp lane on a 40-centre scene,
+// benchmarks/RESULTS.md). Compaction: one block per row counts its peaks, an exclusive sum over the
+// rows gives every row its output offset, and a second pass writes the peaks of non-empty rows in
+// order with a block-wide scan. Top-k sorts only images with more peaks than top_k: a stable
+// segmented radix sort by descending score keeps equal scores in row-major order, so the first
+// top_k of a segment are exactly the CPU's "ties go to the earlier pixel"; detectron2 mode keeps
+// scores above the top_k-th. Kept flags are compacted with one more exclusive sum, preserving
+// row-major order.
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_scan.cuh>
@@ -24,26 +28,35 @@ namespace {
 
 constexpr int kRowThreads = 256;
 
+// The first thresholded value larger than h in rows [y0, y1] x columns [x0, x1] (row-major), or h
+// when there is none: the window's maximum exceeds h exactly when such a value exists.
+template <typename T>
+__device__ T first_larger(Plane<const T> ctr, int64_t y0, int64_t y1, int64_t x0, int64_t x1,
+                          T threshold, T h) {
+  for (int64_t yy = y0; yy <= y1; ++yy) {
+    for (int64_t xx = x0; xx <= x1; ++xx) {
+      const T v = threshold_center(ctr(yy, xx), threshold);
+      if (v > h) return v;
+    }
+  }
+  return h;
+}
+
 template <typename T>
 __device__ bool is_peak(Plane<const T> ctr, int64_t y, int64_t x, int64_t height, int64_t width,
                         T threshold, int64_t radius) {
   const T h = threshold_center(ctr(y, x), threshold);
   if (!(h > T(0))) return false;
-  const int64_t y0 = y - radius < 0 ? 0 : y - radius;
-  const int64_t y1 = y + radius >= height ? height - 1 : y + radius;
-  const int64_t x0 = x - radius < 0 ? 0 : x - radius;
-  const int64_t x1 = x + radius >= width ? width - 1 : x + radius;
-  T m = h;
-  // Stops at the first larger value: the pixel is then not a peak whatever the rest holds.
-  for (int64_t yy = y0; yy <= y1 && !(m > h); ++yy) {
-    for (int64_t xx = x0; xx <= x1; ++xx) {
-      const T v = threshold_center(ctr(yy, xx), threshold);
-      if (v > m) {
-        m = v;
-        break;
-      }
-    }
+  const auto clipped = [](int64_t v, int64_t size) {
+    return v < 0 ? 0 : (v >= size ? size - 1 : v);
+  };
+  if (radius > 1) {
+    const T near = first_larger(ctr, clipped(y - 1, height), clipped(y + 1, height),
+                                clipped(x - 1, width), clipped(x + 1, width), threshold, h);
+    if (!is_center_peak(h, near)) return false;
   }
+  const T m = first_larger(ctr, clipped(y - radius, height), clipped(y + radius, height),
+                           clipped(x - radius, width), clipped(x + radius, width), threshold, h);
   return is_center_peak(h, m);
 }
 
