@@ -22,6 +22,10 @@ PYBIND11_MODULE(_cuda_emulation, m) {
   m.def("schedule_seed", &pdl_emu::schedule_seed);
   m.def("set_compute_capability", &pdl_emu::set_compute_capability, py::arg("major"),
         py::arg("minor"), "The emulated device's compute capability (default 9.0).");
+  m.def("set_stream_capture", &pdl_emu::set_stream_capture, py::arg("status"),
+        "What cudaStreamIsCapturing reports for every stream: 0 none, 1 active (a "
+        "synchronisation or host copy then fails and invalidates it), 2 invalidated.");
+  m.def("stream_capture", &pdl_emu::stream_capture, "The capture status (see set_stream_capture).");
   m.def("take_violations", &pdl_emu::take_violations,
         "Violations of CUDA's rules recorded since the last call (and clears them).");
   m.def("take_counters", &pdl_emu::take_counters,

@@ -214,6 +214,27 @@ def test_output_library_device_and_stream():
 
 
 @needs_gpu
+def test_cuda_graph_capture_is_refused_and_left_intact():
+    # The CUDA path synchronises; inside a capture that would fail and invalidate the capture.
+    # It is refused by name first, and the caller's graph still captures and replays.
+    if GPU != "torch":
+        pytest.skip("needs torch with CUDA (torch.cuda.graph)")
+    import torch
+
+    s = synthetic.make_scene(48, 64, 6, seed=2)
+    sem, ctr, off = (torch.from_numpy(a).cuda() for a in (s.sem, s.ctr, s.off))
+    x = torch.ones(4, device=sem.device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        with pytest.raises(RuntimeError, match="being captured into a CUDA graph"):
+            pdl_post.merge(sem, ctr, off)
+        y = x * 2
+    graph.replay()
+    torch.cuda.synchronize()
+    assert y.tolist() == [2.0] * 4
+
+
+@needs_gpu
 def test_cupy_arrays_give_cupy_output():
     cupy = pytest.importorskip("cupy")
     try:

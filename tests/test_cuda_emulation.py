@@ -156,6 +156,55 @@ def test_a_gpu_the_build_does_not_cover_gets_a_clear_error(emulated_cuda):
         emulation.set_compute_capability(9, 0)
 
 
+def test_a_stream_being_captured_into_a_graph_is_refused_and_left_intact(emulated_cuda):
+    # The CUDA path synchronises (its sizes come from the data), which a capture does not allow;
+    # CUDA would fail the first synchronisation and invalidate the caller's capture. It is
+    # refused by name before any work, the capture still active; empty inputs need no work.
+    from devices import HostCudaArray
+
+    s = synthetic.make_scene(48, 64, 6, seed=2)
+    inputs = [HostCudaArray(a) for a in (s.sem, s.ctr, s.off)]
+    try:
+        emulation.set_stream_capture(1)
+        for call in (pdl_post.merge, pdl_post.postprocess):
+            emulation.take_counters()
+            with pytest.raises(RuntimeError, match="being captured into a CUDA graph"):
+                call(*inputs)
+            counts = emulation.take_counters()
+            assert counts.get("launches", 0) == counts.get("synchronisations", 0) == 0
+            assert emulation.stream_capture() == 1
+        empty = [HostCudaArray(a[..., :0]) for a in (s.sem, s.ctr, s.off)]
+        assert pdl_post.merge(*empty).a.shape == (48, 0)
+    finally:
+        emulation.set_stream_capture(0)
+    np.testing.assert_array_equal(pdl_post.merge(*inputs).a, pdl_post.merge(s.sem, s.ctr, s.off))
+
+
+def test_the_emulator_refuses_synchronisation_during_a_capture_as_cuda_does(emulated_cuda):
+    # What the check above spares the caller: without it the first synchronisation fails with
+    # CUDA's error and the capture is invalidated. Shown on the emulator's own rule, by a call
+    # that reaches a synchronisation (the capture is switched on after the check has passed).
+    from devices import HostCudaArray
+
+    s = synthetic.make_scene(48, 64, 6, seed=2)
+    inputs = [HostCudaArray(a) for a in (s.sem, s.ctr, s.off)]
+    original = emulation.CudaMerge
+
+    def capture_after_the_check(*args):
+        job = original(*args)  # the first phase, synchronisation included, runs uncaptured
+        emulation.set_stream_capture(1)
+        return job
+
+    try:
+        pdl_post._core.CudaMerge = capture_after_the_check
+        with pytest.raises(RuntimeError, match="cudaErrorStreamCaptureUnsupported"):
+            pdl_post.merge(*inputs)
+        assert emulation.stream_capture() == 2  # invalidated
+    finally:
+        pdl_post._core.CudaMerge = original
+        emulation.set_stream_capture(0)
+
+
 def test_synchronisations_copies_and_launches_per_call(emulated_cuda):
     # The design (cpp/include/pdl_post/cuda_pipeline.h): merge synchronises the stream twice
     # (label range and peak counts; error flags), with one small copy to the device and one back

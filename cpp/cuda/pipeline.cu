@@ -223,6 +223,20 @@ void require_kernel_image(int device) {
   check(status, "cudaFuncGetAttributes");
 }
 
+// A call reads counts back from the device to size its buffers and output (two or three
+// synchronisations), which a stream being captured into a CUDA graph does not allow: refuse
+// before queuing anything, so that the caller's capture is left as it was.
+void require_not_capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  check(cudaStreamIsCapturing(stream, &status), "cudaStreamIsCapturing");
+  if (status != cudaStreamCaptureStatusNone) {
+    throw CudaError(
+        "the CUDA path cannot run while its stream is being captured into a CUDA graph: it "
+        "sizes its buffers and output from counts it reads back from the device (stream "
+        "synchronisations); call merge / postprocess outside the capture");
+  }
+}
+
 __global__ void peak_begin_kernel(const int64_t* row_offset, int64_t batch, int64_t height,
                                   long long* peak_begin) {
   const int64_t b = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
@@ -372,6 +386,7 @@ CudaMerge::CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers
   }
   cuda::DeviceGuard guard(inputs.device);
   cuda::require_kernel_image(inputs.device);
+  cuda::require_not_capturing(s.stream);
   const int64_t hw = s.height * s.width;
   const int64_t rows = s.batch * s.height;
   const bool argmax = inputs.logits.data != nullptr;

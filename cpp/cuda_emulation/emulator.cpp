@@ -215,6 +215,18 @@ std::map<const void*, int> g_max_dynamic_shared;
 // The emulated device's compute capability (major * 10 + minor). The emulated build stands for
 // one compiled for 90-real;90-virtual: devices below 9.0 have no kernel image for it.
 int g_compute_capability = 90;
+// What cudaStreamIsCapturing reports for every stream (set_stream_capture). While a capture is
+// active, a synchronisation or a copy from or to (pageable) host memory fails and invalidates
+// it, as on a GPU.
+cudaStreamCaptureStatus g_capture = cudaStreamCaptureStatusNone;
+
+// A call a stream being captured into a CUDA graph does not allow.
+cudaError_t refused_in_capture(const char* call) {
+  if (g_capture != cudaStreamCaptureStatusActive) return cudaSuccess;
+  g_capture = cudaStreamCaptureStatusInvalidated;
+  g_message = std::string(call) + ": operation not permitted when stream is capturing";
+  return cudaErrorStreamCaptureUnsupported;
+}
 constexpr int kBuiltArchitecture = 90;
 
 bool has_kernel_image() { return g_compute_capability >= kBuiltArchitecture; }
@@ -656,6 +668,16 @@ void set_schedule_seed(uint64_t seed) {
 
 uint64_t schedule_seed() { return g_seed; }
 
+void set_stream_capture(int status) {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  g_capture = static_cast<cudaStreamCaptureStatus>(status);
+}
+
+int stream_capture() {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  return static_cast<int>(g_capture);
+}
+
 void set_compute_capability(int major, int minor) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   g_compute_capability = major * 10 + minor;
@@ -759,6 +781,10 @@ const char* cudaGetErrorName(cudaError_t error) {
       return "cudaErrorInvalidDevice";
     case cudaErrorLaunchFailure:
       return "cudaErrorLaunchFailure";
+    case cudaErrorStreamCaptureUnsupported:
+      return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated:
+      return "cudaErrorStreamCaptureInvalidated";
   }
   return "cudaErrorUnknown";
 }
@@ -881,6 +907,9 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
                                       "device_to_host_copies", "device_to_device_copies",
                                       "default_copies"};
   ++pdl_emu::g_counters[kinds[kind]];
+  if (kind != cudaMemcpyDeviceToDevice) {  // host memory here is pageable, never captured
+    if (const cudaError_t e = pdl_emu::refused_in_capture("cudaMemcpyAsync")) return e;
+  }
   if (check_range(dst, bytes, "cudaMemcpyAsync destination") != cudaSuccess ||
       check_range(src, bytes, "cudaMemcpyAsync source") != cudaSuccess) {
     return cudaErrorInvalidValue;
@@ -902,10 +931,17 @@ cudaError_t cudaDeviceSynchronize() { return cudaStreamSynchronize(nullptr); }
 cudaError_t cudaStreamSynchronize(cudaStream_t) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   ++pdl_emu::g_counters["synchronisations"];
+  if (const cudaError_t e = pdl_emu::refused_in_capture("cudaStreamSynchronize")) return e;
   for (const auto& [payload, span] : g_allocations) {
     pdl_emu::check_guards(payload, span.bytes, "at a stream synchronisation");
   }
   const cudaError_t e = pdl_emu::g_sync_error;
   pdl_emu::g_sync_error = cudaSuccess;
   return e;
+}
+
+cudaError_t cudaStreamIsCapturing(cudaStream_t, cudaStreamCaptureStatus* status) {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  *status = pdl_emu::g_capture;
+  return cudaSuccess;
 }

@@ -114,6 +114,10 @@ uint64_t schedule_seed();
 // The emulated device's compute capability (default 9.0); below 9.0 the emulated build has no
 // kernel image for it, as a build for 90-real;90-virtual on such a GPU.
 void set_compute_capability(int major, int minor);
+// What cudaStreamIsCapturing reports for every stream: 0 none, 1 active (a synchronisation or a
+// host copy then fails and invalidates it), 2 invalidated.
+void set_stream_capture(int status);
+int stream_capture();
 std::vector<std::string> take_violations();
 // Runtime calls since the last call (launches, synchronisations, copies by kind, memsets,
 // allocations from pools and plain), and clears them.
