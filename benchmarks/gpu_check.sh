@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU check of the CUDA path (issue 5), in one go on a GPU machine, in under 5 minutes:
 #   1. builds the package with CUDA required (PDL_POST_CUDA=ON) into build/gpu;
-#   2. runs the device tests on the GPU (tests/test_merge.py and tests/test_cuda.py: GPU output ==
-#      CPU output on every case; the host-emulated cases are left to make test);
+#   2. runs the device tests on the GPU (tests/test_merge.py, tests/test_cuda.py and the random
+#      inputs of tests/test_fuzz.py: GPU output == CPU output on every case; the CPU-only and
+#      host-emulated cases are left to make test);
 #   3. runs compute-sanitizer memcheck on a small batch (merge and postprocess, logits included);
 #   4. times our GPU path, dense PyTorch on the same GPU and the device copy floor
 #      (benchmarks/gpu_bench.py: CUDA events, warm-up, median) and prints a table with the targets.
@@ -51,7 +52,8 @@ PYEOF
 step "device tests on the GPU"
 # Warnings are errors in the suite (pyproject); another numpy / torch here may deprecate
 # something: reported, not fatal.
-"$PY" -m pytest tests/test_merge.py tests/test_cuda.py -q -p no:cacheprovider -k "not emulated" \
+"$PY" -m pytest tests/test_merge.py tests/test_cuda.py tests/test_fuzz.py -q -p no:cacheprovider \
+  -k "cuda and not emulated" \
   -W default::DeprecationWarning -W default::FutureWarning --maxfail=5 || failed+=("device tests")
 
 if [ "${SKIP_MEMCHECK:-0}" != "1" ]; then

@@ -18,7 +18,7 @@ from hypothesis.extra import numpy as hnp
 
 import pdl_post
 from conftest import assert_results_equal
-from devices import EMULATION, HostCudaArray, to_host, use_emulation
+from devices import DEVICES, HostCudaArray, to_device, to_host, use_emulation
 
 # PDL_POST_FUZZ_SCALE=20 runs 20x the examples (a longer hunt than the ~60 s of the suite).
 SCALE = float(os.environ.get("PDL_POST_FUZZ_SCALE", "1"))
@@ -580,22 +580,27 @@ def test_nonfinite_rules(backend):
     assert r.panoptic[1, 3] == 1001
 
 
-@pytest.mark.skipif(EMULATION is None, reason="pdl_post._cuda_emulation not built")
+@pytest.mark.parametrize("device", DEVICES[1:])  # emulated; cuda on a GPU, else skipped
 @settings(max_examples=int(150 * SCALE), **SETTINGS)
-@given(merge_inputs())
-def test_emulated_cuda_equals_cpu(case):
-    # The CUDA sources on the host emulator (tests/devices.py) against the CPU path, on the same
-    # tie-, plateau- and NaN-rich inputs: the same result, or the same error.
+@given(case=merge_inputs())
+def test_cuda_path_equals_cpu(device, case):
+    # The CUDA path (its sources on the host emulator, tests/devices.py, or a GPU) against the
+    # CPU path, on the same tie-, plateau- and NaN-rich inputs: the same result, or the same
+    # error. The emulator reads every memory layout in place; a GPU gets contiguous copies.
     sem, ctr, off, kw = case
     mask = kw.pop("foreground_mask", None)
 
-    def device(a):
-        return None if a is None else HostCudaArray(a)
+    def on_device(a):
+        if a is None:
+            return None
+        return HostCudaArray(a) if device == "emulated" else to_device(a, device)
 
     with pytest.MonkeyPatch.context() as monkeypatch:
-        check = use_emulation(monkeypatch)
+        check = use_emulation(monkeypatch) if device == "emulated" else (lambda: None)
         cpu = _outcome(sem, ctr, off, foreground_mask=mask, **kw)
-        gpu = _outcome(device(sem), device(ctr), device(off), foreground_mask=device(mask), **kw)
+        gpu = _outcome(
+            on_device(sem), on_device(ctr), on_device(off), foreground_mask=on_device(mask), **kw
+        )
         if isinstance(cpu, Exception) or isinstance(gpu, Exception):
             assert type(cpu) is type(gpu) and str(cpu) == str(gpu), (cpu, gpu)
         else:
