@@ -15,6 +15,7 @@
 #include <mutex>
 #include <new>
 #include <numeric>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -215,6 +216,16 @@ std::map<const void*, int> g_max_dynamic_shared;
 // The emulated device's compute capability (major * 10 + minor). The emulated build stands for
 // one compiled for 90-real;90-virtual: devices below 9.0 have no kernel image for it.
 int g_compute_capability = 90;
+constexpr int kBuiltArchitecture = 90;
+
+bool has_kernel_image() { return g_compute_capability >= kBuiltArchitecture; }
+
+std::string no_kernel_image(const char* name) {
+  return std::string(name) + ": no kernel image for a device of compute capability " +
+         std::to_string(g_compute_capability / 10) + "." +
+         std::to_string(g_compute_capability % 10);
+}
+
 // What cudaStreamIsCapturing reports for every stream (set_stream_capture). While a capture is
 // active, a synchronisation or a copy from or to (pageable) host memory fails and invalidates
 // it, as on a GPU.
@@ -227,15 +238,7 @@ cudaError_t refused_in_capture(const char* call) {
   g_message = std::string(call) + ": operation not permitted when stream is capturing";
   return cudaErrorStreamCaptureUnsupported;
 }
-constexpr int kBuiltArchitecture = 90;
 
-bool has_kernel_image() { return g_compute_capability >= kBuiltArchitecture; }
-
-std::string no_kernel_image(const char* name) {
-  return std::string(name) + ": no kernel image for a device of compute capability " +
-         std::to_string(g_compute_capability / 10) + "." +
-         std::to_string(g_compute_capability % 10);
-}
 std::vector<char*> g_stacks;
 thread_local int t_device = 0;
 std::map<std::string, int64_t> g_counters;  // launches, synchronisations, copies, allocations
@@ -669,6 +672,10 @@ void set_schedule_seed(uint64_t seed) {
 uint64_t schedule_seed() { return g_seed; }
 
 void set_stream_capture(int status) {
+  if (status < cudaStreamCaptureStatusNone || status > cudaStreamCaptureStatusInvalidated) {
+    throw std::invalid_argument("set_stream_capture: expected 0, 1 or 2, got " +
+                                std::to_string(status));
+  }
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   g_capture = static_cast<cudaStreamCaptureStatus>(status);
 }
