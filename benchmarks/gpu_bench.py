@@ -2,8 +2,9 @@
 
 Run by ``benchmarks/gpu_check.sh`` on a GPU machine (needs torch with CUDA). Every time is the
 median of ``--repeat`` calls after ``--warmup`` calls, measured with CUDA events recorded on the
-current stream around the whole call (``merge`` synchronises internally, so this is end to end:
-inputs on the device -> panoptic ids on the device, errors checked).
+current stream around the whole call: end to end, inputs on the device -> panoptic ids on the
+device (``merge`` synchronises once, for its sizes, and returns with the rest queued: the end event
+follows its last kernel).
 
 - ours: ``pdl_post.merge`` on torch CUDA tensors (batch 1 and batch 8, 1024x2048, 40 centres);
 - dense torch: ``pdl_post.baselines.dense_torch`` on the same GPU, image by image (batch 1);

@@ -206,9 +206,9 @@ def test_the_emulator_refuses_synchronisation_during_a_capture_as_cuda_does(emul
 
 
 def test_synchronisations_copies_and_launches_per_call(emulated_cuda):
-    # The design (cpp/include/pdl_post/cuda_pipeline.h): merge synchronises the stream twice
-    # (label range and peak counts; error flags), with one small copy to the device and one back
-    # at each; postprocess adds one synchronisation for the centres and segments. Each phase
+    # The design (cpp/include/pdl_post/cuda_pipeline.h): merge synchronises the stream once
+    # (label range and peak counts), with one small copy to the device and one back, and returns
+    # with the rest queued; postprocess adds two (error flags; centres and segments). Each phase
     # takes its scratch arrays from one pool allocation (cuda_common.cuh's Scratch). A batch
     # runs in one pass: the number of launches does not grow with it.
     from devices import HostCudaArray
@@ -223,15 +223,53 @@ def test_synchronisations_copies_and_launches_per_call(emulated_cuda):
                     *(HostCudaArray(a) for a in (sem, b.ctr, b.off)), stuff_area=8
                 )
                 counts = emulation.take_counters()
-                assert counts["synchronisations"] == (2 if name == "merge" else 3)
+                assert counts["synchronisations"] == (1 if name == "merge" else 3)
                 assert counts["host_to_device_copies"] == 1
                 if name == "merge":
-                    assert counts["device_to_host_copies"] == 2
+                    assert counts["device_to_host_copies"] == 1
                 assert counts["pool_allocations"] == 2
                 assert counts.get("allocations", 0) == 0
                 assert counts["scratch_pieces"] >= 28  # each piece guarded on its own
                 launches.setdefault((name, sem.dtype.kind), set()).add(counts["launches"])
     assert all(len(n) == 1 for n in launches.values()), launches
+
+
+@pytest.mark.parametrize(
+    ("label_divisor", "top_k", "synchronisations"),
+    [
+        (1000, 200, 1),
+        (1000, None, 1),  # the bound is then the image's 10 peaks
+        (10, None, 2),
+        (11, None, 1),
+        (5, 4, 1),
+        (5, 5, 2),
+        (2, 1, 1),
+        (2, None, 2),  # the error: class 13 has 2 instances
+    ],
+)
+def test_merge_reads_errors_back_only_when_an_image_keeps_label_divisor_centres(
+    emulated_cuda, label_divisor, top_k, synchronisations
+):
+    # A class can number label_divisor instances (the error found on the device) only in an
+    # image keeping that many centres; below that bound merge returns without the final
+    # synchronisation. The bound is the smaller of top_k and the image's peaks (10 here).
+    from devices import HostCudaArray
+
+    s = synthetic.make_scene(48, 64, 12, seed=4)
+    kw = {"label_divisor": label_divisor, "top_k": top_k, "stuff_area": 8}
+    emulation.take_counters()
+    try:
+        out = pdl_post.merge(*(HostCudaArray(a) for a in (s.sem, s.ctr, s.off)), **kw).a
+    except ValueError as error:
+        out = error
+    assert emulation.take_counters()["synchronisations"] == synchronisations
+    try:
+        expected = pdl_post.merge(s.sem, s.ctr, s.off, **kw)
+    except ValueError as error:
+        assert isinstance(out, ValueError) and str(out) == str(error)
+        assert "label_divisor=2" in str(error)
+    else:
+        np.testing.assert_array_equal(out, expected)
 
 
 def test_class_ids_from_65536_cost_one_more_synchronisation(emulated_cuda):
@@ -247,8 +285,8 @@ def test_class_ids_from_65536_cost_one_more_synchronisation(emulated_cuda):
     emulation.take_counters()
     out = pdl_post.merge(big, HostCudaArray(s.ctr), HostCudaArray(s.off), thing_ids=things)
     counts = emulation.take_counters()
-    assert counts["synchronisations"] == 3
-    assert counts["device_to_host_copies"] == 3
+    assert counts["synchronisations"] == 2
+    assert counts["device_to_host_copies"] == 2
     assert counts["device_to_device_copies"] == 1
     assert counts["pool_allocations"] == 3
     small = pdl_post.merge(s.sem, s.ctr, s.off)

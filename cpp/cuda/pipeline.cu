@@ -647,6 +647,12 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   }
   cuda::write_panoptic(s.sem, layout, buffers, out, stream);
 
+  // merge: an image keeping fewer centres than label_divisor cannot number label_divisor
+  // instances of a class, so there is no error to read back. Return with the work queued, as any
+  // CUDA library call does: stream order puts it before the caller's next work on the stream
+  // (which reads the output) and before the scratch frees.
+  if (!with_segments && max_instances < s.params.label_divisor) return results;
+
   // Sync point 2: per-image summary (and for postprocess the centres and segments).
   cuda::summary_kernel<<<cuda::grid_for(B, 256), 256, 0, stream>>>(B, centers, layout, buffers,
                                                                    a.summary);

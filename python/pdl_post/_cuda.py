@@ -4,9 +4,14 @@ Inputs are torch CUDA tensors, CuPy arrays or any object exposing ``__cuda_array
 They are read in place on the device (pointer + shape + strides, no host copies); the output is
 allocated on the same device by the caller's own library (torch in, torch out; CuPy in, CuPy out)
 and the work is queued on the caller's current stream. The core (``cpp/cuda``) synchronises that
-stream twice per ``merge`` call: once for the label range (it decides the output dtype) and the peak
-counts, once at the end for the error flags; ``postprocess`` adds a third for its exact-size copies
-of the centres and segments, and class ids of 65536 and more one for the number of distinct ids.
+stream once per ``merge`` call, for the label range (it decides the output dtype) and the peak
+counts, then returns with the rest queued, as other CUDA libraries do; a second synchronisation at
+the end reads the error flags only when an image keeps ``label_divisor`` centres or more (the one
+error found on the device: too many instances of a class). ``postprocess`` always ends with two
+more, for the flags and for its exact-size copies of the centres and segments; class ids of 65536
+and more add one for the number of distinct ids. Inputs widened here (half precision, small
+integer labels, non-bool masks) are made by the caller's library on the same stream, whose
+allocator reuses their memory only for work queued after this call's.
 """
 
 from __future__ import annotations
@@ -306,7 +311,7 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
     ctr, off = arrays["ctr"], arrays["off"]
     ctr_axes = ctr_layout(ctr.dtype, ctr.shape, batched)
     off_axes = off_layout(off.dtype, off.shape, batched)
-    # Widened copies stay in `arrays` until the device has finished with them.
+    # Widened copies stay in `arrays` until their readers are queued (freed in stream order).
     ctr = arrays["ctr"] = _widened_float(ctr)
     off = arrays["off"] = _widened_float(off)
     ctr4, ctr_shape = _normalize(ctr, ctr_axes)
@@ -339,7 +344,7 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
     out_array = DeviceArray(out, "out")
     out4 = out_array.view4((b, 1, h, w), (h * w, h * w, w, 1))
     per_image = job.finish(out4, with_segments)
-    del sem_keep, mask_keep  # converted inputs lived until the device finished with them
+    del sem_keep, mask_keep  # converted inputs lived until the kernels reading them were queued
     if not with_segments:
         per_image = [None] * b
     return out, per_image, batched

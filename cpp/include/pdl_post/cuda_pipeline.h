@@ -10,7 +10,10 @@
 //   finish(out)      top-k (segmented radix sort on the device, only for images with more peaks
 //                    than top_k), compaction, voting with segment statistics, majority vote,
 //                    stuff filter, write; one device-to-host copy of per-image results (centres,
-//                    segments, error flags) and a synchronisation at the end. Class ids from
+//                    segments, error flags) and a synchronisation at the end. merge skips that
+//                    end when no image keeps label_divisor centres or more (no class can then
+//                    overflow its instance numbers, the only error found on the device): it
+//                    returns with the work queued on the stream. Class ids from
 //                    ClassIndex::kDenseLabelLimit up: first the batch's distinct ids, sorted on the
 //                    device, and a synchronisation for their number; the tables are then indexed
 //                    by rank, as on the CPU.
