@@ -47,7 +47,7 @@ class _InstantJob:
     def label_range(self):
         return 0, 18
 
-    def finish(self, out, with_segments):
+    def finish(self, out, with_segments, wait):
         return [self.per_image] if with_segments else []
 
 

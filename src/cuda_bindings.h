@@ -78,12 +78,12 @@ inline void bind_cuda(py::module_& m) {
       .def("label_range", &CudaMerge::label_range)
       .def(
           "finish",
-          [](CudaMerge& job, const py::object& out, bool with_segments) {
+          [](CudaMerge& job, const py::object& out, bool with_segments, bool wait) {
             const StridedView o = device_view_of(out, "out");
             std::vector<ImageResult> results;
             {
               py::gil_scoped_release release;
-              results = job.finish(o, with_segments);
+              results = job.finish(o, with_segments, wait);
             }
             py::list out_list;
             for (const auto& r : results) {
@@ -93,7 +93,7 @@ inline void bind_cuda(py::module_& m) {
             }
             return out_list;
           },
-          py::arg("out"), py::arg("with_segments"));
+          py::arg("out"), py::arg("with_segments"), py::arg("wait"));
 }
 
 }  // namespace pdl_post_bindings

@@ -272,6 +272,37 @@ def test_merge_reads_errors_back_only_when_an_image_keeps_label_divisor_centres(
         np.testing.assert_array_equal(out, expected)
 
 
+def test_merge_waits_when_the_output_library_runs_on_another_stream(emulated_cuda, monkeypatch):
+    # Interface-only inputs name their own stream; the output comes from torch or CuPy, whose
+    # later work on it runs on their current stream. merge returns early only when that is the
+    # stream it ran on (0 and 1 both name the legacy default stream); else it waits.
+    from devices import InterfaceOnlyArray
+    from pdl_post import _cuda
+
+    s = synthetic.make_scene(48, 64, 12, seed=4)
+    expected = pdl_post.merge(s.sem, s.ctr, s.off)
+    monkeypatch.setattr(_cuda, "_output_library", lambda arrays: "torch")
+    for producer, consumer, synchronisations in [
+        (None, 0, 1),
+        (1, 0, 1),
+        (2, 0, 2),
+        (7, 7, 1),
+        (7, 0, 2),
+    ]:
+        monkeypatch.setattr(_cuda, "_library_stream", lambda library, device, c=consumer: c)
+        inputs = [InterfaceOnlyArray(a) for a in (s.sem, s.ctr, s.off)]
+        for a in inputs:
+            a.__cuda_array_interface__["stream"] = producer
+        emulation.take_counters()
+        out = pdl_post.merge(*inputs)
+        assert emulation.take_counters()["synchronisations"] == synchronisations, producer
+        np.testing.assert_array_equal(out.a, expected)
+    monkeypatch.setattr(_cuda, "_output_library", lambda arrays: None)
+    emulation.take_counters()
+    pdl_post.merge(*(InterfaceOnlyArray(a) for a in (s.sem, s.ctr, s.off)))
+    assert emulation.take_counters()["synchronisations"] == 2
+
+
 def test_class_ids_from_65536_cost_one_more_synchronisation(emulated_cuda):
     # Compacted class tables (cuda_pipeline.h): the distinct ids are sorted on the device and
     # their count read back before the tables are sized; the ids go to the tables by one

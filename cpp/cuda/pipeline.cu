@@ -458,7 +458,7 @@ std::pair<int64_t, int64_t> CudaMerge::label_range() const {
   return {state_->lo, state_->hi};
 }
 
-std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_segments) {
+std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_segments, bool wait) {
   State& s = *state_;
   if (s.finished) throw ValueError("CudaMerge.finish: already called");
   s.finished = true;
@@ -651,7 +651,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   // instances of a class, so there is no error to read back. Return with the work queued, as any
   // CUDA library call does: stream order puts it before the caller's next work on the stream
   // (which reads the output) and before the scratch frees.
-  if (!with_segments && max_instances < s.params.label_divisor) return results;
+  if (!with_segments && !wait && max_instances < s.params.label_divisor) return results;
 
   // Sync point 2: per-image summary (and for postprocess the centres and segments).
   cuda::summary_kernel<<<cuda::grid_for(B, 256), 256, 0, stream>>>(B, centers, layout, buffers,

@@ -16,6 +16,7 @@ allocator reuses their memory only for work queued after this call's.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -211,35 +212,50 @@ def _normalize_mask(a: DeviceArray, batched: bool):
     return a.view4(shape4, strides4), shape4, a
 
 
-def _stream(arrays: list[DeviceArray], device: int) -> int:
-    """The caller's current stream: torch's, else CuPy's, else the interface's (v3 numbering)."""
-    libraries = {a.library for a in arrays}
-    if "torch" in libraries:
+def _library_stream(library: str, device: int) -> int:
+    """The current stream of torch or CuPy on ``device`` (0: the legacy default stream)."""
+    if library == "torch":
         import torch
 
         return int(torch.cuda.current_stream(device).cuda_stream)
-    if "cupy" in libraries:
-        import cupy
+    import cupy
 
-        with cupy.cuda.Device(device):
-            return int(cupy.cuda.get_current_stream().ptr)
+    with cupy.cuda.Device(device):
+        return int(cupy.cuda.get_current_stream().ptr)
+
+
+def _stream(arrays: list[DeviceArray], device: int) -> int:
+    """The caller's current stream: torch's, else CuPy's, else the interface's (v3 numbering)."""
+    libraries = {a.library for a in arrays}
+    for library in ("torch", "cupy"):
+        if library in libraries:
+            return _library_stream(library, device)
     for a in arrays:
         if a.stream is not None:
             return int(a.stream)
     return 0
 
 
-def _allocate(arrays: list[DeviceArray], shape, dtype, device: int):
-    """The output with the caller's own library: torch for torch inputs, CuPy for CuPy inputs;
-    for other ``__cuda_array_interface__`` objects torch (with CUDA), else CuPy."""
+def _output_library(arrays: list[DeviceArray]) -> str | None:
+    """Who allocates the output: torch for torch inputs, CuPy for CuPy inputs; for other
+    ``__cuda_array_interface__`` objects torch (with CUDA), else CuPy; None if neither is here."""
     libraries = {a.library for a in arrays}
-    use_torch = "torch" in libraries or ("cupy" not in libraries and _torch_has_cuda())
-    if use_torch:
+    if "torch" in libraries or ("cupy" not in libraries and _torch_has_cuda()):
+        return "torch"
+    if "cupy" in libraries or _importable("cupy"):
+        return "cupy"
+    return None
+
+
+def _allocate(arrays: list[DeviceArray], shape, dtype, device: int):
+    """The output [B, H, W] or [H, W], int32 or int64, on ``device`` (see _output_library)."""
+    library = _output_library(arrays)
+    if library == "torch":
         import torch
 
         torch_dtype = torch.int64 if dtype == np.int64 else torch.int32
         return torch.empty(shape, dtype=torch_dtype, device=f"cuda:{device}")
-    if "cupy" in libraries or _importable("cupy"):
+    if library == "cupy":
         import cupy
 
         with cupy.cuda.Device(device):
@@ -250,6 +266,24 @@ def _allocate(arrays: list[DeviceArray], shape, dtype, device: int):
     )
 
 
+def _output_follows_stream(arrays: list[DeviceArray], stream: int, device: int) -> bool:
+    """Whether the caller's work on the output runs after work queued on ``stream``, so that
+    ``merge`` may return with its work queued (else it waits for the device).
+
+    Inputs from an array library: ``stream`` is that library's current stream, and the output
+    is that library's too. Interface-only inputs: when ``stream`` is the current stream of the
+    library allocating the output (0 and 1 both name the legacy default stream).
+    """
+    if any(a.library is not None for a in arrays):
+        return True
+    library = _output_library(arrays)
+    if library is None:
+        return False
+    current = _library_stream(library, device)
+    return current == stream or (current in (0, 1) and stream in (0, 1))
+
+
+@functools.cache  # asked on every call with interface-only inputs
 def _torch_has_cuda() -> bool:
     if not _importable("torch"):
         return False
@@ -270,6 +304,7 @@ def _current_device(a: DeviceArray) -> int:
     return 0
 
 
+@functools.cache
 def _importable(name: str) -> bool:
     import importlib.util
 
@@ -343,7 +378,8 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
     out = _allocate(list(arrays.values()), shape, dtype, device)
     out_array = DeviceArray(out, "out")
     out4 = out_array.view4((b, 1, h, w), (h * w, h * w, w, 1))
-    per_image = job.finish(out4, with_segments)
+    wait = not _output_follows_stream(list(arrays.values()), stream, device)
+    per_image = job.finish(out4, with_segments, wait)
     del sem_keep, mask_keep  # converted inputs lived until the kernels reading them were queued
     if not with_segments:
         per_image = [None] * b

@@ -12,8 +12,9 @@
 //                    stuff filter, write; one device-to-host copy of per-image results (centres,
 //                    segments, error flags) and a synchronisation at the end. merge skips that
 //                    end when no image keeps label_divisor centres or more (no class can then
-//                    overflow its instance numbers, the only error found on the device): it
-//                    returns with the work queued on the stream. Class ids from
+//                    overflow its instance numbers, the only error found on the device) and the
+//                    caller's readers of the output are ordered after the stream: it returns
+//                    with the work queued. Class ids from
 //                    ClassIndex::kDenseLabelLimit up: first the batch's distinct ids, sorted on the
 //                    device, and a synchronisation for their number; the tables are then indexed
 //                    by rank, as on the CPU.
@@ -72,8 +73,10 @@ class CudaMerge {
   std::pair<int64_t, int64_t> label_range() const;
 
   // Runs the rest of the pipeline into `out` (int32/int64 [B, 1, H, W] contiguous, on the same
-  // device). Centres and segments are returned when with_segments, else empty lists. Once only.
-  std::vector<ImageResult> finish(const StridedView& out, bool with_segments);
+  // device). Centres and segments are returned when with_segments, else empty lists. Without
+  // them and without `wait` it may return with the work queued (see above); `wait` is for
+  // callers whose readers of `out` are not ordered after the stream. Once only.
+  std::vector<ImageResult> finish(const StridedView& out, bool with_segments, bool wait);
 
   struct State;
 
