@@ -7,7 +7,9 @@ and the work is queued on the caller's current stream. The core (``cpp/cuda``) s
 stream once per ``merge`` call, for the label range (it decides the output dtype) and the peak
 counts, then returns with the rest queued, as other CUDA libraries do; a second synchronisation at
 the end reads the error flags only when an image keeps ``label_divisor`` centres or more (the one
-error found on the device: too many instances of a class). ``postprocess`` always ends with two
+error found on the device: too many instances of a class), or waits for the device when the
+library that allocated the output would run its later work on another stream
+(interface-only inputs on a stream of their own). ``postprocess`` always ends with two
 more, for the flags and for its exact-size copies of the centres and segments; class ids of 65536
 and more add one for the number of distinct ids. Inputs widened here (half precision, small
 integer labels, non-bool masks) are made by the caller's library on the same stream, whose
