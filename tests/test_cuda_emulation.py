@@ -303,6 +303,30 @@ def test_merge_waits_when_the_output_library_runs_on_another_stream(emulated_cud
     assert emulation.take_counters()["synchronisations"] == 2
 
 
+def test_conversions_on_another_librarys_stream_are_waited_for(emulated_cuda, monkeypatch):
+    # CuPy arrays beside torch tensors: the call runs on torch's stream, but CuPy widens its
+    # arrays on its own. Those conversions must be finished before the kernels read them, and the
+    # call must not return before the kernels are done (CuPy may reuse the memory at once).
+    # Stand-ins: the test arrays play CuPy's part, the stream is said to be torch's.
+    from devices import HostCudaArray
+    from pdl_post import _cuda
+
+    waited = []
+    monkeypatch.setattr(_cuda, "_library", lambda x: "cupy")
+    monkeypatch.setattr(_cuda, "_stream_library", lambda arrays: "torch")
+    monkeypatch.setattr(_cuda, "_library_stream", lambda library, device: 0)
+    monkeypatch.setattr(_cuda, "_synchronize", lambda library, device: waited.append(library))
+    s = synthetic.make_scene(48, 64, 12, seed=4, ctr_dtype=np.float64)
+    ctr16 = s.ctr.astype(np.float16)  # widened to float32 by the "CuPy" arrays
+    for ctr, conversions, synchronisations in [(s.ctr, [], 1), (ctr16, ["cupy"], 2)]:
+        waited.clear()
+        emulation.take_counters()
+        out = pdl_post.merge(*(HostCudaArray(a) for a in (s.sem, ctr, s.off)))
+        assert waited == conversions
+        assert emulation.take_counters()["synchronisations"] == synchronisations
+        np.testing.assert_array_equal(out.a, pdl_post.merge(s.sem, ctr, s.off))
+
+
 def test_class_ids_from_65536_cost_one_more_synchronisation(emulated_cuda):
     # Compacted class tables (cuda_pipeline.h): the distinct ids are sorted on the device and
     # their count read back before the tables are sized; the ids go to the tables by one

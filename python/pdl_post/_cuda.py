@@ -102,6 +102,7 @@ class DeviceArray:
         self.name = name
         self.library = _library(obj)
         self.stream = None
+        self.made_here = False  # a conversion's result (see converted)
         if self.library == "torch":
             t = without_bfloat16(obj.detach())  # widened on the device
             self.obj = t
@@ -151,7 +152,9 @@ class DeviceArray:
                 f"{self.name}: {what} needs torch or CuPy on the device; pass a "
                 f"{'bool' if 'mask' in self.name else 'supported'} dtype instead of {self.dtype}"
             )
-        return DeviceArray(fn(self.obj), self.name)
+        result = DeviceArray(fn(self.obj), self.name)
+        result.made_here = True
+        return result
 
 
 def _expand(shape, strides, axes) -> tuple[tuple, tuple]:
@@ -226,12 +229,33 @@ def _library_stream(library: str, device: int) -> int:
         return int(cupy.cuda.get_current_stream().ptr)
 
 
+def _synchronize(library: str | None, device: int) -> None:
+    """Waits for the current stream of torch or CuPy on ``device`` (nothing for other arrays)."""
+    if library == "torch":
+        import torch
+
+        torch.cuda.current_stream(device).synchronize()
+    elif library == "cupy":
+        import cupy
+
+        with cupy.cuda.Device(device):
+            cupy.cuda.get_current_stream().synchronize()
+
+
+_LIBRARIES = ("torch", "cupy")  # array libraries with streams, in the order the stream is chosen
+
+
+def _stream_library(arrays: list[DeviceArray]) -> str | None:
+    """The library whose current stream the call runs on: torch, else CuPy, else None."""
+    libraries = {a.library for a in arrays}
+    return next((name for name in _LIBRARIES if name in libraries), None)
+
+
 def _stream(arrays: list[DeviceArray], device: int) -> int:
     """The caller's current stream: torch's, else CuPy's, else the interface's (v3 numbering)."""
-    libraries = {a.library for a in arrays}
-    for library in ("torch", "cupy"):
-        if library in libraries:
-            return _library_stream(library, device)
+    library = _stream_library(arrays)
+    if library is not None:
+        return _library_stream(library, device)
     for a in arrays:
         if a.stream is not None:
             return int(a.stream)
@@ -362,6 +386,14 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
     if logits is not None and sem_shape[1] == 0:
         raise ValueError("sem: logits need at least one class channel, got 0")
     stream = _stream(list(arrays.values()), device)
+    # Inputs converted by another library than the stream's (CuPy arrays beside torch tensors)
+    # were converted on that library's stream: they must be done before the kernels read them,
+    # and the call must wait before returning, since that library may reuse their memory at once.
+    made = [a for a in (sem_keep, mask_keep, *arrays.values()) if a is not None and a.made_here]
+    foreign = {a.library for a in made} & set(_LIBRARIES)
+    foreign.discard(_stream_library(list(arrays.values())))
+    for library in foreign:
+        _synchronize(library, device)
     job = _core.CudaMerge(
         labels,
         logits,
@@ -380,7 +412,7 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
     out = _allocate(list(arrays.values()), shape, dtype, device)
     out_array = DeviceArray(out, "out")
     out4 = out_array.view4((b, 1, h, w), (h * w, h * w, w, 1))
-    wait = not _output_follows_stream(list(arrays.values()), stream, device)
+    wait = bool(foreign) or not _output_follows_stream(list(arrays.values()), stream, device)
     per_image = job.finish(out4, with_segments, wait)
     del sem_keep, mask_keep  # converted inputs lived until the kernels reading them were queued
     if not with_segments:
