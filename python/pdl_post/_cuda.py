@@ -7,9 +7,8 @@ and the work is queued on the caller's current stream. The core (``cpp/cuda``) s
 stream once per ``merge`` call, for the label range (it decides the output dtype) and the peak
 counts, then returns with the rest queued, as other CUDA libraries do; a second synchronisation at
 the end reads the error flags only when an image keeps ``label_divisor`` centres or more (the one
-error found on the device: too many instances of a class), or waits for the device when the
-library that allocated the output would run its later work on another stream
-(interface-only inputs on a stream of their own). ``postprocess`` always ends with two
+error found on the device: too many instances of a class), or when the inputs do not all come
+from one array library (see _may_return_early). ``postprocess`` always ends with two
 more, for the flags and for its exact-size copies of the centres and segments; class ids of 65536
 and more add one for the number of distinct ids. Inputs widened here (half precision, small
 integer labels, non-bool masks) are made by the caller's library on the same stream, whose
@@ -292,21 +291,17 @@ def _allocate(arrays: list[DeviceArray], shape, dtype, device: int):
     )
 
 
-def _output_follows_stream(arrays: list[DeviceArray], stream: int, device: int) -> bool:
-    """Whether the caller's work on the output runs after work queued on ``stream``, so that
-    ``merge`` may return with its work queued (else it waits for the device).
+def _may_return_early(arrays: list[DeviceArray]) -> bool:
+    """Whether ``merge`` may return with its work queued rather than wait for the device.
 
-    Inputs from an array library: ``stream`` is that library's current stream, and the output
-    is that library's too. Interface-only inputs: when ``stream`` is the current stream of the
-    library allocating the output (0 and 1 both name the legacy default stream).
+    Yes when every input (widened copies included) comes from one array library: the call runs on
+    that library's current stream and the output is that library's, so its allocator reuses the
+    inputs' memory, should the caller drop them, only for work queued after this call's, and the
+    caller's work on the output follows it. Inputs of two libraries, or known only by their
+    ``__cuda_array_interface__`` (whose owner may free them on another stream), make it wait.
     """
-    if any(a.library is not None for a in arrays):
-        return True
-    library = _output_library(arrays)
-    if library is None:
-        return False
-    current = _library_stream(library, device)
-    return current == stream or (current in (0, 1) and stream in (0, 1))
+    libraries = {a.library for a in arrays}
+    return len(libraries) == 1 and None not in libraries
 
 
 @functools.cache  # asked on every call with interface-only inputs
@@ -388,7 +383,7 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
     stream = _stream(list(arrays.values()), device)
     # Inputs converted by another library than the stream's (CuPy arrays beside torch tensors)
     # were converted on that library's stream: they must be done before the kernels read them,
-    # and the call must wait before returning, since that library may reuse their memory at once.
+    # and the call waits before returning (that library may reuse their memory at once).
     made = [a for a in (sem_keep, mask_keep, *arrays.values()) if a is not None and a.made_here]
     foreign = {a.library for a in made} & set(_LIBRARIES)
     foreign.discard(_stream_library(list(arrays.values())))
@@ -412,7 +407,8 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
     out = _allocate(list(arrays.values()), shape, dtype, device)
     out_array = DeviceArray(out, "out")
     out4 = out_array.view4((b, 1, h, w), (h * w, h * w, w, 1))
-    wait = bool(foreign) or not _output_follows_stream(list(arrays.values()), stream, device)
+    inputs = [a for a in (sem_keep, mask_keep, *arrays.values()) if a is not None]
+    wait = bool(foreign) or not _may_return_early(inputs)
     per_image = job.finish(out4, with_segments, wait)
     del sem_keep, mask_keep  # converted inputs lived until the kernels reading them were queued
     if not with_segments:
