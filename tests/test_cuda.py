@@ -214,6 +214,32 @@ def test_output_library_device_and_stream():
 
 
 @needs_gpu
+def test_inputs_dropped_after_an_early_return_are_not_reused_too_soon():
+    # merge returns with its kernels queued. Inputs made on the default stream, read on a side
+    # stream and dropped at once must not be handed to new tensors (filled on the default
+    # stream) before the kernels have read them: merge marks them with record_stream.
+    if GPU != "torch":
+        pytest.skip("needs torch with CUDA (record_stream)")
+    import torch
+
+    s = synthetic.make_scene(512, 1024, 60, seed=8)
+    expected = pdl_post.merge(s.sem, s.ctr, s.off)
+    side = torch.cuda.Stream()
+    outputs = []
+    for _ in range(5):
+        inputs = [torch.from_numpy(a).cuda() for a in (s.sem, s.ctr, s.off)]
+        torch.cuda.synchronize()
+        with torch.cuda.stream(side):
+            outputs.append(pdl_post.merge(*inputs))
+        del inputs
+        for _ in range(3):  # would take the dropped inputs' memory and overwrite it
+            torch.full((512 * 1024 * 2,), -7.0, device="cuda")
+    side.synchronize()
+    for out in outputs:
+        np.testing.assert_array_equal(out.cpu().numpy(), expected)
+
+
+@needs_gpu
 def test_cuda_graph_capture_is_refused_and_left_intact():
     # The CUDA path synchronises; inside a capture that would fail and invalidate the capture.
     # It is refused by name first, and the caller's graph still captures and replays.

@@ -244,6 +244,18 @@ def _synchronize(library: str | None, device: int) -> None:
 _LIBRARIES = ("torch", "cupy")  # array libraries with streams, in the order the stream is chosen
 
 
+def _record_stream(arrays: list[DeviceArray], device: int) -> None:
+    """Tells torch's allocator that its tensors are read by work queued on the current stream of
+    ``device``, so that dropping one (made on another stream) cannot free its memory for reuse
+    before that work is done (what ``Tensor.record_stream`` is for)."""
+    import torch
+
+    stream = torch.cuda.current_stream(device)
+    for a in arrays:
+        if a.library == "torch":
+            a.obj.record_stream(stream)
+
+
 def _stream_library(arrays: list[DeviceArray]) -> str | None:
     """The library whose current stream the call runs on: torch, else CuPy, else None."""
     libraries = {a.library for a in arrays}
@@ -295,10 +307,12 @@ def _may_return_early(arrays: list[DeviceArray]) -> bool:
     """Whether ``merge`` may return with its work queued rather than wait for the device.
 
     Yes when every input (widened copies included) comes from one array library: the call runs on
-    that library's current stream and the output is that library's, so its allocator reuses the
-    inputs' memory, should the caller drop them, only for work queued after this call's, and the
-    caller's work on the output follows it. Inputs of two libraries, or known only by their
-    ``__cuda_array_interface__`` (whose owner may free them on another stream), make it wait.
+    that library's current stream and the output is that library's, so the caller's work on the
+    output follows the call's, and its allocator reuses the inputs' memory, should the caller drop
+    them, only for work queued after the call's (torch tensors made on another stream are marked
+    with ``record_stream``; CuPy, like its own kernels, relies on the caller's stream discipline).
+    Inputs of two libraries, or known only by their ``__cuda_array_interface__`` (whose owner may
+    free them on another stream), make it wait.
     """
     libraries = {a.library for a in arrays}
     return len(libraries) == 1 and None not in libraries
@@ -409,6 +423,8 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
     out4 = out_array.view4((b, 1, h, w), (h * w, h * w, w, 1))
     inputs = [a for a in (sem_keep, mask_keep, *arrays.values()) if a is not None]
     wait = bool(foreign) or not _may_return_early(inputs)
+    if not (wait or with_segments) and _stream_library(inputs) == "torch":
+        _record_stream(inputs, device)
     per_image = job.finish(out4, with_segments, wait)
     del sem_keep, mask_keep  # converted inputs lived until the kernels reading them were queued
     if not with_segments:
