@@ -300,19 +300,23 @@ def test_conversions_on_another_librarys_stream_are_waited_for(emulated_cuda, mo
     from devices import HostCudaArray
     from pdl_post import _cuda
 
-    waited = []
+    waited, recorded = [], []
     monkeypatch.setattr(_cuda, "_library", lambda x: "cupy")
     monkeypatch.setattr(_cuda, "_stream_library", lambda arrays: "torch")
     monkeypatch.setattr(_cuda, "_library_stream", lambda library, device: 0)
     monkeypatch.setattr(_cuda, "_synchronize", lambda library, device: waited.append(library))
+    monkeypatch.setattr(_cuda, "_record_stream", lambda arrays, device: recorded.append(arrays))
     s = synthetic.make_scene(48, 64, 12, seed=4, ctr_dtype=np.float64)
     ctr16 = s.ctr.astype(np.float16)  # widened to float32 by the "CuPy" arrays
     for ctr, conversions, synchronisations in [(s.ctr, [], 1), (ctr16, ["cupy"], 2)]:
         waited.clear()
+        recorded.clear()
         emulation.take_counters()
         out = pdl_post.merge(*(HostCudaArray(a) for a in (s.sem, ctr, s.off)))
         assert waited == conversions
         assert emulation.take_counters()["synchronisations"] == synchronisations
+        # Inputs are marked as read by the stream only when the call returns before the device.
+        assert len(recorded) == (1 if synchronisations == 1 else 0)
         np.testing.assert_array_equal(out.a, pdl_post.merge(s.sem, ctr, s.off))
 
 
