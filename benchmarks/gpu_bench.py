@@ -42,6 +42,58 @@ def _time(fn, warmup: int, repeat: int) -> float:
     return statistics.median(times)
 
 
+def _host_time(fn, warmup: int, repeat: int) -> float:
+    """Median host time of a call in ms (perf_counter), the device drained between calls: what
+    the call keeps the host busy, which merge's early return makes less than its device time."""
+    import time
+
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    torch.cuda.synchronize()
+    return statistics.median(times)
+
+
+def _runtime_floors(device, warmup: int, repeat: int) -> list[tuple[str, float]]:
+    """Host costs every call pays (ms, median): a synchronisation of an idle stream, and a small
+    device-to-host copy plus synchronisation into pageable and into pinned memory (merge's first
+    phase reads its sizes back through such a copy, into pageable memory)."""
+    import time
+
+    import torch
+
+    small = torch.arange(8, dtype=torch.int64, device=device)
+    pageable = torch.empty(8, dtype=torch.int64)
+    pinned = torch.empty(8, dtype=torch.int64, pin_memory=True)
+
+    def host(fn):
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(times)
+
+    def copy_into(buffer):
+        buffer.copy_(small, non_blocking=True)
+        torch.cuda.current_stream().synchronize()
+
+    return [
+        ("synchronise an idle stream", host(torch.cuda.current_stream().synchronize)),
+        ("64 B device -> pageable host + sync", host(lambda: copy_into(pageable))),
+        ("64 B device -> pinned host + sync", host(lambda: copy_into(pinned))),
+    ]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--height", type=int, default=1024)
@@ -164,9 +216,30 @@ def main(argv=None) -> int:
     print("|---|---|")
     for label, ok in targets:
         print(f"| {label} | {'yes' if ok else 'NO'} |")
+    _host_side(lambda: pdl_post.merge(sem1, ctr1, off1, **kw), device, args)
     if args.profile:
         _profile(lambda: pdl_post.merge(sem1, ctr1, off1, **kw), args.profile)
     return 0
+
+
+def _host_side(merge1, device, args) -> None:
+    """The host's share of batch 1 beside the runtime's floors, for the next session's leads."""
+    print("\nhost side (perf_counter, median; the device drained before each call):")
+    try:
+        rows = [
+            (
+                "ours, batch 1: the merge call on the host (returns before the device)",
+                _host_time(merge1, args.warmup, args.repeat),
+            ),
+            *_runtime_floors(device, args.warmup, args.repeat),
+        ]
+    except Exception as e:  # diagnostics only: the timings above stand without them
+        print(f"unavailable here: {type(e).__name__}: {e}")
+        return
+    print("| what | ms |")
+    print("|---|---:|")
+    for label, ms in rows:
+        print(f"| {label} | {ms:.4f} |")
 
 
 def _profile(fn, calls: int) -> None:
