@@ -11,8 +11,10 @@ follows its last kernel).
 - copy floor: device-to-device copies of the same input bytes (sem, ctr, off) plus writing the
   int32 output once, i.e. what any pass over the data costs.
 
-The table ends with the issue's targets and whether each is met, then a torch.profiler table of
-batch 1 (kernels and runtime calls: where the time goes, should a target be missed).
+The table ends with the issue's targets and whether each is met, then the host side of batch 1
+(the call's host time beside an idle synchronisation and small device-to-host copies) and a
+torch.profiler table of batch 1 (kernels and runtime calls: where the time goes, should a target
+be missed).
 """
 
 from __future__ import annotations
