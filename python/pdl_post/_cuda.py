@@ -377,30 +377,32 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
                 f"{n}: on CUDA device {d} while {first_name} is on device {device}; all inputs "
                 "must be on the same device"
             )
-    (labels, logits), batched, sem_shape, sem_keep = _normalize_sem(arrays["sem"])
+    (labels, logits), batched, sem_shape, sem_read = _normalize_sem(arrays["sem"])
     ctr, off = arrays["ctr"], arrays["off"]
     ctr_axes = ctr_layout(ctr.dtype, ctr.shape, batched)
     off_axes = off_layout(off.dtype, off.shape, batched)
-    # Widened copies stay in `arrays` until their readers are queued (freed in stream order).
-    ctr = arrays["ctr"] = _widened_float(ctr)
-    off = arrays["off"] = _widened_float(off)
+    ctr, off = _widened_float(ctr), _widened_float(off)
     ctr4, ctr_shape = _normalize(ctr, ctr_axes)
     off4, off_shape = _normalize(off, off_axes)
-    mask4 = mask_shape = mask_keep = None
+    mask4 = mask_shape = mask_read = None
     if "foreground_mask" in arrays:
-        mask4, mask_shape, mask_keep = _normalize_mask(arrays["foreground_mask"], batched)
+        mask4, mask_shape, mask_read = _normalize_mask(arrays["foreground_mask"], batched)
     b, h, w = check_same_shapes(
         {"sem": sem_shape, "ctr": ctr_shape, "off": off_shape, "foreground_mask": mask_shape}
     )
     if logits is not None and sem_shape[1] == 0:
         raise ValueError("sem: logits need at least one class channel, got 0")
-    stream = _stream(list(arrays.values()), device)
+    # Every array the call reads: the inputs and the copies widened from them, alive until the
+    # call returns (their readers are queued by then; the allocators free in stream order).
+    copies = [a for a in (sem_read, ctr, off, mask_read) if a is not None and a.made_here]
+    touched = [*arrays.values(), *copies]
+    stream_library = _stream_library(touched)
+    stream = _stream(touched, device)
     # Inputs converted by another library than the stream's (CuPy arrays beside torch tensors)
     # were converted on that library's stream: they must be done before the kernels read them,
     # and the call waits before returning (that library may reuse their memory at once).
-    made = [a for a in (sem_keep, mask_keep, *arrays.values()) if a is not None and a.made_here]
-    foreign = {a.library for a in made} & set(_LIBRARIES)
-    foreign.discard(_stream_library(list(arrays.values())))
+    foreign = {a.library for a in copies} & set(_LIBRARIES)
+    foreign.discard(stream_library)
     for library in foreign:
         _synchronize(library, device)
     job = _core.CudaMerge(
@@ -418,15 +420,13 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
         raise ValueError(f"sem: class ids must be >= 0, got a minimum of {lo}")
     dtype = output_dtype(hi, params.label_divisor, params.void_label)
     shape = (b, h, w) if batched else (h, w)
-    out = _allocate(list(arrays.values()), shape, dtype, device)
+    out = _allocate(touched, shape, dtype, device)
     out_array = DeviceArray(out, "out")
     out4 = out_array.view4((b, 1, h, w), (h * w, h * w, w, 1))
-    inputs = [a for a in (sem_keep, mask_keep, *arrays.values()) if a is not None]
-    wait = bool(foreign) or not _may_return_early(inputs)
-    if not (wait or with_segments) and _stream_library(inputs) == "torch":
-        _record_stream(inputs, device)
+    wait = bool(foreign) or not _may_return_early(touched)
+    if not (wait or with_segments) and stream_library == "torch":
+        _record_stream(touched, device)
     per_image = job.finish(out4, with_segments, wait)
-    del sem_keep, mask_keep  # converted inputs lived until the kernels reading them were queued
     if not with_segments:
         per_image = [None] * b
     return out, per_image, batched
