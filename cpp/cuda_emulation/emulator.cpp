@@ -220,10 +220,13 @@ constexpr int kBuiltArchitecture = 90;
 
 bool has_kernel_image() { return g_compute_capability >= kBuiltArchitecture; }
 
-std::string no_kernel_image(const char* name) {
-  return std::string(name) + ": no kernel image for a device of compute capability " +
-         std::to_string(g_compute_capability / 10) + "." +
-         std::to_string(g_compute_capability % 10);
+// What a GPU without a kernel image for the build answers `name` (a launch or a lookup).
+cudaError_t no_kernel_image(const char* name) {
+  g_message = std::string(name) + ": no kernel image for a device of compute capability " +
+              std::to_string(g_compute_capability / 10) + "." +
+              std::to_string(g_compute_capability % 10);
+  g_last_error = cudaErrorNoKernelImageForDevice;
+  return g_last_error;
 }
 
 // What cudaStreamIsCapturing reports for every stream (set_stream_capture). While a capture is
@@ -557,11 +560,7 @@ int launch_kernel(const char* name, const void* kernel, dim3 grid, dim3 block, s
     g_last_error = cudaErrorLaunchFailure;
     return g_last_error;
   }
-  if (!has_kernel_image()) {
-    g_message = no_kernel_image(name);
-    g_last_error = cudaErrorNoKernelImageForDevice;
-    return g_last_error;
-  }
+  if (!has_kernel_image()) return no_kernel_image(name);
   if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
       grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535) {
     g_message = std::string(name) + ": grid " + describe(grid) + " x block " + describe(block) +
@@ -639,11 +638,7 @@ cudaError_t set_max_dynamic_shared(const void* kernel, int bytes) {
 
 cudaError_t function_attributes(cudaFuncAttributes* attributes, const void* kernel) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
-  if (!has_kernel_image()) {
-    g_message = no_kernel_image("cudaFuncGetAttributes");
-    g_last_error = cudaErrorNoKernelImageForDevice;
-    return g_last_error;
-  }
+  if (!has_kernel_image()) return no_kernel_image("cudaFuncGetAttributes");
   const auto attribute = g_max_dynamic_shared.find(kernel);
   *attributes = cudaFuncAttributes{};
   attributes->maxThreadsPerBlock = 1024;
