@@ -223,7 +223,7 @@ void require_kernel_image(int device) {
   check(status, "cudaFuncGetAttributes");
 }
 
-// A call reads counts back from the device to size its buffers and output (two or three
+// A call reads counts back from the device to size its buffers and output (one to four
 // synchronisations), which a stream being captured into a CUDA graph does not allow: refuse
 // before queuing anything, so that the caller's capture is left as it was.
 void require_not_capturing(cudaStream_t stream) {

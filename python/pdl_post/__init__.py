@@ -43,7 +43,8 @@ def build_info() -> dict:
     """How this installation was built: version, compiler, build type, OpenMP, threads, CUDA.
 
     ``cpu_avx2`` says whether the CPU's AVX2 copies of its vector loops run (the processor has
-    AVX2; the results are the same bits either way). ``cuda`` is "enabled" or why not; ``cuda_compiled`` says whether the CUDA path is in this
-    build and ``cuda_build`` (when it is) the CUDA runtime and architectures compiled for.
+    AVX2; the results are the same bits either way). ``cuda`` is "enabled" or why not;
+    ``cuda_compiled`` says whether the CUDA path is in this build and ``cuda_build`` (when it is)
+    the CUDA runtime and architectures compiled for.
     """
     return dict(_core.build_info())

@@ -13,8 +13,9 @@
 //                    segments, error flags) and a synchronisation at the end. merge skips that
 //                    end when no image keeps label_divisor centres or more (no class can then
 //                    overflow its instance numbers, the only error found on the device) and the
-//                    caller's readers of the output are ordered after the stream: it returns
-//                    with the work queued. Class ids from
+//                    caller does not ask it to wait (the stream's order must cover the output's
+//                    readers and the reuse of the inputs' memory): it returns with the work
+//                    queued. Class ids from
 //                    ClassIndex::kDenseLabelLimit up: first the batch's distinct ids, sorted on the
 //                    device, and a synchronisation for their number; the tables are then indexed
 //                    by rank, as on the CPU.
@@ -75,7 +76,8 @@ class CudaMerge {
   // Runs the rest of the pipeline into `out` (int32/int64 [B, 1, H, W] contiguous, on the same
   // device). Centres and segments are returned when with_segments, else empty lists. Without
   // them and without `wait` it may return with the work queued (see above); `wait` is for
-  // callers whose readers of `out` are not ordered after the stream. Once only.
+  // callers whose stream order covers neither the readers of `out` nor the reuse of the inputs'
+  // memory. Once only.
   std::vector<ImageResult> finish(const StridedView& out, bool with_segments, bool wait);
 
   struct State;
