@@ -2,8 +2,8 @@
 # enable_language(CUDA): with PDL_POST_CUDA=AUTO an nvcc that is too old or that cannot build any
 # requested architecture gives a CPU-only build (the reason goes to build_info()["cuda"]) instead
 # of a failed install; with PDL_POST_CUDA=ON the same finding is an error that says what to change.
-# Pure logic on the compiler's --version and --list-gpu-arch output, so tests/test_build_cuda.py
-# runs it with `cmake -P` against stand-in compilers.
+# The decision is pure logic on the compilers' --version and --list-gpu-arch output, so
+# tests/test_build_cuda.py runs it with `cmake -P` against stand-in compilers.
 
 # The oldest CUDA release the CUDA path is built with (C++17 cub, stream-ordered memory pools).
 set(PDL_POST_MIN_CUDA_VERSION 12.0)
@@ -46,13 +46,48 @@ function(pdl_post_split_architectures compiler requested kept_var dropped_var)
   set(${dropped_var} "${dropped}" PARENT_SCOPE)
 endfunction()
 
-# mode: AUTO or ON; compiler: the nvcc found (empty or *-NOTFOUND: none); requested: the
-# architectures. Sets enabled_var (ON/OFF), architectures_var (what to build) and why_var (why
-# not, for build_info()). With ON every finding that stops the build is a FATAL_ERROR.
-function(pdl_post_decide_cuda mode compiler requested enabled_var architectures_var why_var)
+# The CUDA compiler CMake's check_language(CUDA) would have tried when it found none that works:
+# $ENV{CUDACXX} (its first word), else an nvcc on PATH or in CUDA's usual places; "" if none.
+# Such a compiler exists but failed CMake's test build, e.g. an old nvcc beside a newer gcc.
+function(pdl_post_rejected_cuda_compiler out_var)
+  set(candidate "")
+  if(NOT "$ENV{CUDACXX}" STREQUAL "")
+    separate_arguments(words UNIX_COMMAND "$ENV{CUDACXX}")
+    list(GET words 0 candidate)
+  else()
+    find_program(PDL_POST_REJECTED_NVCC nvcc PATHS "$ENV{CUDA_PATH}/bin" /usr/local/cuda/bin)
+    if(PDL_POST_REJECTED_NVCC)
+      set(candidate "${PDL_POST_REJECTED_NVCC}")
+    endif()
+    unset(PDL_POST_REJECTED_NVCC CACHE)  # looked up afresh at each configure
+  endif()
+  set(${out_var} "${candidate}" PARENT_SCOPE)
+endfunction()
+
+# mode: AUTO or ON; compiler: the nvcc found (empty or *-NOTFOUND: none); rejected: when none was
+# found, a CUDA compiler that is there but failed CMake's check (pdl_post_rejected_cuda_compiler;
+# "" if none); requested: the architectures. Sets enabled_var (ON/OFF), architectures_var (what
+# to build) and why_var (why not, for build_info()). With ON every finding that stops the build
+# is a FATAL_ERROR.
+function(pdl_post_decide_cuda mode compiler rejected requested enabled_var architectures_var
+         why_var)
   set(why "")
   set(kept "${requested}")
-  if(NOT compiler)
+  if(NOT compiler AND rejected)
+    pdl_post_nvcc_version("${rejected}" version)
+    if(version AND version VERSION_LESS PDL_POST_MIN_CUDA_VERSION)
+      set(why "nvcc ${version} (${rejected}) is older than CUDA ${PDL_POST_MIN_CUDA_VERSION}")
+    else()
+      if(version)
+        set(name "nvcc ${version} (${rejected})")
+      else()
+        set(name "the CUDA compiler ${rejected}")
+      endif()
+      string(CONCAT why "${name} failed CMake's test build of a CUDA program (often a host C++ "
+                    "compiler newer than this CUDA release supports: set CUDAHOSTCXX to one it "
+                    "supports; the build folder's CMakeFiles/ has the compiler's output)")
+    endif()
+  elseif(NOT compiler)
     set(why "no CUDA compiler found (set CUDACXX or put nvcc on PATH)")
   else()
     pdl_post_nvcc_version("${compiler}" version)

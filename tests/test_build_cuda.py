@@ -7,6 +7,7 @@ architectures it cannot build; PDL_POST_CUDA=ON must stop with an error that say
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -48,17 +49,18 @@ def nvcc(tmp_path):
     return make
 
 
-def decide(mode: str, compiler: str, requested: str = DEFAULT):
+def decide(mode: str, compiler: str, requested: str = DEFAULT, rejected: str = ""):
     """-> (exit status, {"enabled", "archs", "why"} or None, stdout + stderr)."""
     with tempfile.TemporaryDirectory() as folder:
         script = Path(folder) / "decide.cmake"
         script.write_text(
             f'include("{ROOT / "cmake" / "PdlPostCuda.cmake"}")\n'
-            'pdl_post_decide_cuda("${MODE}" "${COMPILER}" "${REQUESTED}" enabled archs why)\n'
+            'pdl_post_decide_cuda("${MODE}" "${COMPILER}" "${REJECTED}" "${REQUESTED}"\n'
+            "                     enabled archs why)\n"
             'message(STATUS "RESULT|${enabled}|${archs}|${why}")\n'
         )
         command = [CMAKE, f"-DMODE={mode}", f"-DCOMPILER={compiler}"]
-        command += [f"-DREQUESTED={requested}", "-P", str(script)]
+        command += [f"-DREQUESTED={requested}", f"-DREJECTED={rejected}", "-P", str(script)]
         run = subprocess.run(command, capture_output=True, text=True, timeout=60)
     text = run.stdout + run.stderr
     for line in run.stdout.splitlines():
@@ -95,6 +97,57 @@ def test_an_nvcc_older_than_12_builds_the_cpu_path_or_stops_with_on(nvcc):
     status, result, text = decide("ON", old)
     assert status != 0 and result is None
     assert "PDL_POST_CUDA=ON but nvcc 11.8" in text and "older than CUDA 12.0" in text
+
+
+@pytest.mark.parametrize("mode", ["AUTO", "ON"])
+def test_a_compiler_that_failed_cmakes_check_is_named(nvcc, mode):
+    # check_language(CUDA) found no working compiler, yet one is there (CUDACXX or PATH): the
+    # reason names it rather than claiming there is none.
+    old, new, broken = nvcc("11.8", ["75", "80", "90"]), nvcc(*NVCC_13), nvcc(None, None)
+    expected = {
+        old: f"nvcc 11.8 ({old}) is older than CUDA 12.0",
+        new: f"nvcc 13.0 ({new}) failed CMake's test build of a CUDA program",
+        broken: f"the CUDA compiler {broken} failed CMake's test build of a CUDA program",
+    }
+    for rejected, why in expected.items():
+        for compiler in ("", "CMAKE_CUDA_COMPILER-NOTFOUND"):
+            status, result, text = decide(mode, compiler, rejected=rejected)
+            if mode == "AUTO":
+                assert status == 0, text
+                assert result["enabled"] == "OFF"
+                assert result["why"].startswith(why)
+            else:
+                assert status != 0 and result is None
+                assert f"PDL_POST_CUDA=ON but {why}" in " ".join(text.split())
+    _, result, _ = decide("AUTO", "", rejected=new)
+    assert "set CUDAHOSTCXX" in result["why"] and "CMakeFiles/" in result["why"]
+
+
+def test_configure_names_the_cuda_compiler_it_could_not_use(nvcc, tmp_path):
+    # The whole configure step with CUDACXX pointing at a compiler that fails CMake's check (the
+    # stand-in builds nothing): a CPU-only build whose reason names that compiler.
+    import pybind11
+
+    old = nvcc("11.8", ["75", "80", "90"])
+    run = subprocess.run(
+        [
+            CMAKE,
+            "-S",
+            str(ROOT),
+            "-B",
+            str(tmp_path / "build"),
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CUDACXX": f"{old} -ccbin c++"},
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"pdl_post: nvcc 11.8 ({old}) is older than CUDA 12.0; building the CPU path only" in (
+        run.stdout
+    )
 
 
 def test_architectures_nvcc_cannot_build_are_dropped_with_a_warning(nvcc):
