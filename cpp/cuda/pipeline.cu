@@ -223,7 +223,7 @@ void require_kernel_image(int device) {
   check(status, "cudaFuncGetAttributes");
 }
 
-// A call reads counts back from the device to size its buffers and output (one to four
+// A call reads counts back from the device to size its buffers and output (one to three
 // synchronisations), which a stream being captured into a CUDA graph does not allow: refuse
 // before queuing anything, so that the caller's capture is left as it was.
 void require_not_capturing(cudaStream_t stream) {
@@ -243,21 +243,67 @@ __global__ void peak_begin_kernel(const int64_t* row_offset, int64_t batch, int6
   if (b <= batch) peak_begin[b] = static_cast<long long>(row_offset[b * height]);
 }
 
-// Per image: centre count and first centre, segment count, error instance and its class.
-__global__ void summary_kernel(int64_t batch, CenterList centers, FuseLayout layout,
-                               FuseBuffers buffers, long long* summary) {
-  const int64_t b = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (b >= batch) return;
-  long long* s = summary + 5 * b;
-  s[0] = centers.count[b];
-  s[1] = centers.begin[b];
-  s[2] = buffers.num_segments[b];
-  const unsigned long long k = buffers.error_instance[b];
-  s[3] = k == ULLONG_MAX ? -1 : static_cast<long long>(k);
-  s[4] =
-      k == ULLONG_MAX
-          ? -1
-          : layout.class_label(buffers.class_of[layout.inst_offset[b] + static_cast<int64_t>(k)]);
+// What the host reads back at the end of a call, gathered into one array so that one copy of a
+// size known in advance brings it all: per image 5 words (centre count, first centre, segment
+// count, error instance, its class), then for postprocess every slot of the kept centres
+// (pixel, score) and of the segments. Slots past the counts are zeroed, so the copy reads only
+// memory written here.
+struct Readback {
+  long long* summary;       // [5 B]
+  int64_t* pixel;           // [center_slots] the kept centres, compacted over the batch from 0
+  double* score;            // [center_slots]
+  DeviceSegment* segments;  // [segment_slots] image b's at seg_offset[b]
+  int64_t center_slots, segment_slots;
+
+  static int64_t words(int64_t batch, int64_t center_slots, int64_t segment_slots) {
+    static_assert(sizeof(DeviceSegment) % sizeof(long long) == 0, "segments are whole words");
+    return 5 * batch + 2 * center_slots +
+           segment_slots * static_cast<int64_t>(sizeof(DeviceSegment) / sizeof(long long));
+  }
+  // The parts, in order, within `words(...)` words at `base` (device or host memory).
+  static Readback at(long long* base, int64_t batch, int64_t center_slots, int64_t segment_slots) {
+    long long* pixel = base + 5 * batch;
+    long long* score = pixel + center_slots;
+    long long* segments = score + center_slots;
+    return {base,
+            reinterpret_cast<int64_t*>(pixel),
+            reinterpret_cast<double*>(score),
+            reinterpret_cast<DeviceSegment*>(segments),
+            center_slots,
+            segment_slots};
+  }
+};
+
+__global__ void readback_kernel(int64_t batch, CenterList centers, FuseLayout layout,
+                                FuseBuffers buffers, Readback r) {
+  const int64_t slots = r.center_slots > r.segment_slots ? r.center_slots : r.segment_slots;
+  const int64_t n = batch > slots ? batch : slots;
+  const int64_t kept = r.center_slots > 0 ? centers.begin[batch - 1] + centers.count[batch - 1] : 0;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    if (i < batch) {
+      long long* s = r.summary + 5 * i;
+      s[0] = centers.count[i];
+      s[1] = centers.begin[i];
+      s[2] = buffers.num_segments[i];
+      const unsigned long long k = buffers.error_instance[i];
+      s[3] = k == ULLONG_MAX ? -1 : static_cast<long long>(k);
+      s[4] = k == ULLONG_MAX
+                 ? -1
+                 : layout.class_label(
+                       buffers.class_of[layout.inst_offset[i] + static_cast<int64_t>(k)]);
+    }
+    if (i < r.center_slots) {
+      r.pixel[i] = i < kept ? centers.pixel[i] : 0;
+      r.score[i] = i < kept ? centers.score[i] : 0.0;
+    }
+    if (i < r.segment_slots) {
+      // The image whose slots hold i: the last b with seg_offset[b] <= i.
+      const int64_t b = lower_bound_index(layout.seg_offset, batch + 1, i + 1) - 1;
+      const bool used = i - layout.seg_offset[b] < buffers.num_segments[b];
+      r.segments[i] = used ? buffers.segments[i] : DeviceSegment{};
+    }
+  }
 }
 
 // Thing classes on the device: a byte table for small ids, else the sorted ids (as on the CPU).
@@ -447,6 +493,15 @@ void on_device(int device, F release) noexcept {
   if (other) (void)cudaSetDevice(previous);
 }
 
+// The value at `at` in host memory that holds copied bytes (the read-back words), read as bytes:
+// the words are long long, the values int64_t, double or DeviceSegment.
+template <typename T>
+T copied(const T* at) {
+  T value;
+  std::memcpy(&value, at, sizeof(T));
+  return value;
+}
+
 }  // namespace
 
 CudaMerge::~CudaMerge() {
@@ -553,6 +608,11 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
 
   // Every array of this phase, from one allocation.
   const int64_t score_size = dtype_size(s.in.ctr.dtype);
+  // postprocess reads back every centre and segment slot (at most sum of K_b, and K_b + C per
+  // image), merge only the summary.
+  const int64_t center_slots = with_segments ? inst_total - B : 0;
+  const int64_t segment_slots = with_segments ? seg_offset[B] : 0;
+  const int64_t readback_words = cuda::Readback::words(B, center_slots, segment_slots);
   struct Arrays {
     void* tables;
     int64_t* class_labels;  // compacted class tables only
@@ -560,8 +620,8 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     cuda::CenterList centers;
     cuda::SelectScratch select;
     cuda::FuseBuffers buffers;
-    double* partial;     // score sums with logits
-    long long* summary;  // 5 per image
+    double* partial;      // score sums with logits
+    long long* readback;  // Readback's words
   };
   cuda::Scratch scratch;
   const Arrays a = cuda::carve(scratch, stream, [&](cuda::Scratch& sc) {
@@ -595,7 +655,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     f.num_segments = sc.take<int64_t>(B, "segments");
     f.error_instance = sc.take<unsigned long long>(B, "errors");
     t.partial = with_scores ? sc.take<double>(partial_total, "score sums") : nullptr;
-    t.summary = sc.take<long long>(5 * B, "summary");
+    t.readback = sc.take<long long>(readback_words, "read-back");
     return t;
   });
   // Everything the host decides goes to the device in one copy, before the first kernel of this
@@ -653,17 +713,20 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   // (which reads the output) and before the scratch frees.
   if (!with_segments && !wait && max_instances < s.params.label_divisor) return results;
 
-  // Sync point 2: per-image summary (and for postprocess the centres and segments).
-  cuda::summary_kernel<<<cuda::grid_for(B, 256), 256, 0, stream>>>(B, centers, layout, buffers,
-                                                                   a.summary);
-  cuda::check_launch("summary_kernel");
-  std::vector<long long> head(static_cast<size_t>(5 * B));
-  check(cudaMemcpyAsync(head.data(), a.summary, head.size() * sizeof(long long),
+  // Sync point 2: per-image summary, and for postprocess the centres and segments, in one copy.
+  const cuda::Readback device_readback =
+      cuda::Readback::at(a.readback, B, center_slots, segment_slots);
+  cuda::readback_kernel<<<cuda::grid_for(std::max({B, center_slots, segment_slots}), 256), 256, 0,
+                          stream>>>(B, centers, layout, buffers, device_readback);
+  cuda::check_launch("readback_kernel");
+  std::vector<long long> words(static_cast<size_t>(readback_words));
+  check(cudaMemcpyAsync(words.data(), a.readback, words.size() * sizeof(long long),
                         cudaMemcpyDeviceToHost, stream),
-        "cudaMemcpyAsync (summary)");
+        "cudaMemcpyAsync (read-back)");
   check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  const cuda::Readback host = cuda::Readback::at(words.data(), B, center_slots, segment_slots);
   for (int64_t b = 0; b < B; ++b) {
-    const long long* h = head.data() + 5 * b;
+    const long long* h = host.summary + 5 * b;
     if (h[3] >= 0) {  // the first instance (in centre order) whose number reached label_divisor
       throw ValueError("fuse: class " + std::to_string(h[4]) + " has " +
                        std::to_string(s.params.label_divisor) +
@@ -672,46 +735,17 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     }
   }
   if (!with_segments) return results;
-  // postprocess only: the centres (compacted over the batch from 0) and each image's segments,
-  // copied at their exact sizes, then one more synchronisation.
-  int64_t total_centers = 0, total_segments = 0;
   for (int64_t b = 0; b < B; ++b) {
-    total_centers += head[5 * b];
-    total_segments += head[5 * b + 2];
-  }
-  std::vector<int64_t> host_pixel(static_cast<size_t>(total_centers));
-  std::vector<double> host_score(static_cast<size_t>(total_centers));
-  std::vector<cuda::DeviceSegment> host_segments(static_cast<size_t>(total_segments));
-  if (total_centers > 0) {
-    check(cudaMemcpyAsync(host_pixel.data(), centers.pixel, total_centers * sizeof(int64_t),
-                          cudaMemcpyDeviceToHost, stream),
-          "cudaMemcpyAsync (centres)");
-    check(cudaMemcpyAsync(host_score.data(), centers.score, total_centers * sizeof(double),
-                          cudaMemcpyDeviceToHost, stream),
-          "cudaMemcpyAsync (centres)");
-  }
-  std::vector<int64_t> first_segment(static_cast<size_t>(B));
-  for (int64_t b = 0, at = 0; b < B; ++b) {
-    first_segment[b] = at;
-    const int64_t n = head[5 * b + 2];
-    if (n > 0) {
-      check(cudaMemcpyAsync(host_segments.data() + at, buffers.segments + seg_offset[b],
-                            n * sizeof(cuda::DeviceSegment), cudaMemcpyDeviceToHost, stream),
-            "cudaMemcpyAsync (segments)");
-    }
-    at += n;
-  }
-  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-  for (int64_t b = 0; b < B; ++b) {
-    const long long* h = head.data() + 5 * b;
+    const long long* h = host.summary + 5 * b;
     ImageResult& r = results[b];
     for (long long i = h[1]; i < h[1] + h[0]; ++i) {
-      r.centers.y.push_back(host_pixel[i] / W);
-      r.centers.x.push_back(host_pixel[i] % W);
-      r.centers.score.push_back(host_score[i]);
+      const int64_t pixel = copied(host.pixel + i);
+      r.centers.y.push_back(pixel / W);
+      r.centers.x.push_back(pixel % W);
+      r.centers.score.push_back(copied(host.score + i));
     }
     for (long long i = 0; i < h[2]; ++i) {
-      const cuda::DeviceSegment& d = host_segments[first_segment[b] + i];
+      const cuda::DeviceSegment d = copied(host.segments + seg_offset[b] + i);
       r.segments.push_back(
           Segment{d.id, d.category_id, d.isthing != 0, d.area, d.score, d.instance});
     }

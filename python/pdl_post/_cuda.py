@@ -8,9 +8,9 @@ stream once per ``merge`` call, for the label range (it decides the output dtype
 counts, then returns with the rest queued, as other CUDA libraries do; a second synchronisation at
 the end reads the error flags only when an image keeps ``label_divisor`` centres or more (the one
 error found on the device: too many instances of a class), or when the inputs do not all come
-from one array library (see _may_return_early). ``postprocess`` always ends with two
-more, for the flags and for its exact-size copies of the centres and segments; class ids of 65536
-and more add one for the number of distinct ids. Inputs widened here (half precision, small
+from one array library (see _may_return_early). ``postprocess`` always ends with one
+more, after one copy of the flags, centres and segments together; class ids of 65536 and more add
+one for the number of distinct ids. Inputs widened here (half precision, small
 integer labels, non-bool masks) are made by the caller's library on the same stream, whose
 allocator reuses their memory only for work queued after this call's.
 """
