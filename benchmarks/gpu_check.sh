@@ -6,7 +6,8 @@
 #      host-emulated cases are left to make test);
 #   3. runs compute-sanitizer memcheck on a small batch (merge and postprocess, logits included);
 #   4. times our GPU path, dense PyTorch on the same GPU and the device copy floor
-#      (benchmarks/gpu_bench.py: CUDA events, warm-up, median) and prints a table with the targets.
+#      (benchmarks/gpu_bench.py: CUDA events, warm-up, median) and prints a table with the targets;
+#   5. runs compute-sanitizer racecheck, synccheck and initcheck on the same small batch.
 #
 # Needs: nvcc (CUDA 12+), a driver and a Python whose torch is a CUDA build (PYTHON=..., default
 # python3) holding the build and test requirements (scikit-build-core, pybind11, cython, ninja,
@@ -14,7 +15,8 @@
 # installed into it (editable): the GPU image's python3 is itself a venv with torch, and a venv
 # made from it would not see its packages; nothing can be fetched there.
 # Options: PDL_POST_CUDA_ARCHITECTURES (default here 90-real;90-virtual: Hopper only, to save
-# device time; the package default adds Turing and Ampere code), SKIP_MEMCHECK=1.
+# device time; the package default adds Turing and Ampere code), SKIP_MEMCHECK=1,
+# SKIP_SANITIZERS=1 (step 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -56,10 +58,11 @@ step "device tests on the GPU"
   -k "cuda and not emulated" \
   -W default::DeprecationWarning -W default::FutureWarning --maxfail=5 || failed+=("device tests")
 
-if [ "${SKIP_MEMCHECK:-0}" != "1" ]; then
-  step "compute-sanitizer memcheck (small batch)"
-  if compute-sanitizer --tool memcheck --error-exitcode 1 --report-api-errors no \
-    --leak-check no "$PY" - <<'PYEOF'
+# The small case the compute-sanitizer tools run: merge (top_k 200 / 3 / None, 400 centres,
+# compacted class tables), compared with the CPU, and postprocess with logits and a mask.
+sanitizer_case=$(mktemp --suffix=.py)
+trap 'rm -f "$sanitizer_case"' EXIT
+cat >"$sanitizer_case" <<'PYEOF'
 import numpy as np
 import torch
 
@@ -80,13 +83,27 @@ out = pdl_post.merge(torch.from_numpy(big[0]).cuda(), ctr, off, thing_ids=big[1]
 np.testing.assert_array_equal(
     out.cpu().numpy(), pdl_post.merge(big[0], b.ctr, b.off, thing_ids=big[1], **kw))
 torch.cuda.synchronize()
-print("memcheck case done:", len(r), "images")
+print("sanitizer case done:", len(r), "images")
 PYEOF
-  then :; else failed+=("compute-sanitizer memcheck"); fi
+
+if [ "${SKIP_MEMCHECK:-0}" != "1" ]; then
+  step "compute-sanitizer memcheck (small batch)"
+  compute-sanitizer --tool memcheck --error-exitcode 1 --report-api-errors no \
+    --leak-check no "$PY" "$sanitizer_case" || failed+=("compute-sanitizer memcheck")
 fi
 
 step "timings"
 "$PY" benchmarks/gpu_bench.py || failed+=("timings")
+
+# After the timings, so that they cannot cost them: what the host emulator cannot show
+# (shared-memory hazards between real warps, barrier misuse, reads of memory nothing wrote).
+if [ "${SKIP_SANITIZERS:-0}" != "1" ]; then
+  for tool in racecheck synccheck initcheck; do
+    step "compute-sanitizer $tool (the same small batch)"
+    timeout 150 compute-sanitizer --tool "$tool" --error-exitcode 1 --report-api-errors no \
+      "$PY" "$sanitizer_case" || failed+=("compute-sanitizer $tool")
+  done
+fi
 step "done"
 if [ ${#failed[@]} -gt 0 ]; then
   echo "FAILED: ${failed[*]}"
