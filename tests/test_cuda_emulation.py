@@ -234,6 +234,23 @@ def test_synchronisations_copies_and_launches_per_call(emulated_cuda):
     assert all(len(n) == 1 for n in launches.values()), launches
 
 
+def test_nms_windows_above_41_take_the_separable_filter(emulated_cuda):
+    # Up to COCO's 41 x 41 the CUDA path tests each pixel against its window; above, where that
+    # would read k^2 values per local maximum, it computes peak flags with the separable filter
+    # first (4 more kernels: row blocks, row maxima, column blocks, flags). Both give the CPU's
+    # peaks (tests/test_merge.py); this pins which one runs.
+    from devices import HostCudaArray
+
+    s = synthetic.make_scene(48, 64, 6, seed=3)
+    launches = {}
+    for kernel in (7, 41, 43, 301):
+        emulation.take_counters()
+        pdl_post.merge(*(HostCudaArray(a) for a in (s.sem, s.ctr, s.off)), nms_kernel=kernel)
+        launches[kernel] = emulation.take_counters()["launches"]
+    assert launches[7] == launches[41]
+    assert launches[43] == launches[301] == launches[41] + 4
+
+
 @pytest.mark.parametrize(
     ("label_divisor", "top_k", "synchronisations"),
     [

@@ -106,6 +106,33 @@ def test_nms_on_rough_heatmaps_and_plateaus(device, kernel):
     np.testing.assert_array_equal(kept, expected)
 
 
+@pytest.mark.parametrize("kernel", [43, 65, 151])
+def test_large_nms_windows_on_batches_and_strided_heatmaps(device, kernel):
+    # Windows above 41 take the separable max filter on the CUDA path (cpp/cuda/center_nms.cu),
+    # as on the CPU: block boundaries inside the image (43, 65) and a window wider and taller than
+    # it (151), images side by side in a batch, float64, a heatmap read through strides, and a
+    # flat heatmap whose square plateau suppresses its surroundings.
+    b = synthetic.make_batch(3, 80, 136, 20, seed=kernel)
+    rng = np.random.default_rng(kernel)
+    rough = (b.ctr + rng.uniform(0, 0.05, b.ctr.shape)).astype(np.float32)
+    kw = {"nms_kernel": kernel, "top_k": None, "stuff_area": 16}
+    r = both(device, b.sem, rough, b.off, **kw)
+    assert all(len(image.centers) > 0 for image in r)
+    both(device, b.sem, np.round(rough.astype(np.float64) * 8) / 8, b.off, **kw)
+    spaced = np.zeros((*rough.shape[:-1], 2 * rough.shape[-1]), np.float32)
+    spaced[..., ::2] = rough
+    both(device, b.sem, spaced[..., ::2], b.off, **kw)
+    flat = np.full_like(rough, 0.5)
+    flat[1, :, 30:33, 100:103] = 0.75
+    r = both(device, b.sem, flat, b.off, **kw)
+    kept = np.ones((80, 136), bool)
+    radius = kernel // 2
+    kept[max(30 - radius, 0) : 33 + radius, max(100 - radius, 0) : 103 + radius] = False
+    kept[30:33, 100:103] = True
+    assert [len(image.centers) for image in r] == [80 * 136, kept.sum(), 80 * 136]
+    assert set(map(tuple, r[1].centers.tolist())) == set(zip(*np.nonzero(kept)))
+
+
 def test_foreground_mask_including_stuff_pixels(device):
     s = synthetic.make_scene(96, 160, 25, seed=3)
     rng = np.random.default_rng(0)

@@ -6,13 +6,16 @@
 // van Herk filter). Its 3x3 neighbours are tested first: a pixel on a slope has a larger one, so
 // only local maxima read the whole k x k window and a warp's lanes do about the same work (COCO's
 // 41 x 41 window: 20 -> 2 window reads per pixel and warp lane on a 40-centre scene,
-// benchmarks/RESULTS.md). Compaction: one block per row counts its peaks, an exclusive sum over the
-// rows gives every row its output offset, and a second pass writes the peaks of non-empty rows in
-// order with a block-wide scan. Top-k sorts only images with more peaks than top_k: a stable
-// segmented radix sort by descending score keeps equal scores in row-major order, so the first
-// top_k of a segment are exactly the CPU's "ties go to the earlier pixel"; detectron2 mode keeps
-// scores above the top_k-th. Kept flags are compacted with one more exclusive sum, preserving
-// row-major order.
+// benchmarks/RESULTS.md). Windows above kDirectWindowMax (41; no preset has one), where a flat
+// heatmap would cost k^2 reads per pixel, take the CPU's separable van Herk filter instead (row
+// blocks, row maxima, column blocks, then one peak flag per pixel: O(1) per pixel whatever k),
+// sharing window_max_from_blocks and is_center_peak with it.
+// Compaction: one block per row counts its peaks, an exclusive sum over the rows gives every row
+// its output offset, and a second pass writes the peaks of non-empty rows in order with a
+// block-wide scan. Top-k sorts only images with more peaks than top_k: a stable segmented radix
+// sort by descending score keeps equal scores in row-major order, so the first top_k of a segment
+// are exactly the CPU's "ties go to the earlier pixel"; detectron2 mode keeps scores above the
+// top_k-th. Kept flags are compacted with one more exclusive sum, preserving row-major order.
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_scan.cuh>
@@ -60,25 +63,116 @@ __device__ bool is_peak(Plane<const T> ctr, int64_t y, int64_t x, int64_t height
   return is_center_peak(h, m);
 }
 
+// Pixel (y, x) of image b: its flag from find_peak_flags, else the per-pixel test.
 template <typename T>
-__global__ void count_peaks_kernel(DeviceView<const T> ctr, int64_t height, int64_t width,
-                                   T threshold, int64_t radius, int64_t* row_count) {
+__device__ bool peak_at(Plane<const T> plane, const uint8_t* flags, int64_t b, int64_t y, int64_t x,
+                        int64_t height, int64_t width, T threshold, int64_t radius) {
+  if (flags) return flags[(b * height + y) * width + x] != 0;
+  return is_peak(plane, y, x, height, width, threshold, radius);
+}
+
+// One thread per (image, row, block of k columns): the running maxima of the thresholded heatmap
+// from the block's start (prefix) and from its end (suffix), as block_prefix_suffix on the CPU.
+template <typename T>
+__global__ void row_blocks_kernel(DeviceView<const T> ctr, int64_t height, int64_t width,
+                                  T threshold, int64_t k, int64_t blocks_per_row, int64_t total,
+                                  T* prefix, T* suffix) {
+  for (int64_t t = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; t < total;
+       t += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t row = t / blocks_per_row, b = row / height, y = row % height;
+    const int64_t x0 = (t % blocks_per_row) * k, x1 = x0 + k < width ? x0 + k : width;
+    const Plane<const T> plane = ctr.plane(b, 0);
+    T* pre = prefix + row * width;
+    T* suf = suffix + row * width;
+    T run = threshold_center(plane(y, x0), threshold);
+    for (int64_t x = x0; x < x1; ++x) {
+      const T h = threshold_center(plane(y, x), threshold);
+      pre[x] = run = h > run ? h : run;
+    }
+    run = threshold_center(plane(y, x1 - 1), threshold);
+    for (int64_t x = x1 - 1; x >= x0; --x) {
+      const T h = threshold_center(plane(y, x), threshold);
+      suf[x] = run = h > run ? h : run;
+    }
+  }
+}
+
+// The window maximum along rows, per pixel, from the row blocks.
+template <typename T>
+__global__ void row_window_max_kernel(const T* prefix, const T* suffix, int64_t width,
+                                      int64_t radius, int64_t k, int64_t total, T* row_max) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t x = i % width, row_start = i - x;
+    const int64_t a = x - radius > 0 ? x - radius : 0;
+    const int64_t c = x + radius < width - 1 ? x + radius : width - 1;
+    row_max[i] = window_max_from_blocks(suffix[row_start + a], prefix[row_start + c], a, c, k);
+  }
+}
+
+// One thread per (image, column, block of k rows), consecutive threads on consecutive columns:
+// prefix / suffix maxima of the row maxima down the columns.
+template <typename T>
+__global__ void column_blocks_kernel(const T* row_max, int64_t height, int64_t width, int64_t k,
+                                     int64_t blocks_per_column, int64_t total, T* prefix,
+                                     T* suffix) {
+  for (int64_t t = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; t < total;
+       t += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t x = t % width, block = (t / width) % blocks_per_column;
+    const int64_t b = t / width / blocks_per_column;
+    const int64_t y0 = block * k, y1 = y0 + k < height ? y0 + k : height;
+    const int64_t column = b * height * width + x;
+    T run = row_max[column + y0 * width];
+    for (int64_t y = y0; y < y1; ++y) {
+      const T v = row_max[column + y * width];
+      prefix[column + y * width] = run = v > run ? v : run;
+    }
+    run = row_max[column + (y1 - 1) * width];
+    for (int64_t y = y1 - 1; y >= y0; --y) {
+      const T v = row_max[column + y * width];
+      suffix[column + y * width] = run = v > run ? v : run;
+    }
+  }
+}
+
+// The k x k window maximum from the column blocks, and the peak test of the CPU.
+template <typename T>
+__global__ void peak_flags_kernel(DeviceView<const T> ctr, const T* prefix, const T* suffix,
+                                  int64_t height, int64_t width, T threshold, int64_t radius,
+                                  int64_t k, int64_t total, uint8_t* flags) {
+  const int64_t hw = height * width;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t b = i / hw, y = (i % hw) / width, x = i % width;
+    const int64_t a = y - radius > 0 ? y - radius : 0;
+    const int64_t c = y + radius < height - 1 ? y + radius : height - 1;
+    const int64_t column = b * hw + x;
+    const T m =
+        window_max_from_blocks(suffix[column + a * width], prefix[column + c * width], a, c, k);
+    flags[i] = is_center_peak(threshold_center(ctr.plane(b, 0)(y, x), threshold), m) ? 1 : 0;
+  }
+}
+
+template <typename T>
+__global__ void count_peaks_kernel(DeviceView<const T> ctr, const uint8_t* flags, int64_t height,
+                                   int64_t width, T threshold, int64_t radius, int64_t* row_count) {
   using Reduce = cub::BlockReduce<int64_t, kRowThreads>;
   __shared__ typename Reduce::TempStorage storage;
   const int64_t y = blockIdx.x, b = blockIdx.y;
   const Plane<const T> plane = ctr.plane(b, 0);
   int64_t count = 0;
   for (int64_t x = threadIdx.x; x < width; x += kRowThreads) {
-    count += is_peak(plane, y, x, height, width, threshold, radius) ? 1 : 0;
+    count += peak_at(plane, flags, b, y, x, height, width, threshold, radius) ? 1 : 0;
   }
   const int64_t total = Reduce(storage).Sum(count);
   if (threadIdx.x == 0) row_count[b * height + y] = total;
 }
 
 template <typename T>
-__global__ void write_peaks_kernel(DeviceView<const T> ctr, int64_t height, int64_t width,
-                                   T threshold, int64_t radius, const int64_t* row_offset,
-                                   int64_t* pixel, T* score, int32_t* image) {
+__global__ void write_peaks_kernel(DeviceView<const T> ctr, const uint8_t* flags, int64_t height,
+                                   int64_t width, T threshold, int64_t radius,
+                                   const int64_t* row_offset, int64_t* pixel, T* score,
+                                   int32_t* image) {
   using Scan = cub::BlockScan<int64_t, kRowThreads>;
   __shared__ typename Scan::TempStorage storage;
   const int64_t y = blockIdx.x, b = blockIdx.y;
@@ -88,7 +182,8 @@ __global__ void write_peaks_kernel(DeviceView<const T> ctr, int64_t height, int6
   const Plane<const T> plane = ctr.plane(b, 0);
   for (int64_t x0 = 0; x0 < width; x0 += kRowThreads) {
     const int64_t x = x0 + threadIdx.x;
-    const int64_t flag = (x < width && is_peak(plane, y, x, height, width, threshold, radius));
+    const int64_t flag =
+        (x < width && peak_at(plane, flags, b, y, x, height, width, threshold, radius));
     int64_t position = 0, total = 0;
     Scan(storage).ExclusiveSum(flag, position, total);
     if (flag) {
@@ -222,28 +317,72 @@ void exclusive_sum(const int64_t* in, int64_t* out, int64_t count, const CubTemp
         "cub::DeviceScan::ExclusiveSum");
 }
 
-void count_peaks(const StridedView& ctr, double threshold, int64_t nms_kernel, int64_t* row_count,
-                 cudaStream_t stream) {
+PeakFlags take_peak_flags(Scratch& scratch, DType ctr_dtype, int64_t pixels, int64_t nms_kernel) {
+  PeakFlags taken;
+  if (nms_kernel <= kDirectWindowMax) return taken;
+  taken.flags = scratch.take<uint8_t>(pixels, "peak flags");
+  with_float_type(ctr_dtype, "ctr", [&](auto tag) {
+    using T = decltype(tag);
+    taken.prefix = scratch.take<T>(pixels, "NMS block maxima");
+    taken.suffix = scratch.take<T>(pixels, "NMS block maxima");
+    taken.row_max = scratch.take<T>(pixels, "NMS row maxima");
+  });
+  return taken;
+}
+
+void find_peak_flags(const StridedView& ctr, double threshold, int64_t nms_kernel,
+                     const PeakFlags& flags, cudaStream_t stream) {
+  const int64_t batch = ctr.batch(), height = ctr.height(), width = ctr.width();
+  const int64_t pixels = batch * height * width, k = nms_kernel, radius = nms_kernel / 2;
+  const int threads = 256;
+  with_float_type(ctr.dtype, "ctr", [&](auto tag) {
+    using T = decltype(tag);
+    T* prefix = static_cast<T*>(flags.prefix);
+    T* suffix = static_cast<T*>(flags.suffix);
+    T* row_max = static_cast<T*>(flags.row_max);
+    const T cut = static_cast<T>(threshold);
+    const int64_t row_blocks = batch * height * ((width + k - 1) / k);
+    row_blocks_kernel<T><<<grid_for(row_blocks, threads), threads, 0, stream>>>(
+        device_view<T>(ctr), height, width, cut, k, (width + k - 1) / k, row_blocks, prefix,
+        suffix);
+    check_launch("row_blocks_kernel");
+    row_window_max_kernel<T><<<grid_for(pixels, threads), threads, 0, stream>>>(
+        prefix, suffix, width, radius, k, pixels, row_max);
+    check_launch("row_window_max_kernel");
+    const int64_t column_blocks = batch * ((height + k - 1) / k) * width;
+    column_blocks_kernel<T><<<grid_for(column_blocks, threads), threads, 0, stream>>>(
+        row_max, height, width, k, (height + k - 1) / k, column_blocks, prefix, suffix);
+    check_launch("column_blocks_kernel");
+    peak_flags_kernel<T><<<grid_for(pixels, threads), threads, 0, stream>>>(
+        device_view<T>(ctr), prefix, suffix, height, width, cut, radius, k, pixels, flags.flags);
+    check_launch("peak_flags_kernel");
+  });
+}
+
+void count_peaks(const StridedView& ctr, double threshold, int64_t nms_kernel,
+                 const uint8_t* peak_flags, int64_t* row_count, cudaStream_t stream) {
   const int64_t batch = ctr.batch(), height = ctr.height(), width = ctr.width();
   check(cudaMemsetAsync(row_count + batch * height, 0, sizeof(int64_t), stream), "cudaMemset");
   with_float_type(ctr.dtype, "ctr", [&](auto tag) {
     using T = decltype(tag);
     const dim3 grid(static_cast<unsigned>(height), static_cast<unsigned>(batch));
-    count_peaks_kernel<T><<<grid, kRowThreads, 0, stream>>>(
-        device_view<T>(ctr), height, width, static_cast<T>(threshold), nms_kernel / 2, row_count);
+    count_peaks_kernel<T><<<grid, kRowThreads, 0, stream>>>(device_view<T>(ctr), peak_flags, height,
+                                                            width, static_cast<T>(threshold),
+                                                            nms_kernel / 2, row_count);
     check_launch("count_peaks_kernel");
   });
 }
 
 void write_peaks(const StridedView& ctr, double threshold, int64_t nms_kernel,
-                 const int64_t* row_offset, const PeakList& peaks, cudaStream_t stream) {
+                 const uint8_t* peak_flags, const int64_t* row_offset, const PeakList& peaks,
+                 cudaStream_t stream) {
   const int64_t batch = ctr.batch(), height = ctr.height(), width = ctr.width();
   with_float_type(ctr.dtype, "ctr", [&](auto tag) {
     using T = decltype(tag);
     const dim3 grid(static_cast<unsigned>(height), static_cast<unsigned>(batch));
     write_peaks_kernel<T><<<grid, kRowThreads, 0, stream>>>(
-        device_view<T>(ctr), height, width, static_cast<T>(threshold), nms_kernel / 2, row_offset,
-        peaks.pixel, static_cast<T*>(peaks.score), peaks.image);
+        device_view<T>(ctr), peak_flags, height, width, static_cast<T>(threshold), nms_kernel / 2,
+        row_offset, peaks.pixel, static_cast<T*>(peaks.score), peaks.image);
     check_launch("write_peaks_kernel");
   });
 }

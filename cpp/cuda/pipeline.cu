@@ -402,10 +402,11 @@ struct CudaMerge::State {
   cudaStream_t stream = nullptr;
   int64_t batch = 0, height = 0, width = 0;
   bool empty = false, finished = false;
-  StridedView sem;                  // the labels read by every later stage
-  cuda::Scratch first_scratch;      // the first phase's arrays, until finish ends
-  int64_t* row_offset = nullptr;    // peaks before each row (B * H + 1), in first_scratch
-  std::vector<int64_t> peak_begin;  // B + 1 (host)
+  StridedView sem;                      // the labels read by every later stage
+  cuda::Scratch first_scratch;          // the first phase's arrays, until finish ends
+  int64_t* row_offset = nullptr;        // peaks before each row (B * H + 1), in first_scratch
+  const uint8_t* peak_flags = nullptr;  // large NMS windows only (cuda::PeakFlags), likewise
+  std::vector<int64_t> peak_begin;      // B + 1 (host)
   int64_t lo = 0, hi = -1;
 };
 
@@ -442,6 +443,7 @@ CudaMerge::CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers
     int64_t* row_count;  // peaks per row
     int64_t* row_offset;
     cuda::CubTemp scan;
+    cuda::PeakFlags peak_flags;
   };
   const Arrays a = cuda::carve(s.first_scratch, s.stream, [&](cuda::Scratch& scratch) {
     Arrays taken{};
@@ -450,9 +452,12 @@ CudaMerge::CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers
     taken.row_count = scratch.take<int64_t>(rows + 1, "peak counts");
     taken.row_offset = scratch.take<int64_t>(rows + 1, "peak offsets");
     taken.scan = cuda::take_scan_temp(scratch, rows + 1);
+    taken.peak_flags =
+        cuda::take_peak_flags(scratch, inputs.ctr.dtype, rows * s.width, centers.nms_kernel);
     return taken;
   });
   s.row_offset = a.row_offset;
+  s.peak_flags = a.peak_flags.flags;
   if (argmax) {
     cuda::argmax_logits(inputs.logits, a.labels, s.stream);
     s.sem.data = a.labels;
@@ -465,7 +470,12 @@ CudaMerge::CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers
   cuda::init_range_kernel<<<1, 1, 0, s.stream>>>(a.header);
   cuda::check_launch("init_range_kernel");
   cuda::label_range(s.sem, a.header, s.stream);
-  cuda::count_peaks(inputs.ctr, centers.threshold, centers.nms_kernel, a.row_count, s.stream);
+  if (s.peak_flags) {
+    cuda::find_peak_flags(inputs.ctr, centers.threshold, centers.nms_kernel, a.peak_flags,
+                          s.stream);
+  }
+  cuda::count_peaks(inputs.ctr, centers.threshold, centers.nms_kernel, s.peak_flags, a.row_count,
+                    s.stream);
   cuda::exclusive_sum(a.row_count, a.row_offset, rows + 1, a.scan, s.stream);
   cuda::peak_begin_kernel<<<cuda::grid_for(s.batch + 1, 256), 256, 0, s.stream>>>(
       a.row_offset, s.batch, s.height, a.header + 2);
@@ -525,6 +535,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
       on_device(s.in.device, [this] {
         s.first_scratch = cuda::Scratch();
         s.row_offset = nullptr;
+        s.peak_flags = nullptr;
       });
     }
   } release_scratch{s};
@@ -681,8 +692,8 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
 
   // Peaks in row-major order, then the kept centres.
   if (total_peaks > 0) {
-    cuda::write_peaks(s.in.ctr, s.centers.threshold, s.centers.nms_kernel, s.row_offset, a.peaks,
-                      stream);
+    cuda::write_peaks(s.in.ctr, s.centers.threshold, s.centers.nms_kernel, s.peak_flags,
+                      s.row_offset, a.peaks, stream);
     cuda::select_centers(
         s.in.ctr.dtype, W, a.peaks, peak_begin_device, s.peak_begin, s.centers.top_k,
         s.centers.topk_mode, cuda::UploadPack::at<int>(a.tables, at_sort_begin),
