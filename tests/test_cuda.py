@@ -41,6 +41,30 @@ def test_thousands_of_centres_use_the_global_histogram(cuda_device):
     assert len(r.centers) > 1000
 
 
+def test_segment_score_sums_in_shared_and_global_memory(cuda_device):
+    # Scores with logits sum each block's probabilities per segment in shared memory when an
+    # image's K + C segment slots fit (4096, cpp/cuda/fusion.cu), else in global memory (one more
+    # memset): both the CPU's sums bit for bit. Logits follow the scene's labels, and a corner
+    # takes the last class, so that C is the number of channels.
+    s = synthetic.make_scene(24, 40, 6, seed=5)
+    rng = np.random.default_rng(5)
+    memsets = {}
+    for classes in (64, 4200):
+        logits = rng.normal(0, 1, (classes, 24, 40)).astype(np.float32)
+        rows, cols = np.indices(s.sem.shape)
+        logits[s.sem, rows, cols] += 6
+        logits[classes - 1, :3, :3] += 12
+        if cuda_device == "emulated":
+            EMULATION.take_counters()
+        r = run_on(cuda_device, logits, s.ctr, s.off, stuff_area=1)
+        if cuda_device == "emulated":
+            memsets[classes] = EMULATION.take_counters()["memsets"]
+        assert any(seg["isthing"] for seg in r.segments)
+        assert any(seg["category_id"] == classes - 1 for seg in r.segments)
+    if cuda_device == "emulated":  # run_on calls postprocess and merge: one postprocess each
+        assert memsets[4200] == memsets[64] + 1
+
+
 def test_divergent_warps_count_every_pixel(cuda_device):
     # Thing and non-thing pixels alternate inside every warp, some votes are not finite and the
     # width is no multiple of 32: the histogram's warp-aggregated adds run in divergent code

@@ -37,6 +37,9 @@ constexpr int kThreads = 256;
 static_assert(kThreads % 32 == 0, "vote_kernel's __ballot_sync needs whole warps");
 constexpr int kCenterTile = 512;    // centres per shared-memory tile
 constexpr int kScoreThreads = 256;  // pixels evaluated at once per score block
+constexpr int kScoreGroup = 8;      // staged pixels thread 0 takes into registers at once
+static_assert(kScoreThreads % kScoreGroup == 0, "the stage is read in whole groups");
+constexpr int64_t kSharedScoreSlots = 4096;  // segment sums kept in shared memory up to (32 kB)
 
 struct MinOp {
   __device__ long long operator()(long long a, long long b) const { return a < b ? a : b; }
@@ -323,17 +326,26 @@ __global__ void segments_kernel(ThingClasses things, CenterList centers, FuseLay
 // One block per (kScoreBlockRows rows, image): its threads evaluate the probabilities of
 // kScoreThreads consecutive pixels at once into shared memory, then thread 0 adds them in
 // row-major order into the block's per-segment sums (a register holds the running sum of the
-// current segment: the same additions, in the same order, as the CPU).
+// current segment: the same additions, in the same order, as the CPU). That chain is serial, so
+// thread 0 reads kScoreGroup staged pixels into registers before adding them (their loads
+// overlap instead of each waiting for the last add), and the sums live in shared memory when the
+// image's segments fit (shared_sums), so that a change of segment costs no global round trip.
 template <typename TSem, typename TL>
 __global__ void probability_sums_kernel(DeviceView<const TSem> sem, DeviceView<const TL> logits,
                                         int64_t channels, int64_t height, int64_t width,
                                         FuseLayout layout, FuseBuffers buffers,
-                                        const int64_t* partial_offset, double* partial) {
+                                        const int64_t* partial_offset, double* partial,
+                                        bool shared_sums) {
   __shared__ long long staged_slot[kScoreThreads];
   __shared__ double staged_value[kScoreThreads];
+  extern __shared__ double shared_acc[];  // [layout.max_segments] when shared_sums
   const int64_t blk = blockIdx.x, b = blockIdx.y;
   const int64_t capacity = layout.seg_offset[b + 1] - layout.seg_offset[b];
-  double* acc = partial + partial_offset[b] + blk * capacity;
+  double* block_sums = partial + partial_offset[b] + blk * capacity;
+  double* acc = shared_sums ? shared_acc : block_sums;
+  if (shared_sums) {
+    for (int64_t s = threadIdx.x; s < capacity; s += kScoreThreads) shared_acc[s] = 0.0;
+  }
   const Plane<const TSem> labels = sem.plane(b, 0);
   const Plane<const TL> l = logits.plane(b, 0);
   const int32_t* instance = buffers.instance + b * height * width;
@@ -347,7 +359,7 @@ __global__ void probability_sums_kernel(DeviceView<const TSem> sem, DeviceView<c
   const int64_t first = blk * kScoreBlockRows * width, end = y1 * width;
   for (int64_t p0 = first; p0 < end; p0 += kScoreThreads) {
     const int64_t p = p0 + threadIdx.x;
-    long long slot = -1;
+    long long slot = -1;  // every thread stages a pixel: past the end, one that is skipped
     double value = 0.0;
     if (p < end) {
       const int64_t y = p / width, x = p % width;
@@ -361,23 +373,36 @@ __global__ void probability_sums_kernel(DeviceView<const TSem> sem, DeviceView<c
     }
     staged_slot[threadIdx.x] = slot;
     staged_value[threadIdx.x] = value;
-    __syncthreads();
+    __syncthreads();  // the stage is full (and, the first time, shared_acc zeroed)
     if (threadIdx.x == 0) {
-      const int64_t n = end - p0 < kScoreThreads ? end - p0 : kScoreThreads;
-      for (int64_t i = 0; i < n; ++i) {
-        const long long s = staged_slot[i];
-        if (s < 0) continue;
-        if (s != run_slot) {
-          if (run_slot >= 0) acc[run_slot] = run;
-          run_slot = s;
-          run = acc[s];
+      for (int i0 = 0; i0 < kScoreThreads; i0 += kScoreGroup) {
+        long long group_slot[kScoreGroup];
+        double group_value[kScoreGroup];
+#pragma unroll
+        for (int j = 0; j < kScoreGroup; ++j) {
+          group_slot[j] = staged_slot[i0 + j];
+          group_value[j] = staged_value[i0 + j];
         }
-        run += staged_value[i];
+#pragma unroll
+        for (int j = 0; j < kScoreGroup; ++j) {
+          const long long s = group_slot[j];
+          if (s < 0) continue;
+          if (s != run_slot) {
+            if (run_slot >= 0) acc[run_slot] = run;
+            run_slot = s;
+            run = acc[s];
+          }
+          run += group_value[j];
+        }
       }
     }
     __syncthreads();  // the stage is refilled
   }
   if (threadIdx.x == 0 && run_slot >= 0) acc[run_slot] = run;
+  if (shared_sums) {
+    __syncthreads();
+    for (int64_t s = threadIdx.x; s < capacity; s += kScoreThreads) block_sums[s] = shared_acc[s];
+  }
 }
 
 __global__ void apply_scores_kernel(FuseLayout layout, FuseBuffers buffers, int64_t blocks,
@@ -525,16 +550,22 @@ void score_with_logits(const StridedView& sem, const StridedView& logits, const 
                        int64_t partial_total, double* partial, cudaStream_t stream) {
   const int64_t batch = sem.batch(), height = sem.height(), width = sem.width();
   const int64_t blocks = score_blocks(height);
-  check(cudaMemsetAsync(partial, 0, static_cast<size_t>(partial_total) * sizeof(double), stream),
-        "cudaMemsetAsync");
+  // Sums in shared memory are written out whole; sums in global memory start from zero.
+  const bool shared_sums = layout.max_segments <= kSharedScoreSlots;
+  if (!shared_sums) {
+    check(cudaMemsetAsync(partial, 0, static_cast<size_t>(partial_total) * sizeof(double), stream),
+          "cudaMemsetAsync");
+  }
   with_label_type(sem.dtype, "sem", [&](auto sem_tag) {
     using TSem = decltype(sem_tag);
     with_float_type(logits.dtype, "sem", [&](auto l_tag) {
       using TL = decltype(l_tag);
       const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(batch));
-      probability_sums_kernel<TSem, TL><<<grid, kScoreThreads, 0, stream>>>(
+      const size_t shared_bytes =
+          shared_sums ? static_cast<size_t>(layout.max_segments) * sizeof(double) : 0;
+      probability_sums_kernel<TSem, TL><<<grid, kScoreThreads, shared_bytes, stream>>>(
           device_view<TSem>(sem), device_view<TL>(logits), logits.channels(), height, width, layout,
-          buffers, partial_offset, partial);
+          buffers, partial_offset, partial, shared_sums);
       check_launch("probability_sums_kernel");
     });
   });
