@@ -123,27 +123,22 @@ def test_a_compiler_that_failed_cmakes_check_is_named(nvcc, mode):
     assert "set CUDAHOSTCXX" in result["why"] and "CMakeFiles/" in result["why"]
 
 
+def configure(build: Path, *defines: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """CMake's configure step of the project into `build`, with this Python and its pybind11."""
+    import pybind11
+
+    command = [CMAKE, "-S", str(ROOT), "-B", str(build), f"-DPython_EXECUTABLE={sys.executable}"]
+    command += [f"-Dpybind11_DIR={pybind11.get_cmake_dir()}", *defines]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}
+    )
+
+
 def test_configure_names_the_cuda_compiler_it_could_not_use(nvcc, tmp_path):
     # The whole configure step with CUDACXX pointing at a compiler that fails CMake's check (the
     # stand-in builds nothing): a CPU-only build whose reason names that compiler.
-    import pybind11
-
     old = nvcc("11.8", ["75", "80", "90"])
-    run = subprocess.run(
-        [
-            CMAKE,
-            "-S",
-            str(ROOT),
-            "-B",
-            str(tmp_path / "build"),
-            f"-DPython_EXECUTABLE={sys.executable}",
-            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "CUDACXX": f"{old} -ccbin c++"},
-    )
+    run = configure(tmp_path / "build", env={"CUDACXX": f"{old} -ccbin c++"})
     assert run.returncode == 0, run.stdout + run.stderr
     assert f"pdl_post: nvcc 11.8 ({old}) is older than CUDA 12.0; building the CPU path only" in (
         run.stdout
@@ -195,19 +190,6 @@ def test_the_nvcc_on_path_builds_the_default_architectures():
 
 
 def test_configure_refuses_an_unknown_mode(tmp_path):
-    run = subprocess.run(
-        [
-            CMAKE,
-            "-S",
-            str(ROOT),
-            "-B",
-            str(tmp_path / "build"),
-            "-DPDL_POST_CUDA=maybe",
-            f"-DPython_EXECUTABLE={sys.executable}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = configure(tmp_path / "build", "-DPDL_POST_CUDA=maybe")
     assert run.returncode != 0
     assert "PDL_POST_CUDA: expected AUTO, ON or OFF, got 'MAYBE'" in run.stderr

@@ -71,8 +71,33 @@ __device__ bool peak_at(Plane<const T> plane, const uint8_t* flags, int64_t b, i
   return is_peak(plane, y, x, height, width, threshold, radius);
 }
 
-// One thread per (image, row, block of k columns): the running maxima of the thresholded heatmap
-// from the block's start (prefix) and from its end (suffix), as block_prefix_suffix on the CPU.
+// Running maxima over values(0..n) from the start (prefix) and from the end (suffix), written
+// `stride` apart: block_prefix_suffix of the CPU for one block.
+template <typename T, typename Values>
+__device__ void block_maxima(Values values, int64_t n, int64_t stride, T* prefix, T* suffix) {
+  T run = values(0);
+  for (int64_t i = 0; i < n; ++i) {
+    const T v = values(i);
+    prefix[i * stride] = run = v > run ? v : run;
+  }
+  run = values(n - 1);
+  for (int64_t i = n - 1; i >= 0; --i) {
+    const T v = values(i);
+    suffix[i * stride] = run = v > run ? v : run;
+  }
+}
+
+// The maximum over the window [at - radius, at + radius] clipped to [0, size) of an axis split
+// into blocks of k, from its block maxima (`stride` apart).
+template <typename T>
+__device__ T window_max(const T* prefix, const T* suffix, int64_t at, int64_t size, int64_t radius,
+                        int64_t k, int64_t stride) {
+  const int64_t a = at - radius > 0 ? at - radius : 0;
+  const int64_t c = at + radius < size - 1 ? at + radius : size - 1;
+  return window_max_from_blocks(suffix[a * stride], prefix[c * stride], a, c, k);
+}
+
+// One thread per (image, row, block of k columns): block maxima of the thresholded heatmap.
 template <typename T>
 __global__ void row_blocks_kernel(DeviceView<const T> ctr, int64_t height, int64_t width,
                                   T threshold, int64_t k, int64_t blocks_per_row, int64_t total,
@@ -80,38 +105,29 @@ __global__ void row_blocks_kernel(DeviceView<const T> ctr, int64_t height, int64
   for (int64_t t = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; t < total;
        t += int64_t{gridDim.x} * blockDim.x) {
     const int64_t row = t / blocks_per_row, b = row / height, y = row % height;
-    const int64_t x0 = (t % blocks_per_row) * k, x1 = x0 + k < width ? x0 + k : width;
+    const int64_t x0 = (t % blocks_per_row) * k, n = x0 + k < width ? k : width - x0;
     const Plane<const T> plane = ctr.plane(b, 0);
-    T* pre = prefix + row * width;
-    T* suf = suffix + row * width;
-    T run = threshold_center(plane(y, x0), threshold);
-    for (int64_t x = x0; x < x1; ++x) {
-      const T h = threshold_center(plane(y, x), threshold);
-      pre[x] = run = h > run ? h : run;
-    }
-    run = threshold_center(plane(y, x1 - 1), threshold);
-    for (int64_t x = x1 - 1; x >= x0; --x) {
-      const T h = threshold_center(plane(y, x), threshold);
-      suf[x] = run = h > run ? h : run;
-    }
+    const auto thresholded = [&](int64_t i) {
+      return threshold_center(plane(y, x0 + i), threshold);
+    };
+    const int64_t first = row * width + x0;
+    block_maxima(thresholded, n, 1, prefix + first, suffix + first);
   }
 }
 
-// The window maximum along rows, per pixel, from the row blocks.
+// The window maximum along rows, per pixel.
 template <typename T>
 __global__ void row_window_max_kernel(const T* prefix, const T* suffix, int64_t width,
                                       int64_t radius, int64_t k, int64_t total, T* row_max) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
        i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t x = i % width, row_start = i - x;
-    const int64_t a = x - radius > 0 ? x - radius : 0;
-    const int64_t c = x + radius < width - 1 ? x + radius : width - 1;
-    row_max[i] = window_max_from_blocks(suffix[row_start + a], prefix[row_start + c], a, c, k);
+    row_max[i] = window_max(prefix + row_start, suffix + row_start, x, width, radius, k, 1);
   }
 }
 
 // One thread per (image, column, block of k rows), consecutive threads on consecutive columns:
-// prefix / suffix maxima of the row maxima down the columns.
+// block maxima of the row maxima down the columns.
 template <typename T>
 __global__ void column_blocks_kernel(const T* row_max, int64_t height, int64_t width, int64_t k,
                                      int64_t blocks_per_column, int64_t total, T* prefix,
@@ -120,22 +136,14 @@ __global__ void column_blocks_kernel(const T* row_max, int64_t height, int64_t w
        t += int64_t{gridDim.x} * blockDim.x) {
     const int64_t x = t % width, block = (t / width) % blocks_per_column;
     const int64_t b = t / width / blocks_per_column;
-    const int64_t y0 = block * k, y1 = y0 + k < height ? y0 + k : height;
-    const int64_t column = b * height * width + x;
-    T run = row_max[column + y0 * width];
-    for (int64_t y = y0; y < y1; ++y) {
-      const T v = row_max[column + y * width];
-      prefix[column + y * width] = run = v > run ? v : run;
-    }
-    run = row_max[column + (y1 - 1) * width];
-    for (int64_t y = y1 - 1; y >= y0; --y) {
-      const T v = row_max[column + y * width];
-      suffix[column + y * width] = run = v > run ? v : run;
-    }
+    const int64_t y0 = block * k, n = y0 + k < height ? k : height - y0;
+    const int64_t first = (b * height + y0) * width + x;
+    const auto values = [&](int64_t i) { return row_max[first + i * width]; };
+    block_maxima(values, n, width, prefix + first, suffix + first);
   }
 }
 
-// The k x k window maximum from the column blocks, and the peak test of the CPU.
+// The k x k window maximum down the columns of the row maxima, and the CPU's peak test.
 template <typename T>
 __global__ void peak_flags_kernel(DeviceView<const T> ctr, const T* prefix, const T* suffix,
                                   int64_t height, int64_t width, T threshold, int64_t radius,
@@ -144,11 +152,8 @@ __global__ void peak_flags_kernel(DeviceView<const T> ctr, const T* prefix, cons
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
        i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t b = i / hw, y = (i % hw) / width, x = i % width;
-    const int64_t a = y - radius > 0 ? y - radius : 0;
-    const int64_t c = y + radius < height - 1 ? y + radius : height - 1;
     const int64_t column = b * hw + x;
-    const T m =
-        window_max_from_blocks(suffix[column + a * width], prefix[column + c * width], a, c, k);
+    const T m = window_max(prefix + column, suffix + column, y, height, radius, k, width);
     flags[i] = is_center_peak(threshold_center(ctr.plane(b, 0)(y, x), threshold), m) ? 1 : 0;
   }
 }
