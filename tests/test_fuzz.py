@@ -153,7 +153,7 @@ def merge_inputs(draw, allow_errors=True):
                 st.one_of(st.just([]), st.lists(st.integers(0, n_classes), min_size=1, max_size=3))
             )
         ],
-        "nms_kernel": draw(st.sampled_from([1, 3, 5, 7, 9])),
+        "nms_kernel": draw(st.sampled_from([1, 3, 5, 7, 9, 43])),  # 43: the GPU's separable filter
         "top_k": draw(st.sampled_from([None, 0, 1, 2, 3, 5])),
         "topk_mode": draw(st.sampled_from(["exact", "detectron2"])),
         "threshold": draw(st.sampled_from([0.1, 0.0, 0.5, -1.0, 0.3, 0.1000001, -INF])),
