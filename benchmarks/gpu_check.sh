@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU check of the CUDA path (issue 5), in one go on a GPU machine, in under 5 minutes:
+# GPU check of the CUDA path (issue 5), in one go on a GPU machine (steps 1-4 sized for 5 minutes;
+# step 5, three short sanitizer runs, comes last and SKIP_SANITIZERS=1 leaves it out):
 #   1. builds the package with CUDA required (PDL_POST_CUDA=ON) into build/gpu;
 #   2. runs the device tests on the GPU (tests/test_merge.py, tests/test_cuda.py and the random
 #      inputs of tests/test_fuzz.py: GPU output == CPU output on every case; the CPU-only and
