@@ -151,6 +151,9 @@ def main(argv=None) -> int:
     scores1 = _time(
         lambda: pdl_post.postprocess(logits1, ctr1, off1, **kw), args.warmup, args.repeat
     )
+    # postprocess on labels: merge's work plus the read-back of centres and segments (one more
+    # synchronisation and copy), beside merge's batch 1 row.
+    post1 = _time(lambda: pdl_post.postprocess(sem1, ctr1, off1, **kw), args.warmup, args.repeat)
     # COCO's 41 x 41 NMS window (presets.COCO) on the same scene: the per-pixel window test.
     coco_nms1 = _time(
         lambda: pdl_post.merge(sem1, ctr1, off1, **{**kw, "nms_kernel": 41}),
@@ -206,6 +209,7 @@ def main(argv=None) -> int:
         ("copy floor, batch 1", floor1, 1.0),
         (f"ours, batch {b}", oursb, oursb / floorb),
         (f"copy floor, batch {b}", floorb, 1.0),
+        ("ours postprocess, labels, batch 1", post1, post1 / floor1),
         ("ours postprocess, logits, batch 1", scores1, scores1 / floor1),
         ("ours, nms_kernel=41 (COCO's window), batch 1", coco_nms1, coco_nms1 / floor1),
         (
