@@ -61,7 +61,7 @@ def test_segment_score_sums_in_shared_and_global_memory(cuda_device):
             memsets[classes] = EMULATION.take_counters()["memsets"]
         assert any(seg["isthing"] for seg in r.segments)
         assert any(seg["category_id"] == classes - 1 for seg in r.segments)
-    if cuda_device == "emulated":  # run_on calls postprocess and merge: one postprocess each
+    if cuda_device == "emulated":  # run_on ran one postprocess (and a merge, without scores) each
         assert memsets[4200] == memsets[64] + 1
 
 
