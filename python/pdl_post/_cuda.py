@@ -85,12 +85,18 @@ def _numpy_dtype_of_torch(dtype, name: str) -> np.dtype:
     return _TORCH_DTYPES[dtype]
 
 
+_LIBRARY_OF_TYPE: dict = {}  # type -> "torch", "cupy" or None
+_DTYPE_OF_TYPESTR: dict = {}  # __cuda_array_interface__ typestr -> numpy dtype
+
+
 def _library(x) -> str | None:
-    if is_torch_tensor(x):
-        return "torch"
-    if type(x).__module__.split(".")[0] == "cupy":
-        return "cupy"
-    return None
+    kind = type(x)
+    if kind not in _LIBRARY_OF_TYPE:
+        if is_torch_tensor(x):
+            _LIBRARY_OF_TYPE[kind] = "torch"
+        else:
+            _LIBRARY_OF_TYPE[kind] = "cupy" if kind.__module__.split(".")[0] == "cupy" else None
+    return _LIBRARY_OF_TYPE[kind]
 
 
 class DeviceArray:
@@ -114,17 +120,20 @@ class DeviceArray:
         cai = obj.__cuda_array_interface__
         if cai.get("mask") is not None:
             raise TypeError(f"{name}: masked CUDA arrays are not supported")
-        self.dtype = np.dtype(cai["typestr"])
+        typestr = cai["typestr"]
+        self.dtype = _DTYPE_OF_TYPESTR.get(typestr)
+        if self.dtype is None:
+            self.dtype = _DTYPE_OF_TYPESTR[typestr] = np.dtype(typestr)
         if not self.dtype.isnative:
-            raise TypeError(f"{name}: expected native byte order, got typestr {cai['typestr']}")
+            raise TypeError(f"{name}: expected native byte order, got typestr {typestr}")
         self.ptr = int(cai["data"][0])
-        self.shape = tuple(int(s) for s in cai["shape"])
+        self.shape = tuple(map(int, cai["shape"]))
         itemsize = self.dtype.itemsize
-        if cai.get("strides") is None:
+        if cai.get("strides") is None:  # C-contiguous
             strides, step = [], 1
             for s in reversed(self.shape):
                 strides.append(step)
-                step *= max(s, 1)
+                step *= s if s > 1 else 1
             self.strides = tuple(reversed(strides))
         else:
             if any(s % itemsize for s in cai["strides"]):

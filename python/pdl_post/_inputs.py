@@ -37,8 +37,16 @@ def _describe(x) -> str:
     return f"{type(x).__name__} {x!r}" if isinstance(x, (str, bytes)) else type(x).__name__
 
 
+_IS_TORCH_TYPE: dict = {}  # type -> bool, asked several times per call
+
+
 def is_torch_tensor(x) -> bool:
-    return type(x).__module__.split(".")[0] == "torch" and hasattr(x, "detach")
+    kind = type(x)
+    known = _IS_TORCH_TYPE.get(kind)
+    if known is None:
+        known = kind.__module__.split(".")[0] == "torch" and hasattr(kind, "detach")
+        _IS_TORCH_TYPE[kind] = known
+    return known
 
 
 def without_bfloat16(t):
