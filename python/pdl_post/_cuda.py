@@ -271,9 +271,9 @@ def _stream_library(arrays: list[DeviceArray]) -> str | None:
     return next((name for name in _LIBRARIES if name in libraries), None)
 
 
-def _stream(arrays: list[DeviceArray], device: int) -> int:
-    """The caller's current stream: torch's, else CuPy's, else the interface's (v3 numbering)."""
-    library = _stream_library(arrays)
+def _stream(arrays: list[DeviceArray], library: str | None, device: int) -> int:
+    """The caller's current stream: that of ``library`` (_stream_library(arrays)) if any, else the
+    interface's (v3 numbering)."""
     if library is not None:
         return _library_stream(library, device)
     for a in arrays:
@@ -406,7 +406,7 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
     copies = [a for a in (sem_read, ctr, off, mask_read) if a is not None and a.made_here]
     touched = [*arrays.values(), *copies]
     stream_library = _stream_library(touched)
-    stream = _stream(touched, device)
+    stream = _stream(touched, stream_library, device)
     # Inputs converted by another library than the stream's (CuPy arrays beside torch tensors)
     # were converted on that library's stream: they must be done before the kernels read them,
     # and the call waits before returning (that library may reuse their memory at once).
