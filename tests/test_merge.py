@@ -82,6 +82,18 @@ def test_nms_kernel_sizes(device):
         both(device, s.sem, s.ctr, s.off, nms_kernel=kernel, stuff_area=16)
 
 
+def _plateau_peaks(shape, rows, cols, kernel):
+    """The peaks of a flat heatmap with one higher square plateau at [rows) x [cols): the plateau
+    and every pixel whose kernel x kernel window does not reach it."""
+    radius = kernel // 2
+    peaks = np.ones(shape, bool)
+    peaks[
+        max(rows[0] - radius, 0) : rows[1] + radius, max(cols[0] - radius, 0) : cols[1] + radius
+    ] = False
+    peaks[rows[0] : rows[1], cols[0] : cols[1]] = True
+    return peaks
+
+
 @pytest.mark.parametrize("kernel", [3, 5, 9, 41])
 def test_nms_on_rough_heatmaps_and_plateaus(device, kernel):
     # The CUDA path tests a pixel's 3x3 neighbours before its whole window (cpp/cuda/center_nms.cu):
@@ -99,11 +111,7 @@ def test_nms_on_rough_heatmaps_and_plateaus(device, kernel):
     r = both(device, s.sem, flat, s.off, nms_kernel=kernel, top_k=None, stuff_area=16)
     kept = np.zeros(s.ctr.shape[-2:], bool)
     kept[r.centers[:, 0], r.centers[:, 1]] = True
-    radius = kernel // 2
-    expected = np.ones_like(kept)
-    expected[max(40 - radius, 0) : 44 + radius, max(50 - radius, 0) : 54 + radius] = False
-    expected[40:44, 50:54] = True
-    np.testing.assert_array_equal(kept, expected)
+    np.testing.assert_array_equal(kept, _plateau_peaks(kept.shape, (40, 44), (50, 54), kernel))
 
 
 @pytest.mark.parametrize("kernel", [43, 65, 151])
@@ -125,10 +133,7 @@ def test_large_nms_windows_on_batches_and_strided_heatmaps(device, kernel):
     flat = np.full_like(rough, 0.5)
     flat[1, :, 30:33, 100:103] = 0.75
     r = both(device, b.sem, flat, b.off, **kw)
-    kept = np.ones((80, 136), bool)
-    radius = kernel // 2
-    kept[max(30 - radius, 0) : 33 + radius, max(100 - radius, 0) : 103 + radius] = False
-    kept[30:33, 100:103] = True
+    kept = _plateau_peaks((80, 136), (30, 33), (100, 103), kernel)
     assert [len(image.centers) for image in r] == [80 * 136, kept.sum(), 80 * 136]
     assert set(map(tuple, r[1].centers.tolist())) == set(zip(*np.nonzero(kept)))
 
