@@ -66,9 +66,8 @@ def _host_time(fn, warmup: int, repeat: int) -> float:
 def _runtime_floors(device, warmup: int, repeat: int) -> list[tuple[str, float]]:
     """Host costs every call pays (ms, median): a synchronisation of an idle stream, and a small
     device-to-host copy plus synchronisation into pageable and into pinned memory (merge's first
-    phase reads its sizes back through such a copy, into pageable memory)."""
-    import time
-
+    phase reads its sizes back through such a copy, into pageable memory). Each ends drained, so
+    _host_time's synchronisation between calls adds nothing to what it times."""
     import torch
 
     small = torch.arange(8, dtype=torch.int64, device=device)
@@ -76,14 +75,7 @@ def _runtime_floors(device, warmup: int, repeat: int) -> list[tuple[str, float]]
     pinned = torch.empty(8, dtype=torch.int64, pin_memory=True)
 
     def host(fn):
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(times)
+        return _host_time(fn, warmup, repeat)
 
     def copy_into(buffer):
         buffer.copy_(small, non_blocking=True)
