@@ -70,8 +70,12 @@ class HostCudaArray:
             "version": 3,
         }
 
-    def __getitem__(self, index):
-        return self.a[index]
+    @property
+    def shape(self) -> tuple:
+        return self.a.shape
+
+    def __getitem__(self, index):  # a view on the same "device", as CuPy's and torch's indexing
+        return type(self)(self.a[index])
 
     # The conversions the CUDA dispatch asks of the caller's array library (as CuPy's).
     def __gt__(self, other):

@@ -370,7 +370,9 @@ def test_host_backends_refuse_cuda_arrays():
 
 def test_stage_functions_name_the_cuda_argument():
     fake = FakeCudaArray((1, 8, 8))
-    with pytest.raises(ValueError, match=r"ctr: got a CUDA array .*only merge\(\) and postprocess"):
+    with pytest.raises(
+        ValueError, match=r"ctr: got a CUDA array .*only merge\(\), postprocess\(\) and detectron2"
+    ):
         pdl_post.find_centers(fake)
     s = synthetic.make_scene(8, 8, 1, seed=0)
     with pytest.raises(ValueError, match=r"off: got a CUDA array"):

@@ -11,6 +11,7 @@ import pytest
 
 import pdl_post
 from conftest import assert_results_equal
+from devices import HostCudaArray, to_device
 from pdl_post import detectron2, synthetic
 from pdl_post._inputs import as_numpy
 
@@ -354,40 +355,40 @@ def _quantised(ctr):
     return (np.round(ctr * 4) / 4).astype(ctr.dtype)
 
 
+D2_OPTIONS = [
+    {
+        "thing_ids": set(range(11, 19)),
+        "label_divisor": 1000,
+        "stuff_area": 64,
+        "void_label": 0,
+        "threshold": 0.1,
+        "nms_kernel": 7,
+        "top_k": 200,
+    },
+    {
+        "thing_ids": [11, 13, 14],
+        "label_divisor": 256,
+        "stuff_area": 0,
+        "void_label": -1,
+        "threshold": 0.3,
+        "nms_kernel": 3,
+        "top_k": 4,
+    },
+    {
+        "thing_ids": (12, 15, 17, 18),
+        "label_divisor": 10000,
+        "stuff_area": 300,
+        "void_label": 255,
+        "threshold": 0.05,
+        "nms_kernel": 11,
+        "top_k": None,
+    },
+]
+D2_OPTION_IDS = ["cityscapes", "small-topk", "no-topk"]
+
+
 @pytest.mark.parametrize(("h", "w", "n", "seed", "make_kw"), D2_SCENES)
-@pytest.mark.parametrize(
-    "opts",
-    [
-        {
-            "thing_ids": set(range(11, 19)),
-            "label_divisor": 1000,
-            "stuff_area": 64,
-            "void_label": 0,
-            "threshold": 0.1,
-            "nms_kernel": 7,
-            "top_k": 200,
-        },
-        {
-            "thing_ids": [11, 13, 14],
-            "label_divisor": 256,
-            "stuff_area": 0,
-            "void_label": -1,
-            "threshold": 0.3,
-            "nms_kernel": 3,
-            "top_k": 4,
-        },
-        {
-            "thing_ids": (12, 15, 17, 18),
-            "label_divisor": 10000,
-            "stuff_area": 300,
-            "void_label": 255,
-            "threshold": 0.05,
-            "nms_kernel": 11,
-            "top_k": None,
-        },
-    ],
-    ids=["cityscapes", "small-topk", "no-topk"],
-)
+@pytest.mark.parametrize("opts", D2_OPTIONS, ids=D2_OPTION_IDS)
 @pytest.mark.parametrize("quantise", [False, True])
 def test_detectron2_dropin_equals_dense_torch(h, w, n, seed, make_kw, opts, quantise):
     s = synthetic.make_scene(h, w, n, seed=seed, **make_kw)
@@ -473,3 +474,61 @@ def test_detectron2_dropin_top_k_rule():
         sem, ctr, off, {11}, 1000, 0, 0, nms_kernel=3, top_k=0
     )
     assert tuple(centers.shape) == (1, 0, 2)
+
+
+@pytest.mark.parametrize(("h", "w", "n", "seed", "make_kw"), [D2_SCENES[i] for i in (2, 3, 5)])
+@pytest.mark.parametrize("opts", D2_OPTIONS, ids=D2_OPTION_IDS)
+def test_detectron2_dropin_on_cuda_arrays(cuda_device, monkeypatch, h, w, n, seed, make_kw, opts):
+    """detectron2 hands CUDA tensors over: they run on the CUDA path (no host copy: a CUDA array
+    that reached the host path would be refused) and give the CPU tensors' answer, on their
+    device; plateaus and tied peaks (quantised heatmap) and a foreground mask included."""
+    if cuda_device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("the GPU is CuPy's only: detectron2's results are torch CUDA tensors")
+    s = synthetic.make_scene(h, w, n, seed=seed, **make_kw)
+    mask = ((s.panoptic_gt % 1000) > 0)[None]
+    if cuda_device == "emulated":
+        # torch cannot wrap the emulator's host-backed "CUDA" arrays: the results are read on the
+        # host instead (on a GPU, _int64_tensor converts the CUDA tensors on their device).
+        monkeypatch.setattr(
+            detectron2,
+            "_int64_tensor",
+            lambda a, device: torch.as_tensor(
+                a.a if isinstance(a, HostCudaArray) else a, dtype=torch.int64
+            ),
+        )
+    for ctr in (s.ctr, _quantised(s.ctr)):
+        for m in (None, mask):
+            host = [
+                None if a is None else torch.from_numpy(a) for a in (s.sem[None], ctr, s.off, m)
+            ]
+            cuda = [to_device(a, cuda_device) for a in (s.sem[None], ctr, s.off, m)]
+            want_pan, want_centers = detectron2.get_panoptic_segmentation(
+                *host[:3], **opts, foreground_mask=host[3]
+            )
+            pan, centers = detectron2.get_panoptic_segmentation(
+                *cuda[:3], **opts, foreground_mask=cuda[3]
+            )
+            if cuda_device == "cuda" and isinstance(cuda[0], torch.Tensor):
+                assert pan.device == cuda[0].device and centers.device == cuda[0].device
+            assert pan.dtype == centers.dtype == torch.int64
+            assert torch.equal(pan.cpu(), want_pan)
+            assert torch.equal(centers.cpu(), want_centers)
+
+
+def test_detectron2_dropin_mixed_devices(emulated_cuda):
+    """A CPU tensor beside CUDA arrays is refused, named as detectron2 names the arguments."""
+    s = synthetic.make_scene(32, 48, 3, seed=0)
+    sem, off = torch.from_numpy(s.sem)[None], torch.from_numpy(s.off)
+    kw = {"thing_ids": {11}, "label_divisor": 1000, "stuff_area": 0, "void_label": 0}
+    with pytest.raises(ValueError, match=r"^sem_seg: expected a CUDA array like center_heatmap;"):
+        detectron2.get_panoptic_segmentation(sem, HostCudaArray(s.ctr), off, **kw)
+    with pytest.raises(ValueError, match=r"^offsets: expected a CUDA array like sem_seg;"):
+        detectron2.get_panoptic_segmentation(
+            HostCudaArray(s.sem[None]), HostCudaArray(s.ctr), off, **kw
+        )
+    with pytest.raises(ValueError, match=r"^foreground_mask: expected a CUDA array like sem_seg;"):
+        detectron2.get_panoptic_segmentation(
+            *(HostCudaArray(a) for a in (s.sem[None], s.ctr, s.off)),
+            **kw,
+            foreground_mask=torch.ones(1, 32, 48, dtype=torch.bool),
+        )

@@ -6,8 +6,9 @@ Switching is a one-line import change::
     from pdl_post.detectron2 import get_panoptic_segmentation
 
 Same arguments, same return values (torch tensors), same top-k rule (``topk_mode="detectron2"``).
-One documented difference: a NaN heatmap value is never a centre here, whereas detectron2's
-``F.threshold`` lets NaN through to its max-pooling.
+CUDA tensors (detectron2's usual inputs) run on the CUDA path and the results stay on their device;
+CPU tensors run on the CPU. One documented difference: a NaN heatmap value is never a centre here,
+whereas detectron2's ``F.threshold`` lets NaN through to its max-pooling.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import re
 from contextlib import contextmanager
 
 from pdl_post._api import postprocess
-from pdl_post._inputs import as_numpy
+from pdl_post._cuda import is_cuda_array
+from pdl_post._inputs import as_numpy, is_torch_tensor
 
 __all__ = ["get_panoptic_segmentation"]
 
@@ -32,6 +34,10 @@ def _detectron2_names():
     except (TypeError, ValueError) as e:
         message = str(e)
         renamed = re.sub(r"^(sem|ctr|off)(?=:)", lambda m: _NAMES[m.group(1)], message)
+        # The other argument a message compares with ("like ctr", "while sem is on device 0").
+        renamed = re.sub(
+            r"\b(like|while) (sem|ctr|off)\b", lambda m: f"{m[1]} {_NAMES[m[2]]}", renamed
+        )
         for ours, theirs in _NAMES.items():
             renamed = re.sub(rf"\b{ours}'s\b", f"{theirs}'s", renamed)
         if renamed == message:
@@ -65,17 +71,19 @@ def get_panoptic_segmentation(
         As in detectron2 (``top_k=None`` keeps every centre).
     foreground_mask : torch.Tensor or None, shape [1, H, W]
 
+    All tensors on the CPU, or all on one GPU (the CUDA path, see
+    :func:`pdl_post.cuda_available`: no host copy of the inputs, the caller's current stream).
+
     Returns
     -------
-    panoptic : torch.Tensor, shape [1, H, W], int64
-    center : torch.Tensor, shape [1, K, 2], int64 (y, x)
+    panoptic : torch.Tensor, shape [1, H, W], int64, on ``sem_seg``'s device
+    center : torch.Tensor, shape [1, K, 2], int64 (y, x), on ``sem_seg``'s device
     """
-    import torch
-
-    sem = as_numpy(sem_seg, "sem_seg")
-    if sem.ndim != 3 or sem.shape[0] != 1:
+    # CUDA arrays go to postprocess as they are; anything else is read as a host array, so that
+    # array-likes work as in detectron2's torch calls.
+    sem = sem_seg if is_cuda_array(sem_seg) else as_numpy(sem_seg, "sem_seg")
+    if len(sem.shape) != 3 or sem.shape[0] != 1:
         raise ValueError(f"sem_seg: expected shape [1,H,W], got {list(sem.shape)}")
-    mask = None if foreground_mask is None else as_numpy(foreground_mask, "foreground_mask")
     with _detectron2_names():
         result = postprocess(
             sem[0],
@@ -88,10 +96,18 @@ def get_panoptic_segmentation(
             threshold=threshold,
             nms_kernel=nms_kernel,
             top_k=top_k,
-            foreground_mask=mask,
+            foreground_mask=foreground_mask,
             topk_mode="detectron2",
         )
-    device = sem_seg.device if hasattr(sem_seg, "device") else "cpu"
-    panoptic = torch.as_tensor(result.panoptic, dtype=torch.int64, device=device).unsqueeze(0)
-    center = torch.as_tensor(result.centers, dtype=torch.int64, device=device).unsqueeze(0)
+    # None: where torch.as_tensor finds the data (host arrays, or another library's CUDA arrays).
+    device = sem_seg.device if is_torch_tensor(sem_seg) else None
+    panoptic = _int64_tensor(result.panoptic, device).unsqueeze(0)
+    center = _int64_tensor(result.centers, device).unsqueeze(0)
     return panoptic, center
+
+
+def _int64_tensor(a, device):
+    """An int64 torch tensor of `a` on `device` (CUDA tensors are converted on their device)."""
+    import torch
+
+    return torch.as_tensor(a, dtype=torch.int64, device=device)
