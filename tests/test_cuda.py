@@ -306,6 +306,39 @@ def test_mixed_host_and_device_inputs_are_refused():
         pdl_post.merge(to_device(s.sem, "cuda"), to_device(s.ctr, "cuda"), s.off)
 
 
+@needs_gpu
+def test_evaluators_take_the_cuda_output():
+    """The CUDA path's output goes straight into the evaluators, which copy it to the host."""
+    s = synthetic.make_scene(64, 96, 10, seed=7)
+    out = pdl_post.merge(*(to_device(a, "cuda") for a in (s.sem, s.ctr, s.off)), stuff_area=16)
+    gt = to_device(s.panoptic_gt, "cuda")
+    given = (out, gt, to_device(s.sem, "cuda"), gt // 1000)  # a class map made on the device
+    _assert_evaluators_agree(given, (to_host(out), s.panoptic_gt, s.sem))
+
+
+def _assert_evaluators_agree(given: tuple, host: tuple) -> None:
+    """PQ, mIoU and AP of `given` (panoptic prediction and GT, predicted and GT class maps: any
+    array type) equal those of the numpy maps `host` (panoptic prediction and GT, predicted class
+    map; label_divisor 1000)."""
+    pred, gt, pred_class = host
+    from pdl_post import eval as pdl_eval
+
+    things = synthetic.CITYSCAPES_THING_IDS
+    categories = [{"id": c, "isthing": int(c in things)} for c in range(19)]
+    scores = {int(i): 1.0 - 1e-3 * k for k, i in enumerate(np.unique(pred))}
+    results = []
+    for p, g, p_class, g_class in (given, (pred, gt, pred_class, gt // 1000)):
+        panoptic = pdl_eval.PanopticEvaluator(categories)
+        semantic = pdl_eval.SemanticEvaluator(19)
+        instance = pdl_eval.InstanceEvaluator(things, min_region_size=0)
+        panoptic.update(p, g)
+        semantic.update(p_class, g_class)
+        instance.update(p, g, scores=scores)
+        results.append((panoptic.compute(), semantic.compute(), instance.compute()))
+    assert repr(results[0]) == repr(results[1])  # repr: NaN (classes absent) equals NaN
+    assert results[1][0]["All"]["n"] > 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Everywhere (no GPU needed): availability, build info and clear errors
 # ---------------------------------------------------------------------------------------------
@@ -359,6 +392,42 @@ def test_mixed_devices_are_refused_by_name():
             FakeCudaArray((2, 8, 8)),
             foreground_mask=s.sem > 11,
         )
+
+
+class CupyLikeArray(FakeCudaArray):
+    """Stands in for cupy.ndarray (CuPy is not needed here): CUDA memory that .get() copies to
+    a numpy array, as CuPy's does."""
+
+    __module__ = "cupy._core.core"
+
+    def __init__(self, a: np.ndarray):
+        super().__init__(a.shape, a.dtype.str)
+        self.a = a
+
+    def get(self) -> np.ndarray:
+        return self.a.copy()
+
+
+def test_evaluators_copy_cuda_arrays_to_the_host():
+    """torch CUDA tensors (on a GPU: test_evaluators_take_the_cuda_output) and CuPy arrays go to
+    the host; an array known only by its __cuda_array_interface__ is refused by name."""
+    s = synthetic.make_scene(48, 64, 6, seed=8)
+    pred = pdl_post.merge(s.sem, s.ctr, s.off, stuff_area=16)
+    maps = (pred, s.panoptic_gt, s.sem, s.panoptic_gt // 1000)
+    _assert_evaluators_agree(tuple(CupyLikeArray(a) for a in maps), (pred, s.panoptic_gt, s.sem))
+    from pdl_post import eval as pdl_eval
+
+    fake = FakeCudaArray((48, 64), "<i4")
+    evaluators = (
+        pdl_eval.PanopticEvaluator([{"id": 11, "isthing": 1}]),
+        pdl_eval.SemanticEvaluator(19),
+        pdl_eval.InstanceEvaluator([11]),
+    )
+    for evaluator in evaluators:
+        with pytest.raises(ValueError, match=r"^pred: got a CUDA array \(FakeCudaArray\).*host"):
+            evaluator.update(fake, s.panoptic_gt)
+        with pytest.raises(ValueError, match=r"^gt: got a CUDA array \(FakeCudaArray\).*host"):
+            evaluator.update(pred, fake)
 
 
 def test_host_backends_refuse_cuda_arrays():

@@ -98,6 +98,25 @@ def as_numpy(x, name: str) -> np.ndarray:
     return a
 
 
+def as_host_numpy(x, name: str) -> np.ndarray:
+    """:func:`as_numpy` for work that runs on the host whatever the input (evaluation): torch
+    CUDA tensors and CuPy arrays are copied to the host first instead of refused, so that the
+    CUDA path's output goes straight in. Other CUDA arrays (only ``__cuda_array_interface__``,
+    no library to copy them with) are still refused by name."""
+    if is_torch_tensor(x):
+        if x.device.type == "cuda":
+            x = x.detach().cpu()
+    elif type(x).__module__.split(".")[0] == "cupy" and hasattr(x, "get"):
+        x = x.get()  # cupy.ndarray -> numpy.ndarray (waits for the array's stream)
+    elif not isinstance(x, np.ndarray) and hasattr(x, "__cuda_array_interface__"):
+        raise ValueError(
+            f"{name}: got a CUDA array ({type(x).__name__}) known only by its "
+            "__cuda_array_interface__; copy it to the host first (torch CUDA tensors and CuPy "
+            "arrays are copied here)"
+        )
+    return as_numpy(x, name)
+
+
 def check_int(value, name: str, *, minimum=None, allow_none=False):
     if value is None and allow_none:
         return None

@@ -92,7 +92,8 @@ class InstanceEvaluator:
         Parameters
         ----------
         pred, gt : array_like of int, shape (H, W)
-            Predicted and GT id maps (numpy arrays or CPU torch tensors).
+            Predicted and GT id maps: numpy arrays, torch tensors or CuPy arrays (CUDA ones
+            are copied to the host).
         scores : mapping of int to float, optional
             Confidence of each predicted thing segment id (e.g. ``{s["id"]: s["score"]}`` from
             ``pdl_post.postprocess``'s segments). Without it every detection scores 1.0 (AP

@@ -663,10 +663,10 @@ def pq_compute(
 
 def id_map_pair(pred, gt) -> tuple[np.ndarray, np.ndarray]:
     """One image's predicted and GT id maps as numpy arrays: integer, (H, W), the same shape."""
-    from pdl_post._inputs import as_numpy
+    from pdl_post._inputs import as_host_numpy
 
-    pred = as_numpy(pred, "pred")
-    gt = as_numpy(gt, "gt")
+    pred = as_host_numpy(pred, "pred")
+    gt = as_host_numpy(gt, "gt")
     for name, a in (("pred", pred), ("gt", gt)):
         if a.ndim != 2:
             raise ValueError(f"{name}: expected shape (H, W), got {a.shape}")
@@ -780,17 +780,18 @@ class PanopticEvaluator:
         Parameters
         ----------
         pred, gt : array_like of int, shape (H, W) or (B, H, W)
-            ``merge``-style id maps (numpy arrays or CPU torch tensors).
+            ``merge``-style id maps: numpy arrays, torch tensors or CuPy arrays (CUDA ones, as
+            the CUDA path returns them, are copied to the host).
 
         Returns
         -------
         PQStats
             The statistics of the given image(s) alone.
         """
-        from pdl_post._inputs import as_numpy
+        from pdl_post._inputs import as_host_numpy
 
-        pred = as_numpy(pred, "pred")
-        gt = as_numpy(gt, "gt")
+        pred = as_host_numpy(pred, "pred")
+        gt = as_host_numpy(gt, "gt")
         if pred.ndim == 3 and gt.ndim == 3:
             if pred.shape[0] != gt.shape[0]:
                 raise ValueError(f"pred, gt: batch sizes differ: {pred.shape[0]} and {gt.shape[0]}")

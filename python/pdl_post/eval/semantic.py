@@ -148,10 +148,10 @@ class SemanticEvaluator:
 
     def image_stats(self, pred, gt) -> SemanticStats:
         """The confusion matrix of one pair (any equal shapes) without adding it."""
-        from pdl_post._inputs import as_numpy
+        from pdl_post._inputs import as_host_numpy
 
-        pred = as_numpy(pred, "pred")
-        gt = as_numpy(gt, "gt")
+        pred = as_host_numpy(pred, "pred")
+        gt = as_host_numpy(gt, "gt")
         for name, a in (("pred", pred), ("gt", gt)):
             if not np.issubdtype(a.dtype, np.integer):
                 raise TypeError(f"{name}: expected an integer label map, got dtype {a.dtype}")
@@ -178,6 +178,12 @@ class SemanticEvaluator:
 
     def update(self, pred, gt) -> SemanticStats:
         """Add one pair of label maps (or a batch: any shape, the same for both).
+
+        Parameters
+        ----------
+        pred, gt : array_like of int
+            Label maps: numpy arrays, torch tensors or CuPy arrays (CUDA ones are copied to the
+            host).
 
         Returns
         -------
