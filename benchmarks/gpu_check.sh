@@ -3,8 +3,9 @@
 # step 5, three short sanitizer runs, comes last and SKIP_SANITIZERS=1 leaves it out):
 #   1. builds the package with CUDA required (PDL_POST_CUDA=ON) into build/gpu;
 #   2. runs the device tests on the GPU (tests/test_merge.py, tests/test_cuda.py, the random
-#      inputs of tests/test_fuzz.py and the torch / detectron2 drop-in cases of
-#      tests/test_torch_interop.py: GPU output == CPU output on every case; the CPU-only and
+#      inputs of tests/test_fuzz.py, the torch / detectron2 drop-in cases of
+#      tests/test_torch_interop.py and the reference model's merge of GPU outputs in
+#      tests/test_model_predict.py: GPU output == CPU output on every case; the CPU-only and
 #      host-emulated cases are left to make test);
 #   3. runs compute-sanitizer memcheck on a small batch (merge and postprocess, logits included);
 #   4. times our GPU path, dense PyTorch on the same GPU and the device copy floor
@@ -57,7 +58,7 @@ step "device tests on the GPU"
 # Warnings are errors in the suite (pyproject); another numpy / torch here may deprecate
 # something: reported, not fatal.
 "$PY" -m pytest tests/test_merge.py tests/test_cuda.py tests/test_fuzz.py \
-  tests/test_torch_interop.py -q -p no:cacheprovider \
+  tests/test_torch_interop.py tests/test_model_predict.py -q -p no:cacheprovider \
   -k "cuda and not emulated" \
   -W default::DeprecationWarning -W default::FutureWarning --maxfail=5 || failed+=("device tests")
 

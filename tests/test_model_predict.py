@@ -15,6 +15,7 @@ from panoptic_deeplab.network import build_model  # noqa: E402
 from panoptic_deeplab.predict import PAPER_SCALES, Predictor  # noqa: E402
 
 torch.set_num_threads(1)
+WEIGHTS = "models/panoptic_deeplab/weights/synthetic_tiny.pt"  # from the repository root
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +65,7 @@ def test_predictor_segments_and_scores():
     softmax): thing score = centre heatmap value x mean class probability over the segment."""
     from panoptic_deeplab.train import load_model
 
-    weights = Path(__file__).resolve().parents[1] / "models/panoptic_deeplab/weights"
-    model, cfg = load_model(weights / "synthetic_tiny.pt")
+    model, cfg = load_model(Path(__file__).resolve().parents[1] / WEIGHTS)
     cfg = load_config("synthetic_tiny.yaml", [])  # the same post section, with every default
     image = SyntheticPanoptic(num_images=1, height=128, width=128, seed=77)[0]["image"]
     pred = Predictor(model, cfg, thing_ids=(3, 4), flip=True)
@@ -109,6 +109,39 @@ def test_predictor_segments_and_scores():
         top_k=cfg["post"]["top_k"],
     )
     np.testing.assert_array_equal(np.asarray(direct)[0], pan)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_merge_outputs_on_cuda_equals_cpu(probabilities):
+    """Network outputs on the GPU are merged there (the CUDA path) and give the CPU's ids and
+    segments (scores exactly with logits; with probabilities torch's log runs on each device)."""
+    import pdl_post
+    from panoptic_deeplab.postprocess import merge_outputs
+    from panoptic_deeplab.train import load_model
+
+    if not pdl_post.cuda_available():
+        pytest.skip("this build of pdl_post has no CUDA path")
+    # The shipped weights: scenes with thing and stuff segments (8 + 3 and 4 + 3 here).
+    model, cfg = load_model(Path(__file__).resolve().parents[1] / WEIGHTS)
+    images = SyntheticPanoptic(num_images=2, height=128, width=128, seed=77)
+    x = torch.stack([normalize(im["image"]) for im in images])
+    with torch.no_grad():
+        outputs = {k: v.float() for k, v in model(x).items()}
+    if probabilities:
+        outputs["semantic"] = outputs["semantic"].softmax(1)
+    kw = {"thing_ids": (3, 4), "post": cfg["post"], "probabilities": probabilities}
+    want_pan, want_segments = merge_outputs(outputs, **kw, segments=True)
+    assert all(any(s["isthing"] for s in image) for image in want_segments)
+    on_gpu = {k: v.cuda() for k, v in outputs.items()}
+    pan, segments = merge_outputs(on_gpu, **kw, segments=True)
+    np.testing.assert_array_equal(pan, want_pan)
+    np.testing.assert_array_equal(merge_outputs(on_gpu, **kw), want_pan)
+    rel = 1e-6 if probabilities else 0
+    for got, want in zip(segments, want_segments, strict=True):
+        assert [s["id"] for s in got] == [s["id"] for s in want]
+        for s, w in zip(got, want, strict=True):
+            assert s["score"] == pytest.approx(w["score"], rel=rel, abs=0)
 
 
 def test_flip_tta_is_flip_equivariant(model_cfg, image):

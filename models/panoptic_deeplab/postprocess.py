@@ -22,7 +22,8 @@ def merge_outputs(
 
     Calls :func:`pdl_post.merge` (or :func:`pdl_post.postprocess` with ``segments=True``) with
     the ``post`` section of the config (threshold, nms_kernel, top_k, stuff_area,
-    label_divisor, void_label, optional num_threads).
+    label_divisor, void_label, optional num_threads): on the GPU when the outputs are CUDA
+    tensors and :func:`pdl_post.cuda_available`, else on the CPU. Returns numpy arrays either way.
 
     ``probabilities``: ``semantic`` holds softmax probabilities (e.g. averaged over TTA), not
     logits. Their logarithm is handed over, so that the segment scores' softmax gives back these
@@ -31,13 +32,16 @@ def merge_outputs(
     """
     import pdl_post
 
-    sem = outputs["semantic"].detach().float().cpu()
+    sem, ctr, off = (outputs[k].detach() for k in ("semantic", "center", "offset"))
+    if not (sem.is_cuda and pdl_post.cuda_available()):
+        sem, ctr, off = sem.cpu(), ctr.cpu(), off.cpu()
+    # else the CUDA path merges where the network ran: only the panoptic ids (and segments)
+    # come back to the host, not the B x C x H x W class scores.
+    sem, ctr, off = sem.float(), ctr.float(), off.float()
     if probabilities:
         # log is monotone, so the argmax is the probabilities' own (bar exact ties that float32
         # rounding of log could create between nearly equal probabilities).
         sem = torch.log(sem.clamp_min(torch.finfo(torch.float32).tiny))
-    ctr = outputs["center"].detach().float().cpu()
-    off = outputs["offset"].detach().float().cpu()
     kw = {
         "thing_ids": tuple(int(t) for t in thing_ids),
         "label_divisor": int(post.get("label_divisor", 1000)),
@@ -57,4 +61,4 @@ def merge_outputs(
 
 
 def _numpy(x) -> np.ndarray:
-    return x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
