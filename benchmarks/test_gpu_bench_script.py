@@ -1,0 +1,79 @@
+"""gpu_bench.py's own logic, run here on a CPU stand-in for the GPU.
+
+Device time is scarce (one short run of benchmarks/gpu_check.sh per GPU session): a mistake in
+the script's Python must show here, not there. The CPU plays the GPU (torch CPU tensors, so
+``pdl_post.merge`` takes its CPU path), CUDA events are perf_counter stamps, synchronisations do
+nothing; every step of the script runs on a small scene and its tables are printed. No number of
+this run means anything.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import pdl_post
+
+torch = pytest.importorskip("torch")
+import gpu_bench  # noqa: E402
+
+
+class _Event:
+    def __init__(self, enable_timing=False):
+        self.stamp = None
+
+    def record(self, stream=None):
+        self.stamp = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, end) -> float:
+        return (end.stamp - self.stamp) * 1e3
+
+
+class _Stream:
+    def synchronize(self):
+        pass
+
+
+class _Activities:  # the profiler's CUDA activity needs CUDA: the CPU's stands in
+    CPU = CUDA = torch.profiler.ProfilerActivity.CPU
+
+
+def test_gpu_bench_runs_on_a_cpu_stand_in(monkeypatch, capsys):
+    monkeypatch.setattr(gpu_bench, "DEVICE", "cpu")
+    monkeypatch.setattr(pdl_post, "cuda_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "Event", _Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _Stream())
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "CPU stand-in")
+    monkeypatch.setattr(torch.profiler, "ProfilerActivity", _Activities)
+    profile, empty = torch.profiler.profile, torch.empty
+    monkeypatch.setattr(
+        torch.profiler,
+        "profile",
+        lambda activities, **kw: profile(activities=list(dict.fromkeys(activities)), **kw),
+    )
+    # Pinned host memory needs CUDA: pageable memory stands in.
+    monkeypatch.setattr(torch, "empty", lambda *a, pin_memory=False, **kw: empty(*a, **kw))
+    small = ["--height", "48", "--width", "96", "--centers", "5", "--batch", "2"]
+    rounds = ["--warmup", "1", "--repeat", "2", "--dense-repeat", "1", "--profile", "2"]
+    assert gpu_bench.main(small + rounds) == 0
+    printed = capsys.readouterr().out
+    for row in (
+        "| ours, batch 1 |",
+        "| dense torch, batch 1 |",
+        "| ours, batch 2 |",
+        "| ours postprocess, logits, batch 1 |",
+        "| ours, nms_kernel=43 (separable filter), batch 1 |",
+        "| ours, detectron2 drop-in (int64 labels), batch 1 |",
+        "dense torch equals ours (topk_mode='detectron2', and the drop-in): True",
+        "| >= 50x faster than dense torch",
+        "host side (perf_counter, median",
+        "profile of 2 calls at batch 1",
+    ):
+        assert row in printed, row
+    assert "unavailable here" not in printed  # the host-side table and the profile ran too
