@@ -35,10 +35,82 @@ from pdl_post import synthetic
 
 
 def test_thousands_of_centres_use_the_global_histogram(cuda_device):
-    # (K + 1) x C beyond the shared-memory histogram: counted with global atomics.
+    # (K + 1) x C beyond the shared-memory histogram: counted with global atomics (and, above
+    # kBruteForceCentersMax, the grid search and the numbering by sort).
     s = synthetic.make_scene(256, 512, 2500, seed=7)
     r = run_on(cuda_device, s.sem, s.ctr, s.off, top_k=None, stuff_area=0)
     assert len(r.centers) > 1000
+
+
+def _plateau(h, w, offset, seed=0):
+    """A heatmap flat above the threshold (every pixel a peak: K = h * w with top_k=None), thing
+    labels, and offsets of `offset` with a few pixels voting far outside the image."""
+    sem = np.full((h, w), 11, np.int32)
+    sem[: h // 4] = 3  # some stuff
+    ctr = np.full((1, h, w), 0.5, np.float32)
+    off = np.full((2, h, w), offset, np.float32)
+    rng = np.random.default_rng(seed)
+    far = rng.random((h, w)) < 0.01
+    off[0][far], off[1][far] = 5e6, -3e6  # outside the vote grid: compared with every centre
+    return sem, ctr, off
+
+
+@pytest.mark.parametrize(
+    "offset",
+    [0.0, 0.5, 2.0],
+    ids=["on-centres", "four-way-ties", "shifted"],
+)
+def test_dense_peaks_use_the_grid_search_and_sorted_numbering(cuda_device, offset):
+    # top_k=None on a plateau: one centre per pixel (more than kBruteForceCentersMax, so the
+    # votes search the grid and the instances are numbered after a sort). A half-pixel offset
+    # lands every vote exactly between four centres: the lowest index must win, as on the CPU.
+    sem, ctr, off = _plateau(36, 52, offset)
+    r = run_on(cuda_device, sem, ctr, off, top_k=None, stuff_area=0, label_divisor=10_000)
+    assert len(r.centers) == 36 * 52
+    assert sum(seg["isthing"] for seg in r.segments) > 1000
+
+
+def test_many_centres_in_a_batch_with_few_and_none(cuda_device):
+    # The grid search applies to the whole call: an image with a few centres and one with none
+    # share it with a dense one; a lone centre in a large grid makes votes search many rings.
+    dense, ctr_dense, off_dense = _plateau(40, 48, 0.5, seed=1)
+    few = synthetic.make_scene(40, 48, 3, seed=2, integer_offsets=True)
+    sem = np.stack([dense, few.sem, few.sem])
+    ctr = np.stack([ctr_dense, few.ctr, np.zeros_like(few.ctr)])
+    lone = np.zeros_like(few.ctr)
+    lone[0, 38, 1] = 1.0
+    ctr = np.concatenate([ctr, lone[None]])
+    sem = np.concatenate([sem, few.sem[None]])
+    off = np.stack([off_dense, few.off, few.off, few.off])
+    results = run_on(cuda_device, sem, ctr, off, top_k=None, stuff_area=0, label_divisor=10_000)
+    assert [len(r.centers) for r in results] == [40 * 48, len(results[1].centers), 0, 1]
+    assert 0 < len(results[1].centers) <= 3
+
+
+def test_many_centres_switch_and_numbering_error(cuda_device):
+    # The switch: images keeping up to kBruteForceCentersMax (256) centres compare every centre;
+    # from 257 on the call adds the grid's count and fill kernels and numbers instances with a
+    # sort (class keys, then the numbering kernel: one launch more than the pairwise count; cub's
+    # scan and sort run on the host under the emulator). And with many centres, a class numbering
+    # label_divisor instances raises the CPU's error.
+    sem, ctr, off = _plateau(16, 17, 0.0)  # 272 peaks
+    launches = {}
+    for keep in (256, 257):
+        if cuda_device == "emulated":
+            EMULATION.take_counters()
+        run_on(cuda_device, sem, ctr, off, top_k=keep, stuff_area=0)
+        if cuda_device == "emulated":
+            launches[keep] = EMULATION.take_counters()["launches"]
+    if cuda_device == "emulated":
+        assert launches[257] == launches[256] + 2 * 3  # postprocess and merge, 3 more each
+    sem, ctr, off = _plateau(36, 52, 0.0)
+    with pytest.raises(ValueError) as cpu_error:
+        pdl_post.merge(sem, ctr, off, top_k=None, stuff_area=0, label_divisor=1000)
+    args = [to_device(a, cuda_device) for a in (sem, ctr, off)]
+    with pytest.raises(ValueError) as gpu_error:
+        pdl_post.merge(*args, top_k=None, stuff_area=0, label_divisor=1000)
+    assert str(gpu_error.value) == str(cpu_error.value)
+    assert "1000 or more instances" in str(cpu_error.value)
 
 
 def test_segment_score_sums_in_shared_and_global_memory(cuda_device):

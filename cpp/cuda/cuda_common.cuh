@@ -289,14 +289,46 @@ void distinct_labels(const StridedView& sem, int end_bit, const DistinctScratch&
 // Largest instance x class histogram counted in shared memory (64 KiB of counters per block).
 constexpr int64_t kSharedBinLimit = 16384;
 
+// Up to this many centres in every image of a call, a vote compares all of them (brute force over
+// tiles in shared memory) and an instance counts the earlier ones of its class; above it (top_k
+// None on dense peaks: up to one centre per pixel), both would grow with K per pixel / instance.
+// Then each image's centres are bucketed into offset_voting.h's VoteGrid (sized from its bound of
+// K) and a vote searches rings of cells outward, stopping at the first ring whose lower bound
+// exceeds the best distance (exact, ties to the lower index, as brute force), and instances are
+// numbered after a stable sort by class.
+constexpr int64_t kBruteForceCentersMax = 256;
+struct ManyCenters {
+  const VoteGrid* grid;        // [B]
+  const int64_t* cell_offset;  // [B] image b's first cell
+  int64_t cells;               // over the batch
+  int64_t instance_slots;      // layout.inst_offset's total
+  int64_t* cell_start;         // [cells + 1] first slot of each cell's centres
+  int64_t* cell_fill;          // [cells + 1] centres per cell, then fill cursors
+  int32_t* cell_centers;       // [centre slots] index in the image, bucketed by cell
+  CubTemp scan;                // for cells + 1 items
+  int64_t* class_keys;         // [instance slots] 1 + class of the instance, 0 when empty
+  int64_t* sorted_keys;
+  int32_t* instance;  // [instance slots] instance number k in its image
+  int32_t* sorted_instance;
+  int* segment_begin;  // [B] image b's instances 1..K_b among the instance slots
+  int* segment_end;
+  CubTemp sort;
+  int key_bits;  // bits of the largest key (C)
+};
+// centre_slots: the sum of the K_b bounds; instance_slots: that plus B (layout.inst_offset).
+ManyCenters take_many_centers(Scratch& scratch, int64_t cells, int64_t center_slots,
+                              int64_t instance_slots, int64_t batch, int64_t num_classes);
+
 // Votes of every pixel (instance map) and the instance x class histogram in one pass.
 // shared_bins: the largest (K_b + 1) x C of the batch when it is <= kSharedBinLimit, else 0.
+// many: nullptr while every image keeps at most kBruteForceCentersMax centres.
 void vote_and_count(const StridedView& sem, const StridedView& mask, const StridedView& off,
                     const ThingClasses& things, const CenterList& centers, const FuseLayout& layout,
-                    int64_t shared_bins, const FuseBuffers& buffers, cudaStream_t stream);
+                    int64_t shared_bins, const ManyCenters* many, const FuseBuffers& buffers,
+                    cudaStream_t stream);
 // Majority vote, numbering, stuff filter and the segment list (scores before the logits factor).
 void resolve_segments(int64_t batch, const ThingClasses& things, const FuseParams& params,
-                      const CenterList& centers, const FuseLayout& layout,
+                      const CenterList& centers, const FuseLayout& layout, const ManyCenters* many,
                       const FuseBuffers& buffers, cudaStream_t stream);
 // Multiplies segment scores by the mean softmax probability of their class (CPU order of sums).
 // partial_offset: [B] start of image b's (row blocks x segment slots) sums, see score_blocks().

@@ -2,7 +2,9 @@
 // split but without its caps: every table is sized from the data.
 //   vote_and_count   one pass over the pixels: thing test, nearest centre (brute force over tiles
 //                    of centres in shared memory; strict '<' in index order = ties to the lower
-//                    index, the CPU's exact answer), instance map, and one histogram over
+//                    index, the CPU's exact answer; above kBruteForceCentersMax centres a ring
+//                    search in a grid of cells, the same answer), instance map, and one histogram
+//                    over
 //                    (instance, class) pairs. Row 0 of the histogram (no instance) is the
 //                    unassigned area per class; rows 1..K give areas and the majority vote. Bins
 //                    are counted in shared memory when the table is small, with warp-aggregated
@@ -10,7 +12,8 @@
 //                    the atomics does not matter.
 //   resolve_segments per instance: area and majority class (first maximum = smallest class);
 //                    number n = 1 + earlier non-empty instances of the same class (a parallel
-//                    count over earlier instances, so ids follow centre order); stuff filter per
+//                    count over earlier instances, or above kBruteForceCentersMax centres the
+//                    rank in a stable sort by class: ids follow centre order); stuff filter per
 //                    class; segment list per image in the CPU's order (block-wide scans).
 //   score_with_logits  the CPU's summation order: per block of 4 rows a sequential sum per segment
 //                    in row-major order, blocks added in order, so scores are deterministic.
@@ -21,9 +24,11 @@
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_segmented_radix_sort.cuh>
 #include <cub/device/device_select.cuh>
 #include <limits>
 #include <string>
+#include <type_traits>
 
 #include "cuda_common.cuh"
 #include "pdl_post/majority_vote.h"
@@ -115,10 +120,66 @@ struct VoteArgs {
   CenterList centers;
   FuseLayout layout;
   FuseBuffers buffers;
+  ManyCenters many;  // kGrid only
   int64_t height, width;
 };
 
-template <typename TSem, typename TOff, bool kFromMask, bool kSharedHist>
+// The batch-wide grid cell of centre k of image b.
+__device__ int64_t cell_of(const CenterList& centers, const ManyCenters& many, int64_t b, int64_t k,
+                           int64_t width) {
+  const int64_t pixel = centers.pixel[centers.begin[b] + k];
+  return many.cell_offset[b] + many.grid[b].cell_of_center(pixel / width, pixel % width);
+}
+
+// Counts image b's centres per grid cell (into cell_fill, zeroed).
+__global__ void count_cells_kernel(CenterList centers, ManyCenters many, int64_t width) {
+  const int64_t b = blockIdx.y;
+  const int64_t k = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (k >= centers.count[b]) return;
+  const int64_t cell = cell_of(centers, many, b, k, width);
+  atomicAdd(reinterpret_cast<unsigned long long*>(&many.cell_fill[cell]), 1ull);
+}
+
+// Writes each centre's index into its cell's slots (in any order: the search breaks ties by index).
+__global__ void fill_cells_kernel(CenterList centers, ManyCenters many, int64_t width) {
+  const int64_t b = blockIdx.y;
+  const int64_t k = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (k >= centers.count[b]) return;
+  const int64_t cell = cell_of(centers, many, b, k, width);
+  const unsigned long long slot =
+      atomicAdd(reinterpret_cast<unsigned long long*>(&many.cell_fill[cell]), 1ull);
+  many.cell_centers[many.cell_start[cell] + static_cast<int64_t>(slot)] = static_cast<int32_t>(k);
+}
+
+// Nearest of an image's centres to a finite vote, ties to the lower index (brute force's answer):
+// rings of cells outward from the vote's cell until a ring's lower bound exceeds the best distance
+// (a centre there is strictly farther), so every centre that could win or tie is compared. Votes
+// outside the grid compare every centre, as on the CPU. cell_start: the image's first cell's.
+__device__ int32_t nearest_in_grid(const VoteGrid& grid, const int64_t* cell_start,
+                                   const int32_t* cell_centers, const float* cy, const float* cx,
+                                   int64_t count, float qy, float qx) {
+  const int64_t cell = grid.cell_of_vote(qy, qx);
+  if (cell < 0) return nearest_center_brute_force(cy, cx, count, qy, qx);
+  int32_t best = -1;
+  float best_distance = 0.0f;
+  const int64_t last_ring = grid.last_ring(cell);
+  for (int64_t r = 0; r <= last_ring; ++r) {
+    if (best >= 0 && grid.ring_lower_bound(r) > best_distance) break;
+    grid.for_each_ring_cell(cell, r, [&](int64_t c) {
+      for (int64_t i = cell_start[c]; i < cell_start[c + 1]; ++i) {
+        const int32_t k = cell_centers[i];
+        const float d = center_distance(cy[k], cx[k], qy, qx);
+        if (best < 0 || d < best_distance || (d == best_distance && k < best)) {
+          best = k;
+          best_distance = d;
+        }
+      }
+    });
+  }
+  return best;
+}
+
+template <typename TSem, typename TOff, bool kFromMask, bool kSharedHist, bool kGrid>
 __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
   extern __shared__ unsigned char shared_bytes[];
   float* tile_y = reinterpret_cast<float*>(shared_bytes);
@@ -157,7 +218,14 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
     // Nearest centre, ties to the lower index: the CPU brute force's rule (all-inf picks 0).
     int32_t best = 0;
     float best_distance = __int_as_float(0x7f800000);  // +inf
-    if (__syncthreads_or(voting)) {
+    if (kGrid) {
+      if (voting) {
+        const int64_t first = a.centers.begin[b];
+        best = nearest_in_grid(a.many.grid[b], a.many.cell_start + a.many.cell_offset[b],
+                               a.many.cell_centers, a.centers.y + first, a.centers.x + first,
+                               num_centers, qy, qx);
+      }
+    } else if (__syncthreads_or(voting)) {
       for (int64_t t0 = 0; t0 < num_centers; t0 += kCenterTile) {
         const int64_t n = num_centers - t0 < kCenterTile ? num_centers - t0 : kCenterTile;
         for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
@@ -222,6 +290,22 @@ __global__ void majority_kernel(CenterList centers, FuseLayout layout, FuseBuffe
   buffers.class_of[t] = area > 0 ? best : -1;
 }
 
+// Instance k of image b, of class index `mine` (-1: empty), is number n of its class: its id, or
+// the error (the first such instance in centre order) when n reaches label_divisor.
+__device__ void assign_instance_label(int64_t b, int64_t k, int64_t mine, int64_t n,
+                                      const FuseLayout& layout, const FuseBuffers& buffers,
+                                      int64_t label_divisor, int64_t void_label) {
+  int64_t* label = buffers.instance_label + layout.inst_offset[b];
+  if (mine < 0) {
+    label[k] = void_label;  // empty instance: uses no id
+  } else if (n >= label_divisor) {
+    atomicMin(&buffers.error_instance[b], static_cast<unsigned long long>(k));
+    label[k] = void_label;
+  } else {
+    label[k] = layout.class_label(mine) * label_divisor + n;
+  }
+}
+
 // Per instance: n = 1 + number of earlier non-empty instances of its class; id or error.
 __global__ void number_kernel(CenterList centers, FuseLayout layout, FuseBuffers buffers,
                               int64_t label_divisor, int64_t void_label) {
@@ -246,15 +330,44 @@ __global__ void number_kernel(CenterList centers, FuseLayout layout, FuseBuffers
     __syncthreads();
   }
   if (k > count) return;
-  int64_t* label = buffers.instance_label + layout.inst_offset[b];
-  if (mine < 0) {
-    label[k] = void_label;  // empty instance: uses no id
-  } else if (n >= label_divisor) {
-    atomicMin(&buffers.error_instance[b], static_cast<unsigned long long>(k));
-    label[k] = void_label;
-  } else {
-    label[k] = layout.class_label(mine) * label_divisor + n;
+  assign_instance_label(b, k, mine, n, layout, buffers, label_divisor, void_label);
+}
+
+// Sort keys of image b's instances 1..K_b (1 + class index, 0 when empty) and their segment.
+__global__ void class_keys_kernel(CenterList centers, FuseLayout layout, FuseBuffers buffers,
+                                  ManyCenters many) {
+  const int64_t b = blockIdx.y;
+  const int64_t k = blockIdx.x * int64_t{blockDim.x} + threadIdx.x + 1;
+  const int64_t first = layout.inst_offset[b] + 1;
+  if (k == 1) {
+    many.segment_begin[b] = static_cast<int>(first);
+    many.segment_end[b] = static_cast<int>(first + centers.count[b]);
   }
+  if (k > centers.count[b]) return;
+  many.class_keys[first + k - 1] = buffers.class_of[first + k - 1] + 1;
+  many.instance[first + k - 1] = static_cast<int32_t>(k);
+}
+
+// After a stable sort by key (largest first), an instance's number is 1 + its position in the
+// run of its class: the earlier instances of the class, in centre order, come before it.
+__global__ void number_sorted_kernel(CenterList centers, FuseLayout layout, FuseBuffers buffers,
+                                     ManyCenters many, int64_t label_divisor, int64_t void_label) {
+  const int64_t b = blockIdx.y;
+  const int64_t first = layout.inst_offset[b] + 1;
+  const int64_t j = first + blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (j >= first + centers.count[b]) return;
+  const int64_t key = many.sorted_keys[j];
+  int64_t lo = first, hi = j;  // the run's start: the first position whose key is not larger
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (many.sorted_keys[mid] > key) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  assign_instance_label(b, many.sorted_instance[j], key - 1, j - lo + 1, layout, buffers,
+                        label_divisor, void_label);
 }
 
 __device__ bool is_kept_stuff(const ThingClasses& things, int64_t c, unsigned long long area,
@@ -465,11 +578,57 @@ void label_range(const StridedView& sem, long long* range, cudaStream_t stream) 
   });
 }
 
+ManyCenters take_many_centers(Scratch& scratch, int64_t cells, int64_t center_slots,
+                              int64_t instance_slots, int64_t batch, int64_t num_classes) {
+  if (instance_slots > std::numeric_limits<int>::max()) {  // cub's sort sizes are int
+    throw ValueError("CUDA path: " + std::to_string(instance_slots) +
+                     " instance slots exceed the int32 sort that numbers them; use the CPU path");
+  }
+  ManyCenters taken{};
+  taken.cells = cells;
+  taken.instance_slots = instance_slots;
+  taken.cell_start = scratch.take<int64_t>(cells + 1, "vote grid");
+  taken.cell_fill = scratch.take<int64_t>(cells + 1, "vote grid");
+  taken.cell_centers = scratch.take<int32_t>(center_slots, "vote grid");
+  taken.scan = take_scan_temp(scratch, cells + 1);
+  taken.class_keys = scratch.take<int64_t>(instance_slots, "instance numbering");
+  taken.sorted_keys = scratch.take<int64_t>(instance_slots, "instance numbering");
+  taken.instance = scratch.take<int32_t>(instance_slots, "instance numbering");
+  taken.sorted_instance = scratch.take<int32_t>(instance_slots, "instance numbering");
+  taken.segment_begin = scratch.take<int>(batch, "instance numbering");
+  taken.segment_end = scratch.take<int>(batch, "instance numbering");
+  taken.key_bits = 1;  // keys are 0..num_classes
+  while (taken.key_bits < 63 && (num_classes >> taken.key_bits) != 0) ++taken.key_bits;
+  size_t bytes = 0;
+  check(cub::DeviceSegmentedRadixSort::SortPairsDescending(
+            nullptr, bytes, static_cast<const int64_t*>(nullptr), static_cast<int64_t*>(nullptr),
+            static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+            static_cast<int>(instance_slots), static_cast<int>(batch),
+            static_cast<const int*>(nullptr), static_cast<const int*>(nullptr), 0, taken.key_bits),
+        "cub::DeviceSegmentedRadixSort (size)");
+  taken.sort =
+      CubTemp{scratch.take_bytes(static_cast<int64_t>(bytes), "instance numbering"), bytes};
+  return taken;
+}
+
 void vote_and_count(const StridedView& sem, const StridedView& mask, const StridedView& off,
                     const ThingClasses& things, const CenterList& centers, const FuseLayout& layout,
-                    int64_t shared_bins, const FuseBuffers& buffers, cudaStream_t stream) {
+                    int64_t shared_bins, const ManyCenters* many, const FuseBuffers& buffers,
+                    cudaStream_t stream) {
   const int64_t batch = sem.batch(), height = sem.height(), width = sem.width();
   const int64_t hw = height * width;
+  if (many) {  // bucket each image's centres by cell: counts, their exclusive sum, the fill
+    const ManyCenters& m = *many;
+    const size_t cell_bytes = static_cast<size_t>(m.cells + 1) * sizeof(int64_t);
+    check(cudaMemsetAsync(m.cell_fill, 0, cell_bytes, stream), "cudaMemsetAsync");
+    const dim3 center_grid(grid_for(layout.max_instances, kThreads), static_cast<unsigned>(batch));
+    count_cells_kernel<<<center_grid, kThreads, 0, stream>>>(centers, m, width);
+    check_launch("count_cells_kernel");
+    exclusive_sum(m.cell_fill, m.cell_start, m.cells + 1, m.scan, stream);
+    check(cudaMemsetAsync(m.cell_fill, 0, cell_bytes, stream), "cudaMemsetAsync");  // cursors
+    fill_cells_kernel<<<center_grid, kThreads, 0, stream>>>(centers, m, width);
+    check_launch("fill_cells_kernel");
+  }
   const int64_t blocks_x =
       std::min<int64_t>(device_blocks_for(batch), (hw + kThreads - 1) / kThreads);
   const dim3 grid(static_cast<unsigned>(blocks_x < 1 ? 1 : blocks_x), static_cast<unsigned>(batch));
@@ -501,6 +660,7 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
           centers,
           layout,
           buffers,
+          many ? *many : ManyCenters{},
           height,
           width};
       auto launch = [&](auto kernel) {
@@ -510,30 +670,55 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
         kernel<<<grid, kThreads, shared_bytes, stream>>>(args);
         check_launch("vote_kernel");
       };
-      if (mask.data) {
-        if (use_shared) {
-          launch(vote_kernel<TSem, TOff, true, true>);
+      // The eight combinations of (mask, shared counters, grid search), each its own kernel.
+      const auto with_grid = [&](auto from_mask, auto shared_hist) {
+        constexpr bool kMask = decltype(from_mask)::value, kShared = decltype(shared_hist)::value;
+        if (many) {
+          launch(vote_kernel<TSem, TOff, kMask, kShared, true>);
         } else {
-          launch(vote_kernel<TSem, TOff, true, false>);
+          launch(vote_kernel<TSem, TOff, kMask, kShared, false>);
         }
-      } else if (use_shared) {
-        launch(vote_kernel<TSem, TOff, false, true>);
+      };
+      const auto with_hist = [&](auto from_mask) {
+        if (use_shared) {
+          with_grid(from_mask, std::true_type{});
+        } else {
+          with_grid(from_mask, std::false_type{});
+        }
+      };
+      if (mask.data) {
+        with_hist(std::true_type{});
       } else {
-        launch(vote_kernel<TSem, TOff, false, false>);
+        with_hist(std::false_type{});
       }
     });
   });
 }
 
 void resolve_segments(int64_t batch, const ThingClasses& things, const FuseParams& params,
-                      const CenterList& centers, const FuseLayout& layout,
+                      const CenterList& centers, const FuseLayout& layout, const ManyCenters* many,
                       const FuseBuffers& buffers, cudaStream_t stream) {
   const dim3 instance_grid(grid_for(layout.max_instances, kThreads), static_cast<unsigned>(batch));
   majority_kernel<<<instance_grid, kThreads, 0, stream>>>(centers, layout, buffers);
   check_launch("majority_kernel");
-  number_kernel<<<instance_grid, kThreads, 0, stream>>>(centers, layout, buffers,
-                                                        params.label_divisor, params.void_label);
-  check_launch("number_kernel");
+  if (many) {
+    const ManyCenters& m = *many;
+    class_keys_kernel<<<instance_grid, kThreads, 0, stream>>>(centers, layout, buffers, m);
+    check_launch("class_keys_kernel");
+    size_t bytes = m.sort.bytes;
+    check(cub::DeviceSegmentedRadixSort::SortPairsDescending(
+              m.sort.data, bytes, m.class_keys, m.sorted_keys, m.instance, m.sorted_instance,
+              static_cast<int>(m.instance_slots), static_cast<int>(batch), m.segment_begin,
+              m.segment_end, 0, m.key_bits, stream),
+          "cub::DeviceSegmentedRadixSort");
+    number_sorted_kernel<<<instance_grid, kThreads, 0, stream>>>(
+        centers, layout, buffers, m, params.label_divisor, params.void_label);
+    check_launch("number_sorted_kernel");
+  } else {
+    number_kernel<<<instance_grid, kThreads, 0, stream>>>(centers, layout, buffers,
+                                                          params.label_divisor, params.void_label);
+    check_launch("number_kernel");
+  }
   const dim3 class_grid(grid_for(layout.num_classes, kThreads), static_cast<unsigned>(batch));
   stuff_kernel<<<class_grid, kThreads, 0, stream>>>(
       batch, things, layout, buffers, params.label_divisor, params.stuff_area, params.void_label);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstring>
+#include <exception>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -432,6 +433,16 @@ CudaMerge::CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers
     throw ValueError("CUDA path: batch x height must stay below 2**31 rows");
   }
   cuda::DeviceGuard guard(inputs.device);
+  // Should anything below throw, the scratch is freed here, while the guard still keeps the
+  // job's device current: state_ is destroyed only after the guard, with the caller's device
+  // current, and a stream handle 0 / 1 / 2 would then name another device's stream.
+  struct ReleaseOnError {
+    State& s;
+    const int pending = std::uncaught_exceptions();
+    ~ReleaseOnError() {
+      if (std::uncaught_exceptions() > pending) s.first_scratch = cuda::Scratch();
+    }
+  } release_on_error{s};
   cuda::require_kernel_image(inputs.device);
   cuda::require_not_capturing(s.stream);
   const int64_t hw = s.height * s.width;
@@ -596,6 +607,17 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     max_bins = std::max(max_bins, (k + 1) * C);
   }
   seg_offset[B] = seg_offset[B - 1] + seg_capacity[B - 1];
+  // Many centres: each image's vote grid, sized from its bound of K (see cuda::ManyCenters).
+  const bool many_centers = max_instances > cuda::kBruteForceCentersMax;
+  std::vector<VoteGrid> vote_grids;
+  std::vector<int64_t> cell_offset;
+  int64_t cells = 0;
+  for (int64_t b = 0; many_centers && b < B; ++b) {
+    const int64_t k = (b + 1 < B ? inst_offset[b + 1] : inst_total) - inst_offset[b] - 1;
+    vote_grids.push_back(make_vote_grid(H, W, std::max<int64_t>(k, 1)));
+    cell_offset.push_back(cells);
+    cells += vote_grids.back().rows * vote_grids.back().cols;
+  }
   if (total_peaks > std::numeric_limits<int>::max() - 1) {  // cub's sort and scan sizes are int
     throw ValueError("find_centers: " + std::to_string(total_peaks) +
                      " peaks exceed the CUDA path's int32 sort size; use the CPU path");
@@ -615,6 +637,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   const size_t at_seg = pack.add(seg_offset), at_peaks = pack.add(s.peak_begin);
   const size_t at_sort_begin = pack.add(sort_begin), at_sort_end = pack.add(sort_end);
   const size_t at_partial = pack.add(partial_offset);
+  const size_t at_grids = pack.add(vote_grids), at_cells = pack.add(cell_offset);
   const cuda::ThingUpload thing_upload(s.params.thing_ids, pack);
 
   // Every array of this phase, from one allocation.
@@ -633,6 +656,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     cuda::FuseBuffers buffers;
     double* partial;      // score sums with logits
     long long* readback;  // Readback's words
+    cuda::ManyCenters many;
   };
   cuda::Scratch scratch;
   const Arrays a = cuda::carve(scratch, stream, [&](cuda::Scratch& sc) {
@@ -667,6 +691,9 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     f.error_instance = sc.take<unsigned long long>(B, "errors");
     t.partial = with_scores ? sc.take<double>(partial_total, "score sums") : nullptr;
     t.readback = sc.take<long long>(readback_words, "read-back");
+    if (many_centers) {
+      t.many = cuda::take_many_centers(sc, cells, inst_total - B, inst_total, B, C);
+    }
     return t;
   });
   // Everything the host decides goes to the device in one copy, before the first kernel of this
@@ -689,6 +716,10 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
                                 max_segments};
   const cuda::CenterList& centers = a.centers;
   const cuda::FuseBuffers& buffers = a.buffers;
+  cuda::ManyCenters many = a.many;
+  many.grid = cuda::UploadPack::at<VoteGrid>(a.tables, at_grids);
+  many.cell_offset = cuda::UploadPack::at<int64_t>(a.tables, at_cells);
+  const cuda::ManyCenters* many_or_null = many_centers ? &many : nullptr;
 
   // Peaks in row-major order, then the kept centres.
   if (total_peaks > 0) {
@@ -709,8 +740,9 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   check(cudaMemsetAsync(buffers.error_instance, 0xff, B * sizeof(unsigned long long), stream),
         "cudaMemsetAsync");
   cuda::vote_and_count(s.sem, s.in.mask, s.in.off, things, centers, layout,
-                       max_bins <= cuda::kSharedBinLimit ? max_bins : 0, buffers, stream);
-  cuda::resolve_segments(B, things, s.params, centers, layout, buffers, stream);
+                       max_bins <= cuda::kSharedBinLimit ? max_bins : 0, many_or_null, buffers,
+                       stream);
+  cuda::resolve_segments(B, things, s.params, centers, layout, many_or_null, buffers, stream);
   if (with_scores) {
     cuda::score_with_logits(s.sem, s.in.logits, layout, buffers,
                             cuda::UploadPack::at<int64_t>(a.tables, at_partial), partial_total,

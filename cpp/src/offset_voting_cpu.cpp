@@ -13,20 +13,6 @@
 namespace pdl_post {
 namespace {
 
-VoteGrid make_grid(int64_t height, int64_t width, int64_t num_centers) {
-  // About two cells per centre (measured best among 1-16): lists stay short, few are built, and
-  // the LB-ordered scan makes long lists cheap. At most 2^26 cells whatever the number of centres.
-  const double area = static_cast<double>(height) * static_cast<double>(width);
-  const double target = std::sqrt(std::max(area / (2.0 * static_cast<double>(num_centers)),
-                                           area / static_cast<double>(int64_t{1} << 26)));
-  int shift = 2;
-  while (shift < 24 && static_cast<double>(int64_t{1} << (shift + 1)) <= target) ++shift;
-  VoteGrid g{shift, int64_t{1} << shift, -(int64_t{1} << shift), 0, 0};
-  g.rows = ((height + 2 * g.side - 1) >> shift) + 1;
-  g.cols = ((width + 2 * g.side - 1) >> shift) + 1;
-  return g;
-}
-
 // Candidate centres for one cell: every centre whose lower bound is <= the smallest upper bound.
 void cell_candidates(const VoteGrid& g, int64_t cell_index,
                      const std::vector<int64_t>& bucket_start,
@@ -38,30 +24,19 @@ void cell_candidates(const VoteGrid& g, int64_t cell_index,
   const float y_hi = y_lo + static_cast<float>(g.side);
   const float x_lo = static_cast<float>(g.origin + cj * g.side);
   const float x_hi = x_lo + static_cast<float>(g.side);
-  const int64_t last_ring = std::max({ci, g.rows - 1 - ci, cj, g.cols - 1 - cj});
+  const int64_t last_ring = g.last_ring(cell_index);
 
   // Visit the centres in ring r (Chebyshev distance r, in cells) around this cell.
   auto for_ring = [&](int64_t r, auto&& visit) {
-    for (int64_t i = std::max<int64_t>(0, ci - r); i <= std::min(g.rows - 1, ci + r); ++i) {
-      const bool edge_row = (i == ci - r || i == ci + r);
-      const int64_t step = (edge_row || r == 0) ? 1 : 2 * r;
-      for (int64_t j = cj - r; j <= cj + r; j += step) {
-        if (j < 0 || j >= g.cols) continue;
-        const int64_t b = i * g.cols + j;
-        for (int64_t k = bucket_start[b]; k < bucket_start[b + 1]; ++k) visit(bucket_centers[k]);
-      }
-    }
-  };
-  // Centres in ring r >= 2 are at least (r - 1) whole cells away along one axis.
-  auto ring_bound = [&](int64_t r) {
-    const float gap = static_cast<float>((r - 1) * g.side);
-    return r <= 1 ? 0.0f : gap * gap;
+    g.for_each_ring_cell(cell_index, r, [&](int64_t b) {
+      for (int64_t k = bucket_start[b]; k < bucket_start[b + 1]; ++k) visit(bucket_centers[k]);
+    });
   };
 
   float best_upper = std::numeric_limits<float>::infinity();
   int64_t rings = 0;
   for (int64_t r = 0; r <= last_ring; ++r) {
-    if (ring_bound(r) > best_upper) break;
+    if (g.ring_lower_bound(r) > best_upper) break;
     rings = r;
     for_ring(r, [&](int32_t c) {
       const float dy = axis_gap_max(cy[c], y_lo, y_hi);
@@ -71,7 +46,7 @@ void cell_candidates(const VoteGrid& g, int64_t cell_index,
   }
   out.clear();
   for (int64_t r = 0; r <= rings; ++r) {
-    if (ring_bound(r) > best_upper) break;
+    if (g.ring_lower_bound(r) > best_upper) break;
     for_ring(r, [&](int32_t c) {
       const float dy = axis_gap_min(cy[c], y_lo, y_hi);
       const float dx = axis_gap_min(cx[c], x_lo, x_hi);
@@ -103,7 +78,7 @@ CenterIndex::CenterIndex(int64_t height, int64_t width, const std::vector<int64_
                      " centres do not fit the int32 instance map");
   }
   if (num_centers == 0) return;
-  grid_ = make_grid(height, width, num_centers);
+  grid_ = make_vote_grid(height, width, num_centers);
   lists_ = std::make_unique<Lists>();
   Lists& g = *lists_;
   const int64_t cells = grid_.rows * grid_.cols;

@@ -63,6 +63,8 @@ struct CudaMergeInputs {
   uintptr_t stream = 0;  // cudaStream_t; 1 and 2 mean the legacy / per-thread default streams
 };
 
+// The inputs must stay alive and unchanged until finish() returns: it reads them again (the
+// peaks are written where the first phase counted them).
 class CudaMerge {
  public:
   CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers, const FuseParams& params);
