@@ -1,0 +1,167 @@
+"""Work count of the CUDA path's nearest-centre search (cpp/cuda/fusion.cu), without a GPU.
+
+Up to kBruteForceCentersMax (256) centres per image, each voting pixel compares every centre (K
+distances). Above it, the centres are bucketed into offset_voting.h's VoteGrid (make_vote_grid,
+about two cells per centre, side at least 4) and a vote visits rings of cells outward from its own
+until a ring's lower bound exceeds the best distance. This counts the distances computed per
+voting pixel and per warp lane (a warp of 32 consecutive pixels waits for its slowest lane) for
+both, on synthetic scenes with every peak kept (top_k=None) and on a heatmap flat above the
+threshold (one centre per pixel), and checks on every counted pixel (a sample on the plateau)
+that the ring search finds brute force's centre, ties to the lower index.
+
+A count, not a timing: the GPU timings come from benchmarks/gpu_bench.py on a GPU.
+
+    .venv/bin/python benchmarks/vote_grid_reads.py
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+import pdl_post
+from pdl_post import synthetic
+
+
+def make_vote_grid(height: int, width: int, num_centers: int) -> tuple[int, int, int, int]:
+    """(shift, origin, rows, cols) as offset_voting.h's make_vote_grid."""
+    area = float(height) * float(width)
+    target = math.sqrt(max(area / (2.0 * num_centers), area / float(1 << 26)))
+    shift = 2
+    while shift < 24 and float(1 << (shift + 1)) <= target:
+        shift += 1
+    side = 1 << shift
+    rows = ((height + 2 * side - 1) >> shift) + 1
+    cols = ((width + 2 * side - 1) >> shift) + 1
+    return shift, -side, rows, cols
+
+
+@numba.njit(cache=False)
+def _distance(cy, cx, qy, qx):
+    dy = np.float32(cy - qy)
+    dx = np.float32(cx - qx)
+    return np.float32(np.float32(dy * dy) + np.float32(dx * dx))
+
+
+@numba.njit(cache=False)
+def _brute_force(cy, cx, qy, qx):
+    best, best_d = 0, _distance(cy[0], cx[0], qy, qx)
+    for k in range(1, cy.shape[0]):
+        d = _distance(cy[k], cx[k], qy, qx)
+        if d < best_d:
+            best, best_d = k, d
+    return best
+
+
+@numba.njit(cache=False)
+def _ring_search(grid, cell_start, cell_centers, cy, cx, qy, qx):
+    """(nearest centre, distances computed), as nearest_in_grid."""
+    shift, origin, rows, cols = grid
+    side = 1 << shift
+    lo = np.float32(origin)
+    if not (
+        qy >= lo
+        and qx >= lo
+        and qy < np.float32(origin + rows * side)
+        and qx < np.float32(origin + cols * side)
+    ):
+        return _brute_force(cy, cx, qy, qx), cy.shape[0]
+    ci = (math.floor(qy) - origin) >> shift
+    cj = (math.floor(qx) - origin) >> shift
+    last_ring = max(ci, rows - 1 - ci, cj, cols - 1 - cj)
+    best, best_d, count = -1, np.float32(0.0), 0
+    for r in range(last_ring + 1):
+        gap = np.float32((r - 1) * side)
+        bound = np.float32(0.0) if r <= 1 else np.float32(gap * gap)
+        if best >= 0 and bound > best_d:
+            break
+        for i in range(max(ci - r, 0), min(ci + r, rows - 1) + 1):
+            step = 1 if (i == ci - r or i == ci + r or r == 0) else 2 * r
+            for j in range(cj - r, cj + r + 1, step):
+                if j < 0 or j >= cols:
+                    continue
+                cell = i * cols + j
+                for s in range(cell_start[cell], cell_start[cell + 1]):
+                    k = cell_centers[s]
+                    d = _distance(cy[k], cx[k], qy, qx)
+                    count += 1
+                    if best < 0 or d < best_d or (d == best_d and k < best):
+                        best, best_d = k, d
+    return best, count
+
+
+@numba.njit(cache=False)
+def _count(grid, cell_start, cell_centers, cy, cx, ys, xs, dys, dxs, check_every):
+    """Distances per voting pixel (brute force: K) and per warp (slowest lane), and mismatches."""
+    n = ys.shape[0]
+    grid_total, lane_total, mismatches, checked = 0, 0, 0, 0
+    for w0 in range(0, n, 32):
+        slowest = 0
+        for p in range(w0, min(w0 + 32, n)):
+            qy = np.float32(np.float32(ys[p]) + np.float32(dys[p]))
+            qx = np.float32(np.float32(xs[p]) + np.float32(dxs[p]))
+            best, count = _ring_search(grid, cell_start, cell_centers, cy, cx, qy, qx)
+            grid_total += count
+            slowest = max(slowest, count)
+            if p % check_every == 0:
+                checked += 1
+                mismatches += best != _brute_force(cy, cx, qy, qx)
+        lane_total += slowest * min(32, n - w0)
+    return grid_total, lane_total, mismatches, checked
+
+
+def count(name, sem, ctr, off, check_every=1):
+    kw = pdl_post.presets.CITYSCAPES.kwargs()
+    centers, _ = pdl_post.find_centers(
+        ctr, threshold=kw["threshold"], nms_kernel=kw["nms_kernel"], top_k=None
+    )
+    h, w = sem.shape
+    k = len(centers)
+    grid = make_vote_grid(h, w, k)
+    shift, origin, rows, cols = grid
+    cy = centers[:, 0].astype(np.float32)
+    cx = centers[:, 1].astype(np.float32)
+    cells = ((centers[:, 0] - origin) >> shift) * cols + ((centers[:, 1] - origin) >> shift)
+    order = np.argsort(cells, kind="stable")
+    cell_start = np.searchsorted(cells[order], np.arange(rows * cols + 1)).astype(np.int64)
+    thing = np.isin(sem, kw["thing_ids"])
+    ys, xs = np.nonzero(thing)
+    grid_total, lane_total, mismatches, checked = _count(
+        grid,
+        cell_start,
+        order.astype(np.int32),
+        cy,
+        cx,
+        ys.astype(np.int64),
+        xs.astype(np.int64),
+        off[0][thing],
+        off[1][thing],
+        check_every,
+    )
+    n = len(ys)
+    print(
+        f"| {name} | {k} | {1 << shift} | {rows * cols} | {k:,} | {grid_total / n:.1f} | "
+        f"{lane_total / n:.1f} | {checked:,}: {mismatches} |"
+    )
+
+
+def main() -> None:
+    print(
+        "| scene | K | cell side | cells | brute force per pixel | grid per pixel | "
+        "grid per warp lane | checked: mismatches |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for h, w, n in ((1024, 2048, 200), (1024, 2048, 2000), (2048, 4096, 3000)):
+        s = synthetic.make_scene(h, w, n, seed=0)
+        count(f"synthetic {h}x{w}, {n} requested", s.sem, s.ctr, s.off)
+    for h, w, offset in ((1024, 2048, 0.0), (1024, 2048, 0.5)):
+        sem = np.full((h, w), 11, np.int32)
+        ctr = np.full((1, h, w), 0.5, np.float32)
+        off = np.full((2, h, w), offset, np.float32)
+        count(f"flat heatmap {h}x{w}, offsets {offset}", sem, ctr, off, check_every=20_011)
+
+
+if __name__ == "__main__":
+    main()
