@@ -308,8 +308,8 @@ struct ManyCenters {
   CubTemp scan;                // for cells + 1 items
   int64_t* class_keys;         // [instance slots] 1 + class of the instance, 0 when empty
   int64_t* sorted_keys;
-  int32_t* instance;  // [instance slots] instance number k in its image
-  int32_t* sorted_instance;
+  int32_t* instance_index;  // [instance slots] k of instance k in its image
+  int32_t* sorted_instance_index;
   int* segment_begin;  // [B] image b's instances 1..K_b among the instance slots
   int* segment_end;
   CubTemp sort;

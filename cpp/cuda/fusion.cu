@@ -3,13 +3,12 @@
 //   vote_and_count   one pass over the pixels: thing test, nearest centre (brute force over tiles
 //                    of centres in shared memory; strict '<' in index order = ties to the lower
 //                    index, the CPU's exact answer; above kBruteForceCentersMax centres a ring
-//                    search in a grid of cells, the same answer), instance map, and one histogram
-//                    over
-//                    (instance, class) pairs. Row 0 of the histogram (no instance) is the
-//                    unassigned area per class; rows 1..K give areas and the majority vote. Bins
-//                    are counted in shared memory when the table is small, with warp-aggregated
-//                    atomics, and flushed once per block; the counts are integers, so the order of
-//                    the atomics does not matter.
+//                    search in a grid of cells, the same answer), instance map, and one
+//                    histogram over (instance, class) pairs. Row 0 of the histogram (no
+//                    instance) is the unassigned area per class; rows 1..K give areas and the
+//                    majority vote. Bins are counted in shared memory when the table is small,
+//                    with warp-aggregated atomics, and flushed once per block; the counts are
+//                    integers, so the order of the atomics does not matter.
 //   resolve_segments per instance: area and majority class (first maximum = smallest class);
 //                    number n = 1 + earlier non-empty instances of the same class (a parallel
 //                    count over earlier instances, or above kBruteForceCentersMax centres the
@@ -345,7 +344,7 @@ __global__ void class_keys_kernel(CenterList centers, FuseLayout layout, FuseBuf
   }
   if (k > centers.count[b]) return;
   many.class_keys[first + k - 1] = buffers.class_of[first + k - 1] + 1;
-  many.instance[first + k - 1] = static_cast<int32_t>(k);
+  many.instance_index[first + k - 1] = static_cast<int32_t>(k);
 }
 
 // After a stable sort by key (largest first), an instance's number is 1 + its position in the
@@ -366,7 +365,7 @@ __global__ void number_sorted_kernel(CenterList centers, FuseLayout layout, Fuse
       hi = mid;
     }
   }
-  assign_instance_label(b, many.sorted_instance[j], key - 1, j - lo + 1, layout, buffers,
+  assign_instance_label(b, many.sorted_instance_index[j], key - 1, j - lo + 1, layout, buffers,
                         label_divisor, void_label);
 }
 
@@ -593,8 +592,8 @@ ManyCenters take_many_centers(Scratch& scratch, int64_t cells, int64_t center_sl
   taken.scan = take_scan_temp(scratch, cells + 1);
   taken.class_keys = scratch.take<int64_t>(instance_slots, "instance numbering");
   taken.sorted_keys = scratch.take<int64_t>(instance_slots, "instance numbering");
-  taken.instance = scratch.take<int32_t>(instance_slots, "instance numbering");
-  taken.sorted_instance = scratch.take<int32_t>(instance_slots, "instance numbering");
+  taken.instance_index = scratch.take<int32_t>(instance_slots, "instance numbering");
+  taken.sorted_instance_index = scratch.take<int32_t>(instance_slots, "instance numbering");
   taken.segment_begin = scratch.take<int>(batch, "instance numbering");
   taken.segment_end = scratch.take<int>(batch, "instance numbering");
   taken.key_bits = 1;  // keys are 0..num_classes
@@ -707,9 +706,9 @@ void resolve_segments(int64_t batch, const ThingClasses& things, const FuseParam
     check_launch("class_keys_kernel");
     size_t bytes = m.sort.bytes;
     check(cub::DeviceSegmentedRadixSort::SortPairsDescending(
-              m.sort.data, bytes, m.class_keys, m.sorted_keys, m.instance, m.sorted_instance,
-              static_cast<int>(m.instance_slots), static_cast<int>(batch), m.segment_begin,
-              m.segment_end, 0, m.key_bits, stream),
+              m.sort.data, bytes, m.class_keys, m.sorted_keys, m.instance_index,
+              m.sorted_instance_index, static_cast<int>(m.instance_slots), static_cast<int>(batch),
+              m.segment_begin, m.segment_end, 0, m.key_bits, stream),
           "cub::DeviceSegmentedRadixSort");
     number_sorted_kernel<<<instance_grid, kThreads, 0, stream>>>(
         centers, layout, buffers, m, params.label_divisor, params.void_label);
