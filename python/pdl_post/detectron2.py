@@ -99,11 +99,11 @@ def get_panoptic_segmentation(
             foreground_mask=foreground_mask,
             topk_mode="detectron2",
         )
-    # None: where torch.as_tensor finds the data (host arrays, or another library's CUDA arrays).
-    device = sem_seg.device if is_torch_tensor(sem_seg) else None
-    panoptic = _int64_tensor(result.panoptic, device).unsqueeze(0)
-    center = _int64_tensor(result.centers, device).unsqueeze(0)
-    return panoptic, center
+    # None: where torch.as_tensor finds the data (host arrays, or another library's CUDA arrays);
+    # the centres (host arrays) then follow the ids.
+    panoptic = _int64_tensor(result.panoptic, sem_seg.device if is_torch_tensor(sem_seg) else None)
+    center = _int64_tensor(result.centers, panoptic.device)
+    return panoptic.unsqueeze(0), center.unsqueeze(0)
 
 
 def _int64_tensor(a, device):
