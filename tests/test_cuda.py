@@ -388,6 +388,27 @@ def test_evaluators_take_the_cuda_output():
     _assert_evaluators_agree(given, (to_host(out), s.panoptic_gt, s.sem))
 
 
+@needs_gpu
+def test_conversion_and_drawing_take_the_cuda_output():
+    s = synthetic.make_scene(64, 96, 10, seed=7)
+    out = pdl_post.merge(*(to_device(a, "cuda") for a in (s.sem, s.ctr, s.off)), stuff_area=16)
+    _assert_host_work_agrees(out, to_host(out))
+
+
+def _assert_host_work_agrees(given, pred: np.ndarray) -> None:
+    """COCO conversion, colours and overlay of `given` (any array type) equal those of `pred`."""
+    from pdl_post import io, viz
+
+    for got, want in zip(io.to_coco_panoptic(given), io.to_coco_panoptic(pred), strict=True):
+        if isinstance(want, np.ndarray):
+            np.testing.assert_array_equal(got, want)
+        else:
+            assert got == want
+    np.testing.assert_array_equal(viz.colorize(given), viz.colorize(pred))
+    image = np.zeros((*pred.shape, 3), np.uint8)
+    np.testing.assert_array_equal(viz.overlay(image, given), viz.overlay(image, pred))
+
+
 def _assert_evaluators_agree(given: tuple, host: tuple) -> None:
     """PQ, mIoU and AP of `given` (panoptic prediction and GT, predicted and GT class maps: any
     array type) equal those of the numpy maps `host` (panoptic prediction and GT, predicted class
@@ -500,6 +521,19 @@ def test_evaluators_copy_cuda_arrays_to_the_host():
             evaluator.update(fake, s.panoptic_gt)
         with pytest.raises(ValueError, match=r"^gt: got a CUDA array \(FakeCudaArray\).*host"):
             evaluator.update(pred, fake)
+
+
+def test_conversion_and_drawing_copy_cuda_arrays_to_the_host():
+    """io.to_coco_panoptic and viz.colorize / overlay take the CUDA path's output (a CuPy
+    stand-in here; torch CUDA tensors in test_conversion_and_drawing_take_the_cuda_output)."""
+    s = synthetic.make_scene(48, 64, 6, seed=8)
+    pred = pdl_post.merge(s.sem, s.ctr, s.off, stuff_area=16)
+    _assert_host_work_agrees(CupyLikeArray(pred), pred)
+    fake = FakeCudaArray((48, 64), "<i4")
+    with pytest.raises(ValueError, match=r"^panoptic: got a CUDA array \(FakeCudaArray\).*host"):
+        pdl_post.io.to_coco_panoptic(fake)
+    with pytest.raises(ValueError, match=r"^panoptic: got a CUDA array \(FakeCudaArray\).*host"):
+        pdl_post.viz.colorize(fake)
 
 
 def test_host_backends_refuse_cuda_arrays():

@@ -453,7 +453,8 @@ def to_coco_panoptic(
     Parameters
     ----------
     panoptic : array_like of int, shape (H, W)
-        ``class * label_divisor + instance``; ``void_label`` marks void pixels.
+        ``class * label_divisor + instance``; ``void_label`` marks void pixels. Torch CUDA tensors
+        and CuPy arrays (the CUDA path's output) are copied to the host.
     category_map : mapping of int to int, optional
         Class (``id // label_divisor``) -> COCO ``category_id`` (e.g.
         :data:`CITYSCAPES_TRAIN_TO_LABEL`). Identity when omitted; a class missing from the map is
@@ -479,9 +480,9 @@ def to_coco_panoptic(
         ``{"segments_info": [{"id", "category_id", "area", "bbox", "iscrowd"}, ...]}`` plus
         ``image_id`` / ``file_name`` when given.
     """
-    from pdl_post._inputs import as_numpy
+    from pdl_post._inputs import as_host_numpy
 
-    pan = as_numpy(panoptic, "panoptic")
+    pan = as_host_numpy(panoptic, "panoptic")  # the CUDA path's output is copied here
     if pan.ndim != 2:
         raise ValueError(f"panoptic: expected shape (H, W), got {pan.shape}")
     if not np.issubdtype(pan.dtype, np.integer):

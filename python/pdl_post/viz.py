@@ -161,7 +161,9 @@ def _segment_colors(
 
 
 def _check_int_map(name: str, arr: object) -> np.ndarray:
-    a = np.asarray(arr)
+    from pdl_post._inputs import to_host
+
+    a = np.asarray(to_host(arr, name))  # the CUDA path's output is copied here
     if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
         raise TypeError(f"{name} must be an integer array, got dtype {a.dtype}")
     if a.ndim < 2:
@@ -177,7 +179,8 @@ def colorize(
     Parameters
     ----------
     panoptic : numpy.ndarray of int, shape ``[H, W]`` or ``[..., H, W]``
-        Panoptic ids ``class * label_divisor + n`` (``n == 0``: stuff, ``n > 0``: thing instance).
+        Panoptic ids ``class * label_divisor + n`` (``n == 0``: stuff, ``n > 0``: thing instance);
+        torch tensors and CuPy arrays too (CUDA ones are copied to the host).
     label_divisor : int, keyword-only
         The divisor used to build the ids (> 0).
     void_label : int, keyword-only
@@ -234,7 +237,7 @@ def overlay(
     image : numpy.ndarray, shape ``[H, W]``, ``[H, W, 3]`` or ``[H, W, 4]``
         uint8, or float in ``[0, 1]``; grey images are repeated to RGB, alpha is dropped.
     panoptic : numpy.ndarray of int, shape ``[H, W]``
-        Panoptic ids (see :func:`colorize`).
+        Panoptic ids (see :func:`colorize`; CUDA tensors and CuPy arrays are copied to the host).
     alpha : float, keyword-only
         Weight of the segment colour, in ``[0, 1]``. Void pixels keep the image.
     label_divisor, void_label, seed : keyword-only
