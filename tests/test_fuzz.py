@@ -609,3 +609,66 @@ def test_cuda_path_equals_cpu(device, case):
             assert_results_equal(gpu, cpu, score_rtol=0)
         del cpu, gpu
         check()
+
+
+@st.composite
+def dense_peak_inputs(draw):
+    """(sem, ctr, off, kwargs) with hundreds of centres: nms_kernel=1 makes every pixel above the
+    threshold a peak, so that images keep more than the CUDA path's 256 brute-force centres (its
+    grid search and sorted numbering); votes on cell borders, exactly between centres, far outside
+    the grid, non-finite; batches where the images' counts differ."""
+    batch = draw(st.sampled_from([None, 2]))
+    h, w = draw(st.integers(24, 40)), draw(st.integers(24, 40))
+    lead = () if batch is None else (batch,)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    fill = draw(st.sampled_from([0.7, 0.9, 1.0]))  # share of pixels above the threshold
+    ctr = np.where(rng.random((*lead, 1, h, w)) < fill, rng.choice([0.5, 0.7], (*lead, 1, h, w)), 0)
+    vote_kind = draw(st.sampled_from(["integer", "half", "far", "mixed"]))
+    shape = (*lead, 2, h, w)
+    if vote_kind == "integer":
+        off = rng.integers(-h, h, shape).astype(np.float32)
+    elif vote_kind == "half":
+        off = (rng.integers(-h, h, shape) / 2).astype(np.float32)
+    elif vote_kind == "far":
+        off = (rng.choice([-1, 1], shape) * 10.0 ** rng.uniform(0, 8, shape)).astype(np.float32)
+    else:
+        off = rng.choice(np.array(OFF_VALUES, dtype=np.float64), shape)
+    sem = rng.integers(0, 4, (*lead, h, w)).astype(np.int32)
+    kw = {
+        "thing_ids": draw(st.sampled_from([[1, 2], [0, 1, 2, 3], [3]])),
+        "nms_kernel": 1,
+        "top_k": draw(st.sampled_from([None, None, 300, 257])),
+        "topk_mode": draw(st.sampled_from(["exact", "detectron2"])),
+        "threshold": 0.1,
+        "stuff_area": draw(st.integers(0, 5)),
+        "label_divisor": draw(st.sampled_from([1000, 1000, 100])),  # 100: the numbering error
+    }
+    return sem, ctr.astype(np.float32), off, kw
+
+
+@pytest.mark.parametrize("device", DEVICES[1:])  # emulated; cuda on a GPU, else skipped
+@settings(max_examples=int(40 * SCALE), **SETTINGS)
+@given(case=dense_peak_inputs())
+def test_cuda_path_many_centres_equals_cpu(device, case):
+    # Hundreds of centres per image on the CUDA path against the CPU path: the same result (ties
+    # to the lower index included) or the same error.
+    sem, ctr, off, kw = case
+    assert (ctr > kw["threshold"]).sum(axis=(-2, -1)).min() > 256  # every image takes the grid
+
+    def on_device(a):
+        return HostCudaArray(a) if device == "emulated" else to_device(a, device)
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        check = use_emulation(monkeypatch) if device == "emulated" else (lambda: None)
+        with np.errstate(over="ignore"):
+            cpu = _outcome(sem, ctr, off, **kw)
+        gpu = _outcome(on_device(sem), on_device(ctr), on_device(off), **kw)
+        if isinstance(cpu, Exception) or isinstance(gpu, Exception):
+            assert type(cpu) is type(gpu) and str(cpu) == str(gpu), (cpu, gpu)
+        else:
+            results = gpu if isinstance(gpu, list) else [gpu]
+            for r in results:
+                r.panoptic = to_host(r.panoptic)
+            assert_results_equal(gpu, cpu, score_rtol=0)
+        del cpu, gpu
+        check()
