@@ -63,7 +63,8 @@ step "device tests on the GPU"
   -W default::DeprecationWarning -W default::FutureWarning --maxfail=5 || failed+=("device tests")
 
 # The small case the compute-sanitizer tools run: merge (top_k 200 / 3 / None, 400 centres,
-# compacted class tables), compared with the CPU, and postprocess with logits and a mask.
+# compacted class tables, a flat heatmap: a centre per pixel, the grid search), compared with the
+# CPU, and postprocess with logits and a mask.
 sanitizer_case=$(mktemp --suffix=.py)
 trap 'rm -f "$sanitizer_case"' EXIT
 cat >"$sanitizer_case" <<'PYEOF'
@@ -86,6 +87,11 @@ big = (b.sem.astype(np.int64) + 70_000, [t + 70_000 for t in range(11, 19)])  # 
 out = pdl_post.merge(torch.from_numpy(big[0]).cuda(), ctr, off, thing_ids=big[1], **kw)
 np.testing.assert_array_equal(
     out.cpu().numpy(), pdl_post.merge(big[0], b.ctr, b.off, thing_ids=big[1], **kw))
+flat = np.full((1, 24, 40), 0.5, np.float32)  # 960 centres: grid search, numbering by sort
+out = pdl_post.merge(sem[0, :24, :40], torch.from_numpy(flat).cuda(), off[0, :, :24, :40],
+                     top_k=None, label_divisor=10_000, **kw)
+np.testing.assert_array_equal(out.cpu().numpy(), pdl_post.merge(
+    b.sem[0, :24, :40], flat, b.off[0, :, :24, :40], top_k=None, label_divisor=10_000, **kw))
 torch.cuda.synchronize()
 print("sanitizer case done:", len(r), "images")
 PYEOF
