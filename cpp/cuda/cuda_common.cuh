@@ -140,6 +140,13 @@ DeviceView<const T> device_view(const StridedView& v) {
                              v.strides[2], v.strides[3]};
 }
 
+// Bits that hold a value >= 0 (0 for 0): the end_bit of a radix sort over keys up to it.
+inline int bit_width(int64_t value) {
+  int bits = 0;
+  while (bits < 63 && (value >> bits) != 0) ++bits;
+  return bits;
+}
+
 // Blocks for a grid-stride loop over `items`, at most `cap`.
 inline unsigned grid_for(int64_t items, int threads, int64_t cap = 2147483647) {
   const int64_t blocks = (items + threads - 1) / threads;

@@ -596,8 +596,7 @@ ManyCenters take_many_centers(Scratch& scratch, int64_t cells, int64_t center_sl
   taken.sorted_instance_index = scratch.take<int32_t>(instance_slots, "instance numbering");
   taken.segment_begin = scratch.take<int>(batch, "instance numbering");
   taken.segment_end = scratch.take<int>(batch, "instance numbering");
-  taken.key_bits = 1;  // keys are 0..num_classes
-  while (taken.key_bits < 63 && (num_classes >> taken.key_bits) != 0) ++taken.key_bits;
+  taken.key_bits = std::max(1, bit_width(num_classes));  // keys are 0..num_classes
   size_t bytes = 0;
   check(cub::DeviceSegmentedRadixSort::SortPairsDescending(
             nullptr, bytes, static_cast<const int64_t*>(nullptr), static_cast<int64_t*>(nullptr),

@@ -569,8 +569,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   cuda::Scratch distinct_scratch;
   const int64_t* distinct = nullptr;
   if (s.hi >= ClassIndex::kDenseLabelLimit) {
-    int end_bit = 0;  // bits of the largest label
-    while (end_bit < 63 && (s.hi >> end_bit) != 0) ++end_bit;
+    const int end_bit = cuda::bit_width(s.hi);  // bits of the largest label
     const cuda::DistinctScratch d =
         cuda::carve(distinct_scratch, stream, [&](cuda::Scratch& scratch) {
           return cuda::take_distinct_scratch(scratch, B * hw, end_bit);
@@ -586,10 +585,11 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
 
   // Table layout per image from the centre bounds (the exact counts stay on the device).
   std::vector<int64_t> hist_offset(B), inst_offset(B), seg_offset(B + 1), seg_capacity(B);
+  std::vector<int64_t> kept(B);  // bound of K_b
   int64_t hist_total = 0, inst_total = 0, max_instances = 0, max_segments = 0, max_bins = 0;
   for (int64_t b = 0; b < B; ++b) {
-    const int64_t k = cuda::kept_bound(s.peak_begin[b + 1] - s.peak_begin[b], s.centers.top_k,
-                                       s.centers.topk_mode);
+    const int64_t k = kept[b] = cuda::kept_bound(s.peak_begin[b + 1] - s.peak_begin[b],
+                                                 s.centers.top_k, s.centers.topk_mode);
     const double bins = static_cast<double>(k + 1) * static_cast<double>(C);
     if (bins * 8.0 > 9.0e18) {
       throw ValueError("CUDA path: " + std::to_string(k) + " centres x " + std::to_string(C) +
@@ -613,8 +613,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   std::vector<int64_t> cell_offset;
   int64_t cells = 0;
   for (int64_t b = 0; many_centers && b < B; ++b) {
-    const int64_t k = (b + 1 < B ? inst_offset[b + 1] : inst_total) - inst_offset[b] - 1;
-    vote_grids.push_back(make_vote_grid(H, W, std::max<int64_t>(k, 1)));
+    vote_grids.push_back(make_vote_grid(H, W, std::max<int64_t>(kept[b], 1)));
     cell_offset.push_back(cells);
     cells += vote_grids.back().rows * vote_grids.back().cols;
   }
