@@ -26,6 +26,7 @@ from pdl_post import _core
 from pdl_post._inputs import (
     WIDENED_FLOAT_DTYPES,
     WIDENED_LABEL_DTYPES,
+    as_numpy,
     check_same_shapes,
     ctr_layout,
     is_torch_tensor,
@@ -69,6 +70,30 @@ def is_cuda_array(x) -> bool:
     if is_torch_tensor(x):
         return x.device.type == "cuda"
     return hasattr(type(x), "__cuda_array_interface__") or hasattr(x, "__cuda_array_interface__")
+
+
+def to_host(x, name: str):
+    """``x``, or for work that runs on the host whatever the input (evaluation, conversion,
+    drawing) a host copy of a torch CUDA tensor or CuPy array, so that the CUDA path's output goes
+    straight in. Other CUDA arrays (only ``__cuda_array_interface__``, no library to copy them
+    with) are refused by name."""
+    library = _library(x)
+    if library == "torch":
+        return x.detach().cpu() if x.device.type == "cuda" else x
+    if library == "cupy":
+        return x.get()  # cupy.ndarray -> numpy.ndarray (waits for the array's stream)
+    if is_cuda_array(x):
+        raise ValueError(
+            f"{name}: got a CUDA array ({type(x).__name__}) known only by its "
+            "__cuda_array_interface__; copy it to the host first (torch CUDA tensors and CuPy "
+            "arrays are copied here)"
+        )
+    return x
+
+
+def as_host_numpy(x, name: str) -> np.ndarray:
+    """:func:`as_numpy` of :func:`to_host`: CUDA tensors and CuPy arrays are copied, not refused."""
+    return as_numpy(to_host(x, name), name)
 
 
 _TORCH_DTYPES: dict = {}  # torch dtype -> numpy dtype, filled on first use (calls are hot)

@@ -98,29 +98,6 @@ def as_numpy(x, name: str) -> np.ndarray:
     return a
 
 
-def to_host(x, name: str):
-    """``x``, or for work that runs on the host whatever the input (evaluation, conversion,
-    drawing) a host copy of a torch CUDA tensor or CuPy array, so that the CUDA path's output goes
-    straight in. Other CUDA arrays (only ``__cuda_array_interface__``, no library to copy them
-    with) are refused by name."""
-    if is_torch_tensor(x):
-        return x.detach().cpu() if x.device.type == "cuda" else x
-    if type(x).__module__.split(".")[0] == "cupy" and hasattr(x, "get"):
-        return x.get()  # cupy.ndarray -> numpy.ndarray (waits for the array's stream)
-    if not isinstance(x, np.ndarray) and hasattr(x, "__cuda_array_interface__"):
-        raise ValueError(
-            f"{name}: got a CUDA array ({type(x).__name__}) known only by its "
-            "__cuda_array_interface__; copy it to the host first (torch CUDA tensors and CuPy "
-            "arrays are copied here)"
-        )
-    return x
-
-
-def as_host_numpy(x, name: str) -> np.ndarray:
-    """:func:`as_numpy` of :func:`to_host`: CUDA tensors and CuPy arrays are copied, not refused."""
-    return as_numpy(to_host(x, name), name)
-
-
 def check_int(value, name: str, *, minimum=None, allow_none=False):
     if value is None and allow_none:
         return None

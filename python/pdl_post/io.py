@@ -480,7 +480,7 @@ def to_coco_panoptic(
         ``{"segments_info": [{"id", "category_id", "area", "bbox", "iscrowd"}, ...]}`` plus
         ``image_id`` / ``file_name`` when given.
     """
-    from pdl_post._inputs import as_host_numpy
+    from pdl_post._cuda import as_host_numpy
 
     pan = as_host_numpy(panoptic, "panoptic")  # the CUDA path's output is copied here
     if pan.ndim != 2:

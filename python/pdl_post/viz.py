@@ -161,7 +161,7 @@ def _segment_colors(
 
 
 def _check_int_map(name: str, arr: object) -> np.ndarray:
-    from pdl_post._inputs import to_host
+    from pdl_post._cuda import to_host
 
     a = np.asarray(to_host(arr, name))  # the CUDA path's output is copied here
     if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):

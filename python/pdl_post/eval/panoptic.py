@@ -663,7 +663,7 @@ def pq_compute(
 
 def id_map_pair(pred, gt) -> tuple[np.ndarray, np.ndarray]:
     """One image's predicted and GT id maps as numpy arrays: integer, (H, W), the same shape."""
-    from pdl_post._inputs import as_host_numpy
+    from pdl_post._cuda import as_host_numpy
 
     pred = as_host_numpy(pred, "pred")
     gt = as_host_numpy(gt, "gt")
@@ -788,7 +788,7 @@ class PanopticEvaluator:
         PQStats
             The statistics of the given image(s) alone.
         """
-        from pdl_post._inputs import as_host_numpy
+        from pdl_post._cuda import as_host_numpy
 
         pred = as_host_numpy(pred, "pred")
         gt = as_host_numpy(gt, "gt")

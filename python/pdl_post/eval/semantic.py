@@ -148,7 +148,7 @@ class SemanticEvaluator:
 
     def image_stats(self, pred, gt) -> SemanticStats:
         """The confusion matrix of one pair (any equal shapes) without adding it."""
-        from pdl_post._inputs import as_host_numpy
+        from pdl_post._cuda import as_host_numpy
 
         pred = as_host_numpy(pred, "pred")
         gt = as_host_numpy(gt, "gt")
