@@ -588,7 +588,12 @@ def test_cuda_path_equals_cpu(device, case):
     # CPU path, on the same tie-, plateau- and NaN-rich inputs: the same result, or the same
     # error. The emulator reads every memory layout in place; a GPU gets contiguous copies.
     sem, ctr, off, kw = case
-    mask = kw.pop("foreground_mask", None)
+    _assert_cuda_path_equals_cpu(device, sem, ctr, off, **kw)
+
+
+def _assert_cuda_path_equals_cpu(device, sem, ctr, off, *, foreground_mask=None, **kw):
+    """postprocess on `device` (emulated: the host emulator; cuda: a GPU) gives the CPU path's
+    result, scores exactly, or raises the same error; no emulator violation or leak."""
 
     def on_device(a):
         if a is None:
@@ -597,9 +602,13 @@ def test_cuda_path_equals_cpu(device, case):
 
     with pytest.MonkeyPatch.context() as monkeypatch:
         check = use_emulation(monkeypatch) if device == "emulated" else (lambda: None)
-        cpu = _outcome(sem, ctr, off, foreground_mask=mask, **kw)
+        cpu = _outcome(sem, ctr, off, foreground_mask=foreground_mask, **kw)
         gpu = _outcome(
-            on_device(sem), on_device(ctr), on_device(off), foreground_mask=on_device(mask), **kw
+            on_device(sem),
+            on_device(ctr),
+            on_device(off),
+            foreground_mask=on_device(foreground_mask),
+            **kw,
         )
         if isinstance(cpu, Exception) or isinstance(gpu, Exception):
             assert type(cpu) is type(gpu) and str(cpu) == str(gpu), (cpu, gpu)
@@ -654,21 +663,4 @@ def test_cuda_path_many_centres_equals_cpu(device, case):
     # to the lower index included) or the same error.
     sem, ctr, off, kw = case
     assert (ctr > kw["threshold"]).sum(axis=(-2, -1)).min() > 256  # every image takes the grid
-
-    def on_device(a):
-        return HostCudaArray(a) if device == "emulated" else to_device(a, device)
-
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        check = use_emulation(monkeypatch) if device == "emulated" else (lambda: None)
-        with np.errstate(over="ignore"):
-            cpu = _outcome(sem, ctr, off, **kw)
-        gpu = _outcome(on_device(sem), on_device(ctr), on_device(off), **kw)
-        if isinstance(cpu, Exception) or isinstance(gpu, Exception):
-            assert type(cpu) is type(gpu) and str(cpu) == str(gpu), (cpu, gpu)
-        else:
-            results = gpu if isinstance(gpu, list) else [gpu]
-            for r in results:
-                r.panoptic = to_host(r.panoptic)
-            assert_results_equal(gpu, cpu, score_rtol=0)
-        del cpu, gpu
-        check()
+    _assert_cuda_path_equals_cpu(device, sem, ctr, off, **kw)
