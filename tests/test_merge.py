@@ -176,6 +176,46 @@ def test_thread_counts_give_identical_results(threads):
     )
 
 
+def _peak_rss_growth(call):
+    """Bytes the process's peak resident set grows by during call() (Linux: VmHWM reset)."""
+
+    def status(key):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+
+    base = status("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident set
+    except OSError as e:
+        pytest.skip(f"peak RSS cannot be reset here: {e}")
+    call()
+    return status("VmHWM") - base
+
+
+def test_scores_with_logits_on_dense_peaks_take_memory_per_pixel():
+    # A flat heatmap with top_k=None: every pixel its own instance (K = 131072). The score sums
+    # per block of 4 rows and segment were 1024 blocks x K doubles (1.07 GB); each block now keeps
+    # only the segments it touches. The rest of the call (Python segment dicts included) takes
+    # about 60 MB here.
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((3, 4096, 32)).astype(np.float32)
+    ctr = np.ones((4096, 32), np.float32)
+    off = np.zeros((2, 4096, 32), np.float32)
+    kw = dict(top_k=None, thing_ids=[0, 1, 2], label_divisor=10**6, num_threads=2)
+    result = {}
+    growth = _peak_rss_growth(lambda: result.update(r=pdl_post.postprocess(logits, ctr, off, **kw)))
+    r = result["r"]
+    assert growth < 256 * 2**20, f"peak RSS grew by {growth / 2**20:.0f} MiB"
+    # Each one-pixel segment scores its pixel's softmax probability of its class.
+    score_of = {s["id"]: s["score"] for s in r.segments}
+    assert len(score_of) == 4096 * 32
+    scores = np.vectorize(score_of.get)(r.panoptic)
+    wide = logits.astype(np.float64)
+    softmax = np.exp(wide - wide.max(axis=0)) / np.exp(wide - wide.max(axis=0)).sum(axis=0)
+    np.testing.assert_allclose(scores, softmax.max(axis=0), rtol=1e-12)
+
+
 def test_batches_equal_image_by_image(device):
     b = synthetic.make_batch(4, 64, 96, 10, seed=4)
     ctr = b.ctr.copy()

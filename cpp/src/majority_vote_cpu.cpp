@@ -100,16 +100,22 @@ void accumulate_probabilities(const StridedView& logits, Plane<const TSem> sem,
   const int64_t channels = logits.channels();
   const int64_t stride_c = logits.strides[1], stride_x = logits.strides[3];
   const int64_t blocks = (height + kScoreBlockRows - 1) / kScoreBlockRows;
-  std::vector<double> partial(static_cast<size_t>(blocks * num_slots), 0.0);
+  // Each block keeps only the slots its pixels touch (at most its pixel count): blocks x slots
+  // partial sums would take gigabytes when every pixel is its own instance (top_k=None).
+  std::vector<std::vector<int64_t>> block_slots(static_cast<size_t>(blocks));
+  std::vector<std::vector<double>> block_sums(static_cast<size_t>(blocks));
 #pragma omp parallel num_threads(num_threads) if (num_threads > 1)
   {
     // One run of a row: each pixel's slot (-1: not scored) and target class, its softmax terms.
     const size_t run = static_cast<size_t>(std::min(width, kLogitRunPixels));
     std::vector<int64_t> slots(run), targets(run);
     std::vector<double> maxima(run), totals(run), mines(run);
+    // The current block's sum per slot, valid where last_block names the current block.
+    std::vector<double> acc(static_cast<size_t>(num_slots));
+    std::vector<int64_t> last_block(static_cast<size_t>(num_slots), -1);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t blk = 0; blk < blocks; ++blk) {
-      double* acc = partial.data() + blk * num_slots;
+      std::vector<int64_t>& touched = block_slots[blk];
       const int64_t y1 = std::min(height, (blk + 1) * kScoreBlockRows);
       for (int64_t y = blk * kScoreBlockRows; y < y1; ++y) {
         for (int64_t x0 = 0; x0 < width; x0 += kLogitRunPixels) {
@@ -128,15 +134,29 @@ void accumulate_probabilities(const StridedView& logits, Plane<const TSem> sem,
                           maxima.data(), totals.data(), mines.data());
           // Into the block's sums in row-major order, as softmax_probability one pixel at a time.
           for (int64_t i = 0; i < n; ++i) {
-            if (slots[i] >= 0) acc[slots[i]] += mines[i] / totals[i];
+            const int64_t s = slots[i];
+            if (s < 0) continue;
+            if (last_block[s] != blk) {
+              last_block[s] = blk;
+              acc[s] = 0.0;
+              touched.push_back(s);
+            }
+            acc[s] += mines[i] / totals[i];
           }
         }
       }
+      block_sums[blk].reserve(touched.size());
+      for (int64_t s : touched) block_sums[blk].push_back(acc[s]);
     }
   }
+  // Blocks added in order; a slot a block did not touch would add +0.0 there, which changes
+  // nothing (the sums are never -0.0).
   sums.assign(static_cast<size_t>(num_slots), 0.0);
-  for (int64_t blk = 0; blk < blocks; ++blk)
-    for (int64_t s = 0; s < num_slots; ++s) sums[s] += partial[blk * num_slots + s];
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    for (size_t i = 0; i < block_slots[blk].size(); ++i) {
+      sums[block_slots[blk][i]] += block_sums[blk][i];
+    }
+  }
 }
 
 }  // namespace

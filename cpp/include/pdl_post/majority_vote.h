@@ -156,7 +156,7 @@ void write_panoptic(Plane<const TSem> sem, const int32_t* instance, const ClassI
 // Score sums with logits run over blocks of this many rows, a sequential sum per segment in
 // row-major order and the blocks added in order: identical for every thread count, and on the
 // GPU (cpp/cuda/fusion.cu), whose blocks fold in parallel (small blocks: short serial chains
-// there, blocks x segments partial sums on the CPU).
+// there; the CPU keeps each block's sums only for the segments the block touches).
 constexpr int64_t kScoreBlockRows = 4;
 
 // Segment scores: heatmap value at the centre (things), times the mean softmax probability of the
