@@ -50,6 +50,8 @@ inline void bind_cuda(py::module_& m) {
   m.def("cuda_device_count", &cuda_device_count);
   m.def("cuda_pointer_device", &cuda_pointer_device, py::arg("pointer"));
   m.def("cuda_release_memory", &cuda_release_memory, py::call_guard<py::gil_scoped_release>());
+  m.def("cuda_stream_wait", &cuda_stream_wait, py::arg("device"), py::arg("stream"),
+        py::arg("producer"));
   // module_local: _core and _cuda_emulation each bind their own build of CudaMerge.
   py::class_<CudaMerge>(m, "CudaMerge", py::module_local())
       .def(py::init([](const py::object& sem, const py::object& logits, const py::object& ctr,

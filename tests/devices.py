@@ -9,6 +9,7 @@ skipped without one. The fixtures ``device`` and ``cuda_device`` (conftest.py) t
 from __future__ import annotations
 
 import gc
+import types
 
 import numpy as np
 import pytest
@@ -74,12 +75,19 @@ class HostCudaArray:
     def shape(self) -> tuple:
         return self.a.shape
 
+    @property
+    def device(self):  # as CuPy's arrays: the device's id (the emulator has device 0 only)
+        return types.SimpleNamespace(id=0)
+
     def __getitem__(self, index):  # a view on the same "device", as CuPy's and torch's indexing
         return type(self)(self.a[index])
 
     # The conversions the CUDA dispatch asks of the caller's array library (as CuPy's).
     def __gt__(self, other):
         return HostCudaArray(self.a > other)
+
+    def __ne__(self, other):
+        return HostCudaArray(self.a != other)
 
     def astype(self, dtype):
         return HostCudaArray(self.a.astype(dtype))
@@ -97,6 +105,7 @@ def use_emulation(monkeypatch):
     monkeypatch.setattr(_core, "cuda_pointer_device", EMULATION.cuda_pointer_device, raising=False)
     monkeypatch.setattr(_core, "CudaMerge", EMULATION.CudaMerge, raising=False)
     monkeypatch.setattr(_core, "cuda_release_memory", EMULATION.cuda_release_memory, raising=False)
+    monkeypatch.setattr(_core, "cuda_stream_wait", EMULATION.cuda_stream_wait, raising=False)
     library = _cuda._library
     monkeypatch.setattr(
         _cuda, "_library", lambda x: "host" if type(x) is HostCudaArray else library(x)
@@ -104,7 +113,7 @@ def use_emulation(monkeypatch):
     monkeypatch.setattr(
         _cuda,
         "_allocate",
-        lambda arrays, shape, dtype, device: HostCudaArray(np.empty(shape, dtype)),
+        lambda library, shape, dtype, device: HostCudaArray(np.empty(shape, dtype)),
     )
     EMULATION.take_violations()
     allocations = EMULATION.live_allocations()

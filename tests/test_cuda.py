@@ -476,7 +476,11 @@ def test_cuda_arrays_without_a_device_are_a_clear_error():
 
 def test_mixed_devices_are_refused_by_name():
     s = synthetic.make_scene(8, 8, 1, seed=0)
-    with pytest.raises(ValueError, match=r"sem: expected a CUDA array like ctr; all inputs"):
+    with pytest.raises(
+        ValueError,
+        match=r"sem: expected a CUDA array like ctr, got array of shape \(8, 8\) and dtype int32; "
+        "all inputs",
+    ):
         pdl_post.merge(s.sem, FakeCudaArray((1, 8, 8)), s.off)
     with pytest.raises(ValueError, match=r"foreground_mask: expected a CUDA array like sem"):
         pdl_post.merge(
@@ -593,6 +597,11 @@ def test_cuda_dispatch_builds_the_views_the_core_reads(emulated_cuda):
     wide[:, :, ::2] = s.off
     _emulated_equals_cpu(s.sem, s.ctr, wide[:, :, ::2], mask=s.sem > 10, stuff_area=8)
     _emulated_equals_cpu(s.sem, s.ctr, s.off, mask=(s.sem > 10).astype(np.uint8), stuff_area=8)
+    # non-bool masks mean mask > 0 (!= 0 for unsigned dtypes; NaN is not > 0)
+    _emulated_equals_cpu(s.sem, s.ctr, s.off, mask=(s.sem % 3).astype(np.uint16), stuff_area=8)
+    signed = (s.sem % 3).astype(np.float32) - 1
+    signed[::3, ::2] = np.nan
+    _emulated_equals_cpu(s.sem, s.ctr, s.off, mask=signed, stuff_area=8)
     _emulated_equals_cpu(s.sem, s.ctr, s.off, label_divisor=2**27)  # int64 output
     b = synthetic.make_batch(3, 24, 40, 4, seed=1, logits=True)
     _emulated_equals_cpu(b.sem, b.ctr, b.off, stuff_area=8)
@@ -626,6 +635,25 @@ def test_cuda_dispatch_checks_like_the_cpu_path(emulated_cuda):
         pdl_post.merge(
             HostCudaArray(s.sem), HostCudaArray(s.ctr), InterfaceOnlyArray(s.off.astype(np.float16))
         )
+    # Malformed __cuda_array_interface__ producers: refused by name before any kernel reads them.
+    zero_stream = HostCudaArray(s.ctr)
+    zero_stream.__cuda_array_interface__["stream"] = 0
+    with pytest.raises(ValueError, match=r"ctr: __cuda_array_interface__ stream 0 is not allowed"):
+        pdl_post.merge(HostCudaArray(s.sem), zero_stream, HostCudaArray(s.off))
+    null = HostCudaArray(s.sem)
+    null.__cuda_array_interface__["data"] = (0, False)
+    with pytest.raises(ValueError, match=r"sem: __cuda_array_interface__ has a null data pointer"):
+        pdl_post.merge(null, HostCudaArray(s.ctr), HostCudaArray(s.off))
+    shifted = np.zeros(s.ctr.nbytes + 1, np.uint8)[1:].view(np.float32).reshape(s.ctr.shape)
+    shifted[...] = s.ctr
+    with pytest.raises(
+        ValueError, match=r"ctr: the data pointer 0x[0-9a-f]+ is not aligned to the 4"
+    ):
+        pdl_post.merge(HostCudaArray(s.sem), HostCudaArray(shifted), HostCudaArray(s.off))
+    with pytest.raises(
+        ValueError, match=r"off: expected a CUDA array like sem, got array of shape"
+    ):
+        pdl_post.merge(HostCudaArray(s.sem), HostCudaArray(s.ctr), s.off)
     neg = s.sem.astype(np.int32)
     neg[0, 0] = -1
     with pytest.raises(ValueError, match=r"sem: class ids must be >= 0, got a minimum of -1"):

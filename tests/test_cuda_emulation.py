@@ -309,32 +309,115 @@ def test_merge_waits_unless_one_array_library_owns_every_input(emulated_cuda):
         np.testing.assert_array_equal(out.a, expected)
 
 
+def _stand_in_cupy(monkeypatch, current: list):
+    """A CuPy module with what the dispatch asks of it: Device (current[0] is the current
+    device) and the current stream (handle 0). Returns its Device class."""
+    import sys
+    import types
+
+    class Device:
+        def __init__(self, device=None):
+            self.id = current[0] if device is None else device
+
+        def __enter__(self):
+            self.previous, current[0] = current[0], self.id
+
+        def __exit__(self, *exc):
+            current[0] = self.previous
+
+    stream = types.SimpleNamespace(ptr=0)
+    cuda = types.SimpleNamespace(Device=Device, get_current_stream=lambda: stream)
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=cuda))
+    return Device
+
+
+def _record_stream_waits(monkeypatch) -> list:
+    """(device, stream, producer) of every cuda_stream_wait, which still runs on the emulator."""
+    from pdl_post import _core
+
+    waits, wait = [], _core.cuda_stream_wait
+    monkeypatch.setattr(_core, "cuda_stream_wait", lambda *a: (waits.append(a), wait(*a))[1])
+    return waits
+
+
 def test_conversions_on_another_librarys_stream_are_waited_for(emulated_cuda, monkeypatch):
     # CuPy arrays beside torch tensors: the call runs on torch's stream, but CuPy widens its
-    # arrays on its own. Those conversions must be finished before the kernels read them, and the
-    # call must not return before the kernels are done (CuPy may reuse the memory at once).
-    # Stand-ins: the test arrays play CuPy's part, the stream is said to be torch's.
+    # arrays on its own. The kernels must wait for those conversions (an event on CuPy's stream,
+    # no host synchronisation), and the call must not return before the kernels are done (CuPy
+    # may reuse the memory at once). Stand-ins: the test arrays play CuPy's part, the streams
+    # are said to be torch's (5) and CuPy's (7).
     from devices import HostCudaArray
     from pdl_post import _cuda
 
-    waited, recorded = [], []
+    recorded = []
+    waits = _record_stream_waits(monkeypatch)
+    _stand_in_cupy(monkeypatch, [0])
     monkeypatch.setattr(_cuda, "_library", lambda x: "cupy")
     monkeypatch.setattr(_cuda, "_stream_library", lambda arrays: "torch")
-    monkeypatch.setattr(_cuda, "_library_stream", lambda library, device: 0)
-    monkeypatch.setattr(_cuda, "_synchronize", lambda library, device: waited.append(library))
+    monkeypatch.setattr(_cuda, "_output_library", lambda arrays: "torch")
+    monkeypatch.setattr(
+        _cuda, "_library_stream", lambda library, device: {"torch": 5, "cupy": 7}[library]
+    )
     monkeypatch.setattr(_cuda, "_record_stream", lambda arrays, device: recorded.append(arrays))
     s = synthetic.make_scene(48, 64, 12, seed=4, ctr_dtype=np.float64)
     ctr16 = s.ctr.astype(np.float16)  # widened to float32 by the "CuPy" arrays
-    for ctr, conversions, synchronisations in [(s.ctr, [], 1), (ctr16, ["cupy"], 2)]:
-        waited.clear()
+    for ctr, expected_waits, synchronisations in [(s.ctr, [], 1), (ctr16, [(0, 5, 7)], 2)]:
+        waits.clear()
         recorded.clear()
         emulation.take_counters()
         out = pdl_post.merge(*(HostCudaArray(a) for a in (s.sem, ctr, s.off)))
-        assert waited == conversions
-        assert emulation.take_counters()["synchronisations"] == synchronisations
+        assert waits == expected_waits
+        counters = emulation.take_counters()
+        assert counters["synchronisations"] == synchronisations
+        assert counters.get("stream_waits", 0) == len(expected_waits)
         # Inputs are marked as read by the stream only when the call returns before the device.
         assert len(recorded) == (1 if synchronisations == 1 else 0)
         np.testing.assert_array_equal(out.a, pdl_post.merge(s.sem, ctr, s.off))
+
+
+def _on_stream(a: np.ndarray, stream):
+    """An interface-only array whose producer names `stream` (version 3)."""
+    from devices import InterfaceOnlyArray
+
+    x = InterfaceOnlyArray(a)
+    x.__cuda_array_interface__["stream"] = stream
+    return x
+
+
+def test_the_streams_inputs_name_are_waited_for(emulated_cuda, monkeypatch):
+    # __cuda_array_interface__ v3: the consumer must order its work after each array's stream.
+    # The call runs on the first stream named (11); the kernels wait for every other one (an
+    # event each), once per stream, before the first kernel.
+    waits = _record_stream_waits(monkeypatch)
+    s = synthetic.make_scene(48, 64, 12, seed=4)
+    expected = pdl_post.merge(s.sem, s.ctr, s.off)
+    for streams, expected_waits in [
+        ((11, 11, None), []),
+        ((11, 13, 13), [(0, 11, 13)]),
+        ((None, 13, 2), [(0, 13, 2)]),
+        ((11, 1, 2), [(0, 11, 1), (0, 11, 2)]),
+    ]:
+        waits.clear()
+        emulation.take_counters()
+        out = pdl_post.merge(*(_on_stream(a, st) for a, st in zip((s.sem, s.ctr, s.off), streams)))
+        assert waits == expected_waits, streams
+        assert emulation.take_counters().get("stream_waits", 0) == len(expected_waits)
+        np.testing.assert_array_equal(out.a, expected)
+
+
+def test_an_output_allocated_on_another_stream_is_waited_for(emulated_cuda, monkeypatch):
+    # Interface-only inputs on stream 11 with the output allocated by an array library (torch
+    # or CuPy) on its current stream (21): memory that library just freed may still be read
+    # there, so the kernels wait for that stream before writing the output.
+    from pdl_post import _cuda
+
+    waits = _record_stream_waits(monkeypatch)
+    monkeypatch.setattr(_cuda, "_output_library", lambda arrays: "cupy")
+    monkeypatch.setattr(_cuda, "_library_stream", lambda library, device: 21)
+    s = synthetic.make_scene(48, 64, 12, seed=4)
+    out = pdl_post.merge(*(_on_stream(a, 11) for a in (s.sem, s.ctr, s.off)))
+    assert waits == [(0, 11, 21)]
+    np.testing.assert_array_equal(out.a, pdl_post.merge(s.sem, s.ctr, s.off))
 
 
 def test_class_ids_from_65536_cost_one_more_synchronisation(emulated_cuda):
@@ -389,3 +472,48 @@ print(counts.get("pool_allocations", 0), counts.get("allocations", 0))
     assert done.returncode == 0, done.stderr
     pooled, plain = (int(n) for n in done.stdout.split())
     assert pooled == 0 and plain == 2  # one block per phase
+
+
+def test_cupy_conversions_run_on_the_arrays_device(emulated_cuda, monkeypatch):
+    # CuPy widens an array (float16 -> float32 here) on its *current* device; for an array on
+    # another device that would read memory of the wrong GPU. The conversion must run on the
+    # array's device. Stand-ins: a CuPy module whose current device is 1, arrays on device 0.
+    from devices import HostCudaArray
+
+    current, converted_on = [1], []
+    Device = _stand_in_cupy(monkeypatch, current)
+
+    class CupyArray(HostCudaArray):
+        __module__ = "cupy._core.core"
+        device = Device(0)
+
+        def __init__(self, a):
+            super().__init__(a)
+            # CuPy names its current stream, here the default one (its handle 0): 1 (legacy).
+            self.__cuda_array_interface__["stream"] = 1
+
+        def astype(self, dtype):
+            converted_on.append(current[0])
+            return CupyArray(self.a.astype(dtype))
+
+    waits = _record_stream_waits(monkeypatch)
+    s = synthetic.make_scene(48, 64, 12, seed=4)
+    out = pdl_post.merge(CupyArray(s.sem), CupyArray(s.ctr.astype(np.float16)), CupyArray(s.off))
+    assert converted_on == [0] and current == [1]
+    assert waits == []  # CuPy's default stream is the call's stream
+    np.testing.assert_array_equal(out.a, pdl_post.merge(s.sem, s.ctr, s.off))
+    # An empty CuPy array has no pointer: its device comes from the array, not the current one.
+    empty = [
+        np.zeros((0, 5), np.int32),
+        np.zeros((0, 5), np.float32),
+        np.zeros((2, 0, 5), np.float32),
+    ]
+    devices = []
+    monkeypatch.setattr(
+        "pdl_post._cuda._allocate",
+        lambda library, shape, dtype, device: (
+            devices.append(device) or HostCudaArray(np.empty(shape, dtype))
+        ),
+    )
+    pdl_post.merge(*(CupyArray(a) for a in empty))
+    assert devices == [0]

@@ -12,7 +12,7 @@ import pytest
 import pdl_post
 from conftest import assert_results_equal
 from devices import HostCudaArray, to_device
-from pdl_post import detectron2, synthetic
+from pdl_post import _cuda, detectron2, synthetic, viz
 from pdl_post._inputs import as_numpy
 
 torch = pytest.importorskip("torch")
@@ -64,6 +64,70 @@ def test_postprocess_torch():
     ref = pdl_post.postprocess(lg, ctr, off, backend="reference", **CITY)
     assert isinstance(ref.panoptic, torch.Tensor)
     assert_results_equal(r, ref)
+
+
+class _TaggedTensor(torch.Tensor):
+    """A tensor subclass defined outside torch, as torchvision's tv_tensors are."""
+
+
+@pytest.mark.parametrize("where", ["cpu", "cuda"])
+def test_tensor_subclasses_are_tensors(where):
+    # A subclass's type lives outside the torch package and inherits the class-level
+    # __cuda_array_interface__ property: it must still be read as a tensor on its own device.
+    if where == "cuda" and not (torch.cuda.is_available() and pdl_post.cuda_available()):
+        pytest.skip("no GPU")
+    s = scene(logits=True)
+    lg, ctr, off = (
+        torch.from_numpy(a).to(where).as_subclass(_TaggedTensor) for a in (s.logits, s.ctr, s.off)
+    )
+    mask = torch.from_numpy(s.sem > 0).to(where).as_subclass(_TaggedTensor)
+    r = pdl_post.postprocess(lg, ctr, off, foreground_mask=mask, **CITY)
+    assert isinstance(r.panoptic, torch.Tensor) and r.panoptic.device.type == where
+    want = pdl_post.postprocess(s.logits, s.ctr, s.off, foreground_mask=s.sem > 0, **CITY)
+    assert_results_equal(r, want)
+    np.testing.assert_array_equal(
+        viz.colorize(r.panoptic.as_subclass(_TaggedTensor)),
+        viz.colorize(want.panoptic),
+    )
+    mixed = [torch.from_numpy(s.sem).to(where), ctr, off]  # a plain tensor beside subclasses
+    np.testing.assert_array_equal(
+        pdl_post.merge(*mixed, **CITY).cpu().numpy(), pdl_post.merge(s.sem, s.ctr, s.off, **CITY)
+    )
+
+
+MASK_DTYPES = [
+    torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16,
+    torch.uint32, torch.uint64, torch.float16, torch.bfloat16, torch.float32, torch.float64,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", MASK_DTYPES, ids=str)
+def test_foreground_masks_of_every_torch_dtype(dtype):
+    # A non-bool mask means mask > 0; the CUDA path computes it with torch on the device, where
+    # uint16/32/64 have no '>' (it uses != 0 for unsigned dtypes).
+    s = scene()
+    signed = dtype.is_signed or dtype.is_floating_point
+    values = (s.sem.astype(np.int64) * 7) % 5 - (2 if signed else 0)
+    mask = torch.from_numpy(values).to(dtype)
+    if dtype.is_floating_point:
+        mask[::5, ::3] = float("nan")  # NaN > 0 is False
+    want = mask.double().numpy() > 0
+    assert want.any() and not want.all()
+    np.testing.assert_array_equal(_cuda.positive(mask, unsigned=not signed).numpy(), want)
+    expected = pdl_post.merge(s.sem, s.ctr, s.off, foreground_mask=want, **CITY)
+    np.testing.assert_array_equal(
+        pdl_post.merge(*tensors(s), foreground_mask=mask, **CITY).numpy(), expected
+    )
+    if torch.cuda.is_available() and pdl_post.cuda_available():
+        out = pdl_post.merge(*(t.cuda() for t in tensors(s)), foreground_mask=mask.cuda(), **CITY)
+        np.testing.assert_array_equal(out.cpu().numpy(), expected)
+
+
+def test_cuda_dispatch_refuses_sparse_tensors_by_name():
+    # A sparse CUDA tensor has no data pointer to read (torch raises a bare RuntimeError).
+    sparse = torch.from_numpy(scene().ctr).to_sparse()
+    with pytest.raises(TypeError, match=r"ctr: unsupported torch layout torch.sparse_coo"):
+        _cuda.DeviceArray(sparse, "ctr")
 
 
 def test_mixed_numpy_and_torch():
@@ -520,13 +584,21 @@ def test_detectron2_dropin_mixed_devices(emulated_cuda):
     s = synthetic.make_scene(32, 48, 3, seed=0)
     sem, off = torch.from_numpy(s.sem)[None], torch.from_numpy(s.off)
     kw = {"thing_ids": {11}, "label_divisor": 1000, "stuff_area": 0, "void_label": 0}
-    with pytest.raises(ValueError, match=r"^sem_seg: expected a CUDA array like center_heatmap;"):
+    with pytest.raises(
+        ValueError,
+        match=r"^sem_seg: expected a CUDA array like center_heatmap, got a tensor on device 'cpu';",
+    ):
         detectron2.get_panoptic_segmentation(sem, HostCudaArray(s.ctr), off, **kw)
-    with pytest.raises(ValueError, match=r"^offsets: expected a CUDA array like sem_seg;"):
+    with pytest.raises(
+        ValueError,
+        match=r"^offsets: expected a CUDA array like sem_seg, got a tensor on device 'cpu';",
+    ):
         detectron2.get_panoptic_segmentation(
             HostCudaArray(s.sem[None]), HostCudaArray(s.ctr), off, **kw
         )
-    with pytest.raises(ValueError, match=r"^foreground_mask: expected a CUDA array like sem_seg;"):
+    with pytest.raises(
+        ValueError, match=r"^foreground_mask: expected a CUDA array like sem_seg, got a tensor on"
+    ):
         detectron2.get_panoptic_segmentation(
             *(HostCudaArray(a) for a in (s.sem[None], s.ctr, s.off)),
             **kw,

@@ -369,6 +369,19 @@ int cuda_pointer_device(uintptr_t pointer) {
   return -1;
 }
 
+void cuda_stream_wait(int device, uintptr_t stream, uintptr_t producer) {
+  const cuda::DeviceGuard guard(device);
+  const cudaStream_t waiting = cuda::stream_of(stream), queued = cuda::stream_of(producer);
+  cuda::require_not_capturing(waiting);
+  cuda::require_not_capturing(queued);
+  cudaEvent_t event = nullptr;
+  check(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "cudaEventCreateWithFlags");
+  cudaError_t status = cudaEventRecord(event, queued);
+  if (status == cudaSuccess) status = cudaStreamWaitEvent(waiting, event, 0);
+  (void)cudaEventDestroy(event);  // its resources go once the wait is done
+  check(status, "cudaStreamWaitEvent");
+}
+
 int64_t cuda_release_memory() {
   cuda::DevicePools& registry = cuda::device_pools();
   std::lock_guard<std::mutex> lock(registry.mutex);

@@ -947,3 +947,33 @@ cudaError_t cudaStreamIsCapturing(cudaStream_t, cudaStreamCaptureStatus* status)
   *status = pdl_emu::g_capture;
   return cudaSuccess;
 }
+
+// Events order streams; the emulator runs every call to completion in order, so they only count
+// (an event is a heap cell, so that a destroyed or never-created one is caught).
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned) {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  ++pdl_emu::g_counters["events"];
+  *event = reinterpret_cast<cudaEvent_t>(new int(0));
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  ++*reinterpret_cast<int*>(event);
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t event, unsigned) {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  ++pdl_emu::g_counters["stream_waits"];
+  if (*reinterpret_cast<int*>(event) == 0) {
+    pdl_emu::violation("cudaStreamWaitEvent: the event was never recorded");
+  }
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  delete reinterpret_cast<int*>(event);
+  return cudaSuccess;
+}

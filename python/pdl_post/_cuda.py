@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from pdl_post import _core
 from pdl_post._inputs import (
     WIDENED_FLOAT_DTYPES,
     WIDENED_LABEL_DTYPES,
+    _describe,
     as_numpy,
     check_same_shapes,
     ctr_layout,
@@ -134,13 +136,19 @@ class DeviceArray:
         self.stream = None
         self.made_here = False  # a conversion's result (see converted)
         if self.library == "torch":
-            t = without_bfloat16(obj.detach())  # widened on the device
+            t = obj.detach()
+            if t.layout != sys.modules["torch"].strided:
+                raise TypeError(
+                    f"{name}: unsupported torch layout {t.layout}; expected a dense (strided) tensor"
+                )
+            t = without_bfloat16(t)  # widened on the device
             self.obj = t
             self.ptr = int(t.data_ptr())
             self.shape = tuple(int(s) for s in t.shape)
             self.strides = tuple(int(s) for s in t.stride())
             self.dtype = _numpy_dtype_of_torch(t.dtype, name)
             self.device = int(t.device.index)
+            self._check_alignment()
             return
         cai = obj.__cuda_array_interface__
         if cai.get("mask") is not None:
@@ -165,10 +173,33 @@ class DeviceArray:
                 raise ValueError(f"{name}: strides must be multiples of the item size")
             self.strides = tuple(int(s) // itemsize for s in cai["strides"])
         self.stream = cai.get("stream")
+        if self.stream == 0:
+            raise ValueError(
+                f"{name}: __cuda_array_interface__ stream 0 is not allowed (version 3: it is "
+                "ambiguous); expected None, 1 (legacy default stream), 2 (per-thread default "
+                "stream) or a stream handle"
+            )
         size = math.prod(self.shape)
-        self.device = _core.cuda_pointer_device(self.ptr) if size and self.ptr else -1
-        if size and self.ptr and self.device < 0:
+        if size and not self.ptr:
+            raise ValueError(
+                f"{name}: __cuda_array_interface__ has a null data pointer for an array of shape "
+                f"{self.shape}"
+            )
+        if self.library == "cupy":  # known also for an empty array, which has no pointer
+            self.device = int(obj.device.id)
+        else:
+            self.device = _core.cuda_pointer_device(self.ptr) if size else -1
+        if size and self.device < 0:
             raise ValueError(f"{name}: __cuda_array_interface__ pointer is not CUDA device memory")
+        self._check_alignment()
+
+    def _check_alignment(self) -> None:
+        # A misaligned load is a sticky error on a GPU: the CUDA context is lost.
+        if self.ptr % self.dtype.itemsize:
+            raise ValueError(
+                f"{self.name}: the data pointer {self.ptr:#x} is not aligned to the "
+                f"{self.dtype.itemsize}-byte items of dtype {self.dtype}"
+            )
 
     @property
     def ndim(self) -> int:
@@ -185,7 +216,14 @@ class DeviceArray:
                 f"{self.name}: {what} needs torch or CuPy on the device; pass a "
                 f"{'bool' if 'mask' in self.name else 'supported'} dtype instead of {self.dtype}"
             )
-        result = DeviceArray(fn(self.obj), self.name)
+        if self.library == "cupy":  # CuPy works on its current device, not the array's
+            import cupy
+
+            with cupy.cuda.Device(self.device):
+                made = fn(self.obj)
+        else:
+            made = fn(self.obj)
+        result = DeviceArray(made, self.name)
         result.made_here = True
         return result
 
@@ -238,11 +276,18 @@ def _normalize_sem(a: DeviceArray):
     return (None, view) if logits else (view, None), batched, shape, a
 
 
+def positive(x, *, unsigned: bool):
+    """``x > 0`` by the array's library (NaN > 0 is False), read as uint8 by the core; ``x != 0``
+    for unsigned dtypes, where it is the same and torch has no ``>`` (uint16/32/64)."""
+    return x != 0 if unsigned else x > 0
+
+
 def _normalize_mask(a: DeviceArray, batched: bool):
     drop, axes = mask_layout(a.dtype, a.shape, batched)
     if a.dtype not in (np.dtype(np.bool_), np.dtype(np.uint8)):
-        # mask > 0 on the device (NaN > 0 is False), read as uint8 by the core.
-        a = a.converted(lambda x: x > 0, "a non-bool mask")
+        a = a.converted(
+            functools.partial(positive, unsigned=a.dtype.kind == "u"), "a non-bool mask"
+        )
     shape, strides = a.shape, a.strides
     if drop:  # [1,H,W] / [B,1,H,W]: the unit channel axis -3 goes
         shape, strides = shape[:-3] + shape[-2:], strides[:-3] + strides[-2:]
@@ -251,28 +296,18 @@ def _normalize_mask(a: DeviceArray, batched: bool):
 
 
 def _library_stream(library: str, device: int) -> int:
-    """The current stream of torch or CuPy on ``device`` (0: the legacy default stream)."""
+    """The current stream of torch or CuPy on ``device`` in the interface's numbering: their
+    handle 0, the legacy default stream (this build's default), is 1 there, as CuPy exports it."""
     if library == "torch":
         import torch
 
-        return int(torch.cuda.current_stream(device).cuda_stream)
-    import cupy
-
-    with cupy.cuda.Device(device):
-        return int(cupy.cuda.get_current_stream().ptr)
-
-
-def _synchronize(library: str | None, device: int) -> None:
-    """Waits for the current stream of torch or CuPy on ``device`` (nothing for other arrays)."""
-    if library == "torch":
-        import torch
-
-        torch.cuda.current_stream(device).synchronize()
-    elif library == "cupy":
+        handle = int(torch.cuda.current_stream(device).cuda_stream)
+    else:
         import cupy
 
         with cupy.cuda.Device(device):
-            cupy.cuda.get_current_stream().synchronize()
+            handle = int(cupy.cuda.get_current_stream().ptr)
+    return handle or 1
 
 
 _LIBRARIES = ("torch", "cupy")  # array libraries with streams, in the order the stream is chosen
@@ -318,9 +353,9 @@ def _output_library(arrays: list[DeviceArray]) -> str | None:
     return None
 
 
-def _allocate(arrays: list[DeviceArray], shape, dtype, device: int):
-    """The output [B, H, W] or [H, W], int32 or int64, on ``device`` (see _output_library)."""
-    library = _output_library(arrays)
+def _allocate(library: str | None, shape, dtype, device: int):
+    """The output [B, H, W] or [H, W], int32 or int64, on ``device`` by ``library``
+    (_output_library)."""
     if library == "torch":
         import torch
 
@@ -361,18 +396,6 @@ def _torch_has_cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def _current_device(a: DeviceArray) -> int:
-    if a.library == "torch":
-        import torch
-
-        return int(torch.cuda.current_device())
-    if a.library == "cupy":
-        import cupy
-
-        return int(cupy.cuda.Device().id)
-    return 0
-
-
 @functools.cache
 def _importable(name: str) -> bool:
     import importlib.util
@@ -386,9 +409,11 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
     host = [n for n, x in named.items() if x is not None and not is_cuda_array(x)]
     if host:
         device_names = [n for n, x in named.items() if is_cuda_array(x)]
+        got = named[host[0]]
+        where = f"a tensor on device '{got.device}'" if is_torch_tensor(got) else _describe(got)
         raise ValueError(
-            f"{host[0]}: expected a CUDA array like {device_names[0]}; all inputs must be on the "
-            "same device (move them with .cuda() / cupy.asarray or all to the CPU)"
+            f"{host[0]}: expected a CUDA array like {device_names[0]}, got {where}; all inputs "
+            "must be on the same device (move them with .cuda() / cupy.asarray or all to the CPU)"
         )
     if not available():
         why = (
@@ -402,9 +427,9 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
         name = "sem" if is_cuda_array(sem) else "ctr"
         raise ValueError(f"{name}: got {where}, but {why}; move the inputs to the CPU")
     arrays = {n: DeviceArray(x, n) for n, x in named.items() if x is not None}
-    # Empty arrays own no memory (device -1); the others decide the device.
+    # Empty interface-only arrays own no memory (device -1); the others decide the device.
     placed = [(n, a.device) for n, a in arrays.items() if a.device >= 0]
-    first_name, device = placed[0] if placed else ("sem", _current_device(arrays["sem"]))
+    first_name, device = placed[0] if placed else ("sem", 0)
     for n, d in placed:
         if d != device:
             raise ValueError(
@@ -433,12 +458,16 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
     stream_library = _stream_library(touched)
     stream = _stream(touched, stream_library, device)
     # Inputs converted by another library than the stream's (CuPy arrays beside torch tensors)
-    # were converted on that library's stream: they must be done before the kernels read them,
-    # and the call waits before returning (that library may reuse their memory at once).
+    # were converted on that library's stream, and the call waits before returning (that library
+    # may reuse their memory at once).
     foreign = {a.library for a in copies} & set(_LIBRARIES)
     foreign.discard(stream_library)
-    for library in foreign:
-        _synchronize(library, device)
+    # The kernels wait for the streams the inputs were made on: those their
+    # __cuda_array_interface__ names (version 3 asks the consumer to) and the conversions'.
+    producers = {int(a.stream) for a in touched if a.stream is not None}
+    producers |= {_library_stream(library, device) for library in foreign}
+    for producer in sorted(producers - {stream}):
+        _core.cuda_stream_wait(device, stream, producer)
     job = _core.CudaMerge(
         labels,
         logits,
@@ -454,7 +483,12 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
         raise ValueError(f"sem: class ids must be >= 0, got a minimum of {lo}")
     dtype = output_dtype(hi, params.label_divisor, params.void_label)
     shape = (b, h, w) if batched else (h, w)
-    out = _allocate(touched, shape, dtype, device)
+    output_library = _output_library(touched)
+    out = _allocate(output_library, shape, dtype, device)
+    if output_library not in (None, stream_library):  # allocated on another library's stream
+        allocated_on = _library_stream(output_library, device)
+        if allocated_on != stream:
+            _core.cuda_stream_wait(device, stream, allocated_on)
     out_array = DeviceArray(out, "out")
     out4 = out_array.view4((b, 1, h, w), (h * w, h * w, w, 1))
     wait = bool(foreign) or not _may_return_early(touched)

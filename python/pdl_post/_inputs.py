@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,16 +38,10 @@ def _describe(x) -> str:
     return f"{type(x).__name__} {x!r}" if isinstance(x, (str, bytes)) else type(x).__name__
 
 
-_IS_TORCH_TYPE: dict = {}  # type -> bool, asked several times per call
-
-
 def is_torch_tensor(x) -> bool:
-    kind = type(x)
-    known = _IS_TORCH_TYPE.get(kind)
-    if known is None:
-        known = kind.__module__.split(".")[0] == "torch" and hasattr(kind, "detach")
-        _IS_TORCH_TYPE[kind] = known
-    return known
+    """A torch tensor, subclasses included (nn.Parameter, torchvision's tv_tensors ...)."""
+    torch = sys.modules.get("torch")  # no tensor exists before torch is imported
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def without_bfloat16(t):

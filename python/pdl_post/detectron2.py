@@ -79,9 +79,10 @@ def get_panoptic_segmentation(
     panoptic : torch.Tensor, shape [1, H, W], int64, on ``sem_seg``'s device
     center : torch.Tensor, shape [1, K, 2], int64 (y, x), on ``sem_seg``'s device
     """
-    # CUDA arrays go to postprocess as they are; anything else is read as a host array, so that
-    # array-likes work as in detectron2's torch calls.
-    sem = sem_seg if is_cuda_array(sem_seg) else as_numpy(sem_seg, "sem_seg")
+    # Tensors and CUDA arrays go to postprocess as they are (its errors then describe them);
+    # anything else is read as a host array, so that array-likes work as in detectron2's calls.
+    keep = is_torch_tensor(sem_seg) or is_cuda_array(sem_seg)
+    sem = sem_seg if keep else as_numpy(sem_seg, "sem_seg")
     if len(sem.shape) != 3 or sem.shape[0] != 1:
         raise ValueError(f"sem_seg: expected shape [1,H,W], got {list(sem.shape)}")
     with _detectron2_names():

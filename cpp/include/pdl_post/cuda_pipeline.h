@@ -50,6 +50,10 @@ int cuda_pointer_device(uintptr_t pointer);
 // Returns the scratch memory the CUDA path's pools keep between calls to the driver (after
 // synchronising each device that has a pool); the number of bytes released.
 int64_t cuda_release_memory();
+// Queues on `stream` of `device` a wait for the work queued so far on `producer` (an event; the
+// host does not block). Both are __cuda_array_interface__ v3 handles (1 / 2: the legacy /
+// per-thread default streams). For inputs made, or an output allocated, on another stream.
+void cuda_stream_wait(int device, uintptr_t stream, uintptr_t producer);
 // Compiled architectures and CUDA runtime version, for build_info().
 std::string cuda_build_description();
 
