@@ -71,6 +71,7 @@ def test_gpu_bench_runs_on_a_cpu_stand_in(monkeypatch, capsys):
         "| ours, nms_kernel=43 (separable filter), batch 1 |",
         "| ours, detectron2 drop-in (int64 labels), batch 1 |",
         "| ours, top_k=None, flat heatmap (a centre per pixel), batch 1 |",
+        "| ours postprocess, logits, top_k=None, flat heatmap, batch 1 |",
         "dense torch equals ours (topk_mode='detectron2', and the drop-in): True",
         "| >= 50x faster than dense torch",
         "host side (perf_counter, median",

@@ -338,13 +338,16 @@ void resolve_segments(int64_t batch, const ThingClasses& things, const FuseParam
                       const CenterList& centers, const FuseLayout& layout, const ManyCenters* many,
                       const FuseBuffers& buffers, cudaStream_t stream);
 // Multiplies segment scores by the mean softmax probability of their class (CPU order of sums).
-// partial_offset: [B] start of image b's (row blocks x segment slots) sums, see score_blocks().
-// partial: partial_total doubles of scratch.
+// The row blocks go chunk_blocks at a time (score_chunk_blocks). partial_offset: [B] start of
+// image b's (chunk_blocks x segment slots) sums in partial (partial_total doubles of scratch);
+// sums: a running sum per segment slot (layout.seg_offset[B] doubles of scratch).
 void score_with_logits(const StridedView& sem, const StridedView& logits, const FuseLayout& layout,
-                       const FuseBuffers& buffers, const int64_t* partial_offset,
-                       int64_t partial_total, double* partial, cudaStream_t stream);
-// Row blocks of the score sums (kScoreBlockRows rows each, as on the CPU).
-int64_t score_blocks(int64_t height);
+                       const FuseBuffers& buffers, int64_t chunk_blocks,
+                       const int64_t* partial_offset, int64_t partial_total, double* partial,
+                       double* sums, cudaStream_t stream);
+// Row blocks (kScoreBlockRows rows each, as on the CPU) per chunk of score sums for a batch of
+// segment_slots slots in all (>= 1).
+int64_t score_chunk_blocks(int64_t height, int64_t segment_slots);
 // out = panoptic id of every pixel (may alias buffers.instance for int32 output).
 void write_panoptic(const StridedView& sem, const FuseLayout& layout, const FuseBuffers& buffers,
                     const StridedView& out, cudaStream_t stream);

@@ -16,6 +16,9 @@
 //                    class; segment list per image in the CPU's order (block-wide scans).
 //   score_with_logits  the CPU's summation order: per block of 4 rows a sequential sum per segment
 //                    in row-major order, blocks added in order, so scores are deterministic.
+//                    Blocks go in chunks whose block x segment sums fit kScoreChunkBytes, each
+//                    chunk added to running sums: memory stays bounded when every pixel is its
+//                    own instance (top_k=None on a flat heatmap: 4.3 GB at 1024x2048 in one go).
 //   write_panoptic   per pixel panoptic_label() through the instance and class tables.
 // Class tables are indexed by the label itself, or from ClassIndex::kDenseLabelLimit up by its rank
 // among the batch's distinct labels (distinct_labels: gather, radix sort, unique), as on the CPU.
@@ -44,6 +47,13 @@ constexpr int kScoreThreads = 256;  // pixels evaluated at once per score block
 constexpr int kScoreGroup = 8;      // staged pixels thread 0 takes into registers at once
 static_assert(kScoreThreads % kScoreGroup == 0, "the stage is read in whole groups");
 constexpr int64_t kSharedScoreSlots = 4096;  // segment sums kept in shared memory up to (32 kB)
+// Block x segment sums of one chunk of score blocks, at most (one block at least). The emulated
+// build (the test suite) takes 64 KiB, so that small test images run several chunks.
+#ifdef PDL_POST_EMULATED_CUDA
+constexpr int64_t kScoreChunkBytes = int64_t{64} << 10;
+#else
+constexpr int64_t kScoreChunkBytes = int64_t{64} << 20;
+#endif
 
 struct MinOp {
   __device__ long long operator()(long long a, long long b) const { return a < b ? a : b; }
@@ -435,25 +445,26 @@ __global__ void segments_kernel(ThingClasses things, CenterList centers, FuseLay
   if (threadIdx.x == 0) buffers.num_segments[b] = written;
 }
 
-// One block per (kScoreBlockRows rows, image): its threads evaluate the probabilities of
-// kScoreThreads consecutive pixels at once into shared memory, then thread 0 adds them in
-// row-major order into the block's per-segment sums (a register holds the running sum of the
-// current segment: the same additions, in the same order, as the CPU). That chain is serial, so
-// thread 0 reads kScoreGroup staged pixels into registers before adding them (their loads
-// overlap instead of each waiting for the last add), and the sums live in shared memory when the
-// image's segments fit (shared_sums), so that a change of segment costs no global round trip.
+// One block per (kScoreBlockRows rows of the chunk from first_block, image): its threads
+// evaluate the probabilities of kScoreThreads consecutive pixels at once into shared memory, then
+// thread 0 adds them in row-major order into the block's per-segment sums (a register holds the
+// running sum of the current segment: the same additions, in the same order, as the CPU). That
+// chain is serial, so thread 0 reads kScoreGroup staged pixels into registers before adding them
+// (their loads overlap instead of each waiting for the last add), and the sums live in shared
+// memory when the image's segments fit (shared_sums), so that a change of segment costs no
+// global round trip.
 template <typename TSem, typename TL>
 __global__ void probability_sums_kernel(DeviceView<const TSem> sem, DeviceView<const TL> logits,
                                         int64_t channels, int64_t height, int64_t width,
-                                        FuseLayout layout, FuseBuffers buffers,
+                                        FuseLayout layout, FuseBuffers buffers, int64_t first_block,
                                         const int64_t* partial_offset, double* partial,
                                         bool shared_sums) {
   __shared__ long long staged_slot[kScoreThreads];
   __shared__ double staged_value[kScoreThreads];
   extern __shared__ double shared_acc[];  // [layout.max_segments] when shared_sums
-  const int64_t blk = blockIdx.x, b = blockIdx.y;
+  const int64_t blk = first_block + blockIdx.x, b = blockIdx.y;
   const int64_t capacity = layout.seg_offset[b + 1] - layout.seg_offset[b];
-  double* block_sums = partial + partial_offset[b] + blk * capacity;
+  double* block_sums = partial + partial_offset[b] + blockIdx.x * capacity;
   double* acc = shared_sums ? shared_acc : block_sums;
   if (shared_sums) {
     for (int64_t s = threadIdx.x; s < capacity; s += kScoreThreads) shared_acc[s] = 0.0;
@@ -517,14 +528,22 @@ __global__ void probability_sums_kernel(DeviceView<const TSem> sem, DeviceView<c
   }
 }
 
-__global__ void apply_scores_kernel(FuseLayout layout, FuseBuffers buffers, int64_t blocks,
-                                    const int64_t* partial_offset, const double* partial) {
+// Adds a chunk's block sums, in block order, to each segment's running sum (0.0 before the
+// first chunk: the CPU's order); after the last chunk the score takes the mean.
+__global__ void add_block_sums_kernel(FuseLayout layout, FuseBuffers buffers, int64_t blocks,
+                                      const int64_t* partial_offset, const double* partial,
+                                      double* sums, bool first, bool last) {
   const int64_t b = blockIdx.y;
   const int64_t s = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (s >= buffers.num_segments[b]) return;
   const int64_t capacity = layout.seg_offset[b + 1] - layout.seg_offset[b];
-  double sum = 0.0;
+  double& running = sums[layout.seg_offset[b] + s];
+  double sum = first ? 0.0 : running;
   for (int64_t blk = 0; blk < blocks; ++blk) sum += partial[partial_offset[b] + blk * capacity + s];
+  if (!last) {
+    running = sum;
+    return;
+  }
   DeviceSegment& seg = buffers.segments[layout.seg_offset[b] + s];
   seg.score *= sum / static_cast<double>(seg.area);
 }
@@ -726,36 +745,50 @@ void resolve_segments(int64_t batch, const ThingClasses& things, const FuseParam
   check_launch("segments_kernel");
 }
 
+namespace {
 int64_t score_blocks(int64_t height) { return (height + kScoreBlockRows - 1) / kScoreBlockRows; }
+}  // namespace
+
+int64_t score_chunk_blocks(int64_t height, int64_t segment_slots) {
+  const int64_t per_block = std::max<int64_t>(segment_slots, 1) * int64_t{sizeof(double)};
+  return std::clamp<int64_t>(kScoreChunkBytes / per_block, 1,
+                             std::max<int64_t>(score_blocks(height), 1));
+}
 
 void score_with_logits(const StridedView& sem, const StridedView& logits, const FuseLayout& layout,
-                       const FuseBuffers& buffers, const int64_t* partial_offset,
-                       int64_t partial_total, double* partial, cudaStream_t stream) {
+                       const FuseBuffers& buffers, int64_t chunk_blocks,
+                       const int64_t* partial_offset, int64_t partial_total, double* partial,
+                       double* sums, cudaStream_t stream) {
   const int64_t batch = sem.batch(), height = sem.height(), width = sem.width();
   const int64_t blocks = score_blocks(height);
   // Sums in shared memory are written out whole; sums in global memory start from zero.
   const bool shared_sums = layout.max_segments <= kSharedScoreSlots;
-  if (!shared_sums) {
-    check(cudaMemsetAsync(partial, 0, static_cast<size_t>(partial_total) * sizeof(double), stream),
+  for (int64_t first_block = 0; first_block < blocks; first_block += chunk_blocks) {
+    const int64_t chunk = std::min(chunk_blocks, blocks - first_block);
+    if (!shared_sums) {
+      check(
+          cudaMemsetAsync(partial, 0, static_cast<size_t>(partial_total) * sizeof(double), stream),
           "cudaMemsetAsync");
-  }
-  with_label_type(sem.dtype, "sem", [&](auto sem_tag) {
-    using TSem = decltype(sem_tag);
-    with_float_type(logits.dtype, "sem", [&](auto l_tag) {
-      using TL = decltype(l_tag);
-      const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(batch));
-      const size_t shared_bytes =
-          shared_sums ? static_cast<size_t>(layout.max_segments) * sizeof(double) : 0;
-      probability_sums_kernel<TSem, TL><<<grid, kScoreThreads, shared_bytes, stream>>>(
-          device_view<TSem>(sem), device_view<TL>(logits), logits.channels(), height, width, layout,
-          buffers, partial_offset, partial, shared_sums);
-      check_launch("probability_sums_kernel");
+    }
+    with_label_type(sem.dtype, "sem", [&](auto sem_tag) {
+      using TSem = decltype(sem_tag);
+      with_float_type(logits.dtype, "sem", [&](auto l_tag) {
+        using TL = decltype(l_tag);
+        const dim3 grid(static_cast<unsigned>(chunk), static_cast<unsigned>(batch));
+        const size_t shared_bytes =
+            shared_sums ? static_cast<size_t>(layout.max_segments) * sizeof(double) : 0;
+        probability_sums_kernel<TSem, TL><<<grid, kScoreThreads, shared_bytes, stream>>>(
+            device_view<TSem>(sem), device_view<TL>(logits), logits.channels(), height, width,
+            layout, buffers, first_block, partial_offset, partial, shared_sums);
+        check_launch("probability_sums_kernel");
+      });
     });
-  });
-  const dim3 grid(grid_for(layout.max_segments, kThreads), static_cast<unsigned>(batch));
-  apply_scores_kernel<<<grid, kThreads, 0, stream>>>(layout, buffers, blocks, partial_offset,
-                                                     partial);
-  check_launch("apply_scores_kernel");
+    const dim3 grid(grid_for(layout.max_segments, kThreads), static_cast<unsigned>(batch));
+    add_block_sums_kernel<<<grid, kThreads, 0, stream>>>(layout, buffers, chunk, partial_offset,
+                                                         partial, sums, first_block == 0,
+                                                         first_block + chunk == blocks);
+    check_launch("add_block_sums_kernel");
+  }
 }
 
 DistinctScratch take_distinct_scratch(Scratch& scratch, int64_t pixels, int end_bit) {

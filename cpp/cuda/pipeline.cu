@@ -638,11 +638,12 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   const bool any_sorted =
       cuda::sort_segments(s.peak_begin, s.centers.top_k, s.centers.topk_mode, sort_begin, sort_end);
   const bool with_scores = with_segments && s.in.logits.data != nullptr;
+  const int64_t chunk_blocks = cuda::score_chunk_blocks(H, seg_offset[B]);
   std::vector<int64_t> partial_offset(static_cast<size_t>(B));
   int64_t partial_total = 0;
   for (int64_t b = 0; b < B; ++b) {
     partial_offset[b] = partial_total;
-    partial_total += cuda::score_blocks(H) * seg_capacity[b];
+    partial_total += chunk_blocks * seg_capacity[b];
   }
   cuda::UploadPack pack;
   const size_t at_hist = pack.add(hist_offset), at_inst = pack.add(inst_offset);
@@ -666,7 +667,8 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     cuda::CenterList centers;
     cuda::SelectScratch select;
     cuda::FuseBuffers buffers;
-    double* partial;      // score sums with logits
+    double* partial;      // score sums with logits: a chunk's blocks
+    double* score_sums;   // and the running sums
     long long* readback;  // Readback's words
     cuda::ManyCenters many;
   };
@@ -702,6 +704,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     f.num_segments = sc.take<int64_t>(B, "segments");
     f.error_instance = sc.take<unsigned long long>(B, "errors");
     t.partial = with_scores ? sc.take<double>(partial_total, "score sums") : nullptr;
+    t.score_sums = with_scores ? sc.take<double>(seg_offset[B], "score sums") : nullptr;
     t.readback = sc.take<long long>(readback_words, "read-back");
     if (many_centers) {
       t.many = cuda::take_many_centers(sc, cells, inst_total - B, inst_total, B, C);
@@ -756,9 +759,9 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
                        stream);
   cuda::resolve_segments(B, things, s.params, centers, layout, many_or_null, buffers, stream);
   if (with_scores) {
-    cuda::score_with_logits(s.sem, s.in.logits, layout, buffers,
+    cuda::score_with_logits(s.sem, s.in.logits, layout, buffers, chunk_blocks,
                             cuda::UploadPack::at<int64_t>(a.tables, at_partial), partial_total,
-                            a.partial, stream);
+                            a.partial, a.score_sums, stream);
   }
   cuda::write_panoptic(s.sem, layout, buffers, out, stream);
 
