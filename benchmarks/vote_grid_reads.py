@@ -7,7 +7,9 @@ until a ring's lower bound exceeds the best distance. This counts the distances 
 voting pixel and per warp lane (a warp of 32 consecutive pixels waits for its slowest lane) for
 both, on synthetic scenes with every peak kept (top_k=None) and on a heatmap flat above the
 threshold (one centre per pixel), and checks on every counted pixel (a sample on the plateau)
-that the ring search finds brute force's centre, ties to the lower index.
+that the ring search finds brute force's centre, ties to the lower index. A vote's search starts
+at its cell's first ring that holds a centre (first_ring_kernel, once per cell: its cells visited
+are counted per cell).
 
 A count, not a timing: the GPU timings come from benchmarks/gpu_bench.py on a GPU.
 
@@ -56,8 +58,35 @@ def _brute_force(cy, cx, qy, qx):
 
 
 @numba.njit(cache=False)
-def _ring_search(grid, cell_start, cell_centers, cy, cx, qy, qx):
-    """(nearest centre, distances computed), as nearest_in_grid."""
+def _first_rings(grid, cell_start):
+    """Per cell, the first ring holding a centre, as first_ring_kernel (the search starts there),
+    and the cells that kernel visits in all."""
+    _, _, rows, cols = grid
+    first = np.empty(rows * cols, np.int64)
+    visits = 0
+    for ci in range(rows):
+        for cj in range(cols):
+            last_ring = max(ci, rows - 1 - ci, cj, cols - 1 - cj)
+            r = 0
+            while r <= last_ring:
+                occupied = False
+                for i in range(max(ci - r, 0), min(ci + r, rows - 1) + 1):
+                    step = 1 if (i == ci - r or i == ci + r or r == 0) else 2 * r
+                    for j in range(cj - r, cj + r + 1, step):
+                        if 0 <= j < cols:
+                            visits += 1
+                            if cell_start[i * cols + j + 1] > cell_start[i * cols + j]:
+                                occupied = True
+                if occupied:
+                    break
+                r += 1
+            first[ci * cols + cj] = r
+    return first, visits
+
+
+@numba.njit(cache=False)
+def _ring_search(grid, cell_start, first_ring, cell_centers, cy, cx, qy, qx):
+    """(nearest centre, distances computed, cells visited), as nearest_in_grid."""
     shift, origin, rows, cols = grid
     side = 1 << shift
     lo = np.float32(origin)
@@ -67,12 +96,12 @@ def _ring_search(grid, cell_start, cell_centers, cy, cx, qy, qx):
         and qy < np.float32(origin + rows * side)
         and qx < np.float32(origin + cols * side)
     ):
-        return _brute_force(cy, cx, qy, qx), cy.shape[0]
+        return _brute_force(cy, cx, qy, qx), cy.shape[0], 0
     ci = (math.floor(qy) - origin) >> shift
     cj = (math.floor(qx) - origin) >> shift
     last_ring = max(ci, rows - 1 - ci, cj, cols - 1 - cj)
-    best, best_d, count = -1, np.float32(0.0), 0
-    for r in range(last_ring + 1):
+    best, best_d, count, visits = -1, np.float32(0.0), 0, 0
+    for r in range(first_ring[ci * cols + cj], last_ring + 1):
         gap = np.float32((r - 1) * side)
         bound = np.float32(0.0) if r <= 1 else np.float32(gap * gap)
         if best >= 0 and bound > best_d:
@@ -83,36 +112,42 @@ def _ring_search(grid, cell_start, cell_centers, cy, cx, qy, qx):
                 if j < 0 or j >= cols:
                     continue
                 cell = i * cols + j
+                visits += 1
                 for s in range(cell_start[cell], cell_start[cell + 1]):
                     k = cell_centers[s]
                     d = _distance(cy[k], cx[k], qy, qx)
                     count += 1
                     if best < 0 or d < best_d or (d == best_d and k < best):
                         best, best_d = k, d
-    return best, count
+    return best, count, visits
 
 
 @numba.njit(cache=False)
-def _count(grid, cell_start, cell_centers, cy, cx, ys, xs, dys, dxs, check_every):
-    """Distances per voting pixel (brute force: K) and per warp (slowest lane), and mismatches."""
+def _count(grid, cell_start, first_ring, cell_centers, cy, cx, ys, xs, dys, dxs, check_every):
+    """Distances per voting pixel (brute force: K) and per warp (slowest lane), cells visited,
+    and mismatches."""
     n = ys.shape[0]
-    grid_total, lane_total, mismatches, checked = 0, 0, 0, 0
+    grid_total, lane_total, visit_total, mismatches, checked = 0, 0, 0, 0, 0
     for w0 in range(0, n, 32):
         slowest = 0
         for p in range(w0, min(w0 + 32, n)):
             qy = np.float32(np.float32(ys[p]) + np.float32(dys[p]))
             qx = np.float32(np.float32(xs[p]) + np.float32(dxs[p]))
-            best, count = _ring_search(grid, cell_start, cell_centers, cy, cx, qy, qx)
+            best, count, visits = _ring_search(
+                grid, cell_start, first_ring, cell_centers, cy, cx, qy, qx
+            )
             grid_total += count
+            visit_total += visits
             slowest = max(slowest, count)
             if p % check_every == 0:
                 checked += 1
                 mismatches += best != _brute_force(cy, cx, qy, qx)
         lane_total += slowest * min(32, n - w0)
-    return grid_total, lane_total, mismatches, checked
+    return grid_total, lane_total, visit_total, mismatches, checked
 
 
-def count(name, sem, ctr, off, check_every=1):
+def count(name, sem, ctr, off, check_every=1, every_pixel=1):
+    """One table row; every_pixel > 1 counts every that-many-th voting pixel only."""
     kw = pdl_post.presets.CITYSCAPES.kwargs()
     centers, _ = pdl_post.find_centers(
         ctr, threshold=kw["threshold"], nms_kernel=kw["nms_kernel"], top_k=None
@@ -128,31 +163,36 @@ def count(name, sem, ctr, off, check_every=1):
     cell_start = np.searchsorted(cells[order], np.arange(rows * cols + 1)).astype(np.int64)
     thing = np.isin(sem, kw["thing_ids"])
     ys, xs = np.nonzero(thing)
-    grid_total, lane_total, mismatches, checked = _count(
+    ys, xs = ys[::every_pixel], xs[::every_pixel]
+    first_ring, first_ring_visits = _first_rings(grid, cell_start)
+    grid_total, lane_total, visit_total, mismatches, checked = _count(
         grid,
         cell_start,
+        first_ring,
         order.astype(np.int32),
         cy,
         cx,
         ys.astype(np.int64),
         xs.astype(np.int64),
-        off[0][thing],
-        off[1][thing],
+        off[0][ys, xs],
+        off[1][ys, xs],
         check_every,
     )
     n = len(ys)
     print(
         f"| {name} | {k} | {1 << shift} | {rows * cols} | {k:,} | {grid_total / n:.1f} | "
-        f"{lane_total / n:.1f} | {checked:,}: {mismatches} |"
+        f"{lane_total / n:.1f} | {visit_total / n:.1f} | {first_ring_visits / (rows * cols):.1f} | "
+        f"{checked:,}: {mismatches} |"
     )
 
 
 def main() -> None:
     print(
         "| scene | K | cell side | cells | brute force per pixel | grid per pixel | "
-        "grid per warp lane | checked: mismatches |"
+        "grid per warp lane | cells visited per pixel | first-ring cells visited per cell | "
+        "checked: mismatches |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for h, w, n in ((1024, 2048, 200), (1024, 2048, 2000), (2048, 4096, 3000)):
         s = synthetic.make_scene(h, w, n, seed=0)
         count(f"synthetic {h}x{w}, {n} requested", s.sem, s.ctr, s.off)
@@ -161,6 +201,20 @@ def main() -> None:
         ctr = np.full((1, h, w), 0.5, np.float32)
         off = np.full((2, h, w), offset, np.float32)
         count(f"flat heatmap {h}x{w}, offsets {offset}", sem, ctr, off, check_every=20_011)
+    # The search's worst layout: centres packed in one part of the image (the top quarter flat
+    # above the threshold) and votes landing far from all of them (the bottom half, offsets 0):
+    # few distances, but rings of empty cells out to the centres (the CPU searches once per cell
+    # and caches the cell's candidates; the GPU searches per pixel). Every 101st pixel counted.
+    h, w = 1024, 2048
+    sem = np.full((h, w), 3, np.int32)
+    sem[h // 2 :] = 11
+    ctr = np.zeros((1, h, w), np.float32)
+    ctr[0, : h // 4] = 0.5
+    off = np.zeros((2, h, w), np.float32)
+    count(
+        f"top quarter flat {h}x{w}, votes in the bottom half",
+        sem, ctr, off, check_every=5_003, every_pixel=101,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

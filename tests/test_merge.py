@@ -67,6 +67,28 @@ def test_thousands_of_centres_top_k_none(device):
     assert sum(seg["isthing"] for seg in r.segments) > 1500
 
 
+@pytest.mark.parametrize("offset", [0.0, 0.5, -3.25])
+def test_centres_packed_in_a_corner_and_votes_far_away(device, offset):
+    # The grid search's worst layout: every pixel of a corner is a centre and the votes land far
+    # from all of them, across rings of empty cells (which the search skips, starting at the
+    # first ring that holds a centre). Half-pixel offsets put votes on cell borders; some votes
+    # land between two occupied regions.
+    h, w = 48, 80
+    sem = np.full((h, w), 11, np.int32)
+    sem[:, : w // 4] = 3  # stuff
+    ctr = np.zeros((1, h, w), np.float32)
+    ctr[0, :10, :24] = 0.5  # 240 centres
+    ctr[0, h - 2 :, w - 3 :] = 0.5  # and 6 in the far corner
+    off = np.full((2, h, w), offset, np.float32)
+    kw = dict(top_k=None, nms_kernel=3, stuff_area=0, label_divisor=10_000)
+    r = both(device, sem, ctr, off, **kw)
+    assert len(r.centers) == 246
+    # 257 centres or more: the CUDA path takes its grid search too.
+    ctr[0, 10, :24] = 0.5
+    r = both(device, sem, ctr, off, **kw)
+    assert len(r.centers) == 270
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_integer_offsets_and_quantised_heatmaps_tie_identically(device, seed):
     s = synthetic.make_scene(96, 160, 30, seed=seed, integer_offsets=True)

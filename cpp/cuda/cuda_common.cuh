@@ -312,6 +312,7 @@ struct ManyCenters {
   int64_t* cell_start;         // [cells + 1] first slot of each cell's centres
   int64_t* cell_fill;          // [cells + 1] centres per cell, then fill cursors
   int32_t* cell_centers;       // [centre slots] index in the image, bucketed by cell
+  int32_t* first_ring;         // [cells] first ring around the cell holding a centre
   CubTemp scan;                // for cells + 1 items
   int64_t* class_keys;         // [instance slots] 1 + class of the instance, 0 when empty
   int64_t* sorted_keys;

@@ -160,19 +160,42 @@ __global__ void fill_cells_kernel(CenterList centers, ManyCenters many, int64_t 
   many.cell_centers[many.cell_start[cell] + static_cast<int64_t>(slot)] = static_cast<int32_t>(k);
 }
 
+// Per cell of the batch, the first ring around it that holds a centre of its image: the rings
+// inside are empty, so a vote's search starts there (votes far from every centre would otherwise
+// walk thousands of empty cells each). Searched once per cell, not per pixel; the CPU gets the
+// same numbers from a distance transform (offset_voting_cpu.cpp). An image without centres gets
+// last_ring + 1 (its pixels do not vote).
+__global__ void first_ring_kernel(ManyCenters many, int64_t batch) {
+  for (int64_t cell = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; cell < many.cells;
+       cell += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t b = lower_bound_index(many.cell_offset, batch, cell + 1) - 1;
+    const VoteGrid& grid = many.grid[b];
+    const int64_t* start = many.cell_start + many.cell_offset[b];
+    const int64_t own = cell - many.cell_offset[b], last_ring = grid.last_ring(own);
+    int64_t r = 0;
+    for (bool occupied = false; r <= last_ring; ++r) {
+      grid.for_each_ring_cell(own, r, [&](int64_t c) { occupied |= start[c + 1] > start[c]; });
+      if (occupied) break;
+    }
+    many.first_ring[cell] = static_cast<int32_t>(r);
+  }
+}
+
 // Nearest of an image's centres to a finite vote, ties to the lower index (brute force's answer):
-// rings of cells outward from the vote's cell until a ring's lower bound exceeds the best distance
-// (a centre there is strictly farther), so every centre that could win or tie is compared. Votes
-// outside the grid compare every centre, as on the CPU. cell_start: the image's first cell's.
+// rings of cells outward from the vote's cell (from its first occupied ring) until a ring's lower
+// bound exceeds the best distance (a centre there is strictly farther), so every centre that
+// could win or tie is compared. Votes outside the grid compare every centre, as on the CPU.
+// cell_start, first_ring: from the image's first cell.
 __device__ int32_t nearest_in_grid(const VoteGrid& grid, const int64_t* cell_start,
-                                   const int32_t* cell_centers, const float* cy, const float* cx,
-                                   int64_t count, float qy, float qx) {
+                                   const int32_t* first_ring, const int32_t* cell_centers,
+                                   const float* cy, const float* cx, int64_t count, float qy,
+                                   float qx) {
   const int64_t cell = grid.cell_of_vote(qy, qx);
   if (cell < 0) return nearest_center_brute_force(cy, cx, count, qy, qx);
   int32_t best = -1;
   float best_distance = 0.0f;
   const int64_t last_ring = grid.last_ring(cell);
-  for (int64_t r = 0; r <= last_ring; ++r) {
+  for (int64_t r = first_ring[cell]; r <= last_ring; ++r) {
     if (best >= 0 && grid.ring_lower_bound(r) > best_distance) break;
     grid.for_each_ring_cell(cell, r, [&](int64_t c) {
       for (int64_t i = cell_start[c]; i < cell_start[c + 1]; ++i) {
@@ -230,7 +253,8 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
     if (kGrid) {
       if (voting) {
         const int64_t first = a.centers.begin[b];
-        best = nearest_in_grid(a.many.grid[b], a.many.cell_start + a.many.cell_offset[b],
+        const int64_t cells = a.many.cell_offset[b];
+        best = nearest_in_grid(a.many.grid[b], a.many.cell_start + cells, a.many.first_ring + cells,
                                a.many.cell_centers, a.centers.y + first, a.centers.x + first,
                                num_centers, qy, qx);
       }
@@ -608,6 +632,7 @@ ManyCenters take_many_centers(Scratch& scratch, int64_t cells, int64_t center_sl
   taken.cell_start = scratch.take<int64_t>(cells + 1, "vote grid");
   taken.cell_fill = scratch.take<int64_t>(cells + 1, "vote grid");
   taken.cell_centers = scratch.take<int32_t>(center_slots, "vote grid");
+  taken.first_ring = scratch.take<int32_t>(cells, "vote grid");
   taken.scan = take_scan_temp(scratch, cells + 1);
   taken.class_keys = scratch.take<int64_t>(instance_slots, "instance numbering");
   taken.sorted_keys = scratch.take<int64_t>(instance_slots, "instance numbering");
@@ -645,6 +670,8 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
     check(cudaMemsetAsync(m.cell_fill, 0, cell_bytes, stream), "cudaMemsetAsync");  // cursors
     fill_cells_kernel<<<center_grid, kThreads, 0, stream>>>(centers, m, width);
     check_launch("fill_cells_kernel");
+    first_ring_kernel<<<grid_for(m.cells, kThreads), kThreads, 0, stream>>>(m, batch);
+    check_launch("first_ring_kernel");
   }
   const int64_t blocks_x =
       std::min<int64_t>(device_blocks_for(batch), (hw + kThreads - 1) / kThreads);
