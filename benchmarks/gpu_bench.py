@@ -135,12 +135,13 @@ def main(argv=None) -> int:
         gpub, pdl_post.merge(batch.sem.astype(np.int32), batch.ctr, batch.off, **kw)
     )
     k = len(pdl_post.postprocess(sem1, ctr1, off1, **kw).centers)
-    # Scores with logits summed in several chunks of row blocks: a centre per pixel on 256 rows
-    # (4 MB of partial sums per block row at 2048 columns, 64 MiB per chunk) equal the CPU's.
+    # Scores with logits summed in several chunks of row blocks equal the CPU's: a centre per
+    # pixel of 640 columns (1024 rows: 256 blocks x 655,360 segment slots x 8 bytes = 1.34 GB of
+    # partial sums, two chunks of at most 1 GiB).
     (logits1,) = upload([synthetic.make_scene(h, w, n, seed=0, logits=True).logits])
     flat_ctr = torch.full_like(ctr1, 0.5)
     all_kw = {**kw, "top_k": None}
-    strip = [t[..., : min(h, 256), :] for t in (logits1, flat_ctr, off1)]
+    strip = [t[..., : min(w, 640)] for t in (logits1, flat_ctr, off1)]
     gpu_strip = pdl_post.postprocess(*strip, **all_kw)
     cpu_strip = pdl_post.postprocess(*(t.cpu().numpy() for t in strip), **all_kw)
     np.testing.assert_array_equal(gpu_strip.panoptic.cpu().numpy(), cpu_strip.panoptic)
@@ -179,7 +180,7 @@ def main(argv=None) -> int:
     )
     flat1 = _time(lambda: pdl_post.merge(sem1, flat_ctr, off1, **all_kw), 1, 5)
     # ... and postprocess with logits there: score sums over K + C slots per image, summed in
-    # chunks of row blocks (64 MiB of partial sums at a time, 4.3 GB in one go before).
+    # chunks of row blocks (1 GiB of partial sums at a time: 5 chunks, 4.3 GB in one go before).
     flat_scores1 = _time(lambda: pdl_post.postprocess(logits1, flat_ctr, off1, **all_kw), 1, 5)
     shift = 70_000
     big1 = sem1.long() + shift

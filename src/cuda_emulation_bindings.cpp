@@ -14,6 +14,11 @@ namespace pdl_emu {
 std::pair<std::string, std::vector<int>> run_selftest(const std::string& name);
 }  // namespace pdl_emu
 
+namespace pdl_post::cuda {
+// cpp/cuda/fusion.cu (cuda_common.cuh)
+int64_t score_chunk_blocks(int64_t height, int64_t segment_slots);
+}  // namespace pdl_post::cuda
+
 PYBIND11_MODULE(_cuda_emulation, m) {
   m.doc() = "The CUDA path on a host emulator of CUDA (tests only).";
   pdl_post_bindings::bind_cuda(m);
@@ -32,6 +37,9 @@ PYBIND11_MODULE(_cuda_emulation, m) {
         "Runtime calls since the last call: launches, synchronisations, copies by kind, memsets, "
         "allocations from pools and plain (and clears them).");
   m.def("live_allocations", &pdl_emu::live_allocations, "Device allocations not yet freed.");
+  m.def("score_chunk_blocks", &pdl_post::cuda::score_chunk_blocks, py::arg("height"),
+        py::arg("segment_slots"),
+        "Row blocks per chunk of score sums (the emulated build's chunks are 64 KiB).");
   m.def("selftest", &pdl_emu::run_selftest, py::arg("name"),
         "Runs one of the emulator's own test kernels: (error text or '', output ints).");
 }

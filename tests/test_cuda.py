@@ -138,16 +138,11 @@ def test_segment_score_sums_in_shared_and_global_memory(cuda_device):
         assert memsets[4200] == memsets[64] + _score_chunks(24, [len(r.centers) + 4200])
 
 
-# Block x segment score sums kept at a time by the emulated build (64 MiB on a GPU).
-EMULATED_SCORE_CHUNK_BYTES = 64 << 10
-
-
 def _score_chunks(height, segment_slots) -> int:
-    """Chunks of 4-row blocks the emulated build sums scores in (cuda::score_chunk_blocks);
-    segment_slots: K + C of each image of the call."""
+    """Chunks of 4-row blocks the emulated build sums scores in (64 KiB of partial sums at a
+    time there, 1 GiB on a GPU); segment_slots: K + C of each image of the call."""
     blocks = -(-height // 4)
-    chunk = min(max(EMULATED_SCORE_CHUNK_BYTES // (8 * sum(segment_slots)), 1), blocks)
-    return -(-blocks // chunk)
+    return -(-blocks // EMULATION.score_chunk_blocks(height, sum(segment_slots)))
 
 
 def test_score_sums_go_in_chunks_of_bounded_memory(cuda_device):

@@ -341,11 +341,11 @@ def _record_stream_waits(monkeypatch) -> list:
 
 
 def test_conversions_on_another_librarys_stream_are_waited_for(emulated_cuda, monkeypatch):
-    # CuPy arrays beside torch tensors: the call runs on torch's stream, but CuPy widens its
-    # arrays on its own. The kernels must wait for those conversions (an event on CuPy's stream,
-    # no host synchronisation), and the call must not return before the kernels are done (CuPy
-    # may reuse the memory at once). Stand-ins: the test arrays play CuPy's part, the streams
-    # are said to be torch's (5) and CuPy's (7).
+    # CuPy arrays beside torch tensors: the call runs on torch's stream, but CuPy made its
+    # arrays, and widens them, on its own. The kernels must wait for CuPy's stream (an event, no
+    # host synchronisation), and after a conversion the call must not return before the kernels
+    # are done (CuPy may reuse the memory at once). Stand-ins: the test arrays play CuPy's part,
+    # the streams are said to be torch's (5) and CuPy's (7).
     from devices import HostCudaArray
     from pdl_post import _cuda
 
@@ -361,7 +361,7 @@ def test_conversions_on_another_librarys_stream_are_waited_for(emulated_cuda, mo
     monkeypatch.setattr(_cuda, "_record_stream", lambda arrays, device: recorded.append(arrays))
     s = synthetic.make_scene(48, 64, 12, seed=4, ctr_dtype=np.float64)
     ctr16 = s.ctr.astype(np.float16)  # widened to float32 by the "CuPy" arrays
-    for ctr, expected_waits, synchronisations in [(s.ctr, [], 1), (ctr16, [(0, 5, 7)], 2)]:
+    for ctr, expected_waits, synchronisations in [(s.ctr, [(0, 5, 7)], 1), (ctr16, [(0, 5, 7)], 2)]:
         waits.clear()
         recorded.clear()
         emulation.take_counters()

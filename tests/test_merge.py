@@ -71,8 +71,8 @@ def test_thousands_of_centres_top_k_none(device):
 def test_centres_packed_in_a_corner_and_votes_far_away(device, offset):
     # The grid search's worst layout: every pixel of a corner is a centre and the votes land far
     # from all of them, across rings of empty cells (which the search skips, starting at the
-    # first ring that holds a centre). Half-pixel offsets put votes on cell borders; some votes
-    # land between two occupied regions.
+    # first ring that holds a centre). Offsets 0 put votes on integer coordinates, cell borders
+    # among them; 0.5 makes equidistant ties; some votes land between the two occupied regions.
     h, w = 48, 80
     sem = np.full((h, w), 11, np.int32)
     sem[:, : w // 4] = 3  # stuff

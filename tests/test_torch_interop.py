@@ -123,8 +123,9 @@ def test_foreground_masks_of_every_torch_dtype(dtype):
         np.testing.assert_array_equal(out.cpu().numpy(), expected)
 
 
-def test_cuda_dispatch_refuses_sparse_tensors_by_name():
-    # A sparse CUDA tensor has no data pointer to read (torch raises a bare RuntimeError).
+def test_device_array_refuses_sparse_tensors_by_name():
+    # A sparse CUDA tensor has no data pointer to read (torch raises a bare RuntimeError); the
+    # CUDA dispatch's DeviceArray refuses the layout first (checked here on a CPU tensor).
     sparse = torch.from_numpy(scene().ctr).to_sparse()
     with pytest.raises(TypeError, match=r"ctr: unsupported torch layout torch.sparse_coo"):
         _cuda.DeviceArray(sparse, "ctr")

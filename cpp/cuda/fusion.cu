@@ -18,7 +18,8 @@
 //                    in row-major order, blocks added in order, so scores are deterministic.
 //                    Blocks go in chunks whose block x segment sums fit kScoreChunkBytes, each
 //                    chunk added to running sums: memory stays bounded when every pixel is its
-//                    own instance (top_k=None on a flat heatmap: 4.3 GB at 1024x2048 in one go).
+//                    own instance (top_k=None on a flat heatmap: 4.3 GB at 1024x2048 in one go,
+//                    34 GB at 2048x4096).
 //   write_panoptic   per pixel panoptic_label() through the instance and class tables.
 // Class tables are indexed by the label itself, or from ClassIndex::kDenseLabelLimit up by its rank
 // among the batch's distinct labels (distinct_labels: gather, radix sort, unique), as on the CPU.
@@ -47,12 +48,15 @@ constexpr int kScoreThreads = 256;  // pixels evaluated at once per score block
 constexpr int kScoreGroup = 8;      // staged pixels thread 0 takes into registers at once
 static_assert(kScoreThreads % kScoreGroup == 0, "the stage is read in whole groups");
 constexpr int64_t kSharedScoreSlots = 4096;  // segment sums kept in shared memory up to (32 kB)
-// Block x segment sums of one chunk of score blocks, at most (one block at least). The emulated
-// build (the test suite) takes 64 KiB, so that small test images run several chunks.
+// Block x segment sums of one chunk of score blocks, at most (one block at least). Each block's
+// sums are a serial chain, so fewer blocks per launch leave the GPU idle: the chunks stay large
+// (a 1024x2048 heatmap flat above the threshold, 16.8 MB a block, runs 5 chunks of 61 blocks
+// instead of 4.3 GB at once). The emulated build (the test suite) takes 64 KiB, so that small
+// test images run several chunks.
 #ifdef PDL_POST_EMULATED_CUDA
 constexpr int64_t kScoreChunkBytes = int64_t{64} << 10;
 #else
-constexpr int64_t kScoreChunkBytes = int64_t{64} << 20;
+constexpr int64_t kScoreChunkBytes = int64_t{1} << 30;
 #endif
 
 struct MinOp {

@@ -376,10 +376,12 @@ void cuda_stream_wait(int device, uintptr_t stream, uintptr_t producer) {
   cuda::require_not_capturing(queued);
   cudaEvent_t event = nullptr;
   check(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "cudaEventCreateWithFlags");
-  cudaError_t status = cudaEventRecord(event, queued);
-  if (status == cudaSuccess) status = cudaStreamWaitEvent(waiting, event, 0);
+  const cudaError_t recorded = cudaEventRecord(event, queued);
+  const cudaError_t waited =
+      recorded == cudaSuccess ? cudaStreamWaitEvent(waiting, event, 0) : cudaSuccess;
   (void)cudaEventDestroy(event);  // its resources go once the wait is done
-  check(status, "cudaStreamWaitEvent");
+  check(recorded, "cudaEventRecord (on the stream an input or the output was made on)");
+  check(waited, "cudaStreamWaitEvent");
 }
 
 int64_t cuda_release_memory() {

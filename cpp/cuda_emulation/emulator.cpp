@@ -245,7 +245,9 @@ cudaError_t refused_in_capture(const char* call) {
 std::vector<char*> g_stacks;
 thread_local int t_device = 0;
 std::map<std::string, int64_t> g_counters;  // launches, synchronisations, copies, allocations
-std::map<void*, size_t> g_shared_statics;   // static __shared__ variables seen so far
+std::map<const void*, int> g_events;        // live CUDA events -> times recorded
+uintptr_t g_next_event = 1;
+std::map<void*, size_t> g_shared_statics;  // static __shared__ variables seen so far
 
 void violation(const std::string& message) {
   g_violations.push_back(message);
@@ -688,6 +690,10 @@ void set_compute_capability(int major, int minor) {
 std::vector<std::string> take_violations() {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   for (const auto& [payload, span] : g_allocations) check_guards(payload, span.bytes, "at a check");
+  if (!g_events.empty()) {
+    violation(std::to_string(g_events.size()) + " CUDA events left alive (never destroyed)");
+    g_events.clear();
+  }
   std::vector<std::string> out;
   out.swap(g_violations);
   return out;
@@ -777,6 +783,8 @@ const char* cudaGetErrorName(cudaError_t error) {
       return "cudaErrorInvalidDeviceFunction";
     case cudaErrorNoKernelImageForDevice:
       return "cudaErrorNoKernelImageForDevice";
+    case cudaErrorInvalidResourceHandle:
+      return "cudaErrorInvalidResourceHandle";
     case cudaErrorNoDevice:
       return "cudaErrorNoDevice";
     case cudaErrorInvalidDevice:
@@ -949,31 +957,43 @@ cudaError_t cudaStreamIsCapturing(cudaStream_t, cudaStreamCaptureStatus* status)
 }
 
 // Events order streams; the emulator runs every call to completion in order, so they only count
-// (an event is a heap cell, so that a destroyed or never-created one is caught).
+// and check their use: live events and how often each was recorded (an unknown or destroyed
+// event, a wait on one never recorded and events left alive are violations).
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   ++pdl_emu::g_counters["events"];
-  *event = reinterpret_cast<cudaEvent_t>(new int(0));
+  *event = reinterpret_cast<cudaEvent_t>(pdl_emu::g_next_event++);
+  pdl_emu::g_events[*event] = 0;
   return cudaSuccess;
 }
 
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
-  ++*reinterpret_cast<int*>(event);
+  const auto at = pdl_emu::g_events.find(event);
+  if (at == pdl_emu::g_events.end()) {
+    pdl_emu::violation("cudaEventRecord: not a live event");
+    return cudaErrorInvalidResourceHandle;
+  }
+  ++at->second;
   return cudaSuccess;
 }
 
 cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t event, unsigned) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   ++pdl_emu::g_counters["stream_waits"];
-  if (*reinterpret_cast<int*>(event) == 0) {
-    pdl_emu::violation("cudaStreamWaitEvent: the event was never recorded");
+  const auto at = pdl_emu::g_events.find(event);
+  if (at == pdl_emu::g_events.end() || at->second == 0) {
+    pdl_emu::violation("cudaStreamWaitEvent: the event is not live or was never recorded");
+    return cudaErrorInvalidResourceHandle;
   }
   return cudaSuccess;
 }
 
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
-  delete reinterpret_cast<int*>(event);
+  if (pdl_emu::g_events.erase(event) == 0) {
+    pdl_emu::violation("cudaEventDestroy: not a live event");
+    return cudaErrorInvalidResourceHandle;
+  }
   return cudaSuccess;
 }

@@ -1,5 +1,6 @@
 // CPU fusion: segment statistics, majority vote, stuff filter, panoptic write, segment scores.
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <string>
 #include <vector>
@@ -12,6 +13,8 @@ namespace {
 
 // Per-thread instance x class histograms up to this many counters in total.
 constexpr int64_t kDensePairBudget = int64_t{1} << 22;
+// Per-thread score tables (16 bytes a segment) up to this many bytes in all, one thread at least.
+constexpr int64_t kScoreTableBytes = int64_t{256} << 20;
 
 template <typename TOut>
 TOut checked_id(int64_t label, int64_t label_divisor, int64_t n) {
@@ -104,17 +107,24 @@ void accumulate_probabilities(const StridedView& logits, Plane<const TSem> sem,
   // partial sums would take gigabytes when every pixel is its own instance (top_k=None).
   std::vector<std::vector<int64_t>> block_slots(static_cast<size_t>(blocks));
   std::vector<std::vector<double>> block_sums(static_cast<size_t>(blocks));
-#pragma omp parallel num_threads(num_threads) if (num_threads > 1)
-  {
+  // Per thread, the current block's sum per slot, valid where last_block names the block: 16
+  // bytes a slot, so the threads share kScoreTableBytes when slots abound (the sums do not
+  // depend on the thread count). Allocated here: an allocation failure raises, not aborts.
+  const int64_t table_bytes = std::max<int64_t>(num_slots, 1) * int64_t{2 * sizeof(int64_t)};
+  const int threads = static_cast<int>(
+      std::clamp<int64_t>(kScoreTableBytes / table_bytes, 1, std::max(num_threads, 1)));
+  std::vector<std::vector<double>> acc(threads, std::vector<double>(num_slots));
+  std::vector<std::vector<int64_t>> last_block(threads, std::vector<int64_t>(num_slots, -1));
+  std::atomic<int64_t> next_block{0};  // blocks handed out in order, one at a time
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static, 1)
+  for (int t = 0; t < threads; ++t) {
     // One run of a row: each pixel's slot (-1: not scored) and target class, its softmax terms.
     const size_t run = static_cast<size_t>(std::min(width, kLogitRunPixels));
     std::vector<int64_t> slots(run), targets(run);
     std::vector<double> maxima(run), totals(run), mines(run);
-    // The current block's sum per slot, valid where last_block names the current block.
-    std::vector<double> acc(static_cast<size_t>(num_slots));
-    std::vector<int64_t> last_block(static_cast<size_t>(num_slots), -1);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t blk = 0; blk < blocks; ++blk) {
+    double* sum_of = acc[t].data();
+    int64_t* block_of = last_block[t].data();
+    for (int64_t blk = next_block++; blk < blocks; blk = next_block++) {
       std::vector<int64_t>& touched = block_slots[blk];
       const int64_t y1 = std::min(height, (blk + 1) * kScoreBlockRows);
       for (int64_t y = blk * kScoreBlockRows; y < y1; ++y) {
@@ -134,19 +144,19 @@ void accumulate_probabilities(const StridedView& logits, Plane<const TSem> sem,
                           maxima.data(), totals.data(), mines.data());
           // Into the block's sums in row-major order, as softmax_probability one pixel at a time.
           for (int64_t i = 0; i < n; ++i) {
-            const int64_t s = slots[i];
-            if (s < 0) continue;
-            if (last_block[s] != blk) {
-              last_block[s] = blk;
-              acc[s] = 0.0;
-              touched.push_back(s);
+            const int64_t slot = slots[i];
+            if (slot < 0) continue;
+            if (block_of[slot] != blk) {
+              block_of[slot] = blk;
+              sum_of[slot] = 0.0;
+              touched.push_back(slot);
             }
-            acc[s] += mines[i] / totals[i];
+            sum_of[slot] += mines[i] / totals[i];
           }
         }
       }
       block_sums[blk].reserve(touched.size());
-      for (int64_t s : touched) block_sums[blk].push_back(acc[s]);
+      for (int64_t slot : touched) block_sums[blk].push_back(sum_of[slot]);
     }
   }
   // Blocks added in order; a slot a block did not touch would add +0.0 there, which changes

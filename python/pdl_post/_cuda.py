@@ -333,13 +333,13 @@ def _stream_library(arrays: list[DeviceArray]) -> str | None:
 
 def _stream(arrays: list[DeviceArray], library: str | None, device: int) -> int:
     """The caller's current stream: that of ``library`` (_stream_library(arrays)) if any, else the
-    interface's (v3 numbering)."""
+    first one an interface names, else the legacy default stream (v3 numbering: 1)."""
     if library is not None:
         return _library_stream(library, device)
     for a in arrays:
         if a.stream is not None:
             return int(a.stream)
-    return 0
+    return 1
 
 
 def _output_library(arrays: list[DeviceArray]) -> str | None:
@@ -462,10 +462,13 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
     # may reuse their memory at once).
     foreign = {a.library for a in copies} & set(_LIBRARIES)
     foreign.discard(stream_library)
-    # The kernels wait for the streams the inputs were made on: those their
-    # __cuda_array_interface__ names (version 3 asks the consumer to) and the conversions'.
-    producers = {int(a.stream) for a in touched if a.stream is not None}
-    producers |= {_library_stream(library, device) for library in foreign}
+    # The kernels wait for the streams the inputs were made on: another library's current stream
+    # on the device (CuPy arrays beside torch tensors, and their conversions), and the streams
+    # interface-only arrays name (version 3 asks the consumer to). CuPy's interface names the
+    # current stream of the *current* device, so CuPy arrays are not taken by their interface.
+    producers = {int(a.stream) for a in touched if a.library is None and a.stream is not None}
+    libraries = {a.library for a in touched} & set(_LIBRARIES)
+    producers |= {_library_stream(library, device) for library in libraries - {stream_library}}
     for producer in sorted(producers - {stream}):
         _core.cuda_stream_wait(device, stream, producer)
     job = _core.CudaMerge(
