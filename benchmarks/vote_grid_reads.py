@@ -8,8 +8,8 @@ voting pixel and per warp lane (a warp of 32 consecutive pixels waits for its sl
 both, on synthetic scenes with every peak kept (top_k=None) and on a heatmap flat above the
 threshold (one centre per pixel), and checks on every counted pixel (a sample on the plateau)
 that the ring search finds brute force's centre, ties to the lower index. A vote's search starts
-at its cell's first ring that holds a centre (first_ring_kernel, once per cell: its cells visited
-are counted per cell).
+at its cell's first ring that holds a centre (found once per cell by a binary search over a
+summed-area table of occupied cells: about 4 x log2(rings) table reads, not counted here).
 
 A count, not a timing: the GPU timings come from benchmarks/gpu_bench.py on a GPU.
 
@@ -59,11 +59,10 @@ def _brute_force(cy, cx, qy, qx):
 
 @numba.njit(cache=False)
 def _first_rings(grid, cell_start):
-    """Per cell, the first ring holding a centre, as first_ring_kernel (the search starts there),
-    and the cells that kernel visits in all."""
+    """Per cell, the first ring holding a centre (VoteGrid::first_occupied_ring, where a binary
+    search over a summed-area table finds it; here by walking the rings)."""
     _, _, rows, cols = grid
     first = np.empty(rows * cols, np.int64)
-    visits = 0
     for ci in range(rows):
         for cj in range(cols):
             last_ring = max(ci, rows - 1 - ci, cj, cols - 1 - cj)
@@ -73,15 +72,16 @@ def _first_rings(grid, cell_start):
                 for i in range(max(ci - r, 0), min(ci + r, rows - 1) + 1):
                     step = 1 if (i == ci - r or i == ci + r or r == 0) else 2 * r
                     for j in range(cj - r, cj + r + 1, step):
-                        if 0 <= j < cols:
-                            visits += 1
-                            if cell_start[i * cols + j + 1] > cell_start[i * cols + j]:
-                                occupied = True
+                        if (
+                            0 <= j < cols
+                            and cell_start[i * cols + j + 1] > cell_start[i * cols + j]
+                        ):
+                            occupied = True
                 if occupied:
                     break
                 r += 1
             first[ci * cols + cj] = r
-    return first, visits
+    return first
 
 
 @numba.njit(cache=False)
@@ -164,7 +164,7 @@ def count(name, sem, ctr, off, check_every=1, every_pixel=1):
     thing = np.isin(sem, kw["thing_ids"])
     ys, xs = np.nonzero(thing)
     ys, xs = ys[::every_pixel], xs[::every_pixel]
-    first_ring, first_ring_visits = _first_rings(grid, cell_start)
+    first_ring = _first_rings(grid, cell_start)
     grid_total, lane_total, visit_total, mismatches, checked = _count(
         grid,
         cell_start,
@@ -181,18 +181,16 @@ def count(name, sem, ctr, off, check_every=1, every_pixel=1):
     n = len(ys)
     print(
         f"| {name} | {k} | {1 << shift} | {rows * cols} | {k:,} | {grid_total / n:.1f} | "
-        f"{lane_total / n:.1f} | {visit_total / n:.1f} | {first_ring_visits / (rows * cols):.1f} | "
-        f"{checked:,}: {mismatches} |"
+        f"{lane_total / n:.1f} | {visit_total / n:.1f} | {checked:,}: {mismatches} |"
     )
 
 
 def main() -> None:
     print(
         "| scene | K | cell side | cells | brute force per pixel | grid per pixel | "
-        "grid per warp lane | cells visited per pixel | first-ring cells visited per cell | "
-        "checked: mismatches |"
+        "grid per warp lane | cells visited per pixel | checked: mismatches |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for h, w, n in ((1024, 2048, 200), (1024, 2048, 2000), (2048, 4096, 3000)):
         s = synthetic.make_scene(h, w, n, seed=0)
         count(f"synthetic {h}x{w}, {n} requested", s.sem, s.ctr, s.off)

@@ -308,6 +308,9 @@ struct ManyCenters {
   const VoteGrid* grid;        // [B]
   const int64_t* cell_offset;  // [B] image b's first cell
   int64_t cells;               // over the batch
+  int64_t max_rows, max_cols;  // of the images' grids
+  const int64_t* sums_offset;  // [B] image b's summed-area table of occupied cells in occupied_sums
+  int32_t* occupied_sums;      // (rows + 1) x (cols + 1) per image (VoteGrid::occupied_in_square)
   int64_t instance_slots;      // layout.inst_offset's total
   int64_t* cell_start;         // [cells + 1] first slot of each cell's centres
   int64_t* cell_fill;          // [cells + 1] centres per cell, then fill cursors
@@ -323,8 +326,9 @@ struct ManyCenters {
   CubTemp sort;
   int key_bits;  // bits of the largest key (C)
 };
-// centre_slots: the sum of the K_b bounds; instance_slots: that plus B (layout.inst_offset).
-ManyCenters take_many_centers(Scratch& scratch, int64_t cells, int64_t center_slots,
+// centre_slots: the sum of the K_b bounds; instance_slots: that plus B (layout.inst_offset);
+// sums: the images' (rows + 1) x (cols + 1) in all.
+ManyCenters take_many_centers(Scratch& scratch, int64_t cells, int64_t sums, int64_t center_slots,
                               int64_t instance_slots, int64_t batch, int64_t num_classes);
 
 // Votes of every pixel (instance map) and the instance x class histogram in one pass.

@@ -164,24 +164,43 @@ __global__ void fill_cells_kernel(CenterList centers, ManyCenters many, int64_t 
   many.cell_centers[many.cell_start[cell] + static_cast<int64_t>(slot)] = static_cast<int32_t>(k);
 }
 
-// Per cell of the batch, the first ring around it that holds a centre of its image: the rings
-// inside are empty, so a vote's search starts there (votes far from every centre would otherwise
-// walk thousands of empty cells each). Searched once per cell, not per pixel; the CPU gets the
-// same numbers from a distance transform (offset_voting_cpu.cpp). An image without centres gets
-// last_ring + 1 (its pixels do not vote).
+// Each image's summed-area table of occupied cells (VoteGrid::occupied_in_square): a thread per
+// table row sums its row's occupied cells (row 0 stays zero), then a thread per table column adds
+// the rows up.
+__global__ void occupied_rows_kernel(ManyCenters many) {
+  const int64_t b = blockIdx.y, i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  const VoteGrid& grid = many.grid[b];
+  if (i > grid.rows) return;
+  const int64_t* start = many.cell_start + many.cell_offset[b];
+  int32_t* sums = many.occupied_sums + many.sums_offset[b] + i * (grid.cols + 1);
+  int32_t row = 0;
+  sums[0] = 0;
+  for (int64_t j = 0; j < grid.cols; ++j) {
+    if (i > 0) row += start[(i - 1) * grid.cols + j + 1] > start[(i - 1) * grid.cols + j] ? 1 : 0;
+    sums[j + 1] = row;
+  }
+}
+
+__global__ void occupied_columns_kernel(ManyCenters many) {
+  const int64_t b = blockIdx.y, j = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  const VoteGrid& grid = many.grid[b];
+  if (j > grid.cols) return;
+  int32_t* sums = many.occupied_sums + many.sums_offset[b] + j;
+  const int64_t w = grid.cols + 1;
+  for (int64_t i = 1; i <= grid.rows; ++i) sums[i * w] += sums[(i - 1) * w];
+}
+
+// Per cell of the batch, the first ring around it that holds a centre of its image (the rings
+// inside are empty, so a vote's search starts there), found once per cell by the CPU's rule
+// (VoteGrid::first_occupied_ring). An image without centres gets last_ring + 1 (its pixels do
+// not vote).
 __global__ void first_ring_kernel(ManyCenters many, int64_t batch) {
   for (int64_t cell = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; cell < many.cells;
        cell += int64_t{gridDim.x} * blockDim.x) {
     const int64_t b = lower_bound_index(many.cell_offset, batch, cell + 1) - 1;
-    const VoteGrid& grid = many.grid[b];
-    const int64_t* start = many.cell_start + many.cell_offset[b];
-    const int64_t own = cell - many.cell_offset[b], last_ring = grid.last_ring(own);
-    int64_t r = 0;
-    for (bool occupied = false; r <= last_ring; ++r) {
-      grid.for_each_ring_cell(own, r, [&](int64_t c) { occupied |= start[c + 1] > start[c]; });
-      if (occupied) break;
-    }
-    many.first_ring[cell] = static_cast<int32_t>(r);
+    const int32_t* sums = many.occupied_sums + many.sums_offset[b];
+    many.first_ring[cell] =
+        static_cast<int32_t>(many.grid[b].first_occupied_ring(sums, cell - many.cell_offset[b]));
   }
 }
 
@@ -624,7 +643,7 @@ void label_range(const StridedView& sem, long long* range, cudaStream_t stream) 
   });
 }
 
-ManyCenters take_many_centers(Scratch& scratch, int64_t cells, int64_t center_slots,
+ManyCenters take_many_centers(Scratch& scratch, int64_t cells, int64_t sums, int64_t center_slots,
                               int64_t instance_slots, int64_t batch, int64_t num_classes) {
   if (instance_slots > std::numeric_limits<int>::max()) {  // cub's sort sizes are int
     throw ValueError("CUDA path: " + std::to_string(instance_slots) +
@@ -637,6 +656,7 @@ ManyCenters take_many_centers(Scratch& scratch, int64_t cells, int64_t center_sl
   taken.cell_fill = scratch.take<int64_t>(cells + 1, "vote grid");
   taken.cell_centers = scratch.take<int32_t>(center_slots, "vote grid");
   taken.first_ring = scratch.take<int32_t>(cells, "vote grid");
+  taken.occupied_sums = scratch.take<int32_t>(sums, "vote grid");
   taken.scan = take_scan_temp(scratch, cells + 1);
   taken.class_keys = scratch.take<int64_t>(instance_slots, "instance numbering");
   taken.sorted_keys = scratch.take<int64_t>(instance_slots, "instance numbering");
@@ -674,6 +694,12 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
     check(cudaMemsetAsync(m.cell_fill, 0, cell_bytes, stream), "cudaMemsetAsync");  // cursors
     fill_cells_kernel<<<center_grid, kThreads, 0, stream>>>(centers, m, width);
     check_launch("fill_cells_kernel");
+    const dim3 row_grid(grid_for(m.max_rows + 1, kThreads), static_cast<unsigned>(batch));
+    occupied_rows_kernel<<<row_grid, kThreads, 0, stream>>>(m);
+    check_launch("occupied_rows_kernel");
+    const dim3 column_grid(grid_for(m.max_cols + 1, kThreads), static_cast<unsigned>(batch));
+    occupied_columns_kernel<<<column_grid, kThreads, 0, stream>>>(m);
+    check_launch("occupied_columns_kernel");
     first_ring_kernel<<<grid_for(m.cells, kThreads), kThreads, 0, stream>>>(m, batch);
     check_launch("first_ring_kernel");
   }

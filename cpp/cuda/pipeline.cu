@@ -625,12 +625,17 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   // Many centres: each image's vote grid, sized from its bound of K (see cuda::ManyCenters).
   const bool many_centers = max_instances > cuda::kBruteForceCentersMax;
   std::vector<VoteGrid> vote_grids;
-  std::vector<int64_t> cell_offset;
-  int64_t cells = 0;
+  std::vector<int64_t> cell_offset, sums_offset;
+  int64_t cells = 0, sums = 0, max_rows = 0, max_cols = 0;
   for (int64_t b = 0; many_centers && b < B; ++b) {
-    vote_grids.push_back(make_vote_grid(H, W, std::max<int64_t>(kept[b], 1)));
+    const VoteGrid& g =
+        vote_grids.emplace_back(make_vote_grid(H, W, std::max<int64_t>(kept[b], 1)));
     cell_offset.push_back(cells);
-    cells += vote_grids.back().rows * vote_grids.back().cols;
+    cells += g.rows * g.cols;
+    sums_offset.push_back(sums);
+    sums += (g.rows + 1) * (g.cols + 1);
+    max_rows = std::max(max_rows, g.rows);
+    max_cols = std::max(max_cols, g.cols);
   }
   if (total_peaks > std::numeric_limits<int>::max() - 1) {  // cub's sort and scan sizes are int
     throw ValueError("find_centers: " + std::to_string(total_peaks) +
@@ -653,6 +658,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   const size_t at_sort_begin = pack.add(sort_begin), at_sort_end = pack.add(sort_end);
   const size_t at_partial = pack.add(partial_offset);
   const size_t at_grids = pack.add(vote_grids), at_cells = pack.add(cell_offset);
+  const size_t at_sums = pack.add(sums_offset);
   const cuda::ThingUpload thing_upload(s.params.thing_ids, pack);
 
   // Every array of this phase, from one allocation.
@@ -709,7 +715,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     t.score_sums = with_scores ? sc.take<double>(seg_offset[B], "score sums") : nullptr;
     t.readback = sc.take<long long>(readback_words, "read-back");
     if (many_centers) {
-      t.many = cuda::take_many_centers(sc, cells, inst_total - B, inst_total, B, C);
+      t.many = cuda::take_many_centers(sc, cells, sums, inst_total - B, inst_total, B, C);
     }
     return t;
   });
@@ -736,6 +742,9 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   cuda::ManyCenters many = a.many;
   many.grid = cuda::UploadPack::at<VoteGrid>(a.tables, at_grids);
   many.cell_offset = cuda::UploadPack::at<int64_t>(a.tables, at_cells);
+  many.sums_offset = cuda::UploadPack::at<int64_t>(a.tables, at_sums);
+  many.max_rows = max_rows;
+  many.max_cols = max_cols;
   const cuda::ManyCenters* many_or_null = many_centers ? &many : nullptr;
 
   // Peaks in row-major order, then the kept centres.

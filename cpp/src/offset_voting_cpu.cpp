@@ -13,39 +13,25 @@
 namespace pdl_post {
 namespace {
 
-// Per cell, the first ring (Chebyshev distance in cells) that holds a centre: the rings inside it
-// are empty, so a search may start there. Two raster passes of the 3x3 unit mask give the exact
-// chessboard distance (Rosenfeld and Pfaltz); at least one cell is occupied.
-std::vector<int32_t> first_occupied_rings(const VoteGrid& g,
-                                          const std::vector<int64_t>& bucket_start) {
-  const int64_t rows = g.rows, cols = g.cols;
-  const int32_t far = static_cast<int32_t>(rows + cols);  // beyond every ring (cells <= 2^26)
-  std::vector<int32_t> ring(static_cast<size_t>(rows * cols));
-  for (int64_t b = 0; b < rows * cols; ++b)
-    ring[b] = bucket_start[b + 1] > bucket_start[b] ? 0 : far;
-  auto relax = [&](int64_t i, int64_t j, int64_t ni, int64_t nj) {
-    if (ni < 0 || ni >= rows || nj < 0 || nj >= cols) return;
-    int32_t& d = ring[i * cols + j];
-    d = std::min(d, ring[ni * cols + nj] + 1);
-  };
-  for (int64_t i = 0; i < rows; ++i) {
-    for (int64_t j = 0; j < cols; ++j) {
-      relax(i, j, i - 1, j - 1), relax(i, j, i - 1, j), relax(i, j, i - 1, j + 1);
-      relax(i, j, i, j - 1);
+// The grid's summed-area table of occupied cells (VoteGrid::occupied_in_square).
+std::vector<int32_t> build_occupied_sums(const VoteGrid& g,
+                                         const std::vector<int64_t>& bucket_start) {
+  const int64_t w = g.cols + 1;
+  std::vector<int32_t> sums(static_cast<size_t>((g.rows + 1) * w), 0);
+  for (int64_t i = 0; i < g.rows; ++i) {
+    int32_t row = 0;
+    for (int64_t j = 0; j < g.cols; ++j) {
+      const int64_t b = i * g.cols + j;
+      row += bucket_start[b + 1] > bucket_start[b] ? 1 : 0;
+      sums[(i + 1) * w + j + 1] = sums[i * w + j + 1] + row;
     }
   }
-  for (int64_t i = rows - 1; i >= 0; --i) {
-    for (int64_t j = cols - 1; j >= 0; --j) {
-      relax(i, j, i + 1, j + 1), relax(i, j, i + 1, j), relax(i, j, i + 1, j - 1);
-      relax(i, j, i, j + 1);
-    }
-  }
-  return ring;
+  return sums;
 }
 
 // Candidate centres for one cell: every centre whose lower bound is <= the smallest upper bound.
-// The rings before first_ring hold no centre.
-void cell_candidates(const VoteGrid& g, int64_t cell_index, int64_t first_ring,
+void cell_candidates(const VoteGrid& g, int64_t cell_index,
+                     const std::vector<int32_t>& occupied_sums,
                      const std::vector<int64_t>& bucket_start,
                      const std::vector<int32_t>& bucket_centers, const std::vector<float>& cy,
                      const std::vector<float>& cx, std::vector<Candidate>& out) {
@@ -56,6 +42,7 @@ void cell_candidates(const VoteGrid& g, int64_t cell_index, int64_t first_ring,
   const float x_lo = static_cast<float>(g.origin + cj * g.side);
   const float x_hi = x_lo + static_cast<float>(g.side);
   const int64_t last_ring = g.last_ring(cell_index);
+  const int64_t first_ring = g.first_occupied_ring(occupied_sums.data(), cell_index);
 
   // Visit the centres in ring r (Chebyshev distance r, in cells) around this cell.
   auto for_ring = [&](int64_t r, auto&& visit) {
@@ -95,7 +82,7 @@ void cell_candidates(const VoteGrid& g, int64_t cell_index, int64_t first_ring,
 struct CenterIndex::Lists {
   std::vector<int64_t> bucket_start;  // centres bucketed by cell, increasing index in a bucket
   std::vector<int32_t> bucket_centers;
-  std::vector<int32_t> first_ring;      // per cell, see first_occupied_rings
+  std::vector<int32_t> occupied_sums;   // VoteGrid::occupied_in_square
   std::vector<std::atomic<int>> state;  // kEmpty -> kBuilding -> kReady, per cell
   std::vector<std::vector<Candidate>> lists;
   static constexpr int kEmpty = 0, kBuilding = 1, kReady = 2;
@@ -127,7 +114,7 @@ CenterIndex::CenterIndex(int64_t height, int64_t width, const std::vector<int64_
     g.bucket_centers[fill[grid_.cell_of_center(center_y[c], center_x[c])]++] =
         static_cast<int32_t>(c);
   }
-  g.first_ring = first_occupied_rings(grid_, g.bucket_start);
+  g.occupied_sums = build_occupied_sums(grid_, g.bucket_start);
 }
 
 CenterIndex::~CenterIndex() = default;
@@ -138,7 +125,7 @@ const std::vector<Candidate>& CenterIndex::candidates(int64_t cell) {
   if (state.load(std::memory_order_acquire) != Lists::kReady) {
     int expected = Lists::kEmpty;
     if (state.compare_exchange_strong(expected, Lists::kBuilding, std::memory_order_acq_rel)) {
-      cell_candidates(grid_, cell, g.first_ring[cell], g.bucket_start, g.bucket_centers, cy_, cx_,
+      cell_candidates(grid_, cell, g.occupied_sums, g.bucket_start, g.bucket_centers, cy_, cx_,
                       g.lists[cell]);
       state.store(Lists::kReady, std::memory_order_release);
     } else {

@@ -162,6 +162,34 @@ struct VoteGrid {
     const float gap = static_cast<float>((r - 1) * side);
     return r <= 1 ? 0.0f : gap * gap;
   }
+  // Occupied cells in the square of rings 0..r around cell (ci, cj), clipped to the grid, from
+  // occupied_sums: the grid's summed-area table of occupied cells, (rows + 1) x (cols + 1) with
+  // row and column 0 zero (build_occupied_sums on the CPU, occupied_sums_* kernels on the GPU).
+  PDL_HOST_DEVICE int64_t occupied_in_square(const int32_t* occupied_sums, int64_t ci, int64_t cj,
+                                             int64_t r) const {
+    const int64_t i0 = ci - r > 0 ? ci - r : 0, i1 = ci + r + 1 < rows ? ci + r + 1 : rows;
+    const int64_t j0 = cj - r > 0 ? cj - r : 0, j1 = cj + r + 1 < cols ? cj + r + 1 : cols;
+    const int64_t w = cols + 1;
+    return int64_t{occupied_sums[i1 * w + j1]} - occupied_sums[i0 * w + j1] -
+           occupied_sums[i1 * w + j0] + occupied_sums[i0 * w + j0];
+  }
+  // The first ring around `cell` that holds a centre: the rings inside it are empty, so a search
+  // may start there (votes far from every centre would walk thousands of empty cells). The
+  // square of rings 0..r holds one from that r on: a binary search. last_ring + 1 when the grid
+  // holds no centre.
+  PDL_HOST_DEVICE int64_t first_occupied_ring(const int32_t* occupied_sums, int64_t cell) const {
+    const int64_t ci = cell / cols, cj = cell % cols;
+    int64_t lo = 0, hi = last_ring(cell) + 1;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (occupied_in_square(occupied_sums, ci, cj, mid) > 0) {
+        hi = mid;
+      } else {
+        lo = mid + 1;
+      }
+    }
+    return lo;
+  }
   // Calls visit(cell) for every cell of ring r around `cell` (row by row, left to right).
   template <typename Visit>
   PDL_HOST_DEVICE void for_each_ring_cell(int64_t cell, int64_t r, Visit&& visit) const {
