@@ -164,7 +164,8 @@ struct VoteGrid {
   }
   // Occupied cells in the square of rings 0..r around cell (ci, cj), clipped to the grid, from
   // occupied_sums: the grid's summed-area table of occupied cells, (rows + 1) x (cols + 1) with
-  // row and column 0 zero (build_occupied_sums on the CPU, occupied_sums_* kernels on the GPU).
+  // row and column 0 zero (build_occupied_sums on the CPU, occupied_rows_kernel and
+  // occupied_columns_kernel on the GPU).
   PDL_HOST_DEVICE int64_t occupied_in_square(const int32_t* occupied_sums, int64_t ci, int64_t cj,
                                              int64_t r) const {
     const int64_t i0 = ci - r > 0 ? ci - r : 0, i1 = ci + r + 1 < rows ? ci + r + 1 : rows;
