@@ -349,6 +349,53 @@ def test_output_library_device_and_stream():
         np.testing.assert_array_equal(cupy.asnumpy(out), expected)
 
 
+class _OnStream:
+    """A torch CUDA tensor known only by a __cuda_array_interface__ (v3) naming `stream`."""
+
+    def __init__(self, t, stream: int):
+        self.t = t
+        self.__cuda_array_interface__ = {
+            "shape": tuple(t.shape),
+            "typestr": np.dtype(str(t.dtype).removeprefix("torch.")).str,
+            "data": (t.data_ptr(), False),
+            "strides": None,
+            "version": 3,
+            "stream": stream,
+        }
+
+
+@needs_gpu
+def test_interface_inputs_made_on_another_stream_are_waited_for():
+    # ctr is written on a side stream behind long matrix products and handed over as an
+    # interface array naming that stream; sem and off name another stream, on which the call
+    # then runs (torch's streams are non-blocking: neither waits for the other, nor for the
+    # legacy stream). Version 3 of the interface asks the consumer to order its reads after each
+    # producer's stream: without the event wait the kernels would read ctr before the copy that
+    # fills it (zeros: no centres).
+    if GPU != "torch":
+        pytest.skip("needs torch with CUDA")
+    import torch
+
+    s = synthetic.make_scene(256, 512, 20, seed=3)
+    sem, off, source = (torch.from_numpy(a).cuda() for a in (s.sem, s.off, s.ctr))
+    ctr = torch.zeros_like(source)
+    torch.cuda.synchronize()
+    side, call = torch.cuda.Stream(), torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        busy = torch.randn(4096, 4096, device="cuda")
+        for _ in range(40):
+            busy = busy @ busy
+            busy /= busy.norm()
+        ctr.copy_(source + 0 * busy[0, 0])  # after the products, on the side stream
+    out = pdl_post.merge(
+        _OnStream(sem, call.cuda_stream),
+        _OnStream(ctr, side.cuda_stream),
+        _OnStream(off, call.cuda_stream),
+    )
+    torch.cuda.synchronize()
+    np.testing.assert_array_equal(to_host(out), pdl_post.merge(s.sem, s.ctr, s.off))
+
+
 @needs_gpu
 def test_inputs_dropped_after_an_early_return_are_not_reused_too_soon():
     # merge returns with its kernels queued. Inputs made on the default stream, read on a side
