@@ -34,7 +34,8 @@ PYBIND11_MODULE(_cuda_emulation, m) {
   m.def("take_violations", &pdl_emu::take_violations,
         "Violations of CUDA's rules recorded since the last call (and clears them).");
   m.def("take_counters", &pdl_emu::take_counters,
-        "Runtime calls since the last call: launches, synchronisations, copies by kind, memsets, "
+        "Runtime calls since the last call: launches (and 'launches of NAME' per kernel), "
+        "synchronisations, copies by kind, memsets, "
         "allocations from pools and plain (and clears them).");
   m.def("live_allocations", &pdl_emu::live_allocations, "Device allocations not yet freed.");
   m.def("score_chunk_blocks", &pdl_post::cuda::score_chunk_blocks, py::arg("height"),

@@ -114,6 +114,91 @@ def test_many_centres_switch_and_numbering_error(cuda_device):
     assert "1000 or more instances" in str(cpu_error.value)
 
 
+def _pair_sorts() -> int:
+    """Calls since the last look that counted instance x class pairs by sorting (emulator)."""
+    return EMULATION.take_counters().get("launches of pair_runs_kernel", 0)
+
+
+def _blocks_with_ties(label_base, classes, seed):
+    """A 4 x 4 grid of instances (exact integer votes to each block's centre) over 52 x 64 pixels,
+    thing labels from label_base on: even blocks split evenly between two classes (the larger
+    one first, so that the tie must go to the smaller), odd blocks draw from three classes with
+    random counts; the last four rows are stuff (class 7) without centres."""
+    rng = np.random.default_rng(seed)
+    h, w, bh, bw = 52, 64, 12, 16
+    yy, xx = np.indices((h, w))
+    cy = np.minimum(yy // bh, 3) * bh + bh // 2
+    cx = xx // bw * bw + bw // 2
+    ctr = np.zeros((1, h, w), np.float32)
+    ctr[0, cy[:48], cx[:48]] = 1.0
+    off = np.stack([cy - yy, cx - xx]).astype(np.float32)
+    off[:, 48:] = 0
+    sem = np.full((h, w), 7, np.int64)
+    for i in range(16):
+        rows = slice(i // 4 * bh, i // 4 * bh + bh)
+        cols = slice(i % 4 * bw, i % 4 * bw + bw)
+        picks = np.sort(rng.choice(classes, 3, replace=False)) + label_base
+        if i % 2 == 0:
+            block = np.repeat([picks[1], picks[0]], bh * bw // 2)
+        else:
+            block = rng.choice(picks, bh * bw, p=rng.dirichlet(np.ones(3)))
+        sem[rows, cols] = block.reshape(bh, bw)
+    things = list(range(label_base, label_base + classes))
+    return sem, ctr, off, things
+
+
+def test_instance_class_pairs_beyond_the_histogram_are_sorted(cuda_device):
+    # (K + 1) x C counters beyond shared memory and 4 per pixel are replaced by a sort of the
+    # thing pixels' (instance, class) keys (cpp/cuda/cuda_common.cuh, PairSort): the same areas
+    # and majorities, ties to the smallest class, in memory linear in the pixels. Dense class
+    # ids up to 4099 (17 x 4100 bins for 3328 pixels), alone, with a foreground mask, and in a
+    # batch beside an image without centres and one whose pairs would fit the histogram.
+    sem, ctr, off, things = _blocks_with_ties(100, 4000, seed=1)
+    kw = dict(thing_ids=things, stuff_area=0, label_divisor=1000)
+    if cuda_device == "emulated":
+        _pair_sorts()
+    cpu = run_on(cuda_device, sem, ctr, off, **kw)
+    assert len(cpu.centers) == 16
+    for i in range(0, 16, 2):  # the evenly split blocks: the smaller class
+        block = sem[i // 4 * 12 : i // 4 * 12 + 12, i % 4 * 16 : i % 4 * 16 + 16]
+        assert cpu.panoptic[i // 4 * 12 + 6, i % 4 * 16 + 8] // 1000 == block.min()
+    mask = np.random.default_rng(2).random(sem.shape) < 0.7
+    run_on(cuda_device, sem, ctr, off, mask=mask, **kw)
+    few_sem, few_ctr, few_off, _ = _blocks_with_ties(100, 40, seed=3)
+    run_on(
+        cuda_device,
+        np.stack([sem, few_sem, sem]),
+        np.stack([ctr, few_ctr, np.zeros_like(ctr)]),
+        np.stack([off, few_off, off]),
+        **kw,
+    )
+    if cuda_device == "emulated":
+        assert _pair_sorts() == 3 * 2  # postprocess and merge of each call
+        run_on(cuda_device, few_sem, few_ctr, few_off, **kw)  # 17 x 140 bins: the histogram
+        assert _pair_sorts() == 0
+
+
+def test_compacted_class_ids_do_not_take_a_table_per_instance(cuda_device):
+    # Every pixel its own class id from 65536 on (compacted tables: C = 6144 distinct ids) and up
+    # to 200 centres: the (K + 1) x C histogram would take 9.9 MB of counters for 6144 pixels.
+    # Counted by sorting, the call's scratch stays below 1.5 MB (the pool's high-water mark on
+    # the emulator), as it stays on the CPU.
+    rng = np.random.default_rng(5)
+    sem = (65_536 + rng.permutation(64 * 96)).reshape(64, 96).astype(np.int64)
+    ctr = rng.random((1, 64, 96)).astype(np.float32)
+    off = rng.normal(0, 4, (2, 64, 96)).astype(np.float32)
+    kw = dict(thing_ids=np.unique(sem[::2]).tolist(), stuff_area=0, top_k=200, nms_kernel=3)
+    if cuda_device == "emulated":
+        _pair_sorts()
+        EMULATION.cuda_release_memory()
+    cpu = run_on(cuda_device, sem, ctr, off, **kw)
+    assert len(cpu.centers) == 200
+    if cuda_device == "emulated":
+        assert _pair_sorts() == 2
+        high_water = EMULATION.cuda_release_memory()
+        assert high_water < 1_500_000 < 201 * 6144 * 8, high_water
+
+
 def test_segment_score_sums_in_shared_and_global_memory(cuda_device):
     # Scores with logits sum each block's probabilities per segment in shared memory when an
     # image's K + C segment slots fit (4096, cpp/cuda/fusion.cu), else in global memory (one more
@@ -121,7 +206,7 @@ def test_segment_score_sums_in_shared_and_global_memory(cuda_device):
     # takes the last class, so that C is the number of channels.
     s = synthetic.make_scene(24, 40, 6, seed=5)
     rng = np.random.default_rng(5)
-    memsets = {}
+    memsets, pair_sorts = {}, {}
     for classes in (64, 4200):
         logits = rng.normal(0, 1, (classes, 24, 40)).astype(np.float32)
         rows, cols = np.indices(s.sem.shape)
@@ -131,12 +216,16 @@ def test_segment_score_sums_in_shared_and_global_memory(cuda_device):
             EMULATION.take_counters()
         r = run_on(cuda_device, logits, s.ctr, s.off, stuff_area=1)
         if cuda_device == "emulated":
-            memsets[classes] = EMULATION.take_counters()["memsets"]
+            counts = EMULATION.take_counters()
+            memsets[classes] = counts["memsets"]
+            pair_sorts[classes] = counts.get("launches of pair_runs_kernel", 0)
         assert any(seg["isthing"] for seg in r.segments)
         assert any(seg["category_id"] == classes - 1 for seg in r.segments)
     if cuda_device == "emulated":  # run_on ran one postprocess (and a merge, without scores) each
-        # Global sums start from zero once per chunk of blocks (_score_chunks).
-        assert memsets[4200] == memsets[64] + _score_chunks(24, [len(r.centers) + 4200])
+        # Global sums start from zero once per chunk of blocks (_score_chunks). 7 x 4200
+        # instance x class pairs are also beyond the histogram: sorted, their votes zeroed.
+        assert pair_sorts == {64: 0, 4200: 2}
+        assert memsets[4200] == memsets[64] + _score_chunks(24, [len(r.centers) + 4200]) + 2
 
 
 def _score_chunks(height, segment_slots) -> int:

@@ -247,7 +247,7 @@ void label_range(const StridedView& sem, long long* range, cudaStream_t stream);
 struct FuseLayout {
   int64_t num_classes;          // C: max label + 1, or the number of distinct labels
   const int64_t* class_labels;  // [C] the sorted distinct labels; nullptr for dense tables
-  const int64_t* hist_offset;   // [B] start of image b's (K_b + 1) x C histogram
+  const int64_t* hist_offset;   // [B] start of image b's histogram: (K_b + 1) x C, or C (PairSort)
   const int64_t* inst_offset;   // [B] start of image b's per-instance tables (K_b + 1)
   const int64_t* seg_offset;    // [B] start of image b's segment slots (K_b + C)
   int64_t max_instances;        // upper bound of K_b over the batch
@@ -267,7 +267,7 @@ struct DeviceSegment {
 };
 
 struct FuseBuffers {
-  unsigned long long* hist;  // zeroed, sum of (K_b + 1) * C
+  unsigned long long* hist;  // zeroed: (K_b + 1) x C per image, or row 0 alone (PairSort)
   int32_t* instance;         // [B, H, W]
   int64_t* area;             // per instance tables
   int64_t* class_of;
@@ -295,6 +295,33 @@ void distinct_labels(const StridedView& sem, int end_bit, const DistinctScratch&
 
 // Largest instance x class histogram counted in shared memory (64 KiB of counters per block).
 constexpr int64_t kSharedBinLimit = 16384;
+
+// Instance x class pairs are counted in the (K_b + 1) x C histogram while it fits shared memory or
+// holds at most kPairBinsPerPixel counters per pixel of the call (about the sort's memory); beyond
+// (dense peaks: 2.1 M centres x 19 classes at 1024x2048 take 320 MB of counters; compacted class
+// ids: 10^6 ids x 201 rows, 1.6 GB) they are counted by sorting, in memory linear in the pixels
+// as on the CPU (majority_vote.h). The vote keys every pixel that has an instance with
+// slot * C + class (slot: the instance's place in layout.inst_offset's tables) and the others
+// with `none`, which sorts last; the histogram keeps row 0 (pixels without an instance, per
+// class). Each run of equal sorted keys is one (instance, class) pair: its length is added to the
+// instance's area and offered to its majority as (count << 32 | ~class), whose maximum is the
+// largest count, ties to the smallest class: the histogram's answer, in integers (any order).
+constexpr int64_t kPairBinsPerPixel = 4;
+struct PairSort {
+  int64_t* keys;  // [pixels] written by the vote
+  int64_t* sorted;
+  unsigned long long* votes;  // [2 x instance slots] area, best (count << 32 | ~class); zeroed
+  int64_t pixels;             // B x H x W (<= INT_MAX: cub's sort size)
+  int64_t instance_slots;     // layout.inst_offset's total
+  int64_t none;               // instance slots x C: the key of pixels without an instance
+  int end_bit;                // bits of `none`
+  CubTemp sort;
+};
+// Whether the call counts its pairs in the histogram (false: PairSort); pair_bins: sum of
+// (K_b + 1) x C, max_bins: the largest of them.
+bool pairs_in_histogram(double pair_bins, int64_t max_bins, int64_t pixels);
+PairSort take_pair_sort(Scratch& scratch, int64_t pixels, int64_t instance_slots,
+                        int64_t num_classes);
 
 // Up to this many centres in every image of a call, a vote compares all of them (brute force over
 // tiles in shared memory) and an instance counts the earlier ones of its class; above it (top_k
@@ -331,17 +358,19 @@ struct ManyCenters {
 ManyCenters take_many_centers(Scratch& scratch, int64_t cells, int64_t sums, int64_t center_slots,
                               int64_t instance_slots, int64_t batch, int64_t num_classes);
 
-// Votes of every pixel (instance map) and the instance x class histogram in one pass.
-// shared_bins: the largest (K_b + 1) x C of the batch when it is <= kSharedBinLimit, else 0.
+// Votes of every pixel (instance map) and the instance x class histogram in one pass (with
+// pairs: the histogram's row 0 and the pair keys). shared_bins: the largest histogram of the
+// batch ((K_b + 1) x C, or C with pairs) when it is <= kSharedBinLimit, else 0.
 // many: nullptr while every image keeps at most kBruteForceCentersMax centres.
+// pairs: nullptr while the pairs are counted in the histogram (pairs_in_histogram).
 void vote_and_count(const StridedView& sem, const StridedView& mask, const StridedView& off,
                     const ThingClasses& things, const CenterList& centers, const FuseLayout& layout,
-                    int64_t shared_bins, const ManyCenters* many, const FuseBuffers& buffers,
-                    cudaStream_t stream);
+                    int64_t shared_bins, const ManyCenters* many, const PairSort* pairs,
+                    const FuseBuffers& buffers, cudaStream_t stream);
 // Majority vote, numbering, stuff filter and the segment list (scores before the logits factor).
 void resolve_segments(int64_t batch, const ThingClasses& things, const FuseParams& params,
                       const CenterList& centers, const FuseLayout& layout, const ManyCenters* many,
-                      const FuseBuffers& buffers, cudaStream_t stream);
+                      const PairSort* pairs, const FuseBuffers& buffers, cudaStream_t stream);
 // Multiplies segment scores by the mean softmax probability of their class (CPU order of sums).
 // The row blocks go chunk_blocks at a time (score_chunk_blocks). partial_offset: [B] start of
 // image b's (chunk_blocks x segment slots) sums in partial (partial_total doubles of scratch);

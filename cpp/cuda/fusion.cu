@@ -8,8 +8,11 @@
 //                    instance) is the unassigned area per class; rows 1..K give areas and the
 //                    majority vote. Bins are counted in shared memory when the table is small,
 //                    with warp-aggregated atomics, and flushed once per block; the counts are
-//                    integers, so the order of the atomics does not matter.
-//   resolve_segments per instance: area and majority class (first maximum = smallest class);
+//                    integers, so the order of the atomics does not matter. Where the table
+//                    would take more than 4 counters per pixel (dense peaks, thousands of class
+//                    ids) the pairs are keyed and sorted instead (PairSort in cuda_common.cuh).
+//   resolve_segments per instance: area and majority class (first maximum = smallest class;
+//                    with sorted pairs from the runs of equal keys, pair_runs_kernel);
 //                    number n = 1 + earlier non-empty instances of the same class (a parallel
 //                    count over earlier instances, or above kBruteForceCentersMax centres the
 //                    rank in a stable sort by class: ids follow centre order); stuff filter per
@@ -133,7 +136,9 @@ struct VoteArgs {
   CenterList centers;
   FuseLayout layout;
   FuseBuffers buffers;
-  ManyCenters many;  // kGrid only
+  ManyCenters many;    // kGrid only
+  int64_t* pair_keys;  // PairSort::keys, or nullptr: pairs counted in the histogram
+  int64_t no_pair;     // PairSort::none
   int64_t height, width;
 };
 
@@ -245,7 +250,7 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
   const float* center_y = a.centers.y + a.centers.begin[b];
   const float* center_x = a.centers.x + a.centers.begin[b];
   const int64_t classes = a.layout.num_classes;
-  const int64_t bins = (num_centers + 1) * classes;
+  const int64_t bins = (a.pair_keys ? 1 : num_centers + 1) * classes;
   unsigned long long* hist = a.buffers.hist + a.layout.hist_offset[b];
   if (kSharedHist) {
     for (int64_t i = threadIdx.x; i < bins; i += blockDim.x) shared_hist[i] = 0;
@@ -302,17 +307,24 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
       }
     }
     // Every lane of the warp is here (whole warps, no lane has left the loop): the lanes that
-    // count are known before the branch.
-    const unsigned counting = __ballot_sync(0xffffffffu, active);
+    // count are known before the branch. Sorted pairs: only pixels without an instance count.
+    const int32_t inst = voting ? best + 1 : 0;
+    const bool counted = active && (a.pair_keys == nullptr || inst == 0);
+    const unsigned counting = __ballot_sync(0xffffffffu, counted);
     if (active) {
-      const int32_t inst = voting ? best + 1 : 0;
       instance[p] = inst;
-      const unsigned long long bin =
-          static_cast<unsigned long long>(inst * classes + a.layout.class_index(label));
-      if (kSharedHist) {
-        add_to_bin(shared_hist, bin, counting);
-      } else {
-        add_to_bin(hist, bin, counting);
+      const int64_t c = a.layout.class_index(label);
+      if (a.pair_keys) {
+        a.pair_keys[b * hw + p] =
+            inst > 0 ? (a.layout.inst_offset[b] + inst) * classes + c : a.no_pair;
+      }
+      if (counted) {
+        const unsigned long long bin = static_cast<unsigned long long>(inst * classes + c);
+        if (kSharedHist) {
+          add_to_bin(shared_hist, bin, counting);
+        } else {
+          add_to_bin(hist, bin, counting);
+        }
       }
     }
   }
@@ -324,24 +336,63 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
   }
 }
 
-// Per instance k >= 1: area and majority class (first maximum: the smallest class wins ties).
-__global__ void majority_kernel(CenterList centers, FuseLayout layout, FuseBuffers buffers) {
+// Per run of equal sorted pair keys (one instance, one class): its length added to the
+// instance's area and offered to its majority (PairSort). Runs are found from their first key; a
+// galloping search finds the end, in reads logarithmic in the run's length.
+__global__ void pair_runs_kernel(PairSort pairs, int64_t classes) {
+  const int64_t n = pairs.pixels;
+  const int64_t* sorted = pairs.sorted;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t key = sorted[i];
+    if (key == pairs.none || (i > 0 && sorted[i - 1] == key)) continue;
+    int64_t last = i, step = 1;  // sorted[last] == key
+    while (last + step < n && sorted[last + step] == key) {
+      last += step;
+      step *= 2;
+    }
+    int64_t end = last + step < n ? last + step : n;  // sorted[end] != key, or the end
+    while (end - last > 1) {
+      const int64_t mid = last + (end - last) / 2;
+      if (sorted[mid] == key) {
+        last = mid;
+      } else {
+        end = mid;
+      }
+    }
+    const unsigned long long count = static_cast<unsigned long long>(end - i);
+    const int64_t slot = key / classes, c = key % classes;
+    atomicAdd(&pairs.votes[2 * slot], count);
+    atomicMax(&pairs.votes[2 * slot + 1], count << 32 | (0xffffffffull - c));
+  }
+}
+
+// Per instance k >= 1: area and majority class (first maximum: the smallest class wins ties),
+// from its histogram row, or from the votes of its sorted pairs (votes != nullptr).
+__global__ void majority_kernel(CenterList centers, FuseLayout layout, FuseBuffers buffers,
+                                const unsigned long long* votes) {
   const int64_t b = blockIdx.y;
   const int64_t k = blockIdx.x * int64_t{blockDim.x} + threadIdx.x + 1;
   if (k > centers.count[b]) return;
-  const int64_t classes = layout.num_classes;
-  const unsigned long long* row = buffers.hist + layout.hist_offset[b] + k * classes;
-  unsigned long long area = 0, best_count = 0;
+  const int64_t t = layout.inst_offset[b] + k;
+  unsigned long long area = 0;
   int64_t best = -1;
-  for (int64_t c = 0; c < classes; ++c) {
-    const unsigned long long v = row[c];
-    area += v;
-    if (v > best_count) {
-      best_count = v;
-      best = c;
+  if (votes) {
+    area = votes[2 * t];
+    best = static_cast<int64_t>(0xffffffffull - (votes[2 * t + 1] & 0xffffffffull));
+  } else {
+    const int64_t classes = layout.num_classes;
+    const unsigned long long* row = buffers.hist + layout.hist_offset[b] + k * classes;
+    unsigned long long best_count = 0;
+    for (int64_t c = 0; c < classes; ++c) {
+      const unsigned long long v = row[c];
+      area += v;
+      if (v > best_count) {
+        best_count = v;
+        best = c;
+      }
     }
   }
-  const int64_t t = layout.inst_offset[b] + k;
   buffers.area[t] = static_cast<int64_t>(area);
   buffers.class_of[t] = area > 0 ? best : -1;
 }
@@ -677,10 +728,35 @@ ManyCenters take_many_centers(Scratch& scratch, int64_t cells, int64_t sums, int
   return taken;
 }
 
+bool pairs_in_histogram(double pair_bins, int64_t max_bins, int64_t pixels) {
+  return max_bins <= kSharedBinLimit ||
+         pair_bins <= static_cast<double>(kPairBinsPerPixel) * static_cast<double>(pixels) ||
+         pixels > std::numeric_limits<int>::max();  // beyond cub's sort: the histogram or nothing
+}
+
+PairSort take_pair_sort(Scratch& scratch, int64_t pixels, int64_t instance_slots,
+                        int64_t num_classes) {
+  PairSort taken{};
+  taken.pixels = pixels;
+  taken.instance_slots = instance_slots;
+  taken.none = instance_slots * num_classes;
+  taken.end_bit = std::max(1, bit_width(taken.none));
+  taken.keys = scratch.take<int64_t>(pixels, "instance x class pairs");
+  taken.sorted = scratch.take<int64_t>(pixels, "instance x class pairs");
+  taken.votes = scratch.take<unsigned long long>(2 * instance_slots, "instance x class pairs");
+  size_t bytes = 0;
+  check(cub::DeviceRadixSort::SortKeys(nullptr, bytes, static_cast<const int64_t*>(nullptr),
+                                       static_cast<int64_t*>(nullptr), static_cast<int>(pixels), 0,
+                                       taken.end_bit),
+        "cub::DeviceRadixSort::SortKeys (size)");
+  taken.sort = CubTemp{scratch.take_bytes(static_cast<int64_t>(bytes), "pair sort"), bytes};
+  return taken;
+}
+
 void vote_and_count(const StridedView& sem, const StridedView& mask, const StridedView& off,
                     const ThingClasses& things, const CenterList& centers, const FuseLayout& layout,
-                    int64_t shared_bins, const ManyCenters* many, const FuseBuffers& buffers,
-                    cudaStream_t stream) {
+                    int64_t shared_bins, const ManyCenters* many, const PairSort* pairs,
+                    const FuseBuffers& buffers, cudaStream_t stream) {
   const int64_t batch = sem.batch(), height = sem.height(), width = sem.width();
   const int64_t hw = height * width;
   if (many) {  // bucket each image's centres by cell: counts, their exclusive sum, the fill
@@ -735,6 +811,8 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
           layout,
           buffers,
           many ? *many : ManyCenters{},
+          pairs ? pairs->keys : nullptr,
+          pairs ? pairs->none : 0,
           height,
           width};
       auto launch = [&](auto kernel) {
@@ -771,9 +849,24 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
 
 void resolve_segments(int64_t batch, const ThingClasses& things, const FuseParams& params,
                       const CenterList& centers, const FuseLayout& layout, const ManyCenters* many,
-                      const FuseBuffers& buffers, cudaStream_t stream) {
+                      const PairSort* pairs, const FuseBuffers& buffers, cudaStream_t stream) {
+  if (pairs) {
+    const PairSort& p = *pairs;
+    check(cudaMemsetAsync(p.votes, 0,
+                          static_cast<size_t>(2 * p.instance_slots) * sizeof(unsigned long long),
+                          stream),
+          "cudaMemsetAsync");
+    size_t bytes = p.sort.bytes;
+    check(cub::DeviceRadixSort::SortKeys(p.sort.data, bytes, p.keys, p.sorted,
+                                         static_cast<int>(p.pixels), 0, p.end_bit, stream),
+          "cub::DeviceRadixSort::SortKeys");
+    pair_runs_kernel<<<grid_for(p.pixels, kThreads, 8192), kThreads, 0, stream>>>(
+        p, layout.num_classes);
+    check_launch("pair_runs_kernel");
+  }
   const dim3 instance_grid(grid_for(layout.max_instances, kThreads), static_cast<unsigned>(batch));
-  majority_kernel<<<instance_grid, kThreads, 0, stream>>>(centers, layout, buffers);
+  majority_kernel<<<instance_grid, kThreads, 0, stream>>>(centers, layout, buffers,
+                                                          pairs ? pairs->votes : nullptr);
   check_launch("majority_kernel");
   if (many) {
     const ManyCenters& m = *many;

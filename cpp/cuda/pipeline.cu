@@ -601,26 +601,36 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   // Table layout per image from the centre bounds (the exact counts stay on the device).
   std::vector<int64_t> hist_offset(B), inst_offset(B), seg_offset(B + 1), seg_capacity(B);
   std::vector<int64_t> kept(B);  // bound of K_b
-  int64_t hist_total = 0, inst_total = 0, max_instances = 0, max_segments = 0, max_bins = 0;
+  int64_t max_bins = 0;
+  double pair_bins = 0;
   for (int64_t b = 0; b < B; ++b) {
     const int64_t k = kept[b] = cuda::kept_bound(s.peak_begin[b + 1] - s.peak_begin[b],
                                                  s.centers.top_k, s.centers.topk_mode);
     const double bins = static_cast<double>(k + 1) * static_cast<double>(C);
-    if (bins * 8.0 > 9.0e18) {
+    pair_bins += bins;
+    max_bins = std::max(max_bins, static_cast<int64_t>(std::min(bins, 9.0e18)));
+  }
+  // Instance x class pairs in the histogram, or by a sort (see cuda::PairSort).
+  const bool pairs_in_histogram = cuda::pairs_in_histogram(pair_bins, max_bins, B * hw);
+  int64_t hist_total = 0, inst_total = 0, max_instances = 0, max_segments = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t k = kept[b];
+    const int64_t rows = pairs_in_histogram ? k + 1 : 1;
+    if (static_cast<double>(rows) * static_cast<double>(C) * 8.0 > 9.0e18) {
       throw ValueError("CUDA path: " + std::to_string(k) + " centres x " + std::to_string(C) +
                        " classes need an instance x class table beyond int64; use the CPU path "
                        "(it needs no such table)");
     }
     hist_offset[b] = hist_total;
-    hist_total += (k + 1) * C;
+    hist_total += rows * C;
     inst_offset[b] = inst_total;
     inst_total += k + 1;
     seg_offset[b] = b == 0 ? 0 : seg_offset[b - 1] + seg_capacity[b - 1];
     seg_capacity[b] = k + C;
     max_instances = std::max(max_instances, k);
     max_segments = std::max(max_segments, k + C);
-    max_bins = std::max(max_bins, (k + 1) * C);
   }
+  const int64_t shared_bins = pairs_in_histogram ? max_bins : C;
   seg_offset[B] = seg_offset[B - 1] + seg_capacity[B - 1];
   // Many centres: each image's vote grid, sized from its bound of K (see cuda::ManyCenters).
   const bool many_centers = max_instances > cuda::kBruteForceCentersMax;
@@ -679,6 +689,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     double* score_sums;   // and the running sums
     long long* readback;  // Readback's words
     cuda::ManyCenters many;
+    cuda::PairSort pairs;
   };
   cuda::Scratch scratch;
   const Arrays a = cuda::carve(scratch, stream, [&](cuda::Scratch& sc) {
@@ -717,6 +728,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     if (many_centers) {
       t.many = cuda::take_many_centers(sc, cells, sums, inst_total - B, inst_total, B, C);
     }
+    if (!pairs_in_histogram) t.pairs = cuda::take_pair_sort(sc, B * hw, inst_total, C);
     return t;
   });
   // Everything the host decides goes to the device in one copy, before the first kernel of this
@@ -746,6 +758,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   many.max_rows = max_rows;
   many.max_cols = max_cols;
   const cuda::ManyCenters* many_or_null = many_centers ? &many : nullptr;
+  const cuda::PairSort* pairs_or_null = pairs_in_histogram ? nullptr : &a.pairs;
 
   // Peaks in row-major order, then the kept centres.
   if (total_peaks > 0) {
@@ -766,9 +779,10 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   check(cudaMemsetAsync(buffers.error_instance, 0xff, B * sizeof(unsigned long long), stream),
         "cudaMemsetAsync");
   cuda::vote_and_count(s.sem, s.in.mask, s.in.off, things, centers, layout,
-                       max_bins <= cuda::kSharedBinLimit ? max_bins : 0, many_or_null, buffers,
-                       stream);
-  cuda::resolve_segments(B, things, s.params, centers, layout, many_or_null, buffers, stream);
+                       shared_bins <= cuda::kSharedBinLimit ? shared_bins : 0, many_or_null,
+                       pairs_or_null, buffers, stream);
+  cuda::resolve_segments(B, things, s.params, centers, layout, many_or_null, pairs_or_null, buffers,
+                         stream);
   if (with_scores) {
     cuda::score_with_logits(s.sem, s.in.logits, layout, buffers, chunk_blocks,
                             cuda::UploadPack::at<int64_t>(a.tables, at_partial), partial_total,

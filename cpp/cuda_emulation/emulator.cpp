@@ -617,6 +617,7 @@ int launch_kernel(const char* name, const void* kernel, dim3 grid, dim3 block, s
   unmap(L.shared);
   g_launch = nullptr;
   ++g_counters["launches"];
+  ++g_counters[std::string("launches of ") + name];
   if (L.failed) {
     const dim3 at(L.block_idx.x, L.block_idx.y, L.block_idx.z);
     violation(std::string(name) + " block " + describe(at) + ": " + L.error);

@@ -119,7 +119,8 @@ void set_compute_capability(int major, int minor);
 void set_stream_capture(int status);
 int stream_capture();
 std::vector<std::string> take_violations();
-// Runtime calls since the last call (launches, synchronisations, copies by kind, memsets,
+// Runtime calls since the last call (launches, and "launches of NAME" per kernel name,
+// synchronisations, copies by kind, memsets,
 // allocations from pools and plain), and clears them.
 std::map<std::string, int64_t> take_counters();
 int64_t live_allocations();
