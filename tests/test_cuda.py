@@ -148,11 +148,12 @@ def _blocks_with_ties(label_base, classes, seed):
 
 
 def test_instance_class_pairs_beyond_the_histogram_are_sorted(cuda_device):
-    # (K + 1) x C counters beyond shared memory and 4 per pixel are replaced by a sort of the
-    # thing pixels' (instance, class) keys (cpp/cuda/cuda_common.cuh, PairSort): the same areas
-    # and majorities, ties to the smallest class, in memory linear in the pixels. Dense class
-    # ids up to 4099 (17 x 4100 bins for 3328 pixels), alone, with a foreground mask, and in a
-    # batch beside an image without centres and one whose pairs would fit the histogram.
+    # (K + 1) x C counters beyond shared memory and 4 per pixel are replaced by a sort of every
+    # pixel's (instance, class) key (cpp/cuda/cuda_common.cuh, PairSort): the same areas and
+    # majorities, ties to the smallest class, in memory linear in the pixels. Dense class ids
+    # up to about 4100 (17 instance rows of some 4000 classes for 3328 pixels), alone, with a
+    # foreground mask, and in a batch (the choice is per call) with an image of few classes and
+    # one without centres (keys of several images, an image whose keys all sort last).
     sem, ctr, off, things = _blocks_with_ties(100, 4000, seed=1)
     kw = dict(thing_ids=things, stuff_area=0, label_divisor=1000)
     if cuda_device == "emulated":
@@ -174,7 +175,7 @@ def test_instance_class_pairs_beyond_the_histogram_are_sorted(cuda_device):
     )
     if cuda_device == "emulated":
         assert _pair_sorts() == 3 * 2  # postprocess and merge of each call
-        run_on(cuda_device, few_sem, few_ctr, few_off, **kw)  # 17 x 140 bins: the histogram
+        run_on(cuda_device, few_sem, few_ctr, few_off, **kw)  # 17 x < 140 bins: the histogram
         assert _pair_sorts() == 0
 
 

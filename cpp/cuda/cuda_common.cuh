@@ -303,13 +303,16 @@ constexpr int64_t kSharedBinLimit = 16384;
 // as on the CPU (majority_vote.h). The vote keys every pixel that has an instance with
 // slot * C + class (slot: the instance's place in layout.inst_offset's tables) and the others
 // with `none`, which sorts last; the histogram keeps row 0 (pixels without an instance, per
-// class). Each run of equal sorted keys is one (instance, class) pair: its length is added to the
-// instance's area and offered to its majority as (count << 32 | ~class), whose maximum is the
-// largest count, ties to the smallest class: the histogram's answer, in integers (any order).
+// class). The keys are sorted in a cub::DoubleBuffer (with two plain arrays cub would take a third
+// as temporary storage). Each run of equal sorted keys is one (instance, class) pair: its length is
+// added to the instance's area and offered to its majority as (count << 32 | ~class), whose maximum
+// is the largest count, ties to the smallest class: the histogram's answer, in integers (any
+// order).
 constexpr int64_t kPairBinsPerPixel = 4;
 struct PairSort {
-  int64_t* keys;  // [pixels] written by the vote
-  int64_t* sorted;
+  int64_t* keys;    // [pixels] written by the vote
+  int64_t* spare;   // [pixels] cub's second buffer (the sort's passes alternate between them)
+  int64_t* sorted;  // keys or spare, whichever holds the sorted keys (set by resolve_segments)
   unsigned long long* votes;  // [2 x instance slots] area, best (count << 32 | ~class); zeroed
   int64_t pixels;             // B x H x W (<= INT_MAX: cub's sort size)
   int64_t instance_slots;     // layout.inst_offset's total

@@ -9,8 +9,9 @@
 //                    majority vote. Bins are counted in shared memory when the table is small,
 //                    with warp-aggregated atomics, and flushed once per block; the counts are
 //                    integers, so the order of the atomics does not matter. Where the table
-//                    would take more than 4 counters per pixel (dense peaks, thousands of class
-//                    ids) the pairs are keyed and sorted instead (PairSort in cuda_common.cuh).
+//                    fits no shared memory and would take more than 4 counters per pixel (dense
+//                    peaks, thousands of class ids) every pixel is keyed by its (instance, class)
+//                    pair and the keys are sorted instead (PairSort in cuda_common.cuh).
 //   resolve_segments per instance: area and majority class (first maximum = smallest class;
 //                    with sorted pairs from the runs of equal keys, pair_runs_kernel);
 //                    number n = 1 + earlier non-empty instances of the same class (a parallel
@@ -742,11 +743,11 @@ PairSort take_pair_sort(Scratch& scratch, int64_t pixels, int64_t instance_slots
   taken.none = instance_slots * num_classes;
   taken.end_bit = std::max(1, bit_width(taken.none));
   taken.keys = scratch.take<int64_t>(pixels, "instance x class pairs");
-  taken.sorted = scratch.take<int64_t>(pixels, "instance x class pairs");
+  taken.spare = scratch.take<int64_t>(pixels, "instance x class pairs");
   taken.votes = scratch.take<unsigned long long>(2 * instance_slots, "instance x class pairs");
   size_t bytes = 0;
-  check(cub::DeviceRadixSort::SortKeys(nullptr, bytes, static_cast<const int64_t*>(nullptr),
-                                       static_cast<int64_t*>(nullptr), static_cast<int>(pixels), 0,
+  cub::DoubleBuffer<int64_t> buffers(nullptr, nullptr);
+  check(cub::DeviceRadixSort::SortKeys(nullptr, bytes, buffers, static_cast<int>(pixels), 0,
                                        taken.end_bit),
         "cub::DeviceRadixSort::SortKeys (size)");
   taken.sort = CubTemp{scratch.take_bytes(static_cast<int64_t>(bytes), "pair sort"), bytes};
@@ -850,23 +851,25 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
 void resolve_segments(int64_t batch, const ThingClasses& things, const FuseParams& params,
                       const CenterList& centers, const FuseLayout& layout, const ManyCenters* many,
                       const PairSort* pairs, const FuseBuffers& buffers, cudaStream_t stream) {
+  PairSort p = pairs ? *pairs : PairSort{};
   if (pairs) {
-    const PairSort& p = *pairs;
     check(cudaMemsetAsync(p.votes, 0,
                           static_cast<size_t>(2 * p.instance_slots) * sizeof(unsigned long long),
                           stream),
           "cudaMemsetAsync");
     size_t bytes = p.sort.bytes;
-    check(cub::DeviceRadixSort::SortKeys(p.sort.data, bytes, p.keys, p.sorted,
-                                         static_cast<int>(p.pixels), 0, p.end_bit, stream),
+    cub::DoubleBuffer<int64_t> buffers(p.keys, p.spare);
+    check(cub::DeviceRadixSort::SortKeys(p.sort.data, bytes, buffers, static_cast<int>(p.pixels), 0,
+                                         p.end_bit, stream),
           "cub::DeviceRadixSort::SortKeys");
+    p.sorted = buffers.Current();
     pair_runs_kernel<<<grid_for(p.pixels, kThreads, 8192), kThreads, 0, stream>>>(
         p, layout.num_classes);
     check_launch("pair_runs_kernel");
   }
   const dim3 instance_grid(grid_for(layout.max_instances, kThreads), static_cast<unsigned>(batch));
   majority_kernel<<<instance_grid, kThreads, 0, stream>>>(centers, layout, buffers,
-                                                          pairs ? pairs->votes : nullptr);
+                                                          pairs ? p.votes : nullptr);
   check_launch("majority_kernel");
   if (many) {
     const ManyCenters& m = *many;

@@ -611,11 +611,11 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     max_bins = std::max(max_bins, static_cast<int64_t>(std::min(bins, 9.0e18)));
   }
   // Instance x class pairs in the histogram, or by a sort (see cuda::PairSort).
-  const bool pairs_in_histogram = cuda::pairs_in_histogram(pair_bins, max_bins, B * hw);
+  const bool pair_histogram = cuda::pairs_in_histogram(pair_bins, max_bins, B * hw);
   int64_t hist_total = 0, inst_total = 0, max_instances = 0, max_segments = 0;
   for (int64_t b = 0; b < B; ++b) {
     const int64_t k = kept[b];
-    const int64_t rows = pairs_in_histogram ? k + 1 : 1;
+    const int64_t rows = pair_histogram ? k + 1 : 1;
     if (static_cast<double>(rows) * static_cast<double>(C) * 8.0 > 9.0e18) {
       throw ValueError("CUDA path: " + std::to_string(k) + " centres x " + std::to_string(C) +
                        " classes need an instance x class table beyond int64; use the CPU path "
@@ -630,7 +630,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     max_instances = std::max(max_instances, k);
     max_segments = std::max(max_segments, k + C);
   }
-  const int64_t shared_bins = pairs_in_histogram ? max_bins : C;
+  const int64_t shared_bins = pair_histogram ? max_bins : C;
   seg_offset[B] = seg_offset[B - 1] + seg_capacity[B - 1];
   // Many centres: each image's vote grid, sized from its bound of K (see cuda::ManyCenters).
   const bool many_centers = max_instances > cuda::kBruteForceCentersMax;
@@ -728,7 +728,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     if (many_centers) {
       t.many = cuda::take_many_centers(sc, cells, sums, inst_total - B, inst_total, B, C);
     }
-    if (!pairs_in_histogram) t.pairs = cuda::take_pair_sort(sc, B * hw, inst_total, C);
+    if (!pair_histogram) t.pairs = cuda::take_pair_sort(sc, B * hw, inst_total, C);
     return t;
   });
   // Everything the host decides goes to the device in one copy, before the first kernel of this
@@ -758,7 +758,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   many.max_rows = max_rows;
   many.max_cols = max_cols;
   const cuda::ManyCenters* many_or_null = many_centers ? &many : nullptr;
-  const cuda::PairSort* pairs_or_null = pairs_in_histogram ? nullptr : &a.pairs;
+  const cuda::PairSort* pairs_or_null = pair_histogram ? nullptr : &a.pairs;
 
   // Peaks in row-major order, then the kept centres.
   if (total_peaks > 0) {

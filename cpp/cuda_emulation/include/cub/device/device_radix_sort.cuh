@@ -1,6 +1,8 @@
 // cub::DeviceRadixSort::SortKeys on the host emulator: the two-call temp storage protocol, then a
 // stable sort by the radix order of bits [begin_bit, end_bit) (signed keys: sign bit flipped, as
-// cub does), smallest first.
+// cub does), smallest first. With a DoubleBuffer the sorted keys land in the alternate buffer and
+// the selector flips (as after an odd number of cub's passes), so that callers must read
+// Current().
 #pragma once
 
 #include <algorithm>
@@ -11,6 +13,16 @@
 #include "cuda_runtime.h"
 
 namespace cub {
+
+template <typename T>
+struct DoubleBuffer {
+  T* d_buffers[2] = {nullptr, nullptr};
+  int selector = 0;
+  DoubleBuffer() = default;
+  DoubleBuffer(T* current, T* alternate) : d_buffers{current, alternate} {}
+  T* Current() const { return d_buffers[selector]; }
+  T* Alternate() const { return d_buffers[selector ^ 1]; }
+};
 
 struct DeviceRadixSort {
   static constexpr size_t kTempBytes = 256;
@@ -36,6 +48,16 @@ struct DeviceRadixSort {
     });
     std::copy(keys.begin(), keys.end(), keys_out);
     return cudaSuccess;
+  }
+
+  template <typename K>
+  static cudaError_t SortKeys(void* temp, size_t& temp_bytes, DoubleBuffer<K>& keys, int num_items,
+                              int begin_bit = 0, int end_bit = sizeof(K) * 8,
+                              cudaStream_t stream = nullptr) {
+    const cudaError_t status = SortKeys(temp, temp_bytes, keys.Current(), keys.Alternate(),
+                                        num_items, begin_bit, end_bit, stream);
+    if (temp != nullptr && status == cudaSuccess) keys.selector ^= 1;
+    return status;
   }
 };
 
