@@ -3,7 +3,9 @@
 Up to kBruteForceCentersMax (256) centres per image, each voting pixel compares every centre (K
 distances). Above it, the centres are bucketed into offset_voting.h's VoteGrid (make_vote_grid,
 about two cells per centre, side at least 4) and a vote visits rings of cells outward from its own
-until a ring's lower bound exceeds the best distance. This counts the distances computed per
+until a ring's lower bound exceeds the best distance, nearest to its row and column first,
+reading the centres of a cell only when the cell's own lower bound does not exceed the best
+distance (cells visited vs cells read). This counts the distances computed per
 voting pixel and per warp lane (a warp of 32 consecutive pixels waits for its slowest lane) for
 both, on synthetic scenes with every peak kept (top_k=None) and on a heatmap flat above the
 threshold (one centre per pixel), and checks on every counted pixel (a sample on the plateau)
@@ -85,8 +87,45 @@ def _first_rings(grid, cell_start):
 
 
 @numba.njit(cache=False)
-def _ring_search(grid, cell_start, first_ring, cell_centers, cy, cx, qy, qx):
-    """(nearest centre, distances computed, cells visited), as nearest_in_grid."""
+def _ring_cells(ci, cj, r, out):
+    """The cells of ring r around (ci, cj) in VoteGrid::for_each_ring_cell's order, t by t (cells
+    t off the centre row / column); fills out[:, 0:2] and returns how many (before clipping)."""
+    if r == 0:
+        out[0, 0], out[0, 1] = ci, cj
+        return 1
+    n = 0
+    for t in range(r + 1):
+        for i, j, take in (
+            (ci - r, cj - t, True),
+            (ci + r, cj - t, True),
+            (ci - r, cj + t, t > 0),
+            (ci + r, cj + t, t > 0),
+            (ci - t, cj - r, t < r),
+            (ci - t, cj + r, t < r),
+            (ci + t, cj - r, 0 < t < r),
+            (ci + t, cj + r, 0 < t < r),
+        ):
+            if take:
+                out[n, 0], out[n, 1] = i, j
+                n += 1
+    return n
+
+
+@numba.njit(cache=False)
+def _gap(lo, hi, q):
+    """VoteGrid::interval_gap for a point (q_lo = q_hi = q), float32."""
+    if lo > q:
+        return np.float32(lo - q)
+    if hi < q:
+        return np.float32(q - hi)
+    return np.float32(0.0)
+
+
+@numba.njit(cache=False)
+def _ring_search(grid, cell_start, first_ring, cell_centers, cy, cx, qy, qx, ring):
+    """(nearest centre, distances computed, cells visited, cells read), as nearest_in_grid: a
+    visited cell wholly farther than the best distance (VoteGrid::cell_lower_bound) is skipped
+    before its slots are read."""
     shift, origin, rows, cols = grid
     side = 1 << shift
     lo = np.float32(origin)
@@ -96,30 +135,37 @@ def _ring_search(grid, cell_start, first_ring, cell_centers, cy, cx, qy, qx):
         and qy < np.float32(origin + rows * side)
         and qx < np.float32(origin + cols * side)
     ):
-        return _brute_force(cy, cx, qy, qx), cy.shape[0], 0
+        return _brute_force(cy, cx, qy, qx), cy.shape[0], 0, 0
     ci = (math.floor(qy) - origin) >> shift
     cj = (math.floor(qx) - origin) >> shift
     last_ring = max(ci, rows - 1 - ci, cj, cols - 1 - cj)
-    best, best_d, count, visits = -1, np.float32(0.0), 0, 0
+    best, best_d, count, visits, reads = -1, np.float32(0.0), 0, 0, 0
     for r in range(first_ring[ci * cols + cj], last_ring + 1):
         gap = np.float32((r - 1) * side)
         bound = np.float32(0.0) if r <= 1 else np.float32(gap * gap)
         if best >= 0 and bound > best_d:
             break
-        for i in range(max(ci - r, 0), min(ci + r, rows - 1) + 1):
-            step = 1 if (i == ci - r or i == ci + r or r == 0) else 2 * r
-            for j in range(cj - r, cj + r + 1, step):
-                if j < 0 or j >= cols:
+        for m in range(_ring_cells(ci, cj, r, ring)):
+            i, j = ring[m, 0], ring[m, 1]
+            if i < 0 or i >= rows or j < 0 or j >= cols:
+                continue
+            visits += 1
+            if best >= 0:
+                top = np.float32(origin + i * side)
+                left = np.float32(origin + j * side)
+                gy = _gap(top, np.float32(top + side - 1), qy)
+                gx = _gap(left, np.float32(left + side - 1), qx)
+                if np.float32(np.float32(gy * gy) + np.float32(gx * gx)) > best_d:
                     continue
-                cell = i * cols + j
-                visits += 1
-                for s in range(cell_start[cell], cell_start[cell + 1]):
-                    k = cell_centers[s]
-                    d = _distance(cy[k], cx[k], qy, qx)
-                    count += 1
-                    if best < 0 or d < best_d or (d == best_d and k < best):
-                        best, best_d = k, d
-    return best, count, visits
+            cell = i * cols + j
+            reads += 1
+            for s in range(cell_start[cell], cell_start[cell + 1]):
+                k = cell_centers[s]
+                d = _distance(cy[k], cx[k], qy, qx)
+                count += 1
+                if best < 0 or d < best_d or (d == best_d and k < best):
+                    best, best_d = k, d
+    return best, count, visits, reads
 
 
 @numba.njit(cache=False)
@@ -127,23 +173,25 @@ def _count(grid, cell_start, first_ring, cell_centers, cy, cx, ys, xs, dys, dxs,
     """Distances per voting pixel (brute force: K) and per warp (slowest lane), cells visited,
     and mismatches."""
     n = ys.shape[0]
-    grid_total, lane_total, visit_total, mismatches, checked = 0, 0, 0, 0, 0
+    grid_total, lane_total, visit_total, read_total, mismatches, checked = 0, 0, 0, 0, 0, 0
+    ring = np.empty((8 * (grid[2] + grid[3] + 2), 2), np.int64)
     for w0 in range(0, n, 32):
         slowest = 0
         for p in range(w0, min(w0 + 32, n)):
             qy = np.float32(np.float32(ys[p]) + np.float32(dys[p]))
             qx = np.float32(np.float32(xs[p]) + np.float32(dxs[p]))
-            best, count, visits = _ring_search(
-                grid, cell_start, first_ring, cell_centers, cy, cx, qy, qx
+            best, count, visits, reads = _ring_search(
+                grid, cell_start, first_ring, cell_centers, cy, cx, qy, qx, ring
             )
             grid_total += count
             visit_total += visits
+            read_total += reads
             slowest = max(slowest, count)
             if p % check_every == 0:
                 checked += 1
                 mismatches += best != _brute_force(cy, cx, qy, qx)
         lane_total += slowest * min(32, n - w0)
-    return grid_total, lane_total, visit_total, mismatches, checked
+    return grid_total, lane_total, visit_total, read_total, mismatches, checked
 
 
 def count(name, sem, ctr, off, check_every=1, every_pixel=1):
@@ -165,7 +213,7 @@ def count(name, sem, ctr, off, check_every=1, every_pixel=1):
     ys, xs = np.nonzero(thing)
     ys, xs = ys[::every_pixel], xs[::every_pixel]
     first_ring = _first_rings(grid, cell_start)
-    grid_total, lane_total, visit_total, mismatches, checked = _count(
+    grid_total, lane_total, visit_total, read_total, mismatches, checked = _count(
         grid,
         cell_start,
         first_ring,
@@ -181,16 +229,18 @@ def count(name, sem, ctr, off, check_every=1, every_pixel=1):
     n = len(ys)
     print(
         f"| {name} | {k} | {1 << shift} | {rows * cols} | {k:,} | {grid_total / n:.1f} | "
-        f"{lane_total / n:.1f} | {visit_total / n:.1f} | {checked:,}: {mismatches} |"
+        f"{lane_total / n:.1f} | {visit_total / n:.1f} | {read_total / n:.1f} | "
+        f"{checked:,}: {mismatches} |"
     )
 
 
 def main() -> None:
     print(
         "| scene | K | cell side | cells | brute force per pixel | grid per pixel | "
-        "grid per warp lane | cells visited per pixel | checked: mismatches |"
+        "grid per warp lane | cells visited per pixel | cells read per pixel | "
+        "checked: mismatches |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for h, w, n in ((1024, 2048, 200), (1024, 2048, 2000), (2048, 4096, 3000)):
         s = synthetic.make_scene(h, w, n, seed=0)
         count(f"synthetic {h}x{w}, {n} requested", s.sem, s.ctr, s.off)

@@ -226,7 +226,9 @@ __device__ int32_t nearest_in_grid(const VoteGrid& grid, const int64_t* cell_sta
   const int64_t last_ring = grid.last_ring(cell);
   for (int64_t r = first_ring[cell]; r <= last_ring; ++r) {
     if (best >= 0 && grid.ring_lower_bound(r) > best_distance) break;
-    grid.for_each_ring_cell(cell, r, [&](int64_t c) {
+    grid.for_each_ring_cell(cell, r, [&](int64_t c, int64_t row, int64_t col) {
+      // A cell wholly farther than the best is skipped before its slots are read.
+      if (best >= 0 && grid.cell_lower_bound(row, col, qy, qy, qx, qx) > best_distance) return;
       for (int64_t i = cell_start[c]; i < cell_start[c + 1]; ++i) {
         const int32_t k = cell_centers[i];
         const float d = center_distance(cy[k], cx[k], qy, qx);
@@ -261,6 +263,7 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
   const Plane<const TOff> dy = a.off.plane(b, 0), dx = a.off.plane(b, 1);
   const int64_t hw = a.height * a.width;
   int32_t* instance = a.buffers.instance + b * hw;
+  const int64_t slot0 = a.layout.inst_offset[b];  // pair keys: instance k is slot slot0 + k
   for (int64_t base = blockIdx.x * int64_t{blockDim.x}; base < hw;
        base += int64_t{gridDim.x} * blockDim.x) {
     const int64_t p = base + threadIdx.x;
@@ -316,8 +319,7 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
       instance[p] = inst;
       const int64_t c = a.layout.class_index(label);
       if (a.pair_keys) {
-        a.pair_keys[b * hw + p] =
-            inst > 0 ? (a.layout.inst_offset[b] + inst) * classes + c : a.no_pair;
+        a.pair_keys[b * hw + p] = inst > 0 ? (slot0 + inst) * classes + c : a.no_pair;
       }
       if (counted) {
         const unsigned long long bin = static_cast<unsigned long long>(inst * classes + c);

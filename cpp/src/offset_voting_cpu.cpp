@@ -44,9 +44,13 @@ void cell_candidates(const VoteGrid& g, int64_t cell_index,
   const int64_t last_ring = g.last_ring(cell_index);
   const int64_t first_ring = g.first_occupied_ring(occupied_sums.data(), cell_index);
 
-  // Visit the centres in ring r (Chebyshev distance r, in cells) around this cell.
-  auto for_ring = [&](int64_t r, auto&& visit) {
-    g.for_each_ring_cell(cell_index, r, [&](int64_t b) {
+  // Visit the centres in ring r (Chebyshev distance r, in cells) around this cell, except those
+  // of cells that lie wholly beyond `bound` (neither an upper nor a lower bound of theirs can be
+  // within it: the lists are the same).
+  auto for_ring = [&](int64_t r, const float& bound, auto&& visit) {
+    g.for_each_ring_cell(cell_index, r, [&](int64_t b, int64_t i, int64_t j) {
+      if (bucket_start[b] == bucket_start[b + 1]) return;
+      if (g.cell_lower_bound(i, j, y_lo, y_hi, x_lo, x_hi) > bound) return;
       for (int64_t k = bucket_start[b]; k < bucket_start[b + 1]; ++k) visit(bucket_centers[k]);
     });
   };
@@ -56,7 +60,7 @@ void cell_candidates(const VoteGrid& g, int64_t cell_index,
   for (int64_t r = first_ring; r <= last_ring; ++r) {
     if (g.ring_lower_bound(r) > best_upper) break;
     rings = r;
-    for_ring(r, [&](int32_t c) {
+    for_ring(r, best_upper, [&](int32_t c) {
       const float dy = axis_gap_max(cy[c], y_lo, y_hi);
       const float dx = axis_gap_max(cx[c], x_lo, x_hi);
       best_upper = std::min(best_upper, squared_distance_f32(dy, dx));
@@ -65,7 +69,7 @@ void cell_candidates(const VoteGrid& g, int64_t cell_index,
   out.clear();
   for (int64_t r = first_ring; r <= rings; ++r) {
     if (g.ring_lower_bound(r) > best_upper) break;
-    for_ring(r, [&](int32_t c) {
+    for_ring(r, best_upper, [&](int32_t c) {
       const float dy = axis_gap_min(cy[c], y_lo, y_hi);
       const float dx = axis_gap_min(cx[c], x_lo, x_hi);
       const float lower = squared_distance_f32(dy, dx);

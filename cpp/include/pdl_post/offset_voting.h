@@ -162,6 +162,22 @@ struct VoteGrid {
     const float gap = static_cast<float>((r - 1) * side);
     return r <= 1 ? 0.0f : gap * gap;
   }
+  // A lower bound of the float32 distance from any point of [y_lo, y_hi] x [x_lo, x_hi] to any
+  // centre bucketed in cell (ci, cj) (integer coordinates inside its square): the gaps between the
+  // intervals, rounded as center_distance() rounds (monotonically), so that no centre of the
+  // cell is nearer. Searches skip a cell's centres when it exceeds the best distance: a ring far
+  // from the centres is mostly cells far off to its sides.
+  PDL_HOST_DEVICE float cell_lower_bound(int64_t ci, int64_t cj, float y_lo, float y_hi, float x_lo,
+                                         float x_hi) const {
+    const float top = static_cast<float>(origin + ci * side);
+    const float left = static_cast<float>(origin + cj * side);
+    const float last = static_cast<float>(side - 1);
+    return squared_distance_f32(interval_gap(top, top + last, y_lo, y_hi),
+                                interval_gap(left, left + last, x_lo, x_hi));
+  }
+  PDL_HOST_DEVICE static float interval_gap(float lo, float hi, float q_lo, float q_hi) {
+    return lo > q_hi ? lo - q_hi : (hi < q_lo ? q_lo - hi : 0.0f);
+  }
   // Occupied cells in the square of rings 0..r around cell (ci, cj), clipped to the grid, from
   // occupied_sums: the grid's summed-area table of occupied cells, (rows + 1) x (cols + 1) with
   // row and column 0 zero (build_occupied_sums on the CPU, occupied_rows_kernel and
@@ -191,16 +207,33 @@ struct VoteGrid {
     }
     return lo;
   }
-  // Calls visit(cell) for every cell of ring r around `cell` (row by row, left to right).
+  // Calls visit(cell, i, j) for every cell (i, j) of ring r around `cell`, nearest to the cell's
+  // row and column first (t = 0, 1, ... cells off them), so that searches find a near centre
+  // early and skip the far cells (cell_lower_bound). Results never depend on the order.
   template <typename Visit>
   PDL_HOST_DEVICE void for_each_ring_cell(int64_t cell, int64_t r, Visit&& visit) const {
     const int64_t ci = cell / cols, cj = cell % cols;
-    const int64_t i0 = ci - r > 0 ? ci - r : 0, i1 = ci + r < rows - 1 ? ci + r : rows - 1;
-    for (int64_t i = i0; i <= i1; ++i) {
-      const bool edge_row = (i == ci - r || i == ci + r);
-      const int64_t step = (edge_row || r == 0) ? 1 : 2 * r;  // inner rows: the two ends only
-      for (int64_t j = cj - r; j <= cj + r; j += step) {
-        if (j >= 0 && j < cols) visit(i * cols + j);
+    const auto at = [&](int64_t i, int64_t j) {
+      if (i >= 0 && i < rows && j >= 0 && j < cols) visit(i * cols + j, i, j);
+    };
+    if (r == 0) {
+      at(ci, cj);
+      return;
+    }
+    for (int64_t t = 0; t <= r; ++t) {
+      at(ci - r, cj - t);  // the top and bottom rows, corners included
+      at(ci + r, cj - t);
+      if (t > 0) {
+        at(ci - r, cj + t);
+        at(ci + r, cj + t);
+      }
+      if (t < r) {  // the left and right columns between them
+        at(ci - t, cj - r);
+        at(ci - t, cj + r);
+        if (t > 0) {
+          at(ci + t, cj - r);
+          at(ci + t, cj + r);
+        }
       }
     }
   }
