@@ -263,7 +263,6 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
   const Plane<const TOff> dy = a.off.plane(b, 0), dx = a.off.plane(b, 1);
   const int64_t hw = a.height * a.width;
   int32_t* instance = a.buffers.instance + b * hw;
-  const int64_t slot0 = a.layout.inst_offset[b];  // pair keys: instance k is slot slot0 + k
   for (int64_t base = blockIdx.x * int64_t{blockDim.x}; base < hw;
        base += int64_t{gridDim.x} * blockDim.x) {
     const int64_t p = base + threadIdx.x;
@@ -319,7 +318,8 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
       instance[p] = inst;
       const int64_t c = a.layout.class_index(label);
       if (a.pair_keys) {
-        a.pair_keys[b * hw + p] = inst > 0 ? (slot0 + inst) * classes + c : a.no_pair;
+        a.pair_keys[b * hw + p] =
+            inst > 0 ? (a.layout.inst_offset[b] + inst) * classes + c : a.no_pair;
       }
       if (counted) {
         const unsigned long long bin = static_cast<unsigned long long>(inst * classes + c);
