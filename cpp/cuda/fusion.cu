@@ -748,8 +748,8 @@ PairSort take_pair_sort(Scratch& scratch, int64_t pixels, int64_t instance_slots
   taken.spare = scratch.take<int64_t>(pixels, "instance x class pairs");
   taken.votes = scratch.take<unsigned long long>(2 * instance_slots, "instance x class pairs");
   size_t bytes = 0;
-  cub::DoubleBuffer<int64_t> buffers(nullptr, nullptr);
-  check(cub::DeviceRadixSort::SortKeys(nullptr, bytes, buffers, static_cast<int>(pixels), 0,
+  cub::DoubleBuffer<int64_t> key_buffers(nullptr, nullptr);
+  check(cub::DeviceRadixSort::SortKeys(nullptr, bytes, key_buffers, static_cast<int>(pixels), 0,
                                        taken.end_bit),
         "cub::DeviceRadixSort::SortKeys (size)");
   taken.sort = CubTemp{scratch.take_bytes(static_cast<int64_t>(bytes), "pair sort"), bytes};
@@ -860,11 +860,11 @@ void resolve_segments(int64_t batch, const ThingClasses& things, const FuseParam
                           stream),
           "cudaMemsetAsync");
     size_t bytes = p.sort.bytes;
-    cub::DoubleBuffer<int64_t> buffers(p.keys, p.spare);
-    check(cub::DeviceRadixSort::SortKeys(p.sort.data, bytes, buffers, static_cast<int>(p.pixels), 0,
-                                         p.end_bit, stream),
+    cub::DoubleBuffer<int64_t> key_buffers(p.keys, p.spare);
+    check(cub::DeviceRadixSort::SortKeys(p.sort.data, bytes, key_buffers,
+                                         static_cast<int>(p.pixels), 0, p.end_bit, stream),
           "cub::DeviceRadixSort::SortKeys");
-    p.sorted = buffers.Current();
+    p.sorted = key_buffers.Current();
     pair_runs_kernel<<<grid_for(p.pixels, kThreads, 8192), kThreads, 0, stream>>>(
         p, layout.num_classes);
     check_launch("pair_runs_kernel");
