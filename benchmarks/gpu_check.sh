@@ -63,8 +63,9 @@ step "device tests on the GPU"
   -W default::DeprecationWarning -W default::FutureWarning --maxfail=5 || failed+=("device tests")
 
 # The small case the compute-sanitizer tools run: merge (top_k 200 / 3 / None, 400 centres,
-# compacted class tables, a flat heatmap: a centre per pixel, the grid search), compared with the
-# CPU, and postprocess with logits and a mask.
+# compacted class tables, a flat heatmap: a centre per pixel, the grid search, instance x class
+# pairs by sort; every pixel its own compacted class id: pairs by sort), compared with the CPU,
+# and postprocess with logits and a mask.
 sanitizer_case=$(mktemp --suffix=.py)
 trap 'rm -f "$sanitizer_case"' EXIT
 cat >"$sanitizer_case" <<'PYEOF'
@@ -92,6 +93,11 @@ out = pdl_post.merge(sem[0, :24, :40], torch.from_numpy(flat).cuda(), off[0, :, 
                      top_k=None, label_divisor=10_000, **kw)
 np.testing.assert_array_equal(out.cpu().numpy(), pdl_post.merge(
     b.sem[0, :24, :40], flat, b.off[0, :, :24, :40], top_k=None, label_divisor=10_000, **kw))
+ids = (70_000 + np.random.default_rng(5).permutation(64 * 96)).reshape(64, 96)
+args = (ids, b.ctr[0], b.off[0])
+kw_ids = dict(thing_ids=ids[::2].ravel().tolist(), stuff_area=0, nms_kernel=3)
+out = pdl_post.merge(*(torch.from_numpy(a).cuda() for a in args), **kw_ids)
+np.testing.assert_array_equal(out.cpu().numpy(), pdl_post.merge(*args, **kw_ids))
 torch.cuda.synchronize()
 print("sanitizer case done:", len(r), "images")
 PYEOF
