@@ -183,7 +183,7 @@ def test_compacted_class_ids_do_not_take_a_table_per_instance(cuda_device):
     # Every pixel its own class id from 65536 on (compacted tables: C = 6144 distinct ids) and up
     # to 200 centres: the (K + 1) x C histogram would take 9.9 MB of counters for 6144 pixels.
     # Counted by sorting, the call's scratch stays below 1.5 MB (the pool's high-water mark on
-    # the emulator), as it stays on the CPU.
+    # the emulator); the CPU's counting sort needs no such table either.
     rng = np.random.default_rng(5)
     sem = (65_536 + rng.permutation(64 * 96)).reshape(64, 96).astype(np.int64)
     ctr = rng.random((1, 64, 96)).astype(np.float32)
