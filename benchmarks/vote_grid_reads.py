@@ -60,33 +60,6 @@ def _brute_force(cy, cx, qy, qx):
 
 
 @numba.njit(cache=False)
-def _first_rings(grid, cell_start):
-    """Per cell, the first ring holding a centre (VoteGrid::first_occupied_ring, where a binary
-    search over a summed-area table finds it; here by walking the rings)."""
-    _, _, rows, cols = grid
-    first = np.empty(rows * cols, np.int64)
-    for ci in range(rows):
-        for cj in range(cols):
-            last_ring = max(ci, rows - 1 - ci, cj, cols - 1 - cj)
-            r = 0
-            while r <= last_ring:
-                occupied = False
-                for i in range(max(ci - r, 0), min(ci + r, rows - 1) + 1):
-                    step = 1 if (i == ci - r or i == ci + r or r == 0) else 2 * r
-                    for j in range(cj - r, cj + r + 1, step):
-                        if (
-                            0 <= j < cols
-                            and cell_start[i * cols + j + 1] > cell_start[i * cols + j]
-                        ):
-                            occupied = True
-                if occupied:
-                    break
-                r += 1
-            first[ci * cols + cj] = r
-    return first
-
-
-@numba.njit(cache=False)
 def _ring_cells(ci, cj, r, out):
     """The cells of ring r around (ci, cj) in VoteGrid::for_each_ring_cell's order, t by t (cells
     t off the centre row / column); fills out[:, 0:2] and returns how many (before clipping)."""
@@ -119,6 +92,29 @@ def _gap(lo, hi, q):
     if hi < q:
         return np.float32(q - hi)
     return np.float32(0.0)
+
+
+@numba.njit(cache=False)
+def _first_rings(grid, cell_start, ring):
+    """Per cell, the first ring holding a centre (VoteGrid::first_occupied_ring, where a binary
+    search over a summed-area table finds it; here by walking the rings)."""
+    _, _, rows, cols = grid
+    first = np.empty(rows * cols, np.int64)
+    for ci in range(rows):
+        for cj in range(cols):
+            last_ring = max(ci, rows - 1 - ci, cj, cols - 1 - cj)
+            r = 0
+            while r <= last_ring:
+                occupied = False
+                for m in range(_ring_cells(ci, cj, r, ring)):
+                    i, j = ring[m, 0], ring[m, 1]
+                    if 0 <= i < rows and 0 <= j < cols:
+                        occupied |= cell_start[i * cols + j + 1] > cell_start[i * cols + j]
+                if occupied:
+                    break
+                r += 1
+            first[ci * cols + cj] = r
+    return first
 
 
 @numba.njit(cache=False)
@@ -169,12 +165,11 @@ def _ring_search(grid, cell_start, first_ring, cell_centers, cy, cx, qy, qx, rin
 
 
 @numba.njit(cache=False)
-def _count(grid, cell_start, first_ring, cell_centers, cy, cx, ys, xs, dys, dxs, check_every):
+def _count(grid, cell_start, first_ring, cell_centers, cy, cx, ys, xs, dys, dxs, check_every, ring):
     """Distances per voting pixel (brute force: K) and per warp (slowest lane), cells visited,
     and mismatches."""
     n = ys.shape[0]
     grid_total, lane_total, visit_total, read_total, mismatches, checked = 0, 0, 0, 0, 0, 0
-    ring = np.empty((8 * (grid[2] + grid[3] + 2), 2), np.int64)
     for w0 in range(0, n, 32):
         slowest = 0
         for p in range(w0, min(w0 + 32, n)):
@@ -212,7 +207,8 @@ def count(name, sem, ctr, off, check_every=1, every_pixel=1):
     thing = np.isin(sem, kw["thing_ids"])
     ys, xs = np.nonzero(thing)
     ys, xs = ys[::every_pixel], xs[::every_pixel]
-    first_ring = _first_rings(grid, cell_start)
+    ring = np.empty((8 * (rows + cols + 2), 2), np.int64)  # a ring's cells, _ring_cells
+    first_ring = _first_rings(grid, cell_start, ring)
     grid_total, lane_total, visit_total, read_total, mismatches, checked = _count(
         grid,
         cell_start,
@@ -225,6 +221,7 @@ def count(name, sem, ctr, off, check_every=1, every_pixel=1):
         off[0][ys, xs],
         off[1][ys, xs],
         check_every,
+        ring,
     )
     n = len(ys)
     print(

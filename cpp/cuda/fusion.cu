@@ -871,7 +871,7 @@ void resolve_segments(int64_t batch, const ThingClasses& things, const FuseParam
   }
   const dim3 instance_grid(grid_for(layout.max_instances, kThreads), static_cast<unsigned>(batch));
   majority_kernel<<<instance_grid, kThreads, 0, stream>>>(centers, layout, buffers,
-                                                          pairs ? p.votes : nullptr);
+                                                          p.votes);  // nullptr: the histogram
   check_launch("majority_kernel");
   if (many) {
     const ManyCenters& m = *many;
