@@ -116,6 +116,22 @@ PYBIND11_MODULE(_core, m) {
         "Tests: use the AVX2 copies where the processor has them (default True); returns the "
         "previous setting.");
 
+  py::enum_<NmsStrategy>(m, "_NmsStrategy")
+      .value("auto", NmsStrategy::kAuto)
+      .value("sparse", NmsStrategy::kSparse)
+      .value("filter", NmsStrategy::kFilter);
+  m.def("_set_nms_strategy", &set_nms_strategy, py::arg("strategy"),
+        "Tests: force the CPU's NMS path (sparse window tests or the max filter; default auto); "
+        "returns the previous setting.");
+  m.def(
+      "_nms_path_counts",
+      []() {
+        const NmsPathCounts c = nms_path_counts();
+        return py::dict(py::arg("sparse") = c.sparse, py::arg("filter") = c.filter,
+                        py::arg("sparse_given_up") = c.sparse_given_up);
+      },
+      "Tests: heatmap planes done by each CPU NMS path since the process started.");
+
   m.def(
       "find_centers",
       [](const py::array& ctr, double threshold, int64_t nms_kernel, int64_t top_k,

@@ -547,3 +547,78 @@ def test_merge_docstring_example_runs():
     for test in doctest.DocTestFinder().find(_api.merge, "merge", globs={}):
         runner.run(test)
     assert runner.tries > 0 and runner.failures == 0
+
+
+def _nms_heatmaps():
+    """Heatmaps of every shape the two CPU NMS paths must agree on: Gaussian blobs (sparse),
+    blobs with noise (many 3x3 maxima), rounded values (plateaus), a flat map with one higher
+    square, noise with NaN and infinities, float64 and a strided view."""
+    rng = np.random.default_rng(21)
+    blobs = synthetic.make_scene(90, 130, 30, seed=21).ctr
+    rough = (blobs + rng.uniform(0, 0.08, blobs.shape)).astype(np.float32)
+    flat = np.full_like(blobs, 0.5)
+    flat[:, 30:36, 60:70] = 0.75
+    wild = rng.normal(0, 1, blobs.shape).astype(np.float32)
+    wild[rng.random(wild.shape) < 0.1] = np.nan
+    wild[rng.random(wild.shape) < 0.03] = np.inf
+    wild[rng.random(wild.shape) < 0.03] = -np.inf
+    wide = np.zeros((1, 90, 260), np.float64)
+    wide[..., ::2] = np.round(rough * 6) / 6
+    return {
+        "blobs": blobs,
+        "rough": rough,
+        "plateaus": np.round(rough * 4) / 4,
+        "flat": flat,
+        "wild": wild,
+        "strided float64": wide[..., ::2],
+    }
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 7, 41, 301])
+@pytest.mark.parametrize("threshold", [0.1, -0.5])
+def test_cpu_nms_paths_give_the_same_peaks(kernel, threshold):
+    # The CPU tests each candidate's window where candidates are few (sparse) and runs the
+    # separable max filter elsewhere (center_nms.h): forced either way, on 1-3 threads, both give
+    # the reference's peaks.
+    from pdl_post import _core
+
+    strategies = _core._NmsStrategy
+    for name, ctr in _nms_heatmaps().items():
+        kw = {"threshold": threshold, "nms_kernel": kernel, "top_k": None}
+        expected = pdl_post.find_centers(ctr, backend="reference", **kw)
+        for strategy in (strategies.sparse, strategies.filter, strategies.auto):
+            previous = _core._set_nms_strategy(strategy)
+            try:
+                for threads in (1, 2, 3):
+                    got = pdl_post.find_centers(ctr, num_threads=threads, **kw)
+                    np.testing.assert_array_equal(got[0], expected[0], err_msg=name)
+                    np.testing.assert_array_equal(got[1], expected[1], err_msg=name)
+            finally:
+                _core._set_nms_strategy(previous)
+
+
+def test_cpu_nms_path_choice():
+    # Sparse heatmaps take the window tests, heatmaps mostly above the threshold the filter, and a
+    # sparse pass that exceeds its read budget (a plateau under a wide window: k^2 reads per
+    # pixel) gives up for the filter; the answer is the reference's every time.
+    from pdl_post import _core
+
+    blobs = synthetic.make_scene(120, 160, 12, seed=4).ctr
+    flat = np.full((1, 120, 160), 0.5, np.float32)
+    plateau = np.zeros((1, 120, 160), np.float32)
+    plateau[0, 40:80, 50:110] = 0.5
+    cases = [
+        (blobs, 7, {"sparse": 1, "filter": 0, "sparse_given_up": 0}),
+        (flat, 7, {"sparse": 0, "filter": 1, "sparse_given_up": 0}),
+        (plateau, 41, {"sparse": 0, "filter": 1, "sparse_given_up": 1}),
+        (plateau, 3, {"sparse": 1, "filter": 0, "sparse_given_up": 0}),
+    ]
+    for ctr, kernel, taken in cases:
+        kw = {"nms_kernel": kernel, "top_k": None}
+        before = _core._nms_path_counts()
+        got = pdl_post.find_centers(ctr, num_threads=2, **kw)
+        after = _core._nms_path_counts()
+        assert {key: after[key] - before[key] for key in after} == taken
+        expected = pdl_post.find_centers(ctr, backend="reference", **kw)
+        np.testing.assert_array_equal(got[0], expected[0])
+        assert len(got[0]) > 0

@@ -1,5 +1,7 @@
-// CPU centre finding: thresholded van Herk max filter (rows, then streamed columns) and top-k.
+// CPU centre finding: a window test per candidate on sparse heatmaps, else the thresholded van
+// Herk max filter (rows, then streamed columns); top-k.
 #include <algorithm>
+#include <atomic>
 #include <memory>
 #include <numeric>
 #include <vector>
@@ -32,18 +34,18 @@ void threshold_row(Plane<const T> ctr, int64_t y, int64_t width, T threshold, T*
   }
 }
 
-// Whether row y has any h > 0, i.e. any value > max(threshold, 0) (NaN never is).
+// Number of candidates in row y: pixels with h > 0, i.e. value > max(threshold, 0) (NaN never is).
 template <typename T>
-bool row_has_candidate(Plane<const T> ctr, int64_t y, int64_t width, T threshold) {
+int64_t row_candidates(Plane<const T> ctr, int64_t y, int64_t width, T threshold) {
   const T cut = std::max(threshold, T(0));
   const T* src = ctr.row(y);
-  bool any = false;
+  int64_t count = 0;
   if (ctr.stride_x == 1) {
-    for (int64_t x = 0; x < width; ++x) any |= src[x] > cut;
+    for (int64_t x = 0; x < width; ++x) count += src[x] > cut;
   } else {
-    for (int64_t x = 0; x < width; ++x) any |= src[x * ctr.stride_x] > cut;
+    for (int64_t x = 0; x < width; ++x) count += src[x * ctr.stride_x] > cut;
   }
-  return any;
+  return count;
 }
 
 // out[x] = max of h over [x - r, x + r] clipped to [0, W), via block prefix / suffix maxima.
@@ -71,8 +73,8 @@ void row_window_max(const T* h, int64_t width, int64_t k, T* prefix, T* suffix, 
 // values <= 0 never change a maximum that is compared with a positive h.
 template <typename T>
 void column_peaks(Plane<const T> ctr, const std::vector<const T*>& row_max,
-                  const std::vector<char>& row_positive, int64_t height, int64_t width, T threshold,
-                  int64_t k, int64_t y0, int64_t y1, std::vector<Peak>& peaks) {
+                  const std::vector<int64_t>& candidates, int64_t height, int64_t width,
+                  T threshold, int64_t k, int64_t y0, int64_t y1, std::vector<Peak>& peaks) {
   const int64_t r = k / 2;
   const int64_t block_rows = std::min(k, height);
   std::vector<T> suffix(static_cast<size_t>(block_rows * width));
@@ -80,7 +82,7 @@ void column_peaks(Plane<const T> ctr, const std::vector<const T*>& row_max,
   int64_t suffix_block = -1;
   int64_t prefix_last = -1;  // last row folded into `prefix` (-1: none)
   for (int64_t y = y0; y < y1; ++y) {
-    if (!row_positive[y]) continue;  // no candidate peak in this row
+    if (candidates[y] == 0) continue;  // no candidate peak in this row
     const int64_t a = std::max<int64_t>(0, y - r);
     const int64_t b = std::min<int64_t>(height - 1, y + r);
     if (a / k != suffix_block) {
@@ -103,7 +105,7 @@ void column_peaks(Plane<const T> ctr, const std::vector<const T*>& row_max,
       ++fold_from;
     }
     for (int64_t row = fold_from; row <= b; ++row) {
-      if (!row_positive[row]) continue;  // a zero row changes no relevant maximum
+      if (candidates[row] == 0) continue;  // a zero row changes no relevant maximum
       const T* src = row_max[row];
       for (int64_t x = 0; x < width; ++x) prefix[x] = std::max(prefix[x], src[x]);
     }
@@ -124,28 +126,17 @@ void column_peaks(Plane<const T> ctr, const std::vector<const T*>& row_max,
   }
 }
 
-}  // namespace
-
+// The filter path: row window maxima of the rows with candidates (the others share a row of
+// zeros), then the streamed column pass over contiguous strips of rows, into strip_peaks.
 template <typename T>
-std::vector<Peak> find_peaks_cpu(Plane<const T> ctr, int64_t height, int64_t width, T threshold,
-                                 int64_t nms_kernel, int num_threads) {
-  std::vector<Peak> peaks;
-  if (height <= 0 || width <= 0) return peaks;
-  // Rows are independent in the first pass; strips of rows in the second.
-  const int64_t k = nms_kernel;
-  const int threads = row_threads(num_threads, height);
-  // Pass 1a: which rows hold a candidate (h > 0) at all.
-  std::vector<char> row_positive(static_cast<size_t>(height), 0);
-#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
-  for (int64_t y = 0; y < height; ++y)
-    row_positive[y] = row_has_candidate(ctr, y, width, threshold);
+void filter_peaks(Plane<const T> ctr, const std::vector<int64_t>& candidates, int64_t height,
+                  int64_t width, T threshold, int64_t k, int threads,
+                  std::vector<std::vector<Peak>>& strip_peaks) {
   std::vector<int64_t> slot(static_cast<size_t>(height), -1);
   int64_t positive_rows = 0;
   for (int64_t y = 0; y < height; ++y) {
-    if (row_positive[y]) slot[y] = positive_rows++;
+    if (candidates[y] != 0) slot[y] = positive_rows++;
   }
-  if (positive_rows == 0) return peaks;
-  // Pass 1b: row window maxima of those rows; the others share a row of zeros.
   std::unique_ptr<T[]> storage(new T[static_cast<size_t>(positive_rows * width)]);
   const std::vector<T> zeros(static_cast<size_t>(width), T(0));
   std::vector<const T*> row_max(static_cast<size_t>(height), zeros.data());
@@ -158,24 +149,142 @@ std::vector<Peak> find_peaks_cpu(Plane<const T> ctr, int64_t height, int64_t wid
     T* h = scratch.data();
 #pragma omp for schedule(dynamic, 16)
     for (int64_t y = 0; y < height; ++y) {
-      if (!row_positive[y]) continue;
+      if (slot[y] < 0) continue;
       threshold_row(ctr, y, width, threshold, h);
       row_window_max(h, width, k, scratch.data() + width, scratch.data() + 2 * width,
                      storage.get() + slot[y] * width);
     }
   }
-  // Contiguous strips (a few per thread: candidate rows cluster), concatenated in order: the
-  // peak list is row-major for any thread count.
-  const int64_t strips = row_strips(height, threads);
-  std::vector<std::vector<Peak>> strip_peaks(static_cast<size_t>(strips));
+  const int64_t strips = static_cast<int64_t>(strip_peaks.size());
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(dynamic, 1)
   for (int64_t t = 0; t < strips; ++t) {
-    const int64_t y0 = height * t / strips;
-    const int64_t y1 = height * (t + 1) / strips;
-    column_peaks(ctr, row_max, row_positive, height, width, threshold, k, y0, y1, strip_peaks[t]);
+    column_peaks(ctr, row_max, candidates, height, width, threshold, k, height * t / strips,
+                 height * (t + 1) / strips, strip_peaks[t]);
+  }
+}
+
+// Whether a value of rows [y0, y1] x columns [x0, x1] is greater than h (NaN never is); adds the
+// number of values read to `reads`.
+template <typename T>
+bool window_has_greater(Plane<const T> ctr, int64_t y0, int64_t y1, int64_t x0, int64_t x1, T h,
+                        int64_t& reads) {
+  for (int64_t y = y0; y <= y1; ++y) {
+    const T* src = ctr.row(y);
+    reads += x1 - x0 + 1;
+    for (int64_t x = x0; x <= x1; ++x) {
+      if (src[x * ctr.stride_x] > h) return true;
+    }
+  }
+  return false;
+}
+
+// The sparse path: each candidate is a peak iff no value of its clipped window exceeds it. That is
+// the filter's rule exactly: h > 0 there, so m == h unless some h' > h, and h' > h >
+// max(threshold, 0) holds iff the value itself is > h. A candidate's 3 x 3 neighbours are read
+// first: on a slope they usually hold a greater value, so most candidates cost a few reads, but
+// plateaus and wide windows cost up to k^2. Rows [y0, y1) stop, returning false, once they
+// have read more than kSparseReadsPerPixel values per pixel, or another strip has (`gave_up`;
+// nullptr: never stop): the filter is then faster.
+constexpr int64_t kSparseReadsPerPixel = 8;
+
+template <typename T>
+bool sparse_peaks(Plane<const T> ctr, const std::vector<int64_t>& candidates, int64_t height,
+                  int64_t width, T threshold, int64_t k, int64_t y0, int64_t y1,
+                  const std::atomic<bool>* gave_up, std::vector<Peak>& peaks) {
+  const int64_t r = k / 2, near = std::min<int64_t>(r, 1);
+  const T cut = std::max(threshold, T(0));
+  const int64_t budget = kSparseReadsPerPixel * (y1 - y0) * width;
+  int64_t reads = 0;
+  for (int64_t y = y0; y < y1; ++y) {
+    if (candidates[y] == 0) continue;
+    if (gave_up && (reads > budget || gave_up->load(std::memory_order_relaxed))) return false;
+    const T* src = ctr.row(y);
+    const int64_t near_top = std::max<int64_t>(0, y - near);
+    const int64_t near_bottom = std::min(height - 1, y + near);
+    const int64_t top = std::max<int64_t>(0, y - r), bottom = std::min(height - 1, y + r);
+    for (int64_t x = 0; x < width; ++x) {
+      const T h = src[x * ctr.stride_x];
+      if (!(h > cut)) continue;
+      const int64_t near_left = std::max<int64_t>(0, x - near);
+      const int64_t near_right = std::min(width - 1, x + near);
+      if (window_has_greater(ctr, near_top, near_bottom, near_left, near_right, h, reads)) {
+        continue;
+      }
+      const int64_t left = std::max<int64_t>(0, x - r), right = std::min(width - 1, x + r);
+      if (!window_has_greater(ctr, top, bottom, left, right, h, reads)) {
+        peaks.push_back(Peak{y * width + x, static_cast<double>(h)});
+      }
+    }
+  }
+  return true;
+}
+
+std::atomic<int> g_nms_strategy{static_cast<int>(NmsStrategy::kAuto)};
+std::atomic<int64_t> g_sparse_planes{0}, g_filter_planes{0}, g_sparse_given_up{0};
+
+// Whether the sparse path may pay: not when even the candidates' 3 x 3 neighbours would exceed
+// its budget (a heatmap mostly above the threshold).
+bool sparse_may_pay(int64_t candidates, int64_t height, int64_t width, int64_t k) {
+  const double near = static_cast<double>(std::min<int64_t>(k, 3));
+  return static_cast<double>(candidates) * near * near <=
+         static_cast<double>(kSparseReadsPerPixel) * static_cast<double>(height) *
+             static_cast<double>(width);
+}
+
+}  // namespace
+
+template <typename T>
+std::vector<Peak> find_peaks_cpu(Plane<const T> ctr, int64_t height, int64_t width, T threshold,
+                                 int64_t nms_kernel, int num_threads) {
+  std::vector<Peak> peaks;
+  if (height <= 0 || width <= 0) return peaks;
+  const int64_t k = nms_kernel;
+  const int threads = row_threads(num_threads, height);
+  // Pass 1: candidates (h > 0) per row.
+  std::vector<int64_t> candidates(static_cast<size_t>(height), 0);
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
+  for (int64_t y = 0; y < height; ++y) candidates[y] = row_candidates(ctr, y, width, threshold);
+  const int64_t total = std::accumulate(candidates.begin(), candidates.end(), int64_t{0});
+  if (total == 0) return peaks;
+  // Contiguous strips (a few per thread: candidate rows cluster), concatenated in order: the
+  // peak list is row-major for any thread count and either path.
+  const int64_t strips = row_strips(height, threads);
+  std::vector<std::vector<Peak>> strip_peaks(static_cast<size_t>(strips));
+  const auto strategy = static_cast<NmsStrategy>(g_nms_strategy.load(std::memory_order_relaxed));
+  bool sparse = strategy == NmsStrategy::kSparse ||
+                (strategy == NmsStrategy::kAuto && sparse_may_pay(total, height, width, k));
+  if (sparse) {
+    // The budget is a speed guard only: a forced sparse path (tests) never gives up. One strip
+    // giving up stops the others (the filter then does the whole plane).
+    std::atomic<bool> gave_up{false};
+    const std::atomic<bool>* stop = strategy == NmsStrategy::kAuto ? &gave_up : nullptr;
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(dynamic, 1)
+    for (int64_t t = 0; t < strips; ++t) {
+      if (!sparse_peaks(ctr, candidates, height, width, threshold, k, height * t / strips,
+                        height * (t + 1) / strips, stop, strip_peaks[t])) {
+        gave_up.store(true, std::memory_order_relaxed);
+      }
+    }
+    sparse = !gave_up.load();
+    if (!sparse) g_sparse_given_up.fetch_add(1, std::memory_order_relaxed);
+  }
+  if (sparse) {
+    g_sparse_planes.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    for (auto& strip : strip_peaks) strip.clear();
+    filter_peaks(ctr, candidates, height, width, threshold, k, threads, strip_peaks);
+    g_filter_planes.fetch_add(1, std::memory_order_relaxed);
   }
   for (auto& strip : strip_peaks) peaks.insert(peaks.end(), strip.begin(), strip.end());
   return peaks;
+}
+
+NmsStrategy set_nms_strategy(NmsStrategy strategy) {
+  return static_cast<NmsStrategy>(g_nms_strategy.exchange(static_cast<int>(strategy)));
+}
+
+NmsPathCounts nms_path_counts() {
+  return NmsPathCounts{g_sparse_planes.load(), g_filter_planes.load(), g_sparse_given_up.load()};
 }
 
 void select_top_k(std::vector<Peak>& peaks, int64_t top_k, TopKMode mode) {

@@ -11,6 +11,11 @@
 // streamed per thread (suffix rows of one block, a running prefix row), so the extra memory is one
 // H x W row max buffer plus O(k W) per thread. max() is exact, so the result equals the naive k^2
 // filter.
+// Sparse heatmaps (the usual case: a few blobs above the threshold) skip the filter: a candidate
+// (h > 0) is a peak iff no value of its clipped window is greater, which is the same rule (h > 0,
+// so m == h unless a greater value is in the window). It reads at most k^2 values per candidate,
+// so it is chosen while candidates x k^2 stays under a few reads per pixel; it needs no row max
+// buffer. Both paths give the same peaks.
 //
 // Top-k: "exact" keeps the k largest peaks (ties to the earlier pixel) in row-major order;
 // "detectron2" keeps peaks > t, t = the k-th largest peak value when there are >= k peaks.
@@ -49,6 +54,17 @@ struct Peak {
   int64_t index;  // y * W + x
   double score;   // the heatmap value (exact for float32 and float64 inputs)
 };
+
+// Which NMS path find_peaks_cpu takes: chosen from the data (kAuto), or forced (tests compare the
+// two). Returns the previous setting; process-wide.
+enum class NmsStrategy { kAuto, kSparse, kFilter };
+NmsStrategy set_nms_strategy(NmsStrategy strategy);
+// Heatmap planes done by each path since the process started (sparse_given_up: planes whose
+// sparse pass stopped at its budget and that the filter then did); for tests.
+struct NmsPathCounts {
+  int64_t sparse, filter, sparse_given_up;
+};
+NmsPathCounts nms_path_counts();
 
 // All peaks of one heatmap plane in row-major order (steps 1-3).
 template <typename T>
