@@ -95,7 +95,8 @@ inline void bind_cuda(py::module_& m) {
             }
             return out_list;
           },
-          py::arg("out"), py::arg("with_segments"), py::arg("wait"));
+          py::arg("out"), py::arg("with_segments"), py::arg("wait"))
+      .def("release", &CudaMerge::release, py::call_guard<py::gil_scoped_release>());
 }
 
 }  // namespace pdl_post_bindings

@@ -31,6 +31,10 @@ PYBIND11_MODULE(_cuda_emulation, m) {
         "What cudaStreamIsCapturing reports for every stream: 0 none, 1 active (a "
         "synchronisation or host copy then fails and invalidates it), 2 invalidated.");
   m.def("stream_capture", &pdl_emu::stream_capture, "The capture status (see set_stream_capture).");
+  m.def("inject_failure", &pdl_emu::inject_failure, py::arg("call"), py::arg("after") = 0,
+        "Makes the runtime call `call` fail once, after `after` calls of it went through.");
+  m.def("pending_failures", &pdl_emu::pending_failures,
+        "Injected failures not yet due (and drops them).");
   m.def("take_violations", &pdl_emu::take_violations,
         "Violations of CUDA's rules recorded since the last call (and clears them).");
   m.def("take_counters", &pdl_emu::take_counters,

@@ -517,3 +517,66 @@ def test_cupy_conversions_run_on_the_arrays_device(emulated_cuda, monkeypatch):
     )
     pdl_post.merge(*(CupyArray(a) for a in empty))
     assert devices == [0]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "cudaMallocFromPoolAsync",
+        "cudaMemcpyAsync",
+        "cudaMemsetAsync",
+        "cudaStreamSynchronize",
+        "cudaEventCreateWithFlags",
+        "cudaEventRecord",
+        "cudaStreamWaitEvent",
+    ],
+)
+def test_a_failed_runtime_call_raises_and_leaves_nothing_behind(emulated_cuda, call):
+    # Each call site of `call` in turn fails once (as a full GPU or a broken stream would make
+    # it): merge / postprocess raise RuntimeError naming it, free what they took (the fixture
+    # checks for leaks) and leave no error behind. CUDA keeps a failed call's error as the
+    # thread's last error until it is read: left there, the next call, ours (at its first launch
+    # check) or torch's, would report it. An input on another stream makes the event calls run.
+    s = synthetic.make_batch(2, 40, 56, 6, seed=1, logits=True)
+    kw = {"stuff_area": 8}
+    for function, sem in ((pdl_post.merge, s.sem), (pdl_post.postprocess, s.logits)):
+        ctr, off = s.ctr, s.off
+        expected = function(sem, ctr, off, **kw)
+        failed_sites = 0
+        for after in range(100):
+            emulation.inject_failure(call, after)
+            inputs = (_on_stream(sem, 11), _on_stream(ctr, 13), _on_stream(off, 11))
+            try:
+                function(*inputs, **kw)
+            except RuntimeError as error:
+                message = str(error)
+                assert message.startswith(("CUDA error in cuda", "CUDA path: cannot allocate"))
+                assert f"{call}: injected failure" in message
+                failed_sites += 1
+            else:
+                assert emulation.pending_failures() == 1  # every call site has failed once
+                break
+            got = function(*inputs, **kw)  # no error left over
+            if function is pdl_post.merge:
+                np.testing.assert_array_equal(got.a, expected)
+            else:
+                for g, e in zip(got, expected):
+                    np.testing.assert_array_equal(g.panoptic.a, e.panoptic)
+                    np.testing.assert_array_equal(g.centers, e.centers)
+        assert failed_sites > 0, (function.__name__, call)
+    assert emulation.pending_failures() == 0
+
+
+def test_an_error_between_the_phases_frees_the_scratch_at_once(emulated_cuda):
+    # Negative class ids are found by the first phase; the job is released while its stream is
+    # surely alive, not when the traceback that keeps it goes (that stream may be gone by then).
+    from devices import HostCudaArray
+
+    s = synthetic.make_scene(40, 56, 6, seed=1)
+    sem = s.sem.copy()
+    sem[3, 4] = -2
+    baseline = emulation.live_allocations()
+    with pytest.raises(ValueError, match="class ids must be >= 0, got a minimum of -2") as error:
+        pdl_post.merge(*(HostCudaArray(a) for a in (sem, s.ctr, s.off)))
+    assert error.traceback  # the traceback (and the frame holding the job) is alive here
+    assert emulation.live_allocations() == baseline

@@ -17,6 +17,9 @@ namespace cuda {
 
 void check(cudaError_t status, const char* what) {
   if (status != cudaSuccess) {
+    // A failed call is also the thread's last error: cleared, or the caller's next CUDA call
+    // (ours, torch's, cub's launch checks) would report it again. Sticky errors stay anyway.
+    (void)cudaGetLastError();
     throw CudaError(std::string("CUDA error in ") + what + ": " + cudaGetErrorName(status) + " (" +
                     cudaGetErrorString(status) + ")");
   }
@@ -540,16 +543,20 @@ T copied(const T* at) {
 
 }  // namespace
 
-CudaMerge::~CudaMerge() {
+CudaMerge::~CudaMerge() { release(); }
+
+void CudaMerge::release() noexcept {
   if (state_) on_device(state_->in.device, [&] { state_.reset(); });
 }
 
 std::pair<int64_t, int64_t> CudaMerge::label_range() const {
+  if (!state_) throw ValueError("CudaMerge.label_range: the job was released");
   if (state_->empty) return {0, -1};
   return {state_->lo, state_->hi};
 }
 
 std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_segments, bool wait) {
+  if (!state_) throw ValueError("CudaMerge.finish: the job was released");
   State& s = *state_;
   if (s.finished) throw ValueError("CudaMerge.finish: already called");
   s.finished = true;

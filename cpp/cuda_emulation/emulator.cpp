@@ -220,6 +220,14 @@ constexpr int kBuiltArchitecture = 90;
 
 bool has_kernel_image() { return g_compute_capability >= kBuiltArchitecture; }
 
+// As in the CUDA runtime, a call that fails also leaves its error as the thread's last error,
+// until cudaGetLastError reads it (callers that throw must clear it, or the caller's next CUDA
+// call, ours or another library's, reports it).
+cudaError_t recorded(cudaError_t error) {
+  if (error != cudaSuccess) g_last_error = error;
+  return error;
+}
+
 // What a GPU without a kernel image for the build answers `name` (a launch or a lookup).
 cudaError_t no_kernel_image(const char* name) {
   g_message = std::string(name) + ": no kernel image for a device of compute capability " +
@@ -239,7 +247,21 @@ cudaError_t refused_in_capture(const char* call) {
   if (g_capture != cudaStreamCaptureStatusActive) return cudaSuccess;
   g_capture = cudaStreamCaptureStatusInvalidated;
   g_message = std::string(call) + ": operation not permitted when stream is capturing";
-  return cudaErrorStreamCaptureUnsupported;
+  return recorded(cudaErrorStreamCaptureUnsupported);
+}
+
+// Failures injected into runtime calls (inject_failure): call name -> calls to let through first.
+std::map<std::string, int64_t> g_injected;
+
+// cudaErrorInvalidValue (recorded) when a failure of `call` is due, else cudaSuccess.
+cudaError_t injected(const char* call) {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  const auto at = g_injected.find(call);
+  if (at == g_injected.end()) return cudaSuccess;
+  if (at->second-- > 0) return cudaSuccess;
+  g_injected.erase(at);
+  g_message = std::string(call) + ": injected failure";
+  return recorded(cudaErrorInvalidValue);
 }
 
 std::vector<char*> g_stacks;
@@ -633,7 +655,7 @@ cudaError_t set_max_dynamic_shared(const void* kernel, int bytes) {
     g_message = "cudaFuncSetAttribute: " + std::to_string(bytes) +
                 " bytes of dynamic shared memory exceed the device's " +
                 std::to_string(kSharedOptinLimit);
-    return cudaErrorInvalidValue;
+    return recorded(cudaErrorInvalidValue);
   }
   g_max_dynamic_shared[kernel] = bytes;
   return cudaSuccess;
@@ -681,6 +703,29 @@ void set_stream_capture(int status) {
 int stream_capture() {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   return static_cast<int>(g_capture);
+}
+
+void inject_failure(const std::string& call, int64_t after) {
+  static const char* const kCalls[] = {
+      "cudaMallocFromPoolAsync",  "cudaMemcpyAsync", "cudaMemsetAsync",    "cudaStreamSynchronize",
+      "cudaEventCreateWithFlags", "cudaEventRecord", "cudaStreamWaitEvent"};
+  if (std::find(std::begin(kCalls), std::end(kCalls), call) == std::end(kCalls) || after < 0) {
+    throw std::invalid_argument(
+        "inject_failure: expected one of cudaMallocFromPoolAsync, "
+        "cudaMemcpyAsync, cudaMemsetAsync, cudaStreamSynchronize, "
+        "cudaEventCreateWithFlags, cudaEventRecord, cudaStreamWaitEvent "
+        "and after >= 0, got " +
+        call + ", " + std::to_string(after));
+  }
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  g_injected[call] = after;
+}
+
+int64_t pending_failures() {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  const int64_t pending = static_cast<int64_t>(g_injected.size());
+  g_injected.clear();
+  return pending;
 }
 
 void set_compute_capability(int major, int minor) {
@@ -820,7 +865,7 @@ cudaError_t cudaGetDevice(int* device) {
 }
 
 cudaError_t cudaSetDevice(int device) {
-  if (device != 0) return cudaErrorInvalidDevice;
+  if (device != 0) return pdl_emu::recorded(cudaErrorInvalidDevice);
   pdl_emu::t_device = device;
   return cudaSuccess;
 }
@@ -831,7 +876,7 @@ cudaError_t cudaGetDeviceCount(int* count) {
 }
 
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int device) {
-  if (device != 0) return cudaErrorInvalidDevice;
+  if (device != 0) return pdl_emu::recorded(cudaErrorInvalidDevice);
   switch (attribute) {
     case cudaDevAttrMultiProcessorCount:
       *value = pdl_emu::kMultiprocessors;
@@ -849,7 +894,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int dev
       *value = std::getenv("PDL_EMU_NO_MEMORY_POOLS") ? 0 : 1;
       return cudaSuccess;
   }
-  return cudaErrorInvalidValue;
+  return pdl_emu::recorded(cudaErrorInvalidValue);
 }
 
 // Every non-null pointer is device 0's memory: the emulator's device memory is host memory, so
@@ -864,7 +909,7 @@ cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attributes, const vo
 
 cudaError_t cudaMemPoolCreate(cudaMemPool_t* pool, const cudaMemPoolProps* props) {
   static int the_pool = 0;
-  if (props->location.id != 0) return cudaErrorInvalidDevice;
+  if (props->location.id != 0) return pdl_emu::recorded(cudaErrorInvalidDevice);
   *pool = reinterpret_cast<cudaMemPool_t>(&the_pool);
   return cudaSuccess;
 }
@@ -872,7 +917,8 @@ cudaError_t cudaMemPoolCreate(cudaMemPool_t* pool, const cudaMemPoolProps* props
 cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, cudaMemPoolAttr, void*) { return cudaSuccess; }
 
 cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t, cudaMemPoolAttr attribute, void* value) {
-  if (attribute != cudaMemPoolAttrReservedMemCurrent) return cudaErrorInvalidValue;
+  if (attribute != cudaMemPoolAttrReservedMemCurrent)
+    return pdl_emu::recorded(cudaErrorInvalidValue);
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   *static_cast<uint64_t*>(value) = pdl_emu::g_pool_reserved;
   return cudaSuccess;
@@ -886,7 +932,8 @@ cudaError_t cudaMemPoolTrimTo(cudaMemPool_t, size_t keep) {
 }
 
 cudaError_t cudaMallocFromPoolAsync(void** pointer, size_t bytes, cudaMemPool_t, cudaStream_t) {
-  return allocate(pointer, bytes, "pool_allocations", true);
+  if (const cudaError_t e = pdl_emu::injected("cudaMallocFromPoolAsync")) return e;
+  return pdl_emu::recorded(allocate(pointer, bytes, "pool_allocations", true));
 }
 
 namespace pdl_emu {
@@ -904,16 +951,19 @@ void free_piece(void* pointer) { (void)release(pointer); }
 }  // namespace pdl_emu
 
 cudaError_t cudaMalloc(void** pointer, size_t bytes) {
-  return allocate(pointer, bytes, "allocations");
+  return pdl_emu::recorded(allocate(pointer, bytes, "allocations"));
 }
 
-cudaError_t cudaFree(void* pointer) { return release(pointer); }
+cudaError_t cudaFree(void* pointer) { return pdl_emu::recorded(release(pointer)); }
 
-cudaError_t cudaFreeAsync(void* pointer, cudaStream_t) { return release(pointer); }
+cudaError_t cudaFreeAsync(void* pointer, cudaStream_t) {
+  return pdl_emu::recorded(release(pointer));
+}
 
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
                             cudaStream_t) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  if (const cudaError_t e = pdl_emu::injected("cudaMemcpyAsync")) return e;
   static const char* const kinds[] = {"host_to_host_copies", "host_to_device_copies",
                                       "device_to_host_copies", "device_to_device_copies",
                                       "default_copies"};
@@ -923,7 +973,7 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
   }
   if (check_range(dst, bytes, "cudaMemcpyAsync destination") != cudaSuccess ||
       check_range(src, bytes, "cudaMemcpyAsync source") != cudaSuccess) {
-    return cudaErrorInvalidValue;
+    return pdl_emu::recorded(cudaErrorInvalidValue);
   }
   if (bytes) std::memmove(dst, src, bytes);
   return cudaSuccess;
@@ -931,8 +981,10 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
 
 cudaError_t cudaMemsetAsync(void* pointer, int value, size_t bytes, cudaStream_t) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  if (const cudaError_t e = pdl_emu::injected("cudaMemsetAsync")) return e;
   ++pdl_emu::g_counters["memsets"];
-  if (check_range(pointer, bytes, "cudaMemsetAsync") != cudaSuccess) return cudaErrorInvalidValue;
+  if (check_range(pointer, bytes, "cudaMemsetAsync") != cudaSuccess)
+    return pdl_emu::recorded(cudaErrorInvalidValue);
   if (bytes) std::memset(pointer, value, bytes);
   return cudaSuccess;
 }
@@ -941,6 +993,7 @@ cudaError_t cudaDeviceSynchronize() { return cudaStreamSynchronize(nullptr); }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  if (const cudaError_t e = pdl_emu::injected("cudaStreamSynchronize")) return e;
   ++pdl_emu::g_counters["synchronisations"];
   if (const cudaError_t e = pdl_emu::refused_in_capture("cudaStreamSynchronize")) return e;
   for (const auto& [payload, span] : g_allocations) {
@@ -962,6 +1015,7 @@ cudaError_t cudaStreamIsCapturing(cudaStream_t, cudaStreamCaptureStatus* status)
 // event, a wait on one never recorded and events left alive are violations).
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  if (const cudaError_t e = pdl_emu::injected("cudaEventCreateWithFlags")) return e;
   ++pdl_emu::g_counters["events"];
   *event = reinterpret_cast<cudaEvent_t>(pdl_emu::g_next_event++);
   pdl_emu::g_events[*event] = 0;
@@ -970,10 +1024,11 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned) {
 
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  if (const cudaError_t e = pdl_emu::injected("cudaEventRecord")) return e;
   const auto at = pdl_emu::g_events.find(event);
   if (at == pdl_emu::g_events.end()) {
     pdl_emu::violation("cudaEventRecord: not a live event");
-    return cudaErrorInvalidResourceHandle;
+    return pdl_emu::recorded(cudaErrorInvalidResourceHandle);
   }
   ++at->second;
   return cudaSuccess;
@@ -981,11 +1036,12 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
 
 cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t event, unsigned) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  if (const cudaError_t e = pdl_emu::injected("cudaStreamWaitEvent")) return e;
   ++pdl_emu::g_counters["stream_waits"];
   const auto at = pdl_emu::g_events.find(event);
   if (at == pdl_emu::g_events.end() || at->second == 0) {
     pdl_emu::violation("cudaStreamWaitEvent: the event is not live or was never recorded");
-    return cudaErrorInvalidResourceHandle;
+    return pdl_emu::recorded(cudaErrorInvalidResourceHandle);
   }
   return cudaSuccess;
 }
@@ -994,7 +1050,7 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   if (pdl_emu::g_events.erase(event) == 0) {
     pdl_emu::violation("cudaEventDestroy: not a live event");
-    return cudaErrorInvalidResourceHandle;
+    return pdl_emu::recorded(cudaErrorInvalidResourceHandle);
   }
   return cudaSuccess;
 }

@@ -481,22 +481,28 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
         stream,
         *params.core_options(),
     )
-    lo, hi = job.label_range()
-    if lo < 0:
-        raise ValueError(f"sem: class ids must be >= 0, got a minimum of {lo}")
-    dtype = output_dtype(hi, params.label_divisor, params.void_label)
-    shape = (b, h, w) if batched else (h, w)
-    output_library = _output_library(touched)
-    out = _allocate(output_library, shape, dtype, device)
-    if output_library not in (None, stream_library):  # allocated on another library's stream
-        allocated_on = _library_stream(output_library, device)
-        if allocated_on != stream:
-            _core.cuda_stream_wait(device, stream, allocated_on)
-    out_array = DeviceArray(out, "out")
-    out4 = out_array.view4((b, 1, h, w), (h * w, h * w, w, 1))
-    wait = bool(foreign) or not _may_return_early(touched)
-    if not (wait or with_segments) and stream_library == "torch":
-        _record_stream(touched, device)
+    try:
+        lo, hi = job.label_range()
+        if lo < 0:
+            raise ValueError(f"sem: class ids must be >= 0, got a minimum of {lo}")
+        dtype = output_dtype(hi, params.label_divisor, params.void_label)
+        shape = (b, h, w) if batched else (h, w)
+        output_library = _output_library(touched)
+        out = _allocate(output_library, shape, dtype, device)
+        if output_library not in (None, stream_library):  # allocated on another library's stream
+            allocated_on = _library_stream(output_library, device)
+            if allocated_on != stream:
+                _core.cuda_stream_wait(device, stream, allocated_on)
+        out_array = DeviceArray(out, "out")
+        out4 = out_array.view4((b, 1, h, w), (h * w, h * w, w, 1))
+        wait = bool(foreign) or not _may_return_early(touched)
+        if not (wait or with_segments) and stream_library == "torch":
+            _record_stream(touched, device)
+    except BaseException:
+        # Free the first phase's scratch while the stream is surely alive: the traceback keeps
+        # the job, and its stream may be gone (or another thread's) when it is collected.
+        job.release()
+        raise
     per_image = job.finish(out4, with_segments, wait)
     if not with_segments:
         per_image = [None] * b

@@ -86,6 +86,12 @@ class CudaMerge {
   // memory. Once only.
   std::vector<ImageResult> finish(const StridedView& out, bool with_segments, bool wait);
 
+  // Frees the first phase's scratch now, in order on the call's stream, for a caller that will not
+  // finish (an error between the phases): the destructor would free it on that stream whenever
+  // the object goes, and the stream (a CuPy stream, or a thread's per-thread default stream) may
+  // be gone or another thread's by then. label_range() and finish() then raise.
+  void release() noexcept;
+
   struct State;
 
  private:

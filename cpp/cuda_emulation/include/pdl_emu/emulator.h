@@ -118,6 +118,13 @@ void set_compute_capability(int major, int minor);
 // host copy then fails and invalidates it), 2 invalidated.
 void set_stream_capture(int status);
 int stream_capture();
+// Makes the runtime call `call` fail (cudaErrorInvalidValue, also left as the last error, as CUDA
+// does) once, after letting `after` calls of it through; for the tests of error paths. Calls:
+// cudaMallocFromPoolAsync, cudaMemcpyAsync, cudaMemsetAsync, cudaStreamSynchronize,
+// cudaEventCreateWithFlags, cudaEventRecord, cudaStreamWaitEvent.
+void inject_failure(const std::string& call, int64_t after);
+// Injected failures not yet due (and drops them).
+int64_t pending_failures();
 std::vector<std::string> take_violations();
 // Runtime calls since the last call (launches, and "launches of NAME" per kernel name,
 // synchronisations, copies by kind, memsets,
