@@ -610,8 +610,8 @@ def test_cpu_nms_path_choice():
     cases = [
         (blobs, 7, {"sparse": 1, "filter": 0, "sparse_given_up": 0}),
         (flat, 7, {"sparse": 0, "filter": 1, "sparse_given_up": 0}),
+        (blobs, 41, {"sparse": 1, "filter": 0, "sparse_given_up": 0}),
         (plateau, 41, {"sparse": 0, "filter": 1, "sparse_given_up": 1}),
-        (plateau, 3, {"sparse": 1, "filter": 0, "sparse_given_up": 0}),
     ]
     for ctr, kernel, taken in cases:
         kw = {"nms_kernel": kernel, "top_k": None}
