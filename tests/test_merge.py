@@ -622,3 +622,38 @@ def test_cpu_nms_path_choice():
         expected = pdl_post.find_centers(ctr, backend="reference", **kw)
         np.testing.assert_array_equal(got[0], expected[0])
         assert len(got[0]) > 0
+
+
+def test_thread_counts_far_beyond_the_work():
+    # A thread count no machine has (or beyond the rows) starts no idle threads: by the ten
+    # thousand they would fail to start and take the process down. The results are the same.
+    s = synthetic.make_scene(8, 9, 2, seed=1, logits=True)
+    instance = pdl_post.group_pixels(s.sem, np.array([[2, 3]]), s.off)
+    for threads in (100_000, 2**31 - 1):
+        for sem in (s.sem, s.logits):
+            assert_results_equal(
+                pdl_post.postprocess(sem, s.ctr, s.off, stuff_area=4, num_threads=threads),
+                pdl_post.postprocess(sem, s.ctr, s.off, stuff_area=4, num_threads=1),
+            )
+        np.testing.assert_array_equal(
+            pdl_post.fuse(s.sem, instance, stuff_area=4, num_threads=threads),
+            pdl_post.fuse(s.sem, instance, stuff_area=4),
+        )
+        got = pdl_post.group_pixels(s.sem, np.array([[2, 3]]), s.off, num_threads=threads)
+        np.testing.assert_array_equal(got, instance)
+        assert_results_equal(
+            pdl_post.postprocess(
+                *(np.stack([a, a]) for a in (s.sem, s.ctr, s.off)), num_threads=threads
+            )[1],
+            pdl_post.postprocess(s.sem, s.ctr, s.off),
+        )
+
+
+def test_thing_ids_up_to_int64_max(device):
+    # Any non-negative int64 is a thing id (docs/merge-semantics.md): the largest sizes no table
+    # (its table would take INT64_MAX + 1 bytes; the sorted ids are searched instead).
+    s = synthetic.make_scene(48, 64, 6, seed=3)
+    things = [*range(11, 19), np.iinfo(np.int64).max]
+    r = both(device, s.sem, s.ctr, s.off, thing_ids=things, stuff_area=8)
+    assert_results_equal(r, pdl_post.postprocess(s.sem, s.ctr, s.off, stuff_area=8))
+    assert any(seg["isthing"] for seg in r.segments)

@@ -319,9 +319,10 @@ struct ThingUpload {
   ThingUpload(std::vector<int64_t> ids, UploadPack& pack) {
     std::sort(ids.begin(), ids.end());
     ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
-    const int64_t table_size = ids.empty() ? 0 : ids.back() + 1;
-    use_table = table_size <= (int64_t{1} << 16);
+    // Compared before adding 1: the largest id may be INT64_MAX.
+    use_table = ids.empty() || ids.back() < (int64_t{1} << 16);
     if (use_table) {
+      const int64_t table_size = ids.empty() ? 0 : ids.back() + 1;
       std::vector<uint8_t> bytes(static_cast<size_t>(table_size), 0);
       for (int64_t t : ids) bytes[t] = 1;
       size = table_size;

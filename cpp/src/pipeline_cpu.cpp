@@ -34,9 +34,11 @@ int resolve_threads(int requested) {
 namespace {
 
 // body(b, threads_for_this_image) for every image: image-parallel when there are at least as many
-// images as threads, else image by image. The first error (in image order) is rethrown.
+// images as threads, else image by image with at most one thread per row (images of `height`
+// rows: a request beyond the work starts no idle threads, which by the ten thousand would fail
+// to start at all). The first error (in image order) is rethrown.
 template <typename F>
-void for_each_image(int64_t batch, int threads, F&& body) {
+void for_each_image(int64_t batch, int64_t height, int threads, F&& body) {
   if (batch > 1 && threads > 1 && batch >= threads) {
     std::vector<std::exception_ptr> errors(static_cast<size_t>(batch));
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
@@ -51,7 +53,7 @@ void for_each_image(int64_t batch, int threads, F&& body) {
       if (e) std::rethrow_exception(e);
     }
   } else {
-    for (int64_t b = 0; b < batch; ++b) body(b, threads);
+    for (int64_t b = 0; b < batch; ++b) body(b, row_threads(threads, height));
   }
 }
 
@@ -89,9 +91,10 @@ struct ThingTable {
   explicit ThingTable(const std::vector<int64_t>& thing_ids) : sorted(thing_ids) {
     std::sort(sorted.begin(), sorted.end());
     sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
-    const int64_t size = sorted.empty() ? 0 : sorted.back() + 1;
-    use_table = size <= kMaxTableSize;
+    // Compared before adding 1: the largest id may be INT64_MAX.
+    use_table = sorted.empty() || sorted.back() < kMaxTableSize;
     if (use_table) {
+      const int64_t size = sorted.empty() ? 0 : sorted.back() + 1;
       bytes.assign(static_cast<size_t>(size), 0);
       for (int64_t t : sorted) bytes[t] = 1;  // ids are validated >= 0
     }
@@ -229,10 +232,10 @@ std::vector<Segment> fuse_image(Plane<const TSem> sem, const int32_t* instance, 
 }  // namespace
 
 std::pair<int64_t, int64_t> label_range(const StridedView& sem, int num_threads) {
-  const int threads = resolve_threads(num_threads);
   const int64_t height = sem.height(), width = sem.width();
   const int64_t rows = sem.batch() * height;
   if (rows * width == 0) return {0, -1};
+  const int threads = row_threads(resolve_threads(num_threads), rows);
   return with_label_type(sem.dtype, "sem", [&](auto tag) {
     using TSem = decltype(tag);
     TSem lo = std::numeric_limits<TSem>::max(), hi = std::numeric_limits<TSem>::min();
@@ -260,9 +263,9 @@ std::pair<int64_t, int64_t> label_range(const StridedView& sem, int num_threads)
 std::vector<ImageCenters> find_centers(const StridedView& ctr, const CenterOptions& options,
                                        int num_threads) {
   std::vector<ImageCenters> result(static_cast<size_t>(ctr.batch()));
-  for_each_image(ctr.batch(), resolve_threads(num_threads), [&](int64_t b, int threads) {
-    result[b] = find_image_centers(ctr, b, options, threads);
-  });
+  for_each_image(
+      ctr.batch(), ctr.height(), resolve_threads(num_threads),
+      [&](int64_t b, int threads) { result[b] = find_image_centers(ctr, b, options, threads); });
   return result;
 }
 
@@ -273,23 +276,24 @@ void group_pixels(const StridedView& sem, const std::vector<int64_t>& thing_ids,
   const ThingTable table(thing_ids);
   const int64_t height = off.height(), width = off.width();
   const DType sem_dtype = sem.data ? sem.dtype : DType::kUInt8;
-  for_each_image(off.batch(), resolve_threads(num_threads), [&](int64_t b, int threads) {
-    const ThingSource things{thing_mask.data ? plane_of<const uint8_t>(thing_mask, b, 0)
-                                             : Plane<const uint8_t>{nullptr, 0, 0},
-                             table.view()};
-    CenterIndex index(height, width, centers[b].y, centers[b].x);
-    int32_t* out = static_cast<int32_t*>(instance.data) + b * height * width;
-    with_label_type(sem_dtype, "sem", [&](auto sem_tag) {
-      using TSem = decltype(sem_tag);
-      const Plane<const TSem> labels =
-          sem.data ? plane_of<const TSem>(sem, b, 0) : Plane<const TSem>{nullptr, 0, 0};
-      with_float_type(off.dtype, "off", [&](auto off_tag) {
-        using TOff = decltype(off_tag);
-        vote_image(labels, things, plane_of<const TOff>(off, b, 0), plane_of<const TOff>(off, b, 1),
-                   height, width, index, out, threads);
+  for_each_image(
+      off.batch(), off.height(), resolve_threads(num_threads), [&](int64_t b, int threads) {
+        const ThingSource things{thing_mask.data ? plane_of<const uint8_t>(thing_mask, b, 0)
+                                                 : Plane<const uint8_t>{nullptr, 0, 0},
+                                 table.view()};
+        CenterIndex index(height, width, centers[b].y, centers[b].x);
+        int32_t* out = static_cast<int32_t*>(instance.data) + b * height * width;
+        with_label_type(sem_dtype, "sem", [&](auto sem_tag) {
+          using TSem = decltype(sem_tag);
+          const Plane<const TSem> labels =
+              sem.data ? plane_of<const TSem>(sem, b, 0) : Plane<const TSem>{nullptr, 0, 0};
+          with_float_type(off.dtype, "off", [&](auto off_tag) {
+            using TOff = decltype(off_tag);
+            vote_image(labels, things, plane_of<const TOff>(off, b, 0),
+                       plane_of<const TOff>(off, b, 1), height, width, index, out, threads);
+          });
+        });
       });
-    });
-  });
 }
 
 std::vector<std::vector<Segment>> fuse(const StridedView& sem, const StridedView& instance,
@@ -299,20 +303,21 @@ std::vector<std::vector<Segment>> fuse(const StridedView& sem, const StridedView
                                        const StridedView& out, int num_threads) {
   std::vector<std::vector<Segment>> result(static_cast<size_t>(sem.batch()));
   const int64_t height = sem.height(), width = sem.width();
-  for_each_image(sem.batch(), resolve_threads(num_threads), [&](int64_t b, int threads) {
-    const int32_t* inst = static_cast<const int32_t*>(instance.data) + b * height * width;
-    const std::vector<double> no_scores;
-    const std::vector<double>& scores = centers.empty() ? no_scores : centers[b].score;
-    result[b] = with_label_type(sem.dtype, "sem", [&](auto sem_tag) {
-      using TSem = decltype(sem_tag);
-      return with_output_type(out.dtype, [&](auto out_tag) {
-        using TOut = decltype(out_tag);
-        return fuse_image(plane_of<const TSem>(sem, b, 0), inst, height, width, num_instances[b],
-                          max_label, params, scores, logits.image(b),
-                          static_cast<TOut*>(out.data) + b * height * width, threads);
+  for_each_image(
+      sem.batch(), sem.height(), resolve_threads(num_threads), [&](int64_t b, int threads) {
+        const int32_t* inst = static_cast<const int32_t*>(instance.data) + b * height * width;
+        const std::vector<double> no_scores;
+        const std::vector<double>& scores = centers.empty() ? no_scores : centers[b].score;
+        result[b] = with_label_type(sem.dtype, "sem", [&](auto sem_tag) {
+          using TSem = decltype(sem_tag);
+          return with_output_type(out.dtype, [&](auto out_tag) {
+            using TOut = decltype(out_tag);
+            return fuse_image(plane_of<const TSem>(sem, b, 0), inst, height, width,
+                              num_instances[b], max_label, params, scores, logits.image(b),
+                              static_cast<TOut*>(out.data) + b * height * width, threads);
+          });
+        });
       });
-    });
-  });
   return result;
 }
 
@@ -324,26 +329,27 @@ std::vector<ImageResult> merge(const StridedView& sem, const StridedView& ctr,
   std::vector<ImageResult> result(static_cast<size_t>(sem.batch()));
   const ThingTable table(params.thing_ids);
   const int64_t height = sem.height(), width = sem.width();
-  for_each_image(sem.batch(), resolve_threads(num_threads), [&](int64_t b, int threads) {
-    ImageResult& r = result[b];
-    r.centers = find_image_centers(ctr, b, center_options, threads);
-    const ThingSource things{thing_mask.data ? plane_of<const uint8_t>(thing_mask, b, 0)
-                                             : Plane<const uint8_t>{nullptr, 0, 0},
-                             table.view()};
-    r.segments = with_label_type(sem.dtype, "sem", [&](auto sem_tag) {
-      using TSem = decltype(sem_tag);
-      return with_float_type(off.dtype, "off", [&](auto off_tag) {
-        using TOff = decltype(off_tag);
-        return with_output_type(out.dtype, [&](auto out_tag) {
-          using TOut = decltype(out_tag);
-          return merge_image(plane_of<const TSem>(sem, b, 0), things,
-                             plane_of<const TOff>(off, b, 0), plane_of<const TOff>(off, b, 1),
-                             height, width, r.centers, max_label, params, logits.image(b),
-                             static_cast<TOut*>(out.data) + b * height * width, threads);
+  for_each_image(
+      sem.batch(), sem.height(), resolve_threads(num_threads), [&](int64_t b, int threads) {
+        ImageResult& r = result[b];
+        r.centers = find_image_centers(ctr, b, center_options, threads);
+        const ThingSource things{thing_mask.data ? plane_of<const uint8_t>(thing_mask, b, 0)
+                                                 : Plane<const uint8_t>{nullptr, 0, 0},
+                                 table.view()};
+        r.segments = with_label_type(sem.dtype, "sem", [&](auto sem_tag) {
+          using TSem = decltype(sem_tag);
+          return with_float_type(off.dtype, "off", [&](auto off_tag) {
+            using TOff = decltype(off_tag);
+            return with_output_type(out.dtype, [&](auto out_tag) {
+              using TOut = decltype(out_tag);
+              return merge_image(plane_of<const TSem>(sem, b, 0), things,
+                                 plane_of<const TOff>(off, b, 0), plane_of<const TOff>(off, b, 1),
+                                 height, width, r.centers, max_label, params, logits.image(b),
+                                 static_cast<TOut*>(out.data) + b * height * width, threads);
+            });
+          });
         });
       });
-    });
-  });
   return result;
 }
 

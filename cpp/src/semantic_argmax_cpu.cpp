@@ -29,6 +29,7 @@ void argmax_typed(const StridedView& logits, const StridedView& labels, int num_
   const int64_t height = logits.height(), width = logits.width();
   const int64_t rows = batch * height;
   const int64_t stride_c = logits.strides[1], stride_x = logits.strides[3];
+  num_threads = row_threads(resolve_threads(num_threads), rows);  // 0: all cores
 #pragma omp parallel num_threads(num_threads) if (num_threads > 1)
   {
     const size_t run = static_cast<size_t>(std::min(width, kLogitRunPixels));
