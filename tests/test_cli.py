@@ -265,3 +265,26 @@ def test_console_script_installed():
         pytest.skip("package not installed with its console script")
     proc = subprocess.run([script, "--help"], capture_output=True, text=True, check=False)
     assert proc.returncode == 0 and "eval" in proc.stdout and "convert" in proc.stdout
+
+
+def test_to_coco_refuses_two_inputs_of_one_name(capsys, tmp_path):
+    # The image id and the PNG's name come from the file name: a second x.npy would overwrite
+    # the first's PNG and give two annotations of one image id. Nothing is written.
+    for folder in ("d1", "d2"):
+        (tmp_path / folder).mkdir()
+        np.save(tmp_path / folder / "x.npy", np.full((4, 5), 7000, np.int32))
+    out = tmp_path / "out" / "pred.json"
+    rc, _, stderr = _run(
+        [
+            "convert",
+            "to-coco",
+            tmp_path / "d1" / "x.npy",
+            tmp_path / "d2" / "x.npy",
+            "--out-json",
+            out,
+        ],
+        capsys,
+    )
+    assert rc == 1 and stderr.count("\n") == 1
+    assert "d2/x.npy: same name as" in stderr and "d1/x.npy" in stderr
+    assert not out.exists() and not (tmp_path / "out").exists()

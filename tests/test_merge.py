@@ -657,3 +657,23 @@ def test_thing_ids_up_to_int64_max(device):
     r = both(device, s.sem, s.ctr, s.off, thing_ids=things, stuff_area=8)
     assert_results_equal(r, pdl_post.postprocess(s.sem, s.ctr, s.off, stuff_area=8))
     assert any(seg["isthing"] for seg in r.segments)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_fuse_takes_any_non_negative_int64_instance_ids(backend):
+    # Sparse ids are renumbered 1..n in order first, which changes nothing: the same instances
+    # as ids 1..n, whatever their size (up to int64's maximum) and however far apart.
+    s = synthetic.make_scene(40, 56, 6, seed=7)
+    centers, _ = pdl_post.find_centers(s.ctr)
+    dense = pdl_post.group_pixels(s.sem, centers, s.off)
+    expected = pdl_post.fuse(s.sem, dense, stuff_area=8, backend=backend)
+    largest = np.iinfo(np.int64).max
+    for ids in (
+        np.arange(dense.max() + 1) * (2**31 - 1),
+        np.arange(dense.max() + 1) * 2**40,
+        largest - np.arange(dense.max() + 1)[::-1] * 3,
+    ):
+        ids[0] = 0  # 0 stays "no instance"
+        sparse = ids[dense]
+        got = pdl_post.fuse(s.sem, sparse, stuff_area=8, backend=backend)
+        np.testing.assert_array_equal(got, expected)

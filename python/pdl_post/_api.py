@@ -624,17 +624,20 @@ def fuse(
     threads = params.num_threads
     if logits is not None:
         labels = _labels_from_logits(logits, threads, backend)
-    if inst.size and (inst.min() < 0 or inst.max() > np.iinfo(np.int32).max - 1):
-        raise ValueError(
-            f"instance: ids must lie in [0, 2**31 - 2], got [{inst.min()}, {inst.max()}]"
-        )
-    inst4 = np.ascontiguousarray(inst4, dtype=np.int32)
-    if inst.size and inst.max() > h * w:
-        # Sparse ids: renumber them 1..n in increasing order. Instances are visited in id order
-        # and absent ids use no number, so the result is unchanged; tables stay data-sized.
+    if inst.size and inst.min() < 0:
+        raise ValueError(f"instance: ids must be >= 0, got a minimum of {inst.min()}")
+    largest_dense = min(h * w, np.iinfo(np.int32).max - 1)
+    if inst.size and inst.max() > largest_dense:
+        # Sparse ids (any up to int64's maximum): renumber them 1..n in increasing order.
+        # Instances are visited in id order and absent ids use no number, so the result is
+        # unchanged; tables stay data-sized and the ids fit the core's int32.
         present, compact = np.unique(inst4, return_inverse=True)
-        compact = compact.reshape(inst4.shape).astype(np.int32)
-        inst4 = compact + (1 if present[0] > 0 else 0)
+        if len(present) > np.iinfo(np.int32).max - 1:
+            raise ValueError(
+                f"instance: {len(present)} distinct ids do not fit int32 instance numbers"
+            )
+        inst4 = compact.reshape(inst4.shape).astype(np.int32) + (1 if present[0] > 0 else 0)
+    inst4 = np.ascontiguousarray(inst4, dtype=np.int32)
     counts = [int(inst4[i].max()) if inst4[i].size else 0 for i in range(b)]
     max_label = _checked_max_label(labels, threads)
     dtype = output_dtype(max_label, params.label_divisor, params.void_label)

@@ -449,6 +449,17 @@ def _run_to_coco(args) -> dict:
     from pdl_post.io import to_coco_panoptic, write_json, write_panoptic_png
 
     files = _npy_inputs(args.inputs)
+    # The image id and PNG name come from the file's name: two inputs of one name would write
+    # one PNG and two annotations of one image id.
+    first_of_stem: dict[str, str] = {}
+    for f in files:
+        stem = os.path.splitext(os.path.basename(f))[0]
+        if stem in first_of_stem:
+            raise InputError(
+                f"{f}: same name as {first_of_stem[stem]} (image id {stem!r} and {stem}.png "
+                "would be written twice); rename one"
+            )
+        first_of_stem[stem] = f
     out_folder = args.out_folder or os.path.splitext(args.out_json)[0]
     os.makedirs(out_folder, exist_ok=True)
     cmap = _category_map(args.category_map, "to-coco")
