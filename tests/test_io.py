@@ -533,3 +533,32 @@ def test_png_files_written_here_are_valid_for_pillow(tmp_path):
     write_label_png(tmp_path / "i.png", arr)
     np.testing.assert_array_equal(np.array(Image.open(tmp_path / "i.png")).astype(np.int64), arr)
     assert os.path.getsize(tmp_path / "i.png") < 400
+
+
+def test_to_coco_boxes_with_a_segment_per_pixel():
+    # Up to one segment per pixel: the boxes come from a sort of the pixels (memory linear in
+    # the pixels; per-segment row and column flags would take segments x (H + W)), and equal the
+    # flags' boxes on a map of few segments.
+    rng = np.random.default_rng(3)
+    h, w = 37, 53
+    for pan in (
+        11 * 1000 + rng.permutation(h * w).reshape(h, w),  # every pixel its own segment
+        _merge_map(rng),
+    ):
+        ids, ann = to_coco_panoptic(pan, segment_ids="sequential")
+        assert len(ann["segments_info"]) == len(np.unique(pan[pan != -1]))
+        for s in ann["segments_info"]:
+            ys, xs = np.nonzero(ids == s["id"])
+            assert s["area"] == len(ys)
+            assert s["bbox"] == [
+                xs.min(),
+                ys.min(),
+                xs.max() - xs.min() + 1,
+                ys.max() - ys.min() + 1,
+            ]
+
+
+def test_to_coco_of_an_empty_map():
+    for shape in ((0, 5), (3, 0)):
+        ids, ann = to_coco_panoptic(np.zeros(shape, np.int64))
+        assert ids.shape == shape and ids.dtype == np.uint32 and ann["segments_info"] == []

@@ -417,20 +417,27 @@ def _check_divisor(label_divisor) -> int:
 
 
 def _areas_and_boxes(inverse: np.ndarray, k: int) -> tuple[np.ndarray, list[list[int]]]:
-    """Pixel count and COCO bbox [x, y, width, height] of each label 0..k-1 of a (H, W) map."""
+    """Pixel count and COCO bbox [x, y, width, height] of each label 0..k-1 of a (H, W) map
+    (every label present). Few labels: per-label row / column occupancy (k x (H + W) flags);
+    many (up to one per pixel): a stable sort of the pixels by label, O(H W) memory."""
     h, w = inverse.shape
-    flat = inverse.astype(np.int64)
-    areas = np.bincount(flat.ravel(), minlength=k)
-    rows = (
-        np.bincount((flat * h + np.arange(h)[:, None]).ravel(), minlength=k * h).reshape(k, h) > 0
-    )
-    cols = (
-        np.bincount((flat * w + np.arange(w)[None, :]).ravel(), minlength=k * w).reshape(k, w) > 0
-    )
-    y0 = rows.argmax(axis=1)
-    y1 = h - 1 - rows[:, ::-1].argmax(axis=1)
-    x0 = cols.argmax(axis=1)
-    x1 = w - 1 - cols[:, ::-1].argmax(axis=1)
+    flat = inverse.astype(np.int64).ravel()
+    areas = np.bincount(flat, minlength=k)
+    if flat.size == 0:  # an empty map: no segments
+        return areas, []
+    if k * (h + w) <= 4 * h * w:
+        grid = flat.reshape(h, w)
+        rows = np.bincount((grid * h + np.arange(h)[:, None]).ravel(), minlength=k * h)
+        cols = np.bincount((grid * w + np.arange(w)[None, :]).ravel(), minlength=k * w)
+        rows, cols = rows.reshape(k, h) > 0, cols.reshape(k, w) > 0
+        y0, y1 = rows.argmax(axis=1), h - 1 - rows[:, ::-1].argmax(axis=1)
+        x0, x1 = cols.argmax(axis=1), w - 1 - cols[:, ::-1].argmax(axis=1)
+    else:
+        pixels = np.argsort(flat, kind="stable")  # row-major order within each label
+        starts = np.concatenate(([0], np.cumsum(areas)[:-1]))
+        y0, y1 = pixels[starts] // w, pixels[starts + areas - 1] // w
+        columns = pixels % w
+        x0, x1 = np.minimum.reduceat(columns, starts), np.maximum.reduceat(columns, starts)
     boxes = [
         [int(x0[i]), int(y0[i]), int(x1[i] - x0[i] + 1), int(y1[i] - y0[i] + 1)] for i in range(k)
     ]
