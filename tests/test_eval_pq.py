@@ -693,3 +693,21 @@ def test_coco_image_compiled_equals_reference():
             else results[0].split(": ")[1][:20]
         )
     assert len(outcomes) >= 3  # successes and both kinds of id errors were exercised
+
+
+def test_evaluator_takes_ids_beyond_32_bits():
+    # merge gives int64 ids once class * label_divisor passes int32 (here class 5,000,000 + 10):
+    # the evaluator counts them as the same maps with small class ids.
+    pred, gt = _merge_pair(11)
+    shift = 5_000_000
+    cats = [{"id": c + (shift if c >= 10 else 0), "isthing": int(c >= 11)} for c in range(19)]
+
+    def lifted(m):
+        m = m.astype(np.int64)
+        return np.where(m >= 10 * 1000, m + shift * 1000, m)
+
+    small = PanopticEvaluator(CS_CATS).update(pred, gt)
+    big = PanopticEvaluator(cats).update(lifted(pred), lifted(gt))
+    assert lifted(gt).max() > 2**32
+    for field in ("tp", "fp", "fn", "iou"):
+        np.testing.assert_array_equal(getattr(big, field), getattr(small, field))

@@ -14,31 +14,42 @@ def _check_backend(backend: str) -> None:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
 
 
-def _as_u32(a: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
-    """A flat uint32 view/copy of an integer map and whether it was signed (int32 bit pattern)."""
+def _as_u32(a: np.ndarray, name: str):
+    """A flat uint32 map the kernels count, and the function that turns its keys back into the
+    ids (int64). 32-bit ids go as they are (signed ones by their bit pattern); wider ones that do
+    not fit 32 bits are replaced by their rank among the map's distinct ids (a sort), so any
+    int64 id works, e.g. ``merge`` output of class ids above 2**31 / label_divisor."""
     if not np.issubdtype(a.dtype, np.integer):
         raise TypeError(f"{name}: expected an integer array, got dtype {a.dtype}")
     a = a.ravel()
     if a.dtype == np.uint32:
-        return np.ascontiguousarray(a), False
+        return np.ascontiguousarray(a), _unsigned
     if a.dtype == np.int32:
-        return np.ascontiguousarray(a).view(np.uint32), True
+        return np.ascontiguousarray(a).view(np.uint32), _signed
     if a.dtype.itemsize < 4:
-        signed = np.issubdtype(a.dtype, np.signedinteger)
-        return (a.astype(np.int32).view(np.uint32) if signed else a.astype(np.uint32)), signed
-    # 64-bit: must fit 32 bits.
-    if a.size:
-        lo, hi = int(a.min()), int(a.max())
-        if lo >= 0 and hi <= 0xFFFFFFFF:
-            return a.astype(np.uint32), False
-        if lo >= -(2**31) and hi < 2**31:
-            return a.astype(np.int32).view(np.uint32), True
-        raise ValueError(f"{name}: ids must fit in 32 bits, got values in [{lo}, {hi}]")
-    return a.astype(np.uint32), False
+        if np.issubdtype(a.dtype, np.signedinteger):
+            return a.astype(np.int32).view(np.uint32), _signed
+        return a.astype(np.uint32), _unsigned
+    if a.size == 0:
+        return a.astype(np.uint32), _unsigned
+    lo, hi = int(a.min()), int(a.max())
+    if lo >= 0 and hi <= 0xFFFFFFFF:
+        return a.astype(np.uint32), _unsigned
+    if lo >= -(2**31) and hi < 2**31:
+        return a.astype(np.int32).view(np.uint32), _signed
+    if hi > np.iinfo(np.int64).max:
+        raise ValueError(f"{name}: ids must fit int64, got a maximum of {hi}")
+    ids, rank = np.unique(a, return_inverse=True)
+    ids = ids.astype(np.int64)
+    return rank.astype(np.uint32).ravel(), lambda keys: ids[keys]
 
 
-def _back(ids: np.ndarray, signed: bool) -> np.ndarray:
-    return (ids.view(np.int32) if signed else ids).astype(np.int64)
+def _unsigned(keys: np.ndarray) -> np.ndarray:
+    return keys.astype(np.int64)
+
+
+def _signed(keys: np.ndarray) -> np.ndarray:
+    return keys.view(np.int32).astype(np.int64)
 
 
 def pair_counts(a: np.ndarray, b: np.ndarray, *, backend: str = "compiled"):
@@ -47,7 +58,7 @@ def pair_counts(a: np.ndarray, b: np.ndarray, *, backend: str = "compiled"):
     Parameters
     ----------
     a, b : numpy.ndarray of integers, same shape (any)
-        Values must fit in 32 bits (int32 and uint32 maps, e.g. ``merge`` output with void -1).
+        Any ids up to int64's range (32-bit ones are counted as they are, wider ones by rank).
 
     Returns
     -------
@@ -66,13 +77,13 @@ def pair_counts(a: np.ndarray, b: np.ndarray, *, backend: str = "compiled"):
         return uniq[:, 0].copy(), uniq[:, 1].copy(), counts.astype(np.int64)
     from pdl_post import _eval_kernels
 
-    ua, sa = _as_u32(a, "a")
-    ub, sb = _as_u32(b, "b")
+    ua, back_a = _as_u32(a, "a")
+    ub, back_b = _as_u32(b, "b")
     if ua.size == 0:
         e = np.zeros(0, np.int64)
         return e, e.copy(), e.copy()
     ka, kb, counts = _eval_kernels.pair_counts(ua, ub)
-    ka, kb = _back(ka, sa), _back(kb, sb)
+    ka, kb = back_a(ka), back_b(kb)
     order = np.lexsort((kb, ka))
     return ka[order], kb[order], counts[order]
 
@@ -101,7 +112,7 @@ def masked_counts(ids: np.ndarray, mask: np.ndarray, *, backend: str = "compiled
         return uniq, counts.astype(np.int64), int(sel.size)
     from pdl_post import _eval_kernels
 
-    u, signed = _as_u32(ids, "ids")
+    u, back = _as_u32(ids, "ids")
     m = np.ascontiguousarray(mask.ravel()).view(np.uint8) if mask.dtype == bool else mask
     if m.dtype != np.uint8:
         m = (m != 0).view(np.uint8)
@@ -109,6 +120,6 @@ def masked_counts(ids: np.ndarray, mask: np.ndarray, *, backend: str = "compiled
     if u.size == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
     uniq, counts, npix = _eval_kernels.masked_counts(u, m)
-    uniq = _back(uniq, signed)
+    uniq = back(uniq)
     order = np.argsort(uniq, kind="stable")
     return uniq[order], counts[order], npix
