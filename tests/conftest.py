@@ -6,7 +6,8 @@ import numpy as np
 
 
 def assert_results_equal(a, b, *, score_rtol=1e-12):
-    """Two PanopticResult (or lists of them) are identical: ids exact, scores to score_rtol."""
+    """Two PanopticResult (or lists of them) are identical: ids exact, scores to score_rtol (0:
+    the same bits)."""
     if isinstance(a, list):
         assert isinstance(b, list) and len(a) == len(b)
         for x, y in zip(a, b):
@@ -19,12 +20,12 @@ def assert_results_equal(a, b, *, score_rtol=1e-12):
     np.testing.assert_array_equal(a.center_scores, b.center_scores)
     keys = ("id", "category_id", "isthing", "area")
     assert [[s[k] for k in keys] for s in a.segments] == [[s[k] for k in keys] for s in b.segments]
-    np.testing.assert_allclose(
-        [s["score"] for s in a.segments],
-        [s["score"] for s in b.segments],
-        rtol=score_rtol,
-        equal_nan=True,
-    )
+    scores_a = np.array([s["score"] for s in a.segments], np.float64)
+    scores_b = np.array([s["score"] for s in b.segments], np.float64)
+    if score_rtol == 0:  # exact: the bits, NaN's sign and payload included
+        np.testing.assert_array_equal(scores_a.view(np.uint64), scores_b.view(np.uint64))
+    else:
+        np.testing.assert_allclose(scores_a, scores_b, rtol=score_rtol, equal_nan=True)
 
 
 # Devices of the parametrised tests (tests/devices.py): imported after assert_results_equal,

@@ -677,3 +677,19 @@ def test_fuse_takes_any_non_negative_int64_instance_ids(backend):
         sparse = ids[dense]
         got = pdl_post.fuse(s.sem, sparse, stuff_area=8, backend=backend)
         np.testing.assert_array_equal(got, expected)
+
+
+def test_nan_scores_are_one_nan_on_every_path(device):
+    # A +NaN logit and a -NaN from inf - inf meet in one sum, in another order on each path: the
+    # sign of the result followed that order. Every path reports the positive quiet NaN.
+    logits = np.array([[[-1.5, np.nan, -1.0]], [[np.inf, -0.5, -0.5]]], np.float32)
+    ctr = np.zeros((1, 1, 3), np.float32)
+    off = np.zeros((2, 1, 3), np.float32)
+    kw = {"thing_ids": (), "stuff_area": 0}
+    results = [pdl_post.postprocess(logits, ctr, off, backend="reference", **kw)]
+    results.append(both(device, logits, ctr, off, **kw))  # devices: bits equal to the CPU's
+    for r in results:
+        scores = np.array([s["score"] for s in r.segments])
+        assert np.isnan(scores).any()
+        nan_bits = scores[np.isnan(scores)].view(np.uint64)
+        assert (nan_bits == np.uint64(0x7FF8000000000000)).all(), [hex(b) for b in nan_bits]

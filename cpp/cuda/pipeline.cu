@@ -837,8 +837,8 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     }
     for (long long i = 0; i < h[2]; ++i) {
       const cuda::DeviceSegment d = copied(host.segments + seg_offset[b] + i);
-      r.segments.push_back(
-          Segment{d.id, d.category_id, d.isthing != 0, d.area, d.score, d.instance});
+      r.segments.push_back(Segment{d.id, d.category_id, d.isthing != 0, d.area,
+                                   reported_score(d.score), d.instance});
     }
   }
   return results;

@@ -337,7 +337,8 @@ void score_segments(Plane<const TSem> sem, const int32_t* instance, const ClassI
                                      slot_of_class, height, width, slots, sums, threads);
   }
   for (size_t i = 0; i < tables.segments.size(); ++i) {
-    tables.segments[i].score *= sums[i] / static_cast<double>(tables.segments[i].area);
+    Segment& s = tables.segments[i];
+    s.score = reported_score(s.score * (sums[i] / static_cast<double>(s.area)));
   }
 }
 

@@ -1,6 +1,8 @@
 """Reference backend: the executable form of ``docs/merge-semantics.md``.
 
-Every other backend (C++ CPU, CUDA) must reproduce these functions bit for bit. The code favours
+Every other backend (C++ CPU, CUDA) must reproduce these functions bit for bit, except segment
+scores from logits: numpy's ``exp`` and summation order here, the library's own ``exp`` and a
+fixed block order there (they agree to ~1e-14 relative). The code favours
 clarity and exactness over speed: the per-pixel loops (NMS max filter, offset voting) are plain
 ``numba.njit`` loops, and offset voting is brute force over all centres, which is exact by
 construction. When numba is not importable a plain-numpy fallback gives identical results (the
@@ -18,6 +20,7 @@ No input validation beyond asserts: the API layer validates user input.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -558,6 +561,8 @@ def postprocess_image(
                 score *= probs[j]
         else:
             score = probs[j] if probs is not None else 1.0
+        if score != score:  # NaN: reported as the one positive quiet NaN, as the other paths do
+            score = math.nan
         segments.append(
             {
                 "id": sg["id"],

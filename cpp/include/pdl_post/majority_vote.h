@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "pdl_post/common.h"
@@ -35,6 +36,13 @@ struct Segment {
   double score;
   int64_t instance;  // 1-based instance for things, 0 for stuff
 };
+
+// A segment's score as every path reports it: a NaN score (NaN or infinite logits) is the one
+// positive quiet NaN, since the sign of a NaN follows the order of the operations that made it,
+// which the paths do not share.
+inline double reported_score(double score) {
+  return score == score ? score : std::numeric_limits<double>::quiet_NaN();
+}
 
 // Maps label values to table indices: the value itself below kDenseLabelLimit, else its rank
 // among the labels present in the image.
