@@ -473,14 +473,28 @@ def test_conversion_errors():
         to_coco_panoptic(np.zeros((2, 2), np.float32))
     with pytest.raises(ValueError, match="segment_ids"):
         to_coco_panoptic(pan, segment_ids="x")
+    ones = np.ones((2, 2), np.int32)
     with pytest.raises(ValueError, match="listed twice"):
-        from_coco_panoptic(
-            np.ones((2, 2)), [{"id": 1, "category_id": 1}, {"id": 1, "category_id": 2}]
-        )
+        from_coco_panoptic(ones, [{"id": 1, "category_id": 1}, {"id": 1, "category_id": 2}])
     with pytest.raises(ValueError, match="no entry for category_id 5"):
-        from_coco_panoptic(np.ones((2, 2)), [{"id": 1, "category_id": 5}], category_map={1: 1})
+        from_coco_panoptic(ones, [{"id": 1, "category_id": 5}], category_map={1: 1})
     with pytest.raises(ValueError, match="'id' and 'category_id'"):
-        from_coco_panoptic(np.ones((2, 2)), [{"id": 1}])
+        from_coco_panoptic(ones, [{"id": 1}])
+    # Nothing is truncated or wrapped silently: fractional ids, float maps, negative ids, classes
+    # whose ids overflow int64, and a segments_info that is not a list are refused by name.
+    with pytest.raises(TypeError, match="ids: expected integer segment ids .* got dtype float64"):
+        from_coco_panoptic(np.ones((2, 2)), [{"id": 1, "category_id": 1}])
+    with pytest.raises(ValueError, match="id must be an integer, got 1.7"):
+        from_coco_panoptic(ones, [{"id": 1.7, "category_id": 1}])
+    with pytest.raises(ValueError, match="category_id must be an integer, got True"):
+        from_coco_panoptic(ones, [{"id": 1, "category_id": True}])
+    with pytest.raises(ValueError, match="segment ids are >= 0, got -1"):
+        from_coco_panoptic(ones, [{"id": -1, "category_id": 1}])
+    with pytest.raises(ValueError, match=r"class 1180591620717411303424 \(segment 1\) times"):
+        from_coco_panoptic(ones, [{"id": 1, "category_id": 2**70}])
+    with pytest.raises(TypeError, match="segments_info: expected a list of segment dicts"):
+        from_coco_panoptic(ones, None)
+    assert from_coco_panoptic(ones, [{"id": 1.0, "category_id": 2}]).tolist() == [[2001] * 2] * 2
 
 
 def test_json_round_trip(tmp_path):

@@ -21,7 +21,7 @@ import json
 import os
 import struct
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -549,6 +549,17 @@ def to_coco_panoptic(
     return ids, ann
 
 
+def _json_int(value: Any, what: str) -> int:
+    """An integer field of a COCO annotation: ints (and integral floats, as JSON may hold them)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{what} must be an integer, got {value!r}")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    raise TypeError(f"{what} must be an integer, got {value!r}")
+
+
 def from_coco_panoptic(
     ids,
     segments_info: Sequence[Mapping[str, Any]],
@@ -586,16 +597,26 @@ def from_coco_panoptic(
         ids = rgb2id(ids)
     if ids.ndim != 2:
         raise ValueError(f"ids: expected shape (H, W) or (H, W, 3), got {ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"ids: expected integer segment ids (or RGB uint8), got dtype {ids.dtype}")
     label_divisor = _check_divisor(label_divisor)
+    if isinstance(segments_info, (str, bytes, Mapping)) or not isinstance(
+        segments_info, Iterable
+    ):
+        raise TypeError(
+            f"segments_info: expected a list of segment dicts, got {type(segments_info).__name__}"
+        )
     classes = []
     for s in segments_info:
         try:
-            cat = int(s["category_id"])
-            sid = int(s["id"])
+            cat = _json_int(s["category_id"], "category_id")
+            sid = _json_int(s["id"], "id")
         except (KeyError, TypeError) as e:
             raise ValueError(
-                f"segments_info: each segment needs 'id' and 'category_id' ({e})"
+                f"segments_info: each segment needs integer 'id' and 'category_id' ({e})"
             ) from None
+        if sid < 0:
+            raise ValueError(f"segments_info: segment ids are >= 0, got {sid}")
         if category_map is None:
             cls = cat
         elif cat in category_map:
@@ -606,9 +627,15 @@ def from_coco_panoptic(
     things = None if thing_classes is None else {int(c) for c in thing_classes}
     values = {}
     next_inst: dict[int, int] = {}
+    largest = np.iinfo(np.int64).max
     for sid, cls, crowd in classes:
         if sid in values:
             raise ValueError(f"segments_info: segment id {sid} is listed twice")
+        if not 0 <= cls <= (largest - (label_divisor - 1)) // label_divisor:
+            raise ValueError(
+                f"segments_info: class {cls} (segment {sid}) times label_divisor={label_divisor} "
+                "does not fit int64 (classes are >= 0)"
+            )
         if not crowd and (things is None or cls in things):
             n = next_inst.get(cls, 0) + 1
             next_inst[cls] = n
