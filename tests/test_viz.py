@@ -225,6 +225,13 @@ def test_overlay_bad_input():
         viz.overlay(np.zeros((*pan.shape, 3), np.uint8), pan, alpha=1.5)
     with pytest.raises(TypeError, match="image must be uint8"):
         viz.overlay(np.zeros(pan.shape, np.int32), pan)
+    img = np.zeros((*pan.shape, 3), np.uint8)
+    with pytest.raises(TypeError, match="alpha must be a number in \\[0, 1\\], got 'x'"):
+        viz.overlay(img, pan, alpha="x")
+    with pytest.raises(ValueError, match=r"boundary_color channels must lie in \[0, 255\]"):
+        viz.overlay(img, pan, boundary_color=(300, 0, 0))
+    with pytest.raises(TypeError, match=r"boundary_color must be an \(r, g, b\) tuple of ints"):
+        viz.overlay(img, pan, boundary_color=(1.5, 0, 0))
 
 
 # ---------------------------------------------------------------------------- draw_centers
@@ -249,6 +256,24 @@ def test_draw_centers_empty_and_bad():
         viz.draw_centers(img, np.zeros((3, 3)))
     with pytest.raises(ValueError, match="rgb must be"):
         viz.draw_centers(img[..., 0], np.zeros((1, 2)))
+    one = np.zeros((1, 2))
+    with pytest.raises(TypeError, match="radius must be an int \\(pixels\\), got 2.9"):
+        viz.draw_centers(img, one, radius=2.9)
+    with pytest.raises(ValueError, match=r"color channels must lie in \[0, 255\]"):
+        viz.draw_centers(img, one, color=(256, 0, 0))
+    with pytest.raises(TypeError, match="outline must be an"):
+        viz.draw_centers(img, one, outline="red")
+
+
+def test_draw_centers_huge_radius_costs_the_image_size():
+    # Only the offsets that reach the image are drawn: a radius of 20000 on a small image fills
+    # it (from a centre inside, and partly from one outside) without a 20000^2 grid.
+    img = np.zeros((30, 40, 3), np.uint8)
+    out = viz.draw_centers(img, [[5, 5]], radius=20_000, color=(9, 9, 9), outline=None)
+    assert (out == 9).all()
+    far = viz.draw_centers(img, [[-20_000, 20]], radius=20_010, color=(9, 9, 9), outline=None)
+    small = viz.draw_centers(np.zeros((30, 40, 3), np.uint8), [[-20_000, 20]], radius=20_010)
+    assert (far[:5] == 9).all() and (far[-1] == 0).all() and small.shape == img.shape
 
 
 def test_colorize_then_png_roundtrip(tmp_path):

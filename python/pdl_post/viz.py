@@ -191,8 +191,11 @@ def colorize(
     Returns
     -------
     numpy.ndarray, shape ``[..., H, W, 3]``, uint8
-        RGB image. Every distinct id of the map gets a distinct colour, except that all void ids
-        share black.
+        RGB image. Void ids (and negative ones) are black. Stuff ids take their class's fixed
+        colour (the Cityscapes palette for classes 0-18, a hashed colour of 64 levels per
+        channel above, so that among thousands of classes two can share one); every instance
+        gets a colour of its own, different from void, from the stuff colours of the image and
+        from the other instances (while there are fewer than 2**24 colours' worth of them).
     """
     pan = _check_int_map("panoptic", panoptic)
     if isinstance(label_divisor, bool) or not isinstance(label_divisor, (int, np.integer)):
@@ -255,9 +258,13 @@ def overlay(
         raise ValueError(
             f"panoptic must have shape [H, W] = {img.shape[:2]} (the image's), got {pan.shape}"
         )
+    if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, (int, float, np.number)):
+        raise TypeError(f"alpha must be a number in [0, 1], got {alpha!r}")
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if boundary_color is not None:
+        boundary_color = _check_rgb_color("boundary_color", boundary_color)
     col = colorize(pan, label_divisor=label_divisor, void_label=void_label, seed=seed)
     blend = img.astype(np.float32) * (1.0 - alpha) + col.astype(np.float32) * alpha
     out = (blend + 0.5).astype(np.uint8)
@@ -273,6 +280,21 @@ def overlay(
         edge[:, :-1] |= dx
         out[edge] = np.asarray(boundary_color, dtype=np.uint8)
     return out
+
+
+def _check_rgb_color(name: str, value: object) -> tuple[int, int, int]:
+    """An (r, g, b) colour of three ints in [0, 255]."""
+    try:
+        channels = tuple(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{name} must be an (r, g, b) tuple of ints, got {value!r}") from None
+    if len(channels) != 3 or not all(
+        isinstance(c, (int, np.integer)) and not isinstance(c, (bool, np.bool_)) for c in channels
+    ):
+        raise TypeError(f"{name} must be an (r, g, b) tuple of ints, got {value!r}")
+    if not all(0 <= c <= 255 for c in channels):
+        raise ValueError(f"{name} channels must lie in [0, 255], got {value!r}")
+    return tuple(int(c) for c in channels)  # type: ignore[return-value]
 
 
 def draw_centers(
@@ -314,14 +336,25 @@ def draw_centers(
         return img.copy()
     if ctr.ndim != 2 or ctr.shape[1] != 2:
         raise ValueError(f"centers must have shape [K, 2] (y, x), got {ctr.shape}")
-    if int(radius) < 0:
+    if isinstance(radius, (bool, np.bool_)) or not isinstance(radius, (int, np.integer)):
+        raise TypeError(f"radius must be an int (pixels), got {radius!r}")
+    if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
+    color = _check_rgb_color("color", color)
+    if outline is not None:
+        outline = _check_rgb_color("outline", outline)
     out = img.copy()
     h, w = out.shape[:2]
     pts = np.rint(ctr.astype(np.float64)).astype(np.int64)
 
     def disc(r: int, rgb_color: tuple[int, int, int]) -> None:
-        yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+        # Only the offsets that can land in the image for some centre: a radius far beyond the
+        # image costs the image's size, not r^2.
+        y_lo, y_hi = max(-r, -int(pts[:, 0].max())), min(r, h - 1 - int(pts[:, 0].min()))
+        x_lo, x_hi = max(-r, -int(pts[:, 1].max())), min(r, w - 1 - int(pts[:, 1].min()))
+        if y_lo > y_hi or x_lo > x_hi:
+            return
+        yy, xx = np.mgrid[y_lo : y_hi + 1, x_lo : x_hi + 1]
         keep = yy * yy + xx * xx <= r * r + r  # a round-looking digital disc
         oy, ox = yy[keep], xx[keep]
         py = (pts[:, 0:1] + oy[None, :]).ravel()
