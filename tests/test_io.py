@@ -482,9 +482,9 @@ def test_conversion_errors():
         from_coco_panoptic(ones, [{"id": 1}])
     # Nothing is truncated or wrapped silently: fractional ids, float maps, negative ids, classes
     # whose ids overflow int64, and a segments_info that is not a list are refused by name.
-    with pytest.raises(TypeError, match="ids: expected integer segment ids .* got dtype float64"):
+    with pytest.raises(TypeError, match=r"ids: expected integer segment ids .* got dtype float64"):
         from_coco_panoptic(np.ones((2, 2)), [{"id": 1, "category_id": 1}])
-    with pytest.raises(ValueError, match="id must be an integer, got 1.7"):
+    with pytest.raises(ValueError, match=r"id must be an integer, got 1\.7"):
         from_coco_panoptic(ones, [{"id": 1.7, "category_id": 1}])
     with pytest.raises(ValueError, match="category_id must be an integer, got True"):
         from_coco_panoptic(ones, [{"id": 1, "category_id": True}])

@@ -226,7 +226,7 @@ def test_overlay_bad_input():
     with pytest.raises(TypeError, match="image must be uint8"):
         viz.overlay(np.zeros(pan.shape, np.int32), pan)
     img = np.zeros((*pan.shape, 3), np.uint8)
-    with pytest.raises(TypeError, match="alpha must be a number in \\[0, 1\\], got 'x'"):
+    with pytest.raises(TypeError, match=r"alpha must be a number in \[0, 1\], got 'x'"):
         viz.overlay(img, pan, alpha="x")
     with pytest.raises(ValueError, match=r"boundary_color channels must lie in \[0, 255\]"):
         viz.overlay(img, pan, boundary_color=(300, 0, 0))
@@ -257,7 +257,7 @@ def test_draw_centers_empty_and_bad():
     with pytest.raises(ValueError, match="rgb must be"):
         viz.draw_centers(img[..., 0], np.zeros((1, 2)))
     one = np.zeros((1, 2))
-    with pytest.raises(TypeError, match="radius must be an int \\(pixels\\), got 2.9"):
+    with pytest.raises(TypeError, match=r"radius must be an int \(pixels\), got 2\.9"):
         viz.draw_centers(img, one, radius=2.9)
     with pytest.raises(ValueError, match=r"color channels must lie in \[0, 255\]"):
         viz.draw_centers(img, one, color=(256, 0, 0))

@@ -600,9 +600,7 @@ def from_coco_panoptic(
     if not np.issubdtype(ids.dtype, np.integer):
         raise TypeError(f"ids: expected integer segment ids (or RGB uint8), got dtype {ids.dtype}")
     label_divisor = _check_divisor(label_divisor)
-    if isinstance(segments_info, (str, bytes, Mapping)) or not isinstance(
-        segments_info, Iterable
-    ):
+    if isinstance(segments_info, (str, bytes, Mapping)) or not isinstance(segments_info, Iterable):
         raise TypeError(
             f"segments_info: expected a list of segment dicts, got {type(segments_info).__name__}"
         )
