@@ -121,12 +121,12 @@ def test_convert_round_trip(tmp_path, capsys):
         pan[10:, rng.integers(0, 8) :] = 11_001
         np.save(tmp_path / f"img{k}.npy", pan)
         maps.append(pan)
-    rc, stdout, _ = _run(
+    rc, stdout, stderr = _run(
         ["convert", "to-coco", tmp_path / "img0.npy", tmp_path / "img1.npy", "--out-json", tmp_path / "coco.json",
          "--category-map", "cityscapes", "--categories", "cityscapes"],
         capsys,
     )  # fmt: skip
-    assert rc == 0 and "wrote 2" in stdout
+    assert rc == 0 and "wrote 2" in stderr and stdout == ""
     coco = json.loads((tmp_path / "coco.json").read_text())
     assert [a["image_id"] for a in coco["annotations"]] == ["img0", "img1"]
     assert len(coco["categories"]) == 19
@@ -288,3 +288,27 @@ def test_to_coco_refuses_two_inputs_of_one_name(capsys, tmp_path):
     assert rc == 1 and stderr.count("\n") == 1
     assert "d2/x.npy: same name as" in stderr and "d1/x.npy" in stderr
     assert not out.exists() and not (tmp_path / "out").exists()
+
+
+def test_json_to_standard_output(data, capsys, tmp_path):
+    # '-' writes the JSON to standard output, as Unix tools do; what would be printed there (the
+    # table, the summary) goes to stderr, so that stdout parses.
+    _, p = data
+    rc, stdout, stderr = _run(
+        ["eval", "pq", "--gt-json", p["gt_json"], "--pred-json", p["pred_json"], "--gt-folder", p["gt_folder"],
+         "--pred-folder", p["pred_folder"], "--out", "-", "--no-progress"],
+        capsys,
+    )  # fmt: skip
+    assert rc == 0 and "Things" in stderr
+    expected = pq_compute(p["gt_json"], p["pred_json"], p["gt_folder"], p["pred_folder"])
+    assert _same(json.loads(stdout), expected)
+    np.save(tmp_path / "a.npy", np.full((4, 5), 7000, np.int32))
+    rc, stdout, stderr = _run(
+        ["convert", "to-coco", tmp_path / "a.npy", "--out-json", "-", "--out-folder", tmp_path / "png"],
+        capsys,
+    )  # fmt: skip
+    assert rc == 0 and "wrote 1" in stderr
+    assert json.loads(stdout)["annotations"][0]["file_name"] == "a.png"
+    assert (tmp_path / "png" / "a.png").exists()
+    rc, stdout, stderr = _run(["convert", "to-coco", tmp_path / "a.npy", "--out-json", "-"], capsys)
+    assert rc == 1 and stdout == "" and "give --out-folder" in stderr and not os.path.exists("-")

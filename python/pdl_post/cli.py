@@ -10,6 +10,7 @@ Each subcommand is one ``_add_<name>(subparsers)`` function that registers its p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import glob
 import json
@@ -43,7 +44,9 @@ def _progress_flag(args) -> bool:
 
 
 def _add_common(p: argparse.ArgumentParser, *, workers: bool = True) -> None:
-    p.add_argument("--out", metavar="FILE", help="write the results as JSON to FILE")
+    p.add_argument(
+        "--out", metavar="FILE", help="write the results as JSON to FILE ('-': standard output)"
+    )
     if workers:
         p.add_argument(
             "--workers",
@@ -82,6 +85,10 @@ def _to_jsonable(o):
 
 def _write_out(path: str | None, results: dict) -> None:
     if not path:
+        return
+    if path == "-":  # standard output (the human-readable table went to stderr)
+        json.dump(_to_jsonable(results), sys.stdout, indent=2, sort_keys=False, allow_nan=False)
+        sys.stdout.write("\n")
         return
     try:
         with open(path, "w") as f:
@@ -382,7 +389,12 @@ def _add_convert(sub) -> None:
         "--category-map cityscapes --categories cityscapes",
     )
     q.add_argument("inputs", nargs="+", metavar="INPUT", help=".npy files or folders of them")
-    q.add_argument("--out-json", required=True, metavar="FILE", help="the JSON to write")
+    q.add_argument(
+        "--out-json",
+        required=True,
+        metavar="FILE",
+        help="the JSON to write ('-': standard output, with --out-folder)",
+    )
     q.add_argument(
         "--out-folder", metavar="DIR", help="PNG folder (default: --out-json without .json)"
     )
@@ -448,6 +460,10 @@ def _run_to_coco(args) -> dict:
     from pdl_post.eval._progress import progress_bar
     from pdl_post.io import to_coco_panoptic, write_json, write_panoptic_png
 
+    if args.out_json == "-" and not args.out_folder:
+        raise InputError(
+            "--out-json -: the PNG folder cannot be derived from it; give --out-folder"
+        )
     files = _npy_inputs(args.inputs)
     # The image id and PNG name come from the file's name: two inputs of one name would write
     # one PNG and two annotations of one image id.
@@ -504,9 +520,13 @@ def _run_to_coco(args) -> dict:
         "annotations": annotations,
         "categories": _categories(args.categories, cat_ids),
     }
-    write_json(args.out_json, data)
+    if args.out_json == "-":
+        json.dump(_to_jsonable(data), args.stdout, allow_nan=False)
+        args.stdout.write("\n")
+    else:
+        write_json(args.out_json, data)
     if not args.quiet:
-        print(f"wrote {len(files)} PNGs to {out_folder} and {args.out_json}")
+        print(f"wrote {len(files)} PNGs to {out_folder} and {args.out_json}", file=sys.stderr)
     return {"images": len(files), "json": args.out_json, "folder": out_folder}
 
 
@@ -606,8 +626,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pdl-post``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # With JSON going to standard output, what would be printed there goes to stderr.
+    json_to_stdout = "-" in (getattr(args, "out", None), getattr(args, "out_json", None))
+    args.stdout = sys.stdout
     try:
-        results = args.func(args)
+        with contextlib.redirect_stdout(sys.stderr) if json_to_stdout else contextlib.nullcontext():
+            results = args.func(args)
         _write_out(getattr(args, "out", None), results)
     except (InputError, ValueError, TypeError, FileNotFoundError, ImportError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
