@@ -200,6 +200,24 @@ def test_compacted_class_ids_do_not_take_a_table_per_instance(cuda_device):
         assert high_water < 1_500_000 < 201 * 6144 * 8, high_water
 
 
+def test_pair_keys_beyond_32_bits(cuda_device):
+    # Pair keys are uint32 while instance slots x C fits 32 bits, else int64: here 65536 centres
+    # (a flat heatmap, top_k None) times 65536 compacted class ids (every pixel its own) make
+    # 4,295,032,832 keys, one past 2**32; each pixel is its own instance of its own class.
+    n = 256
+    sem = (65_536 + np.arange(n * n)).reshape(n, n).astype(np.int64)
+    ctr = np.full((1, n, n), 0.5, np.float32)
+    off = np.zeros((2, n, n), np.float32)
+    kw = dict(thing_ids=np.unique(sem).tolist(), stuff_area=0, top_k=None, label_divisor=2)
+    if cuda_device == "emulated":
+        _pair_sorts()
+    cpu = run_on(cuda_device, sem, ctr, off, **kw)
+    assert len(cpu.centers) == n * n
+    np.testing.assert_array_equal(np.asarray(cpu.panoptic), sem * 2 + 1)
+    if cuda_device == "emulated":
+        assert _pair_sorts() == 2
+
+
 def test_segment_score_sums_in_shared_and_global_memory(cuda_device):
     # Scores with logits sum each block's probabilities per segment in shared memory when an
     # image's K + C segment slots fit (4096, cpp/cuda/fusion.cu), else in global memory (one more

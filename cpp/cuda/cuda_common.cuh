@@ -310,9 +310,12 @@ constexpr int64_t kSharedBinLimit = 16384;
 // order).
 constexpr int64_t kPairBinsPerPixel = 4;
 struct PairSort {
-  int64_t* keys;    // [pixels] written by the vote
-  int64_t* spare;   // [pixels] cub's second buffer (the sort's passes alternate between them)
-  int64_t* sorted;  // keys or spare, whichever holds the sorted keys (set by resolve_segments)
+  // Keys are uint32 while `none` fits 32 bits (most calls that sort: half the memory and the
+  // sort's traffic), else int64 (`wide`).
+  void* keys;          // [pixels] written by the vote
+  void* spare;         // [pixels] cub's second buffer (the sort's passes alternate between them)
+  const void* sorted;  // keys or spare, whichever holds the sorted keys (set by resolve_segments)
+  bool wide;
   unsigned long long* votes;  // [2 x instance slots] area, best (count << 32 | ~class); zeroed
   int64_t pixels;             // B x H x W (<= INT_MAX: cub's sort size)
   int64_t instance_slots;     // layout.inst_offset's total
@@ -320,6 +323,15 @@ struct PairSort {
   int end_bit;                // bits of `none`
   CubTemp sort;
 };
+
+// Pair key i of a PairSort's key array, written / read in its width.
+__device__ inline void store_pair_key(void* keys, bool wide, int64_t i, int64_t key) {
+  if (wide) {
+    static_cast<int64_t*>(keys)[i] = key;
+  } else {
+    static_cast<uint32_t*>(keys)[i] = static_cast<uint32_t>(key);
+  }
+}
 // Whether the call counts its pairs in the histogram (false: PairSort); pair_bins: sum of
 // (K_b + 1) x C, max_bins: the largest of them.
 bool pairs_in_histogram(double pair_bins, int64_t max_bins, int64_t pixels);

@@ -137,9 +137,10 @@ struct VoteArgs {
   CenterList centers;
   FuseLayout layout;
   FuseBuffers buffers;
-  ManyCenters many;    // kGrid only
-  int64_t* pair_keys;  // PairSort::keys, or nullptr: pairs counted in the histogram
-  int64_t no_pair;     // PairSort::none
+  ManyCenters many;     // kGrid only
+  void* pair_keys;      // PairSort::keys, or nullptr: pairs counted in the histogram
+  bool wide_pair_keys;  // PairSort::wide
+  int64_t no_pair;      // PairSort::none
   int64_t height, width;
 };
 
@@ -318,8 +319,8 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
       instance[p] = inst;
       const int64_t c = a.layout.class_index(label);
       if (a.pair_keys) {
-        a.pair_keys[b * hw + p] =
-            inst > 0 ? (a.layout.inst_offset[b] + inst) * classes + c : a.no_pair;
+        store_pair_key(a.pair_keys, a.wide_pair_keys, b * hw + p,
+                       inst > 0 ? (a.layout.inst_offset[b] + inst) * classes + c : a.no_pair);
       }
       if (counted) {
         const unsigned long long bin = static_cast<unsigned long long>(inst * classes + c);
@@ -342,13 +343,15 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
 // Per run of equal sorted pair keys (one instance, one class): its length added to the
 // instance's area and offered to its majority (PairSort). Runs are found from their first key; a
 // galloping search finds the end, in reads logarithmic in the run's length.
+template <typename TKey>
 __global__ void pair_runs_kernel(PairSort pairs, int64_t classes) {
   const int64_t n = pairs.pixels;
-  const int64_t* sorted = pairs.sorted;
+  const TKey* sorted = static_cast<const TKey*>(pairs.sorted);
+  const TKey none = static_cast<TKey>(pairs.none);
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t key = sorted[i];
-    if (key == pairs.none || (i > 0 && sorted[i - 1] == key)) continue;
+    const TKey key = sorted[i];
+    if (key == none || (i > 0 && sorted[i - 1] == key)) continue;
     int64_t last = i, step = 1;  // sorted[last] == key
     while (last + step < n && sorted[last + step] == key) {
       last += step;
@@ -364,7 +367,8 @@ __global__ void pair_runs_kernel(PairSort pairs, int64_t classes) {
       }
     }
     const unsigned long long count = static_cast<unsigned long long>(end - i);
-    const int64_t slot = key / classes, c = key % classes;
+    const int64_t slot = static_cast<int64_t>(key) / classes;
+    const int64_t c = static_cast<int64_t>(key) % classes;
     atomicAdd(&pairs.votes[2 * slot], count);
     atomicMax(&pairs.votes[2 * slot + 1], count << 32 | (0xffffffffull - c));
   }
@@ -737,6 +741,22 @@ bool pairs_in_histogram(double pair_bins, int64_t max_bins, int64_t pixels) {
          pixels > std::numeric_limits<int>::max();  // beyond cub's sort: the histogram or nothing
 }
 
+namespace {
+
+// Sorts the pair keys (TKey: their width) in cub's DoubleBuffer; a size query when temp is null.
+// Leaves in *sorted the buffer that holds the sorted keys.
+template <typename TKey>
+cudaError_t sort_pair_keys(const PairSort& p, void* temp, size_t& bytes, cudaStream_t stream,
+                           const void** sorted) {
+  cub::DoubleBuffer<TKey> buffers(static_cast<TKey*>(p.keys), static_cast<TKey*>(p.spare));
+  const cudaError_t status = cub::DeviceRadixSort::SortKeys(
+      temp, bytes, buffers, static_cast<int>(p.pixels), 0, p.end_bit, stream);
+  if (sorted) *sorted = buffers.Current();
+  return status;
+}
+
+}  // namespace
+
 PairSort take_pair_sort(Scratch& scratch, int64_t pixels, int64_t instance_slots,
                         int64_t num_classes) {
   PairSort taken{};
@@ -744,13 +764,14 @@ PairSort take_pair_sort(Scratch& scratch, int64_t pixels, int64_t instance_slots
   taken.instance_slots = instance_slots;
   taken.none = instance_slots * num_classes;
   taken.end_bit = std::max(1, bit_width(taken.none));
-  taken.keys = scratch.take<int64_t>(pixels, "instance x class pairs");
-  taken.spare = scratch.take<int64_t>(pixels, "instance x class pairs");
+  taken.wide = taken.none > static_cast<int64_t>(UINT32_MAX);
+  const int64_t key_bytes = taken.wide ? sizeof(int64_t) : sizeof(uint32_t);
+  taken.keys = scratch.take_bytes(pixels * key_bytes, "instance x class pairs");
+  taken.spare = scratch.take_bytes(pixels * key_bytes, "instance x class pairs");
   taken.votes = scratch.take<unsigned long long>(2 * instance_slots, "instance x class pairs");
   size_t bytes = 0;
-  cub::DoubleBuffer<int64_t> key_buffers(nullptr, nullptr);
-  check(cub::DeviceRadixSort::SortKeys(nullptr, bytes, key_buffers, static_cast<int>(pixels), 0,
-                                       taken.end_bit),
+  check(taken.wide ? sort_pair_keys<int64_t>(taken, nullptr, bytes, nullptr, nullptr)
+                   : sort_pair_keys<uint32_t>(taken, nullptr, bytes, nullptr, nullptr),
         "cub::DeviceRadixSort::SortKeys (size)");
   taken.sort = CubTemp{scratch.take_bytes(static_cast<int64_t>(bytes), "pair sort"), bytes};
   return taken;
@@ -815,6 +836,7 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
           buffers,
           many ? *many : ManyCenters{},
           pairs ? pairs->keys : nullptr,
+          pairs ? pairs->wide : false,
           pairs ? pairs->none : 0,
           height,
           width};
@@ -860,13 +882,16 @@ void resolve_segments(int64_t batch, const ThingClasses& things, const FuseParam
                           stream),
           "cudaMemsetAsync");
     size_t bytes = p.sort.bytes;
-    cub::DoubleBuffer<int64_t> key_buffers(p.keys, p.spare);
-    check(cub::DeviceRadixSort::SortKeys(p.sort.data, bytes, key_buffers,
-                                         static_cast<int>(p.pixels), 0, p.end_bit, stream),
-          "cub::DeviceRadixSort::SortKeys");
-    p.sorted = key_buffers.Current();
-    pair_runs_kernel<<<grid_for(p.pixels, kThreads, 8192), kThreads, 0, stream>>>(
-        p, layout.num_classes);
+    const unsigned runs_grid = grid_for(p.pixels, kThreads, 8192);
+    if (p.wide) {
+      check(sort_pair_keys<int64_t>(p, p.sort.data, bytes, stream, &p.sorted),
+            "cub::DeviceRadixSort::SortKeys");
+      pair_runs_kernel<int64_t><<<runs_grid, kThreads, 0, stream>>>(p, layout.num_classes);
+    } else {
+      check(sort_pair_keys<uint32_t>(p, p.sort.data, bytes, stream, &p.sorted),
+            "cub::DeviceRadixSort::SortKeys");
+      pair_runs_kernel<uint32_t><<<runs_grid, kThreads, 0, stream>>>(p, layout.num_classes);
+    }
     check_launch("pair_runs_kernel");
   }
   const dim3 instance_grid(grid_for(layout.max_instances, kThreads), static_cast<unsigned>(batch));
