@@ -526,7 +526,7 @@ def _run_to_coco(args) -> dict:
     else:
         write_json(args.out_json, data)
     if not args.quiet:
-        print(f"wrote {len(files)} PNGs to {out_folder} and {args.out_json}", file=sys.stderr)
+        print(f"wrote {len(files)} PNGs to {out_folder} and {args.out_json}")
     return {"images": len(files), "json": args.out_json, "folder": out_folder}
 
 
