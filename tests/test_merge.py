@@ -607,11 +607,18 @@ def test_cpu_nms_path_choice():
     flat = np.full((1, 120, 160), 0.5, np.float32)
     plateau = np.zeros((1, 120, 160), np.float32)
     plateau[0, 40:80, 50:110] = 0.5
+    band = np.zeros((1, 120, 160), np.float32)
+    band[0, 60:64] = 0.9  # a few rows: the filter skips the others, so must the budget
+    line = np.zeros((1, 120, 160), np.float32)
+    line[0, 60] = 0.9
+    given_up = {"sparse": 0, "filter": 1, "sparse_given_up": 1}
     cases = [
         (blobs, 7, {"sparse": 1, "filter": 0, "sparse_given_up": 0}),
         (flat, 7, {"sparse": 0, "filter": 1, "sparse_given_up": 0}),
         (blobs, 41, {"sparse": 1, "filter": 0, "sparse_given_up": 0}),
-        (plateau, 41, {"sparse": 0, "filter": 1, "sparse_given_up": 1}),
+        (plateau, 41, given_up),
+        (band, 41, given_up),
+        (line, 255, given_up),
     ]
     for ctr, kernel, taken in cases:
         kw = {"nms_kernel": kernel, "top_k": None}

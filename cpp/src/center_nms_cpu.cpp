@@ -184,9 +184,10 @@ bool window_has_greater(Plane<const T> ctr, int64_t y0, int64_t y1, int64_t x0, 
 // first: on a slope they usually hold a greater value, so most candidates cost a few reads, but
 // plateaus and wide windows cost up to k^2. Rows [y0, y1) stop, returning false, once another
 // strip has (`gave_up`; nullptr: never stop) or they have read more than kSparseReadsPerPixel
-// values per pixel of the rows done plus a quarter of the strip: the filter is then faster (it
-// costs about as much as 5 reads per pixel on one core, measured), and a dense band is given up
-// early, before its reads cost much.
+// values per pixel of their candidate rows so far plus k rows: about what the filter would spend
+// on them (a pass over each row holding a candidate, and the k rows of a window block); checked
+// after every window test, so that a band of a few rows under a wide window is given up within
+// its first row.
 constexpr int64_t kSparseReadsPerPixel = 5;
 
 template <typename T>
@@ -195,11 +196,11 @@ bool sparse_peaks(Plane<const T> ctr, const std::vector<int64_t>& candidates, in
                   const std::atomic<bool>* gave_up, std::vector<Peak>& peaks) {
   const int64_t r = k / 2, near = std::min<int64_t>(r, 1);
   const T cut = std::max(threshold, T(0));
-  const int64_t slack = std::max<int64_t>(1, (y1 - y0) / 4);
-  int64_t reads = 0;
+  int64_t reads = 0, candidate_rows = 0;
   for (int64_t y = y0; y < y1; ++y) {
     if (candidates[y] == 0) continue;
-    const int64_t allowed = kSparseReadsPerPixel * width * std::min(y - y0 + slack, y1 - y0);
+    ++candidate_rows;
+    const int64_t allowed = kSparseReadsPerPixel * width * (candidate_rows + k);
     if (gave_up && (reads > allowed || gave_up->load(std::memory_order_relaxed))) return false;
     const T* src = ctr.row(y);
     const int64_t near_top = std::max<int64_t>(0, y - near);
@@ -217,6 +218,7 @@ bool sparse_peaks(Plane<const T> ctr, const std::vector<int64_t>& candidates, in
       if (!window_has_greater(ctr, top, bottom, left, right, h, reads)) {
         peaks.push_back(Peak{y * width + x, static_cast<double>(h)});
       }
+      if (gave_up && reads > allowed) return false;
     }
   }
   return true;

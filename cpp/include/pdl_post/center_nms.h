@@ -13,9 +13,10 @@
 // filter.
 // Sparse heatmaps (the usual case: a few blobs above the threshold) skip the filter: a candidate
 // (h > 0) is a peak iff no value of its clipped window is greater, which is the same rule (h > 0,
-// so m == h unless a greater value is in the window). It reads at most k^2 values per candidate,
-// so it is chosen while candidates x k^2 stays under a few reads per pixel; it needs no row max
-// buffer. Both paths give the same peaks.
+// so m == h unless a greater value is in the window). It reads at most k^2 values per candidate
+// (a few on slopes), needs no row max buffer, and is tried unless even the candidates' 3 x 3
+// neighbours would take more than a few reads per pixel; it gives up for the filter once its
+// reads pass what the filter would spend on the rows it has done. Both give the same peaks.
 //
 // Top-k: "exact" keeps the k largest peaks (ties to the earlier pixel) in row-major order;
 // "detectron2" keeps peaks > t, t = the k-th largest peak value when there are >= k peaks.
