@@ -121,7 +121,7 @@ def test_convert_round_trip(tmp_path, capsys):
         pan[10:, rng.integers(0, 8) :] = 11_001
         np.save(tmp_path / f"img{k}.npy", pan)
         maps.append(pan)
-    rc, stdout, stderr = _run(
+    rc, stdout, _ = _run(
         ["convert", "to-coco", tmp_path / "img0.npy", tmp_path / "img1.npy", "--out-json", tmp_path / "coco.json",
          "--category-map", "cityscapes", "--categories", "cityscapes"],
         capsys,
@@ -312,3 +312,9 @@ def test_json_to_standard_output(data, capsys, tmp_path):
     assert (tmp_path / "png" / "a.png").exists()
     rc, stdout, stderr = _run(["convert", "to-coco", tmp_path / "a.npy", "--out-json", "-"], capsys)
     assert rc == 1 and stdout == "" and "give --out-folder" in stderr and not os.path.exists("-")
+    rc, stdout, stderr = _run(
+        ["convert", "to-coco", tmp_path / "a.npy", "--out-json", "-", "--out-folder", tmp_path / "png",
+         "--out", "-"],
+        capsys,
+    )  # fmt: skip
+    assert rc == 1 and stdout == "" and "only one of --out-json and --out can be '-'" in stderr

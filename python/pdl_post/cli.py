@@ -460,6 +460,8 @@ def _run_to_coco(args) -> dict:
     from pdl_post.eval._progress import progress_bar
     from pdl_post.io import to_coco_panoptic, write_json, write_panoptic_png
 
+    if args.out_json == "-" and args.out == "-":
+        raise InputError("only one of --out-json and --out can be '-' (standard output)")
     if args.out_json == "-" and not args.out_folder:
         raise InputError(
             "--out-json -: the PNG folder cannot be derived from it; give --out-folder"
@@ -526,7 +528,8 @@ def _run_to_coco(args) -> dict:
     else:
         write_json(args.out_json, data)
     if not args.quiet:
-        print(f"wrote {len(files)} PNGs to {out_folder} and {args.out_json}")
+        json_to = "standard output" if args.out_json == "-" else args.out_json
+        print(f"wrote {len(files)} PNGs to {out_folder} and {json_to}")
     return {"images": len(files), "json": args.out_json, "folder": out_folder}
 
 
