@@ -202,8 +202,9 @@ def test_compacted_class_ids_do_not_take_a_table_per_instance(cuda_device):
 
 def test_pair_keys_beyond_32_bits(cuda_device):
     # Pair keys are uint32 while instance slots x C fits 32 bits, else int64: here 65536 centres
-    # (a flat heatmap, top_k None) times 65536 compacted class ids (every pixel its own) make
-    # 4,295,032,832 keys, one past 2**32; each pixel is its own instance of its own class.
+    # (65,537 instance slots: a flat heatmap, top_k None) times 65536 compacted class ids (every
+    # pixel its own) make 4,295,032,832 keys, 65,536 past 2**32; each pixel is its own instance
+    # of its own class.
     n = 256
     sem = (65_536 + np.arange(n * n)).reshape(n, n).astype(np.int64)
     ctr = np.full((1, n, n), 0.5, np.float32)

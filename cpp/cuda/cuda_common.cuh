@@ -22,6 +22,9 @@ namespace cuda {
 void check(cudaError_t status, const char* what);
 // Checks the launch of the kernel just queued (configuration errors surface here).
 void check_launch(const char* kernel);
+// For calls whose failure cannot be acted on (frees, device restores in destructors): clears the
+// thread's last error they leave, which the next launch check would blame on its kernel.
+void ignore_failure(cudaError_t status);
 
 // Scratch memory from a per-device pool that keeps its memory between calls, allocated and freed
 // in stream order (no synchronisation, safe for concurrent calls on different streams); plain

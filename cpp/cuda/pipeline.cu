@@ -27,6 +27,10 @@ void check(cudaError_t status, const char* what) {
 
 void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
 
+void ignore_failure(cudaError_t status) {
+  if (status != cudaSuccess) (void)cudaGetLastError();
+}
+
 namespace {
 
 // One pool per device that keeps freed memory for the next call (the default pool would hand it
@@ -89,7 +93,7 @@ DeviceBuffer::DeviceBuffer(int64_t bytes, cudaStream_t stream, const char* what)
 }
 
 void DeviceBuffer::release() noexcept {
-  if (data_) (void)(pooled_ ? cudaFreeAsync(data_, stream_) : cudaFree(data_));
+  if (data_) ignore_failure(pooled_ ? cudaFreeAsync(data_, stream_) : cudaFree(data_));
   data_ = nullptr;
 }
 
@@ -189,7 +193,7 @@ class DeviceGuard {
     check(cudaGetDevice(&previous_), "cudaGetDevice");
     if (previous_ != device) check(cudaSetDevice(device), "cudaSetDevice");
   }
-  ~DeviceGuard() { (void)cudaSetDevice(previous_); }
+  ~DeviceGuard() { ignore_failure(cudaSetDevice(previous_)); }
   DeviceGuard(const DeviceGuard&) = delete;
   DeviceGuard& operator=(const DeviceGuard&) = delete;
 
@@ -383,7 +387,7 @@ void cuda_stream_wait(int device, uintptr_t stream, uintptr_t producer) {
   const cudaError_t recorded = cudaEventRecord(event, queued);
   const cudaError_t waited =
       recorded == cudaSuccess ? cudaStreamWaitEvent(waiting, event, 0) : cudaSuccess;
-  (void)cudaEventDestroy(event);  // its resources go once the wait is done
+  cuda::ignore_failure(cudaEventDestroy(event));  // its resources go once the wait is done
   check(recorded, "cudaEventRecord (on the stream an input or the output was made on)");
   check(waited, "cudaStreamWaitEvent");
 }
@@ -528,9 +532,9 @@ template <typename F>
 void on_device(int device, F release) noexcept {
   int previous = 0;
   const bool other = cudaGetDevice(&previous) == cudaSuccess && previous != device;
-  if (other) (void)cudaSetDevice(device);
+  if (other) cuda::ignore_failure(cudaSetDevice(device));
   release();
-  if (other) (void)cudaSetDevice(previous);
+  if (other) cuda::ignore_failure(cudaSetDevice(previous));
 }
 
 // The value at `at` in host memory that holds copied bytes (the read-back words), read as bytes:

@@ -204,8 +204,8 @@ uint64_t g_seed = 1;
 std::vector<std::string> g_violations;
 // A failed launch is reported once: by cudaGetLastError or, if that is not called first, by the
 // next cudaStreamSynchronize (not sticky as on a GPU, so that one test's broken kernel does not
-// fail the next).
-cudaError_t g_last_error = cudaSuccess;
+// fail the next). The last error is per host thread, as CUDA's.
+thread_local cudaError_t g_last_error = cudaSuccess;
 cudaError_t g_sync_error = cudaSuccess;
 std::string g_message;
 std::map<uintptr_t, Span> g_allocations;  // live device allocations by payload address
@@ -710,12 +710,10 @@ void inject_failure(const std::string& call, int64_t after) {
       "cudaMallocFromPoolAsync",  "cudaMemcpyAsync", "cudaMemsetAsync",    "cudaStreamSynchronize",
       "cudaEventCreateWithFlags", "cudaEventRecord", "cudaStreamWaitEvent"};
   if (std::find(std::begin(kCalls), std::end(kCalls), call) == std::end(kCalls) || after < 0) {
-    throw std::invalid_argument(
-        "inject_failure: expected one of cudaMallocFromPoolAsync, "
-        "cudaMemcpyAsync, cudaMemsetAsync, cudaStreamSynchronize, "
-        "cudaEventCreateWithFlags, cudaEventRecord, cudaStreamWaitEvent "
-        "and after >= 0, got " +
-        call + ", " + std::to_string(after));
+    std::string calls;
+    for (const char* name : kCalls) calls += std::string(calls.empty() ? "" : ", ") + name;
+    throw std::invalid_argument("inject_failure: expected one of " + calls +
+                                " and after >= 0, got " + call + ", " + std::to_string(after));
   }
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   g_injected[call] = after;
