@@ -494,6 +494,10 @@ def test_conversion_errors():
         from_coco_panoptic(ones, [{"id": 1, "category_id": 2**70}])
     with pytest.raises(TypeError, match="segments_info: expected a list of segment dicts"):
         from_coco_panoptic(ones, None)
+    with pytest.raises(ValueError, match=r"category_map\[5\] must be an integer, got 2\.7"):
+        from_coco_panoptic(ones, [{"id": 1, "category_id": 5}], category_map={5: 2.7})
+    with pytest.raises(ValueError, match=r"classes must be >= 0, got -3 \(segment 1\)"):
+        from_coco_panoptic(ones, [{"id": 1, "category_id": 5}], category_map={5: -3})
     assert from_coco_panoptic(ones, [{"id": 1.0, "category_id": 2}]).tolist() == [[2001] * 2] * 2
 
 

@@ -263,6 +263,11 @@ def test_draw_centers_empty_and_bad():
         viz.draw_centers(img, one, color=(256, 0, 0))
     with pytest.raises(TypeError, match="outline must be an"):
         viz.draw_centers(img, one, outline="red")
+    # Integral floats are integers: the same drawing.
+    np.testing.assert_array_equal(
+        viz.draw_centers(img, one, radius=1.0, color=(255.0, 0, 0)),
+        viz.draw_centers(img, one, radius=1, color=(255, 0, 0)),
+    )
 
 
 def test_draw_centers_huge_radius_costs_the_image_size():

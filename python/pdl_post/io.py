@@ -618,7 +618,10 @@ def from_coco_panoptic(
         if category_map is None:
             cls = cat
         elif cat in category_map:
-            cls = int(category_map[cat])
+            try:
+                cls = _json_int(category_map[cat], f"category_map[{cat}]")
+            except TypeError as e:
+                raise ValueError(f"category_map: {e}") from None
         else:
             raise ValueError(f"category_map: no entry for category_id {cat} (segment {sid})")
         classes.append((sid, cls, bool(s.get("iscrowd", 0))))
@@ -629,10 +632,12 @@ def from_coco_panoptic(
     for sid, cls, crowd in classes:
         if sid in values:
             raise ValueError(f"segments_info: segment id {sid} is listed twice")
-        if not 0 <= cls <= (largest - (label_divisor - 1)) // label_divisor:
+        if cls < 0:
+            raise ValueError(f"segments_info: classes must be >= 0, got {cls} (segment {sid})")
+        if cls > (largest - (label_divisor - 1)) // label_divisor:
             raise ValueError(
                 f"segments_info: class {cls} (segment {sid}) times label_divisor={label_divisor} "
-                "does not fit int64 (classes are >= 0)"
+                "does not fit int64"
             )
         if not crowd and (things is None or cls in things):
             n = next_inst.get(cls, 0) + 1

@@ -258,9 +258,16 @@ def overlay(
         raise ValueError(
             f"panoptic must have shape [H, W] = {img.shape[:2]} (the image's), got {pan.shape}"
         )
-    if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, (int, float, np.number)):
+    if (
+        isinstance(alpha, (bool, np.bool_, str, bytes))
+        or np.ndim(alpha) != 0
+        or not np.isrealobj(alpha)
+    ):
         raise TypeError(f"alpha must be a number in [0, 1], got {alpha!r}")
-    alpha = float(alpha)
+    try:
+        alpha = float(alpha)
+    except (TypeError, ValueError):
+        raise TypeError(f"alpha must be a number in [0, 1], got {alpha!r}") from None
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if boundary_color is not None:
@@ -282,19 +289,28 @@ def overlay(
     return out
 
 
+def _integral(value: object) -> int | None:
+    """value as an int when it is an integer (integral floats too), else None."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    return None
+
+
 def _check_rgb_color(name: str, value: object) -> tuple[int, int, int]:
-    """An (r, g, b) colour of three ints in [0, 255]."""
+    """An (r, g, b) colour of three integers (integral floats too) in [0, 255]."""
     try:
-        channels = tuple(value)  # type: ignore[arg-type]
+        channels = tuple(_integral(c) for c in value)  # type: ignore[attr-defined]
     except TypeError:
         raise TypeError(f"{name} must be an (r, g, b) tuple of ints, got {value!r}") from None
-    if len(channels) != 3 or not all(
-        isinstance(c, (int, np.integer)) and not isinstance(c, (bool, np.bool_)) for c in channels
-    ):
+    if len(channels) != 3 or None in channels:
         raise TypeError(f"{name} must be an (r, g, b) tuple of ints, got {value!r}")
-    if not all(0 <= c <= 255 for c in channels):
+    if not all(0 <= c <= 255 for c in channels):  # type: ignore[operator]
         raise ValueError(f"{name} channels must lie in [0, 255], got {value!r}")
-    return tuple(int(c) for c in channels)  # type: ignore[return-value]
+    return channels  # type: ignore[return-value]
 
 
 def draw_centers(
@@ -336,8 +352,9 @@ def draw_centers(
         return img.copy()
     if ctr.ndim != 2 or ctr.shape[1] != 2:
         raise ValueError(f"centers must have shape [K, 2] (y, x), got {ctr.shape}")
-    if isinstance(radius, (bool, np.bool_)) or not isinstance(radius, (int, np.integer)):
+    if _integral(radius) is None:
         raise TypeError(f"radius must be an int (pixels), got {radius!r}")
+    radius = _integral(radius)
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
     color = _check_rgb_color("color", color)
