@@ -318,3 +318,13 @@ def test_json_to_standard_output(data, capsys, tmp_path):
         capsys,
     )  # fmt: skip
     assert rc == 1 and stdout == "" and "only one of --out-json and --out can be '-'" in stderr
+
+
+def test_from_coco_names_an_annotation_that_is_not_an_object(capsys, tmp_path):
+    (tmp_path / "bad.json").write_text(json.dumps({"annotations": [7]}))
+    rc, _, stderr = _run(
+        ["convert", "from-coco", "--json", tmp_path / "bad.json", "--out-dir", tmp_path / "o"],
+        capsys,
+    )
+    assert rc == 1 and stderr.count("\n") == 1
+    assert "annotation 0 is not an object with a 'file_name' string: 7" in stderr

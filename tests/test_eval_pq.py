@@ -400,6 +400,10 @@ def _edit_json(path, fn):
         ),
         (lambda gt, pr: gt["annotations"][0]["segments_info"][0].pop("area"), "needs an 'area'"),
         (lambda gt, pr: gt["annotations"][0].pop("file_name"), "without 'file_name'"),
+        (
+            lambda gt, pr: pr["annotations"][0].update(image_id=[1]),
+            r"pred_json_file: image_id must be a string or an integer, got \[1\]",
+        ),
     ],
 )
 def test_bad_input_messages(tmp_path, edit, message):
@@ -415,6 +419,16 @@ def test_bad_input_messages(tmp_path, edit, message):
         json.dump(pr, f)
     with pytest.raises(ValueError, match=message):
         pq_compute(gt_json, pred_json, gt_dir, pred_dir)
+
+
+def test_a_json_of_the_wrong_shape_is_named_before_its_folder(tmp_path):
+    # A JSON list has no folder beside it: the error is about the file, not the folder.
+    _, pred_json, _, _ = _perfect_files(tmp_path)
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="gt_json_file: expected a COCO-panoptic JSON"):
+        pq_compute(tmp_path / "list.json", pred_json)
+    with pytest.raises(ValueError, match="pred_json_file: expected a COCO-panoptic JSON"):
+        pq_compute(pred_json, tmp_path / "list.json")
 
 
 def test_missing_files(tmp_path):

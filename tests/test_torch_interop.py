@@ -206,6 +206,17 @@ def test_exotic_tensors_raise_type_or_value_error(kind, which):
         pdl_post.merge(args["sem"], args["ctr"], args["off"], **CITY)
 
 
+def test_lazily_negated_tensors_are_their_values():
+    # torch's negative-bit views (what some ops return instead of a negated copy) are real data.
+    s = scene()
+    sem, ctr, off = tensors(s)
+    negated = (-off).clone()._neg_view()
+    assert negated.is_neg()
+    np.testing.assert_array_equal(
+        pdl_post.merge(sem, ctr, negated, **CITY), pdl_post.merge(sem, ctr, off, **CITY)
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # no copies, any strides, inputs untouched
 # ---------------------------------------------------------------------------------------------

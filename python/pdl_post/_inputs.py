@@ -66,6 +66,8 @@ def as_numpy(x, name: str) -> np.ndarray:
                 "pdl_post.cuda_available()), move it to the CPU with .cpu()"
             )
         x = without_bfloat16(x.detach())
+        if x.is_neg():  # a lazily negated view (torch's _neg_view): its values, one copy
+            x = x.resolve_neg()
         try:
             return x.numpy()
         except (TypeError, RuntimeError) as e:  # float8, sparse, nested, conjugated ...

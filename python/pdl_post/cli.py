@@ -550,7 +550,12 @@ def _run_from_coco(args) -> dict:
     cmap = _category_map(args.category_map, "from-coco")
     bar = progress_bar(len(anns), "convert", _progress_flag(args))
     try:
-        for ann in anns:
+        for k, ann in enumerate(anns):
+            if not isinstance(ann, dict) or not isinstance(ann.get("file_name"), str):
+                raise InputError(
+                    f"{args.json}: annotation {k} is not an object with a 'file_name' string: "
+                    f"{ann!r:.80}"
+                )
             try:
                 png = os.path.join(folder, ann["file_name"])
                 ids = read_panoptic_png(png)

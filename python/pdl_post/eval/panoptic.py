@@ -566,6 +566,14 @@ def _load_json(path, what: str):
     return read_json(path)
 
 
+def _check_image_id(ann: object, what: str) -> None:
+    if not isinstance(ann, Mapping) or "image_id" not in ann:
+        raise ValueError(f"{what}: annotation without 'image_id': {ann!r}")
+    image_id = ann["image_id"]
+    if isinstance(image_id, bool) or not isinstance(image_id, (str, int)):
+        raise ValueError(f"{what}: image_id must be a string or an integer, got {image_id!r}")
+
+
 def match_annotations(gt_json: Mapping, pred_json: Mapping) -> list[tuple[Mapping, Mapping]]:
     """Pair every GT annotation with the prediction of the same ``image_id`` (in GT order)."""
     for what, js in (("gt_json_file", gt_json), ("pred_json_file", pred_json)):
@@ -573,15 +581,13 @@ def match_annotations(gt_json: Mapping, pred_json: Mapping) -> list[tuple[Mappin
             raise ValueError(f"{what}: expected a COCO-panoptic JSON with an 'annotations' list")
     preds: dict = {}
     for ann in pred_json["annotations"]:
-        if not isinstance(ann, Mapping) or "image_id" not in ann:
-            raise ValueError(f"pred_json_file: annotation without 'image_id': {ann!r}")
+        _check_image_id(ann, "pred_json_file")
         if ann["image_id"] in preds:
             raise ValueError(f"pred_json_file: two annotations for image_id {ann['image_id']!r}")
         preds[ann["image_id"]] = ann
     out = []
     for ann in gt_json["annotations"]:
-        if not isinstance(ann, Mapping) or "image_id" not in ann:
-            raise ValueError(f"gt_json_file: annotation without 'image_id': {ann!r}")
+        _check_image_id(ann, "gt_json_file")
         if ann["image_id"] not in preds:
             raise ValueError(f"no prediction for the image with id {ann['image_id']!r}")
         out.append((ann, preds[ann["image_id"]]))
@@ -635,11 +641,14 @@ def pq_compute(
         if isinstance(pred_json_file, Mapping):
             raise ValueError("pred_folder: required when pred_json_file is a dict")
         pred_folder = os.path.splitext(os.fspath(pred_json_file))[0]
+    # The files' structure first: a folder derived from a wrong file would name the wrong problem.
+    if not isinstance(gt_json, Mapping) or "categories" not in gt_json:
+        raise ValueError("gt_json_file: expected a COCO-panoptic JSON with 'categories'")
+    if not isinstance(pred_json, Mapping) or not isinstance(pred_json.get("annotations"), list):
+        raise ValueError("pred_json_file: expected a COCO-panoptic JSON with an 'annotations' list")
     for what, folder in (("gt_folder", gt_folder), ("pred_folder", pred_folder)):
         if not os.path.isdir(os.fspath(folder)):
             raise FileNotFoundError(f"{what}: no such folder: {os.fspath(folder)}")
-    if not isinstance(gt_json, Mapping) or "categories" not in gt_json:
-        raise ValueError("gt_json_file: expected a COCO-panoptic JSON with 'categories'")
     categories = normalize_categories(gt_json["categories"], "gt_json_file categories")
     cat_index = {c: k for k, c in enumerate(categories[0])}
     items = match_annotations(gt_json, pred_json)
