@@ -270,6 +270,17 @@ def test_draw_centers_empty_and_bad():
     )
 
 
+def test_draw_centers_in_chunks_draws_the_same(monkeypatch):
+    # Centres are drawn in chunks (memory bounded with a centre per pixel): the same image.
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    centers = rng.uniform(-5, 55, (300, 2))
+    whole = viz.draw_centers(img, centers, radius=3, color=(1, 2, 3), outline=(4, 5, 6))
+    monkeypatch.setattr(viz, "_DISC_CHUNK_PIXELS", 100)
+    chunked = viz.draw_centers(img, centers, radius=3, color=(1, 2, 3), outline=(4, 5, 6))
+    np.testing.assert_array_equal(chunked, whole)
+
+
 def test_draw_centers_huge_radius_costs_the_image_size():
     # Only the offsets that reach the image are drawn: a radius of 20000 on a small image fills
     # it (from a centre inside, and partly from one outside) without a 20000^2 grid.

@@ -300,6 +300,9 @@ def _integral(value: object) -> int | None:
     return None
 
 
+_DISC_CHUNK_PIXELS = 1 << 22  # draw_centers: marked pixels computed at once
+
+
 def _check_rgb_color(name: str, value: object) -> tuple[int, int, int]:
     """An (r, g, b) colour of three integers (integral floats too) in [0, 255]."""
     try:
@@ -374,10 +377,16 @@ def draw_centers(
         yy, xx = np.mgrid[y_lo : y_hi + 1, x_lo : x_hi + 1]
         keep = yy * yy + xx * xx <= r * r + r  # a round-looking digital disc
         oy, ox = yy[keep], xx[keep]
-        py = (pts[:, 0:1] + oy[None, :]).ravel()
-        px = (pts[:, 1:2] + ox[None, :]).ravel()
-        inside = (py >= 0) & (py < h) & (px >= 0) & (px < w)
-        out[py[inside], px[inside]] = np.asarray(rgb_color, dtype=np.uint8)
+        # Centres in chunks of about _DISC_CHUNK_PIXELS marked pixels: memory stays bounded
+        # however many centres there are (a flat heatmap gives one per pixel). One colour per
+        # call, so the order of the writes does not matter.
+        step = max(1, _DISC_CHUNK_PIXELS // max(1, oy.size))
+        for first in range(0, len(pts), step):
+            chunk = pts[first : first + step]
+            py = (chunk[:, 0:1] + oy[None, :]).ravel()
+            px = (chunk[:, 1:2] + ox[None, :]).ravel()
+            inside = (py >= 0) & (py < h) & (px >= 0) & (px < w)
+            out[py[inside], px[inside]] = np.asarray(rgb_color, dtype=np.uint8)
 
     r = int(radius)
     if outline is not None:
