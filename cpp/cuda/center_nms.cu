@@ -31,44 +31,13 @@ namespace {
 
 constexpr int kRowThreads = 256;
 
-// The first thresholded value larger than h in rows [y0, y1] x columns [x0, x1] (row-major), or h
-// when there is none: the window's maximum exceeds h exactly when such a value exists.
-template <typename T>
-__device__ T first_larger(Plane<const T> ctr, int64_t y0, int64_t y1, int64_t x0, int64_t x1,
-                          T threshold, T h) {
-  for (int64_t yy = y0; yy <= y1; ++yy) {
-    for (int64_t xx = x0; xx <= x1; ++xx) {
-      const T v = threshold_center(ctr(yy, xx), threshold);
-      if (v > h) return v;
-    }
-  }
-  return h;
-}
-
-template <typename T>
-__device__ bool is_peak(Plane<const T> ctr, int64_t y, int64_t x, int64_t height, int64_t width,
-                        T threshold, int64_t radius) {
-  const T h = threshold_center(ctr(y, x), threshold);
-  if (!(h > T(0))) return false;
-  const auto clipped = [](int64_t v, int64_t size) {
-    return v < 0 ? 0 : (v >= size ? size - 1 : v);
-  };
-  if (radius > 1) {
-    const T near = first_larger(ctr, clipped(y - 1, height), clipped(y + 1, height),
-                                clipped(x - 1, width), clipped(x + 1, width), threshold, h);
-    if (!is_center_peak(h, near)) return false;
-  }
-  const T m = first_larger(ctr, clipped(y - radius, height), clipped(y + radius, height),
-                           clipped(x - radius, width), clipped(x + radius, width), threshold, h);
-  return is_center_peak(h, m);
-}
-
 // Pixel (y, x) of image b: its flag from find_peak_flags, else the per-pixel test.
 template <typename T>
 __device__ bool peak_at(Plane<const T> plane, const uint8_t* flags, int64_t b, int64_t y, int64_t x,
                         int64_t height, int64_t width, T threshold, int64_t radius) {
   if (flags) return flags[(b * height + y) * width + x] != 0;
-  return is_peak(plane, y, x, height, width, threshold, radius);
+  return is_window_peak(plane, y, x, height, width, threshold, radius,
+                        static_cast<int64_t*>(nullptr));
 }
 
 // Running maxima over values(0..n) from the start (prefix) and from the end (suffix), written

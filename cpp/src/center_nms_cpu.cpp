@@ -163,26 +163,9 @@ void filter_peaks(Plane<const T> ctr, const std::vector<int64_t>& candidates, in
   }
 }
 
-// Whether a value of rows [y0, y1] x columns [x0, x1] is greater than h (NaN never is); adds the
-// number of values read to `reads`.
-template <typename T>
-bool window_has_greater(Plane<const T> ctr, int64_t y0, int64_t y1, int64_t x0, int64_t x1, T h,
-                        int64_t& reads) {
-  for (int64_t y = y0; y <= y1; ++y) {
-    const T* src = ctr.row(y);
-    reads += x1 - x0 + 1;
-    for (int64_t x = x0; x <= x1; ++x) {
-      if (src[x * ctr.stride_x] > h) return true;
-    }
-  }
-  return false;
-}
-
-// The sparse path: each candidate is a peak iff no value of its clipped window exceeds it. That is
-// the filter's rule exactly: h > 0 there, so m == h unless some h' > h, and h' > h >
-// max(threshold, 0) holds iff the value itself is > h. A candidate's 3 x 3 neighbours are read
-// first: on a slope they usually hold a greater value, so most candidates cost a few reads, but
-// plateaus and wide windows cost up to k^2. Rows [y0, y1) stop, returning false, once another
+// The sparse path: each candidate tested against its window (is_window_peak, the GPU's per-pixel
+// test): most candidates cost a few reads, but plateaus and wide windows cost up to k^2. Rows
+// [y0, y1) stop, returning false, once another
 // strip has (`gave_up`; nullptr: never stop) or they have read more than kSparseReadsPerPixel
 // values per pixel of their candidate rows so far plus k rows: about what the filter would spend
 // on them (a pass over each row holding a candidate, and the k rows of a window block); checked
@@ -194,7 +177,6 @@ template <typename T>
 bool sparse_peaks(Plane<const T> ctr, const std::vector<int64_t>& candidates, int64_t height,
                   int64_t width, T threshold, int64_t k, int64_t y0, int64_t y1,
                   const std::atomic<bool>* gave_up, std::vector<Peak>& peaks) {
-  const int64_t r = k / 2, near = std::min<int64_t>(r, 1);
   const T cut = std::max(threshold, T(0));
   int64_t reads = 0, candidate_rows = 0;
   for (int64_t y = y0; y < y1; ++y) {
@@ -203,19 +185,10 @@ bool sparse_peaks(Plane<const T> ctr, const std::vector<int64_t>& candidates, in
     const int64_t allowed = kSparseReadsPerPixel * width * (candidate_rows + k);
     if (gave_up && (reads > allowed || gave_up->load(std::memory_order_relaxed))) return false;
     const T* src = ctr.row(y);
-    const int64_t near_top = std::max<int64_t>(0, y - near);
-    const int64_t near_bottom = std::min(height - 1, y + near);
-    const int64_t top = std::max<int64_t>(0, y - r), bottom = std::min(height - 1, y + r);
     for (int64_t x = 0; x < width; ++x) {
       const T h = src[x * ctr.stride_x];
-      if (!(h > cut)) continue;
-      const int64_t near_left = std::max<int64_t>(0, x - near);
-      const int64_t near_right = std::min(width - 1, x + near);
-      if (window_has_greater(ctr, near_top, near_bottom, near_left, near_right, h, reads)) {
-        continue;
-      }
-      const int64_t left = std::max<int64_t>(0, x - r), right = std::min(width - 1, x + r);
-      if (!window_has_greater(ctr, top, bottom, left, right, h, reads)) {
+      if (!(h > cut)) continue;  // not a candidate: skipped without a call
+      if (is_window_peak(ctr, y, x, height, width, threshold, k / 2, &reads)) {
         peaks.push_back(Peak{y * width + x, static_cast<double>(h)});
       }
       if (gave_up && reads > allowed) return false;

@@ -49,6 +49,45 @@ PDL_HOST_DEVICE T window_max_from_blocks(T suffix_at_a, T prefix_at_b, int64_t a
   return (a % k == 0) ? prefix_at_b : suffix_at_a;
 }
 
+// The first thresholded value larger than h in rows [y0, y1] x columns [x0, x1] (row-major), or h
+// when there is none: the window's maximum exceeds h exactly when such a value exists. `reads`
+// (nullptr: not counted) gets the number of values read.
+template <typename T>
+PDL_HOST_DEVICE T first_larger(Plane<const T> ctr, int64_t y0, int64_t y1, int64_t x0, int64_t x1,
+                               T threshold, T h, int64_t* reads) {
+  for (int64_t yy = y0; yy <= y1; ++yy) {
+    if (reads) *reads += x1 - x0 + 1;
+    for (int64_t xx = x0; xx <= x1; ++xx) {
+      const T v = threshold_center(ctr(yy, xx), threshold);
+      if (v > h) return v;
+    }
+  }
+  return h;
+}
+
+// Whether pixel (y, x) is a peak, tested against its clipped window directly (steps 1-3, exact:
+// the window's maximum exceeds h iff a larger value is in it). The 3 x 3 neighbours are read
+// first: on a slope they hold a larger value, so only local maxima read the whole window. The
+// GPU's per-pixel NMS and the CPU's sparse path; `reads` as in first_larger.
+template <typename T>
+PDL_HOST_DEVICE bool is_window_peak(Plane<const T> ctr, int64_t y, int64_t x, int64_t height,
+                                    int64_t width, T threshold, int64_t radius, int64_t* reads) {
+  const T h = threshold_center(ctr(y, x), threshold);
+  if (!(h > T(0))) return false;
+  const auto clipped = [](int64_t v, int64_t size) {
+    return v < 0 ? 0 : (v >= size ? size - 1 : v);
+  };
+  if (radius > 1) {
+    const T near = first_larger(ctr, clipped(y - 1, height), clipped(y + 1, height),
+                                clipped(x - 1, width), clipped(x + 1, width), threshold, h, reads);
+    if (!is_center_peak(h, near)) return false;
+  }
+  const T m =
+      first_larger(ctr, clipped(y - radius, height), clipped(y + radius, height),
+                   clipped(x - radius, width), clipped(x + radius, width), threshold, h, reads);
+  return is_center_peak(h, m);
+}
+
 enum class TopKMode { kExact, kDetectron2 };
 
 struct Peak {
