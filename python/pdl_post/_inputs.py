@@ -95,6 +95,18 @@ def as_numpy(x, name: str) -> np.ndarray:
     return a
 
 
+def integral_value(value) -> int | None:
+    """value as an int when it is an integer, integral floats included (JSON and float-typed
+    arguments hold them), else None (booleans, fractions, anything else)."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    return None
+
+
 def check_int(value, name: str, *, minimum=None, allow_none=False):
     if value is None and allow_none:
         return None

@@ -26,6 +26,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from pdl_post._inputs import integral_value
+
 __all__ = [
     "CITYSCAPES_LABELS",
     "CITYSCAPES_TRAIN_TO_LABEL",
@@ -551,13 +553,10 @@ def to_coco_panoptic(
 
 def _json_int(value: Any, what: str) -> int:
     """An integer field of a COCO annotation: ints (and integral floats, as JSON may hold them)."""
-    if isinstance(value, (bool, np.bool_)):
+    integer = integral_value(value)
+    if integer is None:
         raise TypeError(f"{what} must be an integer, got {value!r}")
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return int(value)
-    raise TypeError(f"{what} must be an integer, got {value!r}")
+    return integer
 
 
 def from_coco_panoptic(

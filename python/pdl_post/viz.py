@@ -22,6 +22,8 @@ from typing import Union
 
 import numpy as np
 
+from pdl_post._inputs import integral_value
+
 __all__ = ["CITYSCAPES_PALETTE", "class_colors", "colorize", "draw_centers", "overlay", "write_png"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -289,24 +291,13 @@ def overlay(
     return out
 
 
-def _integral(value: object) -> int | None:
-    """value as an int when it is an integer (integral floats too), else None."""
-    if isinstance(value, (bool, np.bool_)):
-        return None
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return int(value)
-    return None
-
-
 _DISC_CHUNK_PIXELS = 1 << 22  # draw_centers: marked pixels computed at once
 
 
 def _check_rgb_color(name: str, value: object) -> tuple[int, int, int]:
     """An (r, g, b) colour of three integers (integral floats too) in [0, 255]."""
     try:
-        channels = tuple(_integral(c) for c in value)  # type: ignore[attr-defined]
+        channels = tuple(integral_value(c) for c in value)  # type: ignore[attr-defined]
     except TypeError:
         raise TypeError(f"{name} must be an (r, g, b) tuple of ints, got {value!r}") from None
     if len(channels) != 3 or None in channels:
@@ -355,9 +346,10 @@ def draw_centers(
         return img.copy()
     if ctr.ndim != 2 or ctr.shape[1] != 2:
         raise ValueError(f"centers must have shape [K, 2] (y, x), got {ctr.shape}")
-    if _integral(radius) is None:
+    integer = integral_value(radius)
+    if integer is None:
         raise TypeError(f"radius must be an int (pixels), got {radius!r}")
-    radius = _integral(radius)
+    radius = integer
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
     color = _check_rgb_color("color", color)
