@@ -125,14 +125,24 @@ def main(argv=None) -> int:
     batch = synthetic.make_batch(b, h, w, n, seed=0)
     semb, ctrb, offb = upload([batch.sem.astype(np.int32), batch.ctr, batch.off])
 
-    # Correctness first: the GPU answer equals the CPU answer on both inputs.
-    gpu1 = pdl_post.merge(sem1, ctr1, off1, **kw).cpu().numpy()
-    np.testing.assert_array_equal(
-        gpu1, pdl_post.merge(scene.sem.astype(np.int32), scene.ctr, scene.off, **kw)
+    # Correctness first: the GPU answer equals the CPU answer. A mismatch is reported and the
+    # timings still run (device time is scarce: one run should bring back both).
+    mismatches = []
+
+    def check(label, gpu, cpu):
+        if not np.array_equal(gpu, cpu):
+            differ = int(np.count_nonzero(gpu != cpu)) if gpu.shape == cpu.shape else "shape"
+            mismatches.append(f"{label}: GPU != CPU ({differ} elements differ)")
+
+    check(
+        "merge, batch 1",
+        pdl_post.merge(sem1, ctr1, off1, **kw).cpu().numpy(),
+        pdl_post.merge(scene.sem.astype(np.int32), scene.ctr, scene.off, **kw),
     )
-    gpub = pdl_post.merge(semb, ctrb, offb, **kw).cpu().numpy()
-    np.testing.assert_array_equal(
-        gpub, pdl_post.merge(batch.sem.astype(np.int32), batch.ctr, batch.off, **kw)
+    check(
+        f"merge, batch {b}",
+        pdl_post.merge(semb, ctrb, offb, **kw).cpu().numpy(),
+        pdl_post.merge(batch.sem.astype(np.int32), batch.ctr, batch.off, **kw),
     )
     k = len(pdl_post.postprocess(sem1, ctr1, off1, **kw).centers)
     # Scores with logits summed in several chunks of row blocks equal the CPU's: a centre per
@@ -144,8 +154,9 @@ def main(argv=None) -> int:
     strip = [t[..., : min(w, 640)] for t in (logits1, flat_ctr, off1)]
     gpu_strip = pdl_post.postprocess(*strip, **all_kw)
     cpu_strip = pdl_post.postprocess(*(t.cpu().numpy() for t in strip), **all_kw)
-    np.testing.assert_array_equal(gpu_strip.panoptic.cpu().numpy(), cpu_strip.panoptic)
-    assert gpu_strip.segments == cpu_strip.segments  # scores too, bit for bit
+    check("postprocess, logits, flat strip", gpu_strip.panoptic.cpu().numpy(), cpu_strip.panoptic)
+    if gpu_strip.segments != cpu_strip.segments:  # scores too, bit for bit
+        mismatches.append("postprocess, logits, flat strip: segments differ")
 
     ours1 = _time(lambda: pdl_post.merge(sem1, ctr1, off1, **kw), args.warmup, args.repeat)
     oursb = _time(lambda: pdl_post.merge(semb, ctrb, offb, **kw), args.warmup, args.repeat)
@@ -209,6 +220,8 @@ def main(argv=None) -> int:
         dense_out.cpu().numpy(),
         pdl_post.merge(sem1, ctr1, off1, topk_mode="detectron2", **kw).cpu().numpy(),
     ) and np.array_equal(dense_out.cpu().numpy(), d2_pan[0].cpu().numpy())
+    if not same_as_d2:
+        mismatches.append("dense torch != ours (topk_mode='detectron2') or the drop-in")
     dense1 = _time(dense, 1, args.dense_repeat)
 
     def floor_for(inputs):
@@ -260,10 +273,13 @@ def main(argv=None) -> int:
     print("|---|---|")
     for label, ok in targets:
         print(f"| {label} | {'yes' if ok else 'NO'} |")
+    print(
+        "\ncorrectness: " + ("; ".join(mismatches) if mismatches else "GPU == CPU on every check")
+    )
     _host_side(lambda: pdl_post.merge(sem1, ctr1, off1, **kw), device, args)
     if args.profile:
         _profile(lambda: pdl_post.merge(sem1, ctr1, off1, **kw), args.profile)
-    return 0
+    return 1 if mismatches else 0
 
 
 def _host_side(merge1, device, args) -> None:

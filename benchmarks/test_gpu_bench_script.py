@@ -42,7 +42,7 @@ class _Activities:  # the profiler's CUDA activity needs CUDA: the CPU's stands 
     CPU = CUDA = torch.profiler.ProfilerActivity.CPU
 
 
-def test_gpu_bench_runs_on_a_cpu_stand_in(monkeypatch, capsys):
+def _stand_in(monkeypatch):
     monkeypatch.setattr(gpu_bench, "DEVICE", "cpu")
     monkeypatch.setattr(pdl_post, "cuda_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -59,9 +59,15 @@ def test_gpu_bench_runs_on_a_cpu_stand_in(monkeypatch, capsys):
     )
     # Pinned host memory needs CUDA: pageable memory stands in.
     monkeypatch.setattr(torch, "empty", lambda *a, pin_memory=False, **kw: empty(*a, **kw))
-    small = ["--height", "48", "--width", "96", "--centers", "5", "--batch", "2"]
-    rounds = ["--warmup", "1", "--repeat", "2", "--dense-repeat", "1", "--profile", "2"]
-    assert gpu_bench.main(small + rounds) == 0
+
+
+SMALL = ["--height", "48", "--width", "96", "--centers", "5", "--batch", "2"]
+ROUNDS = ["--warmup", "1", "--repeat", "2", "--dense-repeat", "1", "--profile", "2"]
+
+
+def test_gpu_bench_runs_on_a_cpu_stand_in(monkeypatch, capsys):
+    _stand_in(monkeypatch)
+    assert gpu_bench.main(SMALL + ROUNDS) == 0
     printed = capsys.readouterr().out
     for row in (
         "| ours, batch 1 |",
@@ -79,3 +85,22 @@ def test_gpu_bench_runs_on_a_cpu_stand_in(monkeypatch, capsys):
     ):
         assert row in printed, row
     assert "unavailable here" not in printed  # the host-side table and the profile ran too
+    assert "correctness: GPU == CPU on every check" in printed
+
+
+def test_gpu_bench_reports_a_mismatch_and_still_times(monkeypatch, capsys):
+    """A GPU answer that differs from the CPU's is named, the exit status is 1, and the timings
+    are printed all the same (one device run should bring back both)."""
+    _stand_in(monkeypatch)
+    merge = pdl_post.merge
+
+    def off_by_one_on_the_device(sem, *args, **kwargs):
+        out = merge(sem, *args, **kwargs)
+        return out + 1 if isinstance(sem, torch.Tensor) else out
+
+    monkeypatch.setattr(pdl_post, "merge", off_by_one_on_the_device)
+    assert gpu_bench.main(SMALL + ROUNDS) == 1
+    printed = capsys.readouterr().out
+    assert "merge, batch 1: GPU != CPU (4608 elements differ)" in printed
+    assert "merge, batch 2: GPU != CPU" in printed
+    assert "| ours, batch 1 |" in printed and "| >= 50x faster than dense torch" in printed
