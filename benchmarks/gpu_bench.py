@@ -102,6 +102,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--profile", type=int, default=20, help="calls profiled at batch 1 (0: no profile)"
     )
+    parser.add_argument(
+        "--trace", metavar="PREFIX", help="write the profiles' Chrome traces to PREFIX-b1.json, ..."
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -277,8 +280,16 @@ def main(argv=None) -> int:
         "\ncorrectness: " + ("; ".join(mismatches) if mismatches else "GPU == CPU on every check")
     )
     _host_side(lambda: pdl_post.merge(sem1, ctr1, off1, **kw), device, args)
+    _host_phases(
+        {
+            "batch 1": lambda: pdl_post.merge(sem1, ctr1, off1, **kw),
+            f"batch {b}": lambda: pdl_post.merge(semb, ctrb, offb, **kw),
+        },
+        args,
+    )
     if args.profile:
-        _profile(lambda: pdl_post.merge(sem1, ctr1, off1, **kw), args.profile)
+        _profile(lambda: pdl_post.merge(sem1, ctr1, off1, **kw), args.profile, "b1", args.trace)
+        _profile(lambda: pdl_post.merge(semb, ctrb, offb, **kw), args.profile, f"b{b}", args.trace)
     return 1 if mismatches else 0
 
 
@@ -302,19 +313,92 @@ def _host_side(merge1, device, args) -> None:
         print(f"| {label} | {ms:.4f} |")
 
 
-def _profile(fn, calls: int) -> None:
-    """Where batch 1's time goes (kernels, runtime calls, the host side), for the next session."""
+def _host_phases(calls, args) -> None:
+    """Where a merge call's host time goes: the Python before the first phase, the first phase
+    (its launches and the wait for the label range and peak counts), the Python between the
+    phases (the output's allocation), the second phase's launches and what follows; perf_counter
+    medians, the device drained before each call."""
+    import time
+
     import torch
 
-    print(f"\nprofile of {calls} calls at batch 1 (torch.profiler):")
+    from pdl_post import _cuda
+
+    stamps = {}
+    core = _cuda._core
+    job_class = core.CudaMerge
+
+    class TimedJob:
+        def __init__(self, *a):
+            stamps["first phase"] = time.perf_counter()
+            self.job = job_class(*a)
+            stamps["between the phases"] = time.perf_counter()
+
+        def label_range(self):
+            return self.job.label_range()
+
+        def release(self):
+            self.job.release()
+
+        def finish(self, *a):
+            stamps["second phase"] = time.perf_counter()
+            try:
+                return self.job.finish(*a)
+            finally:
+                stamps["after"] = time.perf_counter()
+
+    order = ["before", "first phase", "between the phases", "second phase", "after"]
+    print("\nhost phases of a merge call (perf_counter, us, median; the device drained first):")
+    print("| call | " + " | ".join(order) + " | whole |")
+    print("|---|" + "---:|" * (len(order) + 1))
+    core.CudaMerge = TimedJob
+    try:
+        for label, fn in calls.items():
+            rows = []
+            for _ in range(args.warmup + args.repeat):
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                stamps.clear()
+                stamps["before"] = start
+                fn()
+                if len(stamps) < len(order):
+                    raise RuntimeError("the call did not take the CUDA path")
+                end = time.perf_counter()
+                marks = [stamps[name] for name in order[1:]] + [end]
+                at = [stamps["before"], *marks]
+                rows.append(
+                    [(at[i + 1] - at[i]) * 1e6 for i in range(len(order))] + [(end - start) * 1e6]
+                )
+            rows = rows[args.warmup :]
+            medians = [statistics.median(column) for column in zip(*rows)]
+            print(f"| {label} | " + " | ".join(f"{m:.1f}" for m in medians) + " |")
+    except Exception as e:  # diagnostics only
+        print(f"unavailable here: {type(e).__name__}: {e}")
+    finally:
+        core.CudaMerge = job_class
+        torch.cuda.synchronize()
+
+
+def _profile(fn, calls: int, label: str = "b1", trace: str | None = None) -> None:
+    """Where a call's time goes (kernels by device time, runtime calls by host time), for the
+    next session; with ``trace`` the Chrome trace too (kernels and runtime calls on a timeline)."""
+    import torch
+
+    print(f"\nprofile of {calls} calls, {label} (torch.profiler):")
     try:
         activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-        with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=activities, acc_events=True) as prof:
             for _ in range(calls):
                 fn()
             torch.cuda.synchronize()
-        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
-        print(table)
+        averages = prof.key_averages()
+        for sort_by in ("self_device_time_total", "self_cpu_time_total"):
+            print(averages.table(sort_by=sort_by, row_limit=30, max_name_column_width=100))
+        if trace:
+            prof.export_chrome_trace(f"{trace}-{label}.json")
     except Exception as e:  # the profiler is optional: the timings above stand without it
         print(f"profiler unavailable here: {type(e).__name__}: {e}")
 

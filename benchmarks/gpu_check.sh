@@ -19,7 +19,8 @@
 # made from it would not see its packages; nothing can be fetched there.
 # Options: PDL_POST_CUDA_ARCHITECTURES (default here 90-real;90-virtual: Hopper only, to save
 # device time; the package default adds Turing and Ampere code), SKIP_MEMCHECK=1,
-# SKIP_SANITIZERS=1 (step 5), GPU_CHECK_SECONDS (default 540): the time the whole script may
+# SKIP_SANITIZERS=1 (step 5), GPU_BENCH_ARGS (extra options of gpu_bench.py, e.g.
+# "--trace $OUT/trace"), GPU_CHECK_SECONDS (default 540): the time the whole script may
 # take; each step after the build runs under `timeout` with what is left (a hang costs that step,
 # not the run), and a step that would start with too little left is skipped and named.
 set -euo pipefail
@@ -130,7 +131,8 @@ print("sanitizer case done:", len(r), "images")
 PYEOF
 
 step "timings"
-within 240 "timings" "$PY" benchmarks/gpu_bench.py
+# shellcheck disable=SC2086  # GPU_BENCH_ARGS: extra options, split on spaces
+within 240 "timings" "$PY" benchmarks/gpu_bench.py ${GPU_BENCH_ARGS:-}
 
 if [ "${SKIP_MEMCHECK:-0}" != "1" ]; then
   step "compute-sanitizer memcheck (small batch)"

@@ -5,6 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 
+def _host_array(x) -> np.ndarray:
+    """A result's panoptic map as a host array: numpy, torch (any device, subclasses too), CuPy."""
+    if type(x).__module__.split(".")[0] == "cupy":
+        import cupy
+
+        return cupy.asnumpy(x)
+    if hasattr(x, "cpu"):
+        x = x.cpu()
+    return np.asarray(x)
+
+
 def assert_results_equal(a, b, *, score_rtol=1e-12):
     """Two PanopticResult (or lists of them) are identical: ids exact, scores to score_rtol (0:
     the same bits)."""
@@ -13,7 +24,7 @@ def assert_results_equal(a, b, *, score_rtol=1e-12):
         for x, y in zip(a, b):
             assert_results_equal(x, y, score_rtol=score_rtol)
         return
-    pa, pb = np.asarray(a.panoptic), np.asarray(b.panoptic)
+    pa, pb = _host_array(a.panoptic), _host_array(b.panoptic)
     assert pa.dtype == pb.dtype
     np.testing.assert_array_equal(pa, pb)
     np.testing.assert_array_equal(a.centers, b.centers)
