@@ -118,13 +118,41 @@ __global__ void peak_flags_kernel(DeviceView<const T> ctr, const T* prefix, cons
                                   int64_t height, int64_t width, T threshold, int64_t radius,
                                   int64_t k, int64_t total, uint8_t* flags) {
   const int64_t hw = height * width;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t b = i / hw, y = (i % hw) / width, x = i % width;
+  const int64_t first = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  const int64_t step = int64_t{gridDim.x} * blockDim.x;
+  PixelWalk at(first, step, height, width);
+  for (int64_t i = first; i < total; i += step, at.advance()) {
+    const int64_t b = at.b, y = at.y, x = at.x;
     const int64_t column = b * hw + x;
     const T m = window_max(prefix + column, suffix + column, y, height, radius, k, width);
     flags[i] = is_center_peak(threshold_center(ctr.plane(b, 0)(y, x), threshold), m) ? 1 : 0;
   }
+}
+
+// A row block reads kRowPixels pixels per thread at once (x = x0 + j * kRowThreads + thread),
+// their loads in flight together: one memory round trip per pass instead of one per pixel (one
+// pixel at a time, counting the peaks of 1024 x 2048 took 15 us on an H100). Only pixels above
+// the threshold go on to the window test, which reads its neighbours from the cache.
+constexpr int kRowPixels = 8;
+
+template <typename T>
+__device__ void load_row_pass(Plane<const T> plane, int64_t y, int64_t x0, int64_t width,
+                              T (&value)[kRowPixels]) {
+#pragma unroll
+  for (int j = 0; j < kRowPixels; ++j) {
+    const int64_t x = x0 + j * kRowThreads + threadIdx.x;
+    value[j] = x < width ? plane(y, x) : T(0);
+  }
+}
+
+// Whether pixel x of the pass, holding `value`, is a peak: the threshold first (a pixel at or
+// below it is no peak on either path), then peak_at.
+template <typename T>
+__device__ bool peak_in_pass(Plane<const T> plane, const uint8_t* flags, int64_t b, int64_t y,
+                             int64_t x, T value, int64_t height, int64_t width, T threshold,
+                             int64_t radius) {
+  return x < width && threshold_center(value, threshold) > T(0) &&
+         peak_at(plane, flags, b, y, x, height, width, threshold, radius);
 }
 
 template <typename T>
@@ -135,8 +163,14 @@ __global__ void count_peaks_kernel(DeviceView<const T> ctr, const uint8_t* flags
   const int64_t y = blockIdx.x, b = blockIdx.y;
   const Plane<const T> plane = ctr.plane(b, 0);
   int64_t count = 0;
-  for (int64_t x = threadIdx.x; x < width; x += kRowThreads) {
-    count += peak_at(plane, flags, b, y, x, height, width, threshold, radius) ? 1 : 0;
+  for (int64_t x0 = 0; x0 < width; x0 += kRowThreads * kRowPixels) {
+    T value[kRowPixels];
+    load_row_pass(plane, y, x0, width, value);
+#pragma unroll
+    for (int j = 0; j < kRowPixels; ++j) {
+      const int64_t x = x0 + j * kRowThreads + threadIdx.x;
+      count += peak_in_pass(plane, flags, b, y, x, value[j], height, width, threshold, radius);
+    }
   }
   const int64_t total = Reduce(storage).Sum(count);
   if (threadIdx.x == 0) row_count[b * height + y] = total;
@@ -154,19 +188,26 @@ __global__ void write_peaks_kernel(DeviceView<const T> ctr, const uint8_t* flags
   int64_t base = row_offset[row];
   if (row_offset[row + 1] == base) return;  // the whole block leaves together
   const Plane<const T> plane = ctr.plane(b, 0);
-  for (int64_t x0 = 0; x0 < width; x0 += kRowThreads) {
-    const int64_t x = x0 + threadIdx.x;
-    const int64_t flag =
-        (x < width && peak_at(plane, flags, b, y, x, height, width, threshold, radius));
-    int64_t position = 0, total = 0;
-    Scan(storage).ExclusiveSum(flag, position, total);
-    if (flag) {
-      pixel[base + position] = y * width + x;
-      score[base + position] = plane(y, x);
-      image[base + position] = static_cast<int32_t>(b);
+  for (int64_t x0 = 0; x0 < width; x0 += kRowThreads * kRowPixels) {
+    T value[kRowPixels];
+    load_row_pass(plane, y, x0, width, value);
+    // Row-major order: the pass's pixels go out column block by column block (j), each block's
+    // peaks placed by a block-wide scan.
+#pragma unroll
+    for (int j = 0; j < kRowPixels; ++j) {
+      const int64_t x = x0 + j * kRowThreads + threadIdx.x;
+      const int64_t flag =
+          peak_in_pass(plane, flags, b, y, x, value[j], height, width, threshold, radius);
+      int64_t position = 0, total = 0;
+      Scan(storage).ExclusiveSum(flag, position, total);
+      if (flag) {
+        pixel[base + position] = y * width + x;
+        score[base + position] = value[j];
+        image[base + position] = static_cast<int32_t>(b);
+      }
+      base += total;
+      __syncthreads();  // the scan storage is reused
     }
-    base += total;
-    __syncthreads();  // the scan storage is reused
   }
 }
 

@@ -137,6 +137,40 @@ struct DeviceView {
   }
 };
 
+// (b, y, x) of a grid-stride loop's flat index over [B, H, W], advanced by the loop's step with
+// carries instead of divisions: three 64-bit divisions per pixel cost more than the pixel's
+// memory traffic (label_range and write_kernel ran at a fifth of the copy rate on an H100).
+// The step is split once into the same mixed radix (step_x < W, step_y < H), so each advance
+// carries at most once into y and once into b.
+struct PixelWalk {
+  int64_t b, y, x;
+  int64_t step_b, step_y, step_x, height, width;
+
+  __device__ PixelWalk(int64_t start, int64_t step, int64_t height_, int64_t width_)
+      : height(height_), width(width_) {
+    const int64_t hw = height * width;
+    b = start / hw;
+    y = start % hw / width;
+    x = start % width;
+    step_b = step / hw;
+    step_y = step % hw / width;
+    step_x = step % width;
+  }
+  __device__ void advance() {
+    x += step_x;
+    y += step_y;
+    b += step_b;
+    if (x >= width) {
+      x -= width;
+      ++y;
+    }
+    if (y >= height) {
+      y -= height;
+      ++b;
+    }
+  }
+};
+
 template <typename T>
 DeviceView<const T> device_view(const StridedView& v) {
   return DeviceView<const T>{static_cast<const T*>(v.data), v.strides[0], v.strides[1],

@@ -47,7 +47,8 @@ namespace {
 
 constexpr int kThreads = 256;
 static_assert(kThreads % 32 == 0, "vote_kernel's __ballot_sync needs whole warps");
-constexpr int kCenterTile = 512;    // centres per shared-memory tile
+// Every centre of a brute-force image, in shared memory (images with more take the vote grid).
+constexpr int kCenterTile = static_cast<int>(kBruteForceCentersMax);
 constexpr int kScoreThreads = 256;  // pixels evaluated at once per score block
 constexpr int kScoreGroup = 8;      // staged pixels thread 0 takes into registers at once
 static_assert(kScoreThreads % kScoreGroup == 0, "the stage is read in whole groups");
@@ -73,10 +74,11 @@ struct MaxOp {
 template <typename T>
 __global__ void argmax_kernel(DeviceView<const T> logits, int64_t channels, int64_t height,
                               int64_t width, int64_t total, int32_t* labels) {
-  const int64_t hw = height * width;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t b = i / hw, y = (i % hw) / width, x = i % width;
+  const int64_t first = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  const int64_t step = int64_t{gridDim.x} * blockDim.x;
+  PixelWalk at(first, step, height, width);
+  for (int64_t i = first; i < total; i += step, at.advance()) {
+    const int64_t b = at.b, y = at.y, x = at.x;
     labels[i] = argmax_channel(&logits.plane(b, 0)(y, x), logits.stride_c, channels);
   }
 }
@@ -86,12 +88,13 @@ __global__ void label_range_kernel(DeviceView<const TSem> sem, int64_t height, i
                                    int64_t total, long long* range) {
   using Reduce = cub::BlockReduce<long long, kThreads>;
   __shared__ typename Reduce::TempStorage storage;
-  const int64_t hw = height * width;
   long long lo = std::numeric_limits<long long>::max();
   long long hi = std::numeric_limits<long long>::min();
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t b = i / hw, y = (i % hw) / width, x = i % width;
+  const int64_t first = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  const int64_t step = int64_t{gridDim.x} * blockDim.x;
+  PixelWalk at(first, step, height, width);
+  for (int64_t i = first; i < total; i += step, at.advance()) {
+    const int64_t b = at.b, y = at.y, x = at.x;
     const long long v = static_cast<long long>(sem.plane(b, 0)(y, x));
     lo = v < lo ? v : lo;
     hi = v > hi ? v : hi;
@@ -108,10 +111,11 @@ __global__ void label_range_kernel(DeviceView<const TSem> sem, int64_t height, i
 template <typename TSem>
 __global__ void gather_labels_kernel(DeviceView<const TSem> sem, int64_t height, int64_t width,
                                      int64_t total, int64_t* labels) {
-  const int64_t hw = height * width;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t b = i / hw, y = (i % hw) / width, x = i % width;
+  const int64_t first = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  const int64_t step = int64_t{gridDim.x} * blockDim.x;
+  PixelWalk at(first, step, height, width);
+  for (int64_t i = first; i < total; i += step, at.advance()) {
+    const int64_t b = at.b, y = at.y, x = at.x;
     labels[i] = static_cast<int64_t>(sem.plane(b, 0)(y, x));
   }
 }
@@ -258,25 +262,36 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
   unsigned long long* hist = a.buffers.hist + a.layout.hist_offset[b];
   if (kSharedHist) {
     for (int64_t i = threadIdx.x; i < bins; i += blockDim.x) shared_hist[i] = 0;
-    __syncthreads();
   }
+  // Brute force: the image's centres in shared memory once (K <= kBruteForceCentersMax fit one
+  // tile), so that the pixel loop has no barrier and its warps hide each other's loads.
+  if (!kGrid) {
+    for (int64_t i = threadIdx.x; i < num_centers; i += blockDim.x) {
+      tile_y[i] = center_y[i];
+      tile_x[i] = center_x[i];
+    }
+  }
+  __syncthreads();
   const Plane<const TSem> sem = a.sem.plane(b, 0);
   const Plane<const TOff> dy = a.off.plane(b, 0), dx = a.off.plane(b, 1);
   const int64_t hw = a.height * a.width;
   int32_t* instance = a.buffers.instance + b * hw;
-  for (int64_t base = blockIdx.x * int64_t{blockDim.x}; base < hw;
-       base += int64_t{gridDim.x} * blockDim.x) {
+  const int64_t step = int64_t{gridDim.x} * blockDim.x;
+  PixelWalk at(blockIdx.x * int64_t{blockDim.x} + threadIdx.x, step, a.height, a.width);
+  for (int64_t base = blockIdx.x * int64_t{blockDim.x}; base < hw; base += step, at.advance()) {
     const int64_t p = base + threadIdx.x;
     const bool active = p < hw;
-    const int64_t y = active ? p / a.width : 0, x = active ? p % a.width : 0;
+    const int64_t y = active ? at.y : 0, x = active ? at.x : 0;
+    // The offsets are read with the label (not after it proves a thing): one memory round trip.
     const int64_t label = active ? static_cast<int64_t>(sem(y, x)) : 0;
+    const TOff off_y = active ? dy(y, x) : TOff(0), off_x = active ? dx(y, x) : TOff(0);
     bool thing = false;
     if (active) thing = kFromMask ? a.mask.plane(b, 0)(y, x) != 0 : a.things.contains(label);
     bool voting = thing && num_centers > 0;
     float qy = 0.0f, qx = 0.0f;
     if (voting) {
-      qy = vote_coordinate(y, dy(y, x));
-      qx = vote_coordinate(x, dx(y, x));
+      qy = vote_coordinate(y, off_y);
+      qx = vote_coordinate(x, off_x);
       voting = is_finite_vote(qy, qx);
     }
     // Nearest centre, ties to the lower index: the CPU brute force's rule (all-inf picks 0).
@@ -290,24 +305,13 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
                                a.many.cell_centers, a.centers.y + first, a.centers.x + first,
                                num_centers, qy, qx);
       }
-    } else if (__syncthreads_or(voting)) {
-      for (int64_t t0 = 0; t0 < num_centers; t0 += kCenterTile) {
-        const int64_t n = num_centers - t0 < kCenterTile ? num_centers - t0 : kCenterTile;
-        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-          tile_y[i] = center_y[t0 + i];
-          tile_x[i] = center_x[t0 + i];
+    } else if (voting) {
+      for (int32_t i = 0; i < static_cast<int32_t>(num_centers); ++i) {
+        const float d = center_distance(tile_y[i], tile_x[i], qy, qx);
+        if (d < best_distance) {
+          best_distance = d;
+          best = i;
         }
-        __syncthreads();
-        if (voting) {
-          for (int64_t i = 0; i < n; ++i) {
-            const float d = center_distance(tile_y[i], tile_x[i], qy, qx);
-            if (d < best_distance) {
-              best_distance = d;
-              best = static_cast<int32_t>(t0 + i);
-            }
-          }
-        }
-        __syncthreads();
       }
     }
     // Every lane of the warp is here (whole warps, no lane has left the loop): the lanes that
@@ -656,10 +660,11 @@ __global__ void add_block_sums_kernel(FuseLayout layout, FuseBuffers buffers, in
 template <typename TSem, typename TOut>
 __global__ void write_kernel(DeviceView<const TSem> sem, int64_t height, int64_t width,
                              int64_t total, FuseLayout layout, FuseBuffers buffers, TOut* out) {
-  const int64_t hw = height * width;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t b = i / hw, y = (i % hw) / width, x = i % width;
+  const int64_t first = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  const int64_t step = int64_t{gridDim.x} * blockDim.x;
+  PixelWalk at(first, step, height, width);
+  for (int64_t i = first; i < total; i += step, at.advance()) {
+    const int64_t b = at.b, y = at.y, x = at.x;
     const int64_t c = layout.class_index(static_cast<int64_t>(sem.plane(b, 0)(y, x)));
     const int32_t inst = buffers.instance[i];  // read before the write: out may alias it
     out[i] =
@@ -668,14 +673,23 @@ __global__ void write_kernel(DeviceView<const TSem> sem, int64_t height, int64_t
   }
 }
 
-int device_blocks_for(int64_t batch) {
-  int device = 0, sms = 0;
+// Blocks of kThreads per image for a grid-stride loop over `pixels` pixels of each of `batch`
+// images: as many as stay resident on the device together (the kernel's occupancy), so that no
+// partial second wave of equally loaded blocks runs after the first (8 blocks per multiprocessor
+// where 6 fit cost vote_kernel a third more time).
+template <typename Kernel>
+unsigned resident_blocks_per_image(Kernel kernel, size_t shared_bytes, int64_t batch,
+                                   int64_t pixels) {
+  int device = 0, sms = 0, per_sm = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
         "cudaDeviceGetAttribute");
-  // About 8 resident blocks per multiprocessor over the whole batch.
-  const int64_t blocks = (int64_t{sms} * 8 + batch - 1) / batch;
-  return static_cast<int>(blocks < 1 ? 1 : blocks);
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, shared_bytes),
+        "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  const int64_t resident = int64_t{sms} * (per_sm < 1 ? 1 : per_sm);
+  const int64_t blocks =
+      std::min((resident + batch - 1) / batch, (pixels + kThreads - 1) / kThreads);
+  return static_cast<unsigned>(blocks < 1 ? 1 : blocks);
 }
 
 }  // namespace
@@ -695,8 +709,9 @@ void label_range(const StridedView& sem, long long* range, cudaStream_t stream) 
   const int64_t total = sem.batch() * sem.height() * sem.width();
   with_label_type(sem.dtype, "sem", [&](auto tag) {
     using TSem = decltype(tag);
-    label_range_kernel<TSem><<<grid_for(total, kThreads, 1024), kThreads, 0, stream>>>(
-        device_view<TSem>(sem), sem.height(), sem.width(), total, range);
+    const unsigned grid = resident_blocks_per_image(label_range_kernel<TSem>, 0, 1, total);
+    label_range_kernel<TSem><<<grid, kThreads, 0, stream>>>(device_view<TSem>(sem), sem.height(),
+                                                            sem.width(), total, range);
     check_launch("label_range_kernel");
   });
 }
@@ -803,9 +818,6 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
     first_ring_kernel<<<grid_for(m.cells, kThreads), kThreads, 0, stream>>>(m, batch);
     check_launch("first_ring_kernel");
   }
-  const int64_t blocks_x =
-      std::min<int64_t>(device_blocks_for(batch), (hw + kThreads - 1) / kThreads);
-  const dim3 grid(static_cast<unsigned>(blocks_x < 1 ? 1 : blocks_x), static_cast<unsigned>(batch));
   // Shared counters only where the device allows that much shared memory per block.
   int device = 0, shared_limit = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
@@ -844,6 +856,8 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
         check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                    shared_attribute),
               "cudaFuncSetAttribute");
+        const dim3 grid(resident_blocks_per_image(kernel, shared_bytes, batch, hw),
+                        static_cast<unsigned>(batch));
         kernel<<<grid, kThreads, shared_bytes, stream>>>(args);
         check_launch("vote_kernel");
       };

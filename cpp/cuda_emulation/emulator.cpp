@@ -32,6 +32,7 @@ constexpr unsigned char kGuard = 0xFD;         // bytes around every allocation
 constexpr int kDefaultSharedLimit = 48 * 1024;
 constexpr int kSharedOptinLimit = 232448;  // H100: 227 KiB per block
 constexpr int kMultiprocessors = 132;
+constexpr size_t kSharedPerMultiprocessor = 233472;  // H100: 228 KiB
 
 size_t page_size() { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
 
@@ -670,6 +671,24 @@ cudaError_t function_attributes(cudaFuncAttributes* attributes, const void* kern
   attributes->ptxVersion = attributes->binaryVersion = kBuiltArchitecture;
   attributes->maxDynamicSharedSizeBytes =
       attribute != g_max_dynamic_shared.end() ? attribute->second : kDefaultSharedLimit;
+  return cudaSuccess;
+}
+
+cudaError_t resident_blocks(int* blocks, const void* kernel, int block_size, size_t shared_bytes) {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  if (!has_kernel_image()) return no_kernel_image("cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  if (block_size <= 0 || block_size > 1024) {
+    g_message =
+        "cudaOccupancyMaxActiveBlocksPerMultiprocessor: block size " + std::to_string(block_size);
+    return recorded(cudaErrorInvalidValue);
+  }
+  const auto attribute = g_max_dynamic_shared.find(kernel);
+  const size_t allowed = static_cast<size_t>(
+      attribute != g_max_dynamic_shared.end() ? attribute->second : kDefaultSharedLimit);
+  const size_t by_threads = 2048 / static_cast<size_t>(block_size);
+  const size_t by_shared = shared_bytes == 0 ? 32 : kSharedPerMultiprocessor / shared_bytes;
+  *blocks =
+      shared_bytes > allowed ? 0 : static_cast<int>(std::min({by_threads, by_shared, size_t{32}}));
   return cudaSuccess;
 }
 

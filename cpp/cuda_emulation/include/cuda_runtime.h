@@ -180,7 +180,17 @@ cudaError_t cudaDeviceSynchronize();
 namespace pdl_emu {
 cudaError_t set_max_dynamic_shared(const void* kernel, int bytes);
 cudaError_t function_attributes(cudaFuncAttributes* attributes, const void* kernel);
+cudaError_t resident_blocks(int* blocks, const void* kernel, int block_size, size_t shared_bytes);
 }  // namespace pdl_emu
+
+// Blocks per multiprocessor as the threads (2048 per multiprocessor) and the shared memory allow:
+// registers, which the host build does not know, are not counted.
+template <typename T>
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, T* kernel, int block_size,
+                                                          size_t shared_bytes) {
+  return pdl_emu::resident_blocks(blocks, reinterpret_cast<const void*>(kernel), block_size,
+                                  shared_bytes);
+}
 
 template <typename T>
 cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attributes, T* kernel) {
