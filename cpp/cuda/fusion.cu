@@ -46,6 +46,9 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
+// Pixels a thread of a grid-stride loop loads before using any: their loads in flight together
+// (label_range and write_kernel, one load at a time, moved a third of the copy rate on an H200).
+constexpr int kLoadsInFlight = 4;
 static_assert(kThreads % 32 == 0, "vote_kernel's __ballot_sync needs whole warps");
 // Every centre of a brute-force image, in shared memory (images with more take the vote grid).
 constexpr int kCenterTile = static_cast<int>(kBruteForceCentersMax);
@@ -93,11 +96,19 @@ __global__ void label_range_kernel(DeviceView<const TSem> sem, int64_t height, i
   const int64_t first = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   const int64_t step = int64_t{gridDim.x} * blockDim.x;
   PixelWalk at(first, step, height, width);
-  for (int64_t i = first; i < total; i += step, at.advance()) {
-    const int64_t b = at.b, y = at.y, x = at.x;
-    const long long v = static_cast<long long>(sem.plane(b, 0)(y, x));
-    lo = v < lo ? v : lo;
-    hi = v > hi ? v : hi;
+  for (int64_t i0 = first; i0 < total; i0 += kLoadsInFlight * step) {
+    long long value[kLoadsInFlight];
+    bool inside[kLoadsInFlight];
+#pragma unroll
+    for (int j = 0; j < kLoadsInFlight; ++j, at.advance()) {
+      inside[j] = i0 + j * step < total;
+      value[j] = inside[j] ? static_cast<long long>(sem.plane(at.b, 0)(at.y, at.x)) : 0;
+    }
+#pragma unroll
+    for (int j = 0; j < kLoadsInFlight; ++j) {
+      lo = inside[j] && value[j] < lo ? value[j] : lo;
+      hi = inside[j] && value[j] > hi ? value[j] : hi;
+    }
   }
   lo = Reduce(storage).Reduce(lo, MinOp());
   __syncthreads();
@@ -663,13 +674,28 @@ __global__ void write_kernel(DeviceView<const TSem> sem, int64_t height, int64_t
   const int64_t first = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   const int64_t step = int64_t{gridDim.x} * blockDim.x;
   PixelWalk at(first, step, height, width);
-  for (int64_t i = first; i < total; i += step, at.advance()) {
-    const int64_t b = at.b, y = at.y, x = at.x;
-    const int64_t c = layout.class_index(static_cast<int64_t>(sem.plane(b, 0)(y, x)));
-    const int32_t inst = buffers.instance[i];  // read before the write: out may alias it
-    out[i] =
-        static_cast<TOut>(panoptic_label(inst, c, buffers.instance_label + layout.inst_offset[b],
-                                         buffers.class_label + b * layout.num_classes));
+  for (int64_t i0 = first; i0 < total; i0 += kLoadsInFlight * step) {
+    // Every pixel's label and instance first (out may alias the instances: no store may come
+    // between), then the ids.
+    int64_t label[kLoadsInFlight], image[kLoadsInFlight];
+    int32_t inst[kLoadsInFlight];
+#pragma unroll
+    for (int j = 0; j < kLoadsInFlight; ++j, at.advance()) {
+      const int64_t i = i0 + j * step;
+      const bool inside = i < total;
+      label[j] = inside ? static_cast<int64_t>(sem.plane(at.b, 0)(at.y, at.x)) : 0;
+      inst[j] = inside ? buffers.instance[i] : 0;
+      image[j] = at.b;
+    }
+#pragma unroll
+    for (int j = 0; j < kLoadsInFlight; ++j) {
+      const int64_t i = i0 + j * step, b = image[j];
+      if (i >= total) break;
+      const int64_t c = layout.class_index(label[j]);
+      out[i] = static_cast<TOut>(panoptic_label(inst[j], c,
+                                                buffers.instance_label + layout.inst_offset[b],
+                                                buffers.class_label + b * layout.num_classes));
+    }
   }
 }
 
@@ -1036,9 +1062,9 @@ void write_panoptic(const StridedView& sem, const FuseLayout& layout, const Fuse
   const int64_t total = sem.batch() * sem.height() * sem.width();
   with_label_type(sem.dtype, "sem", [&](auto sem_tag) {
     using TSem = decltype(sem_tag);
-    const unsigned grid = grid_for(total, kThreads, 8192);
     with_output_type(out.dtype, [&](auto out_tag) {
       using TOut = decltype(out_tag);
+      const unsigned grid = resident_blocks_per_image(write_kernel<TSem, TOut>, 0, 1, total);
       write_kernel<TSem, TOut><<<grid, kThreads, 0, stream>>>(device_view<TSem>(sem), sem.height(),
                                                               sem.width(), total, layout, buffers,
                                                               static_cast<TOut*>(out.data));
