@@ -10,12 +10,13 @@
 // heatmap would cost k^2 reads per pixel, take the CPU's separable van Herk filter instead (row
 // blocks, row maxima, column blocks, then one peak flag per pixel: O(1) per pixel whatever k),
 // sharing window_max_from_blocks and is_center_peak with it.
-// Compaction: one block per row counts its peaks, an exclusive sum over the rows gives every row
-// its output offset, and a second pass writes the peaks of non-empty rows in order with a
-// block-wide scan. Top-k sorts only images with more peaks than top_k: a stable segmented radix
-// sort by descending score keeps equal scores in row-major order, so the first top_k of a segment
-// are exactly the CPU's "ties go to the earlier pixel"; detectron2 mode keeps scores above the
-// top_k-th. Kept flags are compacted with one more exclusive sum, preserving row-major order.
+// Compaction: one block per row counts its peaks (recording a flag per pixel), an exclusive sum
+// over the rows gives every row its output offset, and a second pass writes the flagged pixels of
+// non-empty rows in order with a block-wide scan. Top-k sorts only images with more peaks than
+// top_k: a stable segmented radix sort by descending score keeps equal scores in row-major order,
+// so the first top_k of a segment are exactly the CPU's "ties go to the earlier pixel"; detectron2
+// mode keeps scores above the top_k-th. Kept flags are compacted with one more exclusive sum,
+// preserving row-major order.
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_scan.cuh>
@@ -155,13 +156,17 @@ __device__ bool peak_in_pass(Plane<const T> plane, const uint8_t* flags, int64_t
          peak_at(plane, flags, b, y, x, height, width, threshold, radius);
 }
 
+// Counts each row's peaks; `flags_ready`: the flags come from find_peak_flags, else the
+// per-pixel test runs here and writes them.
 template <typename T>
-__global__ void count_peaks_kernel(DeviceView<const T> ctr, const uint8_t* flags, int64_t height,
-                                   int64_t width, T threshold, int64_t radius, int64_t* row_count) {
+__global__ void count_peaks_kernel(DeviceView<const T> ctr, uint8_t* flags, bool flags_ready,
+                                   int64_t height, int64_t width, T threshold, int64_t radius,
+                                   int64_t* row_count) {
   using Reduce = cub::BlockReduce<int64_t, kRowThreads>;
   __shared__ typename Reduce::TempStorage storage;
   const int64_t y = blockIdx.x, b = blockIdx.y;
   const Plane<const T> plane = ctr.plane(b, 0);
+  uint8_t* row_flags = flags + (b * height + y) * width;
   int64_t count = 0;
   for (int64_t x0 = 0; x0 < width; x0 += kRowThreads * kRowPixels) {
     T value[kRowPixels];
@@ -169,18 +174,21 @@ __global__ void count_peaks_kernel(DeviceView<const T> ctr, const uint8_t* flags
 #pragma unroll
     for (int j = 0; j < kRowPixels; ++j) {
       const int64_t x = x0 + j * kRowThreads + threadIdx.x;
-      count += peak_in_pass(plane, flags, b, y, x, value[j], height, width, threshold, radius);
+      const bool peak = peak_in_pass(plane, flags_ready ? flags : nullptr, b, y, x, value[j],
+                                     height, width, threshold, radius);
+      if (!flags_ready && x < width) row_flags[x] = peak ? 1 : 0;
+      count += peak ? 1 : 0;
     }
   }
   const int64_t total = Reduce(storage).Sum(count);
   if (threadIdx.x == 0) row_count[b * height + y] = total;
 }
 
+// The peaks of rows that have any (count_peaks' flags), in row-major order at the row's offset.
 template <typename T>
 __global__ void write_peaks_kernel(DeviceView<const T> ctr, const uint8_t* flags, int64_t height,
-                                   int64_t width, T threshold, int64_t radius,
-                                   const int64_t* row_offset, int64_t* pixel, T* score,
-                                   int32_t* image) {
+                                   int64_t width, const int64_t* row_offset, int64_t* pixel,
+                                   T* score, int32_t* image) {
   using Scan = cub::BlockScan<int64_t, kRowThreads>;
   __shared__ typename Scan::TempStorage storage;
   const int64_t y = blockIdx.x, b = blockIdx.y;
@@ -188,26 +196,19 @@ __global__ void write_peaks_kernel(DeviceView<const T> ctr, const uint8_t* flags
   int64_t base = row_offset[row];
   if (row_offset[row + 1] == base) return;  // the whole block leaves together
   const Plane<const T> plane = ctr.plane(b, 0);
-  for (int64_t x0 = 0; x0 < width; x0 += kRowThreads * kRowPixels) {
-    T value[kRowPixels];
-    load_row_pass(plane, y, x0, width, value);
-    // Row-major order: the pass's pixels go out column block by column block (j), each block's
-    // peaks placed by a block-wide scan.
-#pragma unroll
-    for (int j = 0; j < kRowPixels; ++j) {
-      const int64_t x = x0 + j * kRowThreads + threadIdx.x;
-      const int64_t flag =
-          peak_in_pass(plane, flags, b, y, x, value[j], height, width, threshold, radius);
-      int64_t position = 0, total = 0;
-      Scan(storage).ExclusiveSum(flag, position, total);
-      if (flag) {
-        pixel[base + position] = y * width + x;
-        score[base + position] = value[j];
-        image[base + position] = static_cast<int32_t>(b);
-      }
-      base += total;
-      __syncthreads();  // the scan storage is reused
+  const uint8_t* row_flags = flags + row * width;
+  for (int64_t x0 = 0; x0 < width; x0 += kRowThreads) {
+    const int64_t x = x0 + threadIdx.x;
+    const int64_t flag = x < width && row_flags[x] != 0;
+    int64_t position = 0, total = 0;
+    Scan(storage).ExclusiveSum(flag, position, total);
+    if (flag) {
+      pixel[base + position] = y * width + x;
+      score[base + position] = plane(y, x);
+      image[base + position] = static_cast<int32_t>(b);
     }
+    base += total;
+    __syncthreads();  // the scan storage is reused
   }
 }
 
@@ -334,8 +335,8 @@ void exclusive_sum(const int64_t* in, int64_t* out, int64_t count, const CubTemp
 
 PeakFlags take_peak_flags(Scratch& scratch, DType ctr_dtype, int64_t pixels, int64_t nms_kernel) {
   PeakFlags taken;
-  if (nms_kernel <= kDirectWindowMax) return taken;
   taken.flags = scratch.take<uint8_t>(pixels, "peak flags");
+  if (nms_kernel <= kDirectWindowMax) return taken;
   with_float_type(ctr_dtype, "ctr", [&](auto tag) {
     using T = decltype(tag);
     taken.prefix = scratch.take<T>(pixels, "NMS block maxima");
@@ -374,30 +375,29 @@ void find_peak_flags(const StridedView& ctr, double threshold, int64_t nms_kerne
   });
 }
 
-void count_peaks(const StridedView& ctr, double threshold, int64_t nms_kernel,
-                 const uint8_t* peak_flags, int64_t* row_count, cudaStream_t stream) {
+void count_peaks(const StridedView& ctr, double threshold, int64_t nms_kernel, uint8_t* peak_flags,
+                 int64_t* row_count, cudaStream_t stream) {
   const int64_t batch = ctr.batch(), height = ctr.height(), width = ctr.width();
   check(cudaMemsetAsync(row_count + batch * height, 0, sizeof(int64_t), stream), "cudaMemset");
   with_float_type(ctr.dtype, "ctr", [&](auto tag) {
     using T = decltype(tag);
     const dim3 grid(static_cast<unsigned>(height), static_cast<unsigned>(batch));
-    count_peaks_kernel<T><<<grid, kRowThreads, 0, stream>>>(device_view<T>(ctr), peak_flags, height,
-                                                            width, static_cast<T>(threshold),
-                                                            nms_kernel / 2, row_count);
+    count_peaks_kernel<T><<<grid, kRowThreads, 0, stream>>>(
+        device_view<T>(ctr), peak_flags, nms_kernel > kDirectWindowMax, height, width,
+        static_cast<T>(threshold), nms_kernel / 2, row_count);
     check_launch("count_peaks_kernel");
   });
 }
 
-void write_peaks(const StridedView& ctr, double threshold, int64_t nms_kernel,
-                 const uint8_t* peak_flags, const int64_t* row_offset, const PeakList& peaks,
-                 cudaStream_t stream) {
+void write_peaks(const StridedView& ctr, const uint8_t* peak_flags, const int64_t* row_offset,
+                 const PeakList& peaks, cudaStream_t stream) {
   const int64_t batch = ctr.batch(), height = ctr.height(), width = ctr.width();
   with_float_type(ctr.dtype, "ctr", [&](auto tag) {
     using T = decltype(tag);
     const dim3 grid(static_cast<unsigned>(height), static_cast<unsigned>(batch));
     write_peaks_kernel<T><<<grid, kRowThreads, 0, stream>>>(
-        device_view<T>(ctr), peak_flags, height, width, static_cast<T>(threshold), nms_kernel / 2,
-        row_offset, peaks.pixel, static_cast<T*>(peaks.score), peaks.image);
+        device_view<T>(ctr), peak_flags, height, width, row_offset, peaks.pixel,
+        static_cast<T*>(peaks.score), peaks.image);
     check_launch("write_peaks_kernel");
   });
 }

@@ -434,11 +434,11 @@ struct CudaMerge::State {
   cudaStream_t stream = nullptr;
   int64_t batch = 0, height = 0, width = 0;
   bool empty = false, finished = false;
-  StridedView sem;                      // the labels read by every later stage
-  cuda::Scratch first_scratch;          // the first phase's arrays, until finish ends
-  int64_t* row_offset = nullptr;        // peaks before each row (B * H + 1), in first_scratch
-  const uint8_t* peak_flags = nullptr;  // large NMS windows only (cuda::PeakFlags), likewise
-  std::vector<int64_t> peak_begin;      // B + 1 (host)
+  StridedView sem;                  // the labels read by every later stage
+  cuda::Scratch first_scratch;      // the first phase's arrays, until finish ends
+  int64_t* row_offset = nullptr;    // peaks before each row (B * H + 1), in first_scratch
+  uint8_t* peak_flags = nullptr;    // a flag per pixel (cuda::PeakFlags), likewise
+  std::vector<int64_t> peak_begin;  // B + 1 (host)
   int64_t lo = 0, hi = -1;
 };
 
@@ -512,7 +512,7 @@ CudaMerge::CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers
   cuda::init_range_kernel<<<1, 1, 0, s.stream>>>(a.header);
   cuda::check_launch("init_range_kernel");
   cuda::label_range(s.sem, a.header, s.stream);
-  if (s.peak_flags) {
+  if (centers.nms_kernel > cuda::kDirectWindowMax) {
     cuda::find_peak_flags(inputs.ctr, centers.threshold, centers.nms_kernel, a.peak_flags,
                           s.stream);
   }
@@ -782,8 +782,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
 
   // Peaks in row-major order, then the kept centres.
   if (total_peaks > 0) {
-    cuda::write_peaks(s.in.ctr, s.centers.threshold, s.centers.nms_kernel, s.peak_flags,
-                      s.row_offset, a.peaks, stream);
+    cuda::write_peaks(s.in.ctr, s.peak_flags, s.row_offset, a.peaks, stream);
     cuda::select_centers(
         s.in.ctr.dtype, W, a.peaks, peak_begin_device, s.peak_begin, s.centers.top_k,
         s.centers.topk_mode, cuda::UploadPack::at<int>(a.tables, at_sort_begin),

@@ -52,24 +52,14 @@ PDL_HOST_DEVICE T window_max_from_blocks(T suffix_at_a, T prefix_at_b, int64_t a
 // The first thresholded value larger than h in rows [y0, y1] x columns [x0, x1] (row-major), or h
 // when there is none: the window's maximum exceeds h exactly when such a value exists. `reads`
 // (nullptr: not counted) gets the number of values read.
-// A row's values are read kLargerChunk at a time before any is compared: on a GPU the chunk's
-// loads are in flight together (one memory round trip per chunk instead of one per value: a 7 x 7
-// window cost a local maximum 49 dependent loads).
-constexpr int64_t kLargerChunk = 8;
-
 template <typename T>
 PDL_HOST_DEVICE T first_larger(Plane<const T> ctr, int64_t y0, int64_t y1, int64_t x0, int64_t x1,
                                T threshold, T h, int64_t* reads) {
   for (int64_t yy = y0; yy <= y1; ++yy) {
     if (reads) *reads += x1 - x0 + 1;
-    for (int64_t xx = x0; xx <= x1; xx += kLargerChunk) {
-      T chunk[kLargerChunk];
-      for (int64_t j = 0; j < kLargerChunk; ++j) {
-        chunk[j] = xx + j <= x1 ? threshold_center(ctr(yy, xx + j), threshold) : h;
-      }
-      for (int64_t j = 0; j < kLargerChunk; ++j) {
-        if (chunk[j] > h) return chunk[j];
-      }
+    for (int64_t xx = x0; xx <= x1; ++xx) {
+      const T v = threshold_center(ctr(yy, xx), threshold);
+      if (v > h) return v;
     }
   }
   return h;
