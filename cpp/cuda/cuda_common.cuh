@@ -139,7 +139,7 @@ struct DeviceView {
 
 // (b, y, x) of a grid-stride loop's flat index over [B, H, W], advanced by the loop's step with
 // carries instead of divisions: three 64-bit divisions per pixel cost more than the pixel's
-// memory traffic (label_range and write_kernel ran at a fifth of the copy rate on an H100).
+// memory traffic (with them label_range read its 8 MB in 15 us on an H100: 0.55 TB/s).
 // The step is split once into the same mixed radix (step_x < W, step_y < H), so each advance
 // carries at most once into y and once into b.
 struct PixelWalk {

@@ -695,7 +695,7 @@ __global__ void write_kernel(DeviceView<const TSem> sem, int64_t height, int64_t
 // Blocks of kThreads per image for a grid-stride loop over `pixels` pixels of each of `batch`
 // images: as many as stay resident on the device together (the kernel's occupancy), so that no
 // partial second wave of equally loaded blocks runs after the first (8 blocks per multiprocessor
-// where 6 fit cost vote_kernel a third more time).
+// where the vote kernel's registers let 6 fit left a third of the blocks to a second wave).
 template <typename Kernel>
 unsigned resident_blocks_per_image(Kernel kernel, size_t shared_bytes, int64_t batch,
                                    int64_t pixels) {
