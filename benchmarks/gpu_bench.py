@@ -163,6 +163,31 @@ def main(argv=None) -> int:
 
     ours1 = _time(lambda: pdl_post.merge(sem1, ctr1, off1, **kw), args.warmup, args.repeat)
     oursb = _time(lambda: pdl_post.merge(semb, ctrb, offb, **kw), args.warmup, args.repeat)
+    # The vote's warp-pruned search (VoteSearch::kWarpPruned in cuda_pipeline.h), which stays off
+    # by default until these rows show it faster: checked against the CPU, then timed.
+    pruned = {}
+    set_pruning = getattr(pdl_post._core, "_set_cuda_vote_pruning", None)
+    if set_pruning is not None:
+        previous = set_pruning(True)
+        try:
+            for label, inputs, host in (
+                ("batch 1", (sem1, ctr1, off1), (scene.sem.astype(np.int32), scene.ctr, scene.off)),
+                (
+                    f"batch {b}",
+                    (semb, ctrb, offb),
+                    (batch.sem.astype(np.int32), batch.ctr, batch.off),
+                ),
+            ):
+                check(
+                    f"merge, {label}, warp-pruned vote",
+                    pdl_post.merge(*inputs, **kw).cpu().numpy(),
+                    pdl_post.merge(*host, **kw),
+                )
+                pruned[label] = _time(
+                    lambda inputs=inputs: pdl_post.merge(*inputs, **kw), args.warmup, args.repeat
+                )
+        finally:
+            set_pruning(previous)
     # Paths beside the targets, for the next session's leads: postprocess with logits (the score
     # sums run in the CPU's order, serially per block of rows), COCO's NMS window and class ids
     # from 2**16 up (compacted tables: a device sort and one more synchronisation).
@@ -252,6 +277,14 @@ def main(argv=None) -> int:
         ("copy floor, batch 1", floor1, floor1),
         (f"ours, batch {b}", oursb, floorb),
         (f"copy floor, batch {b}", floorb, floorb),
+        *[
+            (
+                f"ours, warp-pruned vote (not the default), {label}",
+                ms,
+                floor1 if label == "batch 1" else floorb,
+            )
+            for label, ms in pruned.items()
+        ],
         ("ours postprocess, labels, batch 1", post1, floor1),
         ("ours postprocess, logits, batch 1", scores1, floor1),
         ("ours, nms_kernel=41 (COCO's window), batch 1", coco_nms1, floor1),

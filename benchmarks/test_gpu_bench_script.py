@@ -73,6 +73,8 @@ def test_gpu_bench_runs_on_a_cpu_stand_in(monkeypatch, capsys):
         "| ours, batch 1 |",
         "| dense torch, batch 1 |",
         "| ours, batch 2 |",
+        "| ours, warp-pruned vote (not the default), batch 1 |",
+        "| ours, warp-pruned vote (not the default), batch 2 |",
         "| ours postprocess, logits, batch 1 |",
         "| ours, nms_kernel=43 (separable filter), batch 1 |",
         "| ours, detectron2 drop-in (int64 labels), batch 1 |",

@@ -52,6 +52,14 @@ inline void bind_cuda(py::module_& m) {
   m.def("cuda_release_memory", &cuda_release_memory, py::call_guard<py::gil_scoped_release>());
   m.def("cuda_stream_wait", &cuda_stream_wait, py::arg("device"), py::arg("stream"),
         py::arg("producer"));
+  // Test and benchmark hook: the vote's search among few centres (see VoteSearch).
+  m.def(
+      "_set_cuda_vote_pruning",
+      [](bool pruned) {
+        return set_cuda_vote_search(pruned ? VoteSearch::kWarpPruned : VoteSearch::kBruteForce) ==
+               VoteSearch::kWarpPruned;
+      },
+      py::arg("pruned"), "Returns the previous setting.");
   // module_local: _core and _cuda_emulation each bind their own build of CudaMerge.
   py::class_<CudaMerge>(m, "CudaMerge", py::module_local())
       .def(py::init([](const py::object& sem, const py::object& logits, const py::object& ctr,

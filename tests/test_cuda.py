@@ -200,6 +200,51 @@ def test_compacted_class_ids_do_not_take_a_table_per_instance(cuda_device):
         assert high_water < 1_500_000 < 201 * 6144 * 8, high_water
 
 
+@contextlib.contextmanager
+def _vote_pruning(device):
+    module = EMULATION if device == "emulated" else pdl_post._core
+    previous = module._set_cuda_vote_pruning(True)
+    try:
+        yield
+    finally:
+        module._set_cuda_vote_pruning(previous)
+
+
+def _vote_scenes():
+    """Inputs for the vote's search: a synthetic scene (a warp's votes mostly near one centre),
+    the same with noisy offsets (votes spread far: little to prune), two centres equally far from
+    every vote (ties: the lower index wins), every vote on the second centre, and votes so far off that every distance overflows
+    to inf beside ordinary ones in the same rows (nothing pruned; all-inf picks the first)."""
+    rng = np.random.default_rng(7)
+    s = synthetic.make_scene(96, 160, 30, seed=3)
+    yield s.sem, s.ctr, s.off, {}
+    noisy = (s.off + rng.normal(0, 40, s.off.shape)).astype(np.float32)
+    yield s.sem, s.ctr, noisy, {}
+    h, w = 8, 64
+    sem = np.full((h, w), 11, np.int32)
+    ctr = np.zeros((1, h, w), np.float32)
+    ctr[0, 3, 10], ctr[0, 3, 30] = 0.9, 0.8
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    ties = np.stack([3 - yy, 20 - xx]).astype(np.float32)
+    yield sem, ctr, ties, dict(nms_kernel=3, stuff_area=0)
+    on_second = np.stack([3 - yy, 30 - xx]).astype(np.float32)  # the box is a point: bound == cut
+    yield sem, ctr, on_second, dict(nms_kernel=3, stuff_area=0)
+    far = ties.copy()
+    far[:, :, ::3] = 3e19
+    yield sem, ctr, far, dict(nms_kernel=3, stuff_area=0)
+    yield sem, ctr, np.full_like(ties, 3e19), dict(nms_kernel=3, stuff_area=0)  # bounds overflow
+
+
+def test_warp_pruned_vote_equals_the_brute_force(cuda_device):
+    # VoteSearch::kWarpPruned, not the default until GPU timings decide, gives the CPU's answer.
+    for sem, ctr, off, kw in _vote_scenes():
+        with _vote_pruning(cuda_device):
+            cpu = run_on(cuda_device, sem, ctr, off, **kw)  # compares the device's answer
+    ids = np.asarray(cpu.panoptic)
+    assert (ids[:, 1::3] == 11 * 1000 + 1).all()  # equally far: the first centre
+    assert (ids[:, ::3] == 11 * 1000 + 1).all()  # every distance inf: the first centre
+
+
 def test_pair_keys_beyond_32_bits(cuda_device):
     # Pair keys are uint32 while instance slots x C fits 32 bits, else int64: here 65536 centres
     # (65,537 instance slots: a flat heatmap, top_k None) times 65536 compacted class ids (every

@@ -28,6 +28,7 @@
 // Class tables are indexed by the label itself, or from ClassIndex::kDenseLabelLimit up by its rank
 // among the batch's distinct labels (distinct_labels: gather, radix sort, unique), as on the CPU.
 #include <algorithm>
+#include <atomic>
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_radix_sort.cuh>
@@ -46,6 +47,7 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
+std::atomic<VoteSearch> vote_search{VoteSearch::kBruteForce};  // set_cuda_vote_search
 // Pixels a thread of write_kernel loads before using any: their loads in flight together (one at
 // a time it took 28 us at 1024 x 2048 on an H200, 12 us with four).
 constexpr int kLoadsInFlight = 4;
@@ -145,12 +147,17 @@ struct VoteArgs {
   CenterList centers;
   FuseLayout layout;
   FuseBuffers buffers;
-  ManyCenters many;     // kGrid only
+  ManyCenters many;     // kSearch == kGridSearch only
   void* pair_keys;      // PairSort::keys, or nullptr: pairs counted in the histogram
   bool wide_pair_keys;  // PairSort::wide
   int64_t no_pair;      // PairSort::none
   int64_t height, width;
 };
+
+// How vote_kernel finds the nearest centre, each its own kernel (a branch between them would cost
+// the default's registers: 39 alone, 48 beside the pruned search): every centre, the centres the
+// warp's vote box cannot rule out (VoteSearch::kWarpPruned), or the vote grid (many centres).
+enum NearestSearch : int { kEveryCenter, kWarpPrunedSearch, kGridSearch };
 
 // The batch-wide grid cell of centre k of image b.
 __device__ int64_t cell_of(const CenterList& centers, const ManyCenters& many, int64_t b, int64_t k,
@@ -251,7 +258,84 @@ __device__ int32_t nearest_in_grid(const VoteGrid& grid, const int64_t* cell_sta
   return best;
 }
 
-template <typename TSem, typename TOff, bool kFromMask, bool kSharedHist, bool kGrid>
+// The nearest of `count` centres (cy, cx: shared memory) to each voting lane's vote (qy, qx),
+// ties to the lower index: the brute force's answer, from fewer centres. Warp-collective: every
+// lane of the warp calls it, converged; a lane that does not vote gets 0.
+// A centre's distance from the box of the warp's votes, computed with the distance's own float
+// operations, is at most its distance from any of them (the gaps are no larger and rounding is
+// monotone). The centre with the smallest such bound gives each lane an upper bound of its
+// nearest distance, and the warp's largest of these a cut: a centre whose bound exceeds the cut
+// is farther from every lane's vote than that lane's nearest, so only the others are read, in
+// index order, with the brute force's strict comparison.
+__device__ int32_t nearest_pruned(const float* cy, const float* cx, int64_t count, bool voting,
+                                  float qy, float qx) {
+  constexpr unsigned kWarp = 0xffffffffu;
+  const float kInf = __int_as_float(0x7f800000);
+  if (__ballot_sync(kWarp, voting) == 0) return 0;
+  const int lane = static_cast<int>(threadIdx.x & 31u);
+  float lo_y = voting ? qy : kInf, hi_y = voting ? qy : -kInf;
+  float lo_x = voting ? qx : kInf, hi_x = voting ? qx : -kInf;
+  for (int offset = 16; offset > 0; offset /= 2) {
+    const float oly = __shfl_sync(kWarp, lo_y, lane ^ offset);
+    const float ohy = __shfl_sync(kWarp, hi_y, lane ^ offset);
+    const float olx = __shfl_sync(kWarp, lo_x, lane ^ offset);
+    const float ohx = __shfl_sync(kWarp, hi_x, lane ^ offset);
+    lo_y = oly < lo_y ? oly : lo_y;
+    hi_y = ohy > hi_y ? ohy : hi_y;
+    lo_x = olx < lo_x ? olx : lo_x;
+    hi_x = ohx > hi_x ? ohx : hi_x;
+  }
+  const auto bound = [&](int64_t c) {
+    const float y = cy[c], x = cx[c];
+    const float gap_y = y < lo_y ? lo_y - y : (y > hi_y ? y - hi_y : 0.0f);
+    const float gap_x = x < lo_x ? lo_x - x : (x > hi_x ? x - hi_x : 0.0f);
+    return squared_distance_f32(gap_y, gap_x);
+  };
+  // The centre nearest the box: lanes take the centres lane, lane + 32, ..., then the warp's
+  // smallest (bound, index); centre 0 where every bound overflows to inf.
+  float nearest_bound = kInf;
+  int32_t nearest = 0;
+  for (int64_t c = lane; c < count; c += 32) {
+    const float b = bound(c);
+    if (b < nearest_bound) {
+      nearest_bound = b;
+      nearest = static_cast<int32_t>(c);
+    }
+  }
+  for (int offset = 16; offset > 0; offset /= 2) {
+    const float ob = __shfl_sync(kWarp, nearest_bound, lane ^ offset);
+    const int32_t oc = __shfl_sync(kWarp, nearest, lane ^ offset);
+    if (ob < nearest_bound || (ob == nearest_bound && oc < nearest)) {
+      nearest_bound = ob;
+      nearest = oc;
+    }
+  }
+  float cut = voting ? center_distance(cy[nearest], cx[nearest], qy, qx) : -kInf;
+  for (int offset = 16; offset > 0; offset /= 2) {
+    const float other = __shfl_sync(kWarp, cut, lane ^ offset);
+    cut = other > cut ? other : cut;
+  }
+  int32_t best = 0;
+  float best_distance = kInf;
+  for (int64_t c0 = 0; c0 < count; c0 += 32) {
+    const int64_t c = c0 + lane;
+    unsigned candidates = __ballot_sync(kWarp, c < count && !(bound(c) > cut));
+    while (candidates != 0) {
+      const int64_t k = c0 + __ffs(static_cast<int>(candidates)) - 1;
+      candidates &= candidates - 1;
+      if (voting) {
+        const float d = center_distance(cy[k], cx[k], qy, qx);
+        if (d < best_distance) {
+          best_distance = d;
+          best = static_cast<int32_t>(k);
+        }
+      }
+    }
+  }
+  return best;
+}
+
+template <typename TSem, typename TOff, bool kFromMask, bool kSharedHist, int kSearch>
 __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
   extern __shared__ unsigned char shared_bytes[];
   float* tile_y = reinterpret_cast<float*>(shared_bytes);
@@ -269,7 +353,7 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
   }
   // Brute force: the image's centres in shared memory once (K <= kBruteForceCentersMax fit one
   // tile), so that the pixel loop has no barrier and its warps hide each other's loads.
-  if (!kGrid) {
+  if (kSearch != kGridSearch) {
     for (int64_t i = threadIdx.x; i < num_centers; i += blockDim.x) {
       tile_y[i] = center_y[i];
       tile_x[i] = center_x[i];
@@ -301,7 +385,7 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
     // Nearest centre, ties to the lower index: the CPU brute force's rule (all-inf picks 0).
     int32_t best = 0;
     float best_distance = __int_as_float(0x7f800000);  // +inf
-    if (kGrid) {
+    if (kSearch == kGridSearch) {
       if (voting) {
         const int64_t first = a.centers.begin[b];
         const int64_t cells = a.many.cell_offset[b];
@@ -309,6 +393,8 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
                                a.many.cell_centers, a.centers.y + first, a.centers.x + first,
                                num_centers, qy, qx);
       }
+    } else if (kSearch == kWarpPrunedSearch) {
+      best = nearest_pruned(tile_y, tile_x, num_centers, voting, qy, qx);
     } else if (voting) {
       for (int32_t i = 0; i < static_cast<int32_t>(num_centers); ++i) {
         const float d = center_distance(tile_y[i], tile_x[i], qy, qx);
@@ -880,13 +966,16 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
         kernel<<<grid, kThreads, shared_bytes, stream>>>(args);
         check_launch("vote_kernel");
       };
-      // The eight combinations of (mask, shared counters, grid search), each its own kernel.
+      // The twelve combinations of (mask, shared counters, search), each its own kernel.
+      const bool pruned = vote_search.load(std::memory_order_relaxed) == VoteSearch::kWarpPruned;
       const auto with_grid = [&](auto from_mask, auto shared_hist) {
         constexpr bool kMask = decltype(from_mask)::value, kShared = decltype(shared_hist)::value;
         if (many) {
-          launch(vote_kernel<TSem, TOff, kMask, kShared, true>);
+          launch(vote_kernel<TSem, TOff, kMask, kShared, kGridSearch>);
+        } else if (pruned) {
+          launch(vote_kernel<TSem, TOff, kMask, kShared, kWarpPrunedSearch>);
         } else {
-          launch(vote_kernel<TSem, TOff, kMask, kShared, false>);
+          launch(vote_kernel<TSem, TOff, kMask, kShared, kEveryCenter>);
         }
       };
       const auto with_hist = [&](auto from_mask) {
@@ -1067,4 +1156,7 @@ void write_panoptic(const StridedView& sem, const FuseLayout& layout, const Fuse
 }
 
 }  // namespace cuda
+
+VoteSearch set_cuda_vote_search(VoteSearch search) { return cuda::vote_search.exchange(search); }
+
 }  // namespace pdl_post

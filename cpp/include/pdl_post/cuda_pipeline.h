@@ -57,6 +57,14 @@ void cuda_stream_wait(int device, uintptr_t stream, uintptr_t producer);
 // Compiled architectures and CUDA runtime version, for build_info().
 std::string cuda_build_description();
 
+// How the vote finds a thing pixel's nearest centre among at most kBruteForceCentersMax (more
+// take the vote grid): every centre in order (kBruteForce), or per warp only the centres that
+// the box of the warp's votes cannot rule out (kWarpPruned). The same answer either way;
+// kBruteForce stays the default until GPU timings decide (benchmarks/RESULTS.md). A
+// process-wide test and benchmark hook; returns the previous setting.
+enum class VoteSearch { kBruteForce, kWarpPruned };
+VoteSearch set_cuda_vote_search(VoteSearch search);
+
 struct CudaMergeInputs {
   StridedView sem;     // labels [B, 1, H, W]; data == nullptr when logits are given
   StridedView logits;  // [B, C, H, W] float32/float64 or data == nullptr
