@@ -119,15 +119,11 @@ __global__ void peak_flags_kernel(DeviceView<const T> ctr, const T* prefix, cons
                                   int64_t height, int64_t width, T threshold, int64_t radius,
                                   int64_t k, int64_t total, uint8_t* flags) {
   const int64_t hw = height * width;
-  const int64_t first = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  const int64_t step = int64_t{gridDim.x} * blockDim.x;
-  PixelWalk at(first, step, height, width);
-  for (int64_t i = first; i < total; i += step, at.advance()) {
-    const int64_t b = at.b, y = at.y, x = at.x;
+  for_each_pixel(total, height, width, [&](int64_t i, int64_t b, int64_t y, int64_t x) {
     const int64_t column = b * hw + x;
     const T m = window_max(prefix + column, suffix + column, y, height, radius, k, width);
     flags[i] = is_center_peak(threshold_center(ctr.plane(b, 0)(y, x), threshold), m) ? 1 : 0;
-  }
+  });
 }
 
 // A row block reads kRowPixels pixels per thread at once (x = x0 + j * kRowThreads + thread),

@@ -171,6 +171,16 @@ struct PixelWalk {
   }
 };
 
+// The grid-stride loop over the B * H * W = `total` pixels of [B, H, W]: f(i, b, y, x) for this
+// thread's flat indices i, (b, y, x) walked along (PixelWalk).
+template <typename F>
+__device__ void for_each_pixel(int64_t total, int64_t height, int64_t width, F f) {
+  const int64_t first = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  const int64_t step = int64_t{gridDim.x} * blockDim.x;
+  PixelWalk at(first, step, height, width);
+  for (int64_t i = first; i < total; i += step, at.advance()) f(i, at.b, at.y, at.x);
+}
+
 template <typename T>
 DeviceView<const T> device_view(const StridedView& v) {
   return DeviceView<const T>{static_cast<const T*>(v.data), v.strides[0], v.strides[1],

@@ -662,15 +662,19 @@ cudaError_t set_max_dynamic_shared(const void* kernel, int bytes) {
   return cudaSuccess;
 }
 
+// The kernel's cudaFuncAttributeMaxDynamicSharedMemorySize (g_mutex held).
+int max_dynamic_shared(const void* kernel) {
+  const auto attribute = g_max_dynamic_shared.find(kernel);
+  return attribute != g_max_dynamic_shared.end() ? attribute->second : kDefaultSharedLimit;
+}
+
 cudaError_t function_attributes(cudaFuncAttributes* attributes, const void* kernel) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   if (!has_kernel_image()) return no_kernel_image("cudaFuncGetAttributes");
-  const auto attribute = g_max_dynamic_shared.find(kernel);
   *attributes = cudaFuncAttributes{};
   attributes->maxThreadsPerBlock = 1024;
   attributes->ptxVersion = attributes->binaryVersion = kBuiltArchitecture;
-  attributes->maxDynamicSharedSizeBytes =
-      attribute != g_max_dynamic_shared.end() ? attribute->second : kDefaultSharedLimit;
+  attributes->maxDynamicSharedSizeBytes = max_dynamic_shared(kernel);
   return cudaSuccess;
 }
 
@@ -682,9 +686,7 @@ cudaError_t resident_blocks(int* blocks, const void* kernel, int block_size, siz
         "cudaOccupancyMaxActiveBlocksPerMultiprocessor: block size " + std::to_string(block_size);
     return recorded(cudaErrorInvalidValue);
   }
-  const auto attribute = g_max_dynamic_shared.find(kernel);
-  const size_t allowed = static_cast<size_t>(
-      attribute != g_max_dynamic_shared.end() ? attribute->second : kDefaultSharedLimit);
+  const size_t allowed = static_cast<size_t>(max_dynamic_shared(kernel));
   const size_t by_threads = 2048 / static_cast<size_t>(block_size);
   const size_t by_shared = shared_bytes == 0 ? 32 : kSharedPerMultiprocessor / shared_bytes;
   *blocks =
