@@ -5,17 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def _host_array(x) -> np.ndarray:
-    """A result's panoptic map as a host array: numpy, torch (any device, subclasses too), CuPy."""
-    if type(x).__module__.split(".")[0] == "cupy":
-        import cupy
-
-        return cupy.asnumpy(x)
-    if hasattr(x, "cpu"):
-        x = x.cpu()
-    return np.asarray(x)
-
-
 def assert_results_equal(a, b, *, score_rtol=1e-12):
     """Two PanopticResult (or lists of them) are identical: ids exact, scores to score_rtol (0:
     the same bits)."""
@@ -24,7 +13,7 @@ def assert_results_equal(a, b, *, score_rtol=1e-12):
         for x, y in zip(a, b):
             assert_results_equal(x, y, score_rtol=score_rtol)
         return
-    pa, pb = _host_array(a.panoptic), _host_array(b.panoptic)
+    pa, pb = to_host(a.panoptic), to_host(b.panoptic)  # devices.to_host, imported below
     assert pa.dtype == pb.dtype
     np.testing.assert_array_equal(pa, pb)
     np.testing.assert_array_equal(a.centers, b.centers)
@@ -40,12 +29,12 @@ def assert_results_equal(a, b, *, score_rtol=1e-12):
 
 
 # Devices of the parametrised tests (tests/devices.py): imported after assert_results_equal,
-# which devices.py uses.
+# which devices.py uses (and which uses its to_host, looked up when called).
 import os  # noqa: E402
 
 import pytest  # noqa: E402
 
-from devices import DEVICES, EMULATION, use_emulation  # noqa: E402
+from devices import DEVICES, EMULATION, to_host, use_emulation  # noqa: E402
 
 # make test builds the emulated device and asks for it: its cases must not vanish as skips.
 if os.environ.get("PDL_POST_REQUIRE_EMULATION") == "1" and EMULATION is None:

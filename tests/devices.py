@@ -142,15 +142,19 @@ def to_device(a, device):
 
 
 def to_host(a) -> np.ndarray:
+    """numpy, the emulator's arrays, CuPy arrays and torch tensors (any device, subclasses too)
+    as a numpy array."""
     if isinstance(a, np.ndarray):
         return a
     if isinstance(a, HostCudaArray):
         return a.a
-    if GPU == "torch":
-        return a.cpu().numpy()
-    import cupy
+    if type(a).__module__.split(".")[0] == "cupy":
+        import cupy
 
-    return cupy.asnumpy(a)
+        return cupy.asnumpy(a)
+    if hasattr(a, "cpu"):
+        return a.cpu().numpy()
+    return np.asarray(a)
 
 
 def run_on(device, sem, ctr, off, *, mask=None, **kw):
