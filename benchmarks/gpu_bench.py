@@ -128,25 +128,30 @@ def main(argv=None) -> int:
     batch = synthetic.make_batch(b, h, w, n, seed=0)
     semb, ctrb, offb = upload([batch.sem.astype(np.int32), batch.ctr, batch.off])
 
+    # The two merge inputs the targets are about, on the device and on the host.
+    on_device = {"batch 1": (sem1, ctr1, off1), f"batch {b}": (semb, ctrb, offb)}
+    on_host = {
+        "batch 1": (scene.sem.astype(np.int32), scene.ctr, scene.off),
+        f"batch {b}": (batch.sem.astype(np.int32), batch.ctr, batch.off),
+    }
+
+    def merge_of(label):
+        return lambda: pdl_post.merge(*on_device[label], **kw)
+
     # Correctness first: the GPU answer equals the CPU answer. A mismatch is reported and the
     # timings still run (device time is scarce: one run should bring back both).
     mismatches = []
 
     def check(label, gpu, cpu):
-        if not np.array_equal(gpu, cpu):
-            differ = int(np.count_nonzero(gpu != cpu)) if gpu.shape == cpu.shape else "shape"
+        if gpu.shape != cpu.shape:
+            mismatches.append(f"{label}: GPU shape {gpu.shape} != CPU shape {cpu.shape}")
+        elif not np.array_equal(gpu, cpu):
+            differ = int(np.count_nonzero(gpu != cpu))
             mismatches.append(f"{label}: GPU != CPU ({differ} elements differ)")
 
-    check(
-        "merge, batch 1",
-        pdl_post.merge(sem1, ctr1, off1, **kw).cpu().numpy(),
-        pdl_post.merge(scene.sem.astype(np.int32), scene.ctr, scene.off, **kw),
-    )
-    check(
-        f"merge, batch {b}",
-        pdl_post.merge(semb, ctrb, offb, **kw).cpu().numpy(),
-        pdl_post.merge(batch.sem.astype(np.int32), batch.ctr, batch.off, **kw),
-    )
+    cpu_answer = {label: pdl_post.merge(*inputs, **kw) for label, inputs in on_host.items()}
+    for label in on_device:
+        check(f"merge, {label}", merge_of(label)().cpu().numpy(), cpu_answer[label])
     k = len(pdl_post.postprocess(sem1, ctr1, off1, **kw).centers)
     # Scores with logits summed in several chunks of row blocks equal the CPU's: a centre per
     # pixel of 640 columns (1024 rows: 256 blocks x 655,360 segment slots x 8 bytes = 1.34 GB of
@@ -161,8 +166,8 @@ def main(argv=None) -> int:
     if gpu_strip.segments != cpu_strip.segments:  # scores too, bit for bit
         mismatches.append("postprocess, logits, flat strip: segments differ")
 
-    ours1 = _time(lambda: pdl_post.merge(sem1, ctr1, off1, **kw), args.warmup, args.repeat)
-    oursb = _time(lambda: pdl_post.merge(semb, ctrb, offb, **kw), args.warmup, args.repeat)
+    ours1 = _time(merge_of("batch 1"), args.warmup, args.repeat)
+    oursb = _time(merge_of(f"batch {b}"), args.warmup, args.repeat)
     # The vote's warp-pruned search (VoteSearch::kWarpPruned in cuda_pipeline.h), which stays off
     # by default until these rows show it faster: checked against the CPU, then timed.
     pruned = {}
@@ -170,22 +175,10 @@ def main(argv=None) -> int:
     if set_pruning is not None:
         previous = set_pruning(True)
         try:
-            for label, inputs, host in (
-                ("batch 1", (sem1, ctr1, off1), (scene.sem.astype(np.int32), scene.ctr, scene.off)),
-                (
-                    f"batch {b}",
-                    (semb, ctrb, offb),
-                    (batch.sem.astype(np.int32), batch.ctr, batch.off),
-                ),
-            ):
-                check(
-                    f"merge, {label}, warp-pruned vote",
-                    pdl_post.merge(*inputs, **kw).cpu().numpy(),
-                    pdl_post.merge(*host, **kw),
-                )
-                pruned[label] = _time(
-                    lambda inputs=inputs: pdl_post.merge(*inputs, **kw), args.warmup, args.repeat
-                )
+            for label in on_device:
+                gpu = merge_of(label)().cpu().numpy()
+                check(f"merge, {label}, warp-pruned vote", gpu, cpu_answer[label])
+                pruned[label] = _time(merge_of(label), args.warmup, args.repeat)
         finally:
             set_pruning(previous)
     # Paths beside the targets, for the next session's leads: postprocess with logits (the score
@@ -312,17 +305,11 @@ def main(argv=None) -> int:
     print(
         "\ncorrectness: " + ("; ".join(mismatches) if mismatches else "GPU == CPU on every check")
     )
-    _host_side(lambda: pdl_post.merge(sem1, ctr1, off1, **kw), device, args)
-    _host_phases(
-        {
-            "batch 1": lambda: pdl_post.merge(sem1, ctr1, off1, **kw),
-            f"batch {b}": lambda: pdl_post.merge(semb, ctrb, offb, **kw),
-        },
-        args,
-    )
+    _host_side(merge_of("batch 1"), device, args)
+    _host_phases({label: merge_of(label) for label in on_device}, args)
     if args.profile:
-        _profile(lambda: pdl_post.merge(sem1, ctr1, off1, **kw), args.profile, "b1", args.trace)
-        _profile(lambda: pdl_post.merge(semb, ctrb, offb, **kw), args.profile, f"b{b}", args.trace)
+        _profile(merge_of("batch 1"), args.profile, "b1", args.trace)
+        _profile(merge_of(f"batch {b}"), args.profile, f"b{b}", args.trace)
     return 1 if mismatches else 0
 
 
