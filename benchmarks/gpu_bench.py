@@ -4,7 +4,10 @@ Run by ``benchmarks/gpu_check.sh`` on a GPU machine (needs torch with CUDA). Eve
 median of ``--repeat`` calls after ``--warmup`` calls, measured with CUDA events recorded on the
 current stream around the whole call: end to end, inputs on the device -> panoptic ids on the
 device (``merge`` synchronises once, for its sizes, and returns with the rest queued: the end event
-follows its last kernel).
+follows its last kernel). The batch-8 target is about throughput, so batch 8 is also timed "in
+a row": 10 calls queued back to back between two events, per call (a loop over batches, where a
+call's host work overlaps the previous call's queued kernels), beside the copy floor timed the
+same way; the single call's latency stays in the table.
 
 - ours: ``pdl_post.merge`` on torch CUDA tensors (batch 1 and batch 8, 1024x2048, 40 centres);
 - dense torch: ``pdl_post.baselines.dense_torch`` on the same GPU, image by image (batch 1);
@@ -43,6 +46,30 @@ def _time(fn, warmup: int, repeat: int) -> float:
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def _time_in_a_row(fn, warmup: int, repeat: int, calls: int = 10) -> float:
+    """Time per call in ms when ``calls`` calls are queued back to back between two events
+    (median of ``repeat // calls`` such rounds, at least 3): the throughput of a loop over
+    batches, the issue's measure for batch 8. ``merge`` returns with its second phase queued, so a
+    call's host work before its first synchronisation overlaps the previous call's kernels, which
+    a single call timed alone (``_time``: its latency) cannot show."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(max(3, repeat // calls)):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / calls)
     return statistics.median(times)
 
 
@@ -168,9 +195,10 @@ def main(argv=None) -> int:
 
     ours1 = _time(merge_of("batch 1"), args.warmup, args.repeat)
     oursb = _time(merge_of(f"batch {b}"), args.warmup, args.repeat)
+    oursb_row = _time_in_a_row(merge_of(f"batch {b}"), args.warmup, args.repeat)
     # The vote's warp-pruned search (VoteSearch::kWarpPruned in cuda_pipeline.h), which stays off
     # by default until these rows show it faster: checked against the CPU, then timed.
-    pruned = {}
+    pruned, pruned_row = {}, None
     set_pruning = getattr(pdl_post._core, "_set_cuda_vote_pruning", None)
     if set_pruning is not None:
         previous = set_pruning(True)
@@ -179,6 +207,7 @@ def main(argv=None) -> int:
                 gpu = merge_of(label)().cpu().numpy()
                 check(f"merge, {label}, warp-pruned vote", gpu, cpu_answer[label])
                 pruned[label] = _time(merge_of(label), args.warmup, args.repeat)
+            pruned_row = _time_in_a_row(merge_of(f"batch {b}"), args.warmup, args.repeat)
         finally:
             set_pruning(previous)
     # Paths beside the targets, for the next session's leads: postprocess with logits (the score
@@ -258,18 +287,23 @@ def main(argv=None) -> int:
 
     floor1 = _time(floor_for([sem1, ctr1, off1]), args.warmup, args.repeat)
     floorb = _time(floor_for([semb, ctrb, offb]), args.warmup, args.repeat)
+    floorb_row = _time_in_a_row(floor_for([semb, ctrb, offb]), args.warmup, args.repeat)
 
     name = torch.cuda.get_device_name(device)
     print(f"\nGPU: {name}; torch {torch.__version__}; pdl_post {pdl_post.__version__}")
     print(f"build: {pdl_post.build_info()['cuda_build']}")
     print(f"scene: synthetic {h}x{w}, {n} centres requested, K = {k} found; sem int32")
-    print(f"median of {args.repeat} (dense: {args.dense_repeat}) after warm-up, CUDA events\n")
+    print(f"median of {args.repeat} (dense: {args.dense_repeat}) after warm-up, CUDA events;")
+    print("'in a row': per call of 10 calls queued back to back (throughput), beside that row's")
+    print("copy floor timed the same way\n")
     rows = [  # (case, ms, the copy floor of its batch)
         ("ours, batch 1", ours1, floor1),
         ("dense torch, batch 1", dense1, floor1),
         ("copy floor, batch 1", floor1, floor1),
         (f"ours, batch {b}", oursb, floorb),
         (f"copy floor, batch {b}", floorb, floorb),
+        (f"ours, batch {b}, in a row", oursb_row, floorb_row),
+        (f"copy floor, batch {b}, in a row", floorb_row, floorb_row),
         *[
             (
                 f"ours, warp-pruned vote (not the default), {label}",
@@ -278,6 +312,17 @@ def main(argv=None) -> int:
             )
             for label, ms in pruned.items()
         ],
+        *(
+            [
+                (
+                    f"ours, warp-pruned vote (not the default), batch {b}, in a row",
+                    pruned_row,
+                    floorb_row,
+                )
+            ]
+            if pruned_row is not None
+            else []
+        ),
         ("ours postprocess, labels, batch 1", post1, floor1),
         ("ours postprocess, logits, batch 1", scores1, floor1),
         ("ours, nms_kernel=41 (COCO's window), batch 1", coco_nms1, floor1),
@@ -295,7 +340,11 @@ def main(argv=None) -> int:
     print(f"\ndense torch equals ours (topk_mode='detectron2', and the drop-in): {same_as_d2}")
     targets = [
         (f"batch 1 end to end <= 0.3 ms (got {ours1:.3f} ms)", ours1 <= 0.3),
-        (f"batch {b} within 3x of the copy floor (got {oursb / floorb:.2f}x)", oursb <= 3 * floorb),
+        (
+            f"batch {b} throughput within 3x of the copy floor's (calls in a row: got "
+            f"{oursb_row / floorb_row:.2f}x; one call alone: {oursb / floorb:.2f}x)",
+            oursb_row <= 3 * floorb_row,
+        ),
         (f">= 50x faster than dense torch (got {dense1 / ours1:.1f}x)", dense1 >= 50 * ours1),
     ]
     print("\n| target | met |")
