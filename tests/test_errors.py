@@ -546,6 +546,52 @@ def test_bad_options(fn, name, value, exc, pattern):
             fn(**{name: value}, backend="reference")
 
 
+@pytest.mark.parametrize(
+    ("good", "bad", "name", "pattern"),
+    [
+        (7, 7.0, "nms_kernel", "got float"),
+        (200, 200.0, "top_k", "got float"),
+        (1, True, "nms_kernel", "got bool"),
+        (0, False, "stuff_area", "got bool"),
+        (0.5, 0.5 + 0j, "threshold", "got complex"),
+        ((11, 12), (11, True), "thing_ids", "got bool"),
+    ],
+)
+def test_remembered_options_do_not_let_an_equal_value_of_another_type_through(
+    good, bad, name, pattern
+):
+    """Checked options are remembered by exact type and value (check_params): 7.0 == 7 and
+    True == 1 and they hash alike, yet a float or bool option is still refused after the same
+    call with an int succeeded."""
+    for _ in range(2):  # the second call finds the first's checked options
+        call_merge(**{name: good})
+        with pytest.raises(TypeError, match=pattern):
+            call_merge(**{name: bad})
+
+
+def test_remembered_options_are_immutable_and_equal_to_checking_afresh():
+    from pdl_post._inputs import _check_params, check_params
+
+    options = dict(
+        thing_ids=(18, 11, 11),
+        label_divisor=np.int64(1000),  # not a plain int: checked every time
+        stuff_area=2048,
+        void_label=-1,
+        threshold=0.1,
+        nms_kernel=7,
+        top_k=None,
+        topk_mode="exact",
+        num_threads=None,
+    )
+    fresh = _check_params(**options)
+    assert check_params(**options) == fresh and fresh.thing_ids == (11, 18)
+    plain = {**options, "label_divisor": 1000}
+    assert check_params(**plain) is check_params(**plain) == fresh
+    assert isinstance(check_params(**plain).thing_ids, tuple)
+    # A list of thing ids is checked every time and gives the same options.
+    assert check_params(**{**plain, "thing_ids": [18, 11]}) == fresh
+
+
 @pytest.mark.parametrize("fn", ALL_WITH_BACKEND, ids=lambda f: f.__name__[5:])
 def test_backend_cuda_without_cuda(fn):
     if "cuda" in pdl_post.available_backends():
