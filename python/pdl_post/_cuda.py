@@ -372,6 +372,13 @@ def _allocate(library: str | None, shape, dtype, device: int):
     )
 
 
+def _pointer(out) -> int:
+    """The device pointer of an output that _allocate made (C-contiguous, aligned)."""
+    if is_torch_tensor(out):
+        return int(out.data_ptr())
+    return int(out.__cuda_array_interface__["data"][0])
+
+
 def _may_return_early(arrays: list[DeviceArray]) -> bool:
     """Whether ``merge`` may return with its work queued rather than wait for the device.
 
@@ -471,6 +478,11 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
     producers |= {_library_stream(library, device) for library in libraries - {stream_library}}
     for producer in sorted(producers - {stream}):
         _core.cuda_stream_wait(device, stream, producer)
+    # Decided before the job: between its two phases the device idles while the host works.
+    output_library = _output_library(touched)
+    wait = bool(foreign) or not _may_return_early(touched)
+    if not (wait or with_segments) and stream_library == "torch":
+        _record_stream(touched, device)
     job = _core.CudaMerge(
         labels,
         logits,
@@ -486,18 +498,17 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
         if lo < 0:
             raise ValueError(f"sem: class ids must be >= 0, got a minimum of {lo}")
         dtype = output_dtype(hi, params.label_divisor, params.void_label)
-        shape = (b, h, w) if batched else (h, w)
-        output_library = _output_library(touched)
-        out = _allocate(output_library, shape, dtype, device)
+        out = _allocate(output_library, (b, h, w) if batched else (h, w), dtype, device)
         if output_library not in (None, stream_library):  # allocated on another library's stream
             allocated_on = _library_stream(output_library, device)
             if allocated_on != stream:
                 _core.cuda_stream_wait(device, stream, allocated_on)
-        out_array = DeviceArray(out, "out")
-        out4 = out_array.view4((b, 1, h, w), (h * w, h * w, w, 1))
-        wait = bool(foreign) or not _may_return_early(touched)
-        if not (wait or with_segments) and stream_library == "torch":
-            _record_stream(touched, device)
+        out4 = (
+            _pointer(out),
+            _CORE_DTYPES[np.dtype(dtype)],
+            [b, 1, h, w],
+            [h * w, h * w, w, 1],
+        )
     except BaseException:
         # Free the first phase's scratch while the stream is surely alive: the traceback keeps
         # the job, and its stream may be gone (or another thread's) when it is collected.
