@@ -6,13 +6,18 @@ and a GPU is not needed to measure the Python side of it. ``cuda_python_layer`` 
 CUDA job replaced by a stand-in that returns at once (no device, no kernels): input parsing,
 validation, layout, dtype and stream choice, the output allocation (here ``numpy.empty``) and
 the result wrapping (``postprocess``: the centres and ~40 segments of a 40-centre scene, as the
-core returns them). ``cpu_merge_tiny`` is a whole CPU ``merge`` of a 16x16 scene, where the
-same validation dominates.
+core returns them), and printed beside it (``-s``) the part of it between the job's two phases,
+where a GPU idles (after the first phase's synchronisation, before the second phase's kernels).
+``cpu_merge_tiny`` is a whole CPU ``merge`` of a 16x16 scene, where the same validation dominates.
 
-    .venv/bin/python -m pytest benchmarks/test_bench_overhead.py -q -p no:cacheprovider
+    .venv/bin/python -m pytest benchmarks/test_bench_overhead.py -q -s -p no:cacheprovider
 """
 
 from __future__ import annotations
+
+import statistics
+import time
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -37,17 +42,21 @@ class _InterfaceArray:
 
 class _InstantJob:
     """Stands in for _core.CudaMerge: the label range at once, no work in finish, which returns
-    the CPU's centres and segments of the scene in the core's format."""
+    the CPU's centres and segments of the scene in the core's format. Records the host time
+    between the job's making (where a GPU call's first phase ends, synchronised) and finish
+    (where its second phase starts): the device idles while the host works there."""
 
     per_image: tuple = ()
+    between_phases: ClassVar[list] = []  # seconds, one per call
 
     def __init__(self, labels, logits, ctr, off, mask, device, stream, *options):
-        pass
+        self.made = time.perf_counter()
 
     def label_range(self):
         return 0, 18
 
     def finish(self, out, with_segments, wait):
+        _InstantJob.between_phases.append(time.perf_counter() - self.made)
         return [self.per_image] if with_segments else []
 
 
@@ -81,7 +90,18 @@ def instant_cuda(monkeypatch, scene):
 @pytest.mark.parametrize("call", ["merge", "postprocess"])
 def test_cuda_python_layer(benchmark, instant_cuda, scene, call):
     args = [_InterfaceArray(a) for a in (scene.sem, scene.ctr, scene.off)]
+    _InstantJob.between_phases = []
     result = benchmark(getattr(pdl_post, call), *args)
+    gaps_us = [g * 1e6 for g in _InstantJob.between_phases]
+    assert gaps_us  # one per call
+    benchmark.extra_info["between_phases_us"] = {
+        "min": min(gaps_us),
+        "median": statistics.median(gaps_us),
+    }
+    print(
+        f"\n{call}: Python between the job's phases: min {min(gaps_us):.1f} us, "
+        f"median {statistics.median(gaps_us):.1f} us over {len(gaps_us)} calls"
+    )
     out = (result if call == "merge" else result.panoptic).a
     assert out.shape == scene.sem.shape and out.dtype == np.int32
     if call == "postprocess":
