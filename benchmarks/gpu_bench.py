@@ -15,9 +15,10 @@ same way; the single call's latency stays in the table.
   int32 output once, i.e. what any pass over the data costs.
 
 The table ends with the issue's targets and whether each is met, then the host side of batch 1
-(the call's host time beside an idle synchronisation and small device-to-host copies) and a
-torch.profiler table of batch 1 (kernels and runtime calls: where the time goes, should a target
-be missed).
+(the call's host time beside an idle synchronisation and small device-to-host copies), the host
+phases of a call, and torch.profiler tables (kernels and runtime calls: where the time goes) of
+batch 1, the batch, and the batch with the warp-pruned vote (its kernel's time beside the
+default's).
 """
 
 from __future__ import annotations
@@ -359,6 +360,12 @@ def main(argv=None) -> int:
     if args.profile:
         _profile(merge_of("batch 1"), args.profile, "b1", args.trace)
         _profile(merge_of(f"batch {b}"), args.profile, f"b{b}", args.trace)
+        if set_pruning is not None:  # the pruned vote kernel's own time, beside the default's
+            previous = set_pruning(True)
+            try:
+                _profile(merge_of(f"batch {b}"), args.profile, f"b{b}-pruned", args.trace)
+            finally:
+                set_pruning(previous)
     return 1 if mismatches else 0
 
 

@@ -89,6 +89,7 @@ def test_gpu_bench_runs_on_a_cpu_stand_in(monkeypatch, capsys):
         "host side (perf_counter, median",
         "profile of 2 calls, b1",
         "profile of 2 calls, b2",
+        "profile of 2 calls, b2-pruned",
         "| ours, batch 1: the merge call on the host",
         # The CPU stand-in never makes a CudaMerge job: the phases' table says so.
         "host phases of a merge call",
