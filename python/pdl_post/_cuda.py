@@ -70,7 +70,7 @@ def is_cuda_array(x) -> bool:
     if x is None:
         return False
     if is_torch_tensor(x):
-        return x.device.type == "cuda"
+        return x.is_cuda  # what device.type == "cuda" says, without making a device object
     return hasattr(type(x), "__cuda_array_interface__") or hasattr(x, "__cuda_array_interface__")
 
 
@@ -144,8 +144,8 @@ class DeviceArray:
             t = without_bfloat16(t)  # widened on the device
             self.obj = t
             self.ptr = int(t.data_ptr())
-            self.shape = tuple(int(s) for s in t.shape)
-            self.strides = tuple(int(s) for s in t.stride())
+            self.shape = tuple(t.shape)  # ints (torch.Size), as stride() returns
+            self.strides = t.stride()
             self.dtype = _numpy_dtype_of_torch(t.dtype, name)
             self.device = int(t.device.index)
             self._check_alignment()
