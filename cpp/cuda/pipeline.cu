@@ -830,7 +830,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   for (int64_t b = 0; b < B; ++b) {
     const long long* h = host.summary + 5 * b;
     if (h[3] >= 0) {  // the first instance (in centre order) whose number reached label_divisor
-      throw ValueError("fuse: class " + std::to_string(h[4]) + " has " +
+      throw ValueError("label_divisor: class " + std::to_string(h[4]) + " has " +
                        std::to_string(s.params.label_divisor) +
                        " or more instances, which does not fit label_divisor=" +
                        std::to_string(s.params.label_divisor) + "; use a larger label_divisor");

@@ -266,7 +266,7 @@ FuseTables<TOut> resolve_segments(const SegmentStats& stats, const ClassIndex& c
     const int64_t c = t.class_of[k];
     const int64_t n = ++per_class[c];
     if (n >= params.label_divisor) {
-      throw ValueError("fuse: class " + std::to_string(classes.label(c)) + " has " +
+      throw ValueError("label_divisor: class " + std::to_string(classes.label(c)) + " has " +
                        std::to_string(n) + " or more instances, which does not fit label_divisor=" +
                        std::to_string(params.label_divisor) + "; use a larger label_divisor");
     }
