@@ -328,3 +328,34 @@ def test_from_coco_names_an_annotation_that_is_not_an_object(capsys, tmp_path):
     )
     assert rc == 1 and stderr.count("\n") == 1
     assert "annotation 0 is not an object with a 'file_name' string: 7" in stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--categories", "missing-cats.json"], "--categories: no such file"),
+        (["--category-map", "missing-map.json"], "--category-map: no such file"),
+    ],
+)
+def test_to_coco_reads_its_option_files_before_writing(capsys, tmp_path, option, message):
+    # A file option that cannot be read is an error before any folder or PNG is made (it was
+    # read only after every PNG had been written).
+    np.save(tmp_path / "a.npy", np.full((4, 5), 7000, np.int32))
+    out = tmp_path / "out" / "pred.json"
+    option = [str(tmp_path / o) if o.endswith(".json") else o for o in option]
+    rc, _, stderr = _run(
+        ["convert", "to-coco", tmp_path / "a.npy", "--out-json", out, *option], capsys
+    )
+    assert rc == 1 and message in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_from_coco_reads_its_category_map_before_writing(capsys, tmp_path):
+    (tmp_path / "pred.json").write_text(json.dumps({"annotations": []}))
+    rc, _, stderr = _run(
+        ["convert", "from-coco", "--json", tmp_path / "pred.json", "--out-dir", tmp_path / "o",
+         "--category-map", tmp_path / "missing-map.json"],
+        capsys,
+    )  # fmt: skip
+    assert rc == 1 and "--category-map: no such file" in stderr
+    assert not (tmp_path / "o").exists()

@@ -348,7 +348,8 @@ def _category_map(spec: str | None, direction: str):
         ) from None
 
 
-def _categories(spec: str | None, cat_ids) -> list[dict]:
+def _category_list(spec: str | None) -> list[dict] | None:
+    """--categories: the list it names, or None (then made from the ids the annotations use)."""
     from pdl_post.io import cityscapes_categories
 
     if spec == "cityscapes":
@@ -356,7 +357,7 @@ def _categories(spec: str | None, cat_ids) -> list[dict]:
     if spec == "cityscapes-train":
         return cityscapes_categories(train_ids=True)
     if spec is None:
-        return [{"id": c, "name": str(c), "isthing": 0} for c in sorted(cat_ids)]
+        return None
     try:
         with open(spec) as f:
             cats = json.load(f)
@@ -478,9 +479,11 @@ def _run_to_coco(args) -> dict:
                 "would be written twice); rename one"
             )
         first_of_stem[stem] = f
+    # The options that name files are read before anything is written.
+    cmap = _category_map(args.category_map, "to-coco")
+    categories = _category_list(args.categories)
     out_folder = args.out_folder or os.path.splitext(args.out_json)[0]
     os.makedirs(out_folder, exist_ok=True)
-    cmap = _category_map(args.category_map, "to-coco")
     annotations, images, cat_ids = [], [], set()
     bar = progress_bar(len(files), "convert", _progress_flag(args))
     try:
@@ -517,11 +520,9 @@ def _run_to_coco(args) -> dict:
             bar.update(1)
     finally:
         bar.close()
-    data = {
-        "images": images,
-        "annotations": annotations,
-        "categories": _categories(args.categories, cat_ids),
-    }
+    if categories is None:  # made from the ids the annotations use
+        categories = [{"id": c, "name": str(c), "isthing": 0} for c in sorted(cat_ids)]
+    data = {"images": images, "annotations": annotations, "categories": categories}
     if args.out_json == "-":
         json.dump(_to_jsonable(data), args.stdout, allow_nan=False)
         args.stdout.write("\n")
@@ -546,8 +547,8 @@ def _run_from_coco(args) -> dict:
     if not isinstance(anns, list):
         raise InputError(f"{args.json}: expected a COCO-panoptic JSON with an 'annotations' list")
     folder = args.folder or os.path.splitext(args.json)[0]
-    os.makedirs(args.out_dir, exist_ok=True)
     cmap = _category_map(args.category_map, "from-coco")
+    os.makedirs(args.out_dir, exist_ok=True)
     bar = progress_bar(len(anns), "convert", _progress_flag(args))
     try:
         for k, ann in enumerate(anns):
