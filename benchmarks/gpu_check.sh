@@ -10,7 +10,10 @@
 #   3. times our GPU path, dense PyTorch on the same GPU and the device copy floor
 #      (benchmarks/gpu_bench.py: CUDA events, warm-up, median) and prints a table with the targets;
 #   4. runs compute-sanitizer memcheck on a small batch (merge and postprocess, logits included);
-#   5. runs compute-sanitizer racecheck, synccheck and initcheck on the same small batch.
+#   5. runs compute-sanitizer racecheck, synccheck and initcheck on the same small batch;
+#   then, for the vote's warp-pruned search (VoteSearch::kWarpPruned, off by default until these
+#   timings decide; PDL_POST_VOTE_PRUNING=1 turns it on in the tests and the small batch), the
+#   device tests, memcheck (after step 4) and racecheck (at the end) once more.
 #
 # Needs: nvcc (CUDA 12+), a driver and a Python whose torch is a CUDA build (PYTHON=..., default
 # python3) holding the build and test requirements (scikit-build-core, pybind11, cython, ninja,
@@ -97,12 +100,16 @@ within 300 "device tests" "$PY" -m pytest tests/test_merge.py tests/test_cuda.py
 sanitizer_case=$(mktemp --suffix=.py)
 trap 'rm -f "$sanitizer_case"' EXIT
 cat >"$sanitizer_case" <<'PYEOF'
+import os
+
 import numpy as np
 import torch
 
 import pdl_post
 from pdl_post import synthetic
 
+pruned = os.environ.get("PDL_POST_VOTE_PRUNING") == "1"
+pdl_post._core._set_cuda_vote_pruning(pruned)
 kw = dict(stuff_area=16)
 b = synthetic.make_batch(2, 64, 96, 12, seed=3, logits=True)
 sem, ctr, off, logits = (torch.from_numpy(a).cuda() for a in (b.sem, b.ctr, b.off, b.logits))
@@ -127,7 +134,7 @@ kw_ids = dict(thing_ids=ids[::2].ravel().tolist(), stuff_area=0, nms_kernel=3)
 out = pdl_post.merge(*(torch.from_numpy(a).cuda() for a in args), **kw_ids)
 np.testing.assert_array_equal(out.cpu().numpy(), pdl_post.merge(*args, **kw_ids))
 torch.cuda.synchronize()
-print("sanitizer case done:", len(r), "images")
+print("sanitizer case done:", len(r), "images", "(warp-pruned vote)" if pruned else "")
 PYEOF
 
 step "timings"
@@ -140,6 +147,19 @@ if [ "${SKIP_MEMCHECK:-0}" != "1" ]; then
     --report-api-errors no --leak-check no "$PY" "$sanitizer_case"
 fi
 
+# The warp-pruned vote, so that a run whose timings favour it also shows it correct on the GPU.
+step "device tests on the GPU, warp-pruned vote"
+PDL_POST_VOTE_PRUNING=1 within 120 "device tests, warp-pruned vote" "$PY" -m pytest \
+  tests/test_merge.py tests/test_cuda.py tests/test_fuzz.py tests/test_torch_interop.py -q \
+  -p no:cacheprovider -k "cuda and not emulated" -W default --maxfail=10 --tb=short \
+  "${per_test[@]}"
+if [ "${SKIP_MEMCHECK:-0}" != "1" ]; then
+  step "compute-sanitizer memcheck (small batch, warp-pruned vote)"
+  PDL_POST_VOTE_PRUNING=1 within 180 "compute-sanitizer memcheck, warp-pruned vote" \
+    compute-sanitizer --tool memcheck --error-exitcode 1 --report-api-errors no --leak-check no \
+    "$PY" "$sanitizer_case"
+fi
+
 # After the timings, so that they cannot cost them: what the host emulator cannot show
 # (shared-memory hazards between real warps, barrier misuse, reads of memory nothing wrote).
 if [ "${SKIP_SANITIZERS:-0}" != "1" ]; then
@@ -148,6 +168,10 @@ if [ "${SKIP_SANITIZERS:-0}" != "1" ]; then
     within 150 "compute-sanitizer $tool" compute-sanitizer --tool "$tool" --error-exitcode 1 \
       --report-api-errors no "$PY" "$sanitizer_case"
   done
+  step "compute-sanitizer racecheck (the same small batch, warp-pruned vote)"
+  PDL_POST_VOTE_PRUNING=1 within 150 "compute-sanitizer racecheck, warp-pruned vote" \
+    compute-sanitizer --tool racecheck --error-exitcode 1 --report-api-errors no \
+    "$PY" "$sanitizer_case"
 fi
 step "done"
 [ ${#skipped[@]} -gt 0 ] && echo "SKIPPED (no time left): ${skipped[*]}"

@@ -44,6 +44,26 @@ if os.environ.get("PDL_POST_REQUIRE_EMULATION") == "1" and EMULATION is None:
     )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _forced_vote_search():
+    """PDL_POST_VOTE_PRUNING=1: every CUDA-path test runs the vote's warp-pruned search
+    (VoteSearch::kWarpPruned, off by default until GPU timings decide), on the emulator and the
+    GPU alike, so that one run checks it everywhere the default is checked (gpu_check.sh runs the
+    device tests once more so)."""
+    if os.environ.get("PDL_POST_VOTE_PRUNING") != "1":
+        yield
+        return
+    import pdl_post
+
+    modules = [m for m in (EMULATION, pdl_post._core) if hasattr(m, "_set_cuda_vote_pruning")]
+    if not modules:
+        raise RuntimeError("PDL_POST_VOTE_PRUNING=1, but this build has no CUDA path to prune")
+    previous = [m._set_cuda_vote_pruning(True) for m in modules]
+    yield
+    for m, was in zip(modules, previous):
+        m._set_cuda_vote_pruning(was)
+
+
 @pytest.fixture
 def emulated_cuda(monkeypatch):
     """CUDA arrays go to the CUDA sources on the host emulator; no violation or leak after."""
