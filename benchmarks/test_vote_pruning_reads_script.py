@@ -46,7 +46,24 @@ def test_a_warp_without_voters_is_not_counted():
 
 
 def test_the_script_runs_on_a_small_scene(capsys):
-    args = ["--height", "64", "--width", "128", "--centers", "6", "--batch", "2"]
+    args = [
+        "--height",
+        "64",
+        "--width",
+        "128",
+        "--centers",
+        "6",
+        "--batch",
+        "2",
+        "--model-images",
+        "2",
+    ]
     assert model.main(args) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| batch")]
-    assert len(rows) == 2 and all(row.endswith("| yes |") for row in rows)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    rows = [row for row in rows if not row.startswith("| case")]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| batch 1",
+        "| batch 2",
+        "| shipped model, 2 images",
+    ]
+    assert all(row.endswith("| yes |") for row in rows)

@@ -13,16 +13,21 @@ This model replays both searches on the scenes of benchmarks/gpu_bench.py (1024x
 requested, batch 1 and the batch; the same synthetic seeds, thing pixels as ``sem in thing_ids``)
 in float32, checks on every voting pixel that the pruned search finds brute force's centre (ties to
 the lower index), and counts per warp with a voting lane: distance steps of brute force (K) and of
-the pruned search (its candidates), and the distribution of the candidates.
+the pruned search (its candidates), and the distribution of the candidates. With
+``--model-images N`` also on the shipped model's predictions of N validation images
+(models/panoptic_deeplab, weights/synthetic_tiny.pt, 128x128: votes as a trained network spreads
+them, not as the generator draws them).
 
 A count, not a timing: which search is faster is for benchmarks/gpu_bench.py on a GPU to say.
 
-    .venv/bin/python benchmarks/vote_pruning_reads.py
+    .venv/bin/python benchmarks/vote_pruning_reads.py --model-images 50
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -123,19 +128,47 @@ def count_image(sem, ctr, off, kw) -> tuple[int, np.ndarray, int]:
     return len(cy), candidates[candidates >= 0], int(mismatches[0])
 
 
+def model_images(count: int):
+    """(sem, ctr, off, merge options) of the shipped model's predictions of ``count``
+    validation images."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's models/
+    from models.panoptic_deeplab.data import build_dataset
+    from models.panoptic_deeplab.predict import Predictor
+    from models.panoptic_deeplab.train import load_model
+
+    weights = Path(__file__).resolve().parents[1] / "models/panoptic_deeplab/weights"
+    model, cfg = load_model(weights / "synthetic_tiny.pt", device="cpu")
+    val = build_dataset(cfg, "val")
+    post = cfg["post"]
+    options = ("label_divisor", "stuff_area", "void_label", "threshold", "nms_kernel", "top_k")
+    kw = {"thing_ids": tuple(val.thing_ids), **{k: post[k] for k in options}}
+    predict = Predictor(model, cfg, thing_ids=kw["thing_ids"])
+    with torch.no_grad():
+        for i in range(count):
+            out = predict(val[i]["image"])
+            yield out["semantic"][0].astype(np.int32), out["center"][0], out["offset"][0], kw
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--centers", type=int, default=40)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument(
+        "--model-images", type=int, default=0, help="also the shipped model's predictions"
+    )
     args = parser.parse_args(argv)
     kw = pdl_post.presets.CITYSCAPES.kwargs()
     h, w, n, b = args.height, args.width, args.centers, args.batch
     scene = synthetic.make_scene(h, w, n, seed=0)
     batch = synthetic.make_batch(b, h, w, n, seed=0)
-    cases = {"batch 1": [(scene.sem, scene.ctr, scene.off)]}
-    cases[f"batch {b}"] = [(batch.sem[i], batch.ctr[i], batch.off[i]) for i in range(b)]
+    cases = {"batch 1": [(scene.sem, scene.ctr, scene.off, kw)]}
+    cases[f"batch {b}"] = [(batch.sem[i], batch.ctr[i], batch.off[i], kw) for i in range(b)]
+    if args.model_images:
+        cases[f"shipped model, {args.model_images} images"] = list(model_images(args.model_images))
     print(f"synthetic {h}x{w}, {n} centres requested (benchmarks/gpu_bench.py's scenes)\n")
     print(
         "| case | K | warps with a voter | brute force distances / warp | pruned: candidates / "
@@ -144,7 +177,7 @@ def main(argv=None) -> int:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     disagreements = 0
     for label, images in cases.items():
-        counted = [count_image(*image, kw) for image in images]
+        counted = [count_image(*image) for image in images]
         ks = np.array([k for k, _, _ in counted])
         reads = np.concatenate([c for _, c, _ in counted])
         brute = np.concatenate([np.full(len(c), k) for k, c, _ in counted])
