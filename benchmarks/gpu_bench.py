@@ -199,7 +199,7 @@ def main(argv=None) -> int:
     oursb_row = _time_in_a_row(merge_of(f"batch {b}"), args.warmup, args.repeat)
     # The vote's warp-pruned search (VoteSearch::kWarpPruned in cuda_pipeline.h), which stays off
     # by default until these rows show it faster: checked against the CPU, then timed.
-    pruned, pruned_row = {}, None
+    pruned = {}  # row label -> ms
     set_pruning = getattr(pdl_post._core, "_set_cuda_vote_pruning", None)
     if set_pruning is not None:
         previous = set_pruning(True)
@@ -208,7 +208,9 @@ def main(argv=None) -> int:
                 gpu = merge_of(label)().cpu().numpy()
                 check(f"merge, {label}, warp-pruned vote", gpu, cpu_answer[label])
                 pruned[label] = _time(merge_of(label), args.warmup, args.repeat)
-            pruned_row = _time_in_a_row(merge_of(f"batch {b}"), args.warmup, args.repeat)
+            pruned[f"batch {b}, in a row"] = _time_in_a_row(
+                merge_of(f"batch {b}"), args.warmup, args.repeat
+            )
         finally:
             set_pruning(previous)
     # Paths beside the targets, for the next session's leads: postprocess with logits (the score
@@ -297,6 +299,7 @@ def main(argv=None) -> int:
     print(f"median of {args.repeat} (dense: {args.dense_repeat}) after warm-up, CUDA events;")
     print("'in a row': per call of 10 calls queued back to back (throughput), beside that row's")
     print("copy floor timed the same way\n")
+    floors = {"batch 1": floor1, f"batch {b}": floorb, f"batch {b}, in a row": floorb_row}
     rows = [  # (case, ms, the copy floor of its batch)
         ("ours, batch 1", ours1, floor1),
         ("dense torch, batch 1", dense1, floor1),
@@ -306,24 +309,9 @@ def main(argv=None) -> int:
         (f"ours, batch {b}, in a row", oursb_row, floorb_row),
         (f"copy floor, batch {b}, in a row", floorb_row, floorb_row),
         *[
-            (
-                f"ours, warp-pruned vote (not the default), {label}",
-                ms,
-                floor1 if label == "batch 1" else floorb,
-            )
+            (f"ours, warp-pruned vote (not the default), {label}", ms, floors[label])
             for label, ms in pruned.items()
         ],
-        *(
-            [
-                (
-                    f"ours, warp-pruned vote (not the default), batch {b}, in a row",
-                    pruned_row,
-                    floorb_row,
-                )
-            ]
-            if pruned_row is not None
-            else []
-        ),
         ("ours postprocess, labels, batch 1", post1, floor1),
         ("ours postprocess, logits, batch 1", scores1, floor1),
         ("ours, nms_kernel=41 (COCO's window), batch 1", coco_nms1, floor1),
