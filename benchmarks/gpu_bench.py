@@ -118,12 +118,17 @@ def _runtime_floors(device, warmup: int, repeat: int) -> list[tuple[str, float]]
     ]
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_scene_arguments(parser: argparse.ArgumentParser) -> None:
+    """The scenes the targets are about (also benchmarks/vote_pruning_reads.py's)."""
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--centers", type=int, default=40)
     parser.add_argument("--batch", type=int, default=8)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_scene_arguments(parser)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=50)
     parser.add_argument("--dense-repeat", type=int, default=5)

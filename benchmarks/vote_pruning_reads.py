@@ -33,17 +33,12 @@ import numba
 import numpy as np
 
 import pdl_post
+from gpu_bench import add_scene_arguments
 from pdl_post import synthetic
+from vote_grid_reads import _distance  # center_distance's float32 rounding
 
 WARP = 32
 SHUFFLE_ROUNDS = 15  # three warp reductions (the box, the nearest bound, the cut), 5 rounds each
-
-
-@numba.njit(cache=False)
-def _distance(cy, cx, qy, qx):
-    dy = np.float32(cy - qy)
-    dx = np.float32(cx - qx)
-    return np.float32(np.float32(dy * dy) + np.float32(dx * dx))
 
 
 @numba.njit(cache=False)
@@ -153,10 +148,7 @@ def model_images(count: int):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--height", type=int, default=1024)
-    parser.add_argument("--width", type=int, default=2048)
-    parser.add_argument("--centers", type=int, default=40)
-    parser.add_argument("--batch", type=int, default=8)
+    add_scene_arguments(parser)
     parser.add_argument(
         "--model-images", type=int, default=0, help="also the shipped model's predictions"
     )
