@@ -180,7 +180,7 @@ def main(argv=None) -> int:
         print(
             f"| {label} | {k_text} | {len(reads)} | {brute.mean():.1f} | {reads.mean():.2f} | "
             f"{np.median(reads):.0f} | {np.percentile(reads, 90):.0f} | {reads.max()} | "
-            f"{bound_steps.mean():.1f} + {SHUFFLE_ROUNDS} shuffles | "
+            f"{bound_steps.mean():.1f} + {SHUFFLE_ROUNDS} shuffle rounds | "
             f"{'yes' if wrong == 0 else f'NO ({wrong} lanes)'} |"
         )
     return 1 if disagreements else 0
