@@ -32,7 +32,9 @@ import numpy as np
 DEVICE = "cuda"  # benchmarks/test_gpu_bench_script.py runs the script on a CPU stand-in
 
 
-def _time(fn, warmup: int, repeat: int) -> float:
+def _time(fn, warmup: int, repeat: int, calls: int = 1) -> float:
+    """Median time per call in ms of ``repeat`` rounds, each ``calls`` calls queued back to back
+    between two CUDA events, after ``warmup`` calls. One call per round: its latency, end to end."""
     import torch
 
     for _ in range(warmup):
@@ -43,35 +45,21 @@ def _time(fn, warmup: int, repeat: int) -> float:
         start = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def _time_in_a_row(fn, warmup: int, repeat: int, calls: int = 10) -> float:
-    """Time per call in ms when ``calls`` calls are queued back to back between two events
-    (median of ``repeat // calls`` such rounds, at least 3): the throughput of a loop over
-    batches, the issue's measure for batch 8. ``merge`` returns with its second phase queued, so a
-    call's host work before its first synchronisation overlaps the previous call's kernels, which
-    a single call timed alone (``_time``: its latency) cannot show."""
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(max(3, repeat // calls)):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
         for _ in range(calls):
             fn()
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / calls)
     return statistics.median(times)
+
+
+def _time_in_a_row(fn, warmup: int, repeat: int, calls: int = 10) -> float:
+    """Time per call when ``calls`` calls are queued back to back (``repeat // calls`` rounds, at
+    least 3): the throughput of a loop over batches, the issue's measure for batch 8. ``merge``
+    returns with its second phase queued, so a call's host work before its first synchronisation
+    overlaps the previous call's kernels, which a single call timed alone (its latency) cannot
+    show."""
+    return _time(fn, warmup, max(3, repeat // calls), calls)
 
 
 def _host_time(fn, warmup: int, repeat: int) -> float:
