@@ -274,11 +274,10 @@ __device__ int32_t nearest_pruned(const float* cy, const float* cx, int64_t coun
     lo_x = olx < lo_x ? olx : lo_x;
     hi_x = ohx > hi_x ? ohx : hi_x;
   }
-  const auto bound = [&](int64_t c) {
+  const auto bound = [&](int64_t c) {  // a centre is the interval [y, y] x [x, x]
     const float y = cy[c], x = cx[c];
-    const float gap_y = y < lo_y ? lo_y - y : (y > hi_y ? y - hi_y : 0.0f);
-    const float gap_x = x < lo_x ? lo_x - x : (x > hi_x ? x - hi_x : 0.0f);
-    return squared_distance_f32(gap_y, gap_x);
+    return squared_distance_f32(VoteGrid::interval_gap(y, y, lo_y, hi_y),
+                                VoteGrid::interval_gap(x, x, lo_x, hi_x));
   };
   // The centre nearest the box: lanes take the centres lane, lane + 32, ..., then the warp's
   // smallest (bound, index); centre 0 where every bound overflows to inf.
