@@ -86,12 +86,11 @@ step "device tests on the GPU"
 # Warnings are errors in the suite (pyproject); another numpy / torch here may deprecate or warn
 # about something: reported, not fatal. A test that hangs fails after 120 s (pytest-timeout,
 # where installed).
-per_test=()
-"$PY" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout=120)
-within 300 "device tests" "$PY" -m pytest tests/test_merge.py tests/test_cuda.py \
-  tests/test_fuzz.py tests/test_torch_interop.py tests/test_model_predict.py -q \
-  -p no:cacheprovider -k "cuda and not emulated" -W default --maxfail=10 --tb=short --durations=8 \
-  "${per_test[@]}"
+device_tests=(tests/test_merge.py tests/test_cuda.py tests/test_fuzz.py tests/test_torch_interop.py
+  tests/test_model_predict.py -q -p no:cacheprovider -k "cuda and not emulated" -W default
+  --maxfail=10 --tb=short)
+"$PY" -c "import pytest_timeout" 2>/dev/null && device_tests+=(--timeout=120)
+within 300 "device tests" "$PY" -m pytest "${device_tests[@]}" --durations=8
 
 # The small case the compute-sanitizer tools run: merge (top_k 200 / 3 / None, 400 centres,
 # compacted class tables, a flat heatmap: a centre per pixel, the grid search, instance x class
@@ -137,41 +136,38 @@ torch.cuda.synchronize()
 print("sanitizer case done:", len(r), "images", "(warp-pruned vote)" if pruned else "")
 PYEOF
 
+# sanitize TOOL SECONDS [WHAT]: compute-sanitizer TOOL on the small case (WHAT names a variant).
+sanitize() {
+  local tool=$1 seconds=$2 what=${3:+, $3} options=()
+  [ "$tool" = memcheck ] && options=(--leak-check no)
+  step "compute-sanitizer $tool (small batch$what)"
+  within "$seconds" "compute-sanitizer $tool$what" compute-sanitizer --tool "$tool" \
+    --error-exitcode 1 --report-api-errors no "${options[@]}" "$PY" "$sanitizer_case"
+}
+
 step "timings"
 # shellcheck disable=SC2086  # GPU_BENCH_ARGS: extra options, split on spaces
 within 240 "timings" "$PY" benchmarks/gpu_bench.py ${GPU_BENCH_ARGS:-}
 
 if [ "${SKIP_MEMCHECK:-0}" != "1" ]; then
-  step "compute-sanitizer memcheck (small batch)"
-  within 180 "compute-sanitizer memcheck" compute-sanitizer --tool memcheck --error-exitcode 1 \
-    --report-api-errors no --leak-check no "$PY" "$sanitizer_case"
+  sanitize memcheck 180
 fi
 
 # The warp-pruned vote, so that a run whose timings favour it also shows it correct on the GPU.
 step "device tests on the GPU, warp-pruned vote"
 PDL_POST_VOTE_PRUNING=1 within 120 "device tests, warp-pruned vote" "$PY" -m pytest \
-  tests/test_merge.py tests/test_cuda.py tests/test_fuzz.py tests/test_torch_interop.py -q \
-  -p no:cacheprovider -k "cuda and not emulated" -W default --maxfail=10 --tb=short \
-  "${per_test[@]}"
+  "${device_tests[@]}"
 if [ "${SKIP_MEMCHECK:-0}" != "1" ]; then
-  step "compute-sanitizer memcheck (small batch, warp-pruned vote)"
-  PDL_POST_VOTE_PRUNING=1 within 180 "compute-sanitizer memcheck, warp-pruned vote" \
-    compute-sanitizer --tool memcheck --error-exitcode 1 --report-api-errors no --leak-check no \
-    "$PY" "$sanitizer_case"
+  PDL_POST_VOTE_PRUNING=1 sanitize memcheck 180 "warp-pruned vote"
 fi
 
 # After the timings, so that they cannot cost them: what the host emulator cannot show
 # (shared-memory hazards between real warps, barrier misuse, reads of memory nothing wrote).
 if [ "${SKIP_SANITIZERS:-0}" != "1" ]; then
   for tool in racecheck synccheck initcheck; do
-    step "compute-sanitizer $tool (the same small batch)"
-    within 150 "compute-sanitizer $tool" compute-sanitizer --tool "$tool" --error-exitcode 1 \
-      --report-api-errors no "$PY" "$sanitizer_case"
+    sanitize "$tool" 150
   done
-  step "compute-sanitizer racecheck (the same small batch, warp-pruned vote)"
-  PDL_POST_VOTE_PRUNING=1 within 150 "compute-sanitizer racecheck, warp-pruned vote" \
-    compute-sanitizer --tool racecheck --error-exitcode 1 --report-api-errors no \
-    "$PY" "$sanitizer_case"
+  PDL_POST_VOTE_PRUNING=1 sanitize racecheck 150 "warp-pruned vote"
 fi
 step "done"
 [ ${#skipped[@]} -gt 0 ] && echo "SKIPPED (no time left): ${skipped[*]}"
