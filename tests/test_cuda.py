@@ -213,8 +213,9 @@ def _vote_pruning(device):
 def _vote_scenes():
     """Inputs for the vote's search: a synthetic scene (a warp's votes mostly near one centre),
     the same with noisy offsets (votes spread far: little to prune), two centres equally far from
-    every vote (ties: the lower index wins), every vote on the second centre, and votes so far off that every distance overflows
-    to inf beside ordinary ones in the same rows (nothing pruned; all-inf picks the first)."""
+    every vote (ties: the lower index wins), every vote on the second centre, and votes so far
+    off that every distance overflows to inf beside ordinary ones in the same rows (nothing
+    pruned; all-inf picks the first)."""
     rng = np.random.default_rng(7)
     s = synthetic.make_scene(96, 160, 30, seed=3)
     yield s.sem, s.ctr, s.off, {}
