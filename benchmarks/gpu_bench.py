@@ -17,13 +17,14 @@ same way; the single call's latency stays in the table.
 The table ends with the issue's targets and whether each is met, then the host side of batch 1
 (the call's host time beside an idle synchronisation and small device-to-host copies), the host
 phases of a call, and torch.profiler tables (kernels and runtime calls: where the time goes) of
-batch 1, the batch, and the batch with the warp-pruned vote (its kernel's time beside the
-default's).
+batch 1, the batch, and the batch with every candidate on (the candidates: changes that stay off
+by default until their rows here show them faster; their kernels' times beside the default's).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 
@@ -190,22 +191,20 @@ def main(argv=None) -> int:
     ours1 = _time(merge_of("batch 1"), args.warmup, args.repeat)
     oursb = _time(merge_of(f"batch {b}"), args.warmup, args.repeat)
     oursb_row = _time_in_a_row(merge_of(f"batch {b}"), args.warmup, args.repeat)
-    # The vote's warp-pruned search (VoteSearch::kWarpPruned in cuda_pipeline.h), which stays off
-    # by default until these rows show it faster: checked against the CPU, then timed.
-    pruned = {}  # row label -> ms
-    set_pruning = getattr(pdl_post._core, "_set_cuda_vote_pruning", None)
-    if set_pruning is not None:
-        previous = set_pruning(True)
-        try:
+    # Candidates that stay off by default until these rows show them faster (cuda_pipeline.h):
+    # the vote's warp-pruned search, packed loads in the label range and the write, and all
+    # together; each checked against the CPU, then timed.
+    candidates = _candidates()
+    candidate_ms = {}  # (candidate, row label) -> ms
+    for name, hooks in candidates.items():
+        with _switched_on(hooks):
             for label in on_device:
                 gpu = merge_of(label)().cpu().numpy()
-                check(f"merge, {label}, warp-pruned vote", gpu, cpu_answer[label])
-                pruned[label] = _time(merge_of(label), args.warmup, args.repeat)
-            pruned[f"batch {b}, in a row"] = _time_in_a_row(
+                check(f"merge, {label}, {name}", gpu, cpu_answer[label])
+                candidate_ms[name, label] = _time(merge_of(label), args.warmup, args.repeat)
+            candidate_ms[name, f"batch {b}, in a row"] = _time_in_a_row(
                 merge_of(f"batch {b}"), args.warmup, args.repeat
             )
-        finally:
-            set_pruning(previous)
     # Paths beside the targets, for the next session's leads: postprocess with logits (the score
     # sums run in the CPU's order, serially per block of rows), COCO's NMS window and class ids
     # from 2**16 up (compacted tables: a device sort and one more synchronisation).
@@ -302,8 +301,8 @@ def main(argv=None) -> int:
         (f"ours, batch {b}, in a row", oursb_row, floorb_row),
         (f"copy floor, batch {b}, in a row", floorb_row, floorb_row),
         *[
-            (f"ours, warp-pruned vote (not the default), {label}", ms, floors[label])
-            for label, ms in pruned.items()
+            (f"ours, {name} (not the default), {label}", ms, floors[label])
+            for (name, label), ms in candidate_ms.items()
         ],
         ("ours postprocess, labels, batch 1", post1, floor1),
         ("ours postprocess, logits, batch 1", scores1, floor1),
@@ -341,13 +340,41 @@ def main(argv=None) -> int:
     if args.profile:
         _profile(merge_of("batch 1"), args.profile, "b1", args.trace)
         _profile(merge_of(f"batch {b}"), args.profile, f"b{b}", args.trace)
-        if set_pruning is not None:  # the pruned vote kernel's own time, beside the default's
-            previous = set_pruning(True)
-            try:
-                _profile(merge_of(f"batch {b}"), args.profile, f"b{b}-pruned", args.trace)
-            finally:
-                set_pruning(previous)
+        if candidates:  # the candidates' kernels' own times, beside the default's
+            every_hook = sorted({h for hooks in candidates.values() for h in hooks})
+            with _switched_on(every_hook):
+                _profile(merge_of(f"batch {b}"), args.profile, f"b{b}-candidates", args.trace)
     return 1 if mismatches else 0
+
+
+# The build's hooks of the candidates (pdl_post._core._set_cuda_*), off by default.
+CANDIDATE_HOOKS = {
+    "warp-pruned vote": "_set_cuda_vote_pruning",
+    "packed loads": "_set_cuda_packed_loads",
+}
+
+
+def _candidates() -> dict[str, list[str]]:
+    """Each candidate this build has alone, and all of them together ("all candidates")."""
+    import pdl_post
+
+    have = {name: [h] for name, h in CANDIDATE_HOOKS.items() if hasattr(pdl_post._core, h)}
+    if len(have) > 1:
+        have["all candidates"] = [h for hooks in have.values() for h in hooks]
+    return have
+
+
+@contextlib.contextmanager
+def _switched_on(hooks):
+    """The candidates' hooks on inside the block, as they were after it."""
+    import pdl_post
+
+    previous = [getattr(pdl_post._core, h)(True) for h in hooks]
+    try:
+        yield
+    finally:
+        for h, was in zip(hooks, previous):
+            getattr(pdl_post._core, h)(was)
 
 
 def _host_side(merge1, device, args) -> None:

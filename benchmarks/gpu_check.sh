@@ -11,9 +11,10 @@
 #      (benchmarks/gpu_bench.py: CUDA events, warm-up, median) and prints a table with the targets;
 #   4. runs compute-sanitizer memcheck on a small batch (merge and postprocess, logits included);
 #   5. runs compute-sanitizer racecheck, synccheck and initcheck on the same small batch;
-#   then, for the vote's warp-pruned search (VoteSearch::kWarpPruned, off by default until these
-#   timings decide; PDL_POST_VOTE_PRUNING=1 turns it on in the tests and the small batch), the
-#   device tests, memcheck (after step 4) and racecheck (at the end) once more.
+#   then, with the candidates on (changes off by default until these timings decide: the vote's
+#   warp-pruned search, PDL_POST_VOTE_PRUNING=1, and packed loads, PDL_POST_PACKED_LOADS=1, each
+#   turning it on in the tests and the small batch), the device tests, memcheck (after step 4)
+#   and racecheck (at the end) once more.
 #
 # Needs: nvcc (CUDA 12+), a driver and a Python whose torch is a CUDA build (PYTHON=..., default
 # python3) holding the build and test requirements (scikit-build-core, pybind11, cython, ninja,
@@ -107,8 +108,11 @@ import torch
 import pdl_post
 from pdl_post import synthetic
 
-pruned = os.environ.get("PDL_POST_VOTE_PRUNING") == "1"
-pdl_post._core._set_cuda_vote_pruning(pruned)
+candidates = {"PDL_POST_VOTE_PRUNING": "_set_cuda_vote_pruning",
+              "PDL_POST_PACKED_LOADS": "_set_cuda_packed_loads"}
+on = [variable for variable in candidates if os.environ.get(variable) == "1"]
+for variable, hook in candidates.items():
+    getattr(pdl_post._core, hook)(variable in on)
 kw = dict(stuff_area=16)
 b = synthetic.make_batch(2, 64, 96, 12, seed=3, logits=True)
 sem, ctr, off, logits = (torch.from_numpy(a).cuda() for a in (b.sem, b.ctr, b.off, b.logits))
@@ -133,7 +137,7 @@ kw_ids = dict(thing_ids=ids[::2].ravel().tolist(), stuff_area=0, nms_kernel=3)
 out = pdl_post.merge(*(torch.from_numpy(a).cuda() for a in args), **kw_ids)
 np.testing.assert_array_equal(out.cpu().numpy(), pdl_post.merge(*args, **kw_ids))
 torch.cuda.synchronize()
-print("sanitizer case done:", len(r), "images", "(warp-pruned vote)" if pruned else "")
+print("sanitizer case done:", len(r), "images;", "candidates on:", " ".join(on) or "none")
 PYEOF
 
 # sanitize TOOL SECONDS [WHAT]: compute-sanitizer TOOL on the small case (WHAT names a variant).
@@ -153,12 +157,12 @@ if [ "${SKIP_MEMCHECK:-0}" != "1" ]; then
   sanitize memcheck 180
 fi
 
-# The warp-pruned vote, so that a run whose timings favour it also shows it correct on the GPU.
-step "device tests on the GPU, warp-pruned vote"
-PDL_POST_VOTE_PRUNING=1 within 120 "device tests, warp-pruned vote" "$PY" -m pytest \
-  "${device_tests[@]}"
+# The candidates, so that a run whose timings favour them also shows them correct on the GPU.
+candidates_on() { PDL_POST_VOTE_PRUNING=1 PDL_POST_PACKED_LOADS=1 "$@"; }
+step "device tests on the GPU, candidates on"
+candidates_on within 120 "device tests, candidates on" "$PY" -m pytest "${device_tests[@]}"
 if [ "${SKIP_MEMCHECK:-0}" != "1" ]; then
-  PDL_POST_VOTE_PRUNING=1 sanitize memcheck 180 "warp-pruned vote"
+  candidates_on sanitize memcheck 180 "candidates on"
 fi
 
 # After the timings, so that they cannot cost them: what the host emulator cannot show
@@ -167,7 +171,7 @@ if [ "${SKIP_SANITIZERS:-0}" != "1" ]; then
   for tool in racecheck synccheck initcheck; do
     sanitize "$tool" 150
   done
-  PDL_POST_VOTE_PRUNING=1 sanitize racecheck 150 "warp-pruned vote"
+  candidates_on sanitize racecheck 150 "candidates on"
 fi
 step "done"
 [ ${#skipped[@]} -gt 0 ] && echo "SKIPPED (no time left): ${skipped[*]}"

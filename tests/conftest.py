@@ -44,24 +44,33 @@ if os.environ.get("PDL_POST_REQUIRE_EMULATION") == "1" and EMULATION is None:
     )
 
 
+# CUDA-path candidates that stay off by default until GPU timings decide (cuda_pipeline.h), each
+# turned on for the whole session by its variable, on the emulator and the GPU alike, so that one
+# run checks a candidate everywhere the default is checked (gpu_check.sh runs the device tests
+# once more so): the environment variable -> the build's hook.
+CUDA_CANDIDATES = {
+    "PDL_POST_VOTE_PRUNING": "_set_cuda_vote_pruning",  # VoteSearch::kWarpPruned
+    "PDL_POST_PACKED_LOADS": "_set_cuda_packed_loads",  # set_cuda_packed_loads
+}
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _forced_vote_search():
-    """PDL_POST_VOTE_PRUNING=1: every CUDA-path test runs the vote's warp-pruned search
-    (VoteSearch::kWarpPruned, off by default until GPU timings decide), on the emulator and the
-    GPU alike, so that one run checks it everywhere the default is checked (gpu_check.sh runs the
-    device tests once more so)."""
-    if os.environ.get("PDL_POST_VOTE_PRUNING") != "1":
-        yield
-        return
+def _forced_cuda_candidates():
+    """PDL_POST_VOTE_PRUNING=1 / PDL_POST_PACKED_LOADS=1: every CUDA-path test runs with that
+    candidate on (CUDA_CANDIDATES)."""
     import pdl_post
 
-    modules = [m for m in (EMULATION, pdl_post._core) if hasattr(m, "_set_cuda_vote_pruning")]
-    if not modules:
-        raise RuntimeError("PDL_POST_VOTE_PRUNING=1, but this build has no CUDA path to prune")
-    previous = [m._set_cuda_vote_pruning(True) for m in modules]
+    undo = []
+    for variable, hook in CUDA_CANDIDATES.items():
+        if os.environ.get(variable) != "1":
+            continue
+        modules = [m for m in (EMULATION, pdl_post._core) if hasattr(m, hook)]
+        if not modules:
+            raise RuntimeError(f"{variable}=1, but this build has no CUDA path to set")
+        undo += [(getattr(m, hook), getattr(m, hook)(True)) for m in modules]
     yield
-    for m, was in zip(modules, previous):
-        m._set_cuda_vote_pruning(was)
+    for set_hook, was in undo:
+        set_hook(was)
 
 
 @pytest.fixture

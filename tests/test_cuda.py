@@ -201,13 +201,18 @@ def test_compacted_class_ids_do_not_take_a_table_per_instance(cuda_device):
 
 
 @contextlib.contextmanager
-def _vote_pruning(device):
+def _candidate(device, hook, on=True):
+    """A CUDA-path candidate (tests/conftest.py CUDA_CANDIDATES) on or off inside the block."""
     module = EMULATION if device == "emulated" else pdl_post._core
-    previous = module._set_cuda_vote_pruning(True)
+    previous = getattr(module, hook)(on)
     try:
         yield
     finally:
-        module._set_cuda_vote_pruning(previous)
+        getattr(module, hook)(previous)
+
+
+def _vote_pruning(device):
+    return _candidate(device, "_set_cuda_vote_pruning")
 
 
 def _vote_scenes():
@@ -244,6 +249,123 @@ def test_warp_pruned_vote_equals_the_brute_force(cuda_device):
     ids = np.asarray(cpu.panoptic)
     assert (ids[:, 1::3] == 11 * 1000 + 1).all()  # equally far: the first centre
     assert (ids[:, ::3] == 11 * 1000 + 1).all()  # every distance inf: the first centre
+
+
+def _misaligned(a, device):
+    """`a` on `device`, starting one element past an aligned allocation (no load pack fits)."""
+    buffer = np.zeros(a.size + 1, a.dtype)
+    buffer[1:] = a.ravel()
+    if device == "emulated":
+        return HostCudaArray(buffer[1:].reshape(a.shape))
+    return to_device(buffer, device)[1:].reshape(a.shape)
+
+
+def _column_major(a, device):
+    """`a` on `device`, each image stored column by column (the same values, other strides)."""
+    swapped = np.ascontiguousarray(np.swapaxes(a, -1, -2))
+    if device == "emulated":
+        return HostCudaArray(np.swapaxes(swapped, -1, -2))
+    return to_device(swapped, device).transpose(-1, -2)
+
+
+def _rows_of_one_value(a, device):
+    """Each row of `a` its first value throughout, as a broadcast view of a device copy: rows W
+    apart, the pixels of a row all at one address (x stride 0)."""
+    if device == "emulated":
+        return HostCudaArray(np.broadcast_to(np.array(a)[..., :1], a.shape))
+    first = to_device(a, device)[..., :1]
+    if GPU == "torch":
+        return first.expand(a.shape)
+    import cupy
+
+    return cupy.broadcast_to(first, a.shape)
+
+
+def _view_of(whole, index):
+    """A maker of `whole[index]`, a view into a device copy of `whole`."""
+    return lambda _, device: to_device(whole, device)[index]
+
+
+def _packed_launches():
+    """Launches of the packed label range and write since the last take_counters()."""
+    counts = EMULATION.take_counters()
+    kernels = ("label_range_packed_kernel", "write_packed_kernel")
+    return tuple(counts.get(f"launches of {k}", 0) for k in kernels)
+
+
+def _packed_cases():
+    """(what, labels, a maker of their device array (labels, device) or None for a copy, ctr,
+    off, options, packable)."""
+    b = synthetic.make_batch(4, 48, 64, 8, seed=2)
+    sem = b.sem.astype(np.int32)
+    yield "batch of 4, int32", sem, None, b.ctr, b.off, {}, True
+    # Views that are not one row-major block of whole packs: every other image, a crop of
+    # columns, one element past an aligned start, column-major images; below, one image's crop
+    # and broadcast rows, and an odd number of pixels.
+    every_other = (slice(None, None, 2),)
+    view = _view_of(sem, every_other)
+    yield "every other image", sem[every_other], view, b.ctr[::2], b.off[::2], {}, False
+    crop = (slice(None), slice(None), slice(0, 60))
+    view = _view_of(sem, crop)
+    yield "60 of 64 columns", sem[crop], view, b.ctr[..., :60], b.off[..., :60], {}, False
+    yield "misaligned", sem, _misaligned, b.ctr, b.off, {}, False
+    yield "column-major", sem, _column_major, b.ctr, b.off, {}, False
+    s = synthetic.make_scene(40, 56, 6, seed=8)
+    one = s.sem.astype(np.int32)  # one image: the rows' and the pixels' strides alone decide
+    crop = (slice(None), slice(0, 52))
+    view = _view_of(one, crop)
+    yield "52 of 56 columns", one[crop], view, s.ctr[..., :52], s.off[..., :52], {}, False
+    flat_rows = np.broadcast_to(one[:, :1], one.shape)
+    yield "rows of one value", flat_rows, _rows_of_one_value, s.ctr, s.off, {}, False
+    for dtype in (np.uint8, np.int16, np.int64):
+        yield f"{np.dtype(dtype).name} labels", s.sem.astype(dtype), None, s.ctr, s.off, {}, True
+    # Compacted class tables and int64 ids (70,000 x 1000 > 2**31).
+    big = s.sem.astype(np.int64) + 70_000
+    big_kw = dict(thing_ids=[t + 70_000 for t in synthetic.CITYSCAPES_THING_IDS])
+    yield "class ids + 70000", big, None, s.ctr, s.off, big_kw, True
+    odd = synthetic.make_scene(21, 33, 5, seed=4)  # 693 pixels: not whole packs
+    yield "21 x 33", odd.sem.astype(np.int32), None, odd.ctr, odd.off, {}, False
+    # The largest class id at one pixel only, in each place of a pack: the label range must see
+    # it (it makes the ids int64 and the class ids compacted).
+    for j in range(4):
+        one = s.sem.astype(np.int64)
+        one.flat[100 + j] = 2_200_000
+        yield f"largest id at pack place {j}", one, None, s.ctr, s.off, {}, True
+
+
+def test_packed_loads_equal_the_strided_reads(cuda_device):
+    # set_cuda_packed_loads (cuda_pipeline.h), off by default until GPU timings decide: the label
+    # range and the ids read 4 pixels per load where the labels (and the output) are one aligned
+    # row-major block of whole packs, and through the strides elsewhere; the CPU's answer either
+    # way. The emulator also shows which kernels ran.
+    emulated = cuda_device == "emulated"
+    for what, sem, on_device, ctr, off, kw, packable in _packed_cases():
+        kw = dict(stuff_area=16, **kw)
+        if emulated:
+            EMULATION.take_counters()
+        with _candidate(cuda_device, "_set_cuda_packed_loads"):
+            if on_device is None:
+                run_on(cuda_device, sem, ctr, off, **kw)  # a postprocess and a merge
+                calls = 2
+            else:
+                args = [to_device(a, cuda_device) for a in (ctr, off)]
+                got = to_host(pdl_post.merge(on_device(sem, cuda_device), *args, **kw))
+                want = pdl_post.merge(sem, ctr, off, backend="cpu", **kw)
+                np.testing.assert_array_equal(got, want, err_msg=what)
+                calls = 1
+        if emulated:
+            assert _packed_launches() == ((calls, calls) if packable else (0, 0)), what
+    # Logits: their argmax is a packable scratch array; and with the candidate off, no packed
+    # kernel runs.
+    s = synthetic.make_scene(32, 48, 5, seed=6, logits=True)
+    with _candidate(cuda_device, "_set_cuda_packed_loads"):
+        run_on(cuda_device, s.logits, s.ctr, s.off, stuff_area=16)
+        if emulated:
+            assert _packed_launches() == (2, 2)
+        with _candidate(cuda_device, "_set_cuda_packed_loads", on=False):
+            run_on(cuda_device, s.logits, s.ctr, s.off, stuff_area=16)
+    if emulated:
+        assert _packed_launches() == (0, 0)
 
 
 def test_pair_keys_beyond_32_bits(cuda_device):

@@ -25,6 +25,8 @@
 //                    own instance (top_k=None on a flat heatmap: 4.3 GB at 1024x2048 in one go,
 //                    34 GB at 2048x4096).
 //   write_panoptic   per pixel panoptic_label() through the instance and class tables.
+// label_range and write_panoptic read row-major inputs 4 pixels per load when packed loads are on
+// (set_cuda_packed_loads, off until GPU timings decide), else through the strides.
 // Class tables are indexed by the label itself, or from ClassIndex::kDenseLabelLimit up by its rank
 // among the batch's distinct labels (distinct_labels: gather, radix sort, unique), as on the CPU.
 #include <algorithm>
@@ -48,6 +50,7 @@ namespace {
 
 constexpr int kThreads = 256;
 std::atomic<VoteSearch> vote_search{VoteSearch::kBruteForce};  // set_cuda_vote_search
+std::atomic<bool> packed_loads{false};                         // set_cuda_packed_loads
 // Pixels a thread of write_kernel loads before using any: their loads in flight together (one at
 // a time it took 28 us at 1024 x 2048 on an H200, 12 us with four).
 constexpr int kLoadsInFlight = 4;
@@ -104,6 +107,55 @@ __global__ void label_range_kernel(DeviceView<const TSem> sem, int64_t height, i
   if (threadIdx.x == 0) {
     atomicMin(&range[0], lo);
     atomicMax(&range[1], hi);
+  }
+}
+
+// kPackPixels consecutive pixels of a row-major block, loaded or stored as one aligned access
+// (int32: one 16-byte load; int64: two; uint8: 4 bytes) instead of one per pixel, with no index
+// arithmetic per pixel: the packed kernels below, for inputs that packable() accepts. Aligned to
+// at most 16 bytes, the widest load, which allocators give (CUDA's 256, numpy's 16).
+constexpr int kPackPixels = 4;
+template <typename T>
+struct alignas(std::min<size_t>(16, kPackPixels * sizeof(T))) PixelPack {
+  T v[kPackPixels];
+};
+
+// Whether `v` ([B, 1, H, W]) is one row-major block of whole packs: element (b, y, x) at
+// b*H*W + y*W + x from a start aligned for PixelPack<T>, and H*W a multiple of kPackPixels (a
+// pack never spans two images).
+template <typename T>
+bool packable(const StridedView& v) {
+  const int64_t h = v.height(), w = v.width();
+  const bool row_major = (w == 1 || v.strides[3] == 1) && (h == 1 || v.strides[2] == w) &&
+                         (v.batch() == 1 || v.strides[0] == h * w);
+  return row_major && h * w % kPackPixels == 0 &&
+         reinterpret_cast<uintptr_t>(v.data) % alignof(PixelPack<T>) == 0;
+}
+
+// label_range_kernel over `packs` packs of a packable label array; min and max in the labels' own
+// type, widened once per thread.
+template <typename TSem>
+__global__ void label_range_packed_kernel(const PixelPack<TSem>* labels, int64_t packs,
+                                          long long* range) {
+  using Reduce = cub::BlockReduce<long long, kThreads>;
+  __shared__ typename Reduce::TempStorage storage;
+  TSem lo = std::numeric_limits<TSem>::max();
+  TSem hi = std::numeric_limits<TSem>::lowest();
+  const int64_t step = int64_t{gridDim.x} * blockDim.x;
+  for (int64_t p = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; p < packs; p += step) {
+    const PixelPack<TSem> pack = labels[p];
+#pragma unroll
+    for (int j = 0; j < kPackPixels; ++j) {
+      lo = pack.v[j] < lo ? pack.v[j] : lo;
+      hi = pack.v[j] > hi ? pack.v[j] : hi;
+    }
+  }
+  const long long block_lo = Reduce(storage).Reduce(static_cast<long long>(lo), MinOp());
+  __syncthreads();
+  const long long block_hi = Reduce(storage).Reduce(static_cast<long long>(hi), MaxOp());
+  if (threadIdx.x == 0) {
+    atomicMin(&range[0], block_lo);
+    atomicMax(&range[1], block_hi);
   }
 }
 
@@ -766,6 +818,30 @@ __global__ void write_kernel(DeviceView<const TSem> sem, int64_t height, int64_t
   }
 }
 
+// write_kernel over packable labels, instances and output: `packs_per_image` packs of image
+// blockIdx.y, so the tables' offsets are per block, not per pixel.
+template <typename TSem, typename TOut>
+__global__ void write_packed_kernel(const PixelPack<TSem>* sem, int64_t packs_per_image,
+                                    FuseLayout layout, FuseBuffers buffers, PixelPack<TOut>* out) {
+  const auto* instance = reinterpret_cast<const PixelPack<int32_t>*>(buffers.instance);
+  const int64_t b = blockIdx.y, step = int64_t{gridDim.x} * blockDim.x;
+  const auto* instance_label = buffers.instance_label + layout.inst_offset[b];
+  const auto* class_label = buffers.class_label + b * layout.num_classes;
+  for (int64_t p = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; p < packs_per_image; p += step) {
+    const int64_t at = b * packs_per_image + p;
+    // Both loads before the store: out may alias the instances.
+    const PixelPack<TSem> labels = sem[at];
+    const PixelPack<int32_t> inst = instance[at];
+    PixelPack<TOut> ids;
+#pragma unroll
+    for (int j = 0; j < kPackPixels; ++j) {
+      const int64_t c = layout.class_index(static_cast<int64_t>(labels.v[j]));
+      ids.v[j] = static_cast<TOut>(panoptic_label(inst.v[j], c, instance_label, class_label));
+    }
+    out[at] = ids;
+  }
+}
+
 // Blocks of kThreads per image for a grid-stride loop over `pixels` pixels of each of `batch`
 // images: as many as stay resident on the device together (the kernel's occupancy), so that no
 // partial second wave of equally loaded blocks runs after the first (8 blocks per multiprocessor
@@ -802,6 +878,14 @@ void label_range(const StridedView& sem, long long* range, cudaStream_t stream) 
   const int64_t total = sem.batch() * sem.height() * sem.width();
   with_label_type(sem.dtype, "sem", [&](auto tag) {
     using TSem = decltype(tag);
+    if (packed_loads.load(std::memory_order_relaxed) && packable<TSem>(sem)) {
+      const int64_t packs = total / kPackPixels;
+      const unsigned grid = resident_blocks_per_image(label_range_packed_kernel<TSem>, 0, 1, packs);
+      label_range_packed_kernel<TSem><<<grid, kThreads, 0, stream>>>(
+          static_cast<const PixelPack<TSem>*>(sem.data), packs, range);
+      check_launch("label_range_packed_kernel");
+      return;
+    }
     const unsigned grid = resident_blocks_per_image(label_range_kernel<TSem>, 0, 1, total);
     label_range_kernel<TSem><<<grid, kThreads, 0, stream>>>(device_view<TSem>(sem), sem.height(),
                                                             sem.width(), total, range);
@@ -1134,17 +1218,31 @@ void write_panoptic(const StridedView& sem, const FuseLayout& layout, const Fuse
     using TSem = decltype(sem_tag);
     with_output_type(out.dtype, [&](auto out_tag) {
       using TOut = decltype(out_tag);
+      if (packed_loads.load(std::memory_order_relaxed) && packable<TSem>(sem) &&
+          packable<TOut>(out) &&
+          reinterpret_cast<uintptr_t>(buffers.instance) % alignof(PixelPack<int32_t>) == 0) {
+        const int64_t packs = sem.height() * sem.width() / kPackPixels;
+        const dim3 grid(  // batch <= 65535 (CudaMerge checks)
+            resident_blocks_per_image(write_packed_kernel<TSem, TOut>, 0, sem.batch(), packs),
+            static_cast<unsigned>(sem.batch()));
+        write_packed_kernel<TSem, TOut><<<grid, kThreads, 0, stream>>>(
+            static_cast<const PixelPack<TSem>*>(sem.data), packs, layout, buffers,
+            static_cast<PixelPack<TOut>*>(out.data));
+        check_launch("write_packed_kernel");
+        return;
+      }
       const unsigned grid = resident_blocks_per_image(write_kernel<TSem, TOut>, 0, 1, total);
       write_kernel<TSem, TOut><<<grid, kThreads, 0, stream>>>(device_view<TSem>(sem), sem.height(),
                                                               sem.width(), total, layout, buffers,
                                                               static_cast<TOut*>(out.data));
+      check_launch("write_kernel");
     });
-    check_launch("write_kernel");
   });
 }
 
 }  // namespace cuda
 
 VoteSearch set_cuda_vote_search(VoteSearch search) { return cuda::vote_search.exchange(search); }
+bool set_cuda_packed_loads(bool packed) { return cuda::packed_loads.exchange(packed); }
 
 }  // namespace pdl_post

@@ -64,6 +64,11 @@ std::string cuda_build_description();
 // process-wide test and benchmark hook; returns the previous setting.
 enum class VoteSearch { kBruteForce, kWarpPruned };
 VoteSearch set_cuda_vote_search(VoteSearch search);
+// Whether the label range and the write of the ids read row-major inputs (one contiguous block,
+// aligned, H*W a multiple of 4) 4 pixels per load instead of pixel by pixel through the strides:
+// the same answer; off until GPU timings decide (benchmarks/RESULTS.md). A process-wide test and
+// benchmark hook like set_cuda_vote_search; returns the previous setting.
+bool set_cuda_packed_loads(bool packed);
 
 struct CudaMergeInputs {
   StridedView sem;     // labels [B, 1, H, W]; data == nullptr when logits are given
