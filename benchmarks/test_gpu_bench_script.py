@@ -94,6 +94,9 @@ def test_gpu_bench_runs_on_a_cpu_stand_in(monkeypatch, capsys):
         "profile of 2 calls, b1",
         "profile of 2 calls, b2",
         "profile of 2 calls, b2-candidates",
+        "candidates: time / the default's time (below 1.00: faster)",
+        "| candidate | batch 1 | batch 2 | batch 2, in a row |",
+        "| all candidates | ",
         "| ours, batch 1: the merge call on the host",
         # The CPU stand-in never makes a CudaMerge job: the phases' table says so.
         "host phases of a merge call",
