@@ -344,24 +344,19 @@ def main(argv=None) -> int:
         _profile(merge_of("batch 1"), args.profile, "b1", args.trace)
         _profile(merge_of(f"batch {b}"), args.profile, f"b{b}", args.trace)
         if candidates:  # the candidates' kernels' own times, beside the default's
-            every_hook = sorted({h for hooks in candidates.values() for h in hooks})
+            every_hook = candidates.get("all candidates", next(iter(candidates.values())))
             with _switched_on(every_hook):
                 _profile(merge_of(f"batch {b}"), args.profile, f"b{b}-candidates", args.trace)
     return 1 if mismatches else 0
 
 
-# The build's hooks of the candidates (pdl_post._core._set_cuda_*), off by default.
-CANDIDATE_HOOKS = {
-    "warp-pruned vote": "_set_cuda_vote_pruning",
-    "packed loads": "_set_cuda_packed_loads",
-}
-
-
 def _candidates() -> dict[str, list[str]]:
-    """Each candidate this build has alone, and all of them together ("all candidates")."""
+    """The hooks of each candidate this build has (pdl_post._cuda.CANDIDATES), alone, and of all
+    of them together ("all candidates")."""
     import pdl_post
+    from pdl_post._cuda import CANDIDATES
 
-    have = {name: [h] for name, h in CANDIDATE_HOOKS.items() if hasattr(pdl_post._core, h)}
+    have = {name: [h] for name, (h, _) in CANDIDATES.items() if hasattr(pdl_post._core, h)}
     if len(have) > 1:
         have["all candidates"] = [h for hooks in have.values() for h in hooks]
     return have

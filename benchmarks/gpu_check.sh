@@ -107,11 +107,10 @@ import torch
 
 import pdl_post
 from pdl_post import synthetic
+from pdl_post._cuda import CANDIDATES
 
-candidates = {"PDL_POST_VOTE_PRUNING": "_set_cuda_vote_pruning",
-              "PDL_POST_PACKED_LOADS": "_set_cuda_packed_loads"}
-on = [variable for variable in candidates if os.environ.get(variable) == "1"]
-for variable, hook in candidates.items():
+on = [variable for _, variable in CANDIDATES.values() if os.environ.get(variable) == "1"]
+for hook, variable in CANDIDATES.values():
     getattr(pdl_post._core, hook)(variable in on)
 kw = dict(stuff_area=16)
 b = synthetic.make_batch(2, 64, 96, 12, seed=3, logits=True)
@@ -157,7 +156,8 @@ if [ "${SKIP_MEMCHECK:-0}" != "1" ]; then
   sanitize memcheck 180
 fi
 
-# The candidates, so that a run whose timings favour them also shows them correct on the GPU.
+# The candidates, so that a run whose timings favour them also shows them correct on the GPU
+# (every variable of pdl_post._cuda.CANDIDATES).
 candidates_on() { PDL_POST_VOTE_PRUNING=1 PDL_POST_PACKED_LOADS=1 "$@"; }
 step "device tests on the GPU, candidates on"
 candidates_on within 120 "device tests, candidates on" "$PY" -m pytest "${device_tests[@]}"

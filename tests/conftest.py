@@ -44,24 +44,17 @@ if os.environ.get("PDL_POST_REQUIRE_EMULATION") == "1" and EMULATION is None:
     )
 
 
-# CUDA-path candidates that stay off by default until GPU timings decide (cuda_pipeline.h), each
-# turned on for the whole session by its variable, on the emulator and the GPU alike, so that one
-# run checks a candidate everywhere the default is checked (gpu_check.sh runs the device tests
-# once more so): the environment variable -> the build's hook.
-CUDA_CANDIDATES = {
-    "PDL_POST_VOTE_PRUNING": "_set_cuda_vote_pruning",  # VoteSearch::kWarpPruned
-    "PDL_POST_PACKED_LOADS": "_set_cuda_packed_loads",  # set_cuda_packed_loads
-}
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _forced_cuda_candidates():
-    """PDL_POST_VOTE_PRUNING=1 / PDL_POST_PACKED_LOADS=1: every CUDA-path test runs with that
-    candidate on (CUDA_CANDIDATES)."""
+    """PDL_POST_VOTE_PRUNING=1 / PDL_POST_PACKED_LOADS=1 (pdl_post._cuda.CANDIDATES): every
+    CUDA-path test runs with that candidate on, on the emulator and the GPU alike, so that one
+    run checks a candidate everywhere the default is checked (gpu_check.sh runs the device tests
+    once more so)."""
     import pdl_post
+    from pdl_post._cuda import CANDIDATES
 
     undo = []
-    for variable, hook in CUDA_CANDIDATES.items():
+    for hook, variable in CANDIDATES.values():
         if os.environ.get(variable) != "1":
             continue
         modules = [m for m in (EMULATION, pdl_post._core) if hasattr(m, hook)]

@@ -202,7 +202,7 @@ def test_compacted_class_ids_do_not_take_a_table_per_instance(cuda_device):
 
 @contextlib.contextmanager
 def _candidate(device, hook, on=True):
-    """A CUDA-path candidate (tests/conftest.py CUDA_CANDIDATES) on or off inside the block."""
+    """A CUDA-path candidate (pdl_post._cuda.CANDIDATES) on or off inside the block."""
     module = EMULATION if device == "emulated" else pdl_post._core
     previous = getattr(module, hook)(on)
     try:

@@ -87,11 +87,25 @@ __global__ void argmax_kernel(DeviceView<const T> logits, int64_t channels, int6
   });
 }
 
+using RangeReduce = cub::BlockReduce<long long, kThreads>;
+
+// Folds every thread's (lo, hi) into range[0] / range[1]: a block reduction, then one atomic
+// each per block.
+__device__ void fold_into_range(RangeReduce::TempStorage& storage, long long lo, long long hi,
+                                long long* range) {
+  lo = RangeReduce(storage).Reduce(lo, MinOp());
+  __syncthreads();
+  hi = RangeReduce(storage).Reduce(hi, MaxOp());
+  if (threadIdx.x == 0) {
+    atomicMin(&range[0], lo);
+    atomicMax(&range[1], hi);
+  }
+}
+
 template <typename TSem>
 __global__ void label_range_kernel(DeviceView<const TSem> sem, int64_t height, int64_t width,
                                    int64_t total, long long* range) {
-  using Reduce = cub::BlockReduce<long long, kThreads>;
-  __shared__ typename Reduce::TempStorage storage;
+  __shared__ RangeReduce::TempStorage storage;
   long long lo = std::numeric_limits<long long>::max();
   long long hi = std::numeric_limits<long long>::min();
   // One load at a time: four at once took more registers (48, not 40) and more time (batch 8 of
@@ -101,13 +115,7 @@ __global__ void label_range_kernel(DeviceView<const TSem> sem, int64_t height, i
     lo = v < lo ? v : lo;
     hi = v > hi ? v : hi;
   });
-  lo = Reduce(storage).Reduce(lo, MinOp());
-  __syncthreads();
-  hi = Reduce(storage).Reduce(hi, MaxOp());
-  if (threadIdx.x == 0) {
-    atomicMin(&range[0], lo);
-    atomicMax(&range[1], hi);
-  }
+  fold_into_range(storage, lo, hi, range);
 }
 
 // kPackPixels consecutive pixels of a row-major block, loaded or stored as one aligned access
@@ -137,8 +145,7 @@ bool packable(const StridedView& v) {
 template <typename TSem>
 __global__ void label_range_packed_kernel(const PixelPack<TSem>* labels, int64_t packs,
                                           long long* range) {
-  using Reduce = cub::BlockReduce<long long, kThreads>;
-  __shared__ typename Reduce::TempStorage storage;
+  __shared__ RangeReduce::TempStorage storage;
   TSem lo = std::numeric_limits<TSem>::max();
   TSem hi = std::numeric_limits<TSem>::lowest();
   const int64_t step = int64_t{gridDim.x} * blockDim.x;
@@ -150,13 +157,7 @@ __global__ void label_range_packed_kernel(const PixelPack<TSem>* labels, int64_t
       hi = pack.v[j] > hi ? pack.v[j] : hi;
     }
   }
-  const long long block_lo = Reduce(storage).Reduce(static_cast<long long>(lo), MinOp());
-  __syncthreads();
-  const long long block_hi = Reduce(storage).Reduce(static_cast<long long>(hi), MaxOp());
-  if (threadIdx.x == 0) {
-    atomicMin(&range[0], block_lo);
-    atomicMax(&range[1], block_hi);
-  }
+  fold_into_range(storage, static_cast<long long>(lo), static_cast<long long>(hi), range);
 }
 
 template <typename TSem>

@@ -49,6 +49,14 @@ _CORE_DTYPES = {
     np.dtype(np.float64): "float64",
 }
 
+# Changes of the CUDA path that stay off by default until GPU timings decide (cuda_pipeline.h):
+# name -> (the build's hook, _core.<hook>(on) returning the previous setting; the environment
+# variable with which the tests and benchmarks/gpu_check.sh turn it on).
+CANDIDATES = {
+    "warp-pruned vote": ("_set_cuda_vote_pruning", "PDL_POST_VOTE_PRUNING"),
+    "packed loads": ("_set_cuda_packed_loads", "PDL_POST_PACKED_LOADS"),
+}
+
 
 def compiled() -> bool:
     """Whether this build contains the CUDA path."""
