@@ -35,19 +35,10 @@ import numpy as np
 import pdl_post
 from gpu_bench import add_scene_arguments
 from pdl_post import synthetic
-from vote_grid_reads import _distance  # center_distance's float32 rounding
+from vote_grid_reads import _distance, _gap  # center_distance, VoteGrid::interval_gap in float32
 
 WARP = 32
 SHUFFLE_ROUNDS = 15  # three warp reductions (the box, the nearest bound, the cut), 5 rounds each
-
-
-@numba.njit(cache=False)
-def _gap(c, lo, hi):
-    if c < lo:
-        return np.float32(lo - c)
-    if c > hi:
-        return np.float32(c - hi)
-    return np.float32(0.0)
 
 
 @numba.njit(cache=False)
@@ -72,7 +63,7 @@ def _warps(cy, cx, qy, qx, voting, candidates, mismatches):
         bounds = np.empty(k, np.float32)
         nearest, nearest_bound = 0, inf
         for c in range(k):
-            gy, gx = _gap(cy[c], lo_y, hi_y), _gap(cx[c], lo_x, hi_x)
+            gy, gx = _gap(lo_y, hi_y, cy[c]), _gap(lo_x, hi_x, cx[c])
             bounds[c] = np.float32(np.float32(gy * gy) + np.float32(gx * gx))
             if bounds[c] < nearest_bound:
                 nearest, nearest_bound = c, bounds[c]
