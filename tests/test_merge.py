@@ -11,6 +11,7 @@ compared: tests/devices.py).
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -492,6 +493,69 @@ def test_non_finite_heatmaps_and_offsets(device):
     off[0, 2::11, 1::3] = 1e30  # finite but far outside: exact brute-force fallback
     r = both(device, s.sem, ctr, off, stuff_area=8)
     assert [10, 10] in r.centers.tolist()
+
+
+def _far_votes(height, width, seed):
+    """Offsets sending every pixel outside the vote grid (a few pixels beyond the image) in all
+    eight directions, at every scale from 10 px to float32's largest: far enough that all the
+    distances round to one value (ties to index 0) or overflow to +inf, and votes exactly
+    between two centre rows or columns (ties to the lower index)."""
+    rng = np.random.default_rng(seed)
+    shape = (height, width)
+    scale = 10.0 ** rng.uniform(1, 38.5, (2, *shape))
+    side = rng.choice([-1.0, 0.0, 1.0], (2, *shape))  # 0: stays within the rows / columns
+    ys, xs = np.indices(shape)
+    dy = np.where(side[0] == 0, rng.integers(0, height, shape) - ys + 0.5, side[0] * scale[0])
+    dx = np.where(side[1] == 0, rng.integers(0, width, shape) - xs + 0.5, side[1] * scale[1])
+    inside = (side[0] == 0) & (side[1] == 0)  # push these out along one axis
+    dx[inside] = -(xs[inside] + 10.0 ** rng.uniform(1, 6, inside.sum()))
+    with np.errstate(over="ignore"):  # beyond float32's range -> inf: intended
+        return np.stack([dy, dx]).astype(np.float32)
+
+
+@pytest.mark.parametrize("peaks", ["plateau", "sparse"])
+def test_votes_outside_the_grid_equal_brute_force(device, peaks):
+    # Votes outside the vote grid search its quadtree (offset_voting.h, nearest_center_far): the
+    # same centre as brute force's (the reference), ties to the lower index included, with more
+    # than 256 centres (the CUDA path's grid) on a plateau (every pixel a centre, equal scores:
+    # index order is row-major) and with scattered ones.
+    h, w = 37, 53
+    rng = np.random.default_rng(5)
+    sem = rng.integers(0, 4, (h, w)).astype(np.int32)
+    if peaks == "plateau":
+        ctr = np.full((1, h, w), 0.5, np.float32)
+    else:
+        ctr = np.where(rng.random((1, h, w)) < 0.2, rng.random((1, h, w)), 0).astype(np.float32)
+    off = _far_votes(h, w, seed=len(peaks))
+    r = both(
+        device,
+        sem,
+        ctr,
+        off,
+        thing_ids=[1, 2, 3],
+        top_k=None,
+        nms_kernel=1,
+        stuff_area=0,
+        label_divisor=10_000,
+    )
+    assert len(r.centers) > 256
+    assert sum(seg["isthing"] for seg in r.segments) > 20
+
+
+def test_far_votes_search_few_centres():
+    # 524,288 centres (every pixel) and as many votes, all far outside the image: brute force
+    # would compare 2.7e11 pairs (minutes to hours); the quadtree answers in about a second here.
+    # The centre nearest to each far point is a corner of the image.
+    h, w = 512, 1024
+    centers = np.stack(np.indices((h, w)), axis=-1).reshape(-1, 2)
+    everywhere = np.ones((h, w), bool)
+    for (dy, dx), (y, x) in [((3e5, -2e5), (h - 1, 0)), ((-7e4, 9e4), (0, w - 1))]:
+        off = np.empty((2, h, w), np.float32)
+        off[0], off[1] = dy, dx
+        start = time.perf_counter()
+        instance = pdl_post.group_pixels(None, centers, off, foreground_mask=everywhere)
+        assert time.perf_counter() - start < 30
+        assert np.array_equal(instance, np.full((h, w), 1 + y * w + x, np.int32))
 
 
 def test_presets(device):

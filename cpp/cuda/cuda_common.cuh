@@ -407,8 +407,10 @@ struct ManyCenters {
   int64_t* cell_fill;          // [cells + 1] centres per cell, then fill cursors
   int32_t* cell_centers;       // [centre slots] index in the image, bucketed by cell
   int32_t* first_ring;         // [cells] first ring around the cell holding a centre
-  CubTemp scan;                // for cells + 1 items
-  int64_t* class_keys;         // [instance slots] 1 + class of the instance, 0 when empty
+  const int64_t* pyramid_offset;  // [B] image b's quadtree in pyramid
+  int32_t* pyramid;     // per image, CellPyramid's lowest centre per node (votes outside the grid)
+  CubTemp scan;         // for cells + 1 items
+  int64_t* class_keys;  // [instance slots] 1 + class of the instance, 0 when empty
   int64_t* sorted_keys;
   int32_t* instance_index;  // [instance slots] k of instance k in its image
   int32_t* sorted_instance_index;
@@ -418,9 +420,10 @@ struct ManyCenters {
   int key_bits;  // bits of the largest key (C)
 };
 // centre_slots: the sum of the K_b bounds; instance_slots: that plus B (layout.inst_offset);
-// sums: the images' (rows + 1) x (cols + 1) in all.
-ManyCenters take_many_centers(Scratch& scratch, int64_t cells, int64_t sums, int64_t center_slots,
-                              int64_t instance_slots, int64_t batch, int64_t num_classes);
+// sums: the images' (rows + 1) x (cols + 1) in all; pyramid_nodes: their CellPyramid sizes.
+ManyCenters take_many_centers(Scratch& scratch, int64_t cells, int64_t sums, int64_t pyramid_nodes,
+                              int64_t center_slots, int64_t instance_slots, int64_t batch,
+                              int64_t num_classes);
 
 // Votes of every pixel (instance map) and the instance x class histogram in one pass (with
 // pairs: the histogram's row 0 and the pair keys). shared_bins: the largest histogram of the

@@ -268,17 +268,36 @@ __global__ void first_ring_kernel(ManyCenters many, int64_t batch) {
   }
 }
 
+// One level of each image's quadtree for votes outside its grid (CellPyramid): level 0 from the
+// cells' centres, each level above from the one below (a launch per level, in order).
+__global__ void pyramid_level_kernel(ManyCenters many, int level) {
+  const int64_t b = blockIdx.y, node = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  const CellPyramid tree{many.grid[b]};
+  if (level > tree.top() || node >= tree.nodes(level)) return;
+  int32_t* nodes = many.pyramid + many.pyramid_offset[b] + tree.offset(level);
+  if (level == 0) {
+    nodes[node] =
+        lowest_center_in_cell(many.cell_start + many.cell_offset[b], many.cell_centers, node);
+  } else {
+    const int64_t cols = tree.cols(level);
+    nodes[node] =
+        tree.lowest_of_children(nodes - tree.nodes(level - 1), level, node / cols, node % cols);
+  }
+}
+
 // Nearest of an image's centres to a finite vote, ties to the lower index (brute force's answer):
 // rings of cells outward from the vote's cell (from its first occupied ring) until a ring's lower
 // bound exceeds the best distance (a centre there is strictly farther), so every centre that
-// could win or tie is compared. Votes outside the grid compare every centre, as on the CPU.
-// cell_start, first_ring: from the image's first cell.
+// could win or tie is compared. Votes outside the grid search the image's quadtree, as on the
+// CPU. cell_start, first_ring, pyramid: the image's.
 __device__ int32_t nearest_in_grid(const VoteGrid& grid, const int64_t* cell_start,
-                                   const int32_t* first_ring, const int32_t* cell_centers,
-                                   const float* cy, const float* cx, int64_t count, float qy,
-                                   float qx) {
+                                   const int32_t* first_ring, const int32_t* pyramid,
+                                   const int32_t* cell_centers, const float* cy, const float* cx,
+                                   float qy, float qx) {
   const int64_t cell = grid.cell_of_vote(qy, qx);
-  if (cell < 0) return nearest_center_brute_force(cy, cx, count, qy, qx);
+  if (cell < 0) {
+    return nearest_center_far(CellPyramid{grid}, pyramid, cell_start, cell_centers, cy, cx, qy, qx);
+  }
   int32_t best = -1;
   float best_distance = 0.0f;
   const int64_t last_ring = grid.last_ring(cell);
@@ -431,8 +450,8 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
         const int64_t first = a.centers.begin[b];
         const int64_t cells = a.many.cell_offset[b];
         best = nearest_in_grid(a.many.grid[b], a.many.cell_start + cells, a.many.first_ring + cells,
-                               a.many.cell_centers, a.centers.y + first, a.centers.x + first,
-                               num_centers, qy, qx);
+                               a.many.pyramid + a.many.pyramid_offset[b], a.many.cell_centers,
+                               a.centers.y + first, a.centers.x + first, qy, qx);
       }
     } else if (kSearch == kWarpPrunedSearch) {
       best = nearest_pruned(tile_y, tile_x, num_centers, voting, qy, qx);
@@ -894,8 +913,9 @@ void label_range(const StridedView& sem, long long* range, cudaStream_t stream) 
   });
 }
 
-ManyCenters take_many_centers(Scratch& scratch, int64_t cells, int64_t sums, int64_t center_slots,
-                              int64_t instance_slots, int64_t batch, int64_t num_classes) {
+ManyCenters take_many_centers(Scratch& scratch, int64_t cells, int64_t sums, int64_t pyramid_nodes,
+                              int64_t center_slots, int64_t instance_slots, int64_t batch,
+                              int64_t num_classes) {
   if (instance_slots > std::numeric_limits<int>::max()) {  // cub's sort sizes are int
     throw ValueError("CUDA path: " + std::to_string(instance_slots) +
                      " instance slots exceed the int32 sort that numbers them; use the CPU path");
@@ -908,6 +928,7 @@ ManyCenters take_many_centers(Scratch& scratch, int64_t cells, int64_t sums, int
   taken.cell_centers = scratch.take<int32_t>(center_slots, "vote grid");
   taken.first_ring = scratch.take<int32_t>(cells, "vote grid");
   taken.occupied_sums = scratch.take<int32_t>(sums, "vote grid");
+  taken.pyramid = scratch.take<int32_t>(pyramid_nodes, "vote grid");
   taken.scan = take_scan_temp(scratch, cells + 1);
   taken.class_keys = scratch.take<int64_t>(instance_slots, "instance numbering");
   taken.sorted_keys = scratch.take<int64_t>(instance_slots, "instance numbering");
@@ -995,6 +1016,13 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
     check_launch("occupied_columns_kernel");
     first_ring_kernel<<<grid_for(m.cells, kThreads), kThreads, 0, stream>>>(m, batch);
     check_launch("first_ring_kernel");
+    // max_rows x max_cols bounds every image's tree: the largest top, the most nodes per level.
+    const CellPyramid largest{VoteGrid{0, 1, 0, m.max_rows, m.max_cols}};
+    for (int level = 0; level <= largest.top(); ++level) {
+      const dim3 node_grid(grid_for(largest.nodes(level), kThreads), static_cast<unsigned>(batch));
+      pyramid_level_kernel<<<node_grid, kThreads, 0, stream>>>(m, level);
+      check_launch("pyramid_level_kernel");
+    }
   }
   // Shared counters only where the device allows that much shared memory per block.
   int device = 0, shared_limit = 0;

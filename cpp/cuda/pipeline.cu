@@ -655,8 +655,8 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   // Many centres: each image's vote grid, sized from its bound of K (see cuda::ManyCenters).
   const bool many_centers = max_instances > cuda::kBruteForceCentersMax;
   std::vector<VoteGrid> vote_grids;
-  std::vector<int64_t> cell_offset, sums_offset;
-  int64_t cells = 0, sums = 0, max_rows = 0, max_cols = 0;
+  std::vector<int64_t> cell_offset, sums_offset, pyramid_offset;
+  int64_t cells = 0, sums = 0, pyramid_nodes = 0, max_rows = 0, max_cols = 0;
   for (int64_t b = 0; many_centers && b < B; ++b) {
     const VoteGrid& g =
         vote_grids.emplace_back(make_vote_grid(H, W, std::max<int64_t>(kept[b], 1)));
@@ -664,6 +664,8 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     cells += g.rows * g.cols;
     sums_offset.push_back(sums);
     sums += (g.rows + 1) * (g.cols + 1);
+    pyramid_offset.push_back(pyramid_nodes);
+    pyramid_nodes += CellPyramid{g}.size();
     max_rows = std::max(max_rows, g.rows);
     max_cols = std::max(max_cols, g.cols);
   }
@@ -688,7 +690,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   const size_t at_sort_begin = pack.add(sort_begin), at_sort_end = pack.add(sort_end);
   const size_t at_partial = pack.add(partial_offset);
   const size_t at_grids = pack.add(vote_grids), at_cells = pack.add(cell_offset);
-  const size_t at_sums = pack.add(sums_offset);
+  const size_t at_sums = pack.add(sums_offset), at_pyramid = pack.add(pyramid_offset);
   const cuda::ThingUpload thing_upload(s.params.thing_ids, pack);
 
   // Every array of this phase, from one allocation.
@@ -746,7 +748,8 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     t.score_sums = with_scores ? sc.take<double>(seg_offset[B], "score sums") : nullptr;
     t.readback = sc.take<long long>(readback_words, "read-back");
     if (many_centers) {
-      t.many = cuda::take_many_centers(sc, cells, sums, inst_total - B, inst_total, B, C);
+      t.many =
+          cuda::take_many_centers(sc, cells, sums, pyramid_nodes, inst_total - B, inst_total, B, C);
     }
     if (!pair_histogram) t.pairs = cuda::take_pair_sort(sc, B * hw, inst_total, C);
     return t;
@@ -775,6 +778,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   many.grid = cuda::UploadPack::at<VoteGrid>(a.tables, at_grids);
   many.cell_offset = cuda::UploadPack::at<int64_t>(a.tables, at_cells);
   many.sums_offset = cuda::UploadPack::at<int64_t>(a.tables, at_sums);
+  many.pyramid_offset = cuda::UploadPack::at<int64_t>(a.tables, at_pyramid);
   many.max_rows = max_rows;
   many.max_cols = max_cols;
   const cuda::ManyCenters* many_or_null = many_centers ? &many : nullptr;

@@ -29,6 +29,26 @@ std::vector<int32_t> build_occupied_sums(const VoteGrid& g,
   return sums;
 }
 
+// The quadtree of lowest centre indices for votes outside the grid (CellPyramid's layout).
+std::vector<int32_t> build_pyramid(const CellPyramid& tree,
+                                   const std::vector<int64_t>& bucket_start,
+                                   const std::vector<int32_t>& bucket_centers) {
+  std::vector<int32_t> pyramid(static_cast<size_t>(tree.size()));
+  for (int64_t cell = 0; cell < tree.nodes(0); ++cell) {
+    pyramid[cell] = lowest_center_in_cell(bucket_start.data(), bucket_centers.data(), cell);
+  }
+  for (int level = 1, top = tree.top(); level <= top; ++level) {
+    const int32_t* below = pyramid.data() + tree.offset(level - 1);
+    int32_t* nodes = pyramid.data() + tree.offset(level);
+    for (int64_t i = 0; i < tree.rows(level); ++i) {
+      for (int64_t j = 0; j < tree.cols(level); ++j) {
+        nodes[i * tree.cols(level) + j] = tree.lowest_of_children(below, level, i, j);
+      }
+    }
+  }
+  return pyramid;
+}
+
 // Candidate centres for one cell: every centre whose lower bound is <= the smallest upper bound.
 void cell_candidates(const VoteGrid& g, int64_t cell_index,
                      const std::vector<int32_t>& occupied_sums,
@@ -87,6 +107,7 @@ struct CenterIndex::Lists {
   std::vector<int64_t> bucket_start;  // centres bucketed by cell, increasing index in a bucket
   std::vector<int32_t> bucket_centers;
   std::vector<int32_t> occupied_sums;   // VoteGrid::occupied_in_square
+  std::vector<int32_t> pyramid;         // for votes outside the grid (nearest_center_far)
   std::vector<std::atomic<int>> state;  // kEmpty -> kBuilding -> kReady, per cell
   std::vector<std::vector<Candidate>> lists;
   static constexpr int kEmpty = 0, kBuilding = 1, kReady = 2;
@@ -119,6 +140,13 @@ CenterIndex::CenterIndex(int64_t height, int64_t width, const std::vector<int64_
         static_cast<int32_t>(c);
   }
   g.occupied_sums = build_occupied_sums(grid_, g.bucket_start);
+  g.pyramid = build_pyramid(CellPyramid{grid_}, g.bucket_start, g.bucket_centers);
+}
+
+int32_t CenterIndex::nearest_far(float qy, float qx) const {
+  const Lists& g = *lists_;
+  return nearest_center_far(CellPyramid{grid_}, g.pyramid.data(), g.bucket_start.data(),
+                            g.bucket_centers.data(), cy_.data(), cx_.data(), qy, qx);
 }
 
 CenterIndex::~CenterIndex() = default;

@@ -12,9 +12,9 @@
 // for bit, ties included. A query scans its cell's list in LB order and stops at the first LB above
 // the best distance found, so a vote deep inside one instance usually costs one distance. Lists are
 // built by searching rings of cells outward from the cell until the ring's distance bound exceeds
-// the best upper bound. Votes that land outside the grid (huge offsets) fall back to brute force
-// over all centres; non-finite votes join no instance. Memory: O(H*W) for the instance map plus
-// O(cells + candidates).
+// the best upper bound. Votes that land outside the grid (huge offsets) search a quadtree over the
+// cells instead (nearest_center_far); non-finite votes join no instance. Memory: O(H*W) for the
+// instance map plus O(cells + candidates).
 #pragma once
 
 #include <algorithm>
@@ -56,22 +56,6 @@ PDL_HOST_DEVICE float center_distance(float cy, float cx, float qy, float qx) {
 #else
   return squared_distance_f32(cy - qy, cx - qx);
 #endif
-}
-
-// Nearest of all `count` centres, ties to the lower index. Distances that overflow to +inf tie
-// like any other value.
-PDL_HOST_DEVICE int32_t nearest_center_brute_force(const float* cy, const float* cx, int64_t count,
-                                                   float qy, float qx) {
-  int32_t best = 0;
-  float best_distance = center_distance(cy[0], cx[0], qy, qx);
-  for (int64_t c = 1; c < count; ++c) {
-    const float d = center_distance(cy[c], cx[c], qy, qx);
-    if (d < best_distance) {
-      best_distance = d;
-      best = static_cast<int32_t>(c);
-    }
-  }
-  return best;
 }
 
 // A cell's candidate: a centre and a lower bound of its distance to any point of the cell.
@@ -239,6 +223,148 @@ struct VoteGrid {
   }
 };
 
+// A cell or quadtree node without centres.
+constexpr int32_t kNoCenter = INT32_MAX;
+
+// The lowest centre index among a cell's centres (kNoCenter when it holds none); cell_start and
+// cell_centers bucket the centres by cell, in any order within a cell.
+PDL_HOST_DEVICE int32_t lowest_center_in_cell(const int64_t* cell_start,
+                                              const int32_t* cell_centers, int64_t cell) {
+  int32_t lowest = kNoCenter;
+  for (int64_t k = cell_start[cell]; k < cell_start[cell + 1]; ++k) {
+    lowest = cell_centers[k] < lowest ? cell_centers[k] : lowest;
+  }
+  return lowest;
+}
+
+// Votes outside the grid search a quadtree over its cells: level 0 is the cells, each level
+// above halves the rows and columns (rounding up) up to a single root, and every node holds the
+// lowest centre index among its cells (kNoCenter when empty), levels stored one after another
+// from level 0. A node's centres lie in a known rectangle, so its float32 lower bound (as
+// cell_lower_bound) and its lowest index bound every centre in it.
+struct CellPyramid {
+  VoteGrid grid;
+
+  PDL_HOST_DEVICE int64_t rows(int level) const { return ((grid.rows - 1) >> level) + 1; }
+  PDL_HOST_DEVICE int64_t cols(int level) const { return ((grid.cols - 1) >> level) + 1; }
+  PDL_HOST_DEVICE int64_t nodes(int level) const { return rows(level) * cols(level); }
+  // The root's level: the first at which one node covers every cell.
+  PDL_HOST_DEVICE int top() const {
+    int level = 0;
+    while (rows(level) > 1 || cols(level) > 1) ++level;
+    return level;
+  }
+  PDL_HOST_DEVICE int64_t offset(int level) const {
+    int64_t at = 0;
+    for (int l = 0; l < level; ++l) at += nodes(l);
+    return at;
+  }
+  PDL_HOST_DEVICE int64_t size() const { return offset(top() + 1); }
+
+  // Node (i, j) of `level` (>= 1) from its up to four children in the level below.
+  PDL_HOST_DEVICE int32_t lowest_of_children(const int32_t* below, int level, int64_t i,
+                                             int64_t j) const {
+    const int64_t below_rows = rows(level - 1), below_cols = cols(level - 1);
+    int32_t lowest = kNoCenter;
+    for (int64_t ci = 2 * i; ci < 2 * i + 2 && ci < below_rows; ++ci) {
+      for (int64_t cj = 2 * j; cj < 2 * j + 2 && cj < below_cols; ++cj) {
+        const int32_t v = below[ci * below_cols + cj];
+        lowest = v < lowest ? v : lowest;
+      }
+    }
+    return lowest;
+  }
+
+  // Lower bound of the float32 distance from (qy, qx) to any centre in node (i, j) of `level`:
+  // its centres have integer coordinates in the node's cells.
+  PDL_HOST_DEVICE float lower_bound(int level, int64_t i, int64_t j, float qy, float qx) const {
+    const int64_t last_row = ((i + 1) << level) < grid.rows ? ((i + 1) << level) : grid.rows;
+    const int64_t last_col = ((j + 1) << level) < grid.cols ? ((j + 1) << level) : grid.cols;
+    const float y_lo = static_cast<float>(grid.origin + (i << level) * grid.side);
+    const float y_hi = static_cast<float>(grid.origin + last_row * grid.side - 1);
+    const float x_lo = static_cast<float>(grid.origin + (j << level) * grid.side);
+    const float x_hi = static_cast<float>(grid.origin + last_col * grid.side - 1);
+    return squared_distance_f32(VoteGrid::interval_gap(y_lo, y_hi, qy, qy),
+                                VoteGrid::interval_gap(x_lo, x_hi, qx, qx));
+  }
+
+  // Which child row (0 or 1) of node row i at `level` is nearer to q: the one whose half holds q.
+  PDL_HOST_DEVICE int near_child_row(int level, int64_t i, float qy) const {
+    const int64_t split = (2 * i + 1) << (level - 1);
+    return qy >= static_cast<float>(grid.origin + split * grid.side) ? 1 : 0;
+  }
+  PDL_HOST_DEVICE int near_child_col(int level, int64_t j, float qx) const {
+    const int64_t split = (2 * j + 1) << (level - 1);
+    return qx >= static_cast<float>(grid.origin + split * grid.side) ? 1 : 0;
+  }
+};
+
+// Nearest centre to a vote, ties to the lower index (brute force's answer), by a depth-first
+// branch and bound over the quadtree `pyramid` (CellPyramid's layout): a node is skipped when its
+// (lower bound, lowest index) is above the best (distance, index) so far, since then no centre in
+// it can win or tie with a lower index. Children are visited nearest quadrant first. No stack: the
+// walk moves between siblings and parents by index arithmetic, so a vote costs O(levels) of memory
+// on any device. Far votes cost about the nodes along a few paths; even a vote so far that all
+// distances round to one value (or +inf) only descends where the lowest index is.
+PDL_HOST_DEVICE int32_t nearest_center_far(const CellPyramid& tree, const int32_t* pyramid,
+                                           const int64_t* cell_start, const int32_t* cell_centers,
+                                           const float* cy, const float* cx, float qy, float qx) {
+  const int top = tree.top();
+  int level = top;
+  int64_t i = 0, j = 0, offset = tree.offset(top);
+  int32_t best = kNoCenter;
+  float best_distance = INFINITY;
+  for (;;) {
+    // A child past the grid's edge holds nothing; an empty node neither.
+    const int32_t lowest = i < tree.rows(level) && j < tree.cols(level)
+                               ? pyramid[offset + i * tree.cols(level) + j]
+                               : kNoCenter;
+    bool descend = false;
+    if (lowest != kNoCenter) {
+      const float bound = tree.lower_bound(level, i, j, qy, qx);
+      descend = bound < best_distance || (bound == best_distance && lowest < best);
+    }
+    if (descend && level == 0) {  // a cell: compare its centres
+      const int64_t cell = i * tree.grid.cols + j;
+      for (int64_t k = cell_start[cell]; k < cell_start[cell + 1]; ++k) {
+        const int32_t c = cell_centers[k];
+        const float d = center_distance(cy[c], cx[c], qy, qx);
+        if (d < best_distance || (d == best_distance && c < best)) {
+          best_distance = d;
+          best = c;
+        }
+      }
+      descend = false;
+    }
+    if (descend) {  // to the child in q's quadrant
+      const int64_t ci = 2 * i + tree.near_child_row(level, i, qy);
+      const int64_t cj = 2 * j + tree.near_child_col(level, j, qx);
+      --level;
+      offset -= tree.nodes(level);
+      i = ci;
+      j = cj;
+      continue;
+    }
+    for (;;) {  // to the next sibling in the parent's order, or up when this was the last
+      if (level == top) return best;
+      const int64_t pi = i >> 1, pj = j >> 1;
+      const int near_row = tree.near_child_row(level + 1, pi, qy);
+      const int near_col = tree.near_child_col(level + 1, pj, qx);
+      const int rank =
+          ((static_cast<int>(i & 1) ^ near_row) << 1) | (static_cast<int>(j & 1) ^ near_col);
+      if (rank < 3) {
+        i = 2 * pi + (((rank + 1) >> 1) ^ near_row);
+        j = 2 * pj + (((rank + 1) & 1) ^ near_col);
+        break;
+      }
+      offset += tree.nodes(level);
+      ++level;
+      i = pi;
+      j = pj;
+    }
+  }
+}
+
 // About two cells per centre (measured best among 1-16 on the CPU): lists stay short, few are
 // built, and the LB-ordered scan makes long lists cheap. At most 2^26 cells whatever the number
 // of centres.
@@ -276,9 +402,7 @@ class CenterIndex {
   // Index of the centre nearest to a finite vote (size() must be > 0).
   int32_t nearest(float qy, float qx, Cache& cache) {
     const int64_t cell = grid_.cell_of_vote(qy, qx);
-    if (cell < 0) {  // far outside the image: compare with every centre
-      return nearest_center_brute_force(cy_.data(), cx_.data(), size(), qy, qx);
-    }
+    if (cell < 0) return nearest_far(qy, qx);  // far outside the image
     if (cell != cache.cell) {
       cache.list = &candidates(cell);
       cache.cell = cell;
@@ -290,6 +414,7 @@ class CenterIndex {
  private:
   struct Lists;  // per-cell candidate lists, built on first use
   const std::vector<Candidate>& candidates(int64_t cell);
+  int32_t nearest_far(float qy, float qx) const;
 
   std::vector<float> cy_, cx_;
   VoteGrid grid_{};
