@@ -490,7 +490,7 @@ def test_non_finite_heatmaps_and_offsets(device):
     off = s.off.copy()
     off[0, ::3, ::4] = np.nan
     off[1, 5::9, ::2] = np.inf
-    off[0, 2::11, 1::3] = 1e30  # finite but far outside: exact brute-force fallback
+    off[0, 2::11, 1::3] = 1e30  # finite but far outside the vote grid: its quadtree
     r = both(device, s.sem, ctr, off, stuff_area=8)
     assert [10, 10] in r.centers.tolist()
 

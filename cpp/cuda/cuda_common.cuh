@@ -392,8 +392,8 @@ PairSort take_pair_sort(Scratch& scratch, int64_t pixels, int64_t instance_slots
 // None on dense peaks: up to one centre per pixel), both would grow with K per pixel / instance.
 // Then each image's centres are bucketed into offset_voting.h's VoteGrid (sized from its bound of
 // K) and a vote searches rings of cells outward, stopping at the first ring whose lower bound
-// exceeds the best distance (exact, ties to the lower index, as brute force), and instances are
-// numbered after a stable sort by class.
+// exceeds the best distance (exact, ties to the lower index, as brute force; votes outside the
+// grid search its quadtree, CellPyramid), and instances are numbered after a stable sort by class.
 constexpr int64_t kBruteForceCentersMax = 256;
 struct ManyCenters {
   const VoteGrid* grid;        // [B]

@@ -3,7 +3,8 @@
 //   vote_and_count   one pass over the pixels: thing test, nearest centre (brute force over tiles
 //                    of centres in shared memory; strict '<' in index order = ties to the lower
 //                    index, the CPU's exact answer; above kBruteForceCentersMax centres a ring
-//                    search in a grid of cells, the same answer), instance map, and one
+//                    search in a grid of cells, and a quadtree walk for votes outside it, the
+//                    same answer), instance map, and one
 //                    histogram over (instance, class) pairs. Row 0 of the histogram (no
 //                    instance) is the unassigned area per class; rows 1..K give areas and the
 //                    majority vote. Bins are counted in shared memory when the table is small,
