@@ -94,9 +94,9 @@ device_tests=(tests/test_merge.py tests/test_cuda.py tests/test_fuzz.py tests/te
 within 300 "device tests" "$PY" -m pytest "${device_tests[@]}" --durations=8
 
 # The small case the compute-sanitizer tools run: merge (top_k 200 / 3 / None, 400 centres,
-# compacted class tables, a flat heatmap: a centre per pixel, the grid search, instance x class
-# pairs by sort; every pixel its own compacted class id: pairs by sort), compared with the CPU,
-# and postprocess with logits and a mask.
+# compacted class tables, a flat heatmap: a centre per pixel, the grid search and its quadtree
+# for votes outside the grid, instance x class pairs by sort; every pixel its own compacted class
+# id: pairs by sort), compared with the CPU, and postprocess with logits and a mask.
 sanitizer_case=$(mktemp --suffix=.py)
 trap 'rm -f "$sanitizer_case"' EXIT
 cat >"$sanitizer_case" <<'PYEOF'
@@ -126,10 +126,12 @@ out = pdl_post.merge(torch.from_numpy(big[0]).cuda(), ctr, off, thing_ids=big[1]
 np.testing.assert_array_equal(
     out.cpu().numpy(), pdl_post.merge(big[0], b.ctr, b.off, thing_ids=big[1], **kw))
 flat = np.full((1, 24, 40), 0.5, np.float32)  # 960 centres: grid search, numbering by sort
-out = pdl_post.merge(sem[0, :24, :40], torch.from_numpy(flat).cuda(), off[0, :, :24, :40],
-                     top_k=None, label_divisor=10_000, **kw)
+far = b.off[0].copy()
+far[0, :24:3, :40:5], far[1, 1:24:4, :40:3] = 3e4, -1e30  # outside the grid: its quadtree
+out = pdl_post.merge(sem[0, :24, :40], torch.from_numpy(flat).cuda(),
+                     torch.from_numpy(far).cuda()[:, :24, :40], top_k=None, label_divisor=10_000, **kw)
 np.testing.assert_array_equal(out.cpu().numpy(), pdl_post.merge(
-    b.sem[0, :24, :40], flat, b.off[0, :, :24, :40], top_k=None, label_divisor=10_000, **kw))
+    b.sem[0, :24, :40], flat, far[:, :24, :40], top_k=None, label_divisor=10_000, **kw))
 ids = (70_000 + np.random.default_rng(5).permutation(64 * 96)).reshape(64, 96)
 args = (ids, b.ctr[0], b.off[0])
 kw_ids = dict(thing_ids=ids[::2].ravel().tolist(), stuff_area=0, nms_kernel=3)
