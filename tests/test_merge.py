@@ -513,13 +513,14 @@ def _far_votes(height, width, seed):
         return np.stack([dy, dx]).astype(np.float32)
 
 
-@pytest.mark.parametrize("peaks", ["plateau", "sparse"])
+@pytest.mark.parametrize("peaks", ["plateau", "sparse", "few"])
 def test_votes_outside_the_grid_equal_brute_force(device, peaks):
-    # Votes outside the vote grid search its quadtree (offset_voting.h, nearest_center_far): the
-    # same centre as brute force's (the reference), ties to the lower index included, with more
-    # than 256 centres (the CUDA path's grid) on a plateau (every pixel a centre, equal scores:
-    # index order is row-major) and with scattered ones.
-    h, w = 37, 53
+    # Votes outside the vote grid search its quadtree above kFarBruteForceMax (768) centres
+    # (offset_voting.h, nearest_center_outside), else compare every centre: the same centre as
+    # brute force's (the reference), ties to the lower index included, on a plateau (every pixel
+    # a centre, equal scores: index order is row-major), with scattered centres, and with fewer
+    # (every centre compared; above 256, the CUDA path's grid search all the same).
+    h, w = (37, 53) if peaks == "few" else (61, 83)
     rng = np.random.default_rng(5)
     sem = rng.integers(0, 4, (h, w)).astype(np.int32)
     if peaks == "plateau":
@@ -538,7 +539,7 @@ def test_votes_outside_the_grid_equal_brute_force(device, peaks):
         stuff_area=0,
         label_divisor=10_000,
     )
-    assert len(r.centers) > 256
+    assert 256 < len(r.centers) <= 768 if peaks == "few" else len(r.centers) > 768
     assert sum(seg["isthing"] for seg in r.segments) > 20
 
 

@@ -393,7 +393,8 @@ PairSort take_pair_sort(Scratch& scratch, int64_t pixels, int64_t instance_slots
 // Then each image's centres are bucketed into offset_voting.h's VoteGrid (sized from its bound of
 // K) and a vote searches rings of cells outward, stopping at the first ring whose lower bound
 // exceeds the best distance (exact, ties to the lower index, as brute force; votes outside the
-// grid search its quadtree, CellPyramid), and instances are numbered after a stable sort by class.
+// grid compare every centre or search its quadtree: nearest_center_outside), and instances are
+// numbered after a stable sort by class.
 constexpr int64_t kBruteForceCentersMax = 256;
 struct ManyCenters {
   const VoteGrid* grid;        // [B]
@@ -408,8 +409,8 @@ struct ManyCenters {
   int32_t* cell_centers;       // [centre slots] index in the image, bucketed by cell
   int32_t* first_ring;         // [cells] first ring around the cell holding a centre
   const int64_t* pyramid_offset;  // [B] image b's quadtree in pyramid
-  int32_t* pyramid;     // per image, CellPyramid's lowest centre per node (votes outside the grid)
-  CubTemp scan;         // for cells + 1 items
+  int32_t* pyramid;  // per image, CellPyramid's lowest centre per node, or null (kFarBruteForceMax)
+  CubTemp scan;      // for cells + 1 items
   int64_t* class_keys;  // [instance slots] 1 + class of the instance, 0 when empty
   int64_t* sorted_keys;
   int32_t* instance_index;  // [instance slots] k of instance k in its image
@@ -420,7 +421,8 @@ struct ManyCenters {
   int key_bits;  // bits of the largest key (C)
 };
 // centre_slots: the sum of the K_b bounds; instance_slots: that plus B (layout.inst_offset);
-// sums: the images' (rows + 1) x (cols + 1) in all; pyramid_nodes: their CellPyramid sizes.
+// sums: the images' (rows + 1) x (cols + 1) in all; pyramid_nodes: their CellPyramid sizes, or 0
+// when no image keeps more than kFarBruteForceMax centres (pyramid stays null).
 ManyCenters take_many_centers(Scratch& scratch, int64_t cells, int64_t sums, int64_t pyramid_nodes,
                               int64_t center_slots, int64_t instance_slots, int64_t batch,
                               int64_t num_classes);

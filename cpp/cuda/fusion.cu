@@ -3,8 +3,9 @@
 //   vote_and_count   one pass over the pixels: thing test, nearest centre (brute force over tiles
 //                    of centres in shared memory; strict '<' in index order = ties to the lower
 //                    index, the CPU's exact answer; above kBruteForceCentersMax centres a ring
-//                    search in a grid of cells, and a quadtree walk for votes outside it, the
-//                    same answer), instance map, and one
+//                    search in a grid of cells, and for votes outside it every centre or,
+//                    above kFarBruteForceMax, a quadtree walk: the same answer), instance map,
+//                    and one
 //                    histogram over (instance, class) pairs. Row 0 of the histogram (no
 //                    instance) is the unassigned area per class; rows 1..K give areas and the
 //                    majority vote. Bins are counted in shared memory when the table is small,
@@ -269,8 +270,9 @@ __global__ void first_ring_kernel(ManyCenters many, int64_t batch) {
   }
 }
 
-// One level of each image's quadtree for votes outside its grid (CellPyramid): level 0 from the
-// cells' centres, each level above from the one below (a launch per level, in order).
+// One level of each image's quadtree for votes outside its grid (CellPyramid; built when an image
+// may keep more than kFarBruteForceMax centres): level 0 from the cells' centres, each level above
+// from the one below (a launch per level, in order).
 __global__ void pyramid_level_kernel(ManyCenters many, int level) {
   const int64_t b = blockIdx.y, node = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   const CellPyramid tree{many.grid[b]};
@@ -289,15 +291,16 @@ __global__ void pyramid_level_kernel(ManyCenters many, int level) {
 // Nearest of an image's centres to a finite vote, ties to the lower index (brute force's answer):
 // rings of cells outward from the vote's cell (from its first occupied ring) until a ring's lower
 // bound exceeds the best distance (a centre there is strictly farther), so every centre that
-// could win or tie is compared. Votes outside the grid search the image's quadtree, as on the
-// CPU. cell_start, first_ring, pyramid: the image's.
+// could win or tie is compared. Votes outside the grid compare every centre or search the image's
+// quadtree, as on the CPU. cell_start, first_ring, pyramid: the image's.
 __device__ int32_t nearest_in_grid(const VoteGrid& grid, const int64_t* cell_start,
                                    const int32_t* first_ring, const int32_t* pyramid,
                                    const int32_t* cell_centers, const float* cy, const float* cx,
-                                   float qy, float qx) {
+                                   int64_t count, float qy, float qx) {
   const int64_t cell = grid.cell_of_vote(qy, qx);
   if (cell < 0) {
-    return nearest_center_far(CellPyramid{grid}, pyramid, cell_start, cell_centers, cy, cx, qy, qx);
+    return nearest_center_outside(CellPyramid{grid}, pyramid, cell_start, cell_centers, cy, cx,
+                                  count, qy, qx);
   }
   int32_t best = -1;
   float best_distance = 0.0f;
@@ -452,7 +455,7 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
         const int64_t cells = a.many.cell_offset[b];
         best = nearest_in_grid(a.many.grid[b], a.many.cell_start + cells, a.many.first_ring + cells,
                                a.many.pyramid + a.many.pyramid_offset[b], a.many.cell_centers,
-                               a.centers.y + first, a.centers.x + first, qy, qx);
+                               a.centers.y + first, a.centers.x + first, num_centers, qy, qx);
       }
     } else if (kSearch == kWarpPrunedSearch) {
       best = nearest_pruned(tile_y, tile_x, num_centers, voting, qy, qx);
@@ -929,7 +932,7 @@ ManyCenters take_many_centers(Scratch& scratch, int64_t cells, int64_t sums, int
   taken.cell_centers = scratch.take<int32_t>(center_slots, "vote grid");
   taken.first_ring = scratch.take<int32_t>(cells, "vote grid");
   taken.occupied_sums = scratch.take<int32_t>(sums, "vote grid");
-  taken.pyramid = scratch.take<int32_t>(pyramid_nodes, "vote grid");
+  taken.pyramid = pyramid_nodes > 0 ? scratch.take<int32_t>(pyramid_nodes, "vote grid") : nullptr;
   taken.scan = take_scan_temp(scratch, cells + 1);
   taken.class_keys = scratch.take<int64_t>(instance_slots, "instance numbering");
   taken.sorted_keys = scratch.take<int64_t>(instance_slots, "instance numbering");
@@ -1017,9 +1020,10 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
     check_launch("occupied_columns_kernel");
     first_ring_kernel<<<grid_for(m.cells, kThreads), kThreads, 0, stream>>>(m, batch);
     check_launch("first_ring_kernel");
-    // max_rows x max_cols bounds every image's tree: the largest top, the most nodes per level.
+    // The quadtrees, where an image may keep more than kFarBruteForceMax centres; max_rows x
+    // max_cols bounds every image's tree: the largest top, the most nodes per level.
     const CellPyramid largest{VoteGrid{0, 1, 0, m.max_rows, m.max_cols}};
-    for (int level = 0; level <= largest.top(); ++level) {
+    for (int level = 0; m.pyramid && level <= largest.top(); ++level) {
       const dim3 node_grid(grid_for(largest.nodes(level), kThreads), static_cast<unsigned>(batch));
       pyramid_level_kernel<<<node_grid, kThreads, 0, stream>>>(m, level);
       check_launch("pyramid_level_kernel");

@@ -665,7 +665,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     sums_offset.push_back(sums);
     sums += (g.rows + 1) * (g.cols + 1);
     pyramid_offset.push_back(pyramid_nodes);
-    pyramid_nodes += CellPyramid{g}.size();
+    if (max_instances > kFarBruteForceMax) pyramid_nodes += CellPyramid{g}.size();
     max_rows = std::max(max_rows, g.rows);
     max_cols = std::max(max_cols, g.cols);
   }

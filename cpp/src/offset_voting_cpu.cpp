@@ -107,7 +107,7 @@ struct CenterIndex::Lists {
   std::vector<int64_t> bucket_start;  // centres bucketed by cell, increasing index in a bucket
   std::vector<int32_t> bucket_centers;
   std::vector<int32_t> occupied_sums;   // VoteGrid::occupied_in_square
-  std::vector<int32_t> pyramid;         // for votes outside the grid (nearest_center_far)
+  std::vector<int32_t> pyramid;         // above kFarBruteForceMax centres (nearest_center_far)
   std::vector<std::atomic<int>> state;  // kEmpty -> kBuilding -> kReady, per cell
   std::vector<std::vector<Candidate>> lists;
   static constexpr int kEmpty = 0, kBuilding = 1, kReady = 2;
@@ -140,13 +140,15 @@ CenterIndex::CenterIndex(int64_t height, int64_t width, const std::vector<int64_
         static_cast<int32_t>(c);
   }
   g.occupied_sums = build_occupied_sums(grid_, g.bucket_start);
-  g.pyramid = build_pyramid(CellPyramid{grid_}, g.bucket_start, g.bucket_centers);
+  if (num_centers > kFarBruteForceMax) {
+    g.pyramid = build_pyramid(CellPyramid{grid_}, g.bucket_start, g.bucket_centers);
+  }
 }
 
 int32_t CenterIndex::nearest_far(float qy, float qx) const {
   const Lists& g = *lists_;
-  return nearest_center_far(CellPyramid{grid_}, g.pyramid.data(), g.bucket_start.data(),
-                            g.bucket_centers.data(), cy_.data(), cx_.data(), qy, qx);
+  return nearest_center_outside(CellPyramid{grid_}, g.pyramid.data(), g.bucket_start.data(),
+                                g.bucket_centers.data(), cy_.data(), cx_.data(), size(), qy, qx);
 }
 
 CenterIndex::~CenterIndex() = default;

@@ -12,9 +12,9 @@
 // for bit, ties included. A query scans its cell's list in LB order and stops at the first LB above
 // the best distance found, so a vote deep inside one instance usually costs one distance. Lists are
 // built by searching rings of cells outward from the cell until the ring's distance bound exceeds
-// the best upper bound. Votes that land outside the grid (huge offsets) search a quadtree over the
-// cells instead (nearest_center_far); non-finite votes join no instance. Memory: O(H*W) for the
-// instance map plus O(cells + candidates).
+// the best upper bound. Votes that land outside the grid (huge offsets) compare every centre
+// while they are few, else search a quadtree over the cells (nearest_center_outside); non-finite
+// votes join no instance. Memory: O(H*W) for the instance map plus O(cells + candidates).
 #pragma once
 
 #include <algorithm>
@@ -56,6 +56,22 @@ PDL_HOST_DEVICE float center_distance(float cy, float cx, float qy, float qx) {
 #else
   return squared_distance_f32(cy - qy, cx - qx);
 #endif
+}
+
+// Nearest of all `count` centres, ties to the lower index. Distances that overflow to +inf tie
+// like any other value.
+PDL_HOST_DEVICE int32_t nearest_center_brute_force(const float* cy, const float* cx, int64_t count,
+                                                   float qy, float qx) {
+  int32_t best = 0;
+  float best_distance = center_distance(cy[0], cx[0], qy, qx);
+  for (int64_t c = 1; c < count; ++c) {
+    const float d = center_distance(cy[c], cx[c], qy, qx);
+    if (d < best_distance) {
+      best_distance = d;
+      best = static_cast<int32_t>(c);
+    }
+  }
+  return best;
 }
 
 // A cell's candidate: a centre and a lower bound of its distance to any point of the cell.
@@ -363,6 +379,22 @@ PDL_HOST_DEVICE int32_t nearest_center_far(const CellPyramid& tree, const int32_
       j = pj;
     }
   }
+}
+
+// Up to this many centres a vote outside the grid compares every centre (about 1 ns each on the
+// CPU); above, it walks the quadtree (0.5-1 us a vote from 256 to 4096 centres, far votes on
+// one thread): the two cross near 750 centres (benchmarks/RESULTS.md). No quadtree is built
+// for fewer.
+constexpr int64_t kFarBruteForceMax = 768;
+
+// Nearest of `count` centres to a vote outside the grid, ties to the lower index; `pyramid` is
+// read (and needed) only above kFarBruteForceMax centres.
+PDL_HOST_DEVICE int32_t nearest_center_outside(const CellPyramid& tree, const int32_t* pyramid,
+                                               const int64_t* cell_start,
+                                               const int32_t* cell_centers, const float* cy,
+                                               const float* cx, int64_t count, float qy, float qx) {
+  if (count <= kFarBruteForceMax) return nearest_center_brute_force(cy, cx, count, qy, qx);
+  return nearest_center_far(tree, pyramid, cell_start, cell_centers, cy, cx, qy, qx);
 }
 
 // About two cells per centre (measured best among 1-16 on the CPU): lists stay short, few are
