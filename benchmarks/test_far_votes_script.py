@@ -10,8 +10,8 @@ def test_far_votes_rows_on_a_small_scene():
     assert [(r["std"], r["threads"], r["runs"]) for r in rows] == [
         (0.0, 1, 2),
         (0.0, 2, 2),
-        (1e6, 1, 1),
-        (1e6, 2, 1),
+        (1e6, 1, 2),
+        (1e6, 2, 2),
     ]
     assert all(r["centres"] == rows[0]["centres"] > 100 for r in rows)
     assert rows[0]["outside"] == 0.0 and rows[2]["outside"] > 0.99  # std 0: no vote leaves
@@ -21,3 +21,9 @@ def test_far_votes_rows_on_a_small_scene():
     assert rows[0]["ids"] == rows[0]["centres"]
     assert 1 < rows[2]["ids"] < rows[0]["ids"]
     assert rows[2]["ids"] == rows[3]["ids"]  # thread counts agree
+
+
+def test_far_votes_with_top_k():
+    [row] = far_votes.measure(96, 160, stds=(1e6,), threads=(1,), rounds=3, top_k=5)
+    assert row["centres"] == 5 and row["runs"] == 3
+    assert 1 < row["ids"] <= 5
