@@ -490,16 +490,16 @@ def test_non_finite_heatmaps_and_offsets(device):
     off = s.off.copy()
     off[0, ::3, ::4] = np.nan
     off[1, 5::9, ::2] = np.inf
-    off[0, 2::11, 1::3] = 1e30  # finite but far outside the vote grid: its quadtree
+    off[0, 2::11, 1::3] = 1e30  # finite but far outside the vote grid
     r = both(device, s.sem, ctr, off, stuff_area=8)
     assert [10, 10] in r.centers.tolist()
 
 
 def _far_votes(height, width, seed):
-    """Offsets sending every pixel outside the vote grid (a few pixels beyond the image) in all
-    eight directions, at every scale from 10 px to float32's largest: far enough that all the
-    distances round to one value (ties to index 0) or overflow to +inf, and votes exactly
-    between two centre rows or columns (ties to the lower index)."""
+    """Offsets sending most votes outside the vote grid (a few pixels beyond the image) in all
+    eight directions, at every scale from 10 px (some of these still land inside) to float32's
+    largest: far enough that all the distances round to one value (ties to index 0) or overflow
+    to +inf, and votes exactly between two centre rows or columns (ties to the lower index)."""
     rng = np.random.default_rng(seed)
     shape = (height, width)
     scale = 10.0 ** rng.uniform(1, 38.5, (2, *shape))

@@ -130,6 +130,12 @@ struct alignas(std::min<size_t>(16, kPackPixels * sizeof(T))) PixelPack {
   T v[kPackPixels];
 };
 
+// Whether `data` may be read or written as PixelPack<T>s.
+template <typename T>
+bool pack_aligned(const void* data) {
+  return reinterpret_cast<uintptr_t>(data) % alignof(PixelPack<T>) == 0;
+}
+
 // Whether `v` ([B, 1, H, W]) is one row-major block of whole packs: element (b, y, x) at
 // b*H*W + y*W + x from a start aligned for PixelPack<T>, and H*W a multiple of kPackPixels (a
 // pack never spans two images).
@@ -138,8 +144,7 @@ bool packable(const StridedView& v) {
   const int64_t h = v.height(), w = v.width();
   const bool row_major = (w == 1 || v.strides[3] == 1) && (h == 1 || v.strides[2] == w) &&
                          (v.batch() == 1 || v.strides[0] == h * w);
-  return row_major && h * w % kPackPixels == 0 &&
-         reinterpret_cast<uintptr_t>(v.data) % alignof(PixelPack<T>) == 0;
+  return row_major && h * w % kPackPixels == 0 && pack_aligned<T>(v.data);
 }
 
 // label_range_kernel over `packs` packs of a packable label array; min and max in the labels' own
@@ -1253,8 +1258,7 @@ void write_panoptic(const StridedView& sem, const FuseLayout& layout, const Fuse
     with_output_type(out.dtype, [&](auto out_tag) {
       using TOut = decltype(out_tag);
       if (packed_loads.load(std::memory_order_relaxed) && packable<TSem>(sem) &&
-          packable<TOut>(out) &&
-          reinterpret_cast<uintptr_t>(buffers.instance) % alignof(PixelPack<int32_t>) == 0) {
+          packable<TOut>(out) && pack_aligned<int32_t>(buffers.instance)) {
         const int64_t packs = sem.height() * sem.width() / kPackPixels;
         const dim3 grid(  // batch <= 65535 (CudaMerge checks)
             resident_blocks_per_image(write_packed_kernel<TSem, TOut>, 0, sem.batch(), packs),
