@@ -11,6 +11,7 @@
 #ifdef PDL_POST_HAVE_CUDA
 #include "cuda_bindings.h"
 #endif
+#include "pdl_post/float_mode.h"
 #include "pdl_post/panoptic_targets.h"
 #include "pdl_post/pipeline.h"
 #include "pdl_post/semantic_argmax.h"
@@ -111,6 +112,13 @@ PYBIND11_MODULE(_core, m) {
         argmax_logits_cpu(in, o, num_threads);
       },
       py::arg("logits"), py::arg("out"), py::arg("num_threads"));
+
+  m.def("_get_float_modes", &IeeeFloatModes::read,
+        "The calling thread's floating-point modes (x86 MXCSR, AArch64 FPCR; 0 elsewhere).");
+  m.def("_set_float_modes", &IeeeFloatModes::write, py::arg("modes"),
+        "Sets the calling thread's floating-point modes (a value from _get_float_modes).");
+  m.def("_ieee_float_modes", &IeeeFloatModes::ieee, py::arg("modes"),
+        "`modes` with round to nearest, subnormals kept and exceptions masked (float_mode.h).");
 
   m.def("_set_cpu_avx2", &set_cpu_avx2, py::arg("enabled"),
         "Tests: use the AVX2 copies where the processor has them (default True); returns the "

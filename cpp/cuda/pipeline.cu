@@ -11,6 +11,7 @@
 #include <string>
 
 #include "cuda_common.cuh"
+#include "pdl_post/float_mode.h"
 
 namespace pdl_post {
 
@@ -445,6 +446,7 @@ struct CudaMerge::State {
 CudaMerge::CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers,
                      const FuseParams& params)
     : state_(std::make_unique<State>()) {
+  const IeeeFloatModes float_modes;  // host-side conversions (threshold) as the CPU's
   State& s = *state_;
   s.in = inputs;
   s.centers = centers;
@@ -569,6 +571,7 @@ std::pair<int64_t, int64_t> CudaMerge::label_range() const {
 }
 
 std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_segments, bool wait) {
+  const IeeeFloatModes float_modes;  // host-side conversions (threshold) as the CPU's
   if (!state_) throw ValueError("CudaMerge.finish: the job was released");
   State& s = *state_;
   if (s.finished) throw ValueError("CudaMerge.finish: already called");

@@ -121,18 +121,18 @@ struct Context {
   void* sp = nullptr;
 };
 
-// A context that starts fiber_entry on the stack below `top` (16-byte aligned), with the
-// calling thread's floating-point modes.
+// A context that starts fiber_entry on the stack below `top` (16-byte aligned), with a GPU's
+// floating-point modes whatever the calling thread's: round to nearest, subnormals kept (code
+// built without -ftz), no traps. MXCSR: FTZ, rounding control and DAZ cleared (0xe040), the six
+// exception masks set (0x1f80); the x87 control word its default (0x037f).
 void start_context(Context& c, char* top) {
   auto* slot = reinterpret_cast<uint64_t*>(top);
   slot[-1] = 0;                                         // fiber_entry's return address: unused
   slot[-2] = reinterpret_cast<uint64_t>(&fiber_entry);  // where pdl_emu_switch returns to
   for (int i = 3; i <= 8; ++i) slot[-i] = 0;            // rbp, rbx, r12-r15
-  uint16_t control_word = 0;
-  asm volatile("fnstcw %0" : "=m"(control_word));
   auto* modes = reinterpret_cast<uint32_t*>(slot - 9);
-  modes[0] = _mm_getcsr();
-  modes[1] = control_word;
+  modes[0] = (_mm_getcsr() & ~0xe040u) | 0x1f80u;
+  modes[1] = 0x037f;
   c.sp = slot - 9;
 }
 

@@ -103,6 +103,15 @@ __global__ void dynamic_shared_overrun(int* out) {
   out[threadIdx.x] = 0;
 }
 
+// What a GPU computes whatever the host thread's modes: subnormals kept, round to nearest.
+// out[3t..3t+2] = [1e-40 > 0, bits of 1 + 2^-24 (a tie: 1), bits of 1e-40 * 1].
+__global__ void float_modes(int* out) {
+  volatile float subnormal = 1e-40f, one = 1.0f, half_ulp = 0x1p-24f;
+  out[threadIdx.x * 3] = subnormal > 0.0f ? 1 : 0;
+  out[threadIdx.x * 3 + 1] = __float_as_int(one + half_ulp);
+  out[threadIdx.x * 3 + 2] = __float_as_int(subnormal * one);
+}
+
 }  // namespace
 
 // Runs one named case on a fresh device buffer of 7 x 64 ints; returns the launch's error text
@@ -140,6 +149,8 @@ std::pair<std::string, std::vector<int>> run_selftest(const std::string& name) {
     stack_overflow<<<1, kThreads>>>(out);
   } else if (name == "null_pointer_write") {
     null_pointer_write<<<1, kThreads>>>(out, nullptr);
+  } else if (name == "float_modes") {
+    float_modes<<<1, kThreads>>>(out);
   } else if (name == "too_many_threads") {
     copy<<<1, 2048>>>(in, out);
   } else if (name == "too_much_dynamic_shared_memory") {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "pdl_post/center_nms.h"
+#include "pdl_post/float_mode.h"
 
 namespace pdl_post {
 namespace {
@@ -145,6 +146,7 @@ void filter_peaks(Plane<const T> ctr, const std::vector<int64_t>& candidates, in
   }
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
+    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
     std::vector<T> scratch(static_cast<size_t>(3 * width));
     T* h = scratch.data();
 #pragma omp for schedule(dynamic, 16)
@@ -158,6 +160,7 @@ void filter_peaks(Plane<const T> ctr, const std::vector<int64_t>& candidates, in
   const int64_t strips = static_cast<int64_t>(strip_peaks.size());
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(dynamic, 1)
   for (int64_t t = 0; t < strips; ++t) {
+    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
     column_peaks(ctr, row_max, candidates, height, width, threshold, k, height * t / strips,
                  height * (t + 1) / strips, strip_peaks[t]);
   }
@@ -221,7 +224,10 @@ std::vector<Peak> find_peaks_cpu(Plane<const T> ctr, int64_t height, int64_t wid
   // Pass 1: candidates (h > 0) per row.
   std::vector<int64_t> candidates(static_cast<size_t>(height), 0);
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
-  for (int64_t y = 0; y < height; ++y) candidates[y] = row_candidates(ctr, y, width, threshold);
+  for (int64_t y = 0; y < height; ++y) {
+    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
+    candidates[y] = row_candidates(ctr, y, width, threshold);
+  }
   const int64_t total = std::accumulate(candidates.begin(), candidates.end(), int64_t{0});
   if (total == 0) return peaks;
   // Contiguous strips (a few per thread: candidate rows cluster), concatenated in order: the
@@ -238,6 +244,7 @@ std::vector<Peak> find_peaks_cpu(Plane<const T> ctr, int64_t height, int64_t wid
     const std::atomic<bool>* stop = strategy == NmsStrategy::kAuto ? &gave_up : nullptr;
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(dynamic, 1)
     for (int64_t t = 0; t < strips; ++t) {
+      const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
       if (!sparse_peaks(ctr, candidates, height, width, threshold, k, height * t / strips,
                         height * (t + 1) / strips, stop, strip_peaks[t])) {
         gave_up.store(true, std::memory_order_relaxed);

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "pdl_post/float_mode.h"
 #include "pdl_post/majority_vote.h"
 #include "pdl_post/semantic_argmax.h"
 
@@ -38,6 +39,7 @@ std::vector<int64_t> majority_by_sorting(const SegmentStats& stats, const ClassI
   std::vector<std::vector<int64_t>> counts(threads, std::vector<int64_t>(K + 1, 0));
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static, 1)
   for (int t = 0; t < threads; ++t) {
+    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
     for (int64_t y = height * t / threads; y < height * (t + 1) / threads; ++y) {
       for (int64_t x = 0; x < width; ++x) ++counts[t][instance[y * width + x]];
     }
@@ -55,6 +57,7 @@ std::vector<int64_t> majority_by_sorting(const SegmentStats& stats, const ClassI
   std::vector<int32_t> grouped(static_cast<size_t>(start[K + 1]));
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static, 1)
   for (int t = 0; t < threads; ++t) {
+    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
     int64_t* position = counts[t].data();
     for (int64_t y = height * t / threads; y < height * (t + 1) / threads; ++y) {
       for (int64_t x = 0; x < width; ++x) {
@@ -68,6 +71,7 @@ std::vector<int64_t> majority_by_sorting(const SegmentStats& stats, const ClassI
   std::vector<int64_t> class_of(K + 1, -1);
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
+    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
     std::vector<int64_t> histogram(C, 0);
     std::vector<int32_t> touched;
 #pragma omp for schedule(dynamic, 4)
@@ -118,6 +122,7 @@ void accumulate_probabilities(const StridedView& logits, Plane<const TSem> sem,
   std::atomic<int64_t> next_block{0};  // blocks handed out in order, one at a time
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static, 1)
   for (int t = 0; t < threads; ++t) {
+    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
     // One run of a row: each pixel's slot (-1: not scored) and target class, its softmax terms.
     const size_t run = static_cast<size_t>(std::min(width, kLogitRunPixels));
     std::vector<int64_t> slots(run), targets(run);
@@ -230,6 +235,7 @@ SegmentStats count_segments(Plane<const TSem> sem, const int32_t* instance, int6
   std::vector<SegmentStats> partial(threads, SegmentStats(num_instances, classes.size, dense));
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static, 1)
   for (int t = 0; t < threads; ++t) {
+    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
     RunCounter counter(partial[t].counter());
     for (int64_t y = height * t / threads; y < height * (t + 1) / threads; ++y) {
       for (int64_t x = 0; x < width; ++x) {
@@ -299,6 +305,7 @@ void write_panoptic(Plane<const TSem> sem, const int32_t* instance, const ClassI
   const TOut* class_label = tables.class_label.data();
 #pragma omp parallel for num_threads(num_threads) if (num_threads > 1) schedule(static)
   for (int64_t y = 0; y < height; ++y) {
+    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
     for (int64_t x = 0; x < width; ++x) {
       const int64_t p = y * width + x;
       out[p] = panoptic_label(instance[p], classes.index(sem(y, x)), instance_label, class_label);

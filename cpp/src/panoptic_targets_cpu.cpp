@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "pdl_post/float_mode.h"
 #include "pdl_post/panoptic_targets.h"
 
 namespace pdl_post {
@@ -110,6 +111,7 @@ SegmentSums segment_sums(const Plane<const TP>& pan, const SegmentIndex& index, 
   runs.assign(threads, StripRuns{});
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static, 1)
   for (int t = 0; t < threads; ++t) {
+    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
     int64_t* area = partial[t].area.data();
     int64_t* sum_y = partial[t].sum_y.data();
     int64_t* sum_x = partial[t].sum_x.data();
@@ -203,6 +205,7 @@ void targets_typed(const StridedView& panoptic, const TargetSegments& segments,
   const int64_t blocks = (height + kBlockRows - 1) / kBlockRows;
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
   for (int64_t b = 0; b < blocks; ++b) {
+    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
     const int64_t y0 = b * kBlockRows, y1 = std::min(height, y0 + kBlockRows);
     for (int64_t y = y0; y < y1; ++y) {
       int64_t* sem_row = semantic.row(y);
@@ -260,6 +263,7 @@ int64_t gaussian_table_extent(int64_t radius, int64_t height, int64_t width) {
 void panoptic_targets_cpu(const StridedView& panoptic, const TargetSegments& segments,
                           const TargetParams& params, const float* gaussian, int64_t gaussian_size,
                           const TargetOutputs& out, int num_threads) {
+  const IeeeFloatModes float_modes;  // the calling thread's (float_mode.h)
   const int64_t height = panoptic.height(), width = panoptic.width();
   if (panoptic.shape[0] != 1 || panoptic.shape[1] != 1) {
     throw ValueError("panoptic_targets: panoptic must be one [1, 1, H, W] map");

@@ -5,6 +5,7 @@
 #include <string>
 #include <type_traits>
 
+#include "pdl_post/float_mode.h"
 #include "pdl_post/offset_voting.h"
 #include "pdl_post/pipeline.h"
 
@@ -43,6 +44,7 @@ void for_each_image(int64_t batch, int64_t height, int threads, F&& body) {
     std::vector<std::exception_ptr> errors(static_cast<size_t>(batch));
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (int64_t b = 0; b < batch; ++b) {
+      const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
       try {
         body(b, 1);
       } catch (...) {
@@ -165,6 +167,7 @@ void vote_image(Plane<const TSem> sem, const ThingSource& things, Plane<const TO
   const int64_t strips = row_strips(height, threads);
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(dynamic, 1)
   for (int64_t s = 0; s < strips; ++s) {
+    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
     vote_rows_any_source<false>(sem, things, dy, dx, height * s / strips, height * (s + 1) / strips,
                                 width, index, instance, nullptr, nullptr);
   }
@@ -208,6 +211,7 @@ std::vector<Segment> merge_image(Plane<const TSem> sem, const ThingSource& thing
                                     SegmentStats(K, classes.size, dense));
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(dynamic, 1)
   for (int64_t s = 0; s < strips; ++s) {
+    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
     vote_rows_any_source<true>(sem, things, dy, dx, height * s / strips, height * (s + 1) / strips,
                                width, index, instance, &classes, &partial[s]);
   }
@@ -232,6 +236,7 @@ std::vector<Segment> fuse_image(Plane<const TSem> sem, const int32_t* instance, 
 }  // namespace
 
 std::pair<int64_t, int64_t> label_range(const StridedView& sem, int num_threads) {
+  const IeeeFloatModes float_modes;  // the calling thread's (float_mode.h)
   const int64_t height = sem.height(), width = sem.width();
   const int64_t rows = sem.batch() * height;
   if (rows * width == 0) return {0, -1};
@@ -242,6 +247,7 @@ std::pair<int64_t, int64_t> label_range(const StridedView& sem, int num_threads)
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static) \
     reduction(min : lo) reduction(max : hi)
     for (int64_t r = 0; r < rows; ++r) {
+      const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
       const Plane<const TSem> plane = plane_of<const TSem>(sem, r / height, 0);
       const TSem* row = plane.row(r % height);
       if (plane.stride_x == 1) {  // vectorisable
@@ -262,6 +268,7 @@ std::pair<int64_t, int64_t> label_range(const StridedView& sem, int num_threads)
 
 std::vector<ImageCenters> find_centers(const StridedView& ctr, const CenterOptions& options,
                                        int num_threads) {
+  const IeeeFloatModes float_modes;  // the calling thread's (float_mode.h)
   std::vector<ImageCenters> result(static_cast<size_t>(ctr.batch()));
   for_each_image(
       ctr.batch(), ctr.height(), resolve_threads(num_threads),
@@ -273,6 +280,7 @@ void group_pixels(const StridedView& sem, const std::vector<int64_t>& thing_ids,
                   const StridedView& thing_mask, const StridedView& off,
                   const std::vector<ImageCenters>& centers, const StridedView& instance,
                   int num_threads) {
+  const IeeeFloatModes float_modes;  // the calling thread's (float_mode.h)
   const ThingTable table(thing_ids);
   const int64_t height = off.height(), width = off.width();
   const DType sem_dtype = sem.data ? sem.dtype : DType::kUInt8;
@@ -301,6 +309,7 @@ std::vector<std::vector<Segment>> fuse(const StridedView& sem, const StridedView
                                        const FuseParams& params, const StridedView& logits,
                                        const std::vector<ImageCenters>& centers,
                                        const StridedView& out, int num_threads) {
+  const IeeeFloatModes float_modes;  // the calling thread's (float_mode.h)
   std::vector<std::vector<Segment>> result(static_cast<size_t>(sem.batch()));
   const int64_t height = sem.height(), width = sem.width();
   for_each_image(
@@ -326,6 +335,7 @@ std::vector<ImageResult> merge(const StridedView& sem, const StridedView& ctr,
                                const StridedView& logits, int64_t max_label,
                                const CenterOptions& center_options, const FuseParams& params,
                                const StridedView& out, int num_threads) {
+  const IeeeFloatModes float_modes;  // the calling thread's (float_mode.h)
   std::vector<ImageResult> result(static_cast<size_t>(sem.batch()));
   const ThingTable table(params.thing_ids);
   const int64_t height = sem.height(), width = sem.width();

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <vector>
 
+#include "pdl_post/float_mode.h"
 #include "pdl_post/semantic_argmax.h"
 
 namespace pdl_post {
@@ -32,6 +33,7 @@ void argmax_typed(const StridedView& logits, const StridedView& labels, int num_
   num_threads = row_threads(resolve_threads(num_threads), rows);  // 0: all cores
 #pragma omp parallel num_threads(num_threads) if (num_threads > 1)
   {
+    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
     const size_t run = static_cast<size_t>(std::min(width, kLogitRunPixels));
     std::vector<T> value(run);
     std::vector<int32_t> best(run), have(run);
@@ -161,6 +163,7 @@ bool cpu_avx2_in_use() {
 }
 
 void argmax_logits_cpu(const StridedView& logits, const StridedView& labels, int num_threads) {
+  const IeeeFloatModes float_modes;  // the calling thread's (float_mode.h)
   if (labels.dtype != DType::kInt32) throw ValueError("argmax_logits: labels must be int32");
   if (logits.channels() < 1) throw ValueError("argmax_logits: logits need at least one channel");
   if (logits.dtype == DType::kFloat32) return argmax_typed<float>(logits, labels, num_threads);

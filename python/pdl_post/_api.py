@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pdl_post import _core, _cuda
+from pdl_post._float_modes import with_ieee_float_modes
 from pdl_post._inputs import (
     as_numpy,
     check_choice,
@@ -294,6 +295,7 @@ _MERGE_DOC_PARAMS = """
 """
 
 
+@with_ieee_float_modes
 def merge(
     sem,
     ctr,
@@ -359,6 +361,7 @@ merge.__doc__ = (
 )
 
 
+@with_ieee_float_modes
 def postprocess(
     sem,
     ctr,
@@ -416,6 +419,7 @@ postprocess.__doc__ = (
 )
 
 
+@with_ieee_float_modes
 def find_centers(
     ctr,
     *,
@@ -510,6 +514,7 @@ def _check_centers(centers, batch: int, height: int, width: int, batched: bool) 
     return checked
 
 
+@with_ieee_float_modes
 def group_pixels(
     sem,
     centers,
@@ -571,6 +576,7 @@ def group_pixels(
     return out
 
 
+@with_ieee_float_modes
 def fuse(
     sem,
     instance,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from pdl_post import _core
+from pdl_post._float_modes import with_ieee_float_modes
 from pdl_post._inputs import (
     LABEL_DTYPES,
     WIDENED_LABEL_DTYPES,
@@ -116,6 +117,7 @@ def _check_out(out, panoptic: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+@with_ieee_float_modes
 def panoptic_targets(
     panoptic,
     segment_ids,

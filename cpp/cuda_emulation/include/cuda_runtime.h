@@ -40,6 +40,11 @@ inline float __int_as_float(int x) {
   std::memcpy(&f, &x, sizeof f);
   return f;
 }
+inline int __float_as_int(float f) {
+  int x;
+  std::memcpy(&x, &f, sizeof x);
+  return x;
+}
 
 // Atomics: the threads of the emulator never run at the same time, so plain read-modify-write.
 template <typename T>
