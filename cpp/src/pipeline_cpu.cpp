@@ -1,5 +1,6 @@
 // CPU batch driver: dtype dispatch, image- or row-parallel scheduling, stage composition.
 #include <algorithm>
+#include <atomic>
 #include <exception>
 #include <limits>
 #include <string>
@@ -12,6 +13,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#endif
 
 namespace pdl_post {
 
@@ -23,8 +27,28 @@ bool openmp_enabled() {
 #endif
 }
 
+namespace {
+
+// A child of fork() runs every region on its calling thread. GNU OpenMP cannot start a team
+// again in a child once the parent had one (ours, or torch's: they share the runtime): the child
+// waits at the team's barrier for workers that fork did not copy, for ever. Which parent had one
+// cannot be asked, so every child of a process that loaded us counts; results do not depend on
+// the thread count. Processes started by spawn or forkserver keep their threads.
+std::atomic<bool> in_forked_child{false};
+
+[[maybe_unused]] const bool fork_handler_registered = [] {
+#if defined(__unix__) || defined(__APPLE__)
+  return pthread_atfork(nullptr, nullptr, [] { in_forked_child.store(true); }) == 0;
+#else
+  return false;
+#endif
+}();
+
+}  // namespace
+
 int resolve_threads(int requested) {
 #ifdef _OPENMP
+  if (in_forked_child.load(std::memory_order_relaxed)) return 1;
   return requested > 0 ? requested : std::max(1, omp_get_max_threads());
 #else
   (void)requested;
