@@ -1319,3 +1319,55 @@ def test_fuse_sparse_instance_ids(backend):
         print("ok")
     """)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+_OUT_OF_MEMORY = """
+    import resource, sys
+    import numpy as np
+    import pdl_post
+
+    h, w = 1024, 2048
+    flat = np.ones((1, h, w), np.float32)  # every pixel a peak, its own instance (top_k=None)
+    sem = np.full((h, w), 11, np.int32)
+    off = np.zeros((2, h, w), np.float32)
+    pdl_post.merge(sem[:8, :8], flat[:, :8, :8], off[:, :8, :8], num_threads=2)  # threads started
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    used = int(open("/proc/self/statm").read().split()[0]) * 4096
+    resource.setrlimit(resource.RLIMIT_AS, (used + int(float(sys.argv[1]) * 2**20), hard))
+    try:
+        pdl_post.merge(sem, flat, off, top_k=None, label_divisor=1 << 24, num_threads=2)
+        outcome = "ok"
+    except MemoryError:
+        outcome = "MemoryError"
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    # Whatever failed, the next call works.
+    out = pdl_post.merge(sem, flat, off, top_k=None, label_divisor=1 << 24, num_threads=2)
+    expected = 11 * (1 << 24) + np.arange(1, h * w + 1).reshape(h, w)
+    assert (out == expected).all()
+    print(outcome)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is Linux-only here")
+def test_out_of_memory_raises_memory_error_never_aborts():
+    """Allocations that fail inside the CPU path's OpenMP regions raise MemoryError.
+
+    An exception leaving an OpenMP region terminates the process; a flat heatmap with top_k=None
+    (2 M peaks, each pixel its own instance) under address-space limits of 10-400 MB above what
+    the process holds failed inside regions (peak lists, vote strips) and aborted at 20-40 and
+    250 MB before ParallelRegion. Each limit runs in a fresh process (a heap grown by earlier
+    calls would move where the allocations fail)."""
+    outcomes = []
+    for headroom_mb in (10, 20, 25, 30, 40, 60, 100, 150, 250, 400):
+        proc = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(_OUT_OF_MEMORY), str(headroom_mb)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "OMP_NUM_THREADS": "2"},
+        )
+        assert proc.returncode == 0, (
+            f"{headroom_mb} MB: rc {proc.returncode}: {proc.stderr[-2000:]}"
+        )
+        outcomes.append(proc.stdout.strip())
+    assert set(outcomes) <= {"ok", "MemoryError"} and "MemoryError" in outcomes, outcomes

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "pdl_post/center_nms.h"
-#include "pdl_post/float_mode.h"
+#include "pdl_post/parallel_region.h"
 
 namespace pdl_post {
 namespace {
@@ -144,26 +144,32 @@ void filter_peaks(Plane<const T> ctr, const std::vector<int64_t>& candidates, in
   for (int64_t y = 0; y < height; ++y) {
     if (slot[y] >= 0) row_max[y] = storage.get() + slot[y] * width;
   }
+  ParallelRegion rows;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
-    std::vector<T> scratch(static_cast<size_t>(3 * width));
-    T* h = scratch.data();
+    std::vector<T> scratch;  // per thread, taken in the first row (inside run: it may throw)
 #pragma omp for schedule(dynamic, 16)
     for (int64_t y = 0; y < height; ++y) {
       if (slot[y] < 0) continue;
-      threshold_row(ctr, y, width, threshold, h);
-      row_window_max(h, width, k, scratch.data() + width, scratch.data() + 2 * width,
-                     storage.get() + slot[y] * width);
+      rows.run([&] {
+        scratch.resize(static_cast<size_t>(3 * width));
+        threshold_row(ctr, y, width, threshold, scratch.data());
+        row_window_max(scratch.data(), width, k, scratch.data() + width, scratch.data() + 2 * width,
+                       storage.get() + slot[y] * width);
+      });
     }
   }
+  rows.rethrow();
   const int64_t strips = static_cast<int64_t>(strip_peaks.size());
+  ParallelRegion columns;
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(dynamic, 1)
   for (int64_t t = 0; t < strips; ++t) {
-    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
-    column_peaks(ctr, row_max, candidates, height, width, threshold, k, height * t / strips,
-                 height * (t + 1) / strips, strip_peaks[t]);
+    columns.run([&] {
+      column_peaks(ctr, row_max, candidates, height, width, threshold, k, height * t / strips,
+                   height * (t + 1) / strips, strip_peaks[t]);
+    });
   }
+  columns.rethrow();
 }
 
 // The sparse path: each candidate tested against its window (is_window_peak, the GPU's per-pixel
@@ -223,11 +229,12 @@ std::vector<Peak> find_peaks_cpu(Plane<const T> ctr, int64_t height, int64_t wid
   const int threads = row_threads(num_threads, height);
   // Pass 1: candidates (h > 0) per row.
   std::vector<int64_t> candidates(static_cast<size_t>(height), 0);
+  ParallelRegion candidate_rows;
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
   for (int64_t y = 0; y < height; ++y) {
-    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
-    candidates[y] = row_candidates(ctr, y, width, threshold);
+    candidate_rows.run([&] { candidates[y] = row_candidates(ctr, y, width, threshold); });
   }
+  candidate_rows.rethrow();
   const int64_t total = std::accumulate(candidates.begin(), candidates.end(), int64_t{0});
   if (total == 0) return peaks;
   // Contiguous strips (a few per thread: candidate rows cluster), concatenated in order: the
@@ -242,14 +249,17 @@ std::vector<Peak> find_peaks_cpu(Plane<const T> ctr, int64_t height, int64_t wid
     // giving up stops the others (the filter then does the whole plane).
     std::atomic<bool> gave_up{false};
     const std::atomic<bool>* stop = strategy == NmsStrategy::kAuto ? &gave_up : nullptr;
+    ParallelRegion sparse_strips;
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(dynamic, 1)
     for (int64_t t = 0; t < strips; ++t) {
-      const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
-      if (!sparse_peaks(ctr, candidates, height, width, threshold, k, height * t / strips,
-                        height * (t + 1) / strips, stop, strip_peaks[t])) {
-        gave_up.store(true, std::memory_order_relaxed);
-      }
+      sparse_strips.run([&] {
+        if (!sparse_peaks(ctr, candidates, height, width, threshold, k, height * t / strips,
+                          height * (t + 1) / strips, stop, strip_peaks[t])) {
+          gave_up.store(true, std::memory_order_relaxed);
+        }
+      });
     }
+    sparse_strips.rethrow();
     sparse = !gave_up.load();
     if (!sparse) g_sparse_given_up.fetch_add(1, std::memory_order_relaxed);
   }

@@ -5,8 +5,8 @@
 #include <string>
 #include <vector>
 
-#include "pdl_post/float_mode.h"
 #include "pdl_post/majority_vote.h"
+#include "pdl_post/parallel_region.h"
 #include "pdl_post/semantic_argmax.h"
 
 namespace pdl_post {
@@ -37,13 +37,16 @@ std::vector<int64_t> majority_by_sorting(const SegmentStats& stats, const ClassI
   const int threads = row_threads(num_threads, height);
   // Per strip and instance: where the strip's pixels of the instance start in `grouped`.
   std::vector<std::vector<int64_t>> counts(threads, std::vector<int64_t>(K + 1, 0));
+  ParallelRegion instance_counts;
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static, 1)
   for (int t = 0; t < threads; ++t) {
-    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
-    for (int64_t y = height * t / threads; y < height * (t + 1) / threads; ++y) {
-      for (int64_t x = 0; x < width; ++x) ++counts[t][instance[y * width + x]];
-    }
+    instance_counts.run([&] {
+      for (int64_t y = height * t / threads; y < height * (t + 1) / threads; ++y) {
+        for (int64_t x = 0; x < width; ++x) ++counts[t][instance[y * width + x]];
+      }
+    });
   }
+  instance_counts.rethrow();
   std::vector<int64_t> start(K + 2, 0);
   for (int64_t k = 1; k <= K; ++k) start[k + 1] = start[k] + stats.area[k];
   for (int64_t k = 1; k <= K; ++k) {
@@ -55,43 +58,50 @@ std::vector<int64_t> majority_by_sorting(const SegmentStats& stats, const ClassI
     }
   }
   std::vector<int32_t> grouped(static_cast<size_t>(start[K + 1]));
+  ParallelRegion grouping;
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static, 1)
   for (int t = 0; t < threads; ++t) {
-    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
-    int64_t* position = counts[t].data();
-    for (int64_t y = height * t / threads; y < height * (t + 1) / threads; ++y) {
-      for (int64_t x = 0; x < width; ++x) {
-        const int32_t inst = instance[y * width + x];
-        if (inst > 0) {
-          grouped[position[inst]++] = static_cast<int32_t>(classes.index(sem(y, x)));
+    grouping.run([&] {
+      int64_t* position = counts[t].data();
+      for (int64_t y = height * t / threads; y < height * (t + 1) / threads; ++y) {
+        for (int64_t x = 0; x < width; ++x) {
+          const int32_t inst = instance[y * width + x];
+          if (inst > 0) {
+            grouped[position[inst]++] = static_cast<int32_t>(classes.index(sem(y, x)));
+          }
         }
       }
-    }
+    });
   }
+  grouping.rethrow();
   std::vector<int64_t> class_of(K + 1, -1);
+  ParallelRegion majorities;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
-    std::vector<int64_t> histogram(C, 0);
+    std::vector<int64_t> histogram;  // per thread, taken in the first instance (inside run)
     std::vector<int32_t> touched;
 #pragma omp for schedule(dynamic, 4)
     for (int64_t k = 1; k <= K; ++k) {
       if (stats.area[k] == 0) continue;
-      for (int64_t i = start[k]; i < start[k + 1]; ++i) {
-        if (histogram[grouped[i]]++ == 0) touched.push_back(grouped[i]);
-      }
-      int64_t best = -1, best_count = 0;
-      for (int32_t c : touched) {
-        if (histogram[c] > best_count || (histogram[c] == best_count && c < best)) {
-          best = c;
-          best_count = histogram[c];
+      majorities.run([&] {
+        histogram.resize(static_cast<size_t>(C));
+        for (int64_t i = start[k]; i < start[k + 1]; ++i) {
+          if (histogram[grouped[i]]++ == 0) touched.push_back(grouped[i]);
         }
-        histogram[c] = 0;
-      }
-      touched.clear();
-      class_of[k] = best;
+        int64_t best = -1, best_count = 0;
+        for (int32_t c : touched) {
+          if (histogram[c] > best_count || (histogram[c] == best_count && c < best)) {
+            best = c;
+            best_count = histogram[c];
+          }
+          histogram[c] = 0;
+        }
+        touched.clear();
+        class_of[k] = best;
+      });
     }
   }
+  majorities.rethrow();
   return class_of;
 }
 
@@ -120,50 +130,53 @@ void accumulate_probabilities(const StridedView& logits, Plane<const TSem> sem,
   std::vector<std::vector<double>> acc(threads, std::vector<double>(num_slots));
   std::vector<std::vector<int64_t>> last_block(threads, std::vector<int64_t>(num_slots, -1));
   std::atomic<int64_t> next_block{0};  // blocks handed out in order, one at a time
+  ParallelRegion probability_threads;
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static, 1)
   for (int t = 0; t < threads; ++t) {
-    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
-    // One run of a row: each pixel's slot (-1: not scored) and target class, its softmax terms.
-    const size_t run = static_cast<size_t>(std::min(width, kLogitRunPixels));
-    std::vector<int64_t> slots(run), targets(run);
-    std::vector<double> maxima(run), totals(run), mines(run);
-    double* sum_of = acc[t].data();
-    int64_t* block_of = last_block[t].data();
-    for (int64_t blk = next_block++; blk < blocks; blk = next_block++) {
-      std::vector<int64_t>& touched = block_slots[blk];
-      const int64_t y1 = std::min(height, (blk + 1) * kScoreBlockRows);
-      for (int64_t y = blk * kScoreBlockRows; y < y1; ++y) {
-        for (int64_t x0 = 0; x0 < width; x0 += kLogitRunPixels) {
-          const int64_t n = std::min(width - x0, kLogitRunPixels);
-          bool any = false;
-          for (int64_t i = 0; i < n; ++i) {
-            const int64_t x = x0 + i;
-            const int32_t inst = instance[y * width + x];
-            const int64_t c = inst > 0 ? tables.class_of[inst] : classes.index(sem(y, x));
-            slots[i] = inst > 0 ? slot_of_instance[inst] : slot_of_class[c];
-            targets[i] = slots[i] < 0 ? -1 : classes.label(c);
-            any |= slots[i] >= 0;
-          }
-          if (!any) continue;
-          softmax_run_cpu(&plane(y, x0), stride_c, stride_x, n, channels, targets.data(),
-                          maxima.data(), totals.data(), mines.data());
-          // Into the block's sums in row-major order, as softmax_probability one pixel at a time.
-          for (int64_t i = 0; i < n; ++i) {
-            const int64_t slot = slots[i];
-            if (slot < 0) continue;
-            if (block_of[slot] != blk) {
-              block_of[slot] = blk;
-              sum_of[slot] = 0.0;
-              touched.push_back(slot);
+    probability_threads.run([&] {
+      // One run of a row: each pixel's slot (-1: not scored) and target class, its softmax terms.
+      const size_t run = static_cast<size_t>(std::min(width, kLogitRunPixels));
+      std::vector<int64_t> slots(run), targets(run);
+      std::vector<double> maxima(run), totals(run), mines(run);
+      double* sum_of = acc[t].data();
+      int64_t* block_of = last_block[t].data();
+      for (int64_t blk = next_block++; blk < blocks; blk = next_block++) {
+        std::vector<int64_t>& touched = block_slots[blk];
+        const int64_t y1 = std::min(height, (blk + 1) * kScoreBlockRows);
+        for (int64_t y = blk * kScoreBlockRows; y < y1; ++y) {
+          for (int64_t x0 = 0; x0 < width; x0 += kLogitRunPixels) {
+            const int64_t n = std::min(width - x0, kLogitRunPixels);
+            bool any = false;
+            for (int64_t i = 0; i < n; ++i) {
+              const int64_t x = x0 + i;
+              const int32_t inst = instance[y * width + x];
+              const int64_t c = inst > 0 ? tables.class_of[inst] : classes.index(sem(y, x));
+              slots[i] = inst > 0 ? slot_of_instance[inst] : slot_of_class[c];
+              targets[i] = slots[i] < 0 ? -1 : classes.label(c);
+              any |= slots[i] >= 0;
             }
-            sum_of[slot] += mines[i] / totals[i];
+            if (!any) continue;
+            softmax_run_cpu(&plane(y, x0), stride_c, stride_x, n, channels, targets.data(),
+                            maxima.data(), totals.data(), mines.data());
+            // Into the block's sums in row-major order, as softmax_probability one pixel at a time.
+            for (int64_t i = 0; i < n; ++i) {
+              const int64_t slot = slots[i];
+              if (slot < 0) continue;
+              if (block_of[slot] != blk) {
+                block_of[slot] = blk;
+                sum_of[slot] = 0.0;
+                touched.push_back(slot);
+              }
+              sum_of[slot] += mines[i] / totals[i];
+            }
           }
         }
+        block_sums[blk].reserve(touched.size());
+        for (int64_t slot : touched) block_sums[blk].push_back(sum_of[slot]);
       }
-      block_sums[blk].reserve(touched.size());
-      for (int64_t slot : touched) block_sums[blk].push_back(sum_of[slot]);
-    }
+    });
   }
+  probability_threads.rethrow();
   // Blocks added in order; a slot a block did not touch would add +0.0 there, which changes
   // nothing (the sums are never -0.0).
   sums.assign(static_cast<size_t>(num_slots), 0.0);
@@ -233,16 +246,19 @@ SegmentStats count_segments(Plane<const TSem> sem, const int32_t* instance, int6
   const int threads = row_threads(num_threads, height);
   const bool dense = use_dense_pairs(num_instances, classes.size, threads);
   std::vector<SegmentStats> partial(threads, SegmentStats(num_instances, classes.size, dense));
+  ParallelRegion count_threads;
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static, 1)
   for (int t = 0; t < threads; ++t) {
-    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
-    RunCounter counter(partial[t].counter());
-    for (int64_t y = height * t / threads; y < height * (t + 1) / threads; ++y) {
-      for (int64_t x = 0; x < width; ++x) {
-        counter.add(instance[y * width + x], classes.index(sem(y, x)));
+    count_threads.run([&] {
+      RunCounter counter(partial[t].counter());
+      for (int64_t y = height * t / threads; y < height * (t + 1) / threads; ++y) {
+        for (int64_t x = 0; x < width; ++x) {
+          counter.add(instance[y * width + x], classes.index(sem(y, x)));
+        }
       }
-    }
+    });
   }
+  count_threads.rethrow();
   for (int t = 1; t < threads; ++t) partial[0].merge_from(partial[t]);
   return std::move(partial[0]);
 }
@@ -303,14 +319,17 @@ void write_panoptic(Plane<const TSem> sem, const int32_t* instance, const ClassI
                     int num_threads) {
   const TOut* instance_label = tables.instance_label.data();
   const TOut* class_label = tables.class_label.data();
+  ParallelRegion panoptic_rows;
 #pragma omp parallel for num_threads(num_threads) if (num_threads > 1) schedule(static)
   for (int64_t y = 0; y < height; ++y) {
-    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
-    for (int64_t x = 0; x < width; ++x) {
-      const int64_t p = y * width + x;
-      out[p] = panoptic_label(instance[p], classes.index(sem(y, x)), instance_label, class_label);
-    }
+    panoptic_rows.run([&] {
+      for (int64_t x = 0; x < width; ++x) {
+        const int64_t p = y * width + x;
+        out[p] = panoptic_label(instance[p], classes.index(sem(y, x)), instance_label, class_label);
+      }
+    });
   }
+  panoptic_rows.rethrow();
 }
 
 template <typename TSem, typename TOut>

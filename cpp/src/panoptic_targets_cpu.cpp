@@ -4,8 +4,8 @@
 #include <string>
 #include <vector>
 
-#include "pdl_post/float_mode.h"
 #include "pdl_post/panoptic_targets.h"
+#include "pdl_post/parallel_region.h"
 
 namespace pdl_post {
 namespace {
@@ -109,27 +109,30 @@ SegmentSums segment_sums(const Plane<const TP>& pan, const SegmentIndex& index, 
                          std::vector<StripRuns>& runs) {
   std::vector<SegmentSums> partial(threads, SegmentSums(num_slots));
   runs.assign(threads, StripRuns{});
+  ParallelRegion sum_threads;
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static, 1)
   for (int t = 0; t < threads; ++t) {
-    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
-    int64_t* area = partial[t].area.data();
-    int64_t* sum_y = partial[t].sum_y.data();
-    int64_t* sum_x = partial[t].sum_x.data();
-    StripRuns& strip = runs[t];
-    for (int64_t y = height * t / threads; y < height * (t + 1) / threads; ++y) {
+    sum_threads.run([&] {
+      int64_t* area = partial[t].area.data();
+      int64_t* sum_y = partial[t].sum_y.data();
+      int64_t* sum_x = partial[t].sum_x.data();
+      StripRuns& strip = runs[t];
+      for (int64_t y = height * t / threads; y < height * (t + 1) / threads; ++y) {
+        strip.row_begin.push_back(strip.end.size());
+        for_each_run(pan.row(y), pan.stride_x, width, [&](int64_t id, int64_t x0, int64_t x1) {
+          const int32_t k = index.find(id);
+          const int64_t n = x1 - x0;
+          area[k] += n;
+          sum_y[k] += y * n;
+          sum_x[k] += (x0 + x1 - 1) * n / 2;
+          strip.segment.push_back(k);
+          strip.end.push_back(x1);
+        });
+      }
       strip.row_begin.push_back(strip.end.size());
-      for_each_run(pan.row(y), pan.stride_x, width, [&](int64_t id, int64_t x0, int64_t x1) {
-        const int32_t k = index.find(id);
-        const int64_t n = x1 - x0;
-        area[k] += n;
-        sum_y[k] += y * n;
-        sum_x[k] += (x0 + x1 - 1) * n / 2;
-        strip.segment.push_back(k);
-        strip.end.push_back(x1);
-      });
-    }
-    strip.row_begin.push_back(strip.end.size());
+    });
   }
+  sum_threads.rethrow();
   SegmentSums total(num_slots);
   for (const SegmentSums& p : partial) {
     for (size_t k = 0; k < num_slots; ++k) {
@@ -203,53 +206,56 @@ void targets_typed(const StridedView& panoptic, const TargetSegments& segments,
   const Plane<float> off_w = plane_of<float>(out.offset_weights, 0, 0);
   const int64_t r = params.radius;
   const int64_t blocks = (height + kBlockRows - 1) / kBlockRows;
+  ParallelRegion target_blocks;
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
   for (int64_t b = 0; b < blocks; ++b) {
-    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
-    const int64_t y0 = b * kBlockRows, y1 = std::min(height, y0 + kBlockRows);
-    for (int64_t y = y0; y < y1; ++y) {
-      int64_t* sem_row = semantic.row(y);
-      float *sw = sem_w.row(y), *cw = ctr_w.row(y), *ow = off_w.row(y);
-      float *oy = off_y.row(y), *ox = off_x.row(y);
-      std::fill(center.row(y), center.row(y) + width, 0.0f);
-      // The statistics pass split the rows the same way: strip t holds rows
-      // [height * t / threads, height * (t + 1) / threads).
-      const int64_t t = ((y + 1) * threads - 1) / height;
-      const StripRuns& strip = runs[t];
-      const size_t row = static_cast<size_t>(y - height * t / threads);
-      int64_t x0 = 0;
-      for (size_t i = strip.row_begin[row]; i < strip.row_begin[row + 1]; ++i) {
-        const int64_t x1 = strip.end[i];
-        const SegmentTarget& s = table[strip.segment[i]];
-        std::fill(sem_row + x0, sem_row + x1, s.semantic);
-        std::fill(sw + x0, sw + x1, s.semantic_weight);
-        std::fill(cw + x0, cw + x1, s.center_weight);
-        std::fill(ow + x0, ow + x1, s.offset_weight);
-        if (s.offset_weight != 0.0f) {
-          std::fill(oy + x0, oy + x1, offset_to(s.cy, y));
-          const double cx = s.cx;
-          for (int64_t x = x0; x < x1; ++x) {
-            ox[x] = static_cast<float>(cx - static_cast<double>(static_cast<int32_t>(x)));
+    target_blocks.run([&] {
+      const int64_t y0 = b * kBlockRows, y1 = std::min(height, y0 + kBlockRows);
+      for (int64_t y = y0; y < y1; ++y) {
+        int64_t* sem_row = semantic.row(y);
+        float *sw = sem_w.row(y), *cw = ctr_w.row(y), *ow = off_w.row(y);
+        float *oy = off_y.row(y), *ox = off_x.row(y);
+        std::fill(center.row(y), center.row(y) + width, 0.0f);
+        // The statistics pass split the rows the same way: strip t holds rows
+        // [height * t / threads, height * (t + 1) / threads).
+        const int64_t t = ((y + 1) * threads - 1) / height;
+        const StripRuns& strip = runs[t];
+        const size_t row = static_cast<size_t>(y - height * t / threads);
+        int64_t x0 = 0;
+        for (size_t i = strip.row_begin[row]; i < strip.row_begin[row + 1]; ++i) {
+          const int64_t x1 = strip.end[i];
+          const SegmentTarget& s = table[strip.segment[i]];
+          std::fill(sem_row + x0, sem_row + x1, s.semantic);
+          std::fill(sw + x0, sw + x1, s.semantic_weight);
+          std::fill(cw + x0, cw + x1, s.center_weight);
+          std::fill(ow + x0, ow + x1, s.offset_weight);
+          if (s.offset_weight != 0.0f) {
+            std::fill(oy + x0, oy + x1, offset_to(s.cy, y));
+            const double cx = s.cx;
+            for (int64_t x = x0; x < x1; ++x) {
+              ox[x] = static_cast<float>(cx - static_cast<double>(static_cast<int32_t>(x)));
+            }
+          } else {
+            std::fill(oy + x0, oy + x1, 0.0f);
+            std::fill(ox + x0, ox + x1, 0.0f);
           }
-        } else {
-          std::fill(oy + x0, oy + x1, 0.0f);
-          std::fill(ox + x0, ox + x1, 0.0f);
-        }
-        x0 = x1;
-      }
-    }
-    // Gaussians clipped to this block's rows: max over windows, order-independent.
-    for (const Window& w : windows) {
-      const int64_t wy0 = std::max(y0, w.y - r), wy1 = std::min(y1, w.y + r + 1);
-      const int64_t wx0 = std::max<int64_t>(0, w.x - r), wx1 = std::min(width, w.x + r + 1);
-      for (int64_t y = wy0; y < wy1; ++y) {
-        float* row = center.row(y);
-        for (int64_t x = wx0; x < wx1; ++x) {
-          row[x] = std::max(row[x], gaussian_at(gaussian, y - w.y, x - w.x));
+          x0 = x1;
         }
       }
-    }
+      // Gaussians clipped to this block's rows: max over windows, order-independent.
+      for (const Window& w : windows) {
+        const int64_t wy0 = std::max(y0, w.y - r), wy1 = std::min(y1, w.y + r + 1);
+        const int64_t wx0 = std::max<int64_t>(0, w.x - r), wx1 = std::min(width, w.x + r + 1);
+        for (int64_t y = wy0; y < wy1; ++y) {
+          float* row = center.row(y);
+          for (int64_t x = wx0; x < wx1; ++x) {
+            row[x] = std::max(row[x], gaussian_at(gaussian, y - w.y, x - w.x));
+          }
+        }
+      }
+    });
   }
+  target_blocks.rethrow();
 }
 
 }  // namespace

@@ -6,8 +6,8 @@
 #include <string>
 #include <type_traits>
 
-#include "pdl_post/float_mode.h"
 #include "pdl_post/offset_voting.h"
+#include "pdl_post/parallel_region.h"
 #include "pdl_post/pipeline.h"
 
 #ifdef _OPENMP
@@ -189,12 +189,16 @@ void vote_image(Plane<const TSem> sem, const ThingSource& things, Plane<const TO
                 Plane<const TOff> dx, int64_t height, int64_t width, CenterIndex& index,
                 int32_t* instance, int threads) {
   const int64_t strips = row_strips(height, threads);
+  ParallelRegion vote_strips;
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(dynamic, 1)
   for (int64_t s = 0; s < strips; ++s) {
-    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
-    vote_rows_any_source<false>(sem, things, dy, dx, height * s / strips, height * (s + 1) / strips,
-                                width, index, instance, nullptr, nullptr);
+    vote_strips.run([&] {
+      vote_rows_any_source<false>(sem, things, dy, dx, height * s / strips,
+                                  height * (s + 1) / strips, width, index, instance, nullptr,
+                                  nullptr);
+    });
   }
+  vote_strips.rethrow();
 }
 
 // Fusion steps 2-3 (and scores) once the statistics exist; `instance` may be `out` itself.
@@ -233,12 +237,16 @@ std::vector<Segment> merge_image(Plane<const TSem> sem, const ThingSource& thing
   }
   std::vector<SegmentStats> partial(static_cast<size_t>(strips),
                                     SegmentStats(K, classes.size, dense));
+  ParallelRegion count_strips;
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(dynamic, 1)
   for (int64_t s = 0; s < strips; ++s) {
-    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
-    vote_rows_any_source<true>(sem, things, dy, dx, height * s / strips, height * (s + 1) / strips,
-                               width, index, instance, &classes, &partial[s]);
+    count_strips.run([&] {
+      vote_rows_any_source<true>(sem, things, dy, dx, height * s / strips,
+                                 height * (s + 1) / strips, width, index, instance, &classes,
+                                 &partial[s]);
+    });
   }
+  count_strips.rethrow();
   for (int64_t s = 1; s < strips; ++s) partial[0].merge_from(partial[s]);
   return finish_fusion(sem, instance, partial[0], classes, params, centers.score, logits, height,
                        width, out, threads);
@@ -268,24 +276,27 @@ std::pair<int64_t, int64_t> label_range(const StridedView& sem, int num_threads)
   return with_label_type(sem.dtype, "sem", [&](auto tag) {
     using TSem = decltype(tag);
     TSem lo = std::numeric_limits<TSem>::max(), hi = std::numeric_limits<TSem>::min();
+    ParallelRegion range_rows;
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static) \
     reduction(min : lo) reduction(max : hi)
     for (int64_t r = 0; r < rows; ++r) {
-      const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
-      const Plane<const TSem> plane = plane_of<const TSem>(sem, r / height, 0);
-      const TSem* row = plane.row(r % height);
-      if (plane.stride_x == 1) {  // vectorisable
-        for (int64_t x = 0; x < width; ++x) {
-          lo = std::min(lo, row[x]);
-          hi = std::max(hi, row[x]);
+      range_rows.run([&] {
+        const Plane<const TSem> plane = plane_of<const TSem>(sem, r / height, 0);
+        const TSem* row = plane.row(r % height);
+        if (plane.stride_x == 1) {  // vectorisable
+          for (int64_t x = 0; x < width; ++x) {
+            lo = std::min(lo, row[x]);
+            hi = std::max(hi, row[x]);
+          }
+        } else {
+          for (int64_t x = 0; x < width; ++x) {
+            lo = std::min(lo, row[x * plane.stride_x]);
+            hi = std::max(hi, row[x * plane.stride_x]);
+          }
         }
-      } else {
-        for (int64_t x = 0; x < width; ++x) {
-          lo = std::min(lo, row[x * plane.stride_x]);
-          hi = std::max(hi, row[x * plane.stride_x]);
-        }
-      }
+      });
     }
+    range_rows.rethrow();
     return std::pair<int64_t, int64_t>{lo, hi};
   });
 }

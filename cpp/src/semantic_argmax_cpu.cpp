@@ -4,7 +4,7 @@
 #include <atomic>
 #include <vector>
 
-#include "pdl_post/float_mode.h"
+#include "pdl_post/parallel_region.h"
 #include "pdl_post/semantic_argmax.h"
 
 namespace pdl_post {
@@ -31,39 +31,46 @@ void argmax_typed(const StridedView& logits, const StridedView& labels, int num_
   const int64_t rows = batch * height;
   const int64_t stride_c = logits.strides[1], stride_x = logits.strides[3];
   num_threads = row_threads(resolve_threads(num_threads), rows);  // 0: all cores
+  ParallelRegion label_rows;
 #pragma omp parallel num_threads(num_threads) if (num_threads > 1)
   {
-    const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
+    // Per thread, taken in the first row (inside run: allocating may throw).
     const size_t run = static_cast<size_t>(std::min(width, kLogitRunPixels));
-    std::vector<T> value(run);
-    std::vector<int32_t> best(run), have(run);
+    std::vector<T> value;
+    std::vector<int32_t> best, have;
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
-      const int64_t b = r / height, y = r % height;
-      const Plane<const T> src = plane_of<const T>(logits, b, 0);
-      const Plane<int32_t> dst = plane_of<int32_t>(labels, b, 0);
-      for (int64_t x0 = 0; x0 < width; x0 += kLogitRunPixels) {
-        const int64_t n = std::min(kLogitRunPixels, width - x0);
-        const T* first = &src(y, x0);
-        for (int64_t i = 0; i < n; ++i) {
-          const ArgmaxState<T> state = argmax_first(first[i * stride_x]);
-          value[i] = state.value;
-          best[i] = state.best;
-          have[i] = state.have;
-        }
-        for (int64_t c = 1; c < channels; ++c) {
-          const T* plane = first + c * stride_c;
-          const int32_t channel = static_cast<int32_t>(c);
-          if (stride_x == 1) {  // the usual layout: contiguous loads
-            argmax_run_step(plane, 1, n, channel, value.data(), best.data(), have.data());
-          } else {
-            argmax_run_step(plane, stride_x, n, channel, value.data(), best.data(), have.data());
+      label_rows.run([&] {
+        value.resize(run);
+        best.resize(run);
+        have.resize(run);
+        const int64_t b = r / height, y = r % height;
+        const Plane<const T> src = plane_of<const T>(logits, b, 0);
+        const Plane<int32_t> dst = plane_of<int32_t>(labels, b, 0);
+        for (int64_t x0 = 0; x0 < width; x0 += kLogitRunPixels) {
+          const int64_t n = std::min(kLogitRunPixels, width - x0);
+          const T* first = &src(y, x0);
+          for (int64_t i = 0; i < n; ++i) {
+            const ArgmaxState<T> state = argmax_first(first[i * stride_x]);
+            value[i] = state.value;
+            best[i] = state.best;
+            have[i] = state.have;
           }
+          for (int64_t c = 1; c < channels; ++c) {
+            const T* plane = first + c * stride_c;
+            const int32_t channel = static_cast<int32_t>(c);
+            if (stride_x == 1) {  // the usual layout: contiguous loads
+              argmax_run_step(plane, 1, n, channel, value.data(), best.data(), have.data());
+            } else {
+              argmax_run_step(plane, stride_x, n, channel, value.data(), best.data(), have.data());
+            }
+          }
+          for (int64_t i = 0; i < n; ++i) dst(y, x0 + i) = best[i];
         }
-        for (int64_t i = 0; i < n; ++i) dst(y, x0 + i) = best[i];
-      }
+      });
     }
   }
+  label_rows.rethrow();
 }
 
 // softmax_run_cpu's loops (kUnitStride: contiguous loads, which vectorise best). Every pixel of

@@ -7,11 +7,12 @@
 // pixel's answer would depend on which thread computed it (argmax of logits 0 and 1e-40, a
 // heatmap against threshold 0, softmax terms that underflow), and an infinite offset could kill
 // the process. The GPU (built without -ftz) and the reference compute with the defaults: round
-// to nearest, subnormals kept, exceptions masked. Every stretch of CPU work, on the calling
-// thread and in each parallel region (integer-only ones too: one rule, nothing to judge per
-// loop), holds an IeeeFloatModes while it runs; the modes found are put back when it ends. One
-// read per region and thread, two writes only where the modes differ: no cost measurable
-// (benchmarks/RESULTS.md, "IEEE float modes on every thread").
+// to nearest, subnormals kept, exceptions masked. Every stretch of CPU work holds an
+// IeeeFloatModes while it runs: each entry point on the calling thread, and each parallel region
+// on every thread through ParallelRegion (parallel_region.h; integer-only regions too: one rule,
+// nothing to judge per loop). The modes found are put back when it ends. One read per region and
+// thread, two writes only where the modes differ: no cost measurable (benchmarks/RESULTS.md,
+// "IEEE float modes on every thread").
 #pragma once
 
 #include <cstdint>
