@@ -8,11 +8,12 @@ MXCSR flush-to-zero and denormals-are-zero bits (x86-64; builds with the hook on
 guard writes; the answers must equal the default modes'. Prints a markdown table; the label names
 the build in its header, so that runs from two environments (one build each) compare::
 
-    .venv/bin/python benchmarks/float_modes.py after
+    .venv/bin/python benchmarks/float_modes.py after [--threads 2] [--calls 40]
 """
 
 from __future__ import annotations
 
+import argparse
 import platform
 import statistics
 import sys
@@ -78,8 +79,13 @@ def measure(height=1024, width=2048, threads=(1, 2), calls=30, small_calls=3000)
 
 
 def main(argv: list[str]) -> None:
-    label = argv[1] if len(argv) > 1 else "this build"
-    rows = measure()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("label", nargs="?", default="this build", help="the build's name")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--calls", type=int, default=30, help="calls per 1024x2048 merge row")
+    args = parser.parse_args(argv[1:])
+    label = args.label
+    rows = measure(threads=tuple(args.threads), calls=args.calls)
     print(f"| case | threads | mode | {label} (ms) |")
     print("|---|---:|---|---:|")
     for r in rows:
