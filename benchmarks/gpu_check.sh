@@ -5,7 +5,8 @@
 #   2. runs the device tests on the GPU (tests/test_merge.py, tests/test_cuda.py, the random
 #      inputs of tests/test_fuzz.py, the torch / detectron2 drop-in cases of
 #      tests/test_torch_interop.py and the reference model's merge of GPU outputs in
-#      tests/test_model_predict.py: GPU output == CPU output on every case; the CPU-only and
+#      tests/test_model_predict.py, and tests/test_float_modes.py's cases with the caller in
+#      flush-to-zero or another rounding: GPU output == CPU output on every case; the CPU-only and
 #      host-emulated cases are left to make test);
 #   3. times our GPU path, dense PyTorch on the same GPU and the device copy floor
 #      (benchmarks/gpu_bench.py: CUDA events, warm-up, median) and prints a table with the targets;
@@ -88,7 +89,7 @@ step "device tests on the GPU"
 # about something: reported, not fatal. A test that hangs fails after 120 s (pytest-timeout,
 # where installed).
 device_tests=(tests/test_merge.py tests/test_cuda.py tests/test_fuzz.py tests/test_torch_interop.py
-  tests/test_model_predict.py -q -p no:cacheprovider -k "cuda and not emulated" -W default
+  tests/test_model_predict.py tests/test_float_modes.py -q -p no:cacheprovider -k "cuda and not emulated" -W default
   --maxfail=10 --tb=short)
 "$PY" -c "import pytest_timeout" 2>/dev/null && device_tests+=(--timeout=120)
 within 300 "device tests" "$PY" -m pytest "${device_tests[@]}" --durations=8
