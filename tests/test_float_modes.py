@@ -266,3 +266,34 @@ def test_worker_threads_ignore_the_modes_they_start_with(tmp_path):
             np.testing.assert_array_equal(
                 got[key + "/scores"].view(np.uint64), scores.view(np.uint64)
             )
+
+
+def test_float_modes_on_aarch64_under_qemu(tmp_path):
+    """float_mode.h's FPCR path: tests/float_modes_probe.cpp cross-compiled for AArch64 and run
+    under qemu-user (where g++-aarch64-linux-gnu and qemu-user are installed)."""
+    import shutil
+    from pathlib import Path
+
+    compiler, qemu = shutil.which("aarch64-linux-gnu-g++"), shutil.which("qemu-aarch64")
+    if compiler is None or qemu is None:
+        pytest.skip(
+            "needs aarch64-linux-gnu-g++ and qemu-aarch64 (apt: g++-aarch64-linux-gnu qemu-user)"
+        )
+    root = Path(__file__).resolve().parents[1]
+    binary = tmp_path / "probe"
+    subprocess.run(
+        [
+            compiler,
+            "-O2",
+            "-std=c++17",
+            "-static",
+            f"-I{root / 'cpp' / 'include'}",
+            str(root / "tests" / "float_modes_probe.cpp"),
+            "-o",
+            str(binary),
+        ],
+        check=True,
+        timeout=300,
+    )
+    proc = subprocess.run([qemu, str(binary)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
