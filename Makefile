@@ -60,7 +60,7 @@ bench: build
 
 CPP_SOURCES := cpp/include/pdl_post/*.h cpp/src/*.cpp cpp/cuda/*.cu cpp/cuda/*.cuh src/*.cpp src/*.h \
 	cpp/cuda_emulation/*.cpp cpp/cuda_emulation/*.cu cpp/cuda_emulation/include/*.h cpp/cuda_emulation/include/*/*.h \
-	cpp/cuda_emulation/include/cub/*/*.cuh
+	cpp/cuda_emulation/include/cub/*/*.cuh tests/*.cpp
 
 lint: $(STAMP)
 	$(BIN)/ruff check python tests benchmarks models cpp/cuda_emulation

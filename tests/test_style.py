@@ -46,6 +46,7 @@ def test_clang_format_clean():
             "cpp/cuda/*.cu",
             "cpp/cuda/*.cuh",
             "src/*.cpp",
+            "tests/*.cpp",
         )
         for f in glob.glob(str(ROOT / pattern))
     ]
