@@ -286,10 +286,11 @@ _MERGE_DOC_PARAMS = """
         detectron2's rule (keeps peaks above the top_k-th value: at most top_k - 1, ties dropped).
     num_threads : int or None
         OpenMP threads. None: OpenMP's default, all cores unless ``OMP_NUM_THREADS`` or
-        ``omp_set_num_threads`` say otherwise (``torch.set_num_threads`` calls it: torch and
-        pdl_post share the runtime). Results are identical for every thread count. In a child of
-        ``fork()`` (a DataLoader worker, a multiprocessing pool on Linux) one thread: GNU OpenMP
-        cannot restart its threads there; spawn or forkserver workers keep theirs.
+        ``omp_set_num_threads`` say otherwise (``torch.set_num_threads`` calls it, where torch
+        shares pdl_post's GNU OpenMP, as torch's Linux wheels do). Results are identical for
+        every thread count. In a child of ``fork()`` (a DataLoader worker, a multiprocessing
+        pool on Linux) one thread: GNU OpenMP cannot restart its threads there; spawn or
+        forkserver workers keep theirs.
     backend : {"auto", "cpu", "reference", "cuda"}
         "reference" is the readable pure-Python implementation (numba-jitted when available).
         "auto" runs CUDA arrays (torch CUDA tensors, CuPy arrays, any ``__cuda_array_interface__``
