@@ -32,9 +32,9 @@ namespace {
 // A child of fork() runs every region on its calling thread. GNU OpenMP cannot start a team
 // again in a child once the parent had one (ours, or torch's where torch shares the runtime, as
 // its Linux wheels do): the child waits at the team's barrier for workers that fork did not
-// copy, for ever (tests/test_fork.py). Which parent had one
-// cannot be asked, so every child of a process that loaded us counts; results do not depend on
-// the thread count. Processes started by spawn or forkserver keep their threads.
+// copy, for ever (tests/test_fork.py). Which parent had one cannot be asked, so every child of
+// a process that loaded us counts; results do not depend on the thread count. Processes started
+// by spawn or forkserver keep their threads.
 std::atomic<bool> in_forked_child{false};
 
 [[maybe_unused]] const bool fork_handler_registered = [] {
