@@ -28,16 +28,17 @@ import pdl_post
 from pdl_post import synthetic, targets
 
 scene = synthetic.make_scene(128, 256, 6, seed=1)
-
+pan = np.where(scene.sem >= 11, scene.sem * 1000 + 1, scene.sem * 1000).astype(np.int32)
+ids = np.unique(pan)
 
 def work(threads):
     return pdl_post.merge(scene.sem, scene.ctr, scene.off, num_threads=threads)
+
 def target_work(threads):
-    pan = np.where(scene.sem >= 11, scene.sem * 1000 + 1, scene.sem * 1000).astype(np.int32)
-    ids = np.unique(pan)
     t = targets.panoptic_targets(pan, ids, ids // 1000, thing_ids=range(11, 19),
                                  num_threads=threads)
     return t["center"]
+
 expected = (work(1), target_work(1))
 if sys.argv[1] == "torch":  # only torch starts the shared OpenMP pool
     import torch
