@@ -49,15 +49,19 @@ else:
     target_work(2)
 
 def child(results):
-    results.put(([work(2), work(None)], [target_work(2), target_work(None)],
-                 pdl_post.build_info()["max_threads"]))
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = ([work(None), work(2), work(3)], [target_work(None), target_work(2)],
+               pdl_post.build_info()["max_threads"])
+    results.put((*out, [str(w.message) for w in caught if w.category is RuntimeWarning]))
 
 ctx = multiprocessing.get_context("fork")
 results = ctx.Queue()
 process = ctx.Process(target=child, args=(results,))
 process.start()
 try:
-    merged, centers, max_threads = results.get(timeout=60)
+    merged, centers, max_threads, warned = results.get(timeout=60)
 except queue.Empty:
     process.kill()
     sys.exit("the forked child hung (no result in 60 s)")
@@ -68,6 +72,8 @@ for m in merged:
 for c in centers:
     np.testing.assert_array_equal(c, expected[1])
 assert max_threads == 1, max_threads
+# Asking for threads there warns once (None, OpenMP's default, does not).
+assert len(warned) == 1 and "num_threads=2" in warned[0] and "fork()" in warned[0], warned
 np.testing.assert_array_equal(work(2), expected[0])  # the parent keeps its threads
 print("ok")
 """

@@ -35,11 +35,11 @@ namespace {
 // copy, for ever (tests/test_fork.py). Which parent had one cannot be asked, so every child of
 // a process that loaded us counts; results do not depend on the thread count. Processes started
 // by spawn or forkserver keep their threads.
-std::atomic<bool> in_forked_child{false};
+std::atomic<bool> in_forked_child_flag{false};
 
 [[maybe_unused]] const bool fork_handler_registered = [] {
 #if defined(__unix__) || defined(__APPLE__)
-  return pthread_atfork(nullptr, nullptr, [] { in_forked_child.store(true); }) == 0;
+  return pthread_atfork(nullptr, nullptr, [] { in_forked_child_flag.store(true); }) == 0;
 #else
   return false;
 #endif
@@ -47,9 +47,11 @@ std::atomic<bool> in_forked_child{false};
 
 }  // namespace
 
+bool in_forked_child() { return in_forked_child_flag.load(std::memory_order_relaxed); }
+
 int resolve_threads(int requested) {
 #ifdef _OPENMP
-  if (in_forked_child.load(std::memory_order_relaxed)) return 1;
+  if (in_forked_child()) return 1;
   return requested > 0 ? requested : std::max(1, omp_get_max_threads());
 #else
   (void)requested;

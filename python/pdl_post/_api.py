@@ -289,8 +289,8 @@ _MERGE_DOC_PARAMS = """
         ``omp_set_num_threads`` say otherwise (``torch.set_num_threads`` calls it, where torch
         shares pdl_post's GNU OpenMP, as torch's Linux wheels do). Results are identical for
         every thread count. In a child of ``fork()`` (a DataLoader worker, a multiprocessing
-        pool on Linux) one thread: GNU OpenMP cannot restart its threads there; spawn or
-        forkserver workers keep theirs.
+        pool on Linux) one thread, and a ``RuntimeWarning`` once if more are asked for: GNU
+        OpenMP cannot restart its threads there; spawn or forkserver workers keep theirs.
     backend : {"auto", "cpu", "reference", "cuda"}
         "reference" is the readable pure-Python implementation (numba-jitted when available).
         "auto" runs CUDA arrays (torch CUDA tensors, CuPy arrays, any ``__cuda_array_interface__``

@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import os
 import sys
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -230,6 +232,11 @@ def _checked_params(key: tuple) -> MergeParams:
     return _check_params(**{name: value for name, _, value in key})
 
 
+# A child of fork() checks its parameters afresh: asking for threads there warns (check_threads).
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_checked_params.cache_clear)
+
+
 def _check_params(
     *,
     thing_ids,
@@ -259,11 +266,30 @@ def _check_params(
     )
 
 
+_warned_forked_child = False
+
+
 def check_threads(num_threads) -> int:
-    """0 (all cores) for None, else the thread count (at most 2**31 - 1, OpenMP's int)."""
+    """0 (OpenMP's default) for None, else the thread count (at most 2**31 - 1, OpenMP's int).
+
+    In a child of fork() the core runs on one thread; asking for more there warns, once."""
+    global _warned_forked_child
     threads = check_int(num_threads, "num_threads", minimum=1, allow_none=True)
     if threads is not None and threads > INT32_MAX:
         raise ValueError(f"num_threads: expected at most {INT32_MAX} threads, got {threads}")
+    if threads is not None and threads > 1 and not _warned_forked_child:
+        from pdl_post import _core
+
+        if _core._in_forked_child():
+            _warned_forked_child = True
+            warnings.warn(
+                f"num_threads={threads}: this process is a child of fork(), where GNU OpenMP "
+                "cannot restart its threads once the parent has used them (the call would "
+                "hang), so pdl_post runs on one thread here; start workers with the spawn or "
+                "forkserver method to keep threads (this warning is shown once)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     return 0 if threads is None else threads
 
 

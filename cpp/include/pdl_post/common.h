@@ -172,8 +172,10 @@ inline int64_t row_strips(int64_t height, int threads) {
   return std::max<int64_t>(1, std::min<int64_t>(height, threads > 1 ? 4 * threads : 1));
 }
 
-// Thread count actually used: 1 without OpenMP, else the request (<= 0 means "all").
+// Thread count actually used: 1 without OpenMP or in a child of fork() (pipeline_cpu.cpp), else
+// the request (<= 0 means OpenMP's default).
 int resolve_threads(int requested);
 bool openmp_enabled();
+bool in_forked_child();
 
 }  // namespace pdl_post
