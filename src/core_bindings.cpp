@@ -113,8 +113,12 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("logits"), py::arg("out"), py::arg("num_threads"));
 
-  m.def("_in_forked_child", &in_forked_child,
-        "Whether this process is a child of fork() (its calls then run on one thread).");
+  m.def("_single_threaded_after_fork", &single_threaded_after_fork,
+        "Whether this process is a child of fork() whose parent's OpenMP threads could not be "
+        "released (its calls then run on one thread).");
+  m.def("_set_release_pool_at_fork", &set_release_pool_at_fork, py::arg("release"),
+        "Tests: release the forking thread's OpenMP threads before fork() (default True); "
+        "returns the previous setting.");
   m.def("_get_float_modes", &IeeeFloatModes::read,
         "The calling thread's floating-point modes (x86 MXCSR, AArch64 FPCR; 0 elsewhere).");
   m.def("_set_float_modes", &IeeeFloatModes::write, py::arg("modes"),

@@ -29,17 +29,34 @@ bool openmp_enabled() {
 
 namespace {
 
-// A child of fork() runs every region on its calling thread. GNU OpenMP cannot start a team
-// again in a child once the parent had one (ours, or torch's where torch shares the runtime, as
-// its Linux wheels do): the child waits at the team's barrier for workers that fork did not
-// copy, for ever (tests/test_fork.py). Which parent had one cannot be asked, so every child of
-// a process that loaded us counts; results do not depend on the thread count. Processes started
-// by spawn or forkserver keep their threads.
-std::atomic<bool> in_forked_child_flag{false};
+// fork(): GNU OpenMP keeps a pool of worker threads for each thread that leads teams. A child of
+// fork() has only the thread that forked and, if that thread led a team in the parent (ours, or
+// torch's: its Linux wheels load the same libgomp), its pool, listing workers that were not
+// copied: the child's next team waits for them for ever (tests/test_fork.py; torch's own ops
+// hang there too). So the forking thread's pool is released before every fork
+// (omp_pause_resource_all joins its workers; the parent's next region starts new ones, tens of
+// microseconds) and the child starts a pool of its own. Where it cannot be released (a fork from
+// inside a parallel region, a runtime without omp_pause_resource_all, or the test hook) the child
+// runs every region on its calling thread instead: the same answers.
+std::atomic<bool> release_pool_at_fork{true};  // set_release_pool_at_fork (tests)
+thread_local bool pool_kept_at_fork = false;   // the forking thread's, copied into the child
+std::atomic<bool> single_threaded_child{false};
 
-[[maybe_unused]] const bool fork_handler_registered = [] {
-#if defined(__unix__) || defined(__APPLE__)
-  return pthread_atfork(nullptr, nullptr, [] { in_forked_child_flag.store(true); }) == 0;
+[[maybe_unused]] void before_fork() {
+#if defined(_OPENMP) && defined(PDL_POST_HAVE_OMP_PAUSE)
+  pool_kept_at_fork = !release_pool_at_fork.load() || omp_pause_resource_all(omp_pause_hard) != 0;
+#else
+  pool_kept_at_fork = true;
+#endif
+}
+
+[[maybe_unused]] void in_child_after_fork() {
+  if (pool_kept_at_fork) single_threaded_child.store(true);
+}
+
+[[maybe_unused]] const bool fork_handlers_registered = [] {
+#if defined(_OPENMP) && (defined(__unix__) || defined(__APPLE__))
+  return pthread_atfork(before_fork, nullptr, in_child_after_fork) == 0;
 #else
   return false;
 #endif
@@ -47,11 +64,13 @@ std::atomic<bool> in_forked_child_flag{false};
 
 }  // namespace
 
-bool in_forked_child() { return in_forked_child_flag.load(std::memory_order_relaxed); }
+bool single_threaded_after_fork() { return single_threaded_child.load(std::memory_order_relaxed); }
+
+bool set_release_pool_at_fork(bool release) { return release_pool_at_fork.exchange(release); }
 
 int resolve_threads(int requested) {
 #ifdef _OPENMP
-  if (in_forked_child()) return 1;
+  if (single_threaded_after_fork()) return 1;
   return requested > 0 ? requested : std::max(1, omp_get_max_threads());
 #else
   (void)requested;

@@ -288,9 +288,8 @@ _MERGE_DOC_PARAMS = """
         OpenMP threads. None: OpenMP's default, all cores unless ``OMP_NUM_THREADS`` or
         ``omp_set_num_threads`` say otherwise (``torch.set_num_threads`` calls it, where torch
         shares pdl_post's GNU OpenMP, as torch's Linux wheels do). Results are identical for
-        every thread count. In a child of ``fork()`` (a DataLoader worker, a multiprocessing
-        pool on Linux) one thread, and a ``RuntimeWarning`` once if more are asked for: GNU
-        OpenMP cannot restart its threads there; spawn or forkserver workers keep theirs.
+        every thread count. Safe in a child of ``fork()`` after threaded calls in the parent
+        (README: the forking thread's OpenMP workers are released before the fork).
     backend : {"auto", "cpu", "reference", "cuda"}
         "reference" is the readable pure-Python implementation (numba-jitted when available).
         "auto" runs CUDA arrays (torch CUDA tensors, CuPy arrays, any ``__cuda_array_interface__``

@@ -272,7 +272,8 @@ _warned_forked_child = False
 def check_threads(num_threads) -> int:
     """0 (OpenMP's default) for None, else the thread count (at most 2**31 - 1, OpenMP's int).
 
-    In a child of fork() the core runs on one thread; asking for more there warns, once."""
+    Where a child of fork() must run on one thread (pipeline_cpu.cpp), asking for more warns,
+    once."""
     global _warned_forked_child
     threads = check_int(num_threads, "num_threads", minimum=1, allow_none=True)
     if threads is not None and threads > INT32_MAX:
@@ -280,13 +281,14 @@ def check_threads(num_threads) -> int:
     if threads is not None and threads > 1 and not _warned_forked_child:
         from pdl_post import _core
 
-        if _core._in_forked_child():
+        if _core._single_threaded_after_fork():
             _warned_forked_child = True
             warnings.warn(
-                f"num_threads={threads}: this process is a child of fork(), where GNU OpenMP "
-                "cannot restart its threads once the parent has used them (the call would "
-                "hang), so pdl_post runs on one thread here; start workers with the spawn or "
-                "forkserver method to keep threads (this warning is shown once)",
+                f"num_threads={threads}: this process is a child of fork() whose parent's "
+                "OpenMP threads could not be released before the fork (a fork from inside a "
+                "parallel region, or an OpenMP runtime without omp_pause_resource_all), and a "
+                "team here would wait for them for ever, so pdl_post runs on one thread; start "
+                "workers with the spawn or forkserver method to keep threads (shown once)",
                 RuntimeWarning,
                 stacklevel=2,
             )

@@ -164,9 +164,8 @@ def panoptic_targets(
         OpenMP threads. None: OpenMP's default, all cores unless ``OMP_NUM_THREADS`` or
         ``omp_set_num_threads`` say otherwise (``torch.set_num_threads`` calls it, where torch
         shares pdl_post's GNU OpenMP, as torch's Linux wheels do). Results are identical for
-        every thread count. In a child of ``fork()`` (a DataLoader worker, a multiprocessing
-        pool on Linux) one thread, and a ``RuntimeWarning`` once if more are asked for: GNU
-        OpenMP cannot restart its threads there; spawn or forkserver workers keep theirs.
+        every thread count. Safe in a child of ``fork()`` after threaded calls in the parent
+        (README: the forking thread's OpenMP workers are released before the fork).
     out : dict of numpy.ndarray, optional
         Arrays to write the targets into, with the keys, shapes and dtypes of the returned dict
         (writeable, rows contiguous, not overlapping ``panoptic`` or each other). Reusing them

@@ -172,10 +172,14 @@ inline int64_t row_strips(int64_t height, int threads) {
   return std::max<int64_t>(1, std::min<int64_t>(height, threads > 1 ? 4 * threads : 1));
 }
 
-// Thread count actually used: 1 without OpenMP or in a child of fork() (pipeline_cpu.cpp), else
-// the request (<= 0 means OpenMP's default).
+// Thread count actually used: 1 without OpenMP, or in a child of fork() whose OpenMP threads
+// could not be released before the fork (pipeline_cpu.cpp), else the request (<= 0 means
+// OpenMP's default).
 int resolve_threads(int requested);
 bool openmp_enabled();
-bool in_forked_child();
+bool single_threaded_after_fork();
+// Tests: whether the forking thread's OpenMP threads are released before fork() (default true);
+// returns the previous setting.
+bool set_release_pool_at_fork(bool release);
 
 }  // namespace pdl_post
