@@ -48,7 +48,6 @@ def torch_work():
     return float(torch.ones(1 << 22).mul_(2).sum())
 
 expected = (work(1), target_work(1))
-parent_threads = pdl_post.build_info()["max_threads"]
 if parent_pool == "torch":  # only torch starts the shared OpenMP pool
     import torch
     torch.set_num_threads(2)
@@ -56,6 +55,7 @@ if parent_pool == "torch":  # only torch starts the shared OpenMP pool
 else:
     work(2)
     target_work(2)
+parent_threads = pdl_post.build_info()["max_threads"]  # after torch.set_num_threads
 _core._set_release_pool_at_fork(release)
 
 def child(results):
