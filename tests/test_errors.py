@@ -1371,3 +1371,23 @@ def test_out_of_memory_raises_memory_error_never_aborts():
         )
         outcomes.append(proc.stdout.strip())
     assert set(outcomes) <= {"ok", "MemoryError"} and "MemoryError" in outcomes, outcomes
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_first_image_error_in_a_batch(threads):
+    """Where several images of a batch fail, the error is the first image's, on any thread count:
+    image-parallel at 4 threads and 4 images, image 3 fails long before images 1 and 2 (4
+    centres and short votes against 200 centres and votes far outside the image, each compared
+    with every centre)."""
+    h, w = 128, 256
+    sem = np.full((4, h, w), 11, np.int32)
+    sem[3] = 12
+    ctr = np.zeros((4, 1, h, w), np.float32)
+    ctr[1:3, 0, 4::10, 4::12] = 0.9  # 13 x 21 peaks, 200 kept
+    ctr[3, 0, 8, 4::64] = 0.9  # 4 peaks
+    off = np.zeros((4, 2, h, w), np.float32)
+    off[1:3, 0, 0::2], off[1:3, 0, 1::2] = 1e6, -1e6  # votes towards the four corners:
+    off[1:3, 1, :, 0::2], off[1:3, 1, :, 1::2] = 1e6, -1e6  # four instances, not one
+    for _ in range(5):  # more than label_divisor=3 instances in images 1-3
+        with pytest.raises(ValueError, match="label_divisor: class 11 has 3 or more instances"):
+            pdl_post.merge(sem, ctr, off, thing_ids=[11, 12], label_divisor=3, num_threads=threads)

@@ -1,7 +1,6 @@
 // CPU batch driver: dtype dispatch, image- or row-parallel scheduling, stage composition.
 #include <algorithm>
 #include <atomic>
-#include <exception>
 #include <limits>
 #include <string>
 #include <type_traits>
@@ -87,19 +86,10 @@ namespace {
 template <typename F>
 void for_each_image(int64_t batch, int64_t height, int threads, F&& body) {
   if (batch > 1 && threads > 1 && batch >= threads) {
-    std::vector<std::exception_ptr> errors(static_cast<size_t>(batch));
+    ParallelRegion images;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-    for (int64_t b = 0; b < batch; ++b) {
-      const IeeeFloatModes float_modes;  // each thread its own (float_mode.h)
-      try {
-        body(b, 1);
-      } catch (...) {
-        errors[b] = std::current_exception();
-      }
-    }
-    for (auto& e : errors) {
-      if (e) std::rethrow_exception(e);
-    }
+    for (int64_t b = 0; b < batch; ++b) images.run([&] { body(b, 1); }, b);
+    images.rethrow();
   } else {
     for (int64_t b = 0; b < batch; ++b) body(b, row_threads(threads, height));
   }
