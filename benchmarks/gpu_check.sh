@@ -89,8 +89,8 @@ step "device tests on the GPU"
 # about something: reported, not fatal. A test that hangs fails after 120 s (pytest-timeout,
 # where installed).
 device_tests=(tests/test_merge.py tests/test_cuda.py tests/test_fuzz.py tests/test_torch_interop.py
-  tests/test_model_predict.py tests/test_float_modes.py -q -p no:cacheprovider -k "cuda and not emulated" -W default
-  --maxfail=10 --tb=short)
+  tests/test_model_predict.py tests/test_float_modes.py -q -p no:cacheprovider
+  -k "cuda and not emulated" -W default --maxfail=10 --tb=short)
 "$PY" -c "import pytest_timeout" 2>/dev/null && device_tests+=(--timeout=120)
 within 300 "device tests" "$PY" -m pytest "${device_tests[@]}" --durations=8
 

@@ -5,8 +5,7 @@
 //                    index, the CPU's exact answer; above kBruteForceCentersMax centres a ring
 //                    search in a grid of cells, and for votes outside it every centre or,
 //                    above kFarBruteForceMax, a quadtree walk: the same answer), instance map,
-//                    and one
-//                    histogram over (instance, class) pairs. Row 0 of the histogram (no
+//                    and one histogram over (instance, class) pairs. Row 0 of the histogram (no
 //                    instance) is the unassigned area per class; rows 1..K give areas and the
 //                    majority vote. Bins are counted in shared memory when the table is small,
 //                    with warp-aggregated atomics, and flushed once per block; the counts are
