@@ -54,12 +54,12 @@ inline void bind_cuda(py::module_& m) {
         py::arg("producer"));
   // Test and benchmark hook: the vote's search among few centres (see VoteSearch).
   m.def(
-      "_set_cuda_vote_pruning",
-      [](bool pruned) {
-        return set_cuda_vote_search(pruned ? VoteSearch::kWarpPruned : VoteSearch::kBruteForce) ==
-               VoteSearch::kWarpPruned;
+      "_set_cuda_vote_group_minimum",
+      [](bool grouped) {
+        return set_cuda_vote_search(grouped ? VoteSearch::kGroupMinimum
+                                            : VoteSearch::kBruteForce) == VoteSearch::kGroupMinimum;
       },
-      py::arg("pruned"), "Returns the previous setting.");
+      py::arg("grouped"), "Returns the previous setting.");
   // Test and benchmark hook: 4 pixels per load where the inputs allow (see set_cuda_packed_loads).
   m.def("_set_cuda_packed_loads", &set_cuda_packed_loads, py::arg("packed"),
         "Returns the previous setting.");

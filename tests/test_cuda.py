@@ -201,8 +201,9 @@ def test_compacted_class_ids_do_not_take_a_table_per_instance(cuda_device):
 
 
 @contextlib.contextmanager
-def _candidate(device, hook, on=True):
-    """A CUDA-path candidate (pdl_post._cuda.CANDIDATES) on or off inside the block."""
+def _switched(device, hook, on=True):
+    """A CUDA-path switch on or off inside the block: a candidate's (pdl_post._cuda.CANDIDATES)
+    or packed loads' (on by default)."""
     module = EMULATION if device == "emulated" else pdl_post._core
     previous = getattr(module, hook)(on)
     try:
@@ -211,16 +212,17 @@ def _candidate(device, hook, on=True):
         getattr(module, hook)(previous)
 
 
-def _vote_pruning(device):
-    return _candidate(device, "_set_cuda_vote_pruning")
+def _vote_group_minimum(device):
+    return _switched(device, "_set_cuda_vote_group_minimum")
 
 
 def _vote_scenes():
-    """Inputs for the vote's search: a synthetic scene (a warp's votes mostly near one centre),
-    the same with noisy offsets (votes spread far: little to prune), two centres equally far from
-    every vote (ties: the lower index wins), every vote on the second centre, and votes so far
-    off that every distance overflows to inf beside ordinary ones in the same rows (nothing
-    pruned; all-inf picks the first)."""
+    """Inputs for the vote's search: a synthetic scene, the same with noisy offsets (votes spread
+    far), two centres equally far from every vote (ties: the lower index wins), every vote on the
+    second centre, votes so far off that every distance overflows to inf beside ordinary ones in
+    the same rows (all-inf picks the first), and rows of K = 5, 8 or 9 centres whose votes fall
+    midway between neighbours (ties inside a group of four and across two groups, whole groups
+    and a remainder)."""
     rng = np.random.default_rng(7)
     s = synthetic.make_scene(96, 160, 30, seed=3)
     yield s.sem, s.ctr, s.off, {}
@@ -233,22 +235,81 @@ def _vote_scenes():
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     ties = np.stack([3 - yy, 20 - xx]).astype(np.float32)
     yield sem, ctr, ties, dict(nms_kernel=3, stuff_area=0)
-    on_second = np.stack([3 - yy, 30 - xx]).astype(np.float32)  # the box is a point: bound == cut
+    on_second = np.stack([3 - yy, 30 - xx]).astype(np.float32)
     yield sem, ctr, on_second, dict(nms_kernel=3, stuff_area=0)
     far = ties.copy()
     far[:, :, ::3] = 3e19
     yield sem, ctr, far, dict(nms_kernel=3, stuff_area=0)
-    yield sem, ctr, np.full_like(ties, 3e19), dict(nms_kernel=3, stuff_area=0)  # bounds overflow
+    yield sem, ctr, np.full_like(ties, 3e19), dict(nms_kernel=3, stuff_area=0)
+    for k in (5, 8, 9):
+        yield _midway_votes(k)
 
 
-def test_warp_pruned_vote_equals_the_brute_force(cuda_device):
-    # VoteSearch::kWarpPruned, not the default until GPU timings decide, gives the CPU's answer.
+def _midway_votes(k):
+    """K centres on row 3, 8 columns apart, scores falling left to right (centre j is the j-th
+    kept); pixel x votes midway between centres x % (K - 1) and the next: a tie that the lower
+    index wins, so the last centre keeps no pixel."""
+    h, w = 6, 8 * k + 8
+    sem = np.full((h, w), 11, np.int32)
+    ctr = np.zeros((1, h, w), np.float32)
+    columns = 4 + 8 * np.arange(k)
+    ctr[0, 3, columns] = np.linspace(0.9, 0.5, k)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    midway = (columns[:-1] + 4)[np.arange(w) % (k - 1)].astype(np.float32)
+    off = np.stack([3 - yy, midway[None, :] - xx]).astype(np.float32)
+    return sem, ctr, off, dict(nms_kernel=3, stuff_area=0)
+
+
+def test_group_minimum_vote_equals_the_brute_force(cuda_device):
+    # VoteSearch::kGroupMinimum, not the default until GPU timings decide, gives the CPU's answer.
     for sem, ctr, off, kw in _vote_scenes():
-        with _vote_pruning(cuda_device):
+        with _vote_group_minimum(cuda_device):
             cpu = run_on(cuda_device, sem, ctr, off, **kw)  # compares the device's answer
-    ids = np.asarray(cpu.panoptic)
-    assert (ids[:, 1::3] == 11 * 1000 + 1).all()  # equally far: the first centre
-    assert (ids[:, ::3] == 11 * 1000 + 1).all()  # every distance inf: the first centre
+        ids = np.asarray(cpu.panoptic)
+        if sem.shape == (8, 64):
+            assert (ids[:, 1::3] == 11 * 1000 + 1).all()  # equally far: the first centre
+            assert (ids[:, ::3] == 11 * 1000 + 1).all()  # every distance inf: the first centre
+        if sem.shape[0] == 6:  # midway votes: the lower of the two centres, K - 1 instances
+            k = len(cpu.centers)
+            assert sorted(np.unique(ids)) == [11 * 1000 + i for i in range(1, k)]
+            instance_of_column = ids[0] - 11 * 1000
+            assert (instance_of_column == np.arange(ids.shape[1]) % (k - 1) + 1).all()
+
+
+def test_centres_skip_the_selection_when_every_peak_is_kept(cuda_device):
+    # Where no image has more peaks than top_k (and top_k != 0), the peaks are written straight as
+    # the centres (write_every_peak_as_center); else the selection runs. The CPU's answer (centres
+    # and scores included) either way, per image of a mixed batch too.
+    b = synthetic.make_batch(3, 40, 56, 6, seed=5)
+    sem = b.sem.astype(np.int32)
+    peaks = [
+        len(pdl_post.postprocess(sem[i], b.ctr[i], b.off[i], top_k=None).centers) for i in range(3)
+    ]
+    assert min(peaks) < max(peaks), peaks  # so that top_k = max - 1 sorts some images only
+    flat = np.zeros_like(b.ctr)
+    cases = [
+        ("every peak kept", b.ctr, {}, False),
+        ("top_k=None", b.ctr, dict(top_k=None), False),
+        ("no peaks at all", flat, {}, False),
+        ("no peaks, top_k=0", flat, dict(top_k=0), False),
+        ("top_k=0 keeps none", b.ctr, dict(top_k=0), True),
+        ("some images sorted", b.ctr, dict(top_k=max(peaks) - 1), True),
+        ("every image sorted", b.ctr, dict(top_k=2), True),
+        ("detectron2: as many peaks as top_k", b.ctr, dict(top_k=max(peaks)), False),
+        (
+            "detectron2: as many as top_k",
+            b.ctr,
+            dict(top_k=max(peaks), topk_mode="detectron2"),
+            True,
+        ),
+    ]
+    for what, ctr, kw, selected in cases:
+        if cuda_device == "emulated":
+            EMULATION.take_counters()
+        run_on(cuda_device, sem, ctr, b.off, **kw)
+        if cuda_device == "emulated":
+            launches = EMULATION.take_counters().get("launches of default_kept_kernel", 0)
+            assert launches == (2 if selected else 0), what  # postprocess and merge
 
 
 def _misaligned(a, device):
@@ -334,36 +395,37 @@ def _packed_cases():
 
 
 def test_packed_loads_equal_the_strided_reads(cuda_device):
-    # set_cuda_packed_loads (cuda_pipeline.h), off by default until GPU timings decide: the label
-    # range and the ids read 4 pixels per load where the labels (and the output) are one aligned
-    # row-major block of whole packs, and through the strides elsewhere; the CPU's answer either
-    # way. The emulator also shows which kernels ran.
+    # set_cuda_packed_loads (cuda_pipeline.h), on by default: the label range and the ids read 4
+    # pixels per load where the labels (and the output) are one aligned row-major block of whole
+    # packs, and through the strides elsewhere; the CPU's answer either way, and with packing off
+    # for every input. The emulator also shows which kernels ran.
     emulated = cuda_device == "emulated"
-    for what, sem, on_device, ctr, off, kw, packable in _packed_cases():
-        kw = dict(stuff_area=16, **kw)
-        if emulated:
-            EMULATION.take_counters()
-        with _candidate(cuda_device, "_set_cuda_packed_loads"):
-            if on_device is None:
-                run_on(cuda_device, sem, ctr, off, **kw)  # a postprocess and a merge
-                calls = 2
-            else:
-                args = [to_device(a, cuda_device) for a in (ctr, off)]
-                got = to_host(pdl_post.merge(on_device(sem, cuda_device), *args, **kw))
-                want = pdl_post.merge(sem, ctr, off, backend="cpu", **kw)
-                np.testing.assert_array_equal(got, want, err_msg=what)
-                calls = 1
-        if emulated:
-            assert _packed_launches() == ((calls, calls) if packable else (0, 0)), what
-    # Logits: their argmax is a packable scratch array; and with the candidate off, no packed
-    # kernel runs.
+    for packed in (True, False):
+        for what, sem, on_device, ctr, off, kw, packable in _packed_cases():
+            kw = dict(stuff_area=16, **kw)
+            if emulated:
+                EMULATION.take_counters()
+            with _switched(cuda_device, "_set_cuda_packed_loads", on=packed):
+                if on_device is None:
+                    run_on(cuda_device, sem, ctr, off, **kw)  # a postprocess and a merge
+                    calls = 2
+                else:
+                    args = [to_device(a, cuda_device) for a in (ctr, off)]
+                    got = to_host(pdl_post.merge(on_device(sem, cuda_device), *args, **kw))
+                    want = pdl_post.merge(sem, ctr, off, backend="cpu", **kw)
+                    np.testing.assert_array_equal(got, want, err_msg=what)
+                    calls = 1
+            if emulated:
+                expected = (calls, calls) if packable and packed else (0, 0)
+                assert _packed_launches() == expected, (what, packed)
+    # Logits: their argmax is a packable scratch array (packed by default); and with packing
+    # off, no packed kernel runs.
     s = synthetic.make_scene(32, 48, 5, seed=6, logits=True)
-    with _candidate(cuda_device, "_set_cuda_packed_loads"):
+    run_on(cuda_device, s.logits, s.ctr, s.off, stuff_area=16)
+    if emulated:
+        assert _packed_launches() == (2, 2)
+    with _switched(cuda_device, "_set_cuda_packed_loads", on=False):
         run_on(cuda_device, s.logits, s.ctr, s.off, stuff_area=16)
-        if emulated:
-            assert _packed_launches() == (2, 2)
-        with _candidate(cuda_device, "_set_cuda_packed_loads", on=False):
-            run_on(cuda_device, s.logits, s.ctr, s.off, stuff_area=16)
     if emulated:
         assert _packed_launches() == (0, 0)
 

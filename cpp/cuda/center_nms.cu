@@ -180,15 +180,22 @@ __global__ void count_peaks_kernel(DeviceView<const T> ctr, uint8_t* flags, bool
   if (threadIdx.x == 0) row_count[b * height + y] = total;
 }
 
-// The peaks of rows that have any (count_peaks' flags), in row-major order at the row's offset.
-template <typename T>
+// The peaks of rows that have any (count_peaks' flags), in row-major order at the row's offset:
+// into the peak list for the top-k selection, or, where every peak is kept (kAsCenters), straight
+// into the centre list with each image's range (what the selection would write: the same order
+// and values, five launches fewer between the synchronisation and the vote).
+template <typename T, bool kAsCenters>
 __global__ void write_peaks_kernel(DeviceView<const T> ctr, const uint8_t* flags, int64_t height,
-                                   int64_t width, const int64_t* row_offset, int64_t* pixel,
-                                   T* score, int32_t* image) {
+                                   int64_t width, const int64_t* row_offset, PeakList peaks,
+                                   CenterList centers) {
   using Scan = cub::BlockScan<int64_t, kRowThreads>;
   __shared__ typename Scan::TempStorage storage;
   const int64_t y = blockIdx.x, b = blockIdx.y;
   const int64_t row = b * height + y;
+  if (kAsCenters && y == 0 && threadIdx.x == 0) {
+    centers.begin[b] = row_offset[row];
+    centers.count[b] = row_offset[row + height] - row_offset[row];
+  }
   int64_t base = row_offset[row];
   if (row_offset[row + 1] == base) return;  // the whole block leaves together
   const Plane<const T> plane = ctr.plane(b, 0);
@@ -199,9 +206,17 @@ __global__ void write_peaks_kernel(DeviceView<const T> ctr, const uint8_t* flags
     int64_t position = 0, total = 0;
     Scan(storage).ExclusiveSum(flag, position, total);
     if (flag) {
-      pixel[base + position] = y * width + x;
-      score[base + position] = plane(y, x);
-      image[base + position] = static_cast<int32_t>(b);
+      const int64_t at = base + position;
+      if (kAsCenters) {
+        centers.pixel[at] = y * width + x;
+        centers.y[at] = static_cast<float>(y);
+        centers.x[at] = static_cast<float>(x);
+        centers.score[at] = static_cast<double>(plane(y, x));
+      } else {
+        peaks.pixel[at] = y * width + x;
+        static_cast<T*>(peaks.score)[at] = plane(y, x);
+        peaks.image[at] = static_cast<int32_t>(b);
+      }
     }
     base += total;
     __syncthreads();  // the scan storage is reused
@@ -391,9 +406,21 @@ void write_peaks(const StridedView& ctr, const uint8_t* peak_flags, const int64_
   with_float_type(ctr.dtype, "ctr", [&](auto tag) {
     using T = decltype(tag);
     const dim3 grid(static_cast<unsigned>(height), static_cast<unsigned>(batch));
-    write_peaks_kernel<T><<<grid, kRowThreads, 0, stream>>>(
-        device_view<T>(ctr), peak_flags, height, width, row_offset, peaks.pixel,
-        static_cast<T*>(peaks.score), peaks.image);
+    write_peaks_kernel<T, false><<<grid, kRowThreads, 0, stream>>>(
+        device_view<T>(ctr), peak_flags, height, width, row_offset, peaks, CenterList{});
+    check_launch("write_peaks_kernel");
+  });
+}
+
+void write_every_peak_as_center(const StridedView& ctr, const uint8_t* peak_flags,
+                                const int64_t* row_offset, const CenterList& centers,
+                                cudaStream_t stream) {
+  const int64_t batch = ctr.batch(), height = ctr.height(), width = ctr.width();
+  with_float_type(ctr.dtype, "ctr", [&](auto tag) {
+    using T = decltype(tag);
+    const dim3 grid(static_cast<unsigned>(height), static_cast<unsigned>(batch));
+    write_peaks_kernel<T, true><<<grid, kRowThreads, 0, stream>>>(
+        device_view<T>(ctr), peak_flags, height, width, row_offset, PeakList{}, centers);
     check_launch("write_peaks_kernel");
   });
 }

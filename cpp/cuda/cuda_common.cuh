@@ -266,6 +266,11 @@ struct SelectScratch {
 SelectScratch take_select_scratch(Scratch& scratch, DType ctr_dtype, int64_t total, int64_t batch,
                                   bool any_sorted);
 
+// Where every peak is kept (no image sorted, top_k != 0, or no peaks at all): the peaks written
+// straight as the centres, with each image's begin and count (select_centers' answer then).
+void write_every_peak_as_center(const StridedView& ctr, const uint8_t* peak_flags,
+                                const int64_t* row_offset, const CenterList& centers,
+                                cudaStream_t stream);
 // The images to sort (more peaks than top_k) have segment [begin, end) in sort_begin/sort_end
 // (device, int), the others an empty one; see sort_segments().
 void select_centers(DType ctr_dtype, int64_t width, const PeakList& peaks,

@@ -26,8 +26,9 @@
 //                    own instance (top_k=None on a flat heatmap: 4.3 GB at 1024x2048 in one go,
 //                    34 GB at 2048x4096).
 //   write_panoptic   per pixel panoptic_label() through the instance and class tables.
-// label_range and write_panoptic read row-major inputs 4 pixels per load when packed loads are on
-// (set_cuda_packed_loads, off until GPU timings decide), else through the strides.
+// label_range and write_panoptic read row-major inputs 4 pixels per load (packed loads: at batch 8
+// on an H200 their kernels took 22 and 47 us instead of 48 and 93), other layouts through the
+// strides (set_cuda_packed_loads turns packing off, for tests).
 // Class tables are indexed by the label itself, or from ClassIndex::kDenseLabelLimit up by its rank
 // among the batch's distinct labels (distinct_labels: gather, radix sort, unique), as on the CPU.
 #include <algorithm>
@@ -38,8 +39,11 @@
 #include <cub/device/device_segmented_radix_sort.cuh>
 #include <cub/device/device_select.cuh>
 #include <limits>
+#include <mutex>
 #include <string>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "cuda_common.cuh"
 #include "pdl_post/majority_vote.h"
@@ -51,7 +55,7 @@ namespace {
 
 constexpr int kThreads = 256;
 std::atomic<VoteSearch> vote_search{VoteSearch::kBruteForce};  // set_cuda_vote_search
-std::atomic<bool> packed_loads{false};                         // set_cuda_packed_loads
+std::atomic<bool> packed_loads{true};                          // set_cuda_packed_loads
 // Pixels a thread of write_kernel loads before using any: their loads in flight together (one at
 // a time it took 28 us at 1024 x 2048 on an H200, 12 us with four).
 constexpr int kLoadsInFlight = 4;
@@ -203,9 +207,11 @@ struct VoteArgs {
 };
 
 // How vote_kernel finds the nearest centre, each its own kernel (a branch between them would cost
-// the default's registers: 39 alone, 48 beside the pruned search): every centre, the centres the
-// warp's vote box cannot rule out (VoteSearch::kWarpPruned), or the vote grid (many centres).
-enum NearestSearch : int { kEveryCenter, kWarpPrunedSearch, kGridSearch };
+// the default's registers): every centre in order, every centre by groups of four
+// (VoteSearch::kGroupMinimum), or the vote grid (many centres).
+enum NearestSearch : int { kEveryCenter, kGroupMinimumSearch, kGridSearch };
+static_assert(kPackPixels == 4, "nearest_by_group_minimum takes the minimum of four");
+static_assert(kCenterTile % kPackPixels == 0, "tile_x stays aligned for 16-byte loads");
 
 // The batch-wide grid cell of centre k of image b.
 __device__ int64_t cell_of(const CenterList& centers, const ManyCenters& many, int64_t b, int64_t k,
@@ -327,77 +333,34 @@ __device__ int32_t nearest_in_grid(const VoteGrid& grid, const int64_t* cell_sta
   return best;
 }
 
-// The nearest of `count` centres (cy, cx: shared memory) to each voting lane's vote (qy, qx),
-// ties to the lower index: the brute force's answer, from fewer centres. Warp-collective: every
-// lane of the warp calls it, converged; a lane that does not vote gets 0.
-// A centre's distance from the box of the warp's votes, computed with the distance's own float
-// operations, is at most its distance from any of them (the gaps are no larger and rounding is
-// monotone). The centre with the smallest such bound gives each lane an upper bound of its
-// nearest distance, and the warp's largest of these a cut: a centre whose bound exceeds the cut
-// is farther from every lane's vote than that lane's nearest, so only the others are read, in
-// index order, with the brute force's strict comparison.
-__device__ int32_t nearest_pruned(const float* cy, const float* cx, int64_t count, bool voting,
-                                  float qy, float qx) {
-  constexpr unsigned kWarp = 0xffffffffu;
-  const float kInf = __int_as_float(0x7f800000);
-  if (__ballot_sync(kWarp, voting) == 0) return 0;
-  const int lane = static_cast<int>(threadIdx.x & 31u);
-  float lo_y = voting ? qy : kInf, hi_y = voting ? qy : -kInf;
-  float lo_x = voting ? qx : kInf, hi_x = voting ? qx : -kInf;
-  for (int offset = 16; offset > 0; offset /= 2) {
-    const float oly = __shfl_sync(kWarp, lo_y, lane ^ offset);
-    const float ohy = __shfl_sync(kWarp, hi_y, lane ^ offset);
-    const float olx = __shfl_sync(kWarp, lo_x, lane ^ offset);
-    const float ohx = __shfl_sync(kWarp, hi_x, lane ^ offset);
-    lo_y = oly < lo_y ? oly : lo_y;
-    hi_y = ohy > hi_y ? ohy : hi_y;
-    lo_x = olx < lo_x ? olx : lo_x;
-    hi_x = ohx > hi_x ? ohx : hi_x;
-  }
-  const auto bound = [&](int64_t c) {  // a centre is the interval [y, y] x [x, x]
-    const float y = cy[c], x = cx[c];
-    return squared_distance_f32(VoteGrid::interval_gap(y, y, lo_y, hi_y),
-                                VoteGrid::interval_gap(x, x, lo_x, hi_x));
-  };
-  // The centre nearest the box: lanes take the centres lane, lane + 32, ..., then the warp's
-  // smallest (bound, index); centre 0 where every bound overflows to inf.
-  float nearest_bound = kInf;
-  int32_t nearest = 0;
-  for (int64_t c = lane; c < count; c += 32) {
-    const float b = bound(c);
-    if (b < nearest_bound) {
-      nearest_bound = b;
-      nearest = static_cast<int32_t>(c);
-    }
-  }
-  for (int offset = 16; offset > 0; offset /= 2) {
-    const float ob = __shfl_sync(kWarp, nearest_bound, lane ^ offset);
-    const int32_t oc = __shfl_sync(kWarp, nearest, lane ^ offset);
-    if (ob < nearest_bound || (ob == nearest_bound && oc < nearest)) {
-      nearest_bound = ob;
-      nearest = oc;
-    }
-  }
-  float cut = voting ? center_distance(cy[nearest], cx[nearest], qy, qx) : -kInf;
-  for (int offset = 16; offset > 0; offset /= 2) {
-    const float other = __shfl_sync(kWarp, cut, lane ^ offset);
-    cut = other > cut ? other : cut;
-  }
+// The nearest of `count` centres (cy, cx: shared memory, 16-byte aligned) to a finite vote, ties
+// to the lower index: the brute force's answer with fewer compare-and-select steps. Each group of
+// four centres (two 16-byte loads) gives its smallest distance first (fminf: distances of finite
+// votes from finite centres are never NaN), and its index only when that beats the best so far,
+// which is rare after the first groups; a tie with an earlier group keeps the earlier index, and
+// the first of the group's equal distances wins inside it.
+__device__ int32_t nearest_by_group_minimum(const float* cy, const float* cx, int32_t count,
+                                            float qy, float qx) {
   int32_t best = 0;
-  float best_distance = kInf;
-  for (int64_t c0 = 0; c0 < count; c0 += 32) {
-    const int64_t c = c0 + lane;
-    unsigned candidates = __ballot_sync(kWarp, c < count && !(bound(c) > cut));
-    while (candidates != 0) {
-      const int64_t k = c0 + __ffs(static_cast<int>(candidates)) - 1;
-      candidates &= candidates - 1;
-      if (voting) {
-        const float d = center_distance(cy[k], cx[k], qy, qx);
-        if (d < best_distance) {
-          best_distance = d;
-          best = static_cast<int32_t>(k);
-        }
-      }
+  float best_distance = __int_as_float(0x7f800000);  // +inf: all-inf picks 0, as the brute force
+  int32_t i = 0;
+  for (; i + kPackPixels <= count; i += kPackPixels) {
+    const PixelPack<float> y = *reinterpret_cast<const PixelPack<float>*>(cy + i);
+    const PixelPack<float> x = *reinterpret_cast<const PixelPack<float>*>(cx + i);
+    float d[kPackPixels];
+#pragma unroll
+    for (int j = 0; j < kPackPixels; ++j) d[j] = center_distance(y.v[j], x.v[j], qy, qx);
+    const float group = fminf(fminf(d[0], d[1]), fminf(d[2], d[3]));
+    if (group < best_distance) {
+      best_distance = group;
+      best = i + (d[0] == group ? 0 : d[1] == group ? 1 : d[2] == group ? 2 : 3);
+    }
+  }
+  for (; i < count; ++i) {
+    const float d = center_distance(cy[i], cx[i], qy, qx);
+    if (d < best_distance) {
+      best_distance = d;
+      best = i;
     }
   }
   return best;
@@ -461,8 +424,10 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
                                a.many.pyramid + a.many.pyramid_offset[b], a.many.cell_centers,
                                a.centers.y + first, a.centers.x + first, num_centers, qy, qx);
       }
-    } else if (kSearch == kWarpPrunedSearch) {
-      best = nearest_pruned(tile_y, tile_x, num_centers, voting, qy, qx);
+    } else if (kSearch == kGroupMinimumSearch) {
+      if (voting) {
+        best = nearest_by_group_minimum(tile_y, tile_x, static_cast<int32_t>(num_centers), qy, qx);
+      }
     } else if (voting) {
       for (int32_t i = 0; i < static_cast<int32_t>(num_centers); ++i) {
         const float d = center_distance(tile_y[i], tile_x[i], qy, qx);
@@ -870,6 +835,76 @@ __global__ void write_packed_kernel(const PixelPack<TSem>* sem, int64_t packs_pe
   }
 }
 
+// Device facts the launches ask for, looked up once per process: the runtime's queries cost
+// about as much host time as a launch each, several per call, and the host's time between the
+// first synchronisation and the vote leaves the GPU idle. One mutex guards them (concurrent
+// calls); a few entries each, searched in order.
+std::mutex launch_facts_mutex;
+
+int current_device() {
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  return device;
+}
+
+// Blocks of kThreads of `kernel` with `shared_bytes` that stay resident on `device` together
+// (multiprocessors x occupancy, at least one per multiprocessor).
+template <typename Kernel>
+int64_t resident_blocks(Kernel kernel, size_t shared_bytes, int device) {
+  struct Known {
+    Kernel kernel;
+    size_t shared_bytes;
+    int device;
+    int64_t blocks;
+  };
+  static auto& known = *new std::vector<Known>;  // per kernel signature; never destroyed (exit)
+  const std::lock_guard<std::mutex> lock(launch_facts_mutex);
+  for (const Known& k : known) {
+    if (k.kernel == kernel && k.shared_bytes == shared_bytes && k.device == device) return k.blocks;
+  }
+  int sms = 0, per_sm = 0;
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
+        "cudaDeviceGetAttribute");
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, shared_bytes),
+        "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  const int64_t blocks = int64_t{sms} * (per_sm < 1 ? 1 : per_sm);
+  known.push_back(Known{kernel, shared_bytes, device, blocks});
+  return blocks;
+}
+
+// The opt-in shared memory per block of `device`.
+int shared_limit_of(int device) {
+  static auto& known = *new std::vector<std::pair<int, int>>;  // (device, bytes)
+  const std::lock_guard<std::mutex> lock(launch_facts_mutex);
+  for (const auto& [d, bytes] : known) {
+    if (d == device) return bytes;
+  }
+  int bytes = 0;
+  check(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+        "cudaDeviceGetAttribute");
+  known.emplace_back(device, bytes);
+  return bytes;
+}
+
+// Sets `kernel`'s dynamic shared memory limit on `device` to `bytes`, once (every call asks for
+// the same value per device; see vote_and_count). Recorded after it is set, under the lock, so
+// that a concurrent call that finds the record launches after the setting.
+template <typename Kernel>
+void allow_dynamic_shared(Kernel kernel, int device, int bytes) {
+  struct Allowed {
+    Kernel kernel;
+    int device, bytes;
+  };
+  static auto& allowed = *new std::vector<Allowed>;
+  const std::lock_guard<std::mutex> lock(launch_facts_mutex);
+  for (const Allowed& a : allowed) {
+    if (a.kernel == kernel && a.device == device && a.bytes == bytes) return;
+  }
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+        "cudaFuncSetAttribute");
+  allowed.push_back(Allowed{kernel, device, bytes});
+}
+
 // Blocks of kThreads per image for a grid-stride loop over `pixels` pixels of each of `batch`
 // images: as many as stay resident on the device together (the kernel's occupancy), so that no
 // partial second wave of equally loaded blocks runs after the first (8 blocks per multiprocessor
@@ -877,13 +912,7 @@ __global__ void write_packed_kernel(const PixelPack<TSem>* sem, int64_t packs_pe
 template <typename Kernel>
 unsigned resident_blocks_per_image(Kernel kernel, size_t shared_bytes, int64_t batch,
                                    int64_t pixels) {
-  int device = 0, sms = 0, per_sm = 0;
-  check(cudaGetDevice(&device), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
-        "cudaDeviceGetAttribute");
-  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, shared_bytes),
-        "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-  const int64_t resident = int64_t{sms} * (per_sm < 1 ? 1 : per_sm);
+  const int64_t resident = resident_blocks(kernel, shared_bytes, current_device());
   const int64_t blocks =
       std::min((resident + batch - 1) / batch, (pixels + kThreads - 1) / kThreads);
   return static_cast<unsigned>(blocks < 1 ? 1 : blocks);
@@ -1034,10 +1063,8 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
     }
   }
   // Shared counters only where the device allows that much shared memory per block.
-  int device = 0, shared_limit = 0;
-  check(cudaGetDevice(&device), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&shared_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-        "cudaDeviceGetAttribute");
+  const int device = current_device();
+  const int shared_limit = shared_limit_of(device);
   const size_t tile_bytes = 2 * kCenterTile * sizeof(float);
   const size_t hist_bytes = static_cast<size_t>(shared_bins) * sizeof(unsigned);
   const bool use_shared =
@@ -1068,22 +1095,20 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
           height,
           width};
       auto launch = [&](auto kernel) {
-        check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   shared_attribute),
-              "cudaFuncSetAttribute");
+        allow_dynamic_shared(kernel, device, shared_attribute);
         const dim3 grid(resident_blocks_per_image(kernel, shared_bytes, batch, hw),
                         static_cast<unsigned>(batch));
         kernel<<<grid, kThreads, shared_bytes, stream>>>(args);
         check_launch("vote_kernel");
       };
       // The twelve combinations of (mask, shared counters, search), each its own kernel.
-      const bool pruned = vote_search.load(std::memory_order_relaxed) == VoteSearch::kWarpPruned;
+      const bool grouped = vote_search.load(std::memory_order_relaxed) == VoteSearch::kGroupMinimum;
       const auto with_grid = [&](auto from_mask, auto shared_hist) {
         constexpr bool kMask = decltype(from_mask)::value, kShared = decltype(shared_hist)::value;
         if (many) {
           launch(vote_kernel<TSem, TOff, kMask, kShared, kGridSearch>);
-        } else if (pruned) {
-          launch(vote_kernel<TSem, TOff, kMask, kShared, kWarpPrunedSearch>);
+        } else if (grouped) {
+          launch(vote_kernel<TSem, TOff, kMask, kShared, kGroupMinimumSearch>);
         } else {
           launch(vote_kernel<TSem, TOff, kMask, kShared, kEveryCenter>);
         }

@@ -679,6 +679,9 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   std::vector<int> sort_begin, sort_end;
   const bool any_sorted =
       cuda::sort_segments(s.peak_begin, s.centers.top_k, s.centers.topk_mode, sort_begin, sort_end);
+  // No image sorted and top_k != 0 (or no peaks): the centres are the peaks, written directly.
+  const bool every_peak_kept = !any_sorted && (s.centers.top_k != 0 || total_peaks == 0);
+  const int64_t listed_peaks = every_peak_kept ? 0 : total_peaks;  // the selection's input
   const bool with_scores = with_segments && s.in.logits.data != nullptr;
   const int64_t chunk_blocks = cuda::score_chunk_blocks(H, seg_offset[B]);
   std::vector<int64_t> partial_offset(static_cast<size_t>(B));
@@ -721,17 +724,17 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     Arrays t{};
     t.tables = sc.take_bytes(pack.bytes(), "tables");
     t.class_labels = distinct ? sc.take<int64_t>(C, "class ids") : nullptr;
-    t.peaks.pixel = sc.take<int64_t>(total_peaks, "peaks");
-    t.peaks.score = sc.take_bytes(total_peaks * score_size, "peak scores");
-    t.peaks.image = sc.take<int32_t>(total_peaks, "peaks");
+    t.peaks.pixel = sc.take<int64_t>(listed_peaks, "peaks");
+    t.peaks.score = sc.take_bytes(listed_peaks * score_size, "peak scores");
+    t.peaks.image = sc.take<int32_t>(listed_peaks, "peaks");
     t.centers.pixel = sc.take<int64_t>(total_peaks, "centres");
     t.centers.y = sc.take<float>(total_peaks, "centres");
     t.centers.x = sc.take<float>(total_peaks, "centres");
     t.centers.score = sc.take<double>(total_peaks, "centres");
     t.centers.begin = sc.take<int64_t>(B, "centres");
     t.centers.count = sc.take<int64_t>(B, "centres");
-    if (total_peaks > 0) {
-      t.select = cuda::take_select_scratch(sc, s.in.ctr.dtype, total_peaks, B, any_sorted);
+    if (listed_peaks > 0) {
+      t.select = cuda::take_select_scratch(sc, s.in.ctr.dtype, listed_peaks, B, any_sorted);
     }
     cuda::FuseBuffers& f = t.buffers;
     f.hist = sc.take<unsigned long long>(hist_total, "the instance x class histogram");
@@ -788,15 +791,14 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   const cuda::PairSort* pairs_or_null = pair_histogram ? nullptr : &a.pairs;
 
   // Peaks in row-major order, then the kept centres.
-  if (total_peaks > 0) {
+  if (every_peak_kept) {
+    cuda::write_every_peak_as_center(s.in.ctr, s.peak_flags, s.row_offset, centers, stream);
+  } else {
     cuda::write_peaks(s.in.ctr, s.peak_flags, s.row_offset, a.peaks, stream);
     cuda::select_centers(
         s.in.ctr.dtype, W, a.peaks, peak_begin_device, s.peak_begin, s.centers.top_k,
         s.centers.topk_mode, cuda::UploadPack::at<int>(a.tables, at_sort_begin),
         cuda::UploadPack::at<int>(a.tables, at_sort_end), any_sorted, a.select, centers, stream);
-  } else {
-    check(cudaMemsetAsync(centers.begin, 0, B * sizeof(int64_t), stream), "cudaMemsetAsync");
-    check(cudaMemsetAsync(centers.count, 0, B * sizeof(int64_t), stream), "cudaMemsetAsync");
   }
 
   check(

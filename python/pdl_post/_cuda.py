@@ -53,8 +53,7 @@ _CORE_DTYPES = {
 # name -> (the build's hook, _core.<hook>(on) returning the previous setting; the environment
 # variable with which the tests and benchmarks/gpu_check.sh turn it on).
 CANDIDATES = {
-    "warp-pruned vote": ("_set_cuda_vote_pruning", "PDL_POST_VOTE_PRUNING"),
-    "packed loads": ("_set_cuda_packed_loads", "PDL_POST_PACKED_LOADS"),
+    "group-minimum vote": ("_set_cuda_vote_group_minimum", "PDL_POST_VOTE_GROUP_MINIMUM"),
 }
 
 
@@ -491,6 +490,16 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
     wait = bool(foreign) or not _may_return_early(touched)
     if not (wait or with_segments) and stream_library == "torch":
         _record_stream(touched, device)
+    # The output is allocated before the first phase, in the dtype of the smallest label range
+    # (int32 unless label_divisor or void_label need int64), so that its allocation overlaps the
+    # device's work instead of leaving the device idle between the phases; a label range that
+    # needs int64 allocates again.
+    out_shape = (b, h, w) if batched else (h, w)
+    try:
+        guess = output_dtype(0, params.label_divisor, params.void_label)
+    except ValueError:  # raised below, after the label range's own checks
+        guess = None
+    out = None if guess is None else _allocate(output_library, out_shape, guess, device)
     job = _core.CudaMerge(
         labels,
         logits,
@@ -506,7 +515,8 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
         if lo < 0:
             raise ValueError(f"sem: class ids must be >= 0, got a minimum of {lo}")
         dtype = output_dtype(hi, params.label_divisor, params.void_label)
-        out = _allocate(output_library, (b, h, w) if batched else (h, w), dtype, device)
+        if dtype != guess:
+            out = _allocate(output_library, out_shape, dtype, device)
         if output_library not in (None, stream_library):  # allocated on another library's stream
             allocated_on = _library_stream(output_library, device)
             if allocated_on != stream:

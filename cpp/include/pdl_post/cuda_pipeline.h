@@ -58,16 +58,17 @@ void cuda_stream_wait(int device, uintptr_t stream, uintptr_t producer);
 std::string cuda_build_description();
 
 // How the vote finds a thing pixel's nearest centre among at most kBruteForceCentersMax (more
-// take the vote grid): every centre in order (kBruteForce), or per warp only the centres that
-// the box of the warp's votes cannot rule out (kWarpPruned). The same answer either way;
-// kBruteForce stays the default until GPU timings decide (benchmarks/RESULTS.md). A
+// take the vote grid): every centre in order (kBruteForce), or by groups of four, each group's
+// smallest distance first and its index only when that improves (kGroupMinimum). The same answer
+// either way; kBruteForce stays the default until GPU timings decide (benchmarks/RESULTS.md). A
 // process-wide test and benchmark hook; returns the previous setting.
-enum class VoteSearch { kBruteForce, kWarpPruned };
+enum class VoteSearch { kBruteForce, kGroupMinimum };
 VoteSearch set_cuda_vote_search(VoteSearch search);
 // Whether the label range and the write of the ids read row-major inputs (one contiguous block,
 // aligned, H*W a multiple of 4) 4 pixels per load instead of pixel by pixel through the strides:
-// the same answer; off until GPU timings decide (benchmarks/RESULTS.md). A process-wide test and
-// benchmark hook like set_cuda_vote_search; returns the previous setting.
+// the same answer; on by default (faster on an H200, benchmarks/RESULTS.md). A process-wide test
+// hook like set_cuda_vote_search (off: the strided reads for every input); returns the previous
+// setting.
 bool set_cuda_packed_loads(bool packed);
 
 struct CudaMergeInputs {
