@@ -87,6 +87,8 @@ def test_gpu_bench_runs_on_a_cpu_stand_in(monkeypatch, capsys):
         "| ours, batch 2, in a row |",
         "| copy floor, batch 2, in a row |",
         "| ours, group-minimum vote (not the default), batch 2, in a row |",
+        "| ours, multi-row peak blocks (not the default), batch 1 |",
+        "| ours, all candidates (not the default), batch 2, in a row |",
         "| batch 2 throughput within 3x of the copy floor's (calls in a row: got",
         "| ours, group-minimum vote (not the default), batch 1 |",
         "| ours, group-minimum vote (not the default), batch 2 |",
@@ -104,6 +106,8 @@ def test_gpu_bench_runs_on_a_cpu_stand_in(monkeypatch, capsys):
         "candidates: time / the default's time in alternating rounds (below 1.00: faster",
         "| candidate | batch 1 | batch 2 | batch 2, in a row |",
         "| group-minimum vote | ",
+        "| multi-row peak blocks | ",
+        "| all candidates | ",
         "| ours, batch 1: the merge call on the host",
         # The CPU stand-in never makes a CudaMerge job: the phases' table says so.
         "host phases of a merge call",

@@ -63,6 +63,9 @@ inline void bind_cuda(py::module_& m) {
   // Test and benchmark hook: 4 pixels per load where the inputs allow (see set_cuda_packed_loads).
   m.def("_set_cuda_packed_loads", &set_cuda_packed_loads, py::arg("packed"),
         "Returns the previous setting.");
+  // Test and benchmark hook: rows per count_peaks block (see set_cuda_multi_row_peaks).
+  m.def("_set_cuda_multi_row_peaks", &set_cuda_multi_row_peaks, py::arg("multi_row"),
+        "Returns the previous setting.");
   // module_local: _core and _cuda_emulation each bind their own build of CudaMerge.
   py::class_<CudaMerge>(m, "CudaMerge", py::module_local())
       .def(py::init([](const py::object& sem, const py::object& logits, const py::object& ctr,

@@ -312,6 +312,34 @@ def test_centres_skip_the_selection_when_every_peak_is_kept(cuda_device):
             assert launches == (2 if selected else 0), what  # postprocess and merge
 
 
+def test_multi_row_peak_blocks_equal_one_row_per_block(cuda_device):
+    # set_cuda_multi_row_peaks (cuda_pipeline.h), off by default until GPU timings decide:
+    # count_peaks' blocks take as many rows as make one resident wave (the emulator's device, like
+    # an H100, holds 132 x 8 such blocks: 3 x 401 rows are 2 per block, the last block of each
+    # image one), and every row's count, flags and the exclusive sum's zeroed total stay the
+    # CPU's; windows above 41 (flags from the separable filter) and float64 heatmaps too.
+    b = synthetic.make_batch(3, 401, 24, 5, seed=8)
+    sem = b.sem.astype(np.int32)
+    flat = np.full_like(b.ctr, 0.5)  # a peak at every pixel: rows of 24 peaks
+    cases = [
+        (b.ctr, {}),
+        (b.ctr.astype(np.float64), {}),
+        (b.ctr, dict(nms_kernel=43)),
+        (flat, dict(top_k=None)),
+    ]
+    for ctr, kw in cases:
+        blocks = {}
+        for on in (False, True):
+            if cuda_device == "emulated":
+                EMULATION.take_counters()
+            with _switched(cuda_device, "_set_cuda_multi_row_peaks", on=on):
+                run_on(cuda_device, sem, ctr, b.off, **kw)
+            if cuda_device == "emulated":
+                blocks[on] = EMULATION.take_counters()["blocks of count_peaks_kernel"]
+        if cuda_device == "emulated":  # postprocess and merge: 2 x 3 x 401 rows, then 2 x 3 x 201
+            assert blocks == {False: 2 * 3 * 401, True: 2 * 3 * 201}, blocks
+
+
 def _misaligned(a, device):
     """`a` on `device`, starting one element past an aligned allocation (no load pack fits)."""
     buffer = np.zeros(a.size + 1, a.dtype)

@@ -7,7 +7,9 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "pdl_post/center_nms.h"
@@ -192,6 +194,80 @@ inline int bit_width(int64_t value) {
   int bits = 0;
   while (bits < 63 && (value >> bits) != 0) ++bits;
   return bits;
+}
+
+// Device facts the launches ask for, looked up once per process: the runtime's queries cost
+// about as much host time as a launch each, several per call, and the host's time between the
+// first synchronisation and the vote leaves the GPU idle. One mutex guards them (concurrent
+// calls); a few entries each, searched in order.
+inline std::mutex launch_facts_mutex;
+
+inline int current_device() {
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  return device;
+}
+
+// Blocks of `threads` of `kernel` with `shared_bytes` that stay resident on `device` together
+// (multiprocessors x occupancy, at least one per multiprocessor).
+template <typename Kernel>
+int64_t resident_blocks(Kernel kernel, int threads, size_t shared_bytes, int device) {
+  struct Known {
+    Kernel kernel;
+    int threads;
+    size_t shared_bytes;
+    int device;
+    int64_t blocks;
+  };
+  static auto& known = *new std::vector<Known>;  // per kernel signature; never destroyed (exit)
+  const std::lock_guard<std::mutex> lock(launch_facts_mutex);
+  for (const Known& k : known) {
+    if (k.kernel == kernel && k.threads == threads && k.shared_bytes == shared_bytes &&
+        k.device == device) {
+      return k.blocks;
+    }
+  }
+  int sms = 0, per_sm = 0;
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
+        "cudaDeviceGetAttribute");
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared_bytes),
+        "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  const int64_t blocks = int64_t{sms} * (per_sm < 1 ? 1 : per_sm);
+  known.push_back(Known{kernel, threads, shared_bytes, device, blocks});
+  return blocks;
+}
+
+// The opt-in shared memory per block of `device`.
+inline int shared_limit_of(int device) {
+  static auto& known = *new std::vector<std::pair<int, int>>;  // (device, bytes)
+  const std::lock_guard<std::mutex> lock(launch_facts_mutex);
+  for (const auto& [d, bytes] : known) {
+    if (d == device) return bytes;
+  }
+  int bytes = 0;
+  check(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+        "cudaDeviceGetAttribute");
+  known.emplace_back(device, bytes);
+  return bytes;
+}
+
+// Sets `kernel`'s dynamic shared memory limit on `device` to `bytes`, once (every call asks for
+// the same value per device; see vote_and_count). Recorded after it is set, under the lock, so
+// that a concurrent call that finds the record launches after the setting.
+template <typename Kernel>
+void allow_dynamic_shared(Kernel kernel, int device, int bytes) {
+  struct Allowed {
+    Kernel kernel;
+    int device, bytes;
+  };
+  static auto& allowed = *new std::vector<Allowed>;
+  const std::lock_guard<std::mutex> lock(launch_facts_mutex);
+  for (const Allowed& a : allowed) {
+    if (a.kernel == kernel && a.device == device && a.bytes == bytes) return;
+  }
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+        "cudaFuncSetAttribute");
+  allowed.push_back(Allowed{kernel, device, bytes});
 }
 
 // Blocks for a grid-stride loop over `items`, at most `cap`.

@@ -39,11 +39,8 @@
 #include <cub/device/device_segmented_radix_sort.cuh>
 #include <cub/device/device_select.cuh>
 #include <limits>
-#include <mutex>
 #include <string>
 #include <type_traits>
-#include <utility>
-#include <vector>
 
 #include "cuda_common.cuh"
 #include "pdl_post/majority_vote.h"
@@ -835,76 +832,6 @@ __global__ void write_packed_kernel(const PixelPack<TSem>* sem, int64_t packs_pe
   }
 }
 
-// Device facts the launches ask for, looked up once per process: the runtime's queries cost
-// about as much host time as a launch each, several per call, and the host's time between the
-// first synchronisation and the vote leaves the GPU idle. One mutex guards them (concurrent
-// calls); a few entries each, searched in order.
-std::mutex launch_facts_mutex;
-
-int current_device() {
-  int device = 0;
-  check(cudaGetDevice(&device), "cudaGetDevice");
-  return device;
-}
-
-// Blocks of kThreads of `kernel` with `shared_bytes` that stay resident on `device` together
-// (multiprocessors x occupancy, at least one per multiprocessor).
-template <typename Kernel>
-int64_t resident_blocks(Kernel kernel, size_t shared_bytes, int device) {
-  struct Known {
-    Kernel kernel;
-    size_t shared_bytes;
-    int device;
-    int64_t blocks;
-  };
-  static auto& known = *new std::vector<Known>;  // per kernel signature; never destroyed (exit)
-  const std::lock_guard<std::mutex> lock(launch_facts_mutex);
-  for (const Known& k : known) {
-    if (k.kernel == kernel && k.shared_bytes == shared_bytes && k.device == device) return k.blocks;
-  }
-  int sms = 0, per_sm = 0;
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
-        "cudaDeviceGetAttribute");
-  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, shared_bytes),
-        "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-  const int64_t blocks = int64_t{sms} * (per_sm < 1 ? 1 : per_sm);
-  known.push_back(Known{kernel, shared_bytes, device, blocks});
-  return blocks;
-}
-
-// The opt-in shared memory per block of `device`.
-int shared_limit_of(int device) {
-  static auto& known = *new std::vector<std::pair<int, int>>;  // (device, bytes)
-  const std::lock_guard<std::mutex> lock(launch_facts_mutex);
-  for (const auto& [d, bytes] : known) {
-    if (d == device) return bytes;
-  }
-  int bytes = 0;
-  check(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-        "cudaDeviceGetAttribute");
-  known.emplace_back(device, bytes);
-  return bytes;
-}
-
-// Sets `kernel`'s dynamic shared memory limit on `device` to `bytes`, once (every call asks for
-// the same value per device; see vote_and_count). Recorded after it is set, under the lock, so
-// that a concurrent call that finds the record launches after the setting.
-template <typename Kernel>
-void allow_dynamic_shared(Kernel kernel, int device, int bytes) {
-  struct Allowed {
-    Kernel kernel;
-    int device, bytes;
-  };
-  static auto& allowed = *new std::vector<Allowed>;
-  const std::lock_guard<std::mutex> lock(launch_facts_mutex);
-  for (const Allowed& a : allowed) {
-    if (a.kernel == kernel && a.device == device && a.bytes == bytes) return;
-  }
-  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
-        "cudaFuncSetAttribute");
-  allowed.push_back(Allowed{kernel, device, bytes});
-}
-
 // Blocks of kThreads per image for a grid-stride loop over `pixels` pixels of each of `batch`
 // images: as many as stay resident on the device together (the kernel's occupancy), so that no
 // partial second wave of equally loaded blocks runs after the first (8 blocks per multiprocessor
@@ -912,7 +839,7 @@ void allow_dynamic_shared(Kernel kernel, int device, int bytes) {
 template <typename Kernel>
 unsigned resident_blocks_per_image(Kernel kernel, size_t shared_bytes, int64_t batch,
                                    int64_t pixels) {
-  const int64_t resident = resident_blocks(kernel, shared_bytes, current_device());
+  const int64_t resident = resident_blocks(kernel, kThreads, shared_bytes, current_device());
   const int64_t blocks =
       std::min((resident + batch - 1) / batch, (pixels + kThreads - 1) / kThreads);
   return static_cast<unsigned>(blocks < 1 ? 1 : blocks);

@@ -54,6 +54,7 @@ _CORE_DTYPES = {
 # variable with which the tests and benchmarks/gpu_check.sh turn it on).
 CANDIDATES = {
     "group-minimum vote": ("_set_cuda_vote_group_minimum", "PDL_POST_VOTE_GROUP_MINIMUM"),
+    "multi-row peak blocks": ("_set_cuda_multi_row_peaks", "PDL_POST_MULTI_ROW_PEAKS"),
 }
 
 

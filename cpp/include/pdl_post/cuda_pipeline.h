@@ -70,6 +70,10 @@ VoteSearch set_cuda_vote_search(VoteSearch search);
 // hook like set_cuda_vote_search (off: the strided reads for every input); returns the previous
 // setting.
 bool set_cuda_packed_loads(bool packed);
+// Whether count_peaks gives each block as many rows as make one resident wave of blocks instead
+// of one row (8,192 short blocks at batch 8): the same answer; off until GPU timings decide
+// (benchmarks/RESULTS.md). A process-wide test and benchmark hook; returns the previous setting.
+bool set_cuda_multi_row_peaks(bool multi_row);
 
 struct CudaMergeInputs {
   StridedView sem;     // labels [B, 1, H, W]; data == nullptr when logits are given
