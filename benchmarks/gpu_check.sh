@@ -13,9 +13,8 @@
 #   4. runs compute-sanitizer memcheck on a small batch (merge and postprocess, logits included);
 #   5. runs compute-sanitizer racecheck, synccheck and initcheck on the same small batch;
 #   then, with the candidates on (changes off by default until these timings decide: the vote's
-#   group-minimum search, PDL_POST_VOTE_GROUP_MINIMUM=1, and count_peaks' multi-row blocks,
-#   PDL_POST_MULTI_ROW_PEAKS=1, each turning it on in the tests and the small batch), the device
-#   tests, memcheck (after step 4) and racecheck (at the end) once more.
+#   pixels in chunks per warp, PDL_POST_VOTE_CHUNKS=1, turning it on in the tests and the small
+#   batch), the device tests, memcheck (after step 4) and racecheck (at the end) once more.
 #
 # Needs: nvcc (CUDA 12+), a driver and a Python whose torch is a CUDA build (PYTHON=..., default
 # python3) holding the build and test requirements (scikit-build-core, pybind11, cython, ninja,
@@ -161,7 +160,7 @@ fi
 
 # The candidates, so that a run whose timings favour them also shows them correct on the GPU
 # (every variable of pdl_post._cuda.CANDIDATES).
-candidates_on() { PDL_POST_VOTE_GROUP_MINIMUM=1 PDL_POST_MULTI_ROW_PEAKS=1 "$@"; }
+candidates_on() { PDL_POST_VOTE_CHUNKS=1 "$@"; }
 step "device tests on the GPU, candidates on"
 candidates_on within 120 "device tests, candidates on" "$PY" -m pytest "${device_tests[@]}"
 if [ "${SKIP_MEMCHECK:-0}" != "1" ]; then

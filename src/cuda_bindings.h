@@ -52,19 +52,11 @@ inline void bind_cuda(py::module_& m) {
   m.def("cuda_release_memory", &cuda_release_memory, py::call_guard<py::gil_scoped_release>());
   m.def("cuda_stream_wait", &cuda_stream_wait, py::arg("device"), py::arg("stream"),
         py::arg("producer"));
-  // Test and benchmark hook: the vote's search among few centres (see VoteSearch).
-  m.def(
-      "_set_cuda_vote_group_minimum",
-      [](bool grouped) {
-        return set_cuda_vote_search(grouped ? VoteSearch::kGroupMinimum
-                                            : VoteSearch::kBruteForce) == VoteSearch::kGroupMinimum;
-      },
-      py::arg("grouped"), "Returns the previous setting.");
+  // Test and benchmark hook: the vote's pixels in chunks per warp (see set_cuda_vote_chunks).
+  m.def("_set_cuda_vote_chunks", &set_cuda_vote_chunks, py::arg("chunks"),
+        "Returns the previous setting.");
   // Test and benchmark hook: 4 pixels per load where the inputs allow (see set_cuda_packed_loads).
   m.def("_set_cuda_packed_loads", &set_cuda_packed_loads, py::arg("packed"),
-        "Returns the previous setting.");
-  // Test and benchmark hook: rows per count_peaks block (see set_cuda_multi_row_peaks).
-  m.def("_set_cuda_multi_row_peaks", &set_cuda_multi_row_peaks, py::arg("multi_row"),
         "Returns the previous setting.");
   // module_local: _core and _cuda_emulation each bind their own build of CudaMerge.
   py::class_<CudaMerge>(m, "CudaMerge", py::module_local())

@@ -212,8 +212,8 @@ def _switched(device, hook, on=True):
         getattr(module, hook)(previous)
 
 
-def _vote_group_minimum(device):
-    return _switched(device, "_set_cuda_vote_group_minimum")
+def _vote_chunks(device):
+    return _switched(device, "_set_cuda_vote_chunks")
 
 
 def _vote_scenes():
@@ -260,20 +260,24 @@ def _midway_votes(k):
     return sem, ctr, off, dict(nms_kernel=3, stuff_area=0)
 
 
-def test_group_minimum_vote_equals_the_brute_force(cuda_device):
-    # VoteSearch::kGroupMinimum, not the default until GPU timings decide, gives the CPU's answer.
-    for sem, ctr, off, kw in _vote_scenes():
-        with _vote_group_minimum(cuda_device):
-            cpu = run_on(cuda_device, sem, ctr, off, **kw)  # compares the device's answer
-        ids = np.asarray(cpu.panoptic)
-        if sem.shape == (8, 64):
-            assert (ids[:, 1::3] == 11 * 1000 + 1).all()  # equally far: the first centre
-            assert (ids[:, ::3] == 11 * 1000 + 1).all()  # every distance inf: the first centre
-        if sem.shape[0] == 6:  # midway votes: the lower of the two centres, K - 1 instances
-            k = len(cpu.centers)
-            assert sorted(np.unique(ids)) == [11 * 1000 + i for i in range(1, k)]
-            instance_of_column = ids[0] - 11 * 1000
-            assert (instance_of_column == np.arange(ids.shape[1]) % (k - 1) + 1).all()
+def test_vote_in_chunks_equals_the_fixed_share(cuda_device):
+    # set_cuda_vote_chunks (cuda_pipeline.h), off by default until GPU timings decide: warps take
+    # 256 pixels at a time from a counter per image. The CPU's answer on the vote scenes (ties,
+    # overflowing distances), a batch whose images end in a partial chunk, rows narrower than a
+    # warp, many centres (the vote grid) and a foreground mask.
+    scenes = list(_vote_scenes())
+    b = synthetic.make_batch(3, 37, 29, 6, seed=9)  # 1073 pixels: 4 chunks and 49 pixels
+    scenes.append((b.sem, b.ctr, b.off, {}))
+    narrow = synthetic.make_batch(2, 40, 7, 2, seed=4)  # rows of 7: a warp spans 5 rows
+    scenes.append((narrow.sem, narrow.ctr, narrow.off, {}))
+    many = synthetic.make_scene(64, 96, 300, seed=2)
+    scenes.append((many.sem, many.ctr, many.off, dict(top_k=None, nms_kernel=3)))
+    for sem, ctr, off, kw in scenes:
+        with _vote_chunks(cuda_device):
+            run_on(cuda_device, sem, ctr, off, **kw)  # compares the device's answer
+    mask = b.sem % 3 == 0
+    with _vote_chunks(cuda_device):
+        run_on(cuda_device, b.sem, b.ctr, b.off, mask=mask)
 
 
 def test_centres_skip_the_selection_when_every_peak_is_kept(cuda_device):
@@ -310,34 +314,6 @@ def test_centres_skip_the_selection_when_every_peak_is_kept(cuda_device):
         if cuda_device == "emulated":
             launches = EMULATION.take_counters().get("launches of default_kept_kernel", 0)
             assert launches == (2 if selected else 0), what  # postprocess and merge
-
-
-def test_multi_row_peak_blocks_equal_one_row_per_block(cuda_device):
-    # set_cuda_multi_row_peaks (cuda_pipeline.h), off by default until GPU timings decide:
-    # count_peaks' blocks take as many rows as make one resident wave (the emulator's device, like
-    # an H100, holds 132 x 8 such blocks: 3 x 401 rows are 2 per block, the last block of each
-    # image one), and every row's count, flags and the exclusive sum's zeroed total stay the
-    # CPU's; windows above 41 (flags from the separable filter) and float64 heatmaps too.
-    b = synthetic.make_batch(3, 401, 24, 5, seed=8)
-    sem = b.sem.astype(np.int32)
-    flat = np.full_like(b.ctr, 0.5)  # a peak at every pixel: rows of 24 peaks
-    cases = [
-        (b.ctr, {}),
-        (b.ctr.astype(np.float64), {}),
-        (b.ctr, dict(nms_kernel=43)),
-        (flat, dict(top_k=None)),
-    ]
-    for ctr, kw in cases:
-        blocks = {}
-        for on in (False, True):
-            if cuda_device == "emulated":
-                EMULATION.take_counters()
-            with _switched(cuda_device, "_set_cuda_multi_row_peaks", on=on):
-                run_on(cuda_device, sem, ctr, b.off, **kw)
-            if cuda_device == "emulated":
-                blocks[on] = EMULATION.take_counters()["blocks of count_peaks_kernel"]
-        if cuda_device == "emulated":  # postprocess and merge: 2 x 3 x 401 rows, then 2 x 3 x 201
-            assert blocks == {False: 2 * 3 * 401, True: 2 * 3 * 201}, blocks
 
 
 def _misaligned(a, device):

@@ -17,8 +17,6 @@
 // so the first top_k of a segment are exactly the CPU's "ties go to the earlier pixel"; detectron2
 // mode keeps scores above the top_k-th. Kept flags are compacted with one more exclusive sum,
 // preserving row-major order.
-#include <algorithm>
-#include <atomic>
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_scan.cuh>
@@ -33,7 +31,6 @@ namespace cuda {
 namespace {
 
 constexpr int kRowThreads = 256;
-std::atomic<bool> multi_row_peaks{false};  // set_cuda_multi_row_peaks
 
 // Pixel (y, x) of image b: its flag from find_peak_flags, else the per-pixel test.
 template <typename T>
@@ -155,39 +152,32 @@ __device__ bool peak_in_pass(Plane<const T> plane, const uint8_t* flags, int64_t
          peak_at(plane, flags, b, y, x, height, width, threshold, radius);
 }
 
-// Counts the peaks of each of `rows_per_block` rows; `flags_ready`: the flags come from
-// find_peak_flags, else the per-pixel test runs here and writes them. Block (0, 0) also zeroes
-// the element after the last row, which the exclusive sum reads but never adds (initialised, so
-// that compute-sanitizer initcheck stays clean; a memset launch before).
+// Counts each row's peaks; `flags_ready`: the flags come from find_peak_flags, else the
+// per-pixel test runs here and writes them.
 template <typename T>
 __global__ void count_peaks_kernel(DeviceView<const T> ctr, uint8_t* flags, bool flags_ready,
                                    int64_t height, int64_t width, T threshold, int64_t radius,
-                                   int64_t rows_per_block, int64_t* row_count) {
+                                   int64_t* row_count) {
   using Reduce = cub::BlockReduce<int64_t, kRowThreads>;
   __shared__ typename Reduce::TempStorage storage;
-  const int64_t b = blockIdx.y, first = blockIdx.x * rows_per_block;
-  if (blockIdx.x == 0 && b == 0 && threadIdx.x == 0) row_count[gridDim.y * height] = 0;
+  const int64_t y = blockIdx.x, b = blockIdx.y;
   const Plane<const T> plane = ctr.plane(b, 0);
-  const int64_t last = first + rows_per_block < height ? first + rows_per_block : height;
-  for (int64_t y = first; y < last; ++y) {
-    uint8_t* row_flags = flags + (b * height + y) * width;
-    int64_t count = 0;
-    for (int64_t x0 = 0; x0 < width; x0 += kRowThreads * kRowPixels) {
-      T value[kRowPixels];
-      load_row_pass(plane, y, x0, width, value);
+  uint8_t* row_flags = flags + (b * height + y) * width;
+  int64_t count = 0;
+  for (int64_t x0 = 0; x0 < width; x0 += kRowThreads * kRowPixels) {
+    T value[kRowPixels];
+    load_row_pass(plane, y, x0, width, value);
 #pragma unroll
-      for (int j = 0; j < kRowPixels; ++j) {
-        const int64_t x = x0 + j * kRowThreads + threadIdx.x;
-        const bool peak = peak_in_pass(plane, flags_ready ? flags : nullptr, b, y, x, value[j],
-                                       height, width, threshold, radius);
-        if (!flags_ready && x < width) row_flags[x] = peak ? 1 : 0;
-        count += peak ? 1 : 0;
-      }
+    for (int j = 0; j < kRowPixels; ++j) {
+      const int64_t x = x0 + j * kRowThreads + threadIdx.x;
+      const bool peak = peak_in_pass(plane, flags_ready ? flags : nullptr, b, y, x, value[j],
+                                     height, width, threshold, radius);
+      if (!flags_ready && x < width) row_flags[x] = peak ? 1 : 0;
+      count += peak ? 1 : 0;
     }
-    const int64_t total = Reduce(storage).Sum(count);
-    if (threadIdx.x == 0) row_count[b * height + y] = total;
-    __syncthreads();  // the next row reuses the reduction's storage
   }
+  const int64_t total = Reduce(storage).Sum(count);
+  if (threadIdx.x == 0) row_count[b * height + y] = total;
 }
 
 // The peaks of rows that have any (count_peaks' flags), in row-major order at the row's offset:
@@ -399,20 +389,13 @@ void find_peak_flags(const StridedView& ctr, double threshold, int64_t nms_kerne
 void count_peaks(const StridedView& ctr, double threshold, int64_t nms_kernel, uint8_t* peak_flags,
                  int64_t* row_count, cudaStream_t stream) {
   const int64_t batch = ctr.batch(), height = ctr.height(), width = ctr.width();
+  check(cudaMemsetAsync(row_count + batch * height, 0, sizeof(int64_t), stream), "cudaMemset");
   with_float_type(ctr.dtype, "ctr", [&](auto tag) {
     using T = decltype(tag);
-    // A row per block, or (the candidate) as many rows per block as make one resident wave.
-    int64_t rows_per_block = 1;
-    if (multi_row_peaks.load(std::memory_order_relaxed)) {
-      const int64_t resident =
-          resident_blocks(count_peaks_kernel<T>, kRowThreads, 0, current_device());
-      rows_per_block = std::max<int64_t>(1, (batch * height + resident - 1) / resident);
-    }
-    const int64_t blocks_per_image = (height + rows_per_block - 1) / rows_per_block;
-    const dim3 grid(static_cast<unsigned>(blocks_per_image), static_cast<unsigned>(batch));
+    const dim3 grid(static_cast<unsigned>(height), static_cast<unsigned>(batch));
     count_peaks_kernel<T><<<grid, kRowThreads, 0, stream>>>(
         device_view<T>(ctr), peak_flags, nms_kernel > kDirectWindowMax, height, width,
-        static_cast<T>(threshold), nms_kernel / 2, rows_per_block, row_count);
+        static_cast<T>(threshold), nms_kernel / 2, row_count);
     check_launch("count_peaks_kernel");
   });
 }
@@ -494,6 +477,4 @@ void select_centers(DType ctr_dtype, int64_t width, const PeakList& peaks,
 }
 
 }  // namespace cuda
-
-bool set_cuda_multi_row_peaks(bool multi_row) { return cuda::multi_row_peaks.exchange(multi_row); }
 }  // namespace pdl_post

@@ -408,6 +408,7 @@ struct FuseBuffers {
   DeviceSegment* segments;             // per image slots
   int64_t* num_segments;               // [B]
   unsigned long long* error_instance;  // [B], ULLONG_MAX when no error
+  unsigned long long* vote_cursor;  // [B], zeroed: the vote's chunks taken (set_cuda_vote_chunks)
 };
 
 // The sorted distinct labels of the batch (compacted class tables): gather, radix sort, unique.

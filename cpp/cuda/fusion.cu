@@ -51,12 +51,14 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-std::atomic<VoteSearch> vote_search{VoteSearch::kBruteForce};  // set_cuda_vote_search
-std::atomic<bool> packed_loads{true};                          // set_cuda_packed_loads
+std::atomic<bool> vote_chunks{false};  // set_cuda_vote_chunks
+std::atomic<bool> packed_loads{true};  // set_cuda_packed_loads
+// Pixels a warp of the vote takes at once from its image's cursor (vote_chunks): 8 rounds of 32.
+constexpr int64_t kVoteChunk = 8 * 32;
 // Pixels a thread of write_kernel loads before using any: their loads in flight together (one at
 // a time it took 28 us at 1024 x 2048 on an H200, 12 us with four).
 constexpr int kLoadsInFlight = 4;
-static_assert(kThreads % 32 == 0, "vote_kernel's __ballot_sync needs whole warps");
+static_assert(kThreads % 32 == 0, "vote_kernel's __match_any_sync needs whole warps");
 // Every centre of a brute-force image, in shared memory (images with more take the vote grid).
 constexpr int kCenterTile = static_cast<int>(kBruteForceCentersMax);
 constexpr int kScoreThreads = 256;  // pixels evaluated at once per score block
@@ -175,14 +177,14 @@ __global__ void gather_labels_kernel(DeviceView<const TSem> sem, int64_t height,
   });
 }
 
-// Adds one to hist[bin] for every lane of the warp at once (lanes with equal bins add together).
-// `lanes` names exactly the lanes that call this: it comes from a __ballot_sync taken where the
-// whole warp is converged (__activemask() after a branch may miss lanes that have not yet
-// reconverged, and a *_sync mask must name every lane that executes the call).
+// Adds one to hist[bin] for each lane of the warp that counts (lanes with equal bins add
+// together). Every lane of the warp calls it, converged, counting or not: a lane that skipped it
+// could run ahead into the next pixel's warp intrinsics while the others are still in this one.
 template <typename TCount>
-__device__ void add_to_bin(TCount* hist, unsigned long long bin, unsigned lanes) {
-  const unsigned peers = __match_any_sync(lanes, bin);
-  if ((threadIdx.x & 31u) == static_cast<unsigned>(__ffs(peers) - 1)) {
+__device__ void add_to_bin(TCount* hist, unsigned long long bin, bool counts) {
+  const unsigned long long kNoBin = ~0ull;  // the lanes that do not count, grouped apart
+  const unsigned peers = __match_any_sync(0xffffffffu, counts ? bin : kNoBin);
+  if (counts && (threadIdx.x & 31u) == static_cast<unsigned>(__ffs(peers) - 1)) {
     atomicAdd(&hist[bin], static_cast<TCount>(__popc(peers)));
   }
 }
@@ -201,14 +203,12 @@ struct VoteArgs {
   bool wide_pair_keys;  // PairSort::wide
   int64_t no_pair;      // PairSort::none
   int64_t height, width;
+  unsigned long long* vote_cursor;  // [B], zeroed: chunks taken per image; nullptr: a fixed share
 };
 
 // How vote_kernel finds the nearest centre, each its own kernel (a branch between them would cost
-// the default's registers): every centre in order, every centre by groups of four
-// (VoteSearch::kGroupMinimum), or the vote grid (many centres).
-enum NearestSearch : int { kEveryCenter, kGroupMinimumSearch, kGridSearch };
-static_assert(kPackPixels == 4, "nearest_by_group_minimum takes the minimum of four");
-static_assert(kCenterTile % kPackPixels == 0, "tile_x stays aligned for 16-byte loads");
+// the default's registers): every centre in order, or the vote grid (many centres).
+enum NearestSearch : int { kEveryCenter, kGridSearch };
 
 // The batch-wide grid cell of centre k of image b.
 __device__ int64_t cell_of(const CenterList& centers, const ManyCenters& many, int64_t b, int64_t k,
@@ -330,39 +330,6 @@ __device__ int32_t nearest_in_grid(const VoteGrid& grid, const int64_t* cell_sta
   return best;
 }
 
-// The nearest of `count` centres (cy, cx: shared memory, 16-byte aligned) to a finite vote, ties
-// to the lower index: the brute force's answer with fewer compare-and-select steps. Each group of
-// four centres (two 16-byte loads) gives its smallest distance first (fminf: distances of finite
-// votes from finite centres are never NaN), and its index only when that beats the best so far,
-// which is rare after the first groups; a tie with an earlier group keeps the earlier index, and
-// the first of the group's equal distances wins inside it.
-__device__ int32_t nearest_by_group_minimum(const float* cy, const float* cx, int32_t count,
-                                            float qy, float qx) {
-  int32_t best = 0;
-  float best_distance = __int_as_float(0x7f800000);  // +inf: all-inf picks 0, as the brute force
-  int32_t i = 0;
-  for (; i + kPackPixels <= count; i += kPackPixels) {
-    const PixelPack<float> y = *reinterpret_cast<const PixelPack<float>*>(cy + i);
-    const PixelPack<float> x = *reinterpret_cast<const PixelPack<float>*>(cx + i);
-    float d[kPackPixels];
-#pragma unroll
-    for (int j = 0; j < kPackPixels; ++j) d[j] = center_distance(y.v[j], x.v[j], qy, qx);
-    const float group = fminf(fminf(d[0], d[1]), fminf(d[2], d[3]));
-    if (group < best_distance) {
-      best_distance = group;
-      best = i + (d[0] == group ? 0 : d[1] == group ? 1 : d[2] == group ? 2 : 3);
-    }
-  }
-  for (; i < count; ++i) {
-    const float d = center_distance(cy[i], cx[i], qy, qx);
-    if (d < best_distance) {
-      best_distance = d;
-      best = i;
-    }
-  }
-  return best;
-}
-
 template <typename TSem, typename TOff, bool kFromMask, bool kSharedHist, int kSearch>
 __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
   extern __shared__ unsigned char shared_bytes[];
@@ -392,12 +359,9 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
   const Plane<const TOff> dy = a.off.plane(b, 0), dx = a.off.plane(b, 1);
   const int64_t hw = a.height * a.width;
   int32_t* instance = a.buffers.instance + b * hw;
-  const int64_t step = int64_t{gridDim.x} * blockDim.x;
-  PixelWalk at(blockIdx.x * int64_t{blockDim.x} + threadIdx.x, step, a.height, a.width);
-  for (int64_t base = blockIdx.x * int64_t{blockDim.x}; base < hw; base += step, at.advance()) {
-    const int64_t p = base + threadIdx.x;
-    const bool active = p < hw;
-    const int64_t y = active ? at.y : 0, x = active ? at.x : 0;
+  // One pixel: p of the image at (y, x); inactive lanes (past the image) take part in the warp's
+  // histogram add only. Every lane of the warp calls it together.
+  const auto vote_pixel = [&](int64_t p, bool active, int64_t y, int64_t x) {
     // The offsets are read with the label (not after it proves a thing): one memory round trip.
     const int64_t label = active ? static_cast<int64_t>(sem(y, x)) : 0;
     const TOff off_y = active ? dy(y, x) : TOff(0), off_x = active ? dx(y, x) : TOff(0);
@@ -421,10 +385,6 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
                                a.many.pyramid + a.many.pyramid_offset[b], a.many.cell_centers,
                                a.centers.y + first, a.centers.x + first, num_centers, qy, qx);
       }
-    } else if (kSearch == kGroupMinimumSearch) {
-      if (voting) {
-        best = nearest_by_group_minimum(tile_y, tile_x, static_cast<int32_t>(num_centers), qy, qx);
-      }
     } else if (voting) {
       for (int32_t i = 0; i < static_cast<int32_t>(num_centers); ++i) {
         const float d = center_distance(tile_y[i], tile_x[i], qy, qx);
@@ -434,26 +394,51 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
         }
       }
     }
-    // Every lane of the warp is here (whole warps, no lane has left the loop): the lanes that
-    // count are known before the branch. Sorted pairs: only pixels without an instance count.
+    // Sorted pairs: only pixels without an instance count in the histogram.
     const int32_t inst = voting ? best + 1 : 0;
     const bool counted = active && (a.pair_keys == nullptr || inst == 0);
-    const unsigned counting = __ballot_sync(0xffffffffu, counted);
+    const int64_t c = active ? a.layout.class_index(label) : 0;
     if (active) {
       instance[p] = inst;
-      const int64_t c = a.layout.class_index(label);
       if (a.pair_keys) {
         store_pair_key(a.pair_keys, a.wide_pair_keys, b * hw + p,
                        inst > 0 ? (a.layout.inst_offset[b] + inst) * classes + c : a.no_pair);
       }
-      if (counted) {
-        const unsigned long long bin = static_cast<unsigned long long>(inst * classes + c);
-        if (kSharedHist) {
-          add_to_bin(shared_hist, bin, counting);
-        } else {
-          add_to_bin(hist, bin, counting);
-        }
+    }
+    // Every lane of the warp is here (whole warps, none has left the loop).
+    const unsigned long long bin = static_cast<unsigned long long>(inst * classes + c);
+    if (kSharedHist) {
+      add_to_bin(shared_hist, bin, counted);
+    } else {
+      add_to_bin(hist, bin, counted);
+    }
+  };
+  if (a.vote_cursor == nullptr) {  // a fixed share: every (gridDim.x * blockDim.x)-th pixel
+    const int64_t step = int64_t{gridDim.x} * blockDim.x;
+    PixelWalk at(blockIdx.x * int64_t{blockDim.x} + threadIdx.x, step, a.height, a.width);
+    for (int64_t base = blockIdx.x * int64_t{blockDim.x}; base < hw; base += step, at.advance()) {
+      const int64_t p = base + threadIdx.x;
+      const bool active = p < hw;
+      vote_pixel(p, active, active ? at.y : 0, active ? at.x : 0);
+    }
+  } else {  // chunks of kVoteChunk pixels per warp from the image's cursor, until none are left
+    const int lane = static_cast<int>(threadIdx.x & 31u);
+    for (;;) {
+      unsigned long long chunk = 0;
+      if (lane == 0) chunk = atomicAdd(a.vote_cursor + b, 1ull);
+      chunk = __shfl_sync(0xffffffffu, chunk, 0);
+      const int64_t first = static_cast<int64_t>(chunk) * kVoteChunk;
+      if (first >= hw) break;
+      // The image's last chunk ends the warp's work (later ones start past the image), so a
+      // lane past the image never runs ahead into another round's warp intrinsics.
+      const int64_t end = first + kVoteChunk < hw ? first + kVoteChunk : hw;
+      PixelWalk at(first + lane, 32, a.height, a.width);
+      for (int64_t base = first; base < end; base += 32, at.advance()) {
+        const int64_t p = base + lane;
+        const bool active = p < hw;
+        vote_pixel(p, active, active ? at.y : 0, active ? at.x : 0);
       }
+      if (end == hw) break;
     }
   }
   if (kSharedHist) {
@@ -1003,6 +988,7 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
   const int shared_attribute = static_cast<int>(std::min<int64_t>(
       shared_limit,
       static_cast<int64_t>(tile_bytes) + kSharedBinLimit * int64_t{sizeof(unsigned)}));
+  const bool chunks = vote_chunks.load(std::memory_order_relaxed);
   with_label_type(sem.dtype, "sem", [&](auto sem_tag) {
     using TSem = decltype(sem_tag);
     with_float_type(off.dtype, "off", [&](auto off_tag) {
@@ -1020,7 +1006,8 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
           pairs ? pairs->wide : false,
           pairs ? pairs->none : 0,
           height,
-          width};
+          width,
+          chunks ? buffers.vote_cursor : nullptr};
       auto launch = [&](auto kernel) {
         allow_dynamic_shared(kernel, device, shared_attribute);
         const dim3 grid(resident_blocks_per_image(kernel, shared_bytes, batch, hw),
@@ -1028,14 +1015,11 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
         kernel<<<grid, kThreads, shared_bytes, stream>>>(args);
         check_launch("vote_kernel");
       };
-      // The twelve combinations of (mask, shared counters, search), each its own kernel.
-      const bool grouped = vote_search.load(std::memory_order_relaxed) == VoteSearch::kGroupMinimum;
+      // The eight combinations of (mask, shared counters, search), each its own kernel.
       const auto with_grid = [&](auto from_mask, auto shared_hist) {
         constexpr bool kMask = decltype(from_mask)::value, kShared = decltype(shared_hist)::value;
         if (many) {
           launch(vote_kernel<TSem, TOff, kMask, kShared, kGridSearch>);
-        } else if (grouped) {
-          launch(vote_kernel<TSem, TOff, kMask, kShared, kGroupMinimumSearch>);
         } else {
           launch(vote_kernel<TSem, TOff, kMask, kShared, kEveryCenter>);
         }
@@ -1231,7 +1215,7 @@ void write_panoptic(const StridedView& sem, const FuseLayout& layout, const Fuse
 
 }  // namespace cuda
 
-VoteSearch set_cuda_vote_search(VoteSearch search) { return cuda::vote_search.exchange(search); }
+bool set_cuda_vote_chunks(bool chunks) { return cuda::vote_chunks.exchange(chunks); }
 bool set_cuda_packed_loads(bool packed) { return cuda::packed_loads.exchange(packed); }
 
 }  // namespace pdl_post

@@ -737,7 +737,9 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
       t.select = cuda::take_select_scratch(sc, s.in.ctr.dtype, listed_peaks, B, any_sorted);
     }
     cuda::FuseBuffers& f = t.buffers;
-    f.hist = sc.take<unsigned long long>(hist_total, "the instance x class histogram");
+    // The histogram, then the vote's chunk cursors (B), zeroed together.
+    f.hist = sc.take<unsigned long long>(hist_total + B, "the instance x class histogram");
+    f.vote_cursor = f.hist + hist_total;
     // int32 output: instance ids first, panoptic ids written over them.
     f.instance = out.dtype == DType::kInt32 ? static_cast<int32_t*>(out.data)
                                             : sc.take<int32_t>(B * hw, "the instance map");
@@ -790,6 +792,15 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   const cuda::ManyCenters* many_or_null = many_centers ? &many : nullptr;
   const cuda::PairSort* pairs_or_null = pair_histogram ? nullptr : &a.pairs;
 
+  // The vote's counters are set before the peaks are written, so that the vote's launch follows
+  // the centres' kernel: the device runs that kernel while the host launches the vote (the two
+  // memset calls between them left it idle). The histogram and the vote's chunk cursors are one
+  // piece, zeroed at once.
+  check(cudaMemsetAsync(buffers.hist, 0,
+                        static_cast<size_t>(hist_total + B) * sizeof(unsigned long long), stream),
+        "cudaMemsetAsync");
+  check(cudaMemsetAsync(buffers.error_instance, 0xff, B * sizeof(unsigned long long), stream),
+        "cudaMemsetAsync");
   // Peaks in row-major order, then the kept centres.
   if (every_peak_kept) {
     cuda::write_every_peak_as_center(s.in.ctr, s.peak_flags, s.row_offset, centers, stream);
@@ -801,11 +812,6 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
         cuda::UploadPack::at<int>(a.tables, at_sort_end), any_sorted, a.select, centers, stream);
   }
 
-  check(
-      cudaMemsetAsync(buffers.hist, 0, static_cast<size_t>(hist_total) * sizeof(uint64_t), stream),
-      "cudaMemsetAsync");
-  check(cudaMemsetAsync(buffers.error_instance, 0xff, B * sizeof(unsigned long long), stream),
-        "cudaMemsetAsync");
   cuda::vote_and_count(s.sem, s.in.mask, s.in.off, things, centers, layout,
                        shared_bins <= cuda::kSharedBinLimit ? shared_bins : 0, many_or_null,
                        pairs_or_null, buffers, stream);

@@ -53,8 +53,7 @@ _CORE_DTYPES = {
 # name -> (the build's hook, _core.<hook>(on) returning the previous setting; the environment
 # variable with which the tests and benchmarks/gpu_check.sh turn it on).
 CANDIDATES = {
-    "group-minimum vote": ("_set_cuda_vote_group_minimum", "PDL_POST_VOTE_GROUP_MINIMUM"),
-    "multi-row peak blocks": ("_set_cuda_multi_row_peaks", "PDL_POST_MULTI_ROW_PEAKS"),
+    "vote in chunks": ("_set_cuda_vote_chunks", "PDL_POST_VOTE_CHUNKS"),
 }
 
 

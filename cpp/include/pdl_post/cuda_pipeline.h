@@ -57,23 +57,18 @@ void cuda_stream_wait(int device, uintptr_t stream, uintptr_t producer);
 // Compiled architectures and CUDA runtime version, for build_info().
 std::string cuda_build_description();
 
-// How the vote finds a thing pixel's nearest centre among at most kBruteForceCentersMax (more
-// take the vote grid): every centre in order (kBruteForce), or by groups of four, each group's
-// smallest distance first and its index only when that improves (kGroupMinimum). The same answer
-// either way; kBruteForce stays the default until GPU timings decide (benchmarks/RESULTS.md). A
+// Whether the vote's warps take their pixels in chunks of 256 from a counter per image (one atomic
+// add per chunk) until none are left, instead of a fixed share each: warps whose pixels are mostly
+// stuff no longer idle beside busier ones (Nsight Compute at batch 8 on an H200: 54 % achieved
+// occupancy of 75 %). The same answer; off until GPU timings decide (benchmarks/RESULTS.md). A
 // process-wide test and benchmark hook; returns the previous setting.
-enum class VoteSearch { kBruteForce, kGroupMinimum };
-VoteSearch set_cuda_vote_search(VoteSearch search);
+bool set_cuda_vote_chunks(bool chunks);
 // Whether the label range and the write of the ids read row-major inputs (one contiguous block,
 // aligned, H*W a multiple of 4) 4 pixels per load instead of pixel by pixel through the strides:
 // the same answer; on by default (faster on an H200, benchmarks/RESULTS.md). A process-wide test
-// hook like set_cuda_vote_search (off: the strided reads for every input); returns the previous
+// hook like set_cuda_vote_chunks (off: the strided reads for every input); returns the previous
 // setting.
 bool set_cuda_packed_loads(bool packed);
-// Whether count_peaks gives each block as many rows as make one resident wave of blocks instead
-// of one row (8,192 short blocks at batch 8): the same answer; off until GPU timings decide
-// (benchmarks/RESULTS.md). A process-wide test and benchmark hook; returns the previous setting.
-bool set_cuda_multi_row_peaks(bool multi_row);
 
 struct CudaMergeInputs {
   StridedView sem;     // labels [B, 1, H, W]; data == nullptr when logits are given
