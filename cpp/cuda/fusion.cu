@@ -13,6 +13,8 @@
 //                    fits no shared memory and would take more than 4 counters per pixel (dense
 //                    peaks, thousands of class ids) every pixel is keyed by its (instance, class)
 //                    pair and the keys are sorted instead (PairSort in cuda_common.cuh).
+//                    Pixels go to warps in fixed grid-stride shares, or (set_cuda_vote_chunks, a
+//                    candidate) in chunks taken from a counter per image until none are left.
 //   resolve_segments per instance: area and majority class (first maximum = smallest class;
 //                    with sorted pairs from the runs of equal keys, pair_runs_kernel);
 //                    number n = 1 + earlier non-empty instances of the same class (a parallel
