@@ -436,10 +436,11 @@ def _host_side(merge1, device, args) -> None:
 
 
 def _host_phases(calls, args) -> None:
-    """Where a merge call's host time goes: the Python before the first phase, the first phase
-    (its launches and the wait for the label range and peak counts), the Python between the
-    phases (the output's allocation), the second phase's launches and what follows; perf_counter
-    medians, the device drained before each call."""
+    """Where a merge call's host time goes: the Python before the first phase (the output's
+    allocation included), the first phase (its launches and the wait for the label range and peak
+    counts), the Python between the phases (the output's dtype; a second allocation where it
+    needs int64), the second phase's launches and what follows; perf_counter medians, the device
+    drained before each call."""
     import time
 
     import torch

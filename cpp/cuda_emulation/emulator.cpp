@@ -641,7 +641,6 @@ int launch_kernel(const char* name, const void* kernel, dim3 grid, dim3 block, s
   g_launch = nullptr;
   ++g_counters["launches"];
   ++g_counters[std::string("launches of ") + name];
-  g_counters[std::string("blocks of ") + name] += static_cast<int64_t>(blocks);
   if (L.failed) {
     const dim3 at(L.block_idx.x, L.block_idx.y, L.block_idx.z);
     violation(std::string(name) + " block " + describe(at) + ": " + L.error);
