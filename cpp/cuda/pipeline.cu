@@ -792,15 +792,6 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   const cuda::ManyCenters* many_or_null = many_centers ? &many : nullptr;
   const cuda::PairSort* pairs_or_null = pair_histogram ? nullptr : &a.pairs;
 
-  // The vote's counters are set before the peaks are written, so that the vote's launch follows
-  // the centres' kernel: the device runs that kernel while the host launches the vote (the two
-  // memset calls between them left it idle). The histogram and the vote's chunk cursors are one
-  // piece, zeroed at once.
-  check(cudaMemsetAsync(buffers.hist, 0,
-                        static_cast<size_t>(hist_total + B) * sizeof(unsigned long long), stream),
-        "cudaMemsetAsync");
-  check(cudaMemsetAsync(buffers.error_instance, 0xff, B * sizeof(unsigned long long), stream),
-        "cudaMemsetAsync");
   // Peaks in row-major order, then the kept centres.
   if (every_peak_kept) {
     cuda::write_every_peak_as_center(s.in.ctr, s.peak_flags, s.row_offset, centers, stream);
@@ -812,6 +803,12 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
         cuda::UploadPack::at<int>(a.tables, at_sort_end), any_sorted, a.select, centers, stream);
   }
 
+  // The histogram and the vote's chunk cursors are one piece, zeroed at once.
+  check(cudaMemsetAsync(buffers.hist, 0,
+                        static_cast<size_t>(hist_total + B) * sizeof(unsigned long long), stream),
+        "cudaMemsetAsync");
+  check(cudaMemsetAsync(buffers.error_instance, 0xff, B * sizeof(unsigned long long), stream),
+        "cudaMemsetAsync");
   cuda::vote_and_count(s.sem, s.in.mask, s.in.off, things, centers, layout,
                        shared_bins <= cuda::kSharedBinLimit ? shared_bins : 0, many_or_null,
                        pairs_or_null, buffers, stream);
