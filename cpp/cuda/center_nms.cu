@@ -400,29 +400,29 @@ void count_peaks(const StridedView& ctr, double threshold, int64_t nms_kernel, u
   });
 }
 
-void write_peaks(const StridedView& ctr, const uint8_t* peak_flags, const int64_t* row_offset,
-                 const PeakList& peaks, cudaStream_t stream) {
+template <bool kAsCenters>
+void launch_write_peaks(const StridedView& ctr, const uint8_t* peak_flags,
+                        const int64_t* row_offset, const PeakList& peaks, const CenterList& centers,
+                        cudaStream_t stream) {
   const int64_t batch = ctr.batch(), height = ctr.height(), width = ctr.width();
   with_float_type(ctr.dtype, "ctr", [&](auto tag) {
     using T = decltype(tag);
     const dim3 grid(static_cast<unsigned>(height), static_cast<unsigned>(batch));
-    write_peaks_kernel<T, false><<<grid, kRowThreads, 0, stream>>>(
-        device_view<T>(ctr), peak_flags, height, width, row_offset, peaks, CenterList{});
+    write_peaks_kernel<T, kAsCenters><<<grid, kRowThreads, 0, stream>>>(
+        device_view<T>(ctr), peak_flags, height, width, row_offset, peaks, centers);
     check_launch("write_peaks_kernel");
   });
+}
+
+void write_peaks(const StridedView& ctr, const uint8_t* peak_flags, const int64_t* row_offset,
+                 const PeakList& peaks, cudaStream_t stream) {
+  launch_write_peaks<false>(ctr, peak_flags, row_offset, peaks, CenterList{}, stream);
 }
 
 void write_every_peak_as_center(const StridedView& ctr, const uint8_t* peak_flags,
                                 const int64_t* row_offset, const CenterList& centers,
                                 cudaStream_t stream) {
-  const int64_t batch = ctr.batch(), height = ctr.height(), width = ctr.width();
-  with_float_type(ctr.dtype, "ctr", [&](auto tag) {
-    using T = decltype(tag);
-    const dim3 grid(static_cast<unsigned>(height), static_cast<unsigned>(batch));
-    write_peaks_kernel<T, true><<<grid, kRowThreads, 0, stream>>>(
-        device_view<T>(ctr), peak_flags, height, width, row_offset, PeakList{}, centers);
-    check_launch("write_peaks_kernel");
-  });
+  launch_write_peaks<true>(ctr, peak_flags, row_offset, PeakList{}, centers, stream);
 }
 
 bool sort_segments(const std::vector<int64_t>& peak_begin, int64_t top_k, TopKMode mode,

@@ -9,6 +9,7 @@
 #include <limits>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -198,9 +199,22 @@ inline int bit_width(int64_t value) {
 
 // Device facts the launches ask for, looked up once per process: the runtime's queries cost
 // about as much host time as a launch each, several per call, and the host's time between the
-// first synchronisation and the vote leaves the GPU idle. One mutex guards them (concurrent
-// calls); a few entries each, searched in order.
+// first synchronisation and the vote leaves the GPU idle.
 inline std::mutex launch_facts_mutex;
+
+// The value remembered for `key` in `known`, computed by `compute` (under the lock, so that a
+// concurrent caller finds it only once computed) the first time. A few entries each, searched in
+// order.
+template <typename Key, typename Value, typename Compute>
+Value remembered(std::vector<std::pair<Key, Value>>& known, const Key& key, Compute compute) {
+  const std::lock_guard<std::mutex> lock(launch_facts_mutex);
+  for (const auto& [k, value] : known) {
+    if (k == key) return value;
+  }
+  const Value value = compute();
+  known.emplace_back(key, value);
+  return value;
+}
 
 inline int current_device() {
   int device = 0;
@@ -212,62 +226,40 @@ inline int current_device() {
 // (multiprocessors x occupancy, at least one per multiprocessor).
 template <typename Kernel>
 int64_t resident_blocks(Kernel kernel, int threads, size_t shared_bytes, int device) {
-  struct Known {
-    Kernel kernel;
-    int threads;
-    size_t shared_bytes;
-    int device;
-    int64_t blocks;
-  };
-  static auto& known = *new std::vector<Known>;  // per kernel signature; never destroyed (exit)
-  const std::lock_guard<std::mutex> lock(launch_facts_mutex);
-  for (const Known& k : known) {
-    if (k.kernel == kernel && k.threads == threads && k.shared_bytes == shared_bytes &&
-        k.device == device) {
-      return k.blocks;
-    }
-  }
-  int sms = 0, per_sm = 0;
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
-        "cudaDeviceGetAttribute");
-  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared_bytes),
-        "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-  const int64_t blocks = int64_t{sms} * (per_sm < 1 ? 1 : per_sm);
-  known.push_back(Known{kernel, threads, shared_bytes, device, blocks});
-  return blocks;
+  using Key = std::tuple<Kernel, int, size_t, int>;
+  static auto& known = *new std::vector<std::pair<Key, int64_t>>;  // never destroyed (exit)
+  return remembered(known, Key{kernel, threads, shared_bytes, device}, [&] {
+    int sms = 0, per_sm = 0;
+    check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
+          "cudaDeviceGetAttribute");
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared_bytes),
+          "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    return int64_t{sms} * (per_sm < 1 ? 1 : per_sm);
+  });
 }
 
 // The opt-in shared memory per block of `device`.
 inline int shared_limit_of(int device) {
-  static auto& known = *new std::vector<std::pair<int, int>>;  // (device, bytes)
-  const std::lock_guard<std::mutex> lock(launch_facts_mutex);
-  for (const auto& [d, bytes] : known) {
-    if (d == device) return bytes;
-  }
-  int bytes = 0;
-  check(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-        "cudaDeviceGetAttribute");
-  known.emplace_back(device, bytes);
-  return bytes;
+  static auto& known = *new std::vector<std::pair<int, int>>;
+  return remembered(known, device, [&] {
+    int bytes = 0;
+    check(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+          "cudaDeviceGetAttribute");
+    return bytes;
+  });
 }
 
 // Sets `kernel`'s dynamic shared memory limit on `device` to `bytes`, once (every call asks for
-// the same value per device; see vote_and_count). Recorded after it is set, under the lock, so
-// that a concurrent call that finds the record launches after the setting.
+// the same value per device; see vote_and_count).
 template <typename Kernel>
 void allow_dynamic_shared(Kernel kernel, int device, int bytes) {
-  struct Allowed {
-    Kernel kernel;
-    int device, bytes;
-  };
-  static auto& allowed = *new std::vector<Allowed>;
-  const std::lock_guard<std::mutex> lock(launch_facts_mutex);
-  for (const Allowed& a : allowed) {
-    if (a.kernel == kernel && a.device == device && a.bytes == bytes) return;
-  }
-  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
-        "cudaFuncSetAttribute");
-  allowed.push_back(Allowed{kernel, device, bytes});
+  using Key = std::tuple<Kernel, int, int>;
+  static auto& known = *new std::vector<std::pair<Key, bool>>;
+  remembered(known, Key{kernel, device, bytes}, [&] {
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+          "cudaFuncSetAttribute");
+    return true;
+  });
 }
 
 // Blocks for a grid-stride loop over `items`, at most `cap`.
