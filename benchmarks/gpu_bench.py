@@ -436,11 +436,11 @@ def _host_side(merge1, device, args) -> None:
 
 
 def _host_phases(calls, args) -> None:
-    """Where a merge call's host time goes: the Python before the first phase (the output's
-    allocation included), the first phase (its launches and the wait for the label range and peak
-    counts), the Python between the phases (the output's dtype; a second allocation where it
-    needs int64), the second phase's launches and what follows; perf_counter medians, the device
-    drained before each call."""
+    """Where a merge call's host time goes: the Python before the job (the output's allocation
+    included), the first phase's launches, the Python after them (while the device works), then
+    the core's wait for the label range and peak counts with the second phase's launches (where
+    the label range fits the output allocated beforehand, no return to Python between them) and
+    what follows; perf_counter medians, the device drained before each call."""
     import time
 
     import torch
@@ -453,9 +453,9 @@ def _host_phases(calls, args) -> None:
 
     class TimedJob:
         def __init__(self, *a):
-            stamps["first phase"] = time.perf_counter()
+            stamps["first phase's launches"] = time.perf_counter()
             self.job = job_class(*a)
-            stamps["between the phases"] = time.perf_counter()
+            stamps["Python"] = time.perf_counter()
 
         def label_range(self):
             return self.job.label_range()
@@ -463,14 +463,20 @@ def _host_phases(calls, args) -> None:
         def release(self):
             self.job.release()
 
-        def finish(self, *a):
-            stamps["second phase"] = time.perf_counter()
+        def _timed(self, method: str, *a):
+            stamps.setdefault("wait + second phase", time.perf_counter())
             try:
-                return self.job.finish(*a)
+                return getattr(self.job, method)(*a)
             finally:
                 stamps["after"] = time.perf_counter()
 
-    order = ["before", "first phase", "between the phases", "second phase", "after"]
+        def finish_if_fits(self, *a):
+            return self._timed("finish_if_fits", *a)
+
+        def finish(self, *a):
+            return self._timed("finish", *a)
+
+    order = ["before", "first phase's launches", "Python", "wait + second phase", "after"]
     print("\nhost phases of a merge call (perf_counter, us, median; the device drained first):")
     print("| call | " + " | ".join(order) + " | whole |")
     print("|---|" + "---:|" * (len(order) + 1))

@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -46,6 +47,16 @@ inline StridedView device_view_of(const py::object& o, const char* name) {
   return v;
 }
 
+// finish's per-image results as [(centers, scores, segments), ...].
+inline py::list image_results_to_python(const std::vector<ImageResult>& results) {
+  py::list out;
+  for (const auto& r : results) {
+    py::tuple centers = centers_to_python(r.centers);
+    out.append(py::make_tuple(centers[0], centers[1], segments_to_python(r.segments)));
+  }
+  return out;
+}
+
 inline void bind_cuda(py::module_& m) {
   m.def("cuda_device_count", &cuda_device_count);
   m.def("cuda_pointer_device", &cuda_pointer_device, py::arg("pointer"));
@@ -83,7 +94,7 @@ inline void bind_cuda(py::module_& m) {
            py::arg("device"), py::arg("stream"), py::arg("thing_ids"), py::arg("label_divisor"),
            py::arg("stuff_area"), py::arg("void_label"), py::arg("threshold"),
            py::arg("nms_kernel"), py::arg("top_k"), py::arg("topk_mode"))
-      .def("label_range", &CudaMerge::label_range)
+      .def("label_range", &CudaMerge::label_range, py::call_guard<py::gil_scoped_release>())
       .def(
           "finish",
           [](CudaMerge& job, const py::object& out, bool with_segments, bool wait) {
@@ -93,15 +104,23 @@ inline void bind_cuda(py::module_& m) {
               py::gil_scoped_release release;
               results = job.finish(o, with_segments, wait);
             }
-            py::list out_list;
-            for (const auto& r : results) {
-              py::tuple centers = centers_to_python(r.centers);
-              out_list.append(
-                  py::make_tuple(centers[0], centers[1], segments_to_python(r.segments)));
-            }
-            return out_list;
+            return image_results_to_python(results);
           },
           py::arg("out"), py::arg("with_segments"), py::arg("wait"))
+      .def(
+          "finish_if_fits",
+          [](CudaMerge& job, const py::object& out, int64_t max_label, bool with_segments,
+             bool wait) -> py::object {
+            const StridedView o = device_view_of(out, "out");
+            std::optional<std::vector<ImageResult>> results;
+            {
+              py::gil_scoped_release release;
+              results = job.finish_if_fits(o, max_label, with_segments, wait);
+            }
+            if (!results) return py::none();
+            return image_results_to_python(*results);
+          },
+          py::arg("out"), py::arg("max_label"), py::arg("with_segments"), py::arg("wait"))
       .def("release", &CudaMerge::release, py::call_guard<py::gil_scoped_release>());
 }
 

@@ -191,7 +191,7 @@ def test_the_emulator_refuses_synchronisation_during_a_capture_as_cuda_does(emul
     original = emulation.CudaMerge
 
     def capture_after_the_check(*args):
-        job = original(*args)  # the first phase, synchronisation included, runs uncaptured
+        job = original(*args)  # the first phase's launches run uncaptured, its sync comes later
         emulation.set_stream_capture(1)
         return job
 
@@ -233,6 +233,76 @@ def test_synchronisations_copies_and_launches_per_call(emulated_cuda):
                 assert counts["scratch_pieces"] >= 24
                 launches.setdefault((name, sem.dtype.kind), set()).add(counts["launches"])
     assert all(len(n) == 1 for n in launches.values()), launches
+
+
+class _RecordedJob:
+    """Wraps the emulated CudaMerge and records which of its methods the Python layer calls."""
+
+    calls: list
+    last = None
+
+    def __init__(self, *args):
+        self.job = emulation.CudaMerge(*args)
+        _RecordedJob.last = self
+        self.calls = []
+
+    def __getattr__(self, name):
+        method = getattr(self.job, name)
+
+        def recorded(*args):
+            self.calls.append(name)
+            return method(*args)
+
+        return recorded
+
+
+@pytest.mark.parametrize(
+    ("options", "calls", "dtype"),
+    [
+        ({}, ["finish_if_fits"], np.int32),
+        ({"void_label": -(2**40)}, ["finish_if_fits"], np.int64),  # guessed int64 at once
+        ({"label_divisor": 2**27}, ["finish_if_fits", "label_range", "finish"], np.int64),
+        ({"int32_edge": 0}, ["finish_if_fits"], np.int32),  # the largest id is 2**31 - 4
+        ({"int32_edge": 1}, ["finish_if_fits", "label_range", "finish"], np.int64),
+        ({"label_divisor": 2**62}, ["finish_if_fits", "label_range", "release"], None),
+        ({"negative": True}, ["finish_if_fits", "label_range", "release"], None),
+    ],
+)
+def test_the_second_phase_follows_the_first_without_python_when_the_output_fits(
+    emulated_cuda, monkeypatch, options, calls, dtype
+):
+    # The output is allocated before the job in the dtype of the smallest label range, and the
+    # core goes from the first phase's synchronisation straight to the second phase when the ids
+    # fit it (cuda_pipeline.h): no return to Python while the device idles. Ids that need int64
+    # (label_divisor 2**27: 19 x 2**27 > 2**31) come back for a new output and finish; ids
+    # beyond int64 or negative come back for the error, and the job is released.
+    from devices import HostCudaArray
+    from pdl_post import _core
+
+    monkeypatch.setattr(_core, "CudaMerge", _RecordedJob)
+    s = synthetic.make_scene(48, 64, 12, seed=4)
+    options = dict(options, stuff_area=8)
+    sem = s.sem.copy()
+    if options.pop("negative", False):
+        sem[5, 6] = -3
+    if "int32_edge" in options:  # the largest label_divisor whose ids fit int32, and one more
+        options["label_divisor"] = 2**31 // (int(sem.max()) + 1) + options.pop("int32_edge")
+    emulation.take_counters()
+    try:
+        out = pdl_post.merge(*(HostCudaArray(a) for a in (sem, s.ctr, s.off)), **options).a
+    except ValueError as error:
+        out = error
+    assert _RecordedJob.last.calls == calls
+    assert emulation.take_counters()["synchronisations"] == 1
+    try:
+        expected = pdl_post.merge(sem, s.ctr, s.off, **options)
+    except ValueError as error:
+        assert dtype is None and isinstance(out, ValueError) and str(out) == str(error)
+    else:
+        assert out.dtype == dtype == expected.dtype
+        np.testing.assert_array_equal(out, expected)
+        with pytest.raises(ValueError, match="already called"):
+            _RecordedJob.last.job.finish_if_fits(None, 10**6, False, False)
 
 
 def test_nms_windows_above_41_take_the_separable_filter(emulated_cuda):

@@ -485,6 +485,28 @@ def test_output_dtype_widens_only_when_needed(device):
     assert wide.panoptic.max() > np.iinfo(np.int32).max
 
 
+def test_largest_label_fitting_agrees_with_output_dtype():
+    # The CUDA path allocates its output before the label range is known and lets the core go on
+    # when max class id <= largest_label_fitting(dtype, label_divisor): exactly the ids for which
+    # output_dtype asks for that dtype or a narrower one.
+    from pdl_post._inputs import largest_label_fitting, output_dtype
+
+    divisors = [1, 2, 3, 7, 1000, 2**16 - 1, 2**27, 2**40, 2**62, 2**63]
+    divisors += [2**31 + d for d in (-1, 0, 1)]  # int32's edge
+    for label_divisor in divisors:
+        for dtype in (np.int32, np.int64):
+            largest = largest_label_fitting(dtype, label_divisor)
+            for max_label in {0, 1, 17, largest - 1, largest, largest + 1}:
+                if max_label < 0:
+                    continue
+                try:
+                    fits = np.dtype(output_dtype(max_label, label_divisor, -1)).itemsize
+                except ValueError:  # beyond int64
+                    fits = 16
+                what = f"label_divisor {label_divisor}, {dtype.__name__}, max label {max_label}"
+                assert (fits <= np.dtype(dtype).itemsize) == (max_label <= largest), what
+
+
 def test_empty_images(device):
     for shape in [(0, 5), (4, 0), (0, 0)]:
         sem = np.zeros(shape, np.int32)

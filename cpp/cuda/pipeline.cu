@@ -439,8 +439,26 @@ struct CudaMerge::State {
   cuda::Scratch first_scratch;      // the first phase's arrays, until finish ends
   int64_t* row_offset = nullptr;    // peaks before each row (B * H + 1), in first_scratch
   uint8_t* peak_flags = nullptr;    // a flag per pixel (cuda::PeakFlags), likewise
+  long long* header = nullptr;      // [min label, max label, peak_begin[0..B]], likewise
+  bool counted = false;             // header read back (sync point 1)
   std::vector<int64_t> peak_begin;  // B + 1 (host)
   int64_t lo = 0, hi = -1;
+
+  // Sync point 1, once: the label range decides the output dtype, the peak counts size the
+  // second phase's buffers.
+  void wait_for_counts() {
+    if (empty || counted) return;
+    cuda::DeviceGuard guard(in.device);  // handles 1 and 2 name the current device's streams
+    std::vector<long long> host(static_cast<size_t>(3 + batch));
+    check(cudaMemcpyAsync(host.data(), header, host.size() * sizeof(long long),
+                          cudaMemcpyDeviceToHost, stream),
+          "cudaMemcpyAsync (label range)");
+    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    lo = host[0];
+    hi = host[1];
+    peak_begin.assign(host.begin() + 2, host.end());
+    counted = true;
+  }
 };
 
 CudaMerge::CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers,
@@ -502,6 +520,7 @@ CudaMerge::CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers
   });
   s.row_offset = a.row_offset;
   s.peak_flags = a.peak_flags.flags;
+  s.header = a.header;
   if (argmax) {
     cuda::argmax_logits(inputs.logits, a.labels, s.stream);
     s.sem.data = a.labels;
@@ -524,15 +543,7 @@ CudaMerge::CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers
   cuda::peak_begin_kernel<<<cuda::grid_for(s.batch + 1, 256), 256, 0, s.stream>>>(
       a.row_offset, s.batch, s.height, a.header + 2);
   cuda::check_launch("peak_begin_kernel");
-  // Sync point 1: the label range decides the output dtype, the peak counts size the buffers.
-  std::vector<long long> host(static_cast<size_t>(3 + s.batch));
-  check(cudaMemcpyAsync(host.data(), a.header, host.size() * sizeof(long long),
-                        cudaMemcpyDeviceToHost, s.stream),
-        "cudaMemcpyAsync (label range)");
-  check(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize");
-  s.lo = host[0];
-  s.hi = host[1];
-  s.peak_begin.assign(host.begin() + 2, host.end());
+  // The wait for these counts (sync point 1) is the first reader's: State::wait_for_counts.
 }
 
 namespace {
@@ -564,10 +575,20 @@ void CudaMerge::release() noexcept {
   if (state_) on_device(state_->in.device, [&] { state_.reset(); });
 }
 
-std::pair<int64_t, int64_t> CudaMerge::label_range() const {
+std::pair<int64_t, int64_t> CudaMerge::label_range() {
   if (!state_) throw ValueError("CudaMerge.label_range: the job was released");
   if (state_->empty) return {0, -1};
+  state_->wait_for_counts();
   return {state_->lo, state_->hi};
+}
+
+std::optional<std::vector<ImageResult>> CudaMerge::finish_if_fits(const StridedView& out,
+                                                                  int64_t max_label,
+                                                                  bool with_segments, bool wait) {
+  if (!state_) throw ValueError("CudaMerge.finish_if_fits: the job was released");
+  const auto [lo, hi] = label_range();
+  if (!state_->empty && (lo < 0 || hi > max_label)) return std::nullopt;
+  return finish(out, with_segments, wait);
 }
 
 std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_segments, bool wait) {
@@ -590,6 +611,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   } release_scratch{s};
   std::vector<ImageResult> results(static_cast<size_t>(s.batch));
   if (s.empty) return results;
+  s.wait_for_counts();
   if (s.lo < 0) {
     throw ValueError("sem: class ids must be >= 0, got a minimum of " + std::to_string(s.lo));
   }

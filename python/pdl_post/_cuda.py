@@ -32,6 +32,7 @@ from pdl_post._inputs import (
     check_same_shapes,
     ctr_layout,
     is_torch_tensor,
+    largest_label_fitting,
     mask_layout,
     off_layout,
     sem_layout,
@@ -490,16 +491,20 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
     wait = bool(foreign) or not _may_return_early(touched)
     if not (wait or with_segments) and stream_library == "torch":
         _record_stream(touched, device)
-    # The output is allocated before the first phase, in the dtype of the smallest label range
-    # (int32 unless label_divisor or void_label need int64), so that its allocation overlaps the
-    # device's work instead of leaving the device idle between the phases; a label range that
-    # needs int64 allocates again.
+    # The output is allocated before the job, in the dtype of the smallest label range (int32
+    # unless label_divisor or void_label need int64), and handed to the job with the largest class
+    # id it fits: where the label range fits, the second phase follows the first phase's
+    # synchronisation in the core with no return to Python while the device idles. A label range
+    # that needs int64 (or is refused) comes back here.
     out_shape = (b, h, w) if batched else (h, w)
     try:
         guess = output_dtype(0, params.label_divisor, params.void_label)
     except ValueError:  # raised below, after the label range's own checks
         guess = None
-    out = None if guess is None else _allocate(output_library, out_shape, guess, device)
+    out = None
+    if guess is not None:
+        out = _allocate(output_library, out_shape, guess, device)
+        _wait_for_allocation(output_library, stream_library, stream, device)
     job = _core.CudaMerge(
         labels,
         logits,
@@ -511,28 +516,42 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
         *params.core_options(),
     )
     try:
-        lo, hi = job.label_range()
-        if lo < 0:
-            raise ValueError(f"sem: class ids must be >= 0, got a minimum of {lo}")
-        dtype = output_dtype(hi, params.label_divisor, params.void_label)
-        if dtype != guess:
+        per_image = None
+        if out is not None:
+            per_image = job.finish_if_fits(
+                _core_view(out, guess, b, h, w),
+                largest_label_fitting(guess, params.label_divisor),
+                with_segments,
+                wait,
+            )
+        if per_image is None:
+            lo, hi = job.label_range()
+            if lo < 0:
+                raise ValueError(f"sem: class ids must be >= 0, got a minimum of {lo}")
+            dtype = output_dtype(hi, params.label_divisor, params.void_label)
             out = _allocate(output_library, out_shape, dtype, device)
-        if output_library not in (None, stream_library):  # allocated on another library's stream
-            allocated_on = _library_stream(output_library, device)
-            if allocated_on != stream:
-                _core.cuda_stream_wait(device, stream, allocated_on)
-        out4 = (
-            _pointer(out),
-            _CORE_DTYPES[np.dtype(dtype)],
-            [b, 1, h, w],
-            [h * w, h * w, w, 1],
-        )
+            _wait_for_allocation(output_library, stream_library, stream, device)
+            per_image = job.finish(_core_view(out, dtype, b, h, w), with_segments, wait)
     except BaseException:
         # Free the first phase's scratch while the stream is surely alive: the traceback keeps
-        # the job, and its stream may be gone (or another thread's) when it is collected.
+        # the job, and its stream may be gone (or another thread's) when it is collected. (A
+        # finish that raised has freed it already; release is then a no-op.)
         job.release()
         raise
-    per_image = job.finish(out4, with_segments, wait)
     if not with_segments:
         per_image = [None] * b
     return out, per_image, batched
+
+
+def _wait_for_allocation(output_library, stream_library, stream: int, device: int) -> None:
+    """Makes ``stream`` wait for the output's allocation where another library's current stream
+    made it (CuPy's output beside interface-only inputs and a torch stream, say)."""
+    if output_library not in (None, stream_library):
+        allocated_on = _library_stream(output_library, device)
+        if allocated_on != stream:
+            _core.cuda_stream_wait(device, stream, allocated_on)
+
+
+def _core_view(out, dtype, b: int, h: int, w: int) -> tuple:
+    """The core's 4-D view [B, 1, H, W] of an output that _allocate made."""
+    return (_pointer(out), _CORE_DTYPES[np.dtype(dtype)], [b, 1, h, w], [h * w, h * w, w, 1])

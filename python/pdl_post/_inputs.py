@@ -483,3 +483,10 @@ def output_dtype(max_label: int, label_divisor: int, void_label: int):
     if largest <= INT32_MAX and -INT32_MAX - 1 <= void_label <= INT32_MAX:
         return np.int32
     return np.int64
+
+
+def largest_label_fitting(dtype, label_divisor: int) -> int:
+    """The largest class id whose panoptic ids all fit ``dtype`` (int32 or int64): for every
+    ``max_label`` >= 0, ``output_dtype(max_label, ...)`` is ``dtype`` or narrower exactly when
+    ``max_label`` is at most this."""
+    return (int(np.iinfo(dtype).max) + 1) // label_divisor - 1

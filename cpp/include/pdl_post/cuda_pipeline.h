@@ -3,10 +3,14 @@
 //
 // A call runs in two phases because the output dtype depends on the data (the largest class id,
 // docs/merge-semantics.md "Output dtype") and the output is allocated by the caller's own array
-// library between them:
+// library:
 //   CudaMerge(...)   argmax of logits, label range and per-row peak counts are queued on the
-//                    stream; one small device-to-host copy (label range + peak counts per image)
-//                    and a stream synchronisation. Everything else is sized from these counts.
+//                    stream. The first of label_range(), finish() and finish_if_fits() then
+//                    waits for them: one small device-to-host copy (label range + peak counts
+//                    per image) and a stream synchronisation. Everything else is sized from these
+//                    counts. The caller allocates the output for the likeliest dtype before the
+//                    job and hands it to finish_if_fits(), which goes on at once when the label
+//                    range fits it: no return to Python while the device idles between phases.
 //   finish(out)      top-k (segmented radix sort on the device, only for images with more peaks
 //                    than top_k), compaction, voting with segment statistics, majority vote,
 //                    stuff filter, write; one device-to-host copy of per-image results (centres,
@@ -27,6 +31,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -90,7 +95,7 @@ class CudaMerge {
   CudaMerge& operator=(const CudaMerge&) = delete;
 
   // (min, max) class id over the batch; (0, -1) when there are no pixels.
-  std::pair<int64_t, int64_t> label_range() const;
+  std::pair<int64_t, int64_t> label_range();
 
   // Runs the rest of the pipeline into `out` (int32/int64 [B, 1, H, W] contiguous, on the same
   // device). Centres and segments are returned when with_segments, else empty lists. Without
@@ -99,10 +104,16 @@ class CudaMerge {
   // memory. Once only.
   std::vector<ImageResult> finish(const StridedView& out, bool with_segments, bool wait);
 
+  // finish(out, ...) when the class ids are >= 0 and at most `max_label` (the largest whose
+  // panoptic ids fit out's dtype), else nothing: the caller reads label_range() and allocates
+  // another output (or raises) and calls finish.
+  std::optional<std::vector<ImageResult>> finish_if_fits(const StridedView& out, int64_t max_label,
+                                                         bool with_segments, bool wait);
+
   // Frees the first phase's scratch now, in order on the call's stream, for a caller that will not
   // finish (an error between the phases): the destructor would free it on that stream whenever
   // the object goes, and the stream (a CuPy stream, or a thread's per-thread default stream) may
-  // be gone or another thread's by then. label_range() and finish() then raise.
+  // be gone or another thread's by then. label_range() and the finishes then raise.
   void release() noexcept;
 
   struct State;
