@@ -40,8 +40,11 @@ PYBIND11_MODULE(_cuda_emulation, m) {
   m.def("take_counters", &pdl_emu::take_counters,
         "Runtime calls since the last call: launches (and 'launches of NAME' per kernel), "
         "synchronisations, copies by kind, memsets, "
-        "allocations from pools and plain (and clears them).");
+        "allocations from pools and plain, page-locked host allocations and frees (and clears "
+        "them).");
   m.def("live_allocations", &pdl_emu::live_allocations, "Device allocations not yet freed.");
+  m.def("live_host_allocations", &pdl_emu::live_host_allocations,
+        "Page-locked host allocations (cudaHostAlloc) not yet freed.");
   m.def("score_chunk_blocks", &pdl_post::cuda::score_chunk_blocks, py::arg("height"),
         py::arg("segment_slots"),
         "Row blocks per chunk of score sums (the emulated build's chunks are 64 KiB).");

@@ -305,6 +305,41 @@ def test_the_second_phase_follows_the_first_without_python_when_the_output_fits(
             _RecordedJob.last.job.finish_if_fits(None, 10**6, False, False)
 
 
+def test_read_backs_use_page_locked_blocks_kept_between_calls(emulated_cuda):
+    # The synchronisations' copies to the host go to page-locked memory (cuda_common.cuh's
+    # ReadbackBuffer), from blocks kept between calls; cuda_release_memory frees them; where the
+    # runtime grants no page-locked memory the copies go to pageable memory, with the same
+    # answer.
+    from devices import HostCudaArray
+
+    emulation.cuda_release_memory()
+    assert emulation.live_host_allocations() == 0
+    s = synthetic.make_scene(48, 64, 12, seed=4)
+    inputs = [HostCudaArray(a) for a in (s.sem, s.ctr, s.off)]
+    expected = pdl_post.postprocess(s.sem, s.ctr, s.off, stuff_area=8)
+    emulation.take_counters()
+    for _ in range(3):
+        out = pdl_post.merge(*inputs, stuff_area=8)
+        np.testing.assert_array_equal(out.a, expected.panoptic)
+        result = pdl_post.postprocess(*inputs, stuff_area=8)
+        assert result.segments == expected.segments
+    # One block for the first phase's read-back; postprocess's second one, taken while the
+    # first is free again, reuses it (both fit 4 KiB here).
+    assert emulation.take_counters().get("host_allocations", 0) == 1
+    assert emulation.live_host_allocations() == 1
+    emulation.cuda_release_memory()
+    assert emulation.live_host_allocations() == 0
+    assert emulation.take_counters()["host_frees"] == 1
+
+    emulation.inject_failure("cudaHostAlloc")
+    result = pdl_post.postprocess(*inputs, stuff_area=8)  # pageable at the first read-back
+    np.testing.assert_array_equal(result.panoptic.a, expected.panoptic)
+    assert result.segments == expected.segments
+    assert emulation.pending_failures() == 0
+    assert emulation.live_host_allocations() == 1  # taken at the second read-back
+    emulation.cuda_release_memory()
+
+
 def test_nms_windows_above_41_take_the_separable_filter(emulated_cuda):
     # Up to COCO's 41 x 41 the CUDA path tests each pixel against its window; above, where that
     # would read k^2 values per local maximum, it computes peak flags with the separable filter

@@ -75,7 +75,60 @@ cudaMemPool_t pool_for_current_device() {
   return pool;
 }
 
+// The page-locked blocks not in use, by size. Never destroyed: at exit the runtime may be gone.
+struct ReadbackBlocks {
+  std::mutex mutex;
+  std::multimap<size_t, void*> free;
+};
+
+ReadbackBlocks& readback_blocks() {
+  static auto* blocks = new ReadbackBlocks;
+  return *blocks;
+}
+
 }  // namespace
+
+ReadbackBuffer::ReadbackBuffer(int64_t words) {
+  const size_t bytes = static_cast<size_t>(std::max<int64_t>(words, 1)) * sizeof(long long);
+  ReadbackBlocks& blocks = readback_blocks();
+  {
+    std::lock_guard<std::mutex> lock(blocks.mutex);
+    const auto it = blocks.free.lower_bound(bytes);  // the smallest that holds them
+    if (it != blocks.free.end()) {
+      locked_bytes_ = it->first;
+      data_ = static_cast<long long*>(it->second);
+      blocks.free.erase(it);
+      return;
+    }
+  }
+  size_t block_bytes = 4096;  // sizes by powers of two, so that blocks serve later calls
+  while (block_bytes < bytes) block_bytes *= 2;
+  void* block = nullptr;
+  // Portable: page-locked for every device's context, the jobs' devices differing.
+  const cudaError_t status = cudaHostAlloc(&block, block_bytes, cudaHostAllocPortable);
+  if (status == cudaSuccess) {
+    locked_bytes_ = block_bytes;
+    data_ = static_cast<long long*>(block);
+    return;
+  }
+  ignore_failure(status);  // page-locked memory is an optimisation: pageable then
+  pageable_.resize(bytes / sizeof(long long));
+  data_ = pageable_.data();
+}
+
+ReadbackBuffer::~ReadbackBuffer() {
+  if (!locked_bytes_) return;
+  ReadbackBlocks& blocks = readback_blocks();
+  std::lock_guard<std::mutex> lock(blocks.mutex);
+  blocks.free.emplace(locked_bytes_, data_);
+}
+
+void release_readback_blocks() {
+  ReadbackBlocks& blocks = readback_blocks();
+  std::lock_guard<std::mutex> lock(blocks.mutex);
+  for (const auto& [bytes, block] : blocks.free) ignore_failure(cudaFreeHost(block));
+  blocks.free.clear();
+}
 
 DeviceBuffer::DeviceBuffer(int64_t bytes, cudaStream_t stream, const char* what)
     : bytes_(bytes), stream_(stream) {
@@ -404,6 +457,7 @@ void cuda_stream_wait(int device, uintptr_t stream, uintptr_t producer) {
 int64_t cuda_release_memory() {
   cuda::DevicePools& registry = cuda::device_pools();
   std::lock_guard<std::mutex> lock(registry.mutex);
+  cuda::release_readback_blocks();  // host memory: not counted in the device bytes returned
   int64_t released = 0;
   for (const auto& [device, pool] : registry.pools) {
     if (!pool) continue;
@@ -449,14 +503,14 @@ struct CudaMerge::State {
   void wait_for_counts() {
     if (empty || counted) return;
     cuda::DeviceGuard guard(in.device);  // handles 1 and 2 name the current device's streams
-    std::vector<long long> host(static_cast<size_t>(3 + batch));
-    check(cudaMemcpyAsync(host.data(), header, host.size() * sizeof(long long),
+    const cuda::ReadbackBuffer host(3 + batch);
+    check(cudaMemcpyAsync(host.data(), header, (3 + batch) * sizeof(long long),
                           cudaMemcpyDeviceToHost, stream),
           "cudaMemcpyAsync (label range)");
     check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-    lo = host[0];
-    hi = host[1];
-    peak_begin.assign(host.begin() + 2, host.end());
+    lo = host.data()[0];
+    hi = host.data()[1];
+    peak_begin.assign(host.data() + 2, host.data() + 3 + batch);
     counted = true;
   }
 };
@@ -855,8 +909,8 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   cuda::readback_kernel<<<cuda::grid_for(std::max({B, center_slots, segment_slots}), 256), 256, 0,
                           stream>>>(B, centers, layout, buffers, device_readback);
   cuda::check_launch("readback_kernel");
-  std::vector<long long> words(static_cast<size_t>(readback_words));
-  check(cudaMemcpyAsync(words.data(), a.readback, words.size() * sizeof(long long),
+  const cuda::ReadbackBuffer words(readback_words);
+  check(cudaMemcpyAsync(words.data(), a.readback, readback_words * sizeof(long long),
                         cudaMemcpyDeviceToHost, stream),
         "cudaMemcpyAsync (read-back)");
   check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");

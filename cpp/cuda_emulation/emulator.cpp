@@ -15,6 +15,7 @@
 #include <mutex>
 #include <new>
 #include <numeric>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -210,6 +211,7 @@ thread_local cudaError_t g_last_error = cudaSuccess;
 cudaError_t g_sync_error = cudaSuccess;
 std::string g_message;
 std::map<uintptr_t, Span> g_allocations;  // live device allocations by payload address
+std::set<void*> g_host_allocations;       // live page-locked host allocations
 // The memory pool as a pool that keeps what it once held (release threshold: all) until
 // cudaMemPoolTrimTo: bytes in use, and bytes reserved (the high-water mark since the last trim).
 size_t g_pool_used = 0, g_pool_reserved = 0;
@@ -728,8 +730,8 @@ int stream_capture() {
 
 void inject_failure(const std::string& call, int64_t after) {
   static const char* const kCalls[] = {
-      "cudaMallocFromPoolAsync",  "cudaMemcpyAsync", "cudaMemsetAsync",    "cudaStreamSynchronize",
-      "cudaEventCreateWithFlags", "cudaEventRecord", "cudaStreamWaitEvent"};
+      "cudaMallocFromPoolAsync",  "cudaMemcpyAsync", "cudaMemsetAsync",     "cudaStreamSynchronize",
+      "cudaEventCreateWithFlags", "cudaEventRecord", "cudaStreamWaitEvent", "cudaHostAlloc"};
   if (std::find(std::begin(kCalls), std::end(kCalls), call) == std::end(kCalls) || after < 0) {
     std::string calls;
     for (const char* name : kCalls) calls += std::string(calls.empty() ? "" : ", ") + name;
@@ -774,6 +776,11 @@ std::map<std::string, int64_t> take_counters() {
 int64_t live_allocations() {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   return static_cast<int64_t>(g_allocations.size());
+}
+
+int64_t live_host_allocations() {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  return static_cast<int64_t>(g_host_allocations.size());
 }
 
 }  // namespace pdl_emu
@@ -977,6 +984,32 @@ cudaError_t cudaFree(void* pointer) { return pdl_emu::recorded(release(pointer))
 
 cudaError_t cudaFreeAsync(void* pointer, cudaStream_t) {
   return pdl_emu::recorded(release(pointer));
+}
+
+// Page-locked host memory is plain host memory here; only its bookkeeping is emulated.
+cudaError_t cudaHostAlloc(void** pointer, size_t bytes, unsigned) {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  *pointer = nullptr;
+  if (const cudaError_t e = pdl_emu::injected("cudaHostAlloc")) return e;
+  *pointer = std::malloc(bytes ? bytes : 1);
+  if (!*pointer) {
+    pdl_emu::g_message = "cannot allocate " + std::to_string(bytes) + " bytes of host memory";
+    return pdl_emu::recorded(cudaErrorMemoryAllocation);
+  }
+  ++pdl_emu::g_counters["host_allocations"];
+  pdl_emu::g_host_allocations.insert(*pointer);
+  return cudaSuccess;
+}
+
+cudaError_t cudaFreeHost(void* pointer) {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  if (pdl_emu::g_host_allocations.erase(pointer) == 0) {
+    pdl_emu::violation("cudaFreeHost: not a live page-locked allocation");
+    return pdl_emu::recorded(cudaErrorInvalidValue);
+  }
+  ++pdl_emu::g_counters["host_frees"];
+  std::free(pointer);
+  return cudaSuccess;
 }
 
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,

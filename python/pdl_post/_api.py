@@ -63,12 +63,14 @@ def cuda_release_memory() -> int:
     which keeps freed memory for the next call (so that calls allocate nothing from the driver);
     the other libraries of the process (torch's caching allocator, CuPy's pool) cannot use that
     memory meanwhile. This returns it, like ``torch.cuda.empty_cache()``, after waiting for the
-    work queued on each device the pools serve. Later calls simply allocate again.
+    work queued on each device the pools serve. Later calls simply allocate again. The small
+    page-locked host blocks the synchronisations copy into (4 KiB each for ``merge``) are freed
+    too.
 
     Returns
     -------
     int
-        The number of bytes released; 0 without the CUDA path or before its first call.
+        The number of device bytes released; 0 without the CUDA path or before its first call.
     """
     return _cuda.release_memory()
 

@@ -128,9 +128,11 @@ int64_t pending_failures();
 std::vector<std::string> take_violations();
 // Runtime calls since the last call (launches, and "launches of NAME" per kernel name,
 // synchronisations, copies by kind, memsets,
-// allocations from pools and plain), and clears them.
+// allocations from pools and plain, page-locked host allocations and frees), and clears them.
 std::map<std::string, int64_t> take_counters();
 int64_t live_allocations();
+// Page-locked host allocations (cudaHostAlloc) not yet freed.
+int64_t live_host_allocations();
 
 template <typename T>
 uint64_t to_bits(T value) {
