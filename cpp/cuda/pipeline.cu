@@ -773,6 +773,9 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   const size_t at_partial = pack.add(partial_offset);
   const size_t at_grids = pack.add(vote_grids), at_cells = pack.add(cell_offset);
   const size_t at_sums = pack.add(sums_offset), at_pyramid = pack.add(pyramid_offset);
+  // The error flags start at "none" with the tables' copy: a memset would be one more host call
+  // before the vote's launch, while the device idles.
+  const size_t at_errors = pack.add(std::vector<unsigned long long>(B, ULLONG_MAX));
   const cuda::ThingUpload thing_upload(s.params.thing_ids, pack);
 
   // Every array of this phase, from one allocation.
@@ -827,7 +830,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     f.slot_of_class = sc.take<int64_t>(B * C, "class tables");
     f.segments = sc.take<cuda::DeviceSegment>(seg_offset[B], "segments");
     f.num_segments = sc.take<int64_t>(B, "segments");
-    f.error_instance = sc.take<unsigned long long>(B, "errors");
+    f.error_instance = nullptr;  // in the tables (at_errors), set below
     t.partial = with_scores ? sc.take<double>(partial_total, "score sums") : nullptr;
     t.score_sums = with_scores ? sc.take<double>(seg_offset[B], "score sums") : nullptr;
     t.readback = sc.take<long long>(readback_words, "read-back");
@@ -857,7 +860,8 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
                                 max_instances,
                                 max_segments};
   const cuda::CenterList& centers = a.centers;
-  const cuda::FuseBuffers& buffers = a.buffers;
+  cuda::FuseBuffers buffers = a.buffers;
+  buffers.error_instance = cuda::UploadPack::at<unsigned long long>(a.tables, at_errors);
   cuda::ManyCenters many = a.many;
   many.grid = cuda::UploadPack::at<VoteGrid>(a.tables, at_grids);
   many.cell_offset = cuda::UploadPack::at<int64_t>(a.tables, at_cells);
@@ -882,8 +886,6 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   // The histogram and the vote's chunk cursors are one piece, zeroed at once.
   check(cudaMemsetAsync(buffers.hist, 0,
                         static_cast<size_t>(hist_total + B) * sizeof(unsigned long long), stream),
-        "cudaMemsetAsync");
-  check(cudaMemsetAsync(buffers.error_instance, 0xff, B * sizeof(unsigned long long), stream),
         "cudaMemsetAsync");
   cuda::vote_and_count(s.sem, s.in.mask, s.in.off, things, centers, layout,
                        shared_bins <= cuda::kSharedBinLimit ? shared_bins : 0, many_or_null,
