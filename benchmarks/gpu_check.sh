@@ -12,9 +12,10 @@
 #      (benchmarks/gpu_bench.py: CUDA events, warm-up, median) and prints a table with the targets;
 #   4. runs compute-sanitizer memcheck on a small batch (merge and postprocess, logits included);
 #   5. runs compute-sanitizer racecheck, synccheck and initcheck on the same small batch;
-#   then, with the candidates on (changes off by default until these timings decide: the vote's
-#   pixels in chunks per warp, PDL_POST_VOTE_CHUNKS=1, turning it on in the tests and the small
-#   batch), the device tests, memcheck (after step 4) and racecheck (at the end) once more.
+#   then, with the candidates on (changes off by default until these timings decide: every
+#   variable of pdl_post._cuda.CANDIDATES set to 1, e.g. PDL_POST_VOTE_CHUNKS=1 for the vote's
+#   pixels in chunks per warp, turning them on in the tests and the small batch), the device
+#   tests, memcheck (after step 4) and racecheck (at the end) once more.
 #
 # Needs: nvcc (CUDA 12+), a driver and a Python whose torch is a CUDA build (PYTHON=..., default
 # python3) holding the build and test requirements (scikit-build-core, pybind11, cython, ninja,
@@ -158,9 +159,23 @@ if [ "${SKIP_MEMCHECK:-0}" != "1" ]; then
   sanitize memcheck 180
 fi
 
-# The candidates, so that a run whose timings favour them also shows them correct on the GPU
-# (every variable of pdl_post._cuda.CANDIDATES).
-candidates_on() { PDL_POST_VOTE_CHUNKS=1 "$@"; }
+# The candidates, so that a run whose timings favour them also shows them correct on the GPU:
+# COMMAND with every variable of pdl_post._cuda.CANDIDATES set to 1 (exported around it, not in a
+# subshell: `within` records failures in this shell).
+if ! candidates=$("$PY" -c \
+  'from pdl_post._cuda import CANDIDATES; print(" ".join(v for _, v in CANDIDATES.values()))'); then
+  failed+=("reading pdl_post._cuda.CANDIDATES")
+  candidates=""
+fi
+read -r -a candidate_variables <<< "$candidates"
+candidates_on() {
+  local variable
+  for variable in "${candidate_variables[@]}"; do export "$variable=1"; done
+  "$@"
+  for variable in "${candidate_variables[@]}"; do unset "$variable"; done
+}
+echo "candidates: ${candidate_variables[*]}"
+
 step "device tests on the GPU, candidates on"
 candidates_on within 120 "device tests, candidates on" "$PY" -m pytest "${device_tests[@]}"
 if [ "${SKIP_MEMCHECK:-0}" != "1" ]; then

@@ -66,6 +66,9 @@ inline void bind_cuda(py::module_& m) {
   // Test and benchmark hook: the vote's pixels in chunks per warp (see set_cuda_vote_chunks).
   m.def("_set_cuda_vote_chunks", &set_cuda_vote_chunks, py::arg("chunks"),
         "Returns the previous setting.");
+  // Test and benchmark hook: the peaks written by a warp per row (see set_cuda_warp_peaks).
+  m.def("_set_cuda_warp_peaks", &set_cuda_warp_peaks, py::arg("by_warp"),
+        "Returns the previous setting.");
   // Test and benchmark hook: 4 pixels per load where the inputs allow (see set_cuda_packed_loads).
   m.def("_set_cuda_packed_loads", &set_cuda_packed_loads, py::arg("packed"),
         "Returns the previous setting.");

@@ -280,6 +280,53 @@ def test_vote_in_chunks_equals_the_fixed_share(cuda_device):
         run_on(cuda_device, b.sem, b.ctr, b.off, mask=mask)
 
 
+def test_peaks_by_warp_equal_the_block_per_row(cuda_device):
+    # set_cuda_warp_peaks (cuda_pipeline.h), off by default until GPU timings decide: a warp per
+    # row writes the peaks (the selection's input) or, every peak kept, the centres. The CPU's
+    # answer where rows are narrower than a warp, end in a partial group of 32, hold peaks at
+    # both sides of a group's edge (x = 31, 32) and at the row's ends, or are all peaks (a flat
+    # heatmap: every row written); with top-k sorting, top_k = 0 and more rows than the grid has
+    # warps at once (on the emulator's 2 x 2 multiprocessors).
+    h, w = 12, 70
+    ctr = np.zeros((2, 1, h, w), np.float32)
+    for x in (0, 31, 32, 63, 64, 69):
+        ctr[0, 0, 5, x] = 0.5 + x / 100
+    ctr[1, 0, 2, 1:6:2] = 0.9
+    sem = np.full((2, h, w), 11, np.int32)
+    off = np.zeros((2, 2, h, w), np.float32)
+    scenes = [(sem, ctr, off, dict(nms_kernel=1, stuff_area=0, top_k=None))]
+    scenes.append((sem, ctr, off, dict(nms_kernel=1, stuff_area=0, top_k=3)))  # sorted
+    scenes.append((sem, ctr, off, dict(nms_kernel=1, stuff_area=0, top_k=0)))
+    flat = np.full((1, 9, 40), 0.5, np.float32)  # every pixel a peak
+    scenes.append((sem[0, :9, :40], flat, off[0, :, :9, :40], dict(nms_kernel=1, top_k=None)))
+    narrow = synthetic.make_batch(2, 40, 7, 2, seed=4)
+    scenes.append((narrow.sem, narrow.ctr, narrow.off, {}))
+    tall = synthetic.make_batch(3, 400, 24, 8, seed=6)
+    scenes.append((tall.sem, tall.ctr, tall.off, dict(top_k=5)))
+    # 9000 rows: beyond the 8448 warps of one wave on the emulator's (and an H100's) 132
+    # multiprocessors, so warps take a second row; peaks on both sides of row 8448.
+    rows = np.zeros((2, 1, 4500, 3), np.float32)
+    rows[1, 0, [3900, 3947, 3948, 4499], 1] = 0.7
+    rows[0, 0, 10, 2] = 0.6
+    scenes.append(
+        (
+            sem[:, :1, :1].repeat(4500, 1).repeat(3, 2),
+            rows,
+            np.zeros((2, 2, 4500, 3), np.float32),
+            dict(nms_kernel=1, stuff_area=0, top_k=None),
+        )
+    )
+    for sem_, ctr_, off_, kw in scenes:
+        if cuda_device == "emulated":
+            EMULATION.take_counters()
+        with _switched(cuda_device, "_set_cuda_warp_peaks"):
+            run_on(cuda_device, sem_, ctr_, off_, **kw)  # compares the device's answer
+        if cuda_device == "emulated":
+            counts = EMULATION.take_counters()
+            assert counts.get("launches of write_peaks_by_warp_kernel", 0) > 0, kw
+            assert counts.get("launches of write_peaks_kernel", 0) == 0, kw
+
+
 def test_centres_skip_the_selection_when_every_peak_is_kept(cuda_device):
     # Where no image has more peaks than top_k (and top_k != 0), the peaks are written straight as
     # the centres (write_every_peak_as_center); else the selection runs. The CPU's answer (centres

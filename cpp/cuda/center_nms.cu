@@ -12,11 +12,13 @@
 // sharing window_max_from_blocks and is_center_peak with it.
 // Compaction: one block per row counts its peaks (recording a flag per pixel), an exclusive sum
 // over the rows gives every row its output offset, and a second pass writes the flagged pixels of
-// non-empty rows in order with a block-wide scan. Top-k sorts only images with more peaks than
-// top_k: a stable segmented radix sort by descending score keeps equal scores in row-major order,
-// so the first top_k of a segment are exactly the CPU's "ties go to the earlier pixel"; detectron2
-// mode keeps scores above the top_k-th. Kept flags are compacted with one more exclusive sum,
-// preserving row-major order.
+// non-empty rows in order with a block-wide scan (or, a candidate, a warp per row by ballot). Top-k
+// sorts only images with more peaks than top_k: a stable segmented radix sort by descending score
+// keeps equal scores in row-major order, so the first top_k of a segment are exactly the CPU's
+// "ties go to the earlier pixel"; detectron2 mode keeps scores above the top_k-th. Kept flags are
+// compacted with one more exclusive sum, preserving row-major order.
+#include <algorithm>
+#include <atomic>
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_scan.cuh>
@@ -31,6 +33,8 @@ namespace cuda {
 namespace {
 
 constexpr int kRowThreads = 256;
+
+std::atomic<bool> warp_peaks{false};  // set_cuda_warp_peaks
 
 // Pixel (y, x) of image b: its flag from find_peak_flags, else the per-pixel test.
 template <typename T>
@@ -223,6 +227,51 @@ __global__ void write_peaks_kernel(DeviceView<const T> ctr, const uint8_t* flags
   }
 }
 
+// write_peaks_kernel with a warp per row (set_cuda_warp_peaks): the B * H rows go to the grid's
+// warps in one wave instead of a block each, most rows having no peak (at batch 8, 8192 blocks
+// that mostly leave at once: 13 us in run 7, between the synchronisation and the vote). A warp
+// walks its row 32 flags at a time and places its peaks by ballot, in the same order.
+template <typename T, bool kAsCenters>
+__global__ void write_peaks_by_warp_kernel(DeviceView<const T> ctr, const uint8_t* flags,
+                                           int64_t batch, int64_t height, int64_t width,
+                                           const int64_t* row_offset, PeakList peaks,
+                                           CenterList centers) {
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const int64_t warps = int64_t{gridDim.x} * (blockDim.x / 32);
+  const int64_t first = (int64_t{blockIdx.x} * blockDim.x + threadIdx.x) / 32;
+  for (int64_t row = first; row < batch * height; row += warps) {  // the same for the warp
+    const int64_t b = row / height, y = row - b * height;
+    if (kAsCenters && y == 0 && lane == 0) {
+      centers.begin[b] = row_offset[row];
+      centers.count[b] = row_offset[row + height] - row_offset[row];
+    }
+    int64_t base = row_offset[row];
+    if (row_offset[row + 1] == base) continue;
+    const Plane<const T> plane = ctr.plane(b, 0);
+    const uint8_t* row_flags = flags + row * width;
+#pragma unroll 8  // the flags' loads of 8 steps in flight together: only `base` carries over
+    for (int64_t x0 = 0; x0 < width; x0 += 32) {
+      const int64_t x = x0 + lane;
+      const bool flag = x < width && row_flags[x] != 0;
+      const unsigned found = __ballot_sync(0xffffffffu, flag);
+      if (flag) {
+        const int64_t at = base + __popc(found & ((1u << lane) - 1u));
+        if (kAsCenters) {
+          centers.pixel[at] = y * width + x;
+          centers.y[at] = static_cast<float>(y);
+          centers.x[at] = static_cast<float>(x);
+          centers.score[at] = static_cast<double>(plane(y, x));
+        } else {
+          peaks.pixel[at] = y * width + x;
+          static_cast<T*>(peaks.score)[at] = plane(y, x);
+          peaks.image[at] = static_cast<int32_t>(b);
+        }
+      }
+      base += __popc(found);
+    }
+  }
+}
+
 // Kept flags where no sort is needed; sorted images start with none kept.
 __global__ void default_kept_kernel(const int32_t* image, const int64_t* peak_begin, int64_t total,
                                     int64_t top_k, TopKMode mode, int64_t* kept) {
@@ -407,6 +456,16 @@ void launch_write_peaks(const StridedView& ctr, const uint8_t* peak_flags,
   const int64_t batch = ctr.batch(), height = ctr.height(), width = ctr.width();
   with_float_type(ctr.dtype, "ctr", [&](auto tag) {
     using T = decltype(tag);
+    if (warp_peaks.load(std::memory_order_relaxed)) {
+      const int64_t resident = resident_blocks(write_peaks_by_warp_kernel<T, kAsCenters>,
+                                               kRowThreads, 0, current_device());
+      const int64_t blocks = std::min((batch * height + 7) / 8, resident);  // 8 warps a block
+      write_peaks_by_warp_kernel<T, kAsCenters>
+          <<<static_cast<unsigned>(blocks), kRowThreads, 0, stream>>>(
+              device_view<T>(ctr), peak_flags, batch, height, width, row_offset, peaks, centers);
+      check_launch("write_peaks_by_warp_kernel");
+      return;
+    }
     const dim3 grid(static_cast<unsigned>(height), static_cast<unsigned>(batch));
     write_peaks_kernel<T, kAsCenters><<<grid, kRowThreads, 0, stream>>>(
         device_view<T>(ctr), peak_flags, height, width, row_offset, peaks, centers);
@@ -477,4 +536,7 @@ void select_centers(DType ctr_dtype, int64_t width, const PeakList& peaks,
 }
 
 }  // namespace cuda
+
+bool set_cuda_warp_peaks(bool by_warp) { return cuda::warp_peaks.exchange(by_warp); }
+
 }  // namespace pdl_post

@@ -69,6 +69,11 @@ std::string cuda_build_description();
 // occupancy of 75 %). The same answer; off until GPU timings decide (benchmarks/RESULTS.md). A
 // process-wide test and benchmark hook; returns the previous setting.
 bool set_cuda_vote_chunks(bool chunks);
+// Whether the peaks (or, every peak kept, the centres) are written by a warp per row, the rows
+// spread over one wave of warps, instead of a block per row (B * H blocks, most of them rows
+// without a peak, between the first synchronisation and the vote). The same answer; off until GPU
+// timings decide. A hook like set_cuda_vote_chunks; returns the previous setting.
+bool set_cuda_warp_peaks(bool by_warp);
 // Whether the label range and the write of the ids read row-major inputs (one contiguous block,
 // aligned, H*W a multiple of 4) 4 pixels per load instead of pixel by pixel through the strides:
 // the same answer; on by default (faster on an H200, benchmarks/RESULTS.md). A process-wide test
