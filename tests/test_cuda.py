@@ -303,8 +303,8 @@ def test_peaks_by_warp_equal_the_block_per_row(cuda_device):
     scenes.append((narrow.sem, narrow.ctr, narrow.off, {}))
     tall = synthetic.make_batch(3, 400, 24, 8, seed=6)
     scenes.append((tall.sem, tall.ctr, tall.off, dict(top_k=5)))
-    # 9000 rows: beyond the 8448 warps of one wave on the emulator's (and an H100's) 132
-    # multiprocessors, so warps take a second row; peaks on both sides of row 8448.
+    # 9000 rows: beyond the 8448 warps that the emulator's 132 multiprocessors hold at once, so
+    # warps take a second row; peaks on both sides of row 8448.
     rows = np.zeros((2, 1, 4500, 3), np.float32)
     rows[1, 0, [3900, 3947, 3948, 4499], 1] = 0.7
     rows[0, 0, 10, 2] = 0.6
