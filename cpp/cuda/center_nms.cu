@@ -438,7 +438,6 @@ void find_peak_flags(const StridedView& ctr, double threshold, int64_t nms_kerne
 void count_peaks(const StridedView& ctr, double threshold, int64_t nms_kernel, uint8_t* peak_flags,
                  int64_t* row_count, cudaStream_t stream) {
   const int64_t batch = ctr.batch(), height = ctr.height(), width = ctr.width();
-  check(cudaMemsetAsync(row_count + batch * height, 0, sizeof(int64_t), stream), "cudaMemset");
   with_float_type(ctr.dtype, "ctr", [&](auto tag) {
     using T = decltype(tag);
     const dim3 grid(static_cast<unsigned>(height), static_cast<unsigned>(batch));

@@ -321,8 +321,9 @@ PeakFlags take_peak_flags(Scratch& scratch, DType ctr_dtype, int64_t pixels, int
 void find_peak_flags(const StridedView& ctr, double threshold, int64_t nms_kernel,
                      const PeakFlags& flags, cudaStream_t stream);
 
-// row_count[b * H + y] = number of peaks in row y of image b; row_count[B * H] = 0. The flags:
-// written here for windows up to kDirectWindowMax, read (from find_peak_flags) above.
+// row_count[b * H + y] = number of peaks in row y of image b (row_count[B * H], the scan's extra
+// element, is the caller's: 0). The flags: written here for windows up to kDirectWindowMax, read
+// (from find_peak_flags) above.
 void count_peaks(const StridedView& ctr, double threshold, int64_t nms_kernel, uint8_t* peak_flags,
                  int64_t* row_count, cudaStream_t stream);
 // Peaks in row-major order per image at row_offset (the exclusive sum of row_count).

@@ -256,9 +256,12 @@ class DeviceGuard {
   int previous_ = 0;
 };
 
-__global__ void init_range_kernel(long long* range) {
+// The first phase's starting values: the label range's, and the peak counts' extra element that
+// the scan reads (it never adds it; a memset of its own would be one more operation per call).
+__global__ void init_first_phase_kernel(long long* range, int64_t* row_count_end) {
   range[0] = LLONG_MAX;
   range[1] = LLONG_MIN;
+  *row_count_end = 0;
 }
 
 // Does this build hold code the device can run (machine code for its architecture, or PTX it
@@ -277,7 +280,7 @@ void require_kernel_image(int device) {
   const bool cached = device >= 0 && device < 64;
   if (cached && verified[device].load(std::memory_order_relaxed) == architecture) return;
   cudaFuncAttributes attributes;
-  const cudaError_t status = cudaFuncGetAttributes(&attributes, init_range_kernel);
+  const cudaError_t status = cudaFuncGetAttributes(&attributes, init_first_phase_kernel);
   if (status == cudaErrorNoKernelImageForDevice || status == cudaErrorInvalidDeviceFunction) {
     (void)cudaGetLastError();  // not sticky: clear it for the caller's next CUDA call
     const std::string cc = std::to_string(major) + std::to_string(minor);
@@ -584,8 +587,8 @@ CudaMerge::CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers
   } else {
     s.sem = inputs.sem;
   }
-  cuda::init_range_kernel<<<1, 1, 0, s.stream>>>(a.header);
-  cuda::check_launch("init_range_kernel");
+  cuda::init_first_phase_kernel<<<1, 1, 0, s.stream>>>(a.header, a.row_count + rows);
+  cuda::check_launch("init_first_phase_kernel");
   cuda::label_range(s.sem, a.header, s.stream);
   if (centers.nms_kernel > cuda::kDirectWindowMax) {
     cuda::find_peak_flags(inputs.ctr, centers.threshold, centers.nms_kernel, a.peak_flags,
