@@ -528,8 +528,55 @@ def _profile(fn, calls: int, label: str = "b1", trace: str | None = None) -> Non
             print(averages.table(sort_by=sort_by, row_limit=30, max_name_column_width=100))
         if trace:
             prof.export_chrome_trace(f"{trace}-{label}.json")
+            _print_phase_gaps(f"{trace}-{label}.json")
     except Exception as e:  # the profiler is optional: the timings above stand without it
         print(f"profiler unavailable here: {type(e).__name__}: {e}")
+
+
+_DEVICE_WORK = ("kernel", "gpu_memcpy", "gpu_memset")  # the trace's device activities
+
+
+def phase_gaps(events: list[dict]) -> list[dict]:
+    """Per call, from a Chrome trace's events: the device's time from the end of the first
+    phase's read-back (the last copy to the host before a vote kernel) to the vote's start, what
+    the device ran in between (the tables' upload, the peaks, the memsets) and the rest, where it
+    idled waiting for the host. Microseconds, one dict per vote kernel."""
+    device = sorted(
+        (e for e in events if e.get("ph") == "X" and e.get("cat") in _DEVICE_WORK),
+        key=lambda e: e["ts"],
+    )
+    gaps, read_back_end = [], None
+    for e in device:
+        name = e.get("name", "")
+        if e["cat"] == "gpu_memcpy" and "DtoH" in name:
+            read_back_end, busy = e["ts"] + e["dur"], 0.0
+        elif read_back_end is None:
+            continue
+        elif "vote_kernel" in name:
+            gap = e["ts"] - read_back_end
+            gaps.append({"gap": gap, "busy": busy, "idle": gap - busy})
+            read_back_end = None
+        else:  # device work between the read-back and the vote, clipped to that span
+            busy += e["dur"] - max(0.0, read_back_end - e["ts"])
+    return gaps
+
+
+def _print_phase_gaps(path: str) -> None:
+    """The median of phase_gaps over the calls of a trace (profiled: the profiler adds host time
+    to every runtime call, so the idle part reads longer than in an unprofiled call)."""
+    import json
+
+    with open(path) as f:
+        gaps = phase_gaps(json.load(f).get("traceEvents", []))
+    if not gaps:
+        print("between the phases: no read-back followed by a vote kernel in the trace")
+        return
+    medians = {k: statistics.median(g[k] for g in gaps) for k in ("gap", "busy", "idle")}
+    print(
+        f"between the phases (trace, median of {len(gaps)} calls, us): read-back end -> vote "
+        f"start {medians['gap']:.1f}, device busy {medians['busy']:.1f}, device idle "
+        f"{medians['idle']:.1f}"
+    )
 
 
 if __name__ == "__main__":

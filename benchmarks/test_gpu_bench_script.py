@@ -76,10 +76,13 @@ ROUNDS = [
 ]
 
 
-def test_gpu_bench_runs_on_a_cpu_stand_in(monkeypatch, capsys):
+def test_gpu_bench_runs_on_a_cpu_stand_in(monkeypatch, capsys, tmp_path):
     _stand_in(monkeypatch)
-    assert gpu_bench.main(SMALL + ROUNDS) == 0
+    assert gpu_bench.main(SMALL + ROUNDS + ["--trace", str(tmp_path / "trace")]) == 0
     printed = capsys.readouterr().out
+    assert (tmp_path / "trace-b2.json").exists()
+    # The CPU's trace holds no device work: the gaps' line says so.
+    assert "between the phases: no read-back followed by a vote kernel in the trace" in printed
     for row in (
         "| ours, batch 1 |",
         "| dense torch, batch 1 |",
@@ -130,3 +133,29 @@ def test_gpu_bench_reports_a_mismatch_and_still_times(monkeypatch, capsys):
     assert "merge, batch 1: GPU != CPU (4608 elements differ)" in printed
     assert "merge, batch 2: GPU != CPU" in printed
     assert "| ours, batch 1 |" in printed and "| >= 50x faster than dense torch" in printed
+
+
+def test_phase_gaps_read_the_device_timeline():
+    # Two calls: the device's time from the first phase's read-back to the vote, the work it ran
+    # in between (clipped to that span where it began earlier, on another stream) and the rest.
+    # Host events, a vote before any read-back and postprocess's closing copy are not counted.
+    def device(cat, name, ts, dur):
+        return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur}
+
+    events = [
+        device("kernel", "void pdl_post::cuda::vote_kernel<int>(...)", 0, 50),
+        device("gpu_memcpy", "Memcpy DtoH (Device -> Pinned)", 100, 5),
+        {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 110, "dur": 3},
+        device("gpu_memcpy", "Memcpy HtoD (Pageable -> Device)", 120, 2),
+        device("kernel", "void pdl_post::cuda::write_peaks_kernel<float, true>(...)", 123, 10),
+        device("gpu_memset", "Memset (Device)", 134, 1),
+        device("kernel", "void pdl_post::cuda::vote_kernel<int>(...)", 140, 260),
+        device("gpu_memcpy", "Memcpy DtoH (Device -> Pinned)", 420, 3),  # postprocess's end
+        device("gpu_memcpy", "Memcpy DtoH (Device -> Pinned)", 500, 4),
+        device("kernel", "another stream's kernel", 502, 6),
+        device("kernel", "void pdl_post::cuda::vote_kernel<int>(...)", 510, 200),
+    ]
+    assert gpu_bench.phase_gaps(events) == [
+        {"gap": 35, "busy": 13, "idle": 22},
+        {"gap": 6, "busy": 4, "idle": 2},
+    ]
