@@ -184,6 +184,30 @@ __global__ void count_peaks_kernel(DeviceView<const T> ctr, uint8_t* flags, bool
   if (threadIdx.x == 0) row_count[b * height + y] = total;
 }
 
+// Peak (y, x) of image b into slot `at` of the peak list, or (kAsCenters) of the centre list.
+template <typename T, bool kAsCenters>
+__device__ void write_peak(int64_t at, int64_t b, int64_t y, int64_t x, int64_t width,
+                           Plane<const T> plane, const PeakList& peaks, const CenterList& centers) {
+  if (kAsCenters) {
+    centers.pixel[at] = y * width + x;
+    centers.y[at] = static_cast<float>(y);
+    centers.x[at] = static_cast<float>(x);
+    centers.score[at] = static_cast<double>(plane(y, x));
+  } else {
+    peaks.pixel[at] = y * width + x;
+    static_cast<T*>(peaks.score)[at] = plane(y, x);
+    peaks.image[at] = static_cast<int32_t>(b);
+  }
+}
+
+// Where every peak is kept, image b's centres are its peaks: their first slot and count, from
+// its first row (`row`).
+__device__ void write_center_range(int64_t b, int64_t row, int64_t height,
+                                   const int64_t* row_offset, const CenterList& centers) {
+  centers.begin[b] = row_offset[row];
+  centers.count[b] = row_offset[row + height] - row_offset[row];
+}
+
 // The peaks of rows that have any (count_peaks' flags), in row-major order at the row's offset:
 // into the peak list for the top-k selection, or, where every peak is kept (kAsCenters), straight
 // into the centre list with each image's range (what the selection would write: the same order
@@ -197,8 +221,7 @@ __global__ void write_peaks_kernel(DeviceView<const T> ctr, const uint8_t* flags
   const int64_t y = blockIdx.x, b = blockIdx.y;
   const int64_t row = b * height + y;
   if (kAsCenters && y == 0 && threadIdx.x == 0) {
-    centers.begin[b] = row_offset[row];
-    centers.count[b] = row_offset[row + height] - row_offset[row];
+    write_center_range(b, row, height, row_offset, centers);
   }
   int64_t base = row_offset[row];
   if (row_offset[row + 1] == base) return;  // the whole block leaves together
@@ -209,19 +232,7 @@ __global__ void write_peaks_kernel(DeviceView<const T> ctr, const uint8_t* flags
     const int64_t flag = x < width && row_flags[x] != 0;
     int64_t position = 0, total = 0;
     Scan(storage).ExclusiveSum(flag, position, total);
-    if (flag) {
-      const int64_t at = base + position;
-      if (kAsCenters) {
-        centers.pixel[at] = y * width + x;
-        centers.y[at] = static_cast<float>(y);
-        centers.x[at] = static_cast<float>(x);
-        centers.score[at] = static_cast<double>(plane(y, x));
-      } else {
-        peaks.pixel[at] = y * width + x;
-        static_cast<T*>(peaks.score)[at] = plane(y, x);
-        peaks.image[at] = static_cast<int32_t>(b);
-      }
-    }
+    if (flag) write_peak<T, kAsCenters>(base + position, b, y, x, width, plane, peaks, centers);
     base += total;
     __syncthreads();  // the scan storage is reused
   }
@@ -241,10 +252,7 @@ __global__ void write_peaks_by_warp_kernel(DeviceView<const T> ctr, const uint8_
   const int64_t first = (int64_t{blockIdx.x} * blockDim.x + threadIdx.x) / 32;
   for (int64_t row = first; row < batch * height; row += warps) {  // the same for the warp
     const int64_t b = row / height, y = row - b * height;
-    if (kAsCenters && y == 0 && lane == 0) {
-      centers.begin[b] = row_offset[row];
-      centers.count[b] = row_offset[row + height] - row_offset[row];
-    }
+    if (kAsCenters && y == 0 && lane == 0) write_center_range(b, row, height, row_offset, centers);
     int64_t base = row_offset[row];
     if (row_offset[row + 1] == base) continue;
     const Plane<const T> plane = ctr.plane(b, 0);
@@ -256,16 +264,7 @@ __global__ void write_peaks_by_warp_kernel(DeviceView<const T> ctr, const uint8_
       const unsigned found = __ballot_sync(0xffffffffu, flag);
       if (flag) {
         const int64_t at = base + __popc(found & ((1u << lane) - 1u));
-        if (kAsCenters) {
-          centers.pixel[at] = y * width + x;
-          centers.y[at] = static_cast<float>(y);
-          centers.x[at] = static_cast<float>(x);
-          centers.score[at] = static_cast<double>(plane(y, x));
-        } else {
-          peaks.pixel[at] = y * width + x;
-          static_cast<T*>(peaks.score)[at] = plane(y, x);
-          peaks.image[at] = static_cast<int32_t>(b);
-        }
+        write_peak<T, kAsCenters>(at, b, y, x, width, plane, peaks, centers);
       }
       base += __popc(found);
     }
