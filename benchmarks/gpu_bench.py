@@ -19,7 +19,8 @@ The table ends with the issue's targets and whether each is met, then the host s
 phases of a call, and torch.profiler tables (kernels and runtime calls: where the time goes) of
 batch 1, the batch, and the batch with every candidate on (the candidates: changes that stay off
 by default until their rows here show them faster, timed in rounds alternating with the default;
-their kernels' times beside the default's).
+their kernels' times beside the default's). The candidates' table also times the default's
+alternative, merge's second phase queued only after its counts (speculation off).
 """
 
 from __future__ import annotations
@@ -214,8 +215,8 @@ def main(argv=None) -> int:
             merge_of(f"batch {b}"), args.warmup, args.repeat
         ),
     }
-    for name, hooks in candidates.items():
-        with _switched_on(hooks):
+    for name, settings in candidates.items():
+        with _switched(settings):
             for label in on_device:
                 gpu = merge_of(label)().cpu().numpy()
                 check(f"merge, {label}, {name}", gpu, cpu_answer[label])
@@ -223,7 +224,7 @@ def main(argv=None) -> int:
             ours, theirs = [], []
             for _ in range(args.candidate_rounds):
                 ours.append(timed())
-                with _switched_on(hooks):
+                with _switched(settings):
                     theirs.append(timed())
             beside_ms[name, label] = statistics.median(ours)
             candidate_ms[name, label] = statistics.median(theirs)
@@ -364,41 +365,49 @@ def main(argv=None) -> int:
     if args.profile:
         _profile(merge_of("batch 1"), args.profile, "b1", args.trace)
         _profile(merge_of(f"batch {b}"), args.profile, f"b{b}", args.trace)
-        if candidates:  # the candidates' kernels' own times, beside the default's
-            every_hook = candidates.get("all candidates", next(iter(candidates.values())))
-            with _switched_on(every_hook):
+        on = [settings for name, settings in candidates.items() if name != SPECULATION_OFF]
+        if on:  # the candidates' kernels' own times, beside the default's
+            with _switched(on[-1]):  # all candidates where there are several
                 _profile(merge_of(f"batch {b}"), args.profile, f"b{b}-candidates", args.trace)
     return 1 if mismatches else 0
 
 
-def _candidates() -> dict[str, list[str]]:
-    """The hooks of each candidate this build has (pdl_post._cuda.CANDIDATES), alone, and of all
-    of them together ("all candidates")."""
+# The default's alternative timed beside the candidates: merge's second phase queued only after
+# its counts arrive (set_cuda_speculation off), against the speculative phase (cuda_pipeline.h).
+SPECULATION_OFF = "second phase after the counts (speculation off)"
+
+
+def _candidates() -> dict[str, list[tuple[str, bool]]]:
+    """The settings (hook, value) of each candidate this build has (pdl_post._cuda.CANDIDATES, on),
+    alone, and of all of them together ("all candidates"); then the speculation turned off."""
     import pdl_post
     from pdl_post._cuda import CANDIDATES
 
-    have = {name: [h] for name, (h, _) in CANDIDATES.items() if hasattr(pdl_post._core, h)}
+    have = {name: [(h, True)] for name, (h, _) in CANDIDATES.items() if hasattr(pdl_post._core, h)}
     if len(have) > 1:
-        have["all candidates"] = [h for hooks in have.values() for h in hooks]
+        have["all candidates"] = [s for settings in have.values() for s in settings]
+    if hasattr(pdl_post._core, "_set_cuda_speculation"):
+        have[SPECULATION_OFF] = [("_set_cuda_speculation", False)]
     return have
 
 
 @contextlib.contextmanager
-def _switched_on(hooks):
-    """The candidates' hooks on inside the block, as they were after it."""
+def _switched(settings):
+    """The hooks set as given inside the block, as they were after it."""
     import pdl_post
 
-    previous = [getattr(pdl_post._core, h)(True) for h in hooks]
+    previous = [(h, getattr(pdl_post._core, h)(value)) for h, value in settings]
     try:
         yield
     finally:
-        for h, was in zip(hooks, previous):
+        for h, was in reversed(previous):
             getattr(pdl_post._core, h)(was)
 
 
 def _print_candidates(candidate_ms, beside_ms) -> None:
     """Each candidate's time over the default's timed in the same rounds, row by row (below 1:
-    the candidate is faster), for the decision the candidates wait for."""
+        the candidate is faster), for the decision the candidates wait for; the speculation's row is its
+    alternative's time over the default's (above 1: the speculative phase is faster)."""
     labels = list(dict.fromkeys(label for _, label in candidate_ms))
     print(
         "\ncandidates: time / the default's time in alternating rounds (below 1.00: faster; "
@@ -439,8 +448,9 @@ def _host_phases(calls, args) -> None:
     """Where a merge call's host time goes: the Python before the job (the output's allocation
     included), the first phase's launches, the Python after them (while the device works), then
     the core's wait for the label range and peak counts with the second phase's launches (where
-    the label range fits the output allocated beforehand, no return to Python between them) and
-    what follows; perf_counter medians, the device drained before each call."""
+    the label range fits the output allocated beforehand, no return to Python between them; on
+    sizes seen before, the speculative phase's launches come first, then the wait) and what
+    follows; perf_counter medians, the device drained before each call."""
     import time
 
     import torch
@@ -464,7 +474,7 @@ def _host_phases(calls, args) -> None:
             self.job.release()
 
         def _timed(self, method: str, *a):
-            stamps.setdefault("wait + second phase", time.perf_counter())
+            stamps.setdefault("second phase and wait", time.perf_counter())
             try:
                 return getattr(self.job, method)(*a)
             finally:
@@ -476,7 +486,7 @@ def _host_phases(calls, args) -> None:
         def finish(self, *a):
             return self._timed("finish", *a)
 
-    order = ["before", "first phase's launches", "Python", "wait + second phase", "after"]
+    order = ["before", "first phase's launches", "Python", "second phase and wait", "after"]
     print("\nhost phases of a merge call (perf_counter, us, median; the device drained first):")
     print("| call | " + " | ".join(order) + " | whole |")
     print("|---|" + "---:|" * (len(order) + 1))

@@ -107,6 +107,7 @@ def test_gpu_bench_runs_on_a_cpu_stand_in(monkeypatch, capsys, tmp_path):
         "candidates: time / the default's time in alternating rounds (below 1.00: faster",
         "| candidate | batch 1 | batch 2 | batch 2, in a row |",
         "| vote in chunks | ",
+        "| second phase after the counts (speculation off) | ",
         "| ours, batch 1: the merge call on the host",
         # The CPU stand-in never makes a CudaMerge job: the phases' table says so.
         "host phases of a merge call",

@@ -72,6 +72,9 @@ inline void bind_cuda(py::module_& m) {
   // Test and benchmark hook: 4 pixels per load where the inputs allow (see set_cuda_packed_loads).
   m.def("_set_cuda_packed_loads", &set_cuda_packed_loads, py::arg("packed"),
         "Returns the previous setting.");
+  // Test and benchmark hook: the speculative second phase (see set_cuda_speculation).
+  m.def("_set_cuda_speculation", &set_cuda_speculation, py::arg("speculate"),
+        "Returns the previous setting; off forgets the capacities learnt.");
   // module_local: _core and _cuda_emulation each bind their own build of CudaMerge.
   py::class_<CudaMerge>(m, "CudaMerge", py::module_local())
       .def(py::init([](const py::object& sem, const py::object& logits, const py::object& ctr,

@@ -393,6 +393,118 @@ def _view_of(whole, index):
     return lambda _, device: to_device(whole, device)[index]
 
 
+def _speculation_steps():
+    """A sequence of merges on 48 x 64 images, each (what, sem, ctr, off, options, expected): how
+    the speculative second phase (cuda_pipeline.h) goes on that call, given the calls before it:
+    "learns" (no speculation; the capacities follow this call), "holds", "fails" (its kernels
+    return at once and the call goes on without it) or "none" (not tried: this size's last call
+    did not fit a speculative phase)."""
+    a = synthetic.make_scene(48, 64, 12, seed=4)
+    few = synthetic.make_scene(48, 64, 3, seed=5)
+    few_classes = np.minimum(few.sem, 12).astype(np.int32)  # fewer classes than learnt
+    many = synthetic.make_scene(48, 64, 60, seed=6, center_sigma=2.0)
+    new_class = a.sem.copy()
+    new_class[:4, :4] = 25  # a stuff class above those learnt
+    negative = a.sem.copy()
+    negative[5, 6] = -3
+    mask = a.sem >= 11
+    logits = synthetic.make_scene(48, 64, 12, seed=4, logits=True).sem
+    batch = synthetic.make_batch(3, 48, 64, 12, seed=9)
+    crowded = synthetic.make_batch(3, 48, 64, 12, seed=9)
+    crowded.sem[1], crowded.ctr[1], crowded.off[1] = many.sem, many.ctr, many.off
+    packed = synthetic.make_scene(48, 64, 150, seed=7, center_sigma=1.0)
+    beyond = synthetic.make_batch(3, 48, 64, 12, seed=9)
+    beyond.sem[2], beyond.ctr[2], beyond.off[2] = packed.sem, packed.ctr, packed.off
+    kw = {"stuff_area": 8}
+    d27 = {**kw, "label_divisor": 2**27}
+    return [
+        ("first call", a.sem, a.ctr, a.off, kw, "learns"),
+        ("the same again", a.sem, a.ctr, a.off, kw, "holds"),
+        ("fewer centres and classes", few_classes, few.ctr, few.off, kw, "holds"),
+        ("more centres than learnt", many.sem, many.ctr, many.off, kw, "fails"),
+        ("as many again: learnt", many.sem, many.ctr, many.off, kw, "holds"),
+        ("a class above those learnt", new_class, a.ctr, a.off, kw, "fails"),
+        ("a foreground mask", a.sem, a.ctr, a.off, {**kw, "foreground_mask": mask}, "holds"),
+        ("logits", logits, a.ctr, a.off, kw, "holds"),
+        # merge allocates int32 first: not speculated on while the classes learnt (19) need
+        # more (int32 holds class ids up to 15 here), even where this call's would fit.
+        ("ids beyond int32", a.sem, a.ctr, a.off, d27, "none"),
+        ("ids in int32 again", a.sem, a.ctr, a.off, kw, "holds"),
+        ("fewer classes, in int32", few_classes, few.ctr, few.off, d27, "none"),
+        ("int64 output wanted", a.sem, a.ctr, a.off, {**kw, "void_label": -(2**40)}, "holds"),
+        ("negative ids", negative, a.ctr, a.off, kw, "fails"),
+        ("a batch", batch.sem, batch.ctr, batch.off, kw, "holds"),
+        ("one image crowded", crowded.sem, crowded.ctr, crowded.off, kw, "holds"),
+        ("one image beyond", beyond.sem, beyond.ctr, beyond.off, kw, "fails"),
+        ("top-k sort", many.sem, many.ctr, many.off, {**kw, "top_k": 20}, "fails"),
+        ("after a sort", a.sem, a.ctr, a.off, {**kw, "top_k": 20}, "learns"),
+        ("learnt again", a.sem, a.ctr, a.off, kw, "holds"),
+        ("detectron2's top-k", a.sem, a.ctr, a.off, {**kw, "topk_mode": "detectron2"}, "holds"),
+        ("no centres kept", a.sem, a.ctr, a.off, {**kw, "top_k": 0}, "none"),
+    ]
+
+
+def _speculation_seen(timeline, raised=False):
+    """How the speculative phase went in an emulated call's timeline (_speculation_steps); a call
+    that raised cannot have kept it."""
+    votes = sum(name in ("kernel", "vote_kernel") for name in timeline)
+    if "plan_check_kernel" not in timeline:
+        return "none"
+    # Held: every launch came before the one synchronisation. Failed: the phase again after it.
+    assert timeline.count("synchronisation") == 1, timeline
+    held = timeline[-1] == "synchronisation" and votes == 1
+    return "holds" if held and not raised else "fails"
+
+
+def test_the_second_phase_is_queued_before_the_counts_on_sizes_seen_before(cuda_device):
+    # set_cuda_speculation (cuda_pipeline.h), on by default: merge on images of a size seen
+    # before queues its second phase before it waits for the counts, sized by what earlier calls
+    # needed, and the device checks those sizes; where they do not hold, the speculative kernels
+    # return at once and the call goes on as before. The CPU's answer (or error) on every call of
+    # a sequence that holds and fails in every way; the emulator shows which happened, and that
+    # the device was never waited for before the speculative vote was queued.
+    emulated = cuda_device == "emulated"
+    module = EMULATION if emulated else pdl_post._core
+    module._set_cuda_speculation(False)  # forgets what earlier tests taught it
+    module._set_cuda_speculation(True)
+    for what, sem, ctr, off, kw, expected in _speculation_steps():
+        options = dict(kw)
+        mask = options.pop("foreground_mask", None)
+        try:
+            want = pdl_post.merge(sem, ctr, off, foreground_mask=mask, backend="cpu", **options)
+        except ValueError as error:
+            want = error
+        if emulated:
+            EMULATION.take_timeline()
+        args = [to_device(x, cuda_device) for x in (sem, ctr, off, mask)]
+        raised = False
+        try:
+            got = to_host(pdl_post.merge(*args[:3], foreground_mask=args[3], **options))
+        except ValueError as error:
+            assert isinstance(want, ValueError), what
+            assert str(error) == str(want), what
+            raised = True
+        else:
+            assert got.dtype == want.dtype, what
+            np.testing.assert_array_equal(got, want, err_msg=what)
+        if emulated:
+            seen = _speculation_seen(EMULATION.take_timeline(), raised)
+            assert seen == ("none" if expected == "learns" else expected), (what, seen)
+    # Off: every call waits for its counts first, the same size again included.
+    a = synthetic.make_scene(48, 64, 12, seed=4)
+    assert module._set_cuda_speculation(False) is True
+    try:
+        for _ in range(2):
+            if emulated:
+                EMULATION.take_timeline()
+            got = pdl_post.merge(*(to_device(x, cuda_device) for x in (a.sem, a.ctr, a.off)))
+            np.testing.assert_array_equal(to_host(got), pdl_post.merge(a.sem, a.ctr, a.off))
+            if emulated:
+                assert _speculation_seen(EMULATION.take_timeline()) == "none"
+    finally:
+        module._set_cuda_speculation(True)
+
+
 def _packed_launches():
     """Launches of the packed label range and write since the last take_counters()."""
     counts = EMULATION.take_counters()

@@ -215,9 +215,10 @@ __device__ void write_center_range(int64_t b, int64_t row, int64_t height,
 template <typename T, bool kAsCenters>
 __global__ void write_peaks_kernel(DeviceView<const T> ctr, const uint8_t* flags, int64_t height,
                                    int64_t width, const int64_t* row_offset, PeakList peaks,
-                                   CenterList centers) {
+                                   CenterList centers, const long long* verdict) {
   using Scan = cub::BlockScan<int64_t, kRowThreads>;
   __shared__ typename Scan::TempStorage storage;
+  if (plan_failed(verdict)) return;
   const int64_t y = blockIdx.x, b = blockIdx.y;
   const int64_t row = b * height + y;
   if (kAsCenters && y == 0 && threadIdx.x == 0) {
@@ -246,7 +247,8 @@ template <typename T, bool kAsCenters>
 __global__ void write_peaks_by_warp_kernel(DeviceView<const T> ctr, const uint8_t* flags,
                                            int64_t batch, int64_t height, int64_t width,
                                            const int64_t* row_offset, PeakList peaks,
-                                           CenterList centers) {
+                                           CenterList centers, const long long* verdict) {
+  if (plan_failed(verdict)) return;
   const int lane = static_cast<int>(threadIdx.x % 32);
   const int64_t warps = int64_t{gridDim.x} * (blockDim.x / 32);
   const int64_t first = (int64_t{blockIdx.x} * blockDim.x + threadIdx.x) / 32;
@@ -450,7 +452,7 @@ void count_peaks(const StridedView& ctr, double threshold, int64_t nms_kernel, u
 template <bool kAsCenters>
 void launch_write_peaks(const StridedView& ctr, const uint8_t* peak_flags,
                         const int64_t* row_offset, const PeakList& peaks, const CenterList& centers,
-                        cudaStream_t stream) {
+                        const long long* verdict, cudaStream_t stream) {
   const int64_t batch = ctr.batch(), height = ctr.height(), width = ctr.width();
   with_float_type(ctr.dtype, "ctr", [&](auto tag) {
     using T = decltype(tag);
@@ -460,26 +462,27 @@ void launch_write_peaks(const StridedView& ctr, const uint8_t* peak_flags,
       const int64_t blocks = std::min((batch * height + 7) / 8, resident);  // 8 warps a block
       write_peaks_by_warp_kernel<T, kAsCenters>
           <<<static_cast<unsigned>(blocks), kRowThreads, 0, stream>>>(
-              device_view<T>(ctr), peak_flags, batch, height, width, row_offset, peaks, centers);
+              device_view<T>(ctr), peak_flags, batch, height, width, row_offset, peaks, centers,
+              verdict);
       check_launch("write_peaks_by_warp_kernel");
       return;
     }
     const dim3 grid(static_cast<unsigned>(height), static_cast<unsigned>(batch));
     write_peaks_kernel<T, kAsCenters><<<grid, kRowThreads, 0, stream>>>(
-        device_view<T>(ctr), peak_flags, height, width, row_offset, peaks, centers);
+        device_view<T>(ctr), peak_flags, height, width, row_offset, peaks, centers, verdict);
     check_launch("write_peaks_kernel");
   });
 }
 
 void write_peaks(const StridedView& ctr, const uint8_t* peak_flags, const int64_t* row_offset,
                  const PeakList& peaks, cudaStream_t stream) {
-  launch_write_peaks<false>(ctr, peak_flags, row_offset, peaks, CenterList{}, stream);
+  launch_write_peaks<false>(ctr, peak_flags, row_offset, peaks, CenterList{}, nullptr, stream);
 }
 
 void write_every_peak_as_center(const StridedView& ctr, const uint8_t* peak_flags,
                                 const int64_t* row_offset, const CenterList& centers,
-                                cudaStream_t stream) {
-  launch_write_peaks<true>(ctr, peak_flags, row_offset, PeakList{}, centers, stream);
+                                const long long* plan_verdict, cudaStream_t stream) {
+  launch_write_peaks<true>(ctr, peak_flags, row_offset, PeakList{}, centers, plan_verdict, stream);
 }
 
 bool sort_segments(const std::vector<int64_t>& peak_begin, int64_t top_k, TopKMode mode,
@@ -490,7 +493,7 @@ bool sort_segments(const std::vector<int64_t>& peak_begin, int64_t top_k, TopKMo
   bool any_sorted = false;
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t count = peak_begin[b + 1] - peak_begin[b];
-    const bool sorted = top_k > 0 && (mode == TopKMode::kExact ? count > top_k : count >= top_k);
+    const bool sorted = sorts_peaks(count, top_k, mode);
     begin[b] = static_cast<int>(peak_begin[b]);
     end[b] = static_cast<int>(sorted ? peak_begin[b + 1] : peak_begin[b]);
     any_sorted = any_sorted || sorted;

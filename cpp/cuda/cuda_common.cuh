@@ -287,6 +287,21 @@ void allow_dynamic_shared(Kernel kernel, int device, int bytes) {
   });
 }
 
+// A speculative second phase (pipeline.cu) is queued before the counts it was sized for are
+// known; its kernels take the verdict of the check queued after the first phase: nonzero, the
+// capacities did not hold, and they return at once (whole blocks, before any barrier). nullptr:
+// not speculative, always run.
+__device__ inline bool plan_failed(const long long* verdict) {
+  return verdict != nullptr && *verdict != 0;
+}
+
+// Whether image b's peaks go through the top-k sort (more than top_k of them, or top_k or more in
+// detectron2's mode; top_k < 0: none, top_k = 0 keeps none without a sort). Otherwise every peak
+// is kept.
+__host__ __device__ inline bool sorts_peaks(int64_t peaks, int64_t top_k, TopKMode mode) {
+  return top_k > 0 && (mode == TopKMode::kExact ? peaks > top_k : peaks >= top_k);
+}
+
 // Blocks for a grid-stride loop over `items`, at most `cap`.
 inline unsigned grid_for(int64_t items, int threads, int64_t cap = 2147483647) {
   const int64_t blocks = (items + threads - 1) / threads;
@@ -362,9 +377,10 @@ SelectScratch take_select_scratch(Scratch& scratch, DType ctr_dtype, int64_t tot
 
 // Where every peak is kept (no image sorted, top_k != 0, or no peaks at all): the peaks written
 // straight as the centres, with each image's begin and count (select_centers' answer then).
+// plan_verdict: a speculative phase's verdict (see plan_failed()), or nullptr.
 void write_every_peak_as_center(const StridedView& ctr, const uint8_t* peak_flags,
                                 const int64_t* row_offset, const CenterList& centers,
-                                cudaStream_t stream);
+                                const long long* plan_verdict, cudaStream_t stream);
 // The images to sort (more peaks than top_k) have segment [begin, end) in sort_begin/sort_end
 // (device, int), the others an empty one; see sort_segments().
 void select_centers(DType ctr_dtype, int64_t width, const PeakList& peaks,
@@ -427,6 +443,9 @@ struct FuseBuffers {
   int64_t* num_segments;               // [B]
   unsigned long long* error_instance;  // [B], ULLONG_MAX when no error
   unsigned long long* vote_cursor;  // [B], zeroed: the vote's chunks taken (set_cuda_vote_chunks)
+  // A speculative phase's verdict (see plan_failed()): the vote, the segments' kernels and the
+  // write return at once where it is nonzero. nullptr outside speculation.
+  const long long* plan_verdict;
 };
 
 // The sorted distinct labels of the batch (compacted class tables): gather, radix sort, unique.

@@ -338,6 +338,7 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
   float* tile_y = reinterpret_cast<float*>(shared_bytes);
   float* tile_x = tile_y + kCenterTile;
   unsigned int* shared_hist = reinterpret_cast<unsigned int*>(tile_x + kCenterTile);
+  if (plan_failed(a.buffers.plan_verdict)) return;
   const int64_t b = blockIdx.y;
   const int64_t num_centers = a.centers.count[b];
   const float* center_y = a.centers.y + a.centers.begin[b];
@@ -489,6 +490,7 @@ __global__ void pair_runs_kernel(PairSort pairs, int64_t classes) {
 // from its histogram row, or from the votes of its sorted pairs (votes != nullptr).
 __global__ void majority_kernel(CenterList centers, FuseLayout layout, FuseBuffers buffers,
                                 const unsigned long long* votes) {
+  if (plan_failed(buffers.plan_verdict)) return;
   const int64_t b = blockIdx.y;
   const int64_t k = blockIdx.x * int64_t{blockDim.x} + threadIdx.x + 1;
   if (k > centers.count[b]) return;
@@ -535,6 +537,7 @@ __device__ void assign_instance_label(int64_t b, int64_t k, int64_t mine, int64_
 __global__ void number_kernel(CenterList centers, FuseLayout layout, FuseBuffers buffers,
                               int64_t label_divisor, int64_t void_label) {
   __shared__ int64_t tile[kThreads];
+  if (plan_failed(buffers.plan_verdict)) return;
   const int64_t b = blockIdx.y;
   const int64_t count = centers.count[b];
   const int64_t first = blockIdx.x * int64_t{blockDim.x} + 1;
@@ -603,6 +606,7 @@ __device__ bool is_kept_stuff(const ThingClasses& things, int64_t c, unsigned lo
 __global__ void stuff_kernel(int64_t batch, ThingClasses things, FuseLayout layout,
                              FuseBuffers buffers, int64_t label_divisor, int64_t stuff_area,
                              int64_t void_label) {
+  if (plan_failed(buffers.plan_verdict)) return;
   const int64_t b = blockIdx.y;
   const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (b >= batch || c >= layout.num_classes) return;
@@ -617,6 +621,7 @@ __global__ void segments_kernel(ThingClasses things, CenterList centers, FuseLay
                                 FuseBuffers buffers, int64_t stuff_area) {
   using Scan = cub::BlockScan<int64_t, kThreads>;
   __shared__ typename Scan::TempStorage storage;
+  if (plan_failed(buffers.plan_verdict)) return;
   const int64_t b = blockIdx.x;
   const int64_t count = centers.count[b];
   const int64_t inst0 = layout.inst_offset[b];
@@ -767,6 +772,7 @@ __global__ void add_block_sums_kernel(FuseLayout layout, FuseBuffers buffers, in
 template <typename TSem, typename TOut>
 __global__ void write_kernel(DeviceView<const TSem> sem, int64_t height, int64_t width,
                              int64_t total, FuseLayout layout, FuseBuffers buffers, TOut* out) {
+  if (plan_failed(buffers.plan_verdict)) return;
   const int64_t first = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   const int64_t step = int64_t{gridDim.x} * blockDim.x;
   PixelWalk at(first, step, height, width);
@@ -800,6 +806,7 @@ __global__ void write_kernel(DeviceView<const TSem> sem, int64_t height, int64_t
 template <typename TSem, typename TOut>
 __global__ void write_packed_kernel(const PixelPack<TSem>* sem, int64_t packs_per_image,
                                     FuseLayout layout, FuseBuffers buffers, PixelPack<TOut>* out) {
+  if (plan_failed(buffers.plan_verdict)) return;
   const auto* instance = reinterpret_cast<const PixelPack<int32_t>*>(buffers.instance);
   const int64_t b = blockIdx.y, step = int64_t{gridDim.x} * blockDim.x;
   const auto* instance_label = buffers.instance_label + layout.inst_offset[b];

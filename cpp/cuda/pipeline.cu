@@ -8,7 +8,9 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <tuple>
 
 #include "cuda_common.cuh"
 #include "pdl_post/float_mode.h"
@@ -256,12 +258,15 @@ class DeviceGuard {
   int previous_ = 0;
 };
 
-// The first phase's starting values: the label range's, and the peak counts' extra element that
-// the scan reads (it never adds it; a memset of its own would be one more operation per call).
-__global__ void init_first_phase_kernel(long long* range, int64_t* row_count_end) {
+// The first phase's starting values: the label range's, the peak counts' extra element that the
+// scan reads (it never adds it; a memset of its own would be one more operation per call), and
+// the verdict on a speculative second phase: failed until plan_check_kernel says otherwise.
+__global__ void init_first_phase_kernel(long long* range, int64_t* row_count_end,
+                                        long long* plan_verdict) {
   range[0] = LLONG_MAX;
   range[1] = LLONG_MIN;
   *row_count_end = 0;
+  *plan_verdict = 1;
 }
 
 // Does this build hold code the device can run (machine code for its architecture, or PTX it
@@ -314,6 +319,26 @@ __global__ void peak_begin_kernel(const int64_t* row_offset, int64_t batch, int6
                                   long long* peak_begin) {
   const int64_t b = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (b <= batch) peak_begin[b] = static_cast<long long>(row_offset[b * height]);
+}
+
+// The verdict on a speculative second phase sized for `centers` centres per image and `classes`
+// classes, into an output whose ids hold class ids up to max_label (one block): it holds (0)
+// where the class ids are in [0, min(classes - 1, max_label)] and every image keeps every one of
+// its peaks (no top-k sort), at most `centers` of them. header: the first phase's [min label,
+// max label, peak_begin[0..B], verdict].
+__global__ void plan_check_kernel(long long* header, int64_t batch, int64_t max_label,
+                                  int64_t classes, int64_t centers, int64_t top_k, TopKMode mode) {
+  const long long* peak_begin = header + 2;
+  bool fails = false;
+  for (int64_t b = threadIdx.x; b < batch; b += blockDim.x) {
+    const int64_t peaks = peak_begin[b + 1] - peak_begin[b];
+    fails = fails || peaks > centers || sorts_peaks(peaks, top_k, mode);
+  }
+  fails = __syncthreads_or(fails) != 0;
+  if (threadIdx.x == 0) {
+    const long long lo = header[0], hi = header[1];
+    header[3 + batch] = fails || lo < 0 || hi > max_label || hi >= classes ? 1 : 0;
+  }
 }
 
 // What the host reads back at the end of a call, gathered into one array so that one copy of a
@@ -415,8 +440,77 @@ int64_t kept_bound(int64_t peaks, int64_t top_k, TopKMode mode) {
   return peaks >= top_k ? top_k - 1 : peaks;
 }
 
+// The speculative second phase (CudaMerge::finish_if_fits): merge queues it before its counts
+// arrive, sized by what earlier calls on images of the same size needed, so that the device goes
+// from the first phase to the vote while the host waits for the counts instead of idling through
+// the host's sizing and launches.
+std::atomic<bool> speculation{true};
+
+// Centres per image and classes a speculative phase is sized for.
+struct PhaseCapacity {
+  int64_t centers = 0, classes = 0;
+};
+
+// Capacities by (device, height, width), the most recently used first.
+struct CapacityRegistry {
+  using Key = std::tuple<int, int64_t, int64_t>;
+  static constexpr size_t kRemembered = 16;  // image sizes kept (a process may see many)
+  std::mutex mutex;
+  std::vector<std::pair<Key, PhaseCapacity>> sizes;
+
+  std::optional<PhaseCapacity> find(const Key& key) {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it =
+        std::find_if(sizes.begin(), sizes.end(), [&](const auto& e) { return e.first == key; });
+    if (it == sizes.end()) return std::nullopt;
+    std::rotate(sizes.begin(), it, it + 1);  // now the most recently used
+    return sizes.front().second;
+  }
+  // A call that kept at most `kept` centres per image with `classes` classes: the capacity grows
+  // to hold it (a quarter more centres and 8, so that a few more than this call's still fit:
+  // video frames differ), within the brute-force vote and the vote's shared counters, which the
+  // speculative phase keeps to.
+  void remember(const Key& key, int64_t kept, int64_t classes) {
+    const int64_t headroom = std::min({kept + kept / 4 + 8, kBruteForceCentersMax,
+                                       kSharedBinLimit / std::max<int64_t>(classes, 1) - 1});
+    std::lock_guard<std::mutex> lock(mutex);
+    PhaseCapacity capacity{std::max(kept, headroom), classes};
+    auto it =
+        std::find_if(sizes.begin(), sizes.end(), [&](const auto& e) { return e.first == key; });
+    if (it != sizes.end()) {
+      capacity.centers = std::max(capacity.centers, it->second.centers);
+      capacity.classes = std::max(capacity.classes, it->second.classes);
+      sizes.erase(it);
+    }
+    sizes.insert(sizes.begin(), {key, capacity});
+    if (sizes.size() > kRemembered) sizes.pop_back();
+  }
+  // A call whose sizes a speculative phase would not take (a top-k sort, compacted class ids, the
+  // vote grid, pairs by sort): the next call of this size does not speculate either.
+  void forget(const Key& key) {
+    std::lock_guard<std::mutex> lock(mutex);
+    sizes.erase(
+        std::remove_if(sizes.begin(), sizes.end(), [&](const auto& e) { return e.first == key; }),
+        sizes.end());
+  }
+  void forget_all() {
+    std::lock_guard<std::mutex> lock(mutex);
+    sizes.clear();
+  }
+};
+
+CapacityRegistry& capacities() {
+  static CapacityRegistry registry;
+  return registry;
+}
+
 }  // namespace
 }  // namespace cuda
+
+bool set_cuda_speculation(bool speculate) {
+  if (!speculate) cuda::capacities().forget_all();
+  return cuda::speculation.exchange(speculate);
+}
 
 using cuda::check;
 
@@ -485,6 +579,20 @@ std::string cuda_build_description() {
          PDL_POST_CUDA_ARCHITECTURES;
 }
 
+namespace {
+
+// Runs `release` with `device` current (scratch is freed in stream order on the job's device).
+template <typename F>
+void on_device(int device, F release) noexcept {
+  int previous = 0;
+  const bool other = cudaGetDevice(&previous) == cudaSuccess && previous != device;
+  if (other) cuda::ignore_failure(cudaSetDevice(device));
+  release();
+  if (other) cuda::ignore_failure(cudaSetDevice(previous));
+}
+
+}  // namespace
+
 struct CudaMerge::State {
   CudaMergeInputs in;
   CenterOptions centers;
@@ -496,25 +604,69 @@ struct CudaMerge::State {
   cuda::Scratch first_scratch;      // the first phase's arrays, until finish ends
   int64_t* row_offset = nullptr;    // peaks before each row (B * H + 1), in first_scratch
   uint8_t* peak_flags = nullptr;    // a flag per pixel (cuda::PeakFlags), likewise
-  long long* header = nullptr;      // [min label, max label, peak_begin[0..B]], likewise
+  long long* header = nullptr;      // [min label, max label, peak_begin[0..B], verdict], likewise
   bool counted = false;             // header read back (sync point 1)
   std::vector<int64_t> peak_begin;  // B + 1 (host)
   int64_t lo = 0, hi = -1;
+  bool plan_held = false;  // the header's verdict on a speculative second phase
+  std::optional<cuda::ReadbackBuffer> header_copy;  // the header's read-back, queued till waited
+  cudaEvent_t header_copied = nullptr;              // recorded after it, likewise
+
+  ~State() {
+    if (!header_copied) return;
+    // A copy still in flight lands in its page-locked block before the block serves another call.
+    if (header_copy) cuda::ignore_failure(cudaEventSynchronize(header_copied));
+    cuda::ignore_failure(cudaEventDestroy(header_copied));
+  }
+
+  int64_t header_words() const { return 4 + batch; }
+
+  // The header's copy to the host, queued once: right after the first phase (and the plan's
+  // check), before any speculative work, so that waiting for it does not wait for that work.
+  void queue_header_copy() {
+    if (empty || header_copy) return;
+    cuda::DeviceGuard guard(in.device);  // handles 1 and 2 name the current device's streams
+    if (!header_copied) {
+      check(cudaEventCreateWithFlags(&header_copied, cudaEventDisableTiming),
+            "cudaEventCreateWithFlags");
+    }
+    header_copy.emplace(header_words());
+    const cudaError_t queued =
+        cudaMemcpyAsync(header_copy->data(), header, header_words() * sizeof(long long),
+                        cudaMemcpyDeviceToHost, stream);
+    if (queued != cudaSuccess) header_copy.reset();  // nothing in flight
+    check(queued, "cudaMemcpyAsync (label range)");
+    const cudaError_t recorded = cudaEventRecord(header_copied, stream);
+    // Unrecorded, the event would not wait for the copy: the stream does, before the error.
+    if (recorded != cudaSuccess) cuda::ignore_failure(cudaStreamSynchronize(stream));
+    check(recorded, "cudaEventRecord");
+  }
 
   // Sync point 1, once: the label range decides the output dtype, the peak counts size the
   // second phase's buffers.
   void wait_for_counts() {
     if (empty || counted) return;
-    cuda::DeviceGuard guard(in.device);  // handles 1 and 2 name the current device's streams
-    const cuda::ReadbackBuffer host(3 + batch);
-    check(cudaMemcpyAsync(host.data(), header, (3 + batch) * sizeof(long long),
-                          cudaMemcpyDeviceToHost, stream),
-          "cudaMemcpyAsync (label range)");
-    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-    lo = host.data()[0];
-    hi = host.data()[1];
-    peak_begin.assign(host.data() + 2, host.data() + 3 + batch);
+    queue_header_copy();
+    cuda::DeviceGuard guard(in.device);
+    check(cudaEventSynchronize(header_copied), "cudaEventSynchronize");
+    const long long* h = header_copy->data();
+    lo = h[0];
+    hi = h[1];
+    peak_begin.assign(h + 2, h + 3 + batch);
+    plan_held = h[3 + batch] == 0;
     counted = true;
+    header_copy.reset();  // the page-locked block goes back for the next call
+    cuda::ignore_failure(cudaEventDestroy(header_copied));
+    header_copied = nullptr;
+  }
+
+  // The first phase's scratch back to the pool, in order on the call's stream.
+  void release_first_phase() {
+    on_device(in.device, [this] {
+      first_scratch = cuda::Scratch();
+      row_offset = nullptr;
+      peak_flags = nullptr;
+    });
   }
 };
 
@@ -558,7 +710,7 @@ CudaMerge::CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers
   const bool argmax = inputs.logits.data != nullptr;
   struct Arrays {
     int32_t* labels;     // argmax of logits
-    long long* header;   // [min label, max label, peak_begin[0..B]]
+    long long* header;   // [min label, max label, peak_begin[0..B], plan verdict]
     int64_t* row_count;  // peaks per row
     int64_t* row_offset;
     cuda::CubTemp scan;
@@ -567,7 +719,7 @@ CudaMerge::CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers
   const Arrays a = cuda::carve(s.first_scratch, s.stream, [&](cuda::Scratch& scratch) {
     Arrays taken{};
     if (argmax) taken.labels = scratch.take<int32_t>(s.batch * hw, "argmax labels");
-    taken.header = scratch.take<long long>(3 + s.batch, "label range");
+    taken.header = scratch.take<long long>(s.header_words(), "label range");
     taken.row_count = scratch.take<int64_t>(rows + 1, "peak counts");
     taken.row_offset = scratch.take<int64_t>(rows + 1, "peak offsets");
     taken.scan = cuda::take_scan_temp(scratch, rows + 1);
@@ -587,7 +739,8 @@ CudaMerge::CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers
   } else {
     s.sem = inputs.sem;
   }
-  cuda::init_first_phase_kernel<<<1, 1, 0, s.stream>>>(a.header, a.row_count + rows);
+  cuda::init_first_phase_kernel<<<1, 1, 0, s.stream>>>(a.header, a.row_count + rows,
+                                                       a.header + 3 + s.batch);
   cuda::check_launch("init_first_phase_kernel");
   cuda::label_range(s.sem, a.header, s.stream);
   if (centers.nms_kernel > cuda::kDirectWindowMax) {
@@ -604,16 +757,6 @@ CudaMerge::CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers
 }
 
 namespace {
-
-// Runs `release` with `device` current (scratch is freed in stream order on the job's device).
-template <typename F>
-void on_device(int device, F release) noexcept {
-  int previous = 0;
-  const bool other = cudaGetDevice(&previous) == cudaSuccess && previous != device;
-  if (other) cuda::ignore_failure(cudaSetDevice(device));
-  release();
-  if (other) cuda::ignore_failure(cudaSetDevice(previous));
-}
 
 // The value at `at` in host memory that holds copied bytes (the read-back words), read as bytes:
 // the words are long long, the values int64_t, double or DeviceSegment.
@@ -639,76 +782,52 @@ std::pair<int64_t, int64_t> CudaMerge::label_range() {
   return {state_->lo, state_->hi};
 }
 
-std::optional<std::vector<ImageResult>> CudaMerge::finish_if_fits(const StridedView& out,
-                                                                  int64_t max_label,
-                                                                  bool with_segments, bool wait) {
-  if (!state_) throw ValueError("CudaMerge.finish_if_fits: the job was released");
-  const auto [lo, hi] = label_range();
-  if (!state_->empty && (lo < 0 || hi > max_label)) return std::nullopt;
-  return finish(out, with_segments, wait);
-}
+namespace {
 
-std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_segments, bool wait) {
-  const IeeeFloatModes float_modes;  // host-side conversions (threshold) as the CPU's
-  if (!state_) throw ValueError("CudaMerge.finish: the job was released");
-  State& s = *state_;
-  if (s.finished) throw ValueError("CudaMerge.finish: already called");
-  s.finished = true;
-  // The first phase's scratch goes back to the pool when finish ends, errors included (a Python
-  // traceback may keep this object alive for a long time).
-  struct ReleaseScratch {
-    State& s;
-    ~ReleaseScratch() {
-      on_device(s.in.device, [this] {
-        s.first_scratch = cuda::Scratch();
-        s.row_offset = nullptr;
-        s.peak_flags = nullptr;
-      });
-    }
-  } release_scratch{s};
-  std::vector<ImageResult> results(static_cast<size_t>(s.batch));
-  if (s.empty) return results;
-  s.wait_for_counts();
-  if (s.lo < 0) {
-    throw ValueError("sem: class ids must be >= 0, got a minimum of " + std::to_string(s.lo));
-  }
-  if (out.dtype != DType::kInt32 && out.dtype != DType::kInt64) {
-    throw ValueError(std::string("out: expected int32 or int64, got ") + dtype_name(out.dtype));
-  }
-  cuda::DeviceGuard guard(s.in.device);
+// What a second phase is sized for: from the counts (finish), or from the capacities of earlier
+// calls (a speculative phase, every image sized alike).
+struct PhaseSizes {
+  int64_t classes = 0;                // C
+  const int64_t* distinct = nullptr;  // [C] the batch's sorted class ids (compacted tables) or null
+  std::vector<int64_t> kept;          // [B] bound of each image's kept centres
+  int64_t center_slots = 0;           // over the batch (where every peak is kept: the peaks)
+  bool every_peak_kept = true;        // the peaks are the centres; else the top-k selection,
+  bool any_sorted = false;            // which sorts the images with [sort_begin, sort_end)
+  std::vector<int> sort_begin, sort_end;
+};
+
+// A queued second phase: its scratch (freed in stream order with this object) and what the
+// read-back needs.
+struct QueuedPhase {
+  cuda::Scratch scratch;
+  cuda::CenterList centers{};
+  cuda::FuseLayout layout{};
+  cuda::FuseBuffers buffers{};
+  long long* readback = nullptr;  // Readback's words
+  int64_t center_slots = 0, segment_slots = 0, readback_words = 0;
+  std::vector<int64_t> seg_offset;
+  int64_t max_instances = 0;
+  bool speculable = false;  // sized as a speculative phase could be (see speculate())
+};
+
+// Queues the second phase into `out` (int32 / int64, checked by the caller): the centres, the
+// vote, the segments and the write. verdict: a speculative phase's (its kernels return at once
+// where the plan failed), else nullptr. Throws before queuing anything where the sizes exceed a
+// limit of this path.
+QueuedPhase queue_second_phase(CudaMerge::State& s, const PhaseSizes& z, const StridedView& out,
+                               bool with_segments, const long long* verdict) {
   cudaStream_t stream = s.stream;
   const int64_t B = s.batch, H = s.height, W = s.width, hw = H * W;
-  const int64_t total_peaks = s.peak_begin.back();
-
-  // Class tables: dense below ClassIndex::kDenseLabelLimit, else over the batch's distinct labels
-  // (sorted on the device; one more synchronisation, for their count), as on the CPU.
-  int64_t C = s.hi + 1;
-  cuda::Scratch distinct_scratch;
-  const int64_t* distinct = nullptr;
-  if (s.hi >= ClassIndex::kDenseLabelLimit) {
-    const int end_bit = cuda::bit_width(s.hi);  // bits of the largest label
-    const cuda::DistinctScratch d =
-        cuda::carve(distinct_scratch, stream, [&](cuda::Scratch& scratch) {
-          return cuda::take_distinct_scratch(scratch, B * hw, end_bit);
-        });
-    cuda::distinct_labels(s.sem, end_bit, d, stream);
-    int count = 0;
-    check(cudaMemcpyAsync(&count, d.count, sizeof(int), cudaMemcpyDeviceToHost, stream),
-          "cudaMemcpyAsync (class count)");
-    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-    C = count;
-    distinct = d.distinct;
-  }
+  const int64_t C = z.classes;
+  const std::vector<int64_t>& kept = z.kept;
+  QueuedPhase q;
 
   // Table layout per image from the centre bounds (the exact counts stay on the device).
   std::vector<int64_t> hist_offset(B), inst_offset(B), seg_offset(B + 1), seg_capacity(B);
-  std::vector<int64_t> kept(B);  // bound of K_b
   int64_t max_bins = 0;
   double pair_bins = 0;
   for (int64_t b = 0; b < B; ++b) {
-    const int64_t k = kept[b] = cuda::kept_bound(s.peak_begin[b + 1] - s.peak_begin[b],
-                                                 s.centers.top_k, s.centers.topk_mode);
-    const double bins = static_cast<double>(k + 1) * static_cast<double>(C);
+    const double bins = static_cast<double>(kept[b] + 1) * static_cast<double>(C);
     pair_bins += bins;
     max_bins = std::max(max_bins, static_cast<int64_t>(std::min(bins, 9.0e18)));
   }
@@ -751,16 +870,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     max_rows = std::max(max_rows, g.rows);
     max_cols = std::max(max_cols, g.cols);
   }
-  if (total_peaks > std::numeric_limits<int>::max() - 1) {  // cub's sort and scan sizes are int
-    throw ValueError("find_centers: " + std::to_string(total_peaks) +
-                     " peaks exceed the CUDA path's int32 sort size; use the CPU path");
-  }
-  std::vector<int> sort_begin, sort_end;
-  const bool any_sorted =
-      cuda::sort_segments(s.peak_begin, s.centers.top_k, s.centers.topk_mode, sort_begin, sort_end);
-  // No image sorted and top_k != 0 (or no peaks): the centres are the peaks, written directly.
-  const bool every_peak_kept = !any_sorted && (s.centers.top_k != 0 || total_peaks == 0);
-  const int64_t listed_peaks = every_peak_kept ? 0 : total_peaks;  // the selection's input
+  const int64_t listed_peaks = z.every_peak_kept ? 0 : z.center_slots;  // the selection's input
   const bool with_scores = with_segments && s.in.logits.data != nullptr;
   const int64_t chunk_blocks = cuda::score_chunk_blocks(H, seg_offset[B]);
   std::vector<int64_t> partial_offset(static_cast<size_t>(B));
@@ -772,7 +882,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   cuda::UploadPack pack;
   const size_t at_hist = pack.add(hist_offset), at_inst = pack.add(inst_offset);
   const size_t at_seg = pack.add(seg_offset), at_peaks = pack.add(s.peak_begin);
-  const size_t at_sort_begin = pack.add(sort_begin), at_sort_end = pack.add(sort_end);
+  const size_t at_sort_begin = pack.add(z.sort_begin), at_sort_end = pack.add(z.sort_end);
   const size_t at_partial = pack.add(partial_offset);
   const size_t at_grids = pack.add(vote_grids), at_cells = pack.add(cell_offset);
   const size_t at_sums = pack.add(sums_offset), at_pyramid = pack.add(pyramid_offset);
@@ -801,22 +911,21 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     cuda::ManyCenters many;
     cuda::PairSort pairs;
   };
-  cuda::Scratch scratch;
-  const Arrays a = cuda::carve(scratch, stream, [&](cuda::Scratch& sc) {
+  const Arrays a = cuda::carve(q.scratch, stream, [&](cuda::Scratch& sc) {
     Arrays t{};
     t.tables = sc.take_bytes(pack.bytes(), "tables");
-    t.class_labels = distinct ? sc.take<int64_t>(C, "class ids") : nullptr;
+    t.class_labels = z.distinct ? sc.take<int64_t>(C, "class ids") : nullptr;
     t.peaks.pixel = sc.take<int64_t>(listed_peaks, "peaks");
     t.peaks.score = sc.take_bytes(listed_peaks * score_size, "peak scores");
     t.peaks.image = sc.take<int32_t>(listed_peaks, "peaks");
-    t.centers.pixel = sc.take<int64_t>(total_peaks, "centres");
-    t.centers.y = sc.take<float>(total_peaks, "centres");
-    t.centers.x = sc.take<float>(total_peaks, "centres");
-    t.centers.score = sc.take<double>(total_peaks, "centres");
+    t.centers.pixel = sc.take<int64_t>(z.center_slots, "centres");
+    t.centers.y = sc.take<float>(z.center_slots, "centres");
+    t.centers.x = sc.take<float>(z.center_slots, "centres");
+    t.centers.score = sc.take<double>(z.center_slots, "centres");
     t.centers.begin = sc.take<int64_t>(B, "centres");
     t.centers.count = sc.take<int64_t>(B, "centres");
     if (listed_peaks > 0) {
-      t.select = cuda::take_select_scratch(sc, s.in.ctr.dtype, listed_peaks, B, any_sorted);
+      t.select = cuda::take_select_scratch(sc, s.in.ctr.dtype, listed_peaks, B, z.any_sorted);
     }
     cuda::FuseBuffers& f = t.buffers;
     // The histogram, then the vote's chunk cursors (B), zeroed together.
@@ -834,6 +943,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     f.segments = sc.take<cuda::DeviceSegment>(seg_offset[B], "segments");
     f.num_segments = sc.take<int64_t>(B, "segments");
     f.error_instance = nullptr;  // in the tables (at_errors), set below
+    f.plan_verdict = verdict;
     t.partial = with_scores ? sc.take<double>(partial_total, "score sums") : nullptr;
     t.score_sums = with_scores ? sc.take<double>(seg_offset[B], "score sums") : nullptr;
     t.readback = sc.take<long long>(readback_words, "read-back");
@@ -847,11 +957,10 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   // Everything the host decides goes to the device in one copy, before the first kernel of this
   // phase: a copy from pageable memory may wait for the stream, which is idle right after sync 1.
   pack.upload(a.tables, stream);
-  if (distinct) {
-    check(cudaMemcpyAsync(a.class_labels, distinct, C * sizeof(int64_t), cudaMemcpyDeviceToDevice,
+  if (z.distinct) {
+    check(cudaMemcpyAsync(a.class_labels, z.distinct, C * sizeof(int64_t), cudaMemcpyDeviceToDevice,
                           stream),
           "cudaMemcpyAsync (class ids)");
-    distinct_scratch = cuda::Scratch();  // freed in stream order, after the copy
   }
   const int64_t* peak_begin_device = cuda::UploadPack::at<int64_t>(a.tables, at_peaks);
   const ThingClasses things = thing_upload.view(a.tables);
@@ -876,14 +985,15 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   const cuda::PairSort* pairs_or_null = pair_histogram ? nullptr : &a.pairs;
 
   // Peaks in row-major order, then the kept centres.
-  if (every_peak_kept) {
-    cuda::write_every_peak_as_center(s.in.ctr, s.peak_flags, s.row_offset, centers, stream);
+  if (z.every_peak_kept) {
+    cuda::write_every_peak_as_center(s.in.ctr, s.peak_flags, s.row_offset, centers, verdict,
+                                     stream);
   } else {
     cuda::write_peaks(s.in.ctr, s.peak_flags, s.row_offset, a.peaks, stream);
     cuda::select_centers(
         s.in.ctr.dtype, W, a.peaks, peak_begin_device, s.peak_begin, s.centers.top_k,
         s.centers.topk_mode, cuda::UploadPack::at<int>(a.tables, at_sort_begin),
-        cuda::UploadPack::at<int>(a.tables, at_sort_end), any_sorted, a.select, centers, stream);
+        cuda::UploadPack::at<int>(a.tables, at_sort_end), z.any_sorted, a.select, centers, stream);
   }
 
   // The histogram and the vote's chunk cursors are one piece, zeroed at once.
@@ -902,24 +1012,41 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   }
   cuda::write_panoptic(s.sem, layout, buffers, out, stream);
 
-  // merge: an image keeping fewer centres than label_divisor cannot number label_divisor
-  // instances of a class, so there is no error to read back. Return with the work queued, as any
-  // CUDA library call does: stream order puts it before the caller's next work on the stream
-  // (which reads the output) and before the scratch frees.
-  if (!with_segments && !wait && max_instances < s.params.label_divisor) return results;
+  q.centers = centers;
+  q.layout = layout;
+  q.buffers = buffers;
+  q.readback = a.readback;
+  q.center_slots = center_slots;
+  q.segment_slots = segment_slots;
+  q.readback_words = readback_words;
+  q.seg_offset = std::move(seg_offset);
+  q.max_instances = max_instances;
+  q.speculable = z.every_peak_kept && !z.distinct && !many_centers && pair_histogram;
+  return q;
+}
 
-  // Sync point 2: per-image summary, and for postprocess the centres and segments, in one copy.
+// The end of a call: merge returns with the work queued where no error can be found (an image
+// keeping fewer centres than label_divisor cannot number label_divisor instances of a class) and
+// the caller does not ask to wait: stream order puts the work before the caller's next work on
+// the stream (which reads the output) and before the scratch frees, as any CUDA library call.
+// Else sync point 2: the per-image summary, and for postprocess the centres and segments, in one
+// copy.
+std::vector<ImageResult> read_back(const CudaMerge::State& s, const QueuedPhase& q,
+                                   bool with_segments, bool wait) {
+  const int64_t B = s.batch, W = s.width;
+  std::vector<ImageResult> results(static_cast<size_t>(B));
+  if (!with_segments && !wait && q.max_instances < s.params.label_divisor) return results;
   const cuda::Readback device_readback =
-      cuda::Readback::at(a.readback, B, center_slots, segment_slots);
-  cuda::readback_kernel<<<cuda::grid_for(std::max({B, center_slots, segment_slots}), 256), 256, 0,
-                          stream>>>(B, centers, layout, buffers, device_readback);
+      cuda::Readback::at(q.readback, B, q.center_slots, q.segment_slots);
+  cuda::readback_kernel<<<cuda::grid_for(std::max({B, q.center_slots, q.segment_slots}), 256), 256,
+                          0, s.stream>>>(B, q.centers, q.layout, q.buffers, device_readback);
   cuda::check_launch("readback_kernel");
-  const cuda::ReadbackBuffer words(readback_words);
-  check(cudaMemcpyAsync(words.data(), a.readback, readback_words * sizeof(long long),
-                        cudaMemcpyDeviceToHost, stream),
+  const cuda::ReadbackBuffer words(q.readback_words);
+  check(cudaMemcpyAsync(words.data(), q.readback, q.readback_words * sizeof(long long),
+                        cudaMemcpyDeviceToHost, s.stream),
         "cudaMemcpyAsync (read-back)");
-  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-  const cuda::Readback host = cuda::Readback::at(words.data(), B, center_slots, segment_slots);
+  check(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize");
+  const cuda::Readback host = cuda::Readback::at(words.data(), B, q.center_slots, q.segment_slots);
   for (int64_t b = 0; b < B; ++b) {
     const long long* h = host.summary + 5 * b;
     if (h[3] >= 0) {  // the first instance (in centre order) whose number reached label_divisor
@@ -940,12 +1067,152 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
       r.centers.score.push_back(copied(host.score + i));
     }
     for (long long i = 0; i < h[2]; ++i) {
-      const cuda::DeviceSegment d = copied(host.segments + seg_offset[b] + i);
+      const cuda::DeviceSegment d = copied(host.segments + q.seg_offset[b] + i);
       r.segments.push_back(Segment{d.id, d.category_id, d.isthing != 0, d.area,
                                    reported_score(d.score), d.instance});
     }
   }
   return results;
+}
+
+cuda::CapacityRegistry::Key capacity_key(const CudaMerge::State& s) {
+  return {s.in.device, s.height, s.width};
+}
+
+// A speculative second phase (cuda::speculation), for merge into `out` (whose ids hold class ids
+// up to max_label): sized by the capacities earlier calls on images of this size needed, checked
+// against the first phase's counts on the device (plan_check_kernel), and queued before the
+// header's copy is waited for, so that the device runs on from the first phase into the vote
+// while the host waits. Returns whether the plan held; if not, its kernels returned at once, and
+// the caller goes on as without it (the wait is done: no second synchronisation).
+bool speculate(CudaMerge::State& s, const StridedView& out, int64_t max_label) {
+  if (out.dtype != DType::kInt32 && out.dtype != DType::kInt64) return false;  // finish raises
+  const int64_t top_k = s.centers.top_k;
+  if (top_k == 0) return false;  // no centres: the peaks are not the centres
+  const std::optional<cuda::PhaseCapacity> capacity = cuda::capacities().find(capacity_key(s));
+  if (!capacity) return false;
+  int64_t centers = capacity->centers;
+  if (top_k > 0) {  // more would need the top-k sort
+    centers = std::min(centers, s.centers.topk_mode == TopKMode::kExact ? top_k : top_k - 1);
+  }
+  const int64_t classes = capacity->classes;
+  // Classes learnt beyond what the output holds (ids that needed int64 where merge allocates
+  // int32 first): the plan would likely fail, and the call come back for an int64 output anyway.
+  if (classes - 1 > max_label) return false;
+  // No instance-number error possible (merge then reads nothing back), and the vote that calls
+  // of these sizes get: brute force, counters in shared memory, dense class tables.
+  if (centers >= s.params.label_divisor || centers > cuda::kBruteForceCentersMax ||
+      (centers + 1) * classes > cuda::kSharedBinLimit || classes > ClassIndex::kDenseLabelLimit) {
+    return false;
+  }
+  const cuda::DeviceGuard guard(s.in.device);
+  const long long* verdict = s.header + 3 + s.batch;
+  cuda::plan_check_kernel<<<1, 256, 0, s.stream>>>(s.header, s.batch, max_label, classes, centers,
+                                                   top_k, s.centers.topk_mode);
+  cuda::check_launch("plan_check_kernel");
+  s.queue_header_copy();
+  PhaseSizes z;
+  z.classes = classes;
+  z.kept.assign(static_cast<size_t>(s.batch), centers);
+  z.center_slots = s.batch * centers;
+  const QueuedPhase queued = queue_second_phase(s, z, out, false, verdict);
+  s.wait_for_counts();
+  if (!s.plan_held) return false;  // `queued` frees its scratch after its (skipped) kernels
+  s.finished = true;
+  s.release_first_phase();
+  return true;
+}
+
+}  // namespace
+
+std::optional<std::vector<ImageResult>> CudaMerge::finish_if_fits(const StridedView& out,
+                                                                  int64_t max_label,
+                                                                  bool with_segments, bool wait) {
+  const IeeeFloatModes float_modes;  // host-side conversions (threshold) as the CPU's
+  if (!state_) throw ValueError("CudaMerge.finish_if_fits: the job was released");
+  State& s = *state_;
+  if (s.finished) throw ValueError("CudaMerge.finish_if_fits: already called");
+  // merge (no segments, nothing to wait for) after calls on images of this size: the second
+  // phase on their capacities, before the counts.
+  if (!s.empty && !s.counted && !with_segments && !wait &&
+      cuda::speculation.load(std::memory_order_relaxed) && speculate(s, out, max_label)) {
+    return std::vector<ImageResult>(static_cast<size_t>(s.batch));
+  }
+  const auto [lo, hi] = label_range();
+  if (!s.empty && (lo < 0 || hi > max_label)) return std::nullopt;
+  return finish(out, with_segments, wait);
+}
+
+std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_segments, bool wait) {
+  const IeeeFloatModes float_modes;  // host-side conversions (threshold) as the CPU's
+  if (!state_) throw ValueError("CudaMerge.finish: the job was released");
+  State& s = *state_;
+  if (s.finished) throw ValueError("CudaMerge.finish: already called");
+  s.finished = true;
+  // The first phase's scratch goes back to the pool when finish ends, errors included (a Python
+  // traceback may keep this object alive for a long time).
+  struct ReleaseScratch {
+    State& s;
+    ~ReleaseScratch() { s.release_first_phase(); }
+  } release_scratch{s};
+  if (s.empty) return std::vector<ImageResult>(static_cast<size_t>(s.batch));
+  s.wait_for_counts();
+  if (s.lo < 0) {
+    throw ValueError("sem: class ids must be >= 0, got a minimum of " + std::to_string(s.lo));
+  }
+  if (out.dtype != DType::kInt32 && out.dtype != DType::kInt64) {
+    throw ValueError(std::string("out: expected int32 or int64, got ") + dtype_name(out.dtype));
+  }
+  cuda::DeviceGuard guard(s.in.device);
+  cudaStream_t stream = s.stream;
+  const int64_t B = s.batch, hw = s.height * s.width;
+  const int64_t total_peaks = s.peak_begin.back();
+  PhaseSizes z;
+
+  // Class tables: dense below ClassIndex::kDenseLabelLimit, else over the batch's distinct labels
+  // (sorted on the device; one more synchronisation, for their count), as on the CPU.
+  z.classes = s.hi + 1;
+  cuda::Scratch distinct_scratch;
+  if (s.hi >= ClassIndex::kDenseLabelLimit) {
+    const int end_bit = cuda::bit_width(s.hi);  // bits of the largest label
+    const cuda::DistinctScratch d =
+        cuda::carve(distinct_scratch, stream, [&](cuda::Scratch& scratch) {
+          return cuda::take_distinct_scratch(scratch, B * hw, end_bit);
+        });
+    cuda::distinct_labels(s.sem, end_bit, d, stream);
+    int count = 0;
+    check(cudaMemcpyAsync(&count, d.count, sizeof(int), cudaMemcpyDeviceToHost, stream),
+          "cudaMemcpyAsync (class count)");
+    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    z.classes = count;
+    z.distinct = d.distinct;
+  }
+  z.kept.resize(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) {
+    z.kept[b] = cuda::kept_bound(s.peak_begin[b + 1] - s.peak_begin[b], s.centers.top_k,
+                                 s.centers.topk_mode);
+  }
+  if (total_peaks > std::numeric_limits<int>::max() - 1) {  // cub's sort and scan sizes are int
+    throw ValueError("find_centers: " + std::to_string(total_peaks) +
+                     " peaks exceed the CUDA path's int32 sort size; use the CPU path");
+  }
+  z.any_sorted = cuda::sort_segments(s.peak_begin, s.centers.top_k, s.centers.topk_mode,
+                                     z.sort_begin, z.sort_end);
+  // No image sorted and top_k != 0 (or no peaks): the centres are the peaks, written directly.
+  z.every_peak_kept = !z.any_sorted && (s.centers.top_k != 0 || total_peaks == 0);
+  z.center_slots = total_peaks;
+  const QueuedPhase queued = queue_second_phase(s, z, out, with_segments, nullptr);
+  distinct_scratch = cuda::Scratch();  // freed in stream order, after the copy of the class ids
+  // What the next calls on images of this size speculate with, if anything (top_k 0 keeps no
+  // centre: never).
+  if (cuda::speculation.load(std::memory_order_relaxed)) {
+    if (queued.speculable && s.centers.top_k != 0) {
+      cuda::capacities().remember(capacity_key(s), queued.max_instances, z.classes);
+    } else {
+      cuda::capacities().forget(capacity_key(s));
+    }
+  }
+  return read_back(s, queued, with_segments, wait);
 }
 
 }  // namespace pdl_post

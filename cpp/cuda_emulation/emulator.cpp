@@ -270,6 +270,7 @@ cudaError_t injected(const char* call) {
 std::vector<char*> g_stacks;
 thread_local int t_device = 0;
 std::map<std::string, int64_t> g_counters;  // launches, synchronisations, copies, allocations
+std::vector<std::string> g_timeline;        // launches and synchronisations in order
 std::map<const void*, int> g_events;        // live CUDA events -> times recorded
 uintptr_t g_next_event = 1;
 std::map<void*, size_t> g_shared_statics;  // static __shared__ variables seen so far
@@ -643,6 +644,7 @@ int launch_kernel(const char* name, const void* kernel, dim3 grid, dim3 block, s
   g_launch = nullptr;
   ++g_counters["launches"];
   ++g_counters[std::string("launches of ") + name];
+  g_timeline.push_back(name);
   if (L.failed) {
     const dim3 at(L.block_idx.x, L.block_idx.y, L.block_idx.z);
     violation(std::string(name) + " block " + describe(at) + ": " + L.error);
@@ -730,8 +732,9 @@ int stream_capture() {
 
 void inject_failure(const std::string& call, int64_t after) {
   static const char* const kCalls[] = {
-      "cudaMallocFromPoolAsync",  "cudaMemcpyAsync", "cudaMemsetAsync",     "cudaStreamSynchronize",
-      "cudaEventCreateWithFlags", "cudaEventRecord", "cudaStreamWaitEvent", "cudaHostAlloc"};
+      "cudaMallocFromPoolAsync", "cudaMemcpyAsync",      "cudaMemsetAsync",
+      "cudaStreamSynchronize",   "cudaEventSynchronize", "cudaEventCreateWithFlags",
+      "cudaEventRecord",         "cudaStreamWaitEvent",  "cudaHostAlloc"};
   if (std::find(std::begin(kCalls), std::end(kCalls), call) == std::end(kCalls) || after < 0) {
     std::string calls;
     for (const char* name : kCalls) calls += std::string(calls.empty() ? "" : ", ") + name;
@@ -770,6 +773,14 @@ std::map<std::string, int64_t> take_counters() {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   std::map<std::string, int64_t> out;
   out.swap(g_counters);
+  g_timeline.clear();
+  return out;
+}
+
+std::vector<std::string> take_timeline() {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  std::vector<std::string> out;
+  out.swap(g_timeline);
   return out;
 }
 
@@ -1047,6 +1058,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   if (const cudaError_t e = pdl_emu::injected("cudaStreamSynchronize")) return e;
   ++pdl_emu::g_counters["synchronisations"];
+  pdl_emu::g_timeline.push_back("synchronisation");
   if (const cudaError_t e = pdl_emu::refused_in_capture("cudaStreamSynchronize")) return e;
   for (const auto& [payload, span] : g_allocations) {
     pdl_emu::check_guards(payload, span.bytes, "at a stream synchronisation");
@@ -1096,6 +1108,25 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t event, unsigned) {
     return pdl_emu::recorded(cudaErrorInvalidResourceHandle);
   }
   return cudaSuccess;
+}
+
+// A host wait for the work before the event's last record: a synchronisation like the stream's
+// (counted so), everything queued having run already. An event never recorded is complete.
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  if (const cudaError_t e = pdl_emu::injected("cudaEventSynchronize")) return e;
+  ++pdl_emu::g_counters["synchronisations"];
+  pdl_emu::g_timeline.push_back("synchronisation");
+  if (pdl_emu::g_events.find(event) == pdl_emu::g_events.end()) {
+    pdl_emu::violation("cudaEventSynchronize: not a live event");
+    return pdl_emu::recorded(cudaErrorInvalidResourceHandle);
+  }
+  for (const auto& [payload, span] : g_allocations) {
+    pdl_emu::check_guards(payload, span.bytes, "at an event synchronisation");
+  }
+  const cudaError_t e = pdl_emu::g_sync_error;
+  pdl_emu::g_sync_error = cudaSuccess;
+  return e;
 }
 
 cudaError_t cudaEventDestroy(cudaEvent_t event) {

@@ -11,6 +11,15 @@
 //                    counts. The caller allocates the output for the likeliest dtype before the
 //                    job and hands it to finish_if_fits(), which goes on at once when the label
 //                    range fits it: no return to Python while the device idles between phases.
+//                    For merge (no segments, nothing to wait for) on images of a size seen
+//                    before, finish_if_fits first queues the whole second phase speculatively,
+//                    sized by what earlier calls of that size needed (centres per image, classes,
+//                    with headroom), and a one-block check of those sizes against the counts on
+//                    the device; the header's copy is queued before that work and waited for
+//                    alone, so the device runs from the first phase into the vote while the host
+//                    waits. Where the check failed (more centres or classes, a top-k sort, ids
+//                    the output cannot hold), the speculative kernels return at once and the call
+//                    goes on as without it; the capacities grow to what it needed.
 //   finish(out)      top-k (segmented radix sort on the device, only for images with more peaks
 //                    than top_k), compaction, voting with segment statistics, majority vote,
 //                    stuff filter, write; one device-to-host copy of per-image results (centres,
@@ -80,6 +89,10 @@ bool set_cuda_warp_peaks(bool by_warp);
 // hook like set_cuda_vote_chunks (off: the strided reads for every input); returns the previous
 // setting.
 bool set_cuda_packed_loads(bool packed);
+// Whether merge may queue its second phase speculatively (see CudaMerge above): the same answer,
+// one synchronisation either way; on by default. Off also forgets the capacities learnt so far
+// (a test hook: the next calls start afresh). Returns the previous setting.
+bool set_cuda_speculation(bool speculate);
 
 struct CudaMergeInputs {
   StridedView sem;     // labels [B, 1, H, W]; data == nullptr when logits are given

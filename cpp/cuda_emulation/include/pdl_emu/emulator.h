@@ -121,7 +121,8 @@ int stream_capture();
 // Makes the runtime call `call` fail (cudaErrorInvalidValue, also left as the last error, as CUDA
 // does) once, after letting `after` calls of it through; for the tests of error paths. Calls:
 // cudaMallocFromPoolAsync, cudaMemcpyAsync, cudaMemsetAsync, cudaStreamSynchronize,
-// cudaEventCreateWithFlags, cudaEventRecord, cudaStreamWaitEvent.
+// cudaEventSynchronize, cudaEventCreateWithFlags, cudaEventRecord, cudaStreamWaitEvent,
+// cudaHostAlloc.
 void inject_failure(const std::string& call, int64_t after);
 // Injected failures not yet due (and drops them).
 int64_t pending_failures();
@@ -130,6 +131,9 @@ std::vector<std::string> take_violations();
 // synchronisations, copies by kind, memsets,
 // allocations from pools and plain, page-locked host allocations and frees), and clears them.
 std::map<std::string, int64_t> take_counters();
+// The kernels launched (by name) and the synchronisations ("synchronisation"), in order, since
+// the last call of this or take_counters (both clear it).
+std::vector<std::string> take_timeline();
 int64_t live_allocations();
 // Page-locked host allocations (cudaHostAlloc) not yet freed.
 int64_t live_host_allocations();
