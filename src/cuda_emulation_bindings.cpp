@@ -43,8 +43,9 @@ PYBIND11_MODULE(_cuda_emulation, m) {
         "allocations from pools and plain, page-locked host allocations and frees (and clears "
         "them).");
   m.def("take_timeline", &pdl_emu::take_timeline,
-        "Kernels launched (by name) and 'synchronisation's in order since the last call of this "
-        "or take_counters (both clear it).");
+        "Kernels launched (by name), copies ('copy ' + the counter's name) and "
+        "'synchronisation's in order since the last call of this or take_counters (both clear "
+        "it).");
   m.def("live_allocations", &pdl_emu::live_allocations, "Device allocations not yet freed.");
   m.def("live_host_allocations", &pdl_emu::live_host_allocations,
         "Page-locked host allocations (cudaHostAlloc) not yet freed.");

@@ -447,12 +447,20 @@ def _speculation_steps():
 def _speculation_seen(timeline, raised=False):
     """How the speculative phase went in an emulated call's timeline (_speculation_steps); a call
     that raised cannot have kept it."""
-    votes = sum(name in ("kernel", "vote_kernel") for name in timeline)
+    is_vote = [name in ("kernel", "vote_kernel") for name in timeline]
     if "plan_check_kernel" not in timeline:
         return "none"
-    # Held: every launch came before the one synchronisation. Failed: the phase again after it.
+    # The stream's order that the speculation relies on: the tables' upload (page-locked, freed
+    # once the header's copy is waited for), the plan's check, the header's copy, the speculative
+    # kernels (the vote among them), and only then the host's one wait.
     assert timeline.count("synchronisation") == 1, timeline
-    held = timeline[-1] == "synchronisation" and votes == 1
+    upload = timeline.index("copy host_to_device_copies")
+    check = timeline.index("plan_check_kernel")
+    header = timeline.index("copy device_to_host_copies")
+    wait = timeline.index("synchronisation")
+    assert upload < check < header < is_vote.index(True) < wait, timeline
+    # Held: every launch came before the wait. Failed: the phase again after it.
+    held = timeline[-1] == "synchronisation" and sum(is_vote) == 1
     return "holds" if held and not raised else "fails"
 
 

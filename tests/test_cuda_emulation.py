@@ -328,9 +328,9 @@ def test_the_second_phase_follows_the_first_without_python_when_the_output_fits(
 
 def test_read_backs_use_page_locked_blocks_kept_between_calls(emulated_cuda):
     # The synchronisations' copies to the host go to page-locked memory (cuda_common.cuh's
-    # ReadbackBuffer), from blocks kept between calls; cuda_release_memory frees them; where the
-    # runtime grants no page-locked memory the copies go to pageable memory, with the same
-    # answer.
+    # HostTransferBuffer), from blocks kept between calls, and so does a speculative second
+    # phase's upload (cuda_pipeline.h); cuda_release_memory frees them; where the runtime grants
+    # no page-locked memory the copies go from or to pageable memory, with the same answer.
     from devices import HostCudaArray
 
     emulation.cuda_release_memory()
@@ -344,13 +344,23 @@ def test_read_backs_use_page_locked_blocks_kept_between_calls(emulated_cuda):
         np.testing.assert_array_equal(out.a, expected.panoptic)
         result = pdl_post.postprocess(*inputs, stuff_area=8)
         assert result.segments == expected.segments
-    # One block for the first phase's read-back; postprocess's second one, taken while the
-    # first is free again, reuses it (both fit 4 KiB here).
-    assert emulation.take_counters().get("host_allocations", 0) == 1
-    assert emulation.live_host_allocations() == 1
+    # Two blocks: the speculative merges (after the first call) stage their upload in one while
+    # the header's read-back goes to the other; the other read-backs, each taken while both are
+    # free again, reuse them (all fit 4 KiB here).
+    assert emulation.take_counters().get("host_allocations", 0) == 2
+    assert emulation.live_host_allocations() == 2
     emulation.cuda_release_memory()
     assert emulation.live_host_allocations() == 0
-    assert emulation.take_counters()["host_frees"] == 1
+    assert emulation.take_counters()["host_frees"] == 2
+
+    emulation.take_timeline()
+    emulation.inject_failure("cudaHostAlloc")
+    out = pdl_post.merge(*inputs, stuff_area=8)  # the upload staged in pageable memory
+    np.testing.assert_array_equal(out.a, expected.panoptic)
+    assert "plan_check_kernel" in emulation.take_timeline()
+    assert emulation.pending_failures() == 0
+    assert emulation.live_host_allocations() == 1  # taken for the header's read-back
+    emulation.cuda_release_memory()
 
     emulation.inject_failure("cudaHostAlloc")
     result = pdl_post.postprocess(*inputs, stuff_area=8)  # pageable at the first read-back

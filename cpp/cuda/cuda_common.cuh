@@ -96,19 +96,20 @@ class Scratch {
   std::vector<void*> emulated_pieces_;
 };
 
-// Host memory for a read-back at a synchronisation, `words` long long words: page-locked where the
-// runtime grants it, else pageable. A copy into page-locked memory is one DMA; into pageable
-// memory the runtime adds a staged copy and returns later, while the device idles between the
-// phases (gpu_bench.py, 64 bytes copied back and waited for on an H200: 17.9 us page-locked,
-// 22.4 us pageable). Page-locked blocks go back to a process-wide list when the buffer goes
-// (every read-back is waited for before), for the next call, and to the runtime in
-// cuda_release_memory().
-class ReadbackBuffer {
+// Host memory for a copy between host and device, `words` long long words: page-locked where the
+// runtime grants it, else pageable. A read-back at a synchronisation into page-locked memory is one
+// DMA; into pageable memory the runtime adds a staged copy and returns later, while the device
+// idles between the phases (gpu_bench.py, 64 bytes copied back and waited for on an H200: 17.9 us
+// page-locked, 22.4 us pageable). An upload from page-locked memory never waits for the stream
+// (from pageable memory CUDA "may synchronize" with it). Page-locked blocks go back to a
+// process-wide list when the buffer goes (its copy is waited for before), for the next call, and
+// to the runtime in cuda_release_memory().
+class HostTransferBuffer {
  public:
-  explicit ReadbackBuffer(int64_t words);
-  ~ReadbackBuffer();
-  ReadbackBuffer(const ReadbackBuffer&) = delete;
-  ReadbackBuffer& operator=(const ReadbackBuffer&) = delete;
+  explicit HostTransferBuffer(int64_t words);
+  ~HostTransferBuffer();
+  HostTransferBuffer(const HostTransferBuffer&) = delete;
+  HostTransferBuffer& operator=(const HostTransferBuffer&) = delete;
 
   long long* data() const { return data_; }
 
@@ -118,8 +119,8 @@ class ReadbackBuffer {
   std::vector<long long> pageable_;
 };
 
-// Frees the page-locked blocks kept for read-backs.
-void release_readback_blocks();
+// Frees the page-locked blocks kept for copies.
+void release_host_transfer_blocks();
 
 // `take(scratch)` lists a phase's arrays and returns them; run once to size `scratch`, once to
 // carve it. Nothing may be launched inside `take`.
@@ -143,8 +144,10 @@ class UploadPack {
     return at;
   }
   int64_t bytes() const { return static_cast<int64_t>(bytes_.size()); }
-  // Stream-ordered copy from pageable memory to `device` (bytes() long).
-  void upload(void* device, cudaStream_t stream) const;
+  // Stream-ordered copy to `device` (bytes() long): from this pack's pageable memory, or through
+  // `staging` (host memory of at least bytes(), page-locked where the copy must not wait for the
+  // stream), which must then stay untouched until the copy has run.
+  void upload(void* device, cudaStream_t stream, void* staging = nullptr) const;
   template <typename T>
   static T* at(void* device, size_t offset) {
     return reinterpret_cast<T*>(static_cast<char*>(device) + offset);

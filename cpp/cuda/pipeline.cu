@@ -5,6 +5,7 @@
 #include <climits>
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -78,21 +79,21 @@ cudaMemPool_t pool_for_current_device() {
 }
 
 // The page-locked blocks not in use, by size. Never destroyed: at exit the runtime may be gone.
-struct ReadbackBlocks {
+struct HostTransferBlocks {
   std::mutex mutex;
   std::multimap<size_t, void*> free;
 };
 
-ReadbackBlocks& readback_blocks() {
-  static auto* blocks = new ReadbackBlocks;
+HostTransferBlocks& host_transfer_blocks() {
+  static auto* blocks = new HostTransferBlocks;
   return *blocks;
 }
 
 }  // namespace
 
-ReadbackBuffer::ReadbackBuffer(int64_t words) {
+HostTransferBuffer::HostTransferBuffer(int64_t words) {
   const size_t bytes = static_cast<size_t>(std::max<int64_t>(words, 1)) * sizeof(long long);
-  ReadbackBlocks& blocks = readback_blocks();
+  HostTransferBlocks& blocks = host_transfer_blocks();
   {
     std::lock_guard<std::mutex> lock(blocks.mutex);
     const auto it = blocks.free.lower_bound(bytes);  // the smallest that holds them
@@ -118,15 +119,15 @@ ReadbackBuffer::ReadbackBuffer(int64_t words) {
   data_ = pageable_.data();
 }
 
-ReadbackBuffer::~ReadbackBuffer() {
+HostTransferBuffer::~HostTransferBuffer() {
   if (!locked_bytes_) return;
-  ReadbackBlocks& blocks = readback_blocks();
+  HostTransferBlocks& blocks = host_transfer_blocks();
   std::lock_guard<std::mutex> lock(blocks.mutex);
   blocks.free.emplace(locked_bytes_, data_);
 }
 
-void release_readback_blocks() {
-  ReadbackBlocks& blocks = readback_blocks();
+void release_host_transfer_blocks() {
+  HostTransferBlocks& blocks = host_transfer_blocks();
   std::lock_guard<std::mutex> lock(blocks.mutex);
   for (const auto& [bytes, block] : blocks.free) ignore_failure(cudaFreeHost(block));
   blocks.free.clear();
@@ -229,9 +230,11 @@ void Scratch::release_pieces() noexcept {
   emulated_pieces_.clear();
 }
 
-void UploadPack::upload(void* device, cudaStream_t stream) const {
+void UploadPack::upload(void* device, cudaStream_t stream, void* staging) const {
   if (bytes_.empty()) return;
-  check(cudaMemcpyAsync(device, bytes_.data(), bytes_.size(), cudaMemcpyHostToDevice, stream),
+  const void* from = bytes_.data();
+  if (staging) from = std::memcpy(staging, bytes_.data(), bytes_.size());
+  check(cudaMemcpyAsync(device, from, bytes_.size(), cudaMemcpyHostToDevice, stream),
         "cudaMemcpyAsync (tables)");
 }
 
@@ -554,7 +557,7 @@ void cuda_stream_wait(int device, uintptr_t stream, uintptr_t producer) {
 int64_t cuda_release_memory() {
   cuda::DevicePools& registry = cuda::device_pools();
   std::lock_guard<std::mutex> lock(registry.mutex);
-  cuda::release_readback_blocks();  // host memory: not counted in the device bytes returned
+  cuda::release_host_transfer_blocks();  // host memory: not counted in the device bytes returned
   int64_t released = 0;
   for (const auto& [device, pool] : registry.pools) {
     if (!pool) continue;
@@ -609,14 +612,22 @@ struct CudaMerge::State {
   std::vector<int64_t> peak_begin;  // B + 1 (host)
   int64_t lo = 0, hi = -1;
   bool plan_held = false;  // the header's verdict on a speculative second phase
-  std::optional<cuda::ReadbackBuffer> header_copy;  // the header's read-back, queued till waited
-  cudaEvent_t header_copied = nullptr;              // recorded after it, likewise
+  std::optional<cuda::HostTransferBuffer>
+      header_copy;                      // the header's read-back, queued till waited
+  cudaEvent_t header_copied = nullptr;  // recorded after it, likewise
+  // A speculative phase's tables, staged for their upload, which the stream runs before the
+  // header's copy: kept until that copy has been waited for.
+  std::optional<cuda::HostTransferBuffer> upload_staging;
 
   ~State() {
-    if (!header_copied) return;
-    // A copy still in flight lands in its page-locked block before the block serves another call.
-    if (header_copy) cuda::ignore_failure(cudaEventSynchronize(header_copied));
-    cuda::ignore_failure(cudaEventDestroy(header_copied));
+    // A copy still in flight lands in (or reads) its page-locked block before the block serves
+    // another call: the event follows both copies; an upload queued without it, the stream.
+    if (header_copy && header_copied) {
+      cuda::ignore_failure(cudaEventSynchronize(header_copied));
+    } else if (upload_staging) {
+      on_device(in.device, [this] { cuda::ignore_failure(cudaStreamSynchronize(stream)); });
+    }
+    if (header_copied) cuda::ignore_failure(cudaEventDestroy(header_copied));
   }
 
   int64_t header_words() const { return 4 + batch; }
@@ -655,7 +666,8 @@ struct CudaMerge::State {
     peak_begin.assign(h + 2, h + 3 + batch);
     plan_held = h[3 + batch] == 0;
     counted = true;
-    header_copy.reset();  // the page-locked block goes back for the next call
+    header_copy.reset();  // the page-locked blocks go back for the next call
+    upload_staging.reset();
     cuda::ignore_failure(cudaEventDestroy(header_copied));
     header_copied = nullptr;
   }
@@ -810,12 +822,15 @@ struct QueuedPhase {
   bool speculable = false;  // sized as a speculative phase could be (see speculate())
 };
 
-// Queues the second phase into `out` (int32 / int64, checked by the caller): the centres, the
-// vote, the segments and the write. verdict: a speculative phase's (its kernels return at once
-// where the plan failed), else nullptr. Throws before queuing anything where the sizes exceed a
-// limit of this path.
+// Queues the second phase into `out` (int32 / int64, checked by the caller): the tables' upload,
+// then the centres, the vote, the segments and the write. verdict: a speculative phase's (its
+// kernels return at once where the plan failed), else nullptr; a speculative phase's tables go
+// up from page-locked memory (s.upload_staging), and `after_upload` queues what must come between
+// the upload and its kernels. Throws before queuing anything where the sizes exceed a limit of
+// this path.
 QueuedPhase queue_second_phase(CudaMerge::State& s, const PhaseSizes& z, const StridedView& out,
-                               bool with_segments, const long long* verdict) {
+                               bool with_segments, const long long* verdict,
+                               const std::function<void()>& after_upload = {}) {
   cudaStream_t stream = s.stream;
   const int64_t B = s.batch, H = s.height, W = s.width, hw = H * W;
   const int64_t C = z.classes;
@@ -955,8 +970,16 @@ QueuedPhase queue_second_phase(CudaMerge::State& s, const PhaseSizes& z, const S
     return t;
   });
   // Everything the host decides goes to the device in one copy, before the first kernel of this
-  // phase: a copy from pageable memory may wait for the stream, which is idle right after sync 1.
-  pack.upload(a.tables, stream);
+  // phase. From pageable memory the copy may wait for the stream, which is idle right after sync
+  // 1; a speculative phase's is queued while the first phase runs, so it goes from page-locked
+  // memory, before the header's copy (waiting for that copy frees the staging: see State).
+  if (verdict) {
+    s.upload_staging.emplace((pack.bytes() + 7) / 8);
+    pack.upload(a.tables, stream, s.upload_staging->data());
+  } else {
+    pack.upload(a.tables, stream);
+  }
+  if (after_upload) after_upload();
   if (z.distinct) {
     check(cudaMemcpyAsync(a.class_labels, z.distinct, C * sizeof(int64_t), cudaMemcpyDeviceToDevice,
                           stream),
@@ -1041,7 +1064,7 @@ std::vector<ImageResult> read_back(const CudaMerge::State& s, const QueuedPhase&
   cuda::readback_kernel<<<cuda::grid_for(std::max({B, q.center_slots, q.segment_slots}), 256), 256,
                           0, s.stream>>>(B, q.centers, q.layout, q.buffers, device_readback);
   cuda::check_launch("readback_kernel");
-  const cuda::ReadbackBuffer words(q.readback_words);
+  const cuda::HostTransferBuffer words(q.readback_words);
   check(cudaMemcpyAsync(words.data(), q.readback, q.readback_words * sizeof(long long),
                         cudaMemcpyDeviceToHost, s.stream),
         "cudaMemcpyAsync (read-back)");
@@ -1107,15 +1130,18 @@ bool speculate(CudaMerge::State& s, const StridedView& out, int64_t max_label) {
   }
   const cuda::DeviceGuard guard(s.in.device);
   const long long* verdict = s.header + 3 + s.batch;
-  cuda::plan_check_kernel<<<1, 256, 0, s.stream>>>(s.header, s.batch, max_label, classes, centers,
-                                                   top_k, s.centers.topk_mode);
-  cuda::check_launch("plan_check_kernel");
-  s.queue_header_copy();
   PhaseSizes z;
   z.classes = classes;
   z.kept.assign(static_cast<size_t>(s.batch), centers);
   z.center_slots = s.batch * centers;
-  const QueuedPhase queued = queue_second_phase(s, z, out, false, verdict);
+  // On the stream: the first phase, the tables' upload, the plan's check, the header's copy (the
+  // host waits for this alone), then the speculative kernels.
+  const QueuedPhase queued = queue_second_phase(s, z, out, false, verdict, [&] {
+    cuda::plan_check_kernel<<<1, 256, 0, s.stream>>>(s.header, s.batch, max_label, classes, centers,
+                                                     top_k, s.centers.topk_mode);
+    cuda::check_launch("plan_check_kernel");
+    s.queue_header_copy();
+  });
   s.wait_for_counts();
   if (!s.plan_held) return false;  // `queued` frees its scratch after its (skipped) kernels
   s.finished = true;

@@ -270,7 +270,7 @@ cudaError_t injected(const char* call) {
 std::vector<char*> g_stacks;
 thread_local int t_device = 0;
 std::map<std::string, int64_t> g_counters;  // launches, synchronisations, copies, allocations
-std::vector<std::string> g_timeline;        // launches and synchronisations in order
+std::vector<std::string> g_timeline;        // launches, copies and synchronisations in order
 std::map<const void*, int> g_events;        // live CUDA events -> times recorded
 uintptr_t g_next_event = 1;
 std::map<void*, size_t> g_shared_statics;  // static __shared__ variables seen so far
@@ -1031,6 +1031,7 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
                                       "device_to_host_copies", "device_to_device_copies",
                                       "default_copies"};
   ++pdl_emu::g_counters[kinds[kind]];
+  pdl_emu::g_timeline.push_back(std::string("copy ") + kinds[kind]);
   if (kind != cudaMemcpyDeviceToDevice) {  // host memory here is pageable, never captured
     if (const cudaError_t e = pdl_emu::refused_in_capture("cudaMemcpyAsync")) return e;
   }

@@ -63,7 +63,7 @@ int cuda_device_count();
 int cuda_pointer_device(uintptr_t pointer);
 // Returns the scratch memory the CUDA path's pools keep between calls to the driver (after
 // synchronising each device that has a pool); the number of device bytes released. The
-// page-locked host blocks kept for the read-backs (4 KiB each for merge) go too, uncounted.
+// page-locked host blocks kept for copies (4 KiB each for merge) go too, uncounted.
 int64_t cuda_release_memory();
 // Queues on `stream` of `device` a wait for the work queued so far on `producer` (an event; the
 // host does not block). Both are __cuda_array_interface__ v3 handles (1 / 2: the legacy /

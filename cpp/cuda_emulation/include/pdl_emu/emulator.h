@@ -131,8 +131,9 @@ std::vector<std::string> take_violations();
 // synchronisations, copies by kind, memsets,
 // allocations from pools and plain, page-locked host allocations and frees), and clears them.
 std::map<std::string, int64_t> take_counters();
-// The kernels launched (by name) and the synchronisations ("synchronisation"), in order, since
-// the last call of this or take_counters (both clear it).
+// The kernels launched (by name), the copies ("copy " + the counter's name, e.g. "copy
+// host_to_device_copies") and the synchronisations ("synchronisation"), in order, since the last
+// call of this or take_counters (both clear it).
 std::vector<std::string> take_timeline();
 int64_t live_allocations();
 // Page-locked host allocations (cudaHostAlloc) not yet freed.
