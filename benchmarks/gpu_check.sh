@@ -94,7 +94,8 @@ device_tests=(tests/test_merge.py tests/test_cuda.py tests/test_fuzz.py tests/te
 "$PY" -c "import pytest_timeout" 2>/dev/null && device_tests+=(--timeout=120)
 within 300 "device tests" "$PY" -m pytest "${device_tests[@]}" --durations=8
 
-# The small case the compute-sanitizer tools run: merge (top_k 200 / 3 / None, 400 centres,
+# The small case the compute-sanitizer tools run: merge (top_k 200 twice / 3 / None: speculative
+# second phases that hold and fail, 400 centres,
 # compacted class tables, a flat heatmap: a centre per pixel, the grid search and its quadtree
 # for votes outside the grid, instance x class pairs by sort; every pixel its own compacted class
 # id: pairs by sort), compared with the CPU, and postprocess with logits and a mask.
@@ -116,7 +117,7 @@ for hook, variable in CANDIDATES.values():
 kw = dict(stuff_area=16)
 b = synthetic.make_batch(2, 64, 96, 12, seed=3, logits=True)
 sem, ctr, off, logits = (torch.from_numpy(a).cuda() for a in (b.sem, b.ctr, b.off, b.logits))
-for top_k in (200, 3, None):
+for top_k in (200, 200, 3, None):  # speculative second phases: the second holds, 3 fails (a sort)
     out = pdl_post.merge(sem, ctr, off, top_k=top_k, **kw)
     np.testing.assert_array_equal(out.cpu().numpy(), pdl_post.merge(b.sem, b.ctr, b.off, top_k=top_k, **kw))
 r = pdl_post.postprocess(logits, ctr, off, foreground_mask=sem > 10, **kw)

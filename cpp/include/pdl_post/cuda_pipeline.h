@@ -7,10 +7,11 @@
 //   CudaMerge(...)   argmax of logits, label range and per-row peak counts are queued on the
 //                    stream. The first of label_range(), finish() and finish_if_fits() then
 //                    waits for them: one small device-to-host copy (label range + peak counts
-//                    per image) and a stream synchronisation. Everything else is sized from these
-//                    counts. The caller allocates the output for the likeliest dtype before the
-//                    job and hands it to finish_if_fits(), which goes on at once when the label
-//                    range fits it: no return to Python while the device idles between phases.
+//                    per image) and a wait for an event recorded after it (a synchronisation).
+//                    Everything else is sized from these counts. The caller allocates the output
+//                    for the likeliest dtype before the job and hands it to finish_if_fits(),
+//                    which goes on at once when the label range fits it: no return to Python
+//                    while the device idles between phases.
 //                    For merge (no segments, nothing to wait for) on images of a size seen
 //                    before, finish_if_fits first queues the whole second phase speculatively,
 //                    sized by what earlier calls of that size needed (centres per image, classes,
