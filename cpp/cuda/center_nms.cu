@@ -211,7 +211,8 @@ __device__ void write_center_range(int64_t b, int64_t row, int64_t height,
 // The peaks of rows that have any (count_peaks' flags), in row-major order at the row's offset:
 // into the peak list for the top-k selection, or, where every peak is kept (kAsCenters), straight
 // into the centre list with each image's range (what the selection would write: the same order
-// and values, five launches fewer between the synchronisation and the vote).
+// and values, five launches fewer between the synchronisation and the vote). verdict: a
+// speculative phase's (plan_failed), or nullptr.
 template <typename T, bool kAsCenters>
 __global__ void write_peaks_kernel(DeviceView<const T> ctr, const uint8_t* flags, int64_t height,
                                    int64_t width, const int64_t* row_offset, PeakList peaks,

@@ -298,9 +298,9 @@ __device__ inline bool plan_failed(const long long* verdict) {
   return verdict != nullptr && *verdict != 0;
 }
 
-// Whether image b's peaks go through the top-k sort (more than top_k of them, or top_k or more in
-// detectron2's mode; top_k < 0: none, top_k = 0 keeps none without a sort). Otherwise every peak
-// is kept.
+// Whether an image with `peaks` peaks sorts them for its top-k (more than top_k of them, or top_k
+// or more in detectron2's mode; top_k < 0: never; top_k = 0 keeps none without a sort). Otherwise
+// every peak is kept.
 __host__ __device__ inline bool sorts_peaks(int64_t peaks, int64_t top_k, TopKMode mode) {
   return top_k > 0 && (mode == TopKMode::kExact ? peaks > top_k : peaks >= top_k);
 }

@@ -612,9 +612,9 @@ struct CudaMerge::State {
   std::vector<int64_t> peak_begin;  // B + 1 (host)
   int64_t lo = 0, hi = -1;
   bool plan_held = false;  // the header's verdict on a speculative second phase
-  std::optional<cuda::HostTransferBuffer>
-      header_copy;                      // the header's read-back, queued till waited
-  cudaEvent_t header_copied = nullptr;  // recorded after it, likewise
+  // The header's read-back and the event recorded after it, from queued till waited for.
+  std::optional<cuda::HostTransferBuffer> header_copy;
+  cudaEvent_t header_copied = nullptr;
   // A speculative phase's tables, staged for their upload, which the stream runs before the
   // header's copy: kept until that copy has been waited for.
   std::optional<cuda::HostTransferBuffer> upload_staging;
