@@ -393,6 +393,14 @@ def _view_of(whole, index):
     return lambda _, device: to_device(whole, device)[index]
 
 
+def _forget_capacities():
+    """The emulated build's speculative second phase (cuda_pipeline.h) forgets the capacities
+    earlier calls taught it: the next call on a size waits for its counts, and the one after it
+    speculates with that call's."""
+    EMULATION._set_cuda_speculation(False)
+    EMULATION._set_cuda_speculation(True)
+
+
 def _speculation_steps():
     """A sequence of merges on 48 x 64 images, each (what, sem, ctr, off, options, expected): how
     the speculative second phase (cuda_pipeline.h) goes on that call, given the calls before it:
@@ -408,7 +416,7 @@ def _speculation_steps():
     negative = a.sem.copy()
     negative[5, 6] = -3
     mask = a.sem >= 11
-    logits = synthetic.make_scene(48, 64, 12, seed=4, logits=True).sem
+    logits = synthetic.make_scene(48, 64, 12, seed=4, logits=True).logits
     batch = synthetic.make_batch(3, 48, 64, 12, seed=9)
     crowded = synthetic.make_batch(3, 48, 64, 12, seed=9)
     crowded.sem[1], crowded.ctr[1], crowded.off[1] = many.sem, many.ctr, many.off
@@ -432,7 +440,7 @@ def _speculation_steps():
         ("ids in int32 again", a.sem, a.ctr, a.off, kw, "holds"),
         ("fewer classes, in int32", few_classes, few.ctr, few.off, d27, "none"),
         ("int64 output wanted", a.sem, a.ctr, a.off, {**kw, "void_label": -(2**40)}, "holds"),
-        ("negative ids", negative, a.ctr, a.off, kw, "fails"),
+        ("negative ids", negative, a.ctr, a.off, kw, "raises"),
         ("a batch", batch.sem, batch.ctr, batch.off, kw, "holds"),
         ("one image crowded", crowded.sem, crowded.ctr, crowded.off, kw, "holds"),
         ("one image beyond", beyond.sem, beyond.ctr, beyond.off, kw, "fails"),
@@ -445,23 +453,24 @@ def _speculation_steps():
 
 
 def _speculation_seen(timeline, raised=False):
-    """How the speculative phase went in an emulated call's timeline (_speculation_steps); a call
-    that raised cannot have kept it."""
+    """How the speculative phase went in an emulated call's timeline (_speculation_steps): held,
+    failed, not tried, or the call raised (the CPU's error) after trying."""
     is_vote = [name in ("kernel", "vote_kernel") for name in timeline]
     if "plan_check_kernel" not in timeline:
         return "none"
     # The stream's order that the speculation relies on: the tables' upload (page-locked, freed
     # once the header's copy is waited for), the plan's check, the header's copy, the speculative
-    # kernels (the vote among them), and only then the host's one wait.
-    assert timeline.count("synchronisation") == 1, timeline
+    # kernels (the vote among them), and only then the host's first wait.
     upload = timeline.index("copy host_to_device_copies")
     check = timeline.index("plan_check_kernel")
     header = timeline.index("copy device_to_host_copies")
     wait = timeline.index("synchronisation")
     assert upload < check < header < is_vote.index(True) < wait, timeline
-    # Held: every launch came before the wait. Failed: the phase again after it.
-    held = timeline[-1] == "synchronisation" and sum(is_vote) == 1
-    return "holds" if held and not raised else "fails"
+    if raised:
+        return "raises"
+    # Held: no vote after the wait (merge ends there, postprocess reads back its results).
+    # Failed: the phase again after it.
+    return "holds" if sum(is_vote) == 1 else "fails"
 
 
 def test_the_second_phase_is_queued_before_the_counts_on_sizes_seen_before(cuda_device):
@@ -511,6 +520,55 @@ def test_the_second_phase_is_queued_before_the_counts_on_sizes_seen_before(cuda_
                 assert _speculation_seen(EMULATION.take_timeline()) == "none"
     finally:
         module._set_cuda_speculation(True)
+
+
+def test_postprocess_queues_its_second_phase_before_the_counts_too(cuda_device):
+    # postprocess takes the speculative second phase as merge does (set_cuda_speculation), then
+    # reads back its centres and segments at its usual end: the CPU's results, scores with logits
+    # bit for bit, its errors too; held, failed or not tried as the sizes say.
+    emulated = cuda_device == "emulated"
+    module = EMULATION if emulated else pdl_post._core
+    module._set_cuda_speculation(False)  # forgets what earlier tests taught it
+    module._set_cuda_speculation(True)
+    a = synthetic.make_scene(48, 64, 12, seed=4, logits=True)
+    many = synthetic.make_scene(48, 64, 60, seed=6, center_sigma=2.0, logits=True)
+    kw = {"stuff_area": 8}
+    steps = [
+        ("first call", a.sem, a, kw, "none"),
+        ("the same again", a.sem, a, kw, "holds"),
+        ("logits (scores)", a.logits, a, kw, "holds"),
+        ("a foreground mask", a.sem, a, {**kw, "foreground_mask": a.sem >= 11}, "holds"),
+        ("more centres than learnt", many.logits, many, kw, "fails"),
+        ("as many again", many.logits, many, kw, "holds"),
+        ("fewer centres", a.logits, a, kw, "holds"),
+        # a class numbered label_divisor times or more: the error found on the device
+        ("label_divisor 2", a.sem, a, {**kw, "label_divisor": 2}, "raises"),
+    ]
+    for what, sem, scene, options, expected in steps:
+        options = dict(options)
+        mask = options.pop("foreground_mask", None)
+        try:
+            want = pdl_post.postprocess(
+                sem, scene.ctr, scene.off, foreground_mask=mask, backend="cpu", **options
+            )
+        except ValueError as error:
+            want = error
+        if emulated:
+            EMULATION.take_timeline()
+        args = [to_device(x, cuda_device) for x in (sem, scene.ctr, scene.off, mask)]
+        raised = False
+        try:
+            got = pdl_post.postprocess(*args[:3], foreground_mask=args[3], **options)
+        except ValueError as error:
+            assert isinstance(want, ValueError), what
+            assert str(error) == str(want), what
+            raised = True
+        else:
+            got.panoptic = to_host(got.panoptic)
+            assert_results_equal(got, want, score_rtol=0)
+        if emulated:
+            seen = _speculation_seen(EMULATION.take_timeline(), raised)
+            assert seen == expected, (what, seen)
 
 
 def _packed_launches():
@@ -570,6 +628,7 @@ def test_packed_loads_equal_the_strided_reads(cuda_device):
         for what, sem, on_device, ctr, off, kw, packable in _packed_cases():
             kw = dict(stuff_area=16, **kw)
             if emulated:
+                _forget_capacities()  # the launches counted: a speculative phase's own only
                 EMULATION.take_counters()
             with _switched(cuda_device, "_set_cuda_packed_loads", on=packed):
                 if on_device is None:
@@ -629,6 +688,7 @@ def test_segment_score_sums_in_shared_and_global_memory(cuda_device):
         logits[s.sem, rows, cols] += 6
         logits[classes - 1, :3, :3] += 12
         if cuda_device == "emulated":
+            _forget_capacities()  # the memsets counted: a speculative phase's own only
             EMULATION.take_counters()
         r = run_on(cuda_device, logits, s.ctr, s.off, stuff_area=1)
         if cuda_device == "emulated":

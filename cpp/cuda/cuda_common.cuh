@@ -446,8 +446,8 @@ struct FuseBuffers {
   int64_t* num_segments;               // [B]
   unsigned long long* error_instance;  // [B], ULLONG_MAX when no error
   unsigned long long* vote_cursor;  // [B], zeroed: the vote's chunks taken (set_cuda_vote_chunks)
-  // A speculative phase's verdict (see plan_failed()): the vote, the segments' kernels and the
-  // write return at once where it is nonzero. nullptr outside speculation.
+  // A speculative phase's verdict (see plan_failed()): the vote, the segments' kernels, the
+  // scores' sums and the write return at once where it is nonzero. nullptr outside speculation.
   const long long* plan_verdict;
 };
 

@@ -683,6 +683,7 @@ __global__ void probability_sums_kernel(DeviceView<const TSem> sem, DeviceView<c
   __shared__ long long staged_slot[kScoreThreads];
   __shared__ double staged_value[kScoreThreads];
   extern __shared__ double shared_acc[];  // [layout.max_segments] when shared_sums
+  if (plan_failed(buffers.plan_verdict)) return;
   const int64_t blk = first_block + blockIdx.x, b = blockIdx.y;
   const int64_t capacity = layout.seg_offset[b + 1] - layout.seg_offset[b];
   double* block_sums = partial + partial_offset[b] + blockIdx.x * capacity;
@@ -754,6 +755,7 @@ __global__ void probability_sums_kernel(DeviceView<const TSem> sem, DeviceView<c
 __global__ void add_block_sums_kernel(FuseLayout layout, FuseBuffers buffers, int64_t blocks,
                                       const int64_t* partial_offset, const double* partial,
                                       double* sums, bool first, bool last) {
+  if (plan_failed(buffers.plan_verdict)) return;
   const int64_t b = blockIdx.y;
   const int64_t s = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (s >= buffers.num_segments[b]) return;

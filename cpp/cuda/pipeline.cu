@@ -1102,18 +1102,21 @@ cuda::CapacityRegistry::Key capacity_key(const CudaMerge::State& s) {
   return {s.in.device, s.height, s.width};
 }
 
-// A speculative second phase (cuda::speculation), for merge into `out` (whose ids hold class ids
-// up to max_label): sized by the capacities earlier calls on images of this size needed, checked
+// A speculative second phase (cuda::speculation) into `out` (whose ids hold class ids up to
+// max_label): sized by the capacities earlier calls on images of this size needed, checked
 // against the first phase's counts on the device (plan_check_kernel), and queued before the
 // header's copy is waited for, so that the device runs on from the first phase into the vote
-// while the host waits. Returns whether the plan held; if not, its kernels returned at once, and
-// the caller goes on as without it (the wait is done: no second synchronisation).
-bool speculate(CudaMerge::State& s, const StridedView& out, int64_t max_label) {
-  if (out.dtype != DType::kInt32 && out.dtype != DType::kInt64) return false;  // finish raises
+// while the host waits. Where the plan held, the call's results (finish's); else nothing: its
+// kernels returned at once, and the caller goes on as without it (the wait is done: no second
+// synchronisation).
+std::optional<std::vector<ImageResult>> speculate(CudaMerge::State& s, const StridedView& out,
+                                                  int64_t max_label, bool with_segments,
+                                                  bool wait) {
+  if (out.dtype != DType::kInt32 && out.dtype != DType::kInt64) return {};  // finish raises
   const int64_t top_k = s.centers.top_k;
-  if (top_k == 0) return false;  // no centres: the peaks are not the centres
+  if (top_k == 0) return {};  // no centres: the peaks are not the centres
   const std::optional<cuda::PhaseCapacity> capacity = cuda::capacities().find(capacity_key(s));
-  if (!capacity) return false;
+  if (!capacity) return {};
   int64_t centers = capacity->centers;
   if (top_k > 0) {  // more would need the top-k sort
     centers = std::min(centers, s.centers.topk_mode == TopKMode::kExact ? top_k : top_k - 1);
@@ -1121,12 +1124,15 @@ bool speculate(CudaMerge::State& s, const StridedView& out, int64_t max_label) {
   const int64_t classes = capacity->classes;
   // Classes learnt beyond what the output holds (ids that needed int64 where merge allocates
   // int32 first): the plan would likely fail, and the call come back for an int64 output anyway.
-  if (classes - 1 > max_label) return false;
-  // No instance-number error possible (merge then reads nothing back), and the vote that calls
-  // of these sizes get: brute force, counters in shared memory, dense class tables.
-  if (centers >= s.params.label_divisor || centers > cuda::kBruteForceCentersMax ||
-      (centers + 1) * classes > cuda::kSharedBinLimit || classes > ClassIndex::kDenseLabelLimit) {
-    return false;
+  if (classes - 1 > max_label) return {};
+  // A merge that returns with its work queued reads nothing back: no instance-number error may
+  // be possible (as in finish, where the bounds are the counts' and smaller than these).
+  if (!with_segments && !wait && centers >= s.params.label_divisor) return {};
+  // The vote that calls of these sizes get: brute force, counters in shared memory, dense class
+  // tables.
+  if (centers > cuda::kBruteForceCentersMax || (centers + 1) * classes > cuda::kSharedBinLimit ||
+      classes > ClassIndex::kDenseLabelLimit) {
+    return {};
   }
   const cuda::DeviceGuard guard(s.in.device);
   const long long* verdict = s.header + 3 + s.batch;
@@ -1136,17 +1142,17 @@ bool speculate(CudaMerge::State& s, const StridedView& out, int64_t max_label) {
   z.center_slots = s.batch * centers;
   // On the stream: the first phase, the tables' upload, the plan's check, the header's copy (the
   // host waits for this alone), then the speculative kernels.
-  const QueuedPhase queued = queue_second_phase(s, z, out, false, verdict, [&] {
+  const QueuedPhase queued = queue_second_phase(s, z, out, with_segments, verdict, [&] {
     cuda::plan_check_kernel<<<1, 256, 0, s.stream>>>(s.header, s.batch, max_label, classes, centers,
                                                      top_k, s.centers.topk_mode);
     cuda::check_launch("plan_check_kernel");
     s.queue_header_copy();
   });
   s.wait_for_counts();
-  if (!s.plan_held) return false;  // `queued` frees its scratch after its (skipped) kernels
+  if (!s.plan_held) return {};  // `queued` frees its scratch after its (skipped) kernels
   s.finished = true;
   s.release_first_phase();
-  return true;
+  return read_back(s, queued, with_segments, wait);
 }
 
 }  // namespace
@@ -1158,11 +1164,11 @@ std::optional<std::vector<ImageResult>> CudaMerge::finish_if_fits(const StridedV
   if (!state_) throw ValueError("CudaMerge.finish_if_fits: the job was released");
   State& s = *state_;
   if (s.finished) throw ValueError("CudaMerge.finish_if_fits: already called");
-  // merge (no segments, nothing to wait for) after calls on images of this size: the second
-  // phase on their capacities, before the counts.
-  if (!s.empty && !s.counted && !with_segments && !wait &&
-      cuda::speculation.load(std::memory_order_relaxed) && speculate(s, out, max_label)) {
-    return std::vector<ImageResult>(static_cast<size_t>(s.batch));
+  // After calls on images of this size: the second phase on their capacities, before the counts.
+  if (!s.empty && !s.counted && cuda::speculation.load(std::memory_order_relaxed)) {
+    std::optional<std::vector<ImageResult>> results =
+        speculate(s, out, max_label, with_segments, wait);
+    if (results) return results;
   }
   const auto [lo, hi] = label_range();
   if (!s.empty && (lo < 0 || hi > max_label)) return std::nullopt;

@@ -12,8 +12,8 @@
 //                    for the likeliest dtype before the job and hands it to finish_if_fits(),
 //                    which goes on at once when the label range fits it: no return to Python
 //                    while the device idles between phases.
-//                    For merge (no segments, nothing to wait for) on images of a size seen
-//                    before, finish_if_fits first queues the whole second phase speculatively,
+//                    On images of a size seen before (merge and postprocess alike),
+//                    finish_if_fits first queues the whole second phase speculatively,
 //                    sized by what earlier calls of that size needed (centres per image, classes,
 //                    with headroom), and a one-block check of those sizes against the counts on
 //                    the device; the header's copy is queued before that work and waited for
