@@ -126,6 +126,17 @@ def use_emulation(monkeypatch):
     return check
 
 
+def forget_capacities(device="emulated"):
+    """The speculative second phase (cuda_pipeline.h) of the device's build forgets the capacities
+    earlier calls taught it: the next call on a size waits for its counts, and the one after it
+    speculates with that call's (so counts of runtime calls do not depend on the calls before).
+    Returns the build's module."""
+    module = EMULATION if device == "emulated" else pdl_post._core
+    module._set_cuda_speculation(False)
+    module._set_cuda_speculation(True)
+    return module
+
+
 def to_device(a, device):
     """numpy -> the device's array (numpy itself for 'cpu'); None stays None."""
     if a is None or device == "cpu":

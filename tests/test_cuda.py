@@ -22,6 +22,7 @@ from devices import (
     GPU,
     HostCudaArray,
     InterfaceOnlyArray,
+    forget_capacities,
     needs_gpu,
     run_on,
     to_device,
@@ -393,20 +394,13 @@ def _view_of(whole, index):
     return lambda _, device: to_device(whole, device)[index]
 
 
-def _forget_capacities():
-    """The emulated build's speculative second phase (cuda_pipeline.h) forgets the capacities
-    earlier calls taught it: the next call on a size waits for its counts, and the one after it
-    speculates with that call's."""
-    EMULATION._set_cuda_speculation(False)
-    EMULATION._set_cuda_speculation(True)
-
-
 def _speculation_steps():
     """A sequence of merges on 48 x 64 images, each (what, sem, ctr, off, options, expected): how
     the speculative second phase (cuda_pipeline.h) goes on that call, given the calls before it:
     "learns" (no speculation; the capacities follow this call), "holds", "fails" (its kernels
-    return at once and the call goes on without it) or "none" (not tried: this size's last call
-    did not fit a speculative phase)."""
+    return at once and the call goes on without it), "none" (not tried: this size's last call
+    did not fit a speculative phase, or this call's output cannot hold the classes learnt) or
+    "raises" (tried; the CPU's error)."""
     a = synthetic.make_scene(48, 64, 12, seed=4)
     few = synthetic.make_scene(48, 64, 3, seed=5)
     few_classes = np.minimum(few.sem, 12).astype(np.int32)  # fewer classes than learnt
@@ -473,22 +467,17 @@ def _speculation_seen(timeline, raised=False):
     return "holds" if sum(is_vote) == 1 else "fails"
 
 
-def test_the_second_phase_is_queued_before_the_counts_on_sizes_seen_before(cuda_device):
-    # set_cuda_speculation (cuda_pipeline.h), on by default: merge on images of a size seen
-    # before queues its second phase before it waits for the counts, sized by what earlier calls
-    # needed, and the device checks those sizes; where they do not hold, the speculative kernels
-    # return at once and the call goes on as before. The CPU's answer (or error) on every call of
-    # a sequence that holds and fails in every way; the emulator shows which happened, and that
-    # the device was never waited for before the speculative vote was queued.
+def _check_speculation_steps(cuda_device, call, steps):
+    """Runs pdl_post.<call> ("merge" or "postprocess") on each of `steps` (_speculation_steps'
+    form) on the device and on the CPU: the CPU's results (scores bit for bit) or error; on the
+    emulator also the speculation each step expects."""
     emulated = cuda_device == "emulated"
-    module = EMULATION if emulated else pdl_post._core
-    module._set_cuda_speculation(False)  # forgets what earlier tests taught it
-    module._set_cuda_speculation(True)
-    for what, sem, ctr, off, kw, expected in _speculation_steps():
+    run = getattr(pdl_post, call)
+    for what, sem, ctr, off, kw, expected in steps:
         options = dict(kw)
         mask = options.pop("foreground_mask", None)
         try:
-            want = pdl_post.merge(sem, ctr, off, foreground_mask=mask, backend="cpu", **options)
+            want = run(sem, ctr, off, foreground_mask=mask, backend="cpu", **options)
         except ValueError as error:
             want = error
         if emulated:
@@ -496,28 +485,40 @@ def test_the_second_phase_is_queued_before_the_counts_on_sizes_seen_before(cuda_
         args = [to_device(x, cuda_device) for x in (sem, ctr, off, mask)]
         raised = False
         try:
-            got = to_host(pdl_post.merge(*args[:3], foreground_mask=args[3], **options))
+            got = run(*args[:3], foreground_mask=args[3], **options)
         except ValueError as error:
             assert isinstance(want, ValueError), what
             assert str(error) == str(want), what
             raised = True
         else:
-            assert got.dtype == want.dtype, what
-            np.testing.assert_array_equal(got, want, err_msg=what)
+            if call == "merge":
+                got = to_host(got)
+                assert got.dtype == want.dtype, what
+                np.testing.assert_array_equal(got, want, err_msg=what)
+            else:
+                got.panoptic = to_host(got.panoptic)
+                assert_results_equal(got, want, score_rtol=0)
         if emulated:
             seen = _speculation_seen(EMULATION.take_timeline(), raised)
             assert seen == ("none" if expected == "learns" else expected), (what, seen)
+
+
+def test_the_second_phase_is_queued_before_the_counts_on_sizes_seen_before(cuda_device):
+    # set_cuda_speculation (cuda_pipeline.h), on by default: merge on images of a size seen
+    # before queues its second phase before it waits for the counts, sized by what earlier calls
+    # needed, and the device checks those sizes; where they do not hold, the speculative kernels
+    # return at once and the call goes on as before. The CPU's answer (or error) on every call of
+    # a sequence that holds and fails in every way; the emulator shows which happened, and that
+    # the device was never waited for before the speculative vote was queued.
+    module = forget_capacities(cuda_device)  # what earlier tests taught it
+    _check_speculation_steps(cuda_device, "merge", _speculation_steps())
     # Off: every call waits for its counts first, the same size again included.
     a = synthetic.make_scene(48, 64, 12, seed=4)
     assert module._set_cuda_speculation(False) is True
     try:
-        for _ in range(2):
-            if emulated:
-                EMULATION.take_timeline()
-            got = pdl_post.merge(*(to_device(x, cuda_device) for x in (a.sem, a.ctr, a.off)))
-            np.testing.assert_array_equal(to_host(got), pdl_post.merge(a.sem, a.ctr, a.off))
-            if emulated:
-                assert _speculation_seen(EMULATION.take_timeline()) == "none"
+        _check_speculation_steps(
+            cuda_device, "merge", [("off", a.sem, a.ctr, a.off, {}, "none")] * 2
+        )
     finally:
         module._set_cuda_speculation(True)
 
@@ -526,49 +527,25 @@ def test_postprocess_queues_its_second_phase_before_the_counts_too(cuda_device):
     # postprocess takes the speculative second phase as merge does (set_cuda_speculation), then
     # reads back its centres and segments at its usual end: the CPU's results, scores with logits
     # bit for bit, its errors too; held, failed or not tried as the sizes say.
-    emulated = cuda_device == "emulated"
-    module = EMULATION if emulated else pdl_post._core
-    module._set_cuda_speculation(False)  # forgets what earlier tests taught it
-    module._set_cuda_speculation(True)
+    forget_capacities(cuda_device)
     a = synthetic.make_scene(48, 64, 12, seed=4, logits=True)
     many = synthetic.make_scene(48, 64, 60, seed=6, center_sigma=2.0, logits=True)
     kw = {"stuff_area": 8}
-    steps = [
-        ("first call", a.sem, a, kw, "none"),
-        ("the same again", a.sem, a, kw, "holds"),
-        ("logits (scores)", a.logits, a, kw, "holds"),
-        ("a foreground mask", a.sem, a, {**kw, "foreground_mask": a.sem >= 11}, "holds"),
-        ("more centres than learnt", many.logits, many, kw, "fails"),
-        ("as many again", many.logits, many, kw, "holds"),
-        ("fewer centres", a.logits, a, kw, "holds"),
-        # a class numbered label_divisor times or more: the error found on the device
-        ("label_divisor 2", a.sem, a, {**kw, "label_divisor": 2}, "raises"),
-    ]
-    for what, sem, scene, options, expected in steps:
-        options = dict(options)
-        mask = options.pop("foreground_mask", None)
-        try:
-            want = pdl_post.postprocess(
-                sem, scene.ctr, scene.off, foreground_mask=mask, backend="cpu", **options
-            )
-        except ValueError as error:
-            want = error
-        if emulated:
-            EMULATION.take_timeline()
-        args = [to_device(x, cuda_device) for x in (sem, scene.ctr, scene.off, mask)]
-        raised = False
-        try:
-            got = pdl_post.postprocess(*args[:3], foreground_mask=args[3], **options)
-        except ValueError as error:
-            assert isinstance(want, ValueError), what
-            assert str(error) == str(want), what
-            raised = True
-        else:
-            got.panoptic = to_host(got.panoptic)
-            assert_results_equal(got, want, score_rtol=0)
-        if emulated:
-            seen = _speculation_seen(EMULATION.take_timeline(), raised)
-            assert seen == expected, (what, seen)
+    _check_speculation_steps(
+        cuda_device,
+        "postprocess",
+        [
+            ("first call", a.sem, a.ctr, a.off, kw, "learns"),
+            ("the same again", a.sem, a.ctr, a.off, kw, "holds"),
+            ("logits (scores)", a.logits, a.ctr, a.off, kw, "holds"),
+            ("a mask", a.sem, a.ctr, a.off, {**kw, "foreground_mask": a.sem >= 11}, "holds"),
+            ("more centres than learnt", many.logits, many.ctr, many.off, kw, "fails"),
+            ("as many again", many.logits, many.ctr, many.off, kw, "holds"),
+            ("fewer centres", a.logits, a.ctr, a.off, kw, "holds"),
+            # a class numbered label_divisor times or more: the error found on the device
+            ("label_divisor 2", a.sem, a.ctr, a.off, {**kw, "label_divisor": 2}, "raises"),
+        ],
+    )
 
 
 def _packed_launches():
@@ -628,7 +605,7 @@ def test_packed_loads_equal_the_strided_reads(cuda_device):
         for what, sem, on_device, ctr, off, kw, packable in _packed_cases():
             kw = dict(stuff_area=16, **kw)
             if emulated:
-                _forget_capacities()  # the launches counted: a speculative phase's own only
+                forget_capacities()  # the launches counted: a speculative phase's own only
                 EMULATION.take_counters()
             with _switched(cuda_device, "_set_cuda_packed_loads", on=packed):
                 if on_device is None:
@@ -688,7 +665,7 @@ def test_segment_score_sums_in_shared_and_global_memory(cuda_device):
         logits[s.sem, rows, cols] += 6
         logits[classes - 1, :3, :3] += 12
         if cuda_device == "emulated":
-            _forget_capacities()  # the memsets counted: a speculative phase's own only
+            forget_capacities()  # the memsets counted: a speculative phase's own only
             EMULATION.take_counters()
         r = run_on(cuda_device, logits, s.ctr, s.off, stuff_area=1)
         if cuda_device == "emulated":

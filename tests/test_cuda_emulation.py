@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import pdl_post
+from devices import forget_capacities
 from pdl_post import synthetic
 
 emulation = pytest.importorskip(
@@ -25,17 +26,10 @@ emulation = pytest.importorskip(
 def clean_emulator():
     seed = emulation.schedule_seed()
     emulation.take_violations()
-    _forget_capacities()
+    forget_capacities()
     yield
     emulation.set_schedule_seed(seed)
     emulation.take_violations()
-
-
-def _forget_capacities():
-    """The capacities earlier calls taught the speculative second phase (cuda_pipeline.h) go, so
-    that the runtime calls counted next do not depend on the calls before."""
-    emulation._set_cuda_speculation(False)
-    emulation._set_cuda_speculation(True)
 
 
 def test_intrinsics_and_cub_shims_give_cuda_answers():
@@ -230,7 +224,7 @@ def test_synchronisations_copies_and_launches_per_call(emulated_cuda):
         for name in ("merge", "postprocess", "merge again"):
             for sem in (b.sem, b.logits):
                 if name != "merge again":
-                    _forget_capacities()
+                    forget_capacities()
                 else:  # the merge before taught it this size
                     pdl_post.merge(*(HostCudaArray(a) for a in (sem, b.ctr, b.off)), stuff_area=8)
                 emulation.take_counters()
@@ -381,7 +375,7 @@ def test_nms_windows_above_41_take_the_separable_filter(emulated_cuda):
     s = synthetic.make_scene(48, 64, 6, seed=3)
     launches = {}
     for kernel in (7, 41, 43, 301):
-        _forget_capacities()
+        forget_capacities()
         emulation.take_counters()
         pdl_post.merge(*(HostCudaArray(a) for a in (s.sem, s.ctr, s.off)), nms_kernel=kernel)
         launches[kernel] = emulation.take_counters()["launches"]
