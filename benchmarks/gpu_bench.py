@@ -549,8 +549,9 @@ _DEVICE_WORK = ("kernel", "gpu_memcpy", "gpu_memset")  # the trace's device acti
 def phase_gaps(events: list[dict]) -> list[dict]:
     """Per call, from a Chrome trace's events: the device's time from the end of the first
     phase's read-back (the last copy to the host before a vote kernel) to the vote's start, what
-    the device ran in between (the tables' upload, the peaks, the memsets) and the rest, where it
-    idled waiting for the host. Microseconds, one dict per vote kernel."""
+    the device ran in between (the peaks, the memsets; the tables' upload too where the second
+    phase was not speculative: a speculative one's goes before the read-back) and the rest, where
+    it idled waiting for the host. Microseconds, one dict per vote kernel."""
     device = sorted(
         (e for e in events if e.get("ph") == "X" and e.get("cat") in _DEVICE_WORK),
         key=lambda e: e["ts"],
