@@ -406,12 +406,13 @@ def _switched(settings):
 
 def _print_candidates(candidate_ms, beside_ms) -> None:
     """Each candidate's time over the default's timed in the same rounds, row by row (below 1:
-        the candidate is faster), for the decision the candidates wait for; the speculation's row is its
-    alternative's time over the default's (above 1: the speculative phase is faster)."""
+    the candidate is faster), for the decision the candidates wait for; the speculation's row is
+    its alternative's time over the default's (above 1: the speculative phase is faster)."""
     labels = list(dict.fromkeys(label for _, label in candidate_ms))
     print(
         "\ncandidates: time / the default's time in alternating rounds (below 1.00: faster; "
-        "the default's ms in brackets)"
+        f"the default's ms in brackets; in the row '{SPECULATION_OFF}', above 1.00: the "
+        "speculative default is faster)"
     )
     print("| candidate | " + " | ".join(labels) + " |")
     print("|---|" + "---:|" * len(labels))

@@ -619,13 +619,15 @@ struct CudaMerge::State {
   // header's copy: kept until that copy has been waited for.
   std::optional<cuda::HostTransferBuffer> upload_staging;
 
+  // Once it holds copies (after construction), destroyed by CudaMerge::release, with the job's
+  // device current.
   ~State() {
     // A copy still in flight lands in (or reads) its page-locked block before the block serves
     // another call: the event follows both copies; an upload queued without it, the stream.
     if (header_copy && header_copied) {
       cuda::ignore_failure(cudaEventSynchronize(header_copied));
     } else if (upload_staging) {
-      on_device(in.device, [this] { cuda::ignore_failure(cudaStreamSynchronize(stream)); });
+      cuda::ignore_failure(cudaStreamSynchronize(stream));
     }
     if (header_copied) cuda::ignore_failure(cudaEventDestroy(header_copied));
   }
@@ -1117,10 +1119,8 @@ std::optional<std::vector<ImageResult>> speculate(CudaMerge::State& s, const Str
   if (top_k == 0) return {};  // no centres: the peaks are not the centres
   const std::optional<cuda::PhaseCapacity> capacity = cuda::capacities().find(capacity_key(s));
   if (!capacity) return {};
-  int64_t centers = capacity->centers;
-  if (top_k > 0) {  // more would need the top-k sort
-    centers = std::min(centers, s.centers.topk_mode == TopKMode::kExact ? top_k : top_k - 1);
-  }
+  // At most what an image keeps without the top-k sort.
+  const int64_t centers = cuda::kept_bound(capacity->centers, top_k, s.centers.topk_mode);
   const int64_t classes = capacity->classes;
   // Classes learnt beyond what the output holds (ids that needed int64 where merge allocates
   // int32 first): the plan would likely fail, and the call come back for an int64 output anyway.

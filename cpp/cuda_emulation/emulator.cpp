@@ -1055,18 +1055,28 @@ cudaError_t cudaMemsetAsync(void* pointer, int value, size_t bytes, cudaStream_t
 
 cudaError_t cudaDeviceSynchronize() { return cudaStreamSynchronize(nullptr); }
 
+namespace {
+
+// The end of a host wait (a stream's or an event's synchronisation, `where`): every allocation's
+// guard bytes checked, and the error a failed launch left for the next synchronisation returned.
+cudaError_t end_of_wait(const char* where) {
+  for (const auto& [payload, span] : g_allocations) {
+    pdl_emu::check_guards(payload, span.bytes, where);
+  }
+  const cudaError_t e = pdl_emu::g_sync_error;
+  pdl_emu::g_sync_error = cudaSuccess;
+  return e;
+}
+
+}  // namespace
+
 cudaError_t cudaStreamSynchronize(cudaStream_t) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   if (const cudaError_t e = pdl_emu::injected("cudaStreamSynchronize")) return e;
   ++pdl_emu::g_counters["synchronisations"];
   pdl_emu::g_timeline.push_back("synchronisation");
   if (const cudaError_t e = pdl_emu::refused_in_capture("cudaStreamSynchronize")) return e;
-  for (const auto& [payload, span] : g_allocations) {
-    pdl_emu::check_guards(payload, span.bytes, "at a stream synchronisation");
-  }
-  const cudaError_t e = pdl_emu::g_sync_error;
-  pdl_emu::g_sync_error = cudaSuccess;
-  return e;
+  return end_of_wait("at a stream synchronisation");
 }
 
 cudaError_t cudaStreamIsCapturing(cudaStream_t, cudaStreamCaptureStatus* status) {
@@ -1122,12 +1132,7 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event) {
     pdl_emu::violation("cudaEventSynchronize: not a live event");
     return pdl_emu::recorded(cudaErrorInvalidResourceHandle);
   }
-  for (const auto& [payload, span] : g_allocations) {
-    pdl_emu::check_guards(payload, span.bytes, "at an event synchronisation");
-  }
-  const cudaError_t e = pdl_emu::g_sync_error;
-  pdl_emu::g_sync_error = cudaSuccess;
-  return e;
+  return end_of_wait("at an event synchronisation");
 }
 
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
