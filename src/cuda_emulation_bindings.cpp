@@ -27,6 +27,17 @@ PYBIND11_MODULE(_cuda_emulation, m) {
   m.def("schedule_seed", &pdl_emu::schedule_seed);
   m.def("set_compute_capability", &pdl_emu::set_compute_capability, py::arg("major"),
         py::arg("minor"), "The emulated device's compute capability (default 9.0).");
+  m.def("set_device_count", &pdl_emu::set_device_count, py::arg("count"),
+        "Emulated devices (1 to 8, default 1; never fewer than before): a kernel touching another "
+        "device's memory, a launch into another device's stream and an event recorded on one "
+        "fail, as on a GPU.");
+  m.def("current_device", &pdl_emu::current_device, "The calling thread's current device.");
+  m.def("create_stream", &pdl_emu::create_stream, py::arg("device"),
+        "A stream handle of `device` (other handles belong to the current device).");
+  m.def("allocate_on_device", &pdl_emu::allocate_on_device, py::arg("bytes"), py::arg("device"),
+        "A device allocation of `bytes` on `device` (host memory here): its address.");
+  m.def("free_on_device", &pdl_emu::free_on_device, py::arg("pointer"),
+        "Frees an allocation of allocate_on_device.");
   m.def("set_stream_capture", &pdl_emu::set_stream_capture, py::arg("status"),
         "What cudaStreamIsCapturing reports for every stream: 0 none, 1 active (a "
         "synchronisation or host copy then fails and invalidates it), 2 invalidated.");

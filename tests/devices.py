@@ -8,8 +8,10 @@ skipped without one. The fixtures ``device`` and ``cuda_device`` (conftest.py) t
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import types
+import weakref
 
 import numpy as np
 import pytest
@@ -124,6 +126,19 @@ def use_emulation(monkeypatch):
         assert EMULATION.live_allocations() == allocations, "device memory leaked"
 
     return check
+
+
+def on_emulated_device(a: np.ndarray, device: int) -> HostCudaArray:
+    """A copy of `a` in the emulator's memory of `device` (set_device_count), freed with the
+    last view of it: the emulator fails a kernel of another device that touches it, and its pointer names
+    its device (cudaPointerGetAttributes), as a GPU's."""
+    nbytes = max(a.nbytes, 1)
+    pointer = EMULATION.allocate_on_device(nbytes, device)
+    memory = (ctypes.c_char * nbytes).from_address(pointer)
+    view = np.frombuffer(memory, dtype=a.dtype, count=a.size).reshape(a.shape)
+    view[...] = a
+    weakref.finalize(memory, EMULATION.free_on_device, pointer)  # once no view holds it
+    return HostCudaArray(view)
 
 
 def forget_capacities(device="emulated"):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import pdl_post
+from conftest import assert_results_equal
 from devices import forget_capacities
 from pdl_post import synthetic
 
@@ -715,3 +716,85 @@ def test_an_error_between_the_phases_frees_the_scratch_at_once(emulated_cuda):
         pdl_post.merge(*(HostCudaArray(a) for a in (sem, s.ctr, s.off)))
     assert error.traceback  # the traceback (and the frame holding the job) is alive here
     assert emulation.live_allocations() == baseline
+
+
+@pytest.fixture
+def two_devices(emulated_cuda):
+    """Two emulated devices (from here on: devices are never removed, as on a machine, and the
+    CUDA path keeps state per device); emulated_cuda checks that nothing leaked on either."""
+    emulation.set_device_count(2)
+
+
+def test_another_devices_memory_and_streams_are_refused_as_on_a_gpu(two_devices):
+    error, out = emulation.selftest("another_devices_memory")
+    assert error.startswith("cudaErrorLaunchFailure")
+    assert out[:32] == [0] * 32
+    violations = emulation.take_violations()
+    assert len(violations) == 1
+    assert re.fullmatch(
+        r"another_devices_memory block \(0,0,0\): thread \d+: access to device 1's memory "
+        r"\(an allocation of 1792 bytes\) from a kernel on device 0",
+        violations[0],
+    )
+    for case, refusal in [
+        (
+            "launch_into_another_devices_stream",
+            "copy: launched on device 0 into a stream of device 1",
+        ),
+        (
+            "event_on_another_devices_stream",
+            "cudaEventRecord: an event of device 0 recorded on a stream of device 1",
+        ),
+    ]:
+        error, _ = emulation.selftest(case)
+        assert error == f"cudaErrorInvalidResourceHandle: emulated: {refusal}"
+        assert emulation.take_violations() == [refusal]
+    assert emulation.current_device() == 0
+
+
+def test_arrays_on_another_device_than_the_current_one_run_on_theirs(two_devices, monkeypatch):
+    # The caller's current device is 0, the arrays live on device 1: every launch, allocation,
+    # event and copy of the call must happen on device 1 (the emulator fails a kernel that
+    # touches another device's memory), the output is allocated there, and device 0 is current
+    # again afterwards. Calls on both devices alternate on one image size, so that each device's
+    # speculative second phase, scratch pool and page-locked blocks serve the other's calls too.
+    from devices import HostCudaArray, on_emulated_device
+
+    allocated_on = []
+
+    def allocate(library, shape, dtype, device):
+        allocated_on.append(device)
+        return on_emulated_device(np.empty(shape, dtype), device)
+
+    monkeypatch.setattr("pdl_post._cuda._allocate", allocate)
+    stream = emulation.create_stream(1)
+    scenes = [synthetic.make_scene(40, 56, k, seed=k) for k in (5, 9, 5, 12)]
+    for step, s in enumerate(scenes * 2):
+        device = step % 2
+        expected = pdl_post.merge(s.sem, s.ctr, s.off)
+        if device == 0:
+            arrays = [HostCudaArray(a.copy()) for a in (s.sem, s.ctr, s.off)]
+        else:
+            arrays = [on_emulated_device(a, 1) for a in (s.sem, s.ctr, s.off)]
+            if step % 4 == 3:  # the arrays name a stream of their device
+                for a in arrays:
+                    a.__cuda_array_interface__["stream"] = stream
+        out = pdl_post.merge(*arrays)
+        np.testing.assert_array_equal(out.a, expected)
+        assert allocated_on.pop() == device and emulation.current_device() == 0
+        assert emulation.take_violations() == []
+    # postprocess with logits (scores bit for bit) and a mask, and a batch, on device 1.
+    s = synthetic.make_scene(40, 56, 7, seed=3, logits=True)
+    for mask in (None, s.sem > 11):
+        cpu = pdl_post.postprocess(s.logits, s.ctr, s.off, foreground_mask=mask, backend="cpu")
+        gpu = pdl_post.postprocess(
+            *(on_emulated_device(a, 1) for a in (s.logits, s.ctr, s.off)),
+            foreground_mask=None if mask is None else on_emulated_device(mask, 1),
+        )
+        gpu.panoptic = gpu.panoptic.a
+        assert_results_equal(gpu, cpu, score_rtol=0)
+    batch = [synthetic.make_scene(32, 48, k, seed=k) for k in (3, 6, 4)]
+    stacked = [np.stack([getattr(b, name) for b in batch]) for name in ("sem", "ctr", "off")]
+    out = pdl_post.merge(*(on_emulated_device(a, 1) for a in stacked))
+    np.testing.assert_array_equal(out.a, pdl_post.merge(*stacked))
+    assert allocated_on == [1, 1, 1] and emulation.current_device() == 0

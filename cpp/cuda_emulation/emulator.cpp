@@ -34,6 +34,7 @@ constexpr int kDefaultSharedLimit = 48 * 1024;
 constexpr int kSharedOptinLimit = 232448;  // H100: 227 KiB per block
 constexpr int kMultiprocessors = 132;
 constexpr size_t kSharedPerMultiprocessor = 233472;  // H100: 228 KiB
+constexpr int kMaxDevices = 8;
 
 size_t page_size() { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
 
@@ -45,6 +46,7 @@ struct Span {
   unsigned char* payload = nullptr;
   size_t bytes = 0;
   bool pooled = false;  // from cudaMallocFromPoolAsync
+  int device = 0;       // whose memory: only that device's kernels may touch it
 };
 
 Span map_guarded(size_t bytes) {
@@ -194,6 +196,7 @@ struct LaunchState {
   const char* barrier_site = nullptr;
   Context scheduler;
   pthread_t launcher;  // the OS thread that runs the fibres
+  int device = 0;      // the device it runs on (current at its launch)
   Fiber* current = nullptr;
   bool failed = false;
   std::string error;
@@ -212,9 +215,11 @@ cudaError_t g_sync_error = cudaSuccess;
 std::string g_message;
 std::map<uintptr_t, Span> g_allocations;  // live device allocations by payload address
 std::set<void*> g_host_allocations;       // live page-locked host allocations
-// The memory pool as a pool that keeps what it once held (release threshold: all) until
-// cudaMemPoolTrimTo: bytes in use, and bytes reserved (the high-water mark since the last trim).
-size_t g_pool_used = 0, g_pool_reserved = 0;
+// Each device's memory pool as a pool that keeps what it once held (release threshold: all)
+// until cudaMemPoolTrimTo: bytes in use, and bytes reserved (the high-water mark since the last
+// trim).
+size_t g_pool_used[kMaxDevices] = {}, g_pool_reserved[kMaxDevices] = {};
+int g_pools[kMaxDevices] = {};  // a pool's handle is the address of its device's entry
 std::map<const void*, int> g_max_dynamic_shared;
 // The emulated device's compute capability (major * 10 + minor). The emulated build stands for
 // one compiled for 90-real;90-virtual: devices below 9.0 have no kernel image for it.
@@ -268,16 +273,55 @@ cudaError_t injected(const char* call) {
 }
 
 std::vector<char*> g_stacks;
+// Devices (set_device_count) and the host thread's current one, as CUDA's.
+int g_device_count = 1;
 thread_local int t_device = 0;
+// Streams of a known device (create_stream); any other handle, the default streams included,
+// belongs to the current device.
+std::map<cudaStream_t, int> g_stream_devices;
+uintptr_t g_next_stream = 0x7e500000;       // far from the handles tests make up
 std::map<std::string, int64_t> g_counters;  // launches, synchronisations, copies, allocations
 std::vector<std::string> g_timeline;        // launches, copies and synchronisations in order
-std::map<const void*, int> g_events;        // live CUDA events -> times recorded
+struct Event {
+  int recorded = 0;  // times recorded
+  int device = 0;    // current at its creation
+};
+std::map<const void*, Event> g_events;  // live CUDA events
 uintptr_t g_next_event = 1;
 std::map<void*, size_t> g_shared_statics;  // static __shared__ variables seen so far
 
 void violation(const std::string& message) {
   g_violations.push_back(message);
   g_message = message;
+}
+
+bool is_device(int device) { return device >= 0 && device < g_device_count; }
+
+// The device a stream belongs to (see g_stream_devices).
+int device_of(cudaStream_t stream) {
+  const auto at = g_stream_devices.find(stream);
+  return at == g_stream_devices.end() ? t_device : at->second;
+}
+
+// While a kernel runs on `device`, the other devices' allocations are inaccessible (no peer
+// access), so that touching one faults and fault_handler names it; `accessible` restores them.
+void protect_other_devices(int device, bool accessible) {
+  if (g_device_count == 1) return;
+  for (const auto& [payload, span] : g_allocations) {
+    if (span.device == device) continue;
+    mprotect(span.base, span.mapped - page_size(), accessible ? PROT_READ | PROT_WRITE : PROT_NONE);
+  }
+}
+
+// The allocation of a device other than `device` whose pages hold `address`, or nullptr.
+const Span* other_device_allocation(uintptr_t address, int device) {
+  for (const auto& [payload, span] : g_allocations) {
+    const uintptr_t base = reinterpret_cast<uintptr_t>(span.base);
+    if (span.device != device && address >= base && address < base + span.mapped - page_size()) {
+      return &span;
+    }
+  }
+  return nullptr;
 }
 
 char* stack_for(size_t i) {
@@ -384,7 +428,14 @@ void fault_handler(int signal, siginfo_t* info, void* context) {
   const uintptr_t address = reinterpret_cast<uintptr_t>(info->si_addr);
   const uintptr_t stack_top = reinterpret_cast<uintptr_t>(L->current->stack_top);
   auto it = g_allocations.upper_bound(address);  // the allocation that ends below the address
-  if (address < stack_top - kStackBytes && address + page_size() >= stack_top - kStackBytes) {
+  const Span* foreign = other_device_allocation(address, L->device);
+  if (foreign) {
+    std::snprintf(text, sizeof text,
+                  "thread %u: access to device %d's memory (an allocation of %zu bytes) from a "
+                  "kernel on device %d",
+                  L->current->linear, foreign->device, foreign->bytes, L->device);
+  } else if (address < stack_top - kStackBytes &&
+             address + page_size() >= stack_top - kStackBytes) {
     std::snprintf(text, sizeof text, "thread %u: stack overflow (%zu bytes per thread)",
                   L->current->linear, kStackBytes);
   } else if (it != g_allocations.begin() &&
@@ -580,7 +631,6 @@ const uint64_t* warp_exchange(unsigned mask, uint64_t value, const char* site) {
 
 int launch_kernel(const char* name, const void* kernel, dim3 grid, dim3 block, size_t shared_bytes,
                   cudaStream_t stream, const std::function<void()>& body) {
-  (void)stream;
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
   if (g_launch) {
@@ -594,6 +644,12 @@ int launch_kernel(const char* name, const void* kernel, dim3 grid, dim3 block, s
     g_message = std::string(name) + ": grid " + describe(grid) + " x block " + describe(block) +
                 " is not a valid launch configuration";
     g_last_error = cudaErrorInvalidConfiguration;
+    return g_last_error;
+  }
+  if (device_of(stream) != t_device) {  // as CUDA: a launch goes to a stream of the current device
+    violation(std::string(name) + ": launched on device " + std::to_string(t_device) +
+              " into a stream of device " + std::to_string(device_of(stream)));
+    g_last_error = cudaErrorInvalidResourceHandle;
     return g_last_error;
   }
   int limit = kDefaultSharedLimit;
@@ -612,6 +668,7 @@ int launch_kernel(const char* name, const void* kernel, dim3 grid, dim3 block, s
   L.block = block;
   L.threads = static_cast<unsigned>(threads);
   L.launcher = pthread_self();
+  L.device = t_device;
   L.body = &body;
   L.fibers.resize(L.threads);
   L.warps.resize((L.threads + 31) / 32);
@@ -624,6 +681,7 @@ int launch_kernel(const char* name, const void* kernel, dim3 grid, dim3 block, s
   }
   g_launch = &L;
   install_fault_handler();
+  protect_other_devices(L.device, false);
   const uint64_t blocks = uint64_t{grid.x} * grid.y * grid.z;
   std::vector<unsigned> order;
   uint64_t state = mix(g_seed ^ 0x5eedull);
@@ -639,6 +697,7 @@ int launch_kernel(const char* name, const void* kernel, dim3 grid, dim3 block, s
               static_cast<unsigned>(n / (uint64_t{grid.x} * grid.y))};
     run_block(L, n);
   }
+  protect_other_devices(L.device, true);
   restore_fault_handler();
   unmap(L.shared);
   g_launch = nullptr;
@@ -757,6 +816,29 @@ void set_compute_capability(int major, int minor) {
   g_compute_capability = major * 10 + minor;
 }
 
+void set_device_count(int count) {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  if (count < g_device_count || count > kMaxDevices) {
+    throw std::invalid_argument(
+        "set_device_count: expected " + std::to_string(g_device_count) + " to " +
+        std::to_string(kMaxDevices) + " devices, got " + std::to_string(count) +
+        " (devices are never removed: the CUDA path keeps state per device)");
+  }
+  g_device_count = count;
+}
+
+int current_device() { return t_device; }
+
+uintptr_t create_stream(int device) {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  if (!is_device(device)) {
+    throw std::invalid_argument("create_stream: no device " + std::to_string(device));
+  }
+  const uintptr_t handle = g_next_stream++;
+  g_stream_devices[reinterpret_cast<cudaStream_t>(handle)] = device;
+  return handle;
+}
+
 std::vector<std::string> take_violations() {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   for (const auto& [payload, span] : g_allocations) check_guards(payload, span.bytes, "at a check");
@@ -801,10 +883,13 @@ using pdl_emu::g_mutex;
 
 namespace {
 
-cudaError_t allocate(void** pointer, size_t bytes, const char* counter, bool pooled = false) {
+// `bytes` of `device`'s memory (by default the current device's).
+cudaError_t allocate(void** pointer, size_t bytes, const char* counter, bool pooled = false,
+                     int device = -1) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   pdl_emu::Span span = pdl_emu::map_guarded(bytes);
   span.pooled = pooled;
+  span.device = device >= 0 ? device : pdl_emu::t_device;
   *pointer = span.payload;
   if (!span.payload) {
     pdl_emu::g_message = "cannot map " + std::to_string(bytes) + " bytes of device memory";
@@ -814,8 +899,9 @@ cudaError_t allocate(void** pointer, size_t bytes, const char* counter, bool poo
   std::memset(span.payload, pdl_emu::kPoison, bytes);
   g_allocations[reinterpret_cast<uintptr_t>(span.payload)] = span;
   if (pooled) {
-    pdl_emu::g_pool_used += bytes;
-    pdl_emu::g_pool_reserved = std::max(pdl_emu::g_pool_reserved, pdl_emu::g_pool_used);
+    size_t& used = pdl_emu::g_pool_used[span.device];
+    used += bytes;
+    pdl_emu::g_pool_reserved[span.device] = std::max(pdl_emu::g_pool_reserved[span.device], used);
   }
   return cudaSuccess;
 }
@@ -829,7 +915,7 @@ cudaError_t release(void* pointer) {
     return cudaErrorInvalidDevicePointer;
   }
   pdl_emu::check_guards(it->first, it->second.bytes, "when it was freed");
-  if (it->second.pooled) pdl_emu::g_pool_used -= it->second.bytes;
+  if (it->second.pooled) pdl_emu::g_pool_used[it->second.device] -= it->second.bytes;
   pdl_emu::unmap(it->second);
   g_allocations.erase(it);
   return cudaSuccess;
@@ -902,18 +988,20 @@ cudaError_t cudaGetDevice(int* device) {
 }
 
 cudaError_t cudaSetDevice(int device) {
-  if (device != 0) return pdl_emu::recorded(cudaErrorInvalidDevice);
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  if (!pdl_emu::is_device(device)) return pdl_emu::recorded(cudaErrorInvalidDevice);
   pdl_emu::t_device = device;
   return cudaSuccess;
 }
 
 cudaError_t cudaGetDeviceCount(int* count) {
-  *count = 1;
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  *count = pdl_emu::g_device_count;
   return cudaSuccess;
 }
 
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int device) {
-  if (device != 0) return pdl_emu::recorded(cudaErrorInvalidDevice);
+  if (!pdl_emu::is_device(device)) return pdl_emu::recorded(cudaErrorInvalidDevice);
   switch (attribute) {
     case cudaDevAttrMultiProcessorCount:
       *value = pdl_emu::kMultiprocessors;
@@ -934,43 +1022,61 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int dev
   return pdl_emu::recorded(cudaErrorInvalidValue);
 }
 
-// Every non-null pointer is device 0's memory: the emulator's device memory is host memory, so
-// numpy arrays exposed through __cuda_array_interface__ are read as device arrays.
+// A device allocation's pointer is its device's memory; every other non-null pointer device 0's:
+// the emulator's device memory is host memory, so numpy arrays exposed through
+// __cuda_array_interface__ are read as device 0's arrays.
 cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attributes, const void* pointer) {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
   *attributes = cudaPointerAttributes{};
   attributes->type = pointer ? cudaMemoryTypeDevice : cudaMemoryTypeUnregistered;
   attributes->device = pointer ? 0 : -1;
   attributes->devicePointer = const_cast<void*>(pointer);
+  const uintptr_t p = reinterpret_cast<uintptr_t>(pointer);
+  auto it = g_allocations.upper_bound(p);
+  if (it != g_allocations.begin() && p < std::prev(it)->first + std::prev(it)->second.bytes) {
+    attributes->device = std::prev(it)->second.device;
+  }
   return cudaSuccess;
 }
 
+namespace {
+
+// The device of a pool that cudaMemPoolCreate made.
+int device_of_pool(cudaMemPool_t pool) {
+  return static_cast<int>(reinterpret_cast<int*>(pool) - pdl_emu::g_pools);
+}
+
+}  // namespace
+
 cudaError_t cudaMemPoolCreate(cudaMemPool_t* pool, const cudaMemPoolProps* props) {
-  static int the_pool = 0;
-  if (props->location.id != 0) return pdl_emu::recorded(cudaErrorInvalidDevice);
-  *pool = reinterpret_cast<cudaMemPool_t>(&the_pool);
+  if (!pdl_emu::is_device(props->location.id)) return pdl_emu::recorded(cudaErrorInvalidDevice);
+  *pool = reinterpret_cast<cudaMemPool_t>(&pdl_emu::g_pools[props->location.id]);
   return cudaSuccess;
 }
 
 cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, cudaMemPoolAttr, void*) { return cudaSuccess; }
 
-cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t, cudaMemPoolAttr attribute, void* value) {
+cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attribute, void* value) {
   if (attribute != cudaMemPoolAttrReservedMemCurrent)
     return pdl_emu::recorded(cudaErrorInvalidValue);
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
-  *static_cast<uint64_t*>(value) = pdl_emu::g_pool_reserved;
+  *static_cast<uint64_t*>(value) = pdl_emu::g_pool_reserved[device_of_pool(pool)];
   return cudaSuccess;
 }
 
-cudaError_t cudaMemPoolTrimTo(cudaMemPool_t, size_t keep) {
+cudaError_t cudaMemPoolTrimTo(cudaMemPool_t pool, size_t keep) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
-  pdl_emu::g_pool_reserved =
-      std::max(pdl_emu::g_pool_used, std::min(pdl_emu::g_pool_reserved, keep));
+  const int device = device_of_pool(pool);
+  size_t& reserved = pdl_emu::g_pool_reserved[device];
+  reserved = std::max(pdl_emu::g_pool_used[device], std::min(reserved, keep));
   return cudaSuccess;
 }
 
-cudaError_t cudaMallocFromPoolAsync(void** pointer, size_t bytes, cudaMemPool_t, cudaStream_t) {
+cudaError_t cudaMallocFromPoolAsync(void** pointer, size_t bytes, cudaMemPool_t pool,
+                                    cudaStream_t) {
   if (const cudaError_t e = pdl_emu::injected("cudaMallocFromPoolAsync")) return e;
-  return pdl_emu::recorded(allocate(pointer, bytes, "pool_allocations", true));
+  return pdl_emu::recorded(
+      allocate(pointer, bytes, "pool_allocations", true, device_of_pool(pool)));
 }
 
 namespace pdl_emu {
@@ -984,6 +1090,24 @@ void* allocate_piece(size_t bytes) {
 }
 
 void free_piece(void* pointer) { (void)release(pointer); }
+
+uintptr_t allocate_on_device(size_t bytes, int device) {
+  std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  if (!is_device(device)) {
+    throw std::invalid_argument("allocate_on_device: no device " + std::to_string(device));
+  }
+  void* pointer = nullptr;
+  if (allocate(&pointer, bytes, "test_allocations", false, device) != cudaSuccess) {
+    throw std::bad_alloc();
+  }
+  return reinterpret_cast<uintptr_t>(pointer);
+}
+
+void free_on_device(uintptr_t pointer) {
+  if (release(reinterpret_cast<void*>(pointer)) != cudaSuccess) {
+    throw std::invalid_argument("free_on_device: not a live device allocation");
+  }
+}
 
 }  // namespace pdl_emu
 
@@ -1093,11 +1217,11 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned) {
   if (const cudaError_t e = pdl_emu::injected("cudaEventCreateWithFlags")) return e;
   ++pdl_emu::g_counters["events"];
   *event = reinterpret_cast<cudaEvent_t>(pdl_emu::g_next_event++);
-  pdl_emu::g_events[*event] = 0;
+  pdl_emu::g_events[*event] = pdl_emu::Event{0, pdl_emu::t_device};
   return cudaSuccess;
 }
 
-cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   if (const cudaError_t e = pdl_emu::injected("cudaEventRecord")) return e;
   const auto at = pdl_emu::g_events.find(event);
@@ -1105,7 +1229,13 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
     pdl_emu::violation("cudaEventRecord: not a live event");
     return pdl_emu::recorded(cudaErrorInvalidResourceHandle);
   }
-  ++at->second;
+  if (at->second.device != pdl_emu::device_of(stream)) {  // CUDA refuses it
+    pdl_emu::violation("cudaEventRecord: an event of device " + std::to_string(at->second.device) +
+                       " recorded on a stream of device " +
+                       std::to_string(pdl_emu::device_of(stream)));
+    return pdl_emu::recorded(cudaErrorInvalidResourceHandle);
+  }
+  ++at->second.recorded;
   return cudaSuccess;
 }
 
@@ -1114,7 +1244,7 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t event, unsigned) {
   if (const cudaError_t e = pdl_emu::injected("cudaStreamWaitEvent")) return e;
   ++pdl_emu::g_counters["stream_waits"];
   const auto at = pdl_emu::g_events.find(event);
-  if (at == pdl_emu::g_events.end() || at->second == 0) {
+  if (at == pdl_emu::g_events.end() || at->second.recorded == 0) {
     pdl_emu::violation("cudaStreamWaitEvent: the event is not live or was never recorded");
     return pdl_emu::recorded(cudaErrorInvalidResourceHandle);
   }

@@ -77,6 +77,11 @@ __global__ void scan_storage_reused_without_barrier(int* out) {
 
 __global__ void copy(const int* in, int* out) { out[threadIdx.x] = in[threadIdx.x]; }
 
+// `in` is device 1's memory, the kernel runs on device 0 (run with two emulated devices).
+__global__ void another_devices_memory(const int* in, int* out) {
+  out[threadIdx.x] = in[threadIdx.x];
+}
+
 // Reads a neighbour's shared value without a barrier: the answer depends on the thread order.
 __global__ void unsynchronised_neighbour_read(int* out) {
   __shared__ int values[kThreads];
@@ -151,6 +156,21 @@ std::pair<std::string, std::vector<int>> run_selftest(const std::string& name) {
     null_pointer_write<<<1, kThreads>>>(out, nullptr);
   } else if (name == "float_modes") {
     float_modes<<<1, kThreads>>>(out);
+  } else if (name == "another_devices_memory") {
+    int* elsewhere = nullptr;
+    cudaSetDevice(1);
+    const cudaError_t allocated = cudaMalloc(reinterpret_cast<void**>(&elsewhere), n * sizeof(int));
+    cudaSetDevice(0);
+    if (allocated != cudaSuccess) throw std::runtime_error("selftest: no device 1");
+    another_devices_memory<<<1, kThreads>>>(elsewhere, out);
+    cudaFree(elsewhere);
+  } else if (name == "launch_into_another_devices_stream") {
+    copy<<<1, kThreads, 0, reinterpret_cast<cudaStream_t>(create_stream(1))>>>(in, out);
+  } else if (name == "event_on_another_devices_stream") {
+    cudaEvent_t event = nullptr;
+    cudaEventCreateWithFlags(&event, cudaEventDisableTiming);
+    cudaEventRecord(event, reinterpret_cast<cudaStream_t>(create_stream(1)));
+    cudaEventDestroy(event);
   } else if (name == "too_many_threads") {
     copy<<<1, 2048>>>(in, out);
   } else if (name == "too_much_dynamic_shared_memory") {

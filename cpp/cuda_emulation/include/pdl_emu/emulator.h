@@ -114,6 +114,20 @@ uint64_t schedule_seed();
 // The emulated device's compute capability (default 9.0); below 9.0 the emulated build has no
 // kernel image for it, as a build for 90-real;90-virtual on such a GPU.
 void set_compute_capability(int major, int minor);
+// Emulated devices (1 to 8, default 1), alike but for their memory: a kernel touching another
+// device's allocation fails (no peer access), a launch into another device's stream and an event
+// recorded on another device's stream are refused, as on a GPU. Devices are never removed (as on
+// a machine; the CUDA path keeps pools and capacities per device).
+void set_device_count(int count);
+// The calling thread's current device (cudaGetDevice).
+int current_device();
+// A stream handle of `device` (the default streams and unknown handles belong to the current
+// device).
+uintptr_t create_stream(int device);
+// `bytes` of device memory on `device` (poisoned), for tests' arrays; counted as
+// "test_allocations".
+uintptr_t allocate_on_device(size_t bytes, int device);
+void free_on_device(uintptr_t pointer);
 // What cudaStreamIsCapturing reports for every stream: 0 none, 1 active (a synchronisation or a
 // host copy then fails and invalidates it), 2 invalidated.
 void set_stream_capture(int status);
