@@ -66,6 +66,8 @@ inline void bind_cuda(py::module_& m) {
   // Test and benchmark hook: the vote's pixels in chunks per warp (see set_cuda_vote_chunks).
   m.def("_set_cuda_vote_chunks", &set_cuda_vote_chunks, py::arg("chunks"),
         "Returns the previous setting.");
+  // Test and benchmark hook: the vote's centres pruned per warp (see set_cuda_vote_box).
+  m.def("_set_cuda_vote_box", &set_cuda_vote_box, py::arg("box"), "Returns the previous setting.");
   // Test and benchmark hook: the peaks written by a warp per row (see set_cuda_warp_peaks).
   m.def("_set_cuda_warp_peaks", &set_cuda_warp_peaks, py::arg("by_warp"),
         "Returns the previous setting.");

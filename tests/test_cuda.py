@@ -281,6 +281,44 @@ def test_vote_in_chunks_equals_the_fixed_share(cuda_device):
         run_on(cuda_device, b.sem, b.ctr, b.off, mask=mask)
 
 
+def _equidistant_far_votes(k):
+    """K centres as in _midway_votes, every vote near x = 1e9 (floats 64 apart there): most
+    centres' float distances round to the same value, so the lowest index among them wins."""
+    sem, ctr, off, kw = _midway_votes(k)
+    rng = np.random.default_rng(k)
+    h, w = sem.shape
+    xx = np.arange(w, dtype=np.float64)[None, :]
+    off[1] = (1e9 - xx + rng.uniform(-300, 300, (h, w))).astype(np.float32)
+    off[0] += rng.uniform(-0.5, 0.5, (h, w)).astype(np.float32)
+    return sem, ctr, off, kw
+
+
+def test_vote_by_warp_box_equals_the_brute_force(cuda_device):
+    # set_cuda_vote_box (cuda_pipeline.h), off by default until GPU timings decide: each warp
+    # compares only the centres whose lower bound to the box of its votes is at most the smallest
+    # upper bound. The CPU's answer on the vote scenes (ties, overflowing distances, all-inf
+    # votes), rows of 33 to 256 centres (several ballot groups of 32) voting midway between
+    # neighbours (ties the lower index wins) or from 1e9 away (float distances that round to
+    # ties), a batch, a mask, rows narrower than a warp, and with the vote in chunks too.
+    scenes = list(_vote_scenes())
+    for k in (33, 64, 65):
+        scenes.append(_midway_votes(k))
+        scenes.append(_equidistant_far_votes(k))
+    sem, ctr, off, kw = _midway_votes(256)  # kBruteForceCentersMax: the whole shared tile
+    scenes.append((sem, ctr, off, dict(kw, top_k=None)))
+    b = synthetic.make_batch(3, 37, 29, 6, seed=9)
+    scenes.append((b.sem, b.ctr, b.off, {}))
+    narrow = synthetic.make_batch(2, 40, 7, 2, seed=4)
+    scenes.append((narrow.sem, narrow.ctr, narrow.off, {}))
+    for sem, ctr, off, kw in scenes:
+        with _switched(cuda_device, "_set_cuda_vote_box"):
+            run_on(cuda_device, sem, ctr, off, **kw)  # compares the device's answer
+    with _switched(cuda_device, "_set_cuda_vote_box"):
+        run_on(cuda_device, b.sem, b.ctr, b.off, mask=b.sem % 3 == 0)
+        with _vote_chunks(cuda_device):
+            run_on(cuda_device, *scenes[1][:3])
+
+
 def test_peaks_by_warp_equal_the_block_per_row(cuda_device):
     # set_cuda_warp_peaks (cuda_pipeline.h), off by default until GPU timings decide: a warp per
     # row writes the peaks (the selection's input) or, every peak kept, the centres. The CPU's

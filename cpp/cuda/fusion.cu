@@ -15,6 +15,8 @@
 //                    pair and the keys are sorted instead (PairSort in cuda_common.cuh).
 //                    Pixels go to warps in fixed grid-stride shares, or (set_cuda_vote_chunks, a
 //                    candidate) in chunks taken from a counter per image until none are left.
+//                    With set_cuda_vote_box (a candidate) a warp compares only the centres that
+//                    can be nearest in the box of its votes (nearest_in_warp_box).
 //   resolve_segments per instance: area and majority class (first maximum = smallest class;
 //                    with sorted pairs from the runs of equal keys, pair_runs_kernel);
 //                    number n = 1 + earlier non-empty instances of the same class (a parallel
@@ -54,6 +56,7 @@ namespace {
 
 constexpr int kThreads = 256;
 std::atomic<bool> vote_chunks{false};  // set_cuda_vote_chunks
+std::atomic<bool> vote_box{false};     // set_cuda_vote_box
 std::atomic<bool> packed_loads{true};  // set_cuda_packed_loads
 // Pixels a warp of the vote takes at once from its image's cursor (vote_chunks): 8 rounds of 32.
 constexpr int64_t kVoteChunk = 8 * 32;
@@ -209,8 +212,58 @@ struct VoteArgs {
 };
 
 // How vote_kernel finds the nearest centre, each its own kernel (a branch between them would cost
-// the default's registers): every centre in order, or the vote grid (many centres).
-enum NearestSearch : int { kEveryCenter, kGridSearch };
+// the default's registers): every centre in order, the vote grid (many centres), or the centres
+// that can win in the box of the warp's votes (set_cuda_vote_box, a candidate).
+enum NearestSearch : int { kEveryCenter, kGridSearch, kWarpBox };
+
+// The nearest centre to each voting lane's vote, for a whole warp at once: the brute force's
+// answer (every centre in index order, strict '<': ties to the lower index, all-inf picks 0),
+// comparing only the centres that can be nearest somewhere in the box of the warp's votes. Those
+// are the CPU vote cells' candidates (offset_voting.h): centres whose lower bound of the distance
+// to the box is at most the smallest upper bound of any centre, the bounds rounded as the
+// distance is, so that the winner and every centre tying with it are among them. A warp's votes
+// mostly point at one or two instances: 1.15 candidates of 38 per warp with votes in gpu_bench's
+// scene (numpy, this scene), where the brute force compares all 38. Every lane of the warp calls
+// it; `centers` of them in the shared tiles.
+__device__ int32_t nearest_in_warp_box(const float* tile_y, const float* tile_x, int32_t centers,
+                                       bool voting, float qy, float qx) {
+  constexpr unsigned kWarp = 0xffffffffu;
+  if (__ballot_sync(kWarp, voting) == 0) return 0;
+  const float inf = __int_as_float(0x7f800000);
+  const int lane = static_cast<int>(threadIdx.x & 31u);
+  float y_lo = voting ? qy : inf, y_hi = voting ? qy : -inf;
+  float x_lo = voting ? qx : inf, x_hi = voting ? qx : -inf;
+  for (int step = 1; step < 32; step <<= 1) {
+    y_lo = fminf(y_lo, __shfl_sync(kWarp, y_lo, lane ^ step));
+    y_hi = fmaxf(y_hi, __shfl_sync(kWarp, y_hi, lane ^ step));
+    x_lo = fminf(x_lo, __shfl_sync(kWarp, x_lo, lane ^ step));
+    x_hi = fmaxf(x_hi, __shfl_sync(kWarp, x_hi, lane ^ step));
+  }
+  float cut = inf;  // the smallest upper bound (+inf where every distance may overflow)
+  for (int32_t k = lane; k < centers; k += 32) {
+    cut = fminf(cut, squared_distance_f32(axis_gap_max(tile_y[k], y_lo, y_hi),
+                                          axis_gap_max(tile_x[k], x_lo, x_hi)));
+  }
+  for (int step = 1; step < 32; step <<= 1) cut = fminf(cut, __shfl_sync(kWarp, cut, lane ^ step));
+  int32_t best = 0;
+  float best_distance = inf;
+  for (int32_t first = 0; first < centers; first += 32) {
+    const int32_t k = first + lane;
+    const bool candidate =
+        k < centers && !(squared_distance_f32(axis_gap_min(tile_y[k], y_lo, y_hi),
+                                              axis_gap_min(tile_x[k], x_lo, x_hi)) > cut);
+    // The same candidates for every lane, in index order.
+    for (unsigned left = __ballot_sync(kWarp, candidate); left != 0; left &= left - 1) {
+      const int32_t i = first + __ffs(static_cast<int>(left)) - 1;
+      const float d = center_distance(tile_y[i], tile_x[i], qy, qx);
+      if (d < best_distance) {
+        best_distance = d;
+        best = i;
+      }
+    }
+  }
+  return best;
+}
 
 // The batch-wide grid cell of centre k of image b.
 __device__ int64_t cell_of(const CenterList& centers, const ManyCenters& many, int64_t b, int64_t k,
@@ -388,6 +441,8 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
                                a.many.pyramid + a.many.pyramid_offset[b], a.many.cell_centers,
                                a.centers.y + first, a.centers.x + first, num_centers, qy, qx);
       }
+    } else if (kSearch == kWarpBox) {
+      best = nearest_in_warp_box(tile_y, tile_x, static_cast<int32_t>(num_centers), voting, qy, qx);
     } else if (voting) {
       for (int32_t i = 0; i < static_cast<int32_t>(num_centers); ++i) {
         const float d = center_distance(tile_y[i], tile_x[i], qy, qx);
@@ -1000,6 +1055,7 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
       shared_limit,
       static_cast<int64_t>(tile_bytes) + kSharedBinLimit * int64_t{sizeof(unsigned)}));
   const bool chunks = vote_chunks.load(std::memory_order_relaxed);
+  const bool box = vote_box.load(std::memory_order_relaxed);
   with_label_type(sem.dtype, "sem", [&](auto sem_tag) {
     using TSem = decltype(sem_tag);
     with_float_type(off.dtype, "off", [&](auto off_tag) {
@@ -1026,11 +1082,13 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
         kernel<<<grid, kThreads, shared_bytes, stream>>>(args);
         check_launch("vote_kernel");
       };
-      // The eight combinations of (mask, shared counters, search), each its own kernel.
+      // The twelve combinations of (mask, shared counters, search), each its own kernel.
       const auto with_grid = [&](auto from_mask, auto shared_hist) {
         constexpr bool kMask = decltype(from_mask)::value, kShared = decltype(shared_hist)::value;
         if (many) {
           launch(vote_kernel<TSem, TOff, kMask, kShared, kGridSearch>);
+        } else if (box) {
+          launch(vote_kernel<TSem, TOff, kMask, kShared, kWarpBox>);
         } else {
           launch(vote_kernel<TSem, TOff, kMask, kShared, kEveryCenter>);
         }
@@ -1227,6 +1285,7 @@ void write_panoptic(const StridedView& sem, const FuseLayout& layout, const Fuse
 }  // namespace cuda
 
 bool set_cuda_vote_chunks(bool chunks) { return cuda::vote_chunks.exchange(chunks); }
+bool set_cuda_vote_box(bool box) { return cuda::vote_box.exchange(box); }
 bool set_cuda_packed_loads(bool packed) { return cuda::packed_loads.exchange(packed); }
 
 }  // namespace pdl_post

@@ -55,6 +55,7 @@ _CORE_DTYPES = {
 # variable with which the tests and benchmarks/gpu_check.sh turn it on).
 CANDIDATES = {
     "vote in chunks": ("_set_cuda_vote_chunks", "PDL_POST_VOTE_CHUNKS"),
+    "vote by warp box": ("_set_cuda_vote_box", "PDL_POST_VOTE_BOX"),
     "peaks by warp": ("_set_cuda_warp_peaks", "PDL_POST_WARP_PEAKS"),
 }
 

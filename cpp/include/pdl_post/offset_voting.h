@@ -99,7 +99,9 @@ PDL_HOST_DEVICE int32_t nearest_candidate(const float* cy, const float* cx,
   return best;
 }
 
-// Exact float32 bounds of |c - q| over q in [lo, hi] (all integers below 2^24, so exact).
+// Bounds of |c - q| in float32 over q in [lo, hi]: exact for integers below 2^24 (the cells);
+// for any floats (the CUDA vote's box of a warp's votes) they bound |f32(c - q)| for every float
+// q in [lo, hi], as the rounding of a subtraction is monotone.
 PDL_HOST_DEVICE float axis_gap_min(float c, float lo, float hi) {
   return c < lo ? lo - c : (c > hi ? c - hi : 0.0f);
 }
