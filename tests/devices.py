@@ -141,6 +141,27 @@ def on_emulated_device(a: np.ndarray, device: int) -> HostCudaArray:
     return HostCudaArray(view)
 
 
+def speculation_seen(timeline, raised=False):
+    """How the speculative phase went in an emulated call's timeline (take_timeline): held,
+    failed, not tried, or the call raised (the CPU's error) after trying."""
+    is_vote = [name in ("kernel", "vote_kernel") for name in timeline]
+    if "plan_check_kernel" not in timeline:
+        return "none"
+    # The stream's order that the speculation relies on: the tables' upload (page-locked, freed
+    # once the header's copy is waited for), the plan's check, the header's copy, the speculative
+    # kernels (the vote among them), and only then the host's first wait.
+    upload = timeline.index("copy host_to_device_copies")
+    check = timeline.index("plan_check_kernel")
+    header = timeline.index("copy device_to_host_copies")
+    wait = timeline.index("synchronisation")
+    assert upload < check < header < is_vote.index(True) < wait, timeline
+    if raised:
+        return "raises"
+    # Held: no vote after the wait (merge ends there, postprocess reads back its results).
+    # Failed: the phase again after it.
+    return "holds" if sum(is_vote) == 1 else "fails"
+
+
 def forget_capacities(device="emulated"):
     """The speculative second phase (cuda_pipeline.h) of the device's build forgets the capacities
     earlier calls taught it: the next call on a size waits for its counts, and the one after it

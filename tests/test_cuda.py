@@ -25,6 +25,7 @@ from devices import (
     forget_capacities,
     needs_gpu,
     run_on,
+    speculation_seen,
     to_device,
     to_host,
 )
@@ -484,27 +485,6 @@ def _speculation_steps():
     ]
 
 
-def _speculation_seen(timeline, raised=False):
-    """How the speculative phase went in an emulated call's timeline (_speculation_steps): held,
-    failed, not tried, or the call raised (the CPU's error) after trying."""
-    is_vote = [name in ("kernel", "vote_kernel") for name in timeline]
-    if "plan_check_kernel" not in timeline:
-        return "none"
-    # The stream's order that the speculation relies on: the tables' upload (page-locked, freed
-    # once the header's copy is waited for), the plan's check, the header's copy, the speculative
-    # kernels (the vote among them), and only then the host's first wait.
-    upload = timeline.index("copy host_to_device_copies")
-    check = timeline.index("plan_check_kernel")
-    header = timeline.index("copy device_to_host_copies")
-    wait = timeline.index("synchronisation")
-    assert upload < check < header < is_vote.index(True) < wait, timeline
-    if raised:
-        return "raises"
-    # Held: no vote after the wait (merge ends there, postprocess reads back its results).
-    # Failed: the phase again after it.
-    return "holds" if sum(is_vote) == 1 else "fails"
-
-
 def _check_speculation_steps(cuda_device, call, steps):
     """Runs pdl_post.<call> ("merge" or "postprocess") on each of `steps` (_speculation_steps'
     form) on the device and on the CPU: the CPU's results (scores bit for bit) or error; on the
@@ -537,7 +517,7 @@ def _check_speculation_steps(cuda_device, call, steps):
                 got.panoptic = to_host(got.panoptic)
                 assert_results_equal(got, want, score_rtol=0)
         if emulated:
-            seen = _speculation_seen(EMULATION.take_timeline(), raised)
+            seen = speculation_seen(EMULATION.take_timeline(), raised)
             assert seen == ("none" if expected == "learns" else expected), (what, seen)
 
 

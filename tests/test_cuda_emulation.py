@@ -756,9 +756,10 @@ def test_arrays_on_another_device_than_the_current_one_run_on_theirs(two_devices
     # The caller's current device is 0, the arrays live on device 1: every launch, allocation,
     # event and copy of the call must happen on device 1 (the emulator fails a kernel that
     # touches another device's memory), the output is allocated there, and device 0 is current
-    # again afterwards. Calls on both devices alternate on one image size, so that each device's
-    # speculative second phase, scratch pool and page-locked blocks serve the other's calls too.
-    from devices import HostCudaArray, on_emulated_device
+    # again afterwards. Calls on both devices alternate on one image size: each device learns its
+    # own capacities (device 1's calls speculate from its second call on, failing on more centres
+    # than learnt, then holding), has its own scratch pool, and the page-locked blocks serve both.
+    from devices import HostCudaArray, on_emulated_device, speculation_seen
 
     allocated_on = []
 
@@ -768,7 +769,9 @@ def test_arrays_on_another_device_than_the_current_one_run_on_theirs(two_devices
 
     monkeypatch.setattr("pdl_post._cuda._allocate", allocate)
     stream = emulation.create_stream(1)
-    scenes = [synthetic.make_scene(40, 56, k, seed=k) for k in (5, 9, 5, 12)]
+    scenes = [synthetic.make_scene(40, 56, k, seed=k) for k in (5, 9, 5, 30)]
+    seen = []
+    emulation.take_timeline()
     for step, s in enumerate(scenes * 2):
         device = step % 2
         expected = pdl_post.merge(s.sem, s.ctr, s.off)
@@ -783,6 +786,8 @@ def test_arrays_on_another_device_than_the_current_one_run_on_theirs(two_devices
         np.testing.assert_array_equal(out.a, expected)
         assert allocated_on.pop() == device and emulation.current_device() == 0
         assert emulation.take_violations() == []
+        seen.append(speculation_seen(emulation.take_timeline()))
+    assert seen == ["none", "none", "holds", "fails", "holds", "holds", "holds", "holds"]
     # postprocess with logits (scores bit for bit) and a mask, and a batch, on device 1.
     s = synthetic.make_scene(40, 56, 7, seed=3, logits=True)
     for mask in (None, s.sem > 11):
