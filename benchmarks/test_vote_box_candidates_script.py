@@ -16,11 +16,12 @@ def test_a_warp_compares_few_centres_and_never_misses_the_nearest():
     assert calm["mean"] < 2 < wild["mean"]  # votes spread far: wider boxes, more candidates
 
 
-def test_the_table_prints_a_row_per_noise(capsys):
+def test_the_table_prints_a_row_per_scene_and_noise(capsys):
     vote_box_candidates.main(
-        ["--height", "64", "--width", "96", "--centers", "5", "--noise", "0", "8"]
+        ["--height", "64", "--width", "96", "--centers", "5", "9", "--noise", "0", "8"]
     )
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "scene 64x96, 5 centres requested, seed 0"
-    assert [line.split("|")[1].strip() for line in lines[3:]] == ["0", "8"]
+    assert lines[0] == "scenes 64x96, seed 0"
+    rows = [[cell.strip() for cell in line.split("|")[1:3]] for line in lines[3:]]
+    assert rows == [["5", "0"], ["5", "8"], ["9", "0"], ["9", "8"]]
     assert all(line.rstrip().endswith("| 0 |") for line in lines[3:])  # nothing missed

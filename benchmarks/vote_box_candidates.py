@@ -94,21 +94,22 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--width", type=int, default=2048)
-    parser.add_argument("--centers", type=int, default=40)
-    parser.add_argument("--noise", type=float, nargs="*", default=[0.0, 4.0, 16.0])
+    parser.add_argument("--centers", type=int, nargs="+", default=[40])
+    parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 4.0, 16.0])
     args = parser.parse_args(argv)
-    print(f"scene {args.height}x{args.width}, {args.centers} centres requested, seed 0")
+    print(f"scenes {args.height}x{args.width}, seed 0")
     print(
-        "| offset noise (std, px) | K | warps with votes | candidates per such warp: mean "
-        "| p90 | max | pixels whose centre is not a candidate |"
+        "| centres requested | offset noise (std, px) | K | warps with votes | candidates per "
+        "such warp: mean | p90 | max | pixels whose centre is not a candidate |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for noise in args.noise:
-        r = count(args.height, args.width, args.centers, offset_noise=noise)
-        print(
-            f"| {noise:g} | {r['centres']} | {r['voting warps']:.0%} | {r['mean']:.2f} | "
-            f"{r['p90']:g} | {r['max']} | {r['missed']} |"
-        )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for centers in args.centers:
+        for noise in args.noise:
+            r = count(args.height, args.width, centers, offset_noise=noise)
+            print(
+                f"| {centers} | {noise:g} | {r['centres']} | {r['voting warps']:.0%} | "
+                f"{r['mean']:.2f} | {r['p90']:g} | {r['max']} | {r['missed']} |"
+            )
 
 
 if __name__ == "__main__":
