@@ -749,6 +749,12 @@ def test_another_devices_memory_and_streams_are_refused_as_on_a_gpu(two_devices)
         error, _ = emulation.selftest(case)
         assert error == f"cudaErrorInvalidResourceHandle: emulated: {refusal}"
         assert emulation.take_violations() == [refusal]
+    # cub's device algorithms (host code here) check their temp storage and stream likewise.
+    emulation.selftest("cub_with_another_devices_memory_and_stream")
+    assert emulation.take_violations() == [
+        "cub::DeviceScan temp storage: device 1's memory used on device 0",
+        "cub::DeviceScan temp storage: used on device 0 with a stream of device 1",
+    ]
     assert emulation.current_device() == 0
 
 
@@ -798,8 +804,14 @@ def test_arrays_on_another_device_than_the_current_one_run_on_theirs(two_devices
         )
         gpu.panoptic = gpu.panoptic.a
         assert_results_equal(gpu, cpu, score_rtol=0)
+    # A batch, and with a top-k sort and class ids from 2**16 up (cub's sorts on device 1).
     batch = [synthetic.make_scene(32, 48, k, seed=k) for k in (3, 6, 4)]
     stacked = [np.stack([getattr(b, name) for b in batch]) for name in ("sem", "ctr", "off")]
     out = pdl_post.merge(*(on_emulated_device(a, 1) for a in stacked))
     np.testing.assert_array_equal(out.a, pdl_post.merge(*stacked))
-    assert allocated_on == [1, 1, 1] and emulation.current_device() == 0
+    shifted = stacked[0] + 70000
+    kw = dict(top_k=3, thing_ids=[t + 70000 for t in s.thing_ids], label_divisor=100000)
+    out = pdl_post.merge(*(on_emulated_device(a, 1) for a in (shifted, *stacked[1:])), **kw)
+    np.testing.assert_array_equal(out.a, pdl_post.merge(shifted, *stacked[1:], **kw))
+    assert allocated_on[:3] == [1, 1, 1] and set(allocated_on) == {1}
+    assert emulation.current_device() == 0

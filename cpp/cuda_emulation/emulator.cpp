@@ -757,7 +757,7 @@ cudaError_t resident_blocks(int* blocks, const void* kernel, int block_size, siz
   return cudaSuccess;
 }
 
-void check_allocation(const void* pointer, size_t bytes, const char* what) {
+void check_allocation(const void* pointer, size_t bytes, const char* what, cudaStream_t stream) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   const uintptr_t p = reinterpret_cast<uintptr_t>(pointer);
   auto it = g_allocations.upper_bound(p);
@@ -765,6 +765,13 @@ void check_allocation(const void* pointer, size_t bytes, const char* what) {
       p + bytes > std::prev(it)->first + std::prev(it)->second.bytes) {
     violation(std::string(what) + ": " + std::to_string(bytes) +
               " bytes are not inside one device allocation");
+  } else if (std::prev(it)->second.device != t_device) {
+    violation(std::string(what) + ": device " + std::to_string(std::prev(it)->second.device) +
+              "'s memory used on device " + std::to_string(t_device));
+  }
+  if (device_of(stream) != t_device) {  // cub's kernels would go to another device's stream
+    violation(std::string(what) + ": used on device " + std::to_string(t_device) +
+              " with a stream of device " + std::to_string(device_of(stream)));
   }
 }
 

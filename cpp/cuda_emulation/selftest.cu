@@ -5,6 +5,7 @@
 
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
+#include <cub/device/device_scan.cuh>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -171,6 +172,16 @@ std::pair<std::string, std::vector<int>> run_selftest(const std::string& name) {
     cudaEventCreateWithFlags(&event, cudaEventDisableTiming);
     cudaEventRecord(event, reinterpret_cast<cudaStream_t>(create_stream(1)));
     cudaEventDestroy(event);
+  } else if (name == "cub_with_another_devices_memory_and_stream") {
+    void* temp = nullptr;
+    size_t temp_bytes = 0;
+    cub::DeviceScan::ExclusiveSum(nullptr, temp_bytes, in, out, kThreads);
+    cudaSetDevice(1);
+    cudaMalloc(&temp, temp_bytes);
+    cudaSetDevice(0);
+    cub::DeviceScan::ExclusiveSum(temp, temp_bytes, in, out, kThreads,
+                                  reinterpret_cast<cudaStream_t>(create_stream(1)));
+    cudaFree(temp);
   } else if (name == "too_many_threads") {
     copy<<<1, 2048>>>(in, out);
   } else if (name == "too_much_dynamic_shared_memory") {

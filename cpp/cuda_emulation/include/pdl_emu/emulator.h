@@ -100,8 +100,9 @@ Launch<P...> launch(void (*kernel)(P...), const char* name, dim3 grid, dim3 bloc
   return Launch<P...>{kernel, name, grid, block, shared_bytes, stream};
 }
 
-// Device memory bookkeeping (for the cub shims' temp storage checks).
-void check_allocation(const void* pointer, size_t bytes, const char* what);
+// The cub shims' checks: their temp storage lies inside one allocation of the current device,
+// and their stream is the current device's (cub's kernels would be launched into it).
+void check_allocation(const void* pointer, size_t bytes, const char* what, cudaStream_t stream);
 // A piece of a scratch block (cuda_common.cuh's Scratch, built with PDL_POST_EMULATED_CUDA) as
 // its own guarded, poisoned allocation, so that accesses past a piece are caught; counted as
 // "scratch_pieces", not as allocations (the block itself is the allocation a GPU sees).

@@ -31,7 +31,6 @@ struct DeviceRadixSort {
   static cudaError_t SortKeys(void* temp, size_t& temp_bytes, const K* keys_in, K* keys_out,
                               int num_items, int begin_bit = 0, int end_bit = sizeof(K) * 8,
                               cudaStream_t stream = nullptr) {
-    (void)stream;
     if (temp == nullptr) {
       temp_bytes = kTempBytes;
       return cudaSuccess;
@@ -40,7 +39,7 @@ struct DeviceRadixSort {
         end_bit > static_cast<int>(sizeof(K) * 8) || begin_bit >= end_bit) {
       return cudaErrorInvalidValue;
     }
-    pdl_emu::check_allocation(temp, temp_bytes, "cub::DeviceRadixSort temp storage");
+    pdl_emu::check_allocation(temp, temp_bytes, "cub::DeviceRadixSort temp storage", stream);
     std::vector<K> keys(keys_in, keys_in + num_items);
     std::stable_sort(keys.begin(), keys.end(), [&](K a, K b) {
       return DeviceSegmentedRadixSort::radix_key(a, begin_bit, end_bit) <

@@ -14,13 +14,12 @@ struct DeviceScan {
   template <typename In, typename Out>
   static cudaError_t ExclusiveSum(void* temp, size_t& temp_bytes, In in, Out out, int num_items,
                                   cudaStream_t stream = nullptr) {
-    (void)stream;
     if (temp == nullptr) {
       temp_bytes = kTempBytes;
       return cudaSuccess;
     }
     if (temp_bytes < kTempBytes || num_items < 0) return cudaErrorInvalidValue;
-    pdl_emu::check_allocation(temp, temp_bytes, "cub::DeviceScan temp storage");
+    pdl_emu::check_allocation(temp, temp_bytes, "cub::DeviceScan temp storage", stream);
     auto acc = decltype(+in[0]){};
     for (int i = 0; i < num_items; ++i) {
       const auto value = in[i];

@@ -42,7 +42,6 @@ struct DeviceSegmentedRadixSort {
                                          EndIt end_offsets, int begin_bit = 0,
                                          int end_bit = sizeof(K) * 8,
                                          cudaStream_t stream = nullptr) {
-    (void)stream;
     if (temp == nullptr) {
       temp_bytes = kTempBytes;
       return cudaSuccess;
@@ -51,7 +50,8 @@ struct DeviceSegmentedRadixSort {
         end_bit > static_cast<int>(sizeof(K) * 8) || begin_bit >= end_bit) {
       return cudaErrorInvalidValue;
     }
-    pdl_emu::check_allocation(temp, temp_bytes, "cub::DeviceSegmentedRadixSort temp storage");
+    pdl_emu::check_allocation(temp, temp_bytes, "cub::DeviceSegmentedRadixSort temp storage",
+                              stream);
     std::vector<int> order;
     for (int s = 0; s < num_segments; ++s) {
       const int begin = begin_offsets[s], end = end_offsets[s];

@@ -14,13 +14,12 @@ struct DeviceSelect {
   template <typename In, typename Out, typename Count>
   static cudaError_t Unique(void* temp, size_t& temp_bytes, In in, Out out, Count num_selected,
                             int num_items, cudaStream_t stream = nullptr) {
-    (void)stream;
     if (temp == nullptr) {
       temp_bytes = kTempBytes;
       return cudaSuccess;
     }
     if (temp_bytes < kTempBytes || num_items < 0) return cudaErrorInvalidValue;
-    pdl_emu::check_allocation(temp, temp_bytes, "cub::DeviceSelect temp storage");
+    pdl_emu::check_allocation(temp, temp_bytes, "cub::DeviceSelect temp storage", stream);
     int selected = 0;
     for (int i = 0; i < num_items; ++i) {
       if (i == 0 || !(in[i] == in[i - 1])) out[selected++] = in[i];
