@@ -130,8 +130,8 @@ def use_emulation(monkeypatch):
 
 def on_emulated_device(a: np.ndarray, device: int) -> HostCudaArray:
     """A copy of `a` in the emulator's memory of `device` (set_device_count), freed with the
-    last view of it: the emulator fails a kernel of another device that touches it, and its pointer names
-    its device (cudaPointerGetAttributes), as a GPU's."""
+    last view of it. The emulator fails a kernel of another device that touches it, and its
+    pointer names its device (cudaPointerGetAttributes), as a GPU's would."""
     nbytes = max(a.nbytes, 1)
     pointer = EMULATION.allocate_on_device(nbytes, device)
     memory = (ctypes.c_char * nbytes).from_address(pointer)

@@ -222,9 +222,9 @@ enum NearestSearch : int { kEveryCenter, kGridSearch, kWarpBox };
 // are the CPU vote cells' candidates (offset_voting.h): centres whose lower bound of the distance
 // to the box is at most the smallest upper bound of any centre, the bounds rounded as the
 // distance is, so that the winner and every centre tying with it are among them. A warp's votes
-// mostly point at one or two instances: 1.15 candidates of 38 per warp with votes in gpu_bench's
-// scene (numpy, this scene), where the brute force compares all 38. Every lane of the warp calls
-// it; `centers` of them in the shared tiles.
+// mostly point at one or two instances: 1.15 of 38 centres per warp with votes in gpu_bench's
+// scene (benchmarks/vote_box_candidates.py, a count), where the brute force compares all 38.
+// Every lane of the warp calls it; `centers` centres in the shared tiles.
 __device__ int32_t nearest_in_warp_box(const float* tile_y, const float* tile_x, int32_t centers,
                                        bool voting, float qy, float qx) {
   constexpr unsigned kWarp = 0xffffffffu;

@@ -81,9 +81,9 @@ std::string cuda_build_description();
 bool set_cuda_vote_chunks(bool chunks);
 // Whether the vote's warps compare only the centres that can be nearest somewhere in the box of
 // the warp's votes (bounds that round as the distance does, the CPU vote cells' rule) instead of
-// every centre: about 1 centre of 38 per warp instead of 38 in gpu_bench's scene, against two
-// warp reductions and a bound per centre per warp. The same answer; off until GPU timings decide.
-// A hook like set_cuda_vote_chunks; returns the previous setting.
+// every centre: about 1 centre of 38 per warp in gpu_bench's scene, against the box's and the
+// cut's warp reductions and two bounds per centre per warp. The same answer; off until GPU
+// timings decide. A hook like set_cuda_vote_chunks; returns the previous setting.
 bool set_cuda_vote_box(bool box);
 // Whether the peaks (or, every peak kept, the centres) are written by a warp per row, the rows
 // spread over one wave of warps, instead of a block per row (B * H blocks, most of them rows
