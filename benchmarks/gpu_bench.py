@@ -369,6 +369,7 @@ def main(argv=None) -> int:
         if on:  # the candidates' kernels' own times, beside the default's
             with _switched(on[-1]):  # all candidates where there are several
                 _profile(merge_of(f"batch {b}"), args.profile, f"b{b}-candidates", args.trace)
+            _candidates_kernel_times(merge_of(f"batch {b}"), candidates, args.profile, b)
     return 1 if mismatches else 0
 
 
@@ -540,6 +541,72 @@ def _profile(fn, calls: int, label: str = "b1", trace: str | None = None) -> Non
         if trace:
             prof.export_chrome_trace(f"{trace}-{label}.json")
             _print_phase_gaps(f"{trace}-{label}.json")
+    except Exception as e:  # the profiler is optional: the timings above stand without it
+        print(f"profiler unavailable here: {type(e).__name__}: {e}")
+
+
+def short_kernel_name(key: str) -> str:
+    """A profiler key without its namespaces, template arguments and parameters:
+    "void pdl_post::cuda::(anonymous namespace)::vote_kernel<int, float, false, true, 2>(...)" ->
+    "vote_kernel" (so that a candidate's instantiation shares its row with the default's);
+    "Memcpy DtoH (Device -> Pinned)" -> "Memcpy DtoH"."""
+    name = key.removeprefix("void ").replace("(anonymous namespace)::", "")
+    for stop in ("<", "("):
+        name = name.split(stop)[0]
+    return name.strip().split("::")[-1]
+
+
+def _kernel_times(fn, calls: int) -> dict[str, float]:
+    """Device time per call (us) of each kernel, copy and memset of ``fn`` (torch.profiler), by
+    short_kernel_name."""
+    import torch
+
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    times: dict[str, float] = {}
+    for event in prof.key_averages():
+        if event.self_device_time_total > 0:
+            name = short_kernel_name(event.key)
+            times[name] = times.get(name, 0.0) + event.self_device_time_total / calls
+    return times
+
+
+def kernel_times_table(columns: dict[str, dict[str, float]]) -> list[str]:
+    """Markdown rows: a column per setting (the default's first), a row per kernel taking at least
+    0.5 us per call in one of them, the heaviest of the default's first, and their sum."""
+    names = sorted(
+        {n for times in columns.values() for n, us in times.items() if us >= 0.5},
+        key=lambda n: -next(iter(columns.values())).get(n, 0.0),
+    )
+    lines = ["| kernel | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for n in names:
+        lines.append(
+            f"| {n} | " + " | ".join(f"{t.get(n, 0.0):.1f}" for t in columns.values()) + " |"
+        )
+    sums = (f"{sum(t.values()):.1f}" for t in columns.values())
+    lines.append("| all device work | " + " | ".join(sums) + " |")
+    return lines
+
+
+def _candidates_kernel_times(fn, candidates, calls: int, batch: int) -> None:
+    """Each candidate's kernels beside the default's (us per call at batch ``batch``): what the
+    decision on a candidate reads besides its time (one profile per setting)."""
+    print(f"\nkernels per call at batch {batch}, each candidate alone (us, torch.profiler):")
+    try:
+        columns = {"default": _kernel_times(fn, calls)}
+        for name, settings in candidates.items():
+            if name not in (SPECULATION_OFF, "all candidates"):
+                with _switched(settings):
+                    columns[name] = _kernel_times(fn, calls)
+        if not any(columns.values()):
+            print("no device work in the profiles")
+            return
+        print("\n".join(kernel_times_table(columns)))
     except Exception as e:  # the profiler is optional: the timings above stand without it
         print(f"profiler unavailable here: {type(e).__name__}: {e}")
 

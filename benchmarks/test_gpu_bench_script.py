@@ -104,6 +104,9 @@ def test_gpu_bench_runs_on_a_cpu_stand_in(monkeypatch, capsys, tmp_path):
         "profile of 2 calls, b1",
         "profile of 2 calls, b2",
         "profile of 2 calls, b2-candidates",
+        # The CPU's profile holds no device time.
+        "kernels per call at batch 2, each candidate alone (us, torch.profiler):\n"
+        "no device work in the profiles",
         "candidates: time / the default's time in alternating rounds (below 1.00: faster",
         "| candidate | batch 1 | batch 2 | batch 2, in a row |",
         "| vote in chunks | ",
@@ -159,4 +162,30 @@ def test_phase_gaps_read_the_device_timeline():
     assert gpu_bench.phase_gaps(events) == [
         {"gap": 35, "busy": 13, "idle": 22},
         {"gap": 6, "busy": 4, "idle": 2},
+    ]
+
+
+def test_kernel_names_and_the_candidates_kernel_table():
+    assert (
+        gpu_bench.short_kernel_name(
+            "void pdl_post::cuda::(anonymous namespace)::vote_kernel<int, float, false, true, 2>"
+            "(pdl_post::cuda::(anonymous namespace)::VoteArgs<int, float>)"
+        )
+        == "vote_kernel"
+    )
+    assert gpu_bench.short_kernel_name("Memcpy DtoH (Device -> Pinned)") == "Memcpy DtoH"
+    assert (
+        gpu_bench.short_kernel_name("void cub::CUB_200200_900_NS::DeviceScanKernel<Policy>(int)")
+        == "DeviceScanKernel"
+    )
+    columns = {
+        "default": {"vote_kernel": 261.0, "write_kernel": 47.4, "Memset (Device)": 0.2},
+        "vote by warp box": {"vote_kernel": 120.5, "write_kernel": 47.0, "Memset (Device)": 0.3},
+    }
+    assert gpu_bench.kernel_times_table(columns) == [
+        "| kernel | default | vote by warp box |",
+        "|---|---:|---:|",
+        "| vote_kernel | 261.0 | 120.5 |",
+        "| write_kernel | 47.4 | 47.0 |",
+        "| all device work | 308.6 | 167.8 |",
     ]
