@@ -320,6 +320,38 @@ def test_vote_by_warp_box_equals_the_brute_force(cuda_device):
             run_on(cuda_device, *scenes[1][:3])
 
 
+def _random_votes(rng):
+    """A small image whose every pixel above the threshold is a peak (nms_kernel 1, top_k None),
+    so that K is anything up to 256, and votes of every kind: near the centres, exactly midway
+    between two (ties), up to 1e30 away (distances that overflow), and NaN or inf (no vote)."""
+    h, w = int(rng.integers(1, 7)), int(rng.integers(1, 80))
+    k = int(rng.integers(1, min(h * w, 256) + 1))
+    ctr = np.zeros((1, h, w), np.float32)
+    ctr.reshape(-1)[rng.choice(h * w, k, replace=False)] = rng.uniform(0.2, 1.0, k)
+    peaks = np.argwhere(ctr[0] > 0.1).astype(np.float32)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    pick = rng.integers(0, len(peaks), (2, h, w))
+    target = (peaks[pick[0]] + peaks[pick[1]]) / 2  # a centre (pick[0] == pick[1]) or a midpoint
+    off = np.stack([target[..., 0] - yy, target[..., 1] - xx])
+    kind = rng.integers(0, 5, (h, w))
+    off += np.where(kind == 1, rng.normal(0, 2, off.shape), 0)
+    far = 10 ** rng.uniform(3, 30, off.shape) * rng.choice([-1, 1], off.shape)
+    off = np.where(kind == 2, far, off)
+    off = np.where(kind == 3, rng.choice([np.nan, np.inf, -np.inf], off.shape), off)
+    sem = np.where(rng.random((h, w)) < 0.8, 11, 0).astype(np.int32)
+    return sem, ctr, off.astype(np.float32), dict(nms_kernel=1, top_k=None, stuff_area=0)
+
+
+def test_vote_by_warp_box_on_random_votes(cuda_device):
+    # The warp box against the brute force (the CPU's answer) on 40 random small images: K from 1
+    # to 256, warps whose votes mix centres, ties, overflowing distances and no votes at all.
+    rng = np.random.default_rng(2026)
+    with _switched(cuda_device, "_set_cuda_vote_box"):
+        for _ in range(40):
+            sem, ctr, off, kw = _random_votes(rng)
+            run_on(cuda_device, sem, ctr, off, **kw)
+
+
 def test_peaks_by_warp_equal_the_block_per_row(cuda_device):
     # set_cuda_warp_peaks (cuda_pipeline.h), off by default until GPU timings decide: a warp per
     # row writes the peaks (the selection's input) or, every peak kept, the centres. The CPU's
