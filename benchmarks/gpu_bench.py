@@ -528,13 +528,7 @@ def _profile(fn, calls: int, label: str = "b1", trace: str | None = None) -> Non
     print(f"\nprofile of {calls} calls, {label} (torch.profiler):")
     try:
         activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        with torch.profiler.profile(activities=activities, acc_events=True) as prof:
-            for _ in range(calls):
-                fn()
-            torch.cuda.synchronize()
+        prof = _profiled(fn, calls, activities)
         averages = prof.key_averages()
         for sort_by in ("self_device_time_total", "self_cpu_time_total"):
             print(averages.table(sort_by=sort_by, row_limit=30, max_name_column_width=100))
@@ -556,19 +550,27 @@ def short_kernel_name(key: str) -> str:
     return name.strip().split("::")[-1]
 
 
-def _kernel_times(fn, calls: int) -> dict[str, float]:
-    """Device time per call (us) of each kernel, copy and memset of ``fn`` (torch.profiler), by
-    short_kernel_name."""
+def _profiled(fn, calls: int, activities):
+    """torch.profiler's record of ``calls`` calls of ``fn``, after three unrecorded ones."""
     import torch
 
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+    with torch.profiler.profile(activities=activities, acc_events=True) as prof:
         for _ in range(calls):
             fn()
         torch.cuda.synchronize()
+    return prof
+
+
+def _kernel_times(fn, calls: int) -> dict[str, float]:
+    """Device time per call (us) of each kernel, copy and memset of ``fn`` (torch.profiler), by
+    short_kernel_name."""
+    import torch
+
     times: dict[str, float] = {}
+    prof = _profiled(fn, calls, [torch.profiler.ProfilerActivity.CUDA])
     for event in prof.key_averages():
         if event.self_device_time_total > 0:
             name = short_kernel_name(event.key)

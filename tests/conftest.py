@@ -46,10 +46,10 @@ if os.environ.get("PDL_POST_REQUIRE_EMULATION") == "1" and EMULATION is None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _forced_cuda_candidates():
-    """A variable of pdl_post._cuda.CANDIDATES set to 1 (PDL_POST_VOTE_CHUNKS=1,
-    PDL_POST_WARP_PEAKS=1): every CUDA-path test runs with that candidate on, on the emulator and
-    the GPU alike, so that one run checks a candidate everywhere the default is checked
-    (gpu_check.sh runs the device tests once more so)."""
+    """A variable of pdl_post._cuda.CANDIDATES set to 1 (e.g. PDL_POST_VOTE_CHUNKS=1): every
+    CUDA-path test runs with that candidate on, on the emulator and the GPU alike, so that one
+    run checks a candidate everywhere the default is checked (gpu_check.sh runs the device tests
+    once more so)."""
     import pdl_post
     from pdl_post._cuda import CANDIDATES
 

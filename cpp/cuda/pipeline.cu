@@ -463,8 +463,7 @@ struct CapacityRegistry {
 
   std::optional<PhaseCapacity> find(const Key& key) {
     std::lock_guard<std::mutex> lock(mutex);
-    auto it =
-        std::find_if(sizes.begin(), sizes.end(), [&](const auto& e) { return e.first == key; });
+    const auto it = entry(key);
     if (it == sizes.end()) return std::nullopt;
     std::rotate(sizes.begin(), it, it + 1);  // now the most recently used
     return sizes.front().second;
@@ -478,8 +477,7 @@ struct CapacityRegistry {
                                        kSharedBinLimit / std::max<int64_t>(classes, 1) - 1});
     std::lock_guard<std::mutex> lock(mutex);
     PhaseCapacity capacity{std::max(kept, headroom), classes};
-    auto it =
-        std::find_if(sizes.begin(), sizes.end(), [&](const auto& e) { return e.first == key; });
+    const auto it = entry(key);
     if (it != sizes.end()) {
       capacity.centers = std::max(capacity.centers, it->second.centers);
       capacity.classes = std::max(capacity.classes, it->second.classes);
@@ -492,13 +490,18 @@ struct CapacityRegistry {
   // vote grid, pairs by sort): the next call of this size does not speculate either.
   void forget(const Key& key) {
     std::lock_guard<std::mutex> lock(mutex);
-    sizes.erase(
-        std::remove_if(sizes.begin(), sizes.end(), [&](const auto& e) { return e.first == key; }),
-        sizes.end());
+    const auto it = entry(key);
+    if (it != sizes.end()) sizes.erase(it);
   }
   void forget_all() {
     std::lock_guard<std::mutex> lock(mutex);
     sizes.clear();
+  }
+
+ private:
+  // The entry of `key` (at most one: remember replaces it), or sizes.end(); mutex held.
+  std::vector<std::pair<Key, PhaseCapacity>>::iterator entry(const Key& key) {
+    return std::find_if(sizes.begin(), sizes.end(), [&](const auto& e) { return e.first == key; });
   }
 };
 

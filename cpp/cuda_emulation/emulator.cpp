@@ -297,6 +297,13 @@ void violation(const std::string& message) {
 
 bool is_device(int device) { return device >= 0 && device < g_device_count; }
 
+// The live device allocation that starts at or below `address` (the only one that can hold it,
+// or end just below it), or nullptr; its payload address and span.
+const std::pair<const uintptr_t, Span>* allocation_below(uintptr_t address) {
+  const auto above = g_allocations.upper_bound(address);
+  return above == g_allocations.begin() ? nullptr : &*std::prev(above);
+}
+
 // The device a stream belongs to (see g_stream_devices).
 int device_of(cudaStream_t stream) {
   const auto at = g_stream_devices.find(stream);
@@ -427,7 +434,7 @@ void fault_handler(int signal, siginfo_t* info, void* context) {
   char text[200];
   const uintptr_t address = reinterpret_cast<uintptr_t>(info->si_addr);
   const uintptr_t stack_top = reinterpret_cast<uintptr_t>(L->current->stack_top);
-  auto it = g_allocations.upper_bound(address);  // the allocation that ends below the address
+  const auto* below = allocation_below(address);
   const Span* foreign = other_device_allocation(address, L->device);
   if (foreign) {
     std::snprintf(text, sizeof text,
@@ -438,14 +445,13 @@ void fault_handler(int signal, siginfo_t* info, void* context) {
              address + page_size() >= stack_top - kStackBytes) {
     std::snprintf(text, sizeof text, "thread %u: stack overflow (%zu bytes per thread)",
                   L->current->linear, kStackBytes);
-  } else if (it != g_allocations.begin() &&
-             address >= std::prev(it)->first + std::prev(it)->second.bytes &&
-             address < std::prev(it)->first + std::prev(it)->second.bytes + page_size()) {
-    --it;
+  } else if (below && address >= below->first + below->second.bytes &&
+             address < below->first + below->second.bytes + page_size()) {
     std::snprintf(text, sizeof text,
                   "thread %u: access %zu bytes past the end of a device allocation of %zu bytes",
-                  L->current->linear, static_cast<size_t>(address - it->first - it->second.bytes),
-                  it->second.bytes);
+                  L->current->linear,
+                  static_cast<size_t>(address - below->first - below->second.bytes),
+                  below->second.bytes);
   } else if (address >= reinterpret_cast<uintptr_t>(L->shared.payload) + L->shared_bytes &&
              address < reinterpret_cast<uintptr_t>(L->shared.base) + L->shared.mapped) {
     std::snprintf(text, sizeof text,
@@ -760,13 +766,12 @@ cudaError_t resident_blocks(int* blocks, const void* kernel, int block_size, siz
 void check_allocation(const void* pointer, size_t bytes, const char* what, cudaStream_t stream) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
   const uintptr_t p = reinterpret_cast<uintptr_t>(pointer);
-  auto it = g_allocations.upper_bound(p);
-  if (it == g_allocations.begin() ||
-      p + bytes > std::prev(it)->first + std::prev(it)->second.bytes) {
+  const auto* below = allocation_below(p);
+  if (!below || p + bytes > below->first + below->second.bytes) {
     violation(std::string(what) + ": " + std::to_string(bytes) +
               " bytes are not inside one device allocation");
-  } else if (std::prev(it)->second.device != t_device) {
-    violation(std::string(what) + ": device " + std::to_string(std::prev(it)->second.device) +
+  } else if (below->second.device != t_device) {
+    violation(std::string(what) + ": device " + std::to_string(below->second.device) +
               "'s memory used on device " + std::to_string(t_device));
   }
   if (device_of(stream) != t_device) {  // cub's kernels would go to another device's stream
@@ -931,10 +936,9 @@ cudaError_t release(void* pointer) {
 // A range that starts inside a device allocation must end inside it.
 cudaError_t check_range(const void* pointer, size_t bytes, const char* what) {
   const uintptr_t p = reinterpret_cast<uintptr_t>(pointer);
-  auto it = g_allocations.upper_bound(p);
-  if (it == g_allocations.begin()) return cudaSuccess;
-  --it;
-  const uintptr_t end = it->first + it->second.bytes;
+  const auto* below = pdl_emu::allocation_below(p);
+  if (!below) return cudaSuccess;
+  const uintptr_t end = below->first + below->second.bytes;
   if (p >= end || p + bytes <= end) return cudaSuccess;
   pdl_emu::violation(std::string(what) + " of " + std::to_string(bytes) +
                      " bytes runs past the end of a device allocation");
@@ -1039,10 +1043,8 @@ cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attributes, const vo
   attributes->device = pointer ? 0 : -1;
   attributes->devicePointer = const_cast<void*>(pointer);
   const uintptr_t p = reinterpret_cast<uintptr_t>(pointer);
-  auto it = g_allocations.upper_bound(p);
-  if (it != g_allocations.begin() && p < std::prev(it)->first + std::prev(it)->second.bytes) {
-    attributes->device = std::prev(it)->second.device;
-  }
+  const auto* below = pdl_emu::allocation_below(p);
+  if (below && p < below->first + below->second.bytes) attributes->device = below->second.device;
   return cudaSuccess;
 }
 
