@@ -237,6 +237,15 @@ def main(argv=None) -> int:
     # postprocess on labels: merge's work plus the read-back of centres and segments (one more
     # synchronisation and copy), beside merge's batch 1 row.
     post1 = _time(lambda: pdl_post.postprocess(sem1, ctr1, off1, **kw), args.warmup, args.repeat)
+    # find_centers alone (steps 1-4): the peak counts, the selection, the centres read back (two
+    # synchronisations) and handed back as tensors on the device; checked against the CPU's.
+    center_kw = {key: kw[key] for key in ("threshold", "nms_kernel", "top_k")}
+    on_gpu = pdl_post.find_centers(ctr1, **center_kw)
+    on_cpu = pdl_post.find_centers(ctr1.cpu().numpy(), **center_kw)
+    for got, want, what in zip(on_gpu, on_cpu, ("centres", "scores")):
+        if not np.array_equal(got.cpu().numpy() if hasattr(got, "cpu") else got, want):
+            mismatches.append(f"find_centers: GPU {what} != CPU {what}")
+    centers1 = _time(lambda: pdl_post.find_centers(ctr1, **center_kw), args.warmup, args.repeat)
     # COCO's 41 x 41 NMS window (presets.COCO) on the same scene: the per-pixel window test.
     coco_nms1 = _time(
         lambda: pdl_post.merge(sem1, ctr1, off1, **{**kw, "nms_kernel": 41}),
@@ -329,6 +338,7 @@ def main(argv=None) -> int:
         ],
         ("ours postprocess, labels, batch 1", post1, floor1),
         ("ours postprocess, logits, batch 1", scores1, floor1),
+        ("ours find_centers, batch 1", centers1, floor1),
         ("ours, nms_kernel=41 (COCO's window), batch 1", coco_nms1, floor1),
         ("ours, nms_kernel=43 (separable filter), batch 1", separable_nms1, floor1),
         (f"ours, class ids + {shift} (compacted), batch 1", compacted1, floor1),

@@ -47,7 +47,8 @@ inline StridedView device_view_of(const py::object& o, const char* name) {
   return v;
 }
 
-// finish's per-image results as [(centers, scores, segments), ...].
+// finish's per-image results as [(centers, scores, segments), ...] (finish_centers': [(centers,
+// scores), ...]).
 inline py::list image_results_to_python(const std::vector<ImageResult>& results) {
   py::list out;
   for (const auto& r : results) {
@@ -129,6 +130,17 @@ inline void bind_cuda(py::module_& m) {
             return image_results_to_python(*results);
           },
           py::arg("out"), py::arg("max_label"), py::arg("with_segments"), py::arg("wait"))
+      .def("finish_centers",
+           [](CudaMerge& job) {
+             std::vector<ImageCenters> centers;
+             {
+               py::gil_scoped_release release;
+               centers = job.finish_centers();
+             }
+             py::list out;
+             for (const auto& c : centers) out.append(centers_to_python(c));
+             return out;
+           })
       .def("release", &CudaMerge::release, py::call_guard<py::gil_scoped_release>());
 }
 

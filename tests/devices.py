@@ -117,6 +117,7 @@ def use_emulation(monkeypatch):
         "_allocate",
         lambda library, shape, dtype, device: HostCudaArray(np.empty(shape, dtype)),
     )
+    monkeypatch.setattr(_cuda, "_to_device", lambda library, host, device: HostCudaArray(host))
     EMULATION.take_violations()
     allocations = EMULATION.live_allocations()
 

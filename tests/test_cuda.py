@@ -430,6 +430,95 @@ def test_centres_skip_the_selection_when_every_peak_is_kept(cuda_device):
             assert launches == (2 if selected else 0), what  # postprocess and merge
 
 
+def _find_centers_on(device, ctr, layout=to_device, **kw):
+    """find_centers of `ctr` on `device` (made there by `layout`) gives the CPU's centres and
+    scores exactly, int64 [K, 2] and float64 [K] on the device (torch tensors for torch input);
+    returns the CPU's answer."""
+    cpu = pdl_post.find_centers(ctr, backend="cpu", **kw)
+    got = pdl_post.find_centers(layout(ctr, device), **kw)
+    batched = isinstance(cpu, list)
+    assert isinstance(got, list) == batched
+    for (centers, scores), (on_device, scores_on_device) in zip(
+        cpu if batched else [cpu], got if batched else [got]
+    ):
+        if device == "emulated":
+            assert type(on_device) is HostCudaArray and type(scores_on_device) is HostCudaArray
+        elif GPU == "torch":
+            assert on_device.is_cuda and scores_on_device.is_cuda
+        host, host_scores = to_host(on_device), to_host(scores_on_device)
+        assert host.dtype == np.int64 and host.shape == centers.shape, kw
+        assert host_scores.dtype == np.float64 and host_scores.shape == scores.shape, kw
+        np.testing.assert_array_equal(host, centers, err_msg=str(kw))
+        np.testing.assert_array_equal(host_scores, scores, err_msg=str(kw))
+    return cpu
+
+
+def test_find_centers_on_the_device_equals_the_cpu(cuda_device):
+    # Steps 1-4 alone on the device: every top-k path (every peak kept, some or all images
+    # sorted, none kept, detectron2's rule), both NMS paths (a window test per pixel up to 41, the
+    # separable filter above), plateaus, NaN and infinities, float64, float16 (widened on the
+    # device), strided views, unbatched shapes and empty inputs.
+    b = synthetic.make_batch(3, 40, 56, 6, seed=5)
+    peaks = [len(c) for c, _ in pdl_post.find_centers(b.ctr, top_k=None)]
+    assert min(peaks) < max(peaks), peaks
+    for kw in (
+        {},
+        dict(top_k=None),
+        dict(top_k=0),
+        dict(top_k=2),
+        dict(top_k=max(peaks) - 1),
+        dict(top_k=max(peaks), topk_mode="detectron2"),
+        dict(top_k=2, topk_mode="detectron2"),
+        dict(nms_kernel=1, top_k=None),
+        dict(nms_kernel=3, threshold=-0.5, top_k=50),
+        dict(nms_kernel=43, top_k=None),
+        dict(nms_kernel=301, top_k=3),
+    ):
+        _find_centers_on(cuda_device, b.ctr, **kw)
+    rng = np.random.default_rng(3)
+    rough = (b.ctr + rng.uniform(0, 0.08, b.ctr.shape)).astype(np.float32)
+    wild = rng.normal(0, 1, b.ctr.shape).astype(np.float32)
+    wild[rng.random(wild.shape) < 0.1] = np.nan
+    wild[rng.random(wild.shape) < 0.03] = np.inf
+    wild[rng.random(wild.shape) < 0.03] = -np.inf
+    flat = np.full_like(b.ctr, 0.5)
+    flat[:, :, 10:14, 20:30] = 0.75
+    for ctr in (np.round(rough * 4) / 4, wild, flat, rough.astype(np.float64)):
+        for kw in (dict(top_k=None), dict(top_k=5), dict(nms_kernel=43, top_k=7)):
+            _find_centers_on(cuda_device, ctr, **kw)
+    _find_centers_on(cuda_device, rough.astype(np.float16), top_k=None)  # widened
+    _find_centers_on(cuda_device, b.ctr[0], top_k=4)  # [1, H, W]
+    _find_centers_on(cuda_device, b.ctr[1, 0], top_k=None)  # [H, W]
+    _find_centers_on(cuda_device, b.ctr[:0])  # no image
+    _find_centers_on(cuda_device, b.ctr[:, :, :, :0])  # images without pixels
+    # Views read in place: every other column, and a column-major copy.
+    _find_centers_on(cuda_device, rough, _every_other_column, top_k=None)
+    _find_centers_on(cuda_device, rough, _column_major, top_k=6)
+
+
+def test_find_centers_on_the_device_synchronises_twice_and_reads_no_labels(emulated_cuda):
+    # The counts' synchronisation (they size the selection) and the read-back's; no label range
+    # (there are no labels) and no vote; the scratch is freed (emulated_cuda checks the leaks).
+    b = synthetic.make_batch(2, 40, 56, 6, seed=5)
+    ctr = HostCudaArray(b.ctr)
+    for kw in (dict(top_k=None), dict(top_k=2)):
+        EMULATION.take_counters()
+        pdl_post.find_centers(ctr, **kw)
+        counts = EMULATION.take_counters()
+        assert counts["synchronisations"] == 2, counts
+        assert counts["device_to_host_copies"] == 2, counts
+        assert not [n for n in counts if "label_range" in n or "vote" in n], counts
+    # A job made for the centres has no labels for the rest of the pipeline.
+    ctr4 = (b.ctr.ctypes.data, "float32", list(b.ctr.shape), [56 * 40, 56 * 40, 56, 1])
+    options = ([], 1000, 0, 0, 0.1, 7, 200, "exact")
+    job = EMULATION.CudaMerge(None, None, ctr4, None, None, 0, 1, *options)
+    with pytest.raises(ValueError, match="label_range: the job has no sem"):
+        job.label_range()
+    job.finish_centers()
+    with pytest.raises(ValueError, match="finish_centers: already called"):
+        job.finish_centers()
+
+
 def _misaligned(a, device):
     """`a` on `device`, starting one element past an aligned allocation (no load pack fits)."""
     buffer = np.zeros(a.size + 1, a.dtype)
@@ -437,6 +526,15 @@ def _misaligned(a, device):
     if device == "emulated":
         return HostCudaArray(buffer[1:].reshape(a.shape))
     return to_device(buffer, device)[1:].reshape(a.shape)
+
+
+def _every_other_column(a, device):
+    """`a` on `device` as every other column of an array twice as wide (x stride 2)."""
+    wide = np.zeros((*a.shape[:-1], 2 * a.shape[-1]), a.dtype)
+    wide[..., ::2] = a
+    if device == "emulated":
+        return HostCudaArray(wide[..., ::2])
+    return to_device(wide, device)[..., ::2]
 
 
 def _column_major(a, device):
@@ -1151,6 +1249,8 @@ def test_cuda_arrays_without_a_device_are_a_clear_error():
         pdl_post.merge(*fakes)
     with pytest.raises(ValueError, match=r"sem: got a CUDA array, but"):
         pdl_post.postprocess(*fakes)
+    with pytest.raises(ValueError, match=r"ctr: got a CUDA array, but .*move the inputs"):
+        pdl_post.find_centers(fakes[1])
 
 
 def test_mixed_devices_are_refused_by_name():
@@ -1227,12 +1327,13 @@ def test_host_backends_refuse_cuda_arrays():
 
 
 def test_stage_functions_name_the_cuda_argument():
-    fake = FakeCudaArray((1, 8, 8))
-    with pytest.raises(
-        ValueError, match=r"ctr: got a CUDA array .*only merge\(\), postprocess\(\) and detectron2"
-    ):
-        pdl_post.find_centers(fake)
     s = synthetic.make_scene(8, 8, 1, seed=0)
+    with pytest.raises(
+        ValueError,
+        match=r"sem: got a CUDA array .*only merge\(\), postprocess\(\), find_centers\(\) and "
+        "detectron2",
+    ):
+        pdl_post.fuse(FakeCudaArray((8, 8), "<i4"), np.zeros((8, 8), np.int32))
     with pytest.raises(ValueError, match=r"off: got a CUDA array"):
         pdl_post.group_pixels(s.sem, np.zeros((0, 2), np.int64), FakeCudaArray((2, 8, 8)))
 
@@ -1241,8 +1342,10 @@ def test_backend_cuda_needs_cuda_arrays(cuda_device):
     s = synthetic.make_scene(8, 8, 1, seed=0)
     with pytest.raises(ValueError, match=r"backend: 'cuda' takes CUDA arrays"):
         pdl_post.merge(s.sem, s.ctr, s.off, backend="cuda")
-    with pytest.raises(ValueError, match=r"backend: 'cuda' runs merge\(\) and postprocess\(\)"):
+    with pytest.raises(ValueError, match=r"backend: 'cuda' takes CUDA arrays"):
         pdl_post.find_centers(s.ctr, backend="cuda")
+    with pytest.raises(ValueError, match=r"backend: 'cuda' runs merge\(\), postprocess\(\) and "):
+        pdl_post.fuse(s.sem, np.zeros_like(s.sem, np.int32), backend="cuda")
 
 
 # ---------------------------------------------------------------------------------------------

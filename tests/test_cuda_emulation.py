@@ -169,7 +169,12 @@ def test_a_stream_being_captured_into_a_graph_is_refused_and_left_intact(emulate
     inputs = [HostCudaArray(a) for a in (s.sem, s.ctr, s.off)]
     try:
         emulation.set_stream_capture(1)
-        for call in (pdl_post.merge, pdl_post.postprocess):
+        calls = (
+            pdl_post.merge,
+            pdl_post.postprocess,
+            lambda sem, ctr, off: pdl_post.find_centers(ctr),
+        )
+        for call in calls:
             emulation.take_counters()
             with pytest.raises(RuntimeError, match="being captured into a CUDA graph"):
                 call(*inputs)
@@ -178,6 +183,8 @@ def test_a_stream_being_captured_into_a_graph_is_refused_and_left_intact(emulate
             assert emulation.stream_capture() == 1
         empty = [HostCudaArray(a[..., :0]) for a in (s.sem, s.ctr, s.off)]
         assert pdl_post.merge(*empty).a.shape == (48, 0)
+        centers, scores = pdl_post.find_centers(empty[1])
+        assert centers.a.shape == (0, 2) and scores.a.shape == (0,)
     finally:
         emulation.set_stream_capture(0)
     np.testing.assert_array_equal(pdl_post.merge(*inputs).a, pdl_post.merge(s.sem, s.ctr, s.off))

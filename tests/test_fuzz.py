@@ -616,6 +616,13 @@ def _assert_cuda_path_equals_cpu(device, sem, ctr, off, *, foreground_mask=None,
             for r in gpu if isinstance(gpu, list) else [gpu]:
                 r.panoptic = to_host(r.panoptic)
             assert_results_equal(gpu, cpu, score_rtol=0)
+        # find_centers alone on the device: the CPU's centres and scores.
+        center_kw = {k: kw[k] for k in ("threshold", "nms_kernel", "top_k", "topk_mode")}
+        want = pdl_post.find_centers(ctr, **center_kw)
+        got = pdl_post.find_centers(on_device(ctr), **center_kw)
+        for (c, s), (gc, gs) in zip(*(p if isinstance(p, list) else [p] for p in (want, got))):
+            np.testing.assert_array_equal(to_host(gc), c)
+            np.testing.assert_array_equal(to_host(gs), s)
         del cpu, gpu
         check()
 

@@ -314,7 +314,7 @@ void require_not_capturing(cudaStream_t stream) {
     throw CudaError(
         "the CUDA path cannot run while its stream is being captured into a CUDA graph: it "
         "sizes its buffers and output from counts it reads back from the device (stream "
-        "synchronisations); call merge / postprocess outside the capture");
+        "synchronisations); call merge / postprocess / find_centers outside the capture");
   }
 }
 
@@ -375,6 +375,7 @@ struct Readback {
   }
 };
 
+// buffers.num_segments == nullptr: the centres only (no segment slots).
 __global__ void readback_kernel(int64_t batch, CenterList centers, FuseLayout layout,
                                 FuseBuffers buffers, Readback r) {
   const int64_t slots = r.center_slots > r.segment_slots ? r.center_slots : r.segment_slots;
@@ -386,8 +387,10 @@ __global__ void readback_kernel(int64_t batch, CenterList centers, FuseLayout la
       long long* s = r.summary + 5 * i;
       s[0] = centers.count[i];
       s[1] = centers.begin[i];
-      s[2] = buffers.num_segments[i];
-      const unsigned long long k = buffers.error_instance[i];
+      // Centres only (finish_centers): no segments, no fusion and so no error.
+      const bool fused = buffers.num_segments != nullptr;
+      s[2] = fused ? buffers.num_segments[i] : 0;
+      const unsigned long long k = fused ? buffers.error_instance[i] : ULLONG_MAX;
       s[3] = k == ULLONG_MAX ? -1 : static_cast<long long>(k);
       s[4] = k == ULLONG_MAX
                  ? -1
@@ -759,7 +762,7 @@ CudaMerge::CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers
   cuda::init_first_phase_kernel<<<1, 1, 0, s.stream>>>(a.header, a.row_count + rows,
                                                        a.header + 3 + s.batch);
   cuda::check_launch("init_first_phase_kernel");
-  cuda::label_range(s.sem, a.header, s.stream);
+  if (s.sem.data != nullptr) cuda::label_range(s.sem, a.header, s.stream);  // else centres only
   if (centers.nms_kernel > cuda::kDirectWindowMax) {
     cuda::find_peak_flags(inputs.ctr, centers.threshold, centers.nms_kernel, a.peak_flags,
                           s.stream);
@@ -792,8 +795,22 @@ void CudaMerge::release() noexcept {
   if (state_) on_device(state_->in.device, [&] { state_.reset(); });
 }
 
+namespace {
+
+// A job made without labels or logits serves finish_centers only.
+void require_labels(const CudaMerge::State& s, const char* method) {
+  // (Empty inputs have no pointers, and need no labels.)
+  if (!s.empty && s.in.sem.data == nullptr && s.in.logits.data == nullptr) {
+    throw ValueError(std::string("CudaMerge.") + method +
+                     ": the job has no sem (made for finish_centers)");
+  }
+}
+
+}  // namespace
+
 std::pair<int64_t, int64_t> CudaMerge::label_range() {
   if (!state_) throw ValueError("CudaMerge.label_range: the job was released");
+  require_labels(*state_, "label_range");
   if (state_->empty) return {0, -1};
   state_->wait_for_counts();
   return {state_->lo, state_->hi};
@@ -813,6 +830,29 @@ struct PhaseSizes {
   std::vector<int> sort_begin, sort_end;
 };
 
+// The centres' part of a second phase's sizes (finish, finish_centers): each image's bound of
+// kept centres, and the images that need the top-k sort, from the counts.
+PhaseSizes center_sizes(const CudaMerge::State& s) {
+  const int64_t B = s.batch;
+  const int64_t total_peaks = s.peak_begin.back();
+  if (total_peaks > std::numeric_limits<int>::max() - 1) {  // cub's sort and scan sizes are int
+    throw ValueError("find_centers: " + std::to_string(total_peaks) +
+                     " peaks exceed the CUDA path's int32 sort size; use the CPU path");
+  }
+  PhaseSizes z;
+  z.kept.resize(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) {
+    z.kept[b] = cuda::kept_bound(s.peak_begin[b + 1] - s.peak_begin[b], s.centers.top_k,
+                                 s.centers.topk_mode);
+  }
+  z.any_sorted = cuda::sort_segments(s.peak_begin, s.centers.top_k, s.centers.topk_mode,
+                                     z.sort_begin, z.sort_end);
+  // No image sorted and top_k != 0 (or no peaks): the centres are the peaks, written directly.
+  z.every_peak_kept = !z.any_sorted && (s.centers.top_k != 0 || total_peaks == 0);
+  z.center_slots = total_peaks;
+  return z;
+}
+
 // A queued second phase: its scratch (freed in stream order with this object) and what the
 // read-back needs.
 struct QueuedPhase {
@@ -826,6 +866,49 @@ struct QueuedPhase {
   int64_t max_instances = 0;
   bool speculable = false;  // sized as a speculative phase could be (see speculate())
 };
+
+// The arrays of the kept centres, and the top-k selection's input and scratch where it sorts.
+struct CenterArrays {
+  cuda::PeakList peaks;  // the selection's input (none where every peak is kept)
+  cuda::CenterList centers;
+  cuda::SelectScratch select;
+};
+
+CenterArrays take_center_arrays(cuda::Scratch& sc, const CudaMerge::State& s, const PhaseSizes& z) {
+  const int64_t listed_peaks = z.every_peak_kept ? 0 : z.center_slots;
+  const int64_t B = s.batch;
+  CenterArrays t{};
+  t.peaks.pixel = sc.take<int64_t>(listed_peaks, "peaks");
+  t.peaks.score = sc.take_bytes(listed_peaks * dtype_size(s.in.ctr.dtype), "peak scores");
+  t.peaks.image = sc.take<int32_t>(listed_peaks, "peaks");
+  t.centers.pixel = sc.take<int64_t>(z.center_slots, "centres");
+  t.centers.y = sc.take<float>(z.center_slots, "centres");
+  t.centers.x = sc.take<float>(z.center_slots, "centres");
+  t.centers.score = sc.take<double>(z.center_slots, "centres");
+  t.centers.begin = sc.take<int64_t>(B, "centres");
+  t.centers.count = sc.take<int64_t>(B, "centres");
+  if (listed_peaks > 0) {
+    t.select = cuda::take_select_scratch(sc, s.in.ctr.dtype, listed_peaks, B, z.any_sorted);
+  }
+  return t;
+}
+
+// The kept centres from the first phase's peak flags: every peak in row-major order, or the peaks
+// listed and then selected (top-k). peak_begin_device, sort_begin, sort_end: in the uploaded
+// tables. verdict: as in queue_second_phase.
+void queue_centers(const CudaMerge::State& s, const PhaseSizes& z, const CenterArrays& a,
+                   const int64_t* peak_begin_device, const int* sort_begin, const int* sort_end,
+                   const long long* verdict) {
+  if (z.every_peak_kept) {
+    cuda::write_every_peak_as_center(s.in.ctr, s.peak_flags, s.row_offset, a.centers, verdict,
+                                     s.stream);
+  } else {
+    cuda::write_peaks(s.in.ctr, s.peak_flags, s.row_offset, a.peaks, s.stream);
+    cuda::select_centers(s.in.ctr.dtype, s.width, a.peaks, peak_begin_device, s.peak_begin,
+                         s.centers.top_k, s.centers.topk_mode, sort_begin, sort_end, z.any_sorted,
+                         a.select, a.centers, s.stream);
+  }
+}
 
 // Queues the second phase into `out` (int32 / int64, checked by the caller): the tables' upload,
 // then the centres, the vote, the segments and the write. verdict: a speculative phase's (its
@@ -890,7 +973,6 @@ QueuedPhase queue_second_phase(CudaMerge::State& s, const PhaseSizes& z, const S
     max_rows = std::max(max_rows, g.rows);
     max_cols = std::max(max_cols, g.cols);
   }
-  const int64_t listed_peaks = z.every_peak_kept ? 0 : z.center_slots;  // the selection's input
   const bool with_scores = with_segments && s.in.logits.data != nullptr;
   const int64_t chunk_blocks = cuda::score_chunk_blocks(H, seg_offset[B]);
   std::vector<int64_t> partial_offset(static_cast<size_t>(B));
@@ -912,7 +994,6 @@ QueuedPhase queue_second_phase(CudaMerge::State& s, const PhaseSizes& z, const S
   const cuda::ThingUpload thing_upload(s.params.thing_ids, pack);
 
   // Every array of this phase, from one allocation.
-  const int64_t score_size = dtype_size(s.in.ctr.dtype);
   // postprocess reads back every centre and segment slot (at most sum of K_b, and K_b + C per
   // image), merge only the summary.
   const int64_t center_slots = with_segments ? inst_total - B : 0;
@@ -921,9 +1002,7 @@ QueuedPhase queue_second_phase(CudaMerge::State& s, const PhaseSizes& z, const S
   struct Arrays {
     void* tables;
     int64_t* class_labels;  // compacted class tables only
-    cuda::PeakList peaks;
-    cuda::CenterList centers;
-    cuda::SelectScratch select;
+    CenterArrays kept;
     cuda::FuseBuffers buffers;
     double* partial;      // score sums with logits: a chunk's blocks
     double* score_sums;   // and the running sums
@@ -935,18 +1014,7 @@ QueuedPhase queue_second_phase(CudaMerge::State& s, const PhaseSizes& z, const S
     Arrays t{};
     t.tables = sc.take_bytes(pack.bytes(), "tables");
     t.class_labels = z.distinct ? sc.take<int64_t>(C, "class ids") : nullptr;
-    t.peaks.pixel = sc.take<int64_t>(listed_peaks, "peaks");
-    t.peaks.score = sc.take_bytes(listed_peaks * score_size, "peak scores");
-    t.peaks.image = sc.take<int32_t>(listed_peaks, "peaks");
-    t.centers.pixel = sc.take<int64_t>(z.center_slots, "centres");
-    t.centers.y = sc.take<float>(z.center_slots, "centres");
-    t.centers.x = sc.take<float>(z.center_slots, "centres");
-    t.centers.score = sc.take<double>(z.center_slots, "centres");
-    t.centers.begin = sc.take<int64_t>(B, "centres");
-    t.centers.count = sc.take<int64_t>(B, "centres");
-    if (listed_peaks > 0) {
-      t.select = cuda::take_select_scratch(sc, s.in.ctr.dtype, listed_peaks, B, z.any_sorted);
-    }
+    t.kept = take_center_arrays(sc, s, z);
     cuda::FuseBuffers& f = t.buffers;
     // The histogram, then the vote's chunk cursors (B), zeroed together.
     f.hist = sc.take<unsigned long long>(hist_total + B, "the instance x class histogram");
@@ -999,7 +1067,7 @@ QueuedPhase queue_second_phase(CudaMerge::State& s, const PhaseSizes& z, const S
                                 cuda::UploadPack::at<int64_t>(a.tables, at_seg),
                                 max_instances,
                                 max_segments};
-  const cuda::CenterList& centers = a.centers;
+  const cuda::CenterList& centers = a.kept.centers;
   cuda::FuseBuffers buffers = a.buffers;
   buffers.error_instance = cuda::UploadPack::at<unsigned long long>(a.tables, at_errors);
   cuda::ManyCenters many = a.many;
@@ -1012,17 +1080,8 @@ QueuedPhase queue_second_phase(CudaMerge::State& s, const PhaseSizes& z, const S
   const cuda::ManyCenters* many_or_null = many_centers ? &many : nullptr;
   const cuda::PairSort* pairs_or_null = pair_histogram ? nullptr : &a.pairs;
 
-  // Peaks in row-major order, then the kept centres.
-  if (z.every_peak_kept) {
-    cuda::write_every_peak_as_center(s.in.ctr, s.peak_flags, s.row_offset, centers, verdict,
-                                     stream);
-  } else {
-    cuda::write_peaks(s.in.ctr, s.peak_flags, s.row_offset, a.peaks, stream);
-    cuda::select_centers(
-        s.in.ctr.dtype, W, a.peaks, peak_begin_device, s.peak_begin, s.centers.top_k,
-        s.centers.topk_mode, cuda::UploadPack::at<int>(a.tables, at_sort_begin),
-        cuda::UploadPack::at<int>(a.tables, at_sort_end), z.any_sorted, a.select, centers, stream);
-  }
+  queue_centers(s, z, a.kept, peak_begin_device, cuda::UploadPack::at<int>(a.tables, at_sort_begin),
+                cuda::UploadPack::at<int>(a.tables, at_sort_end), verdict);
 
   // The histogram and the vote's chunk cursors are one piece, zeroed at once.
   check(cudaMemsetAsync(buffers.hist, 0,
@@ -1051,6 +1110,19 @@ QueuedPhase queue_second_phase(CudaMerge::State& s, const PhaseSizes& z, const S
   q.max_instances = max_instances;
   q.speculable = z.every_peak_kept && !z.distinct && !many_centers && pair_histogram;
   return q;
+}
+
+// Image b's kept centres (y, x, score) from the read-back's words on the host.
+ImageCenters read_centers(const cuda::Readback& host, int64_t b, int64_t width) {
+  const long long* h = host.summary + 5 * b;
+  ImageCenters c;
+  for (long long i = h[1]; i < h[1] + h[0]; ++i) {
+    const int64_t pixel = copied(host.pixel + i);
+    c.y.push_back(pixel / width);
+    c.x.push_back(pixel % width);
+    c.score.push_back(copied(host.score + i));
+  }
+  return c;
 }
 
 // The end of a call: merge returns with the work queued where no error can be found (an image
@@ -1088,12 +1160,7 @@ std::vector<ImageResult> read_back(const CudaMerge::State& s, const QueuedPhase&
   for (int64_t b = 0; b < B; ++b) {
     const long long* h = host.summary + 5 * b;
     ImageResult& r = results[b];
-    for (long long i = h[1]; i < h[1] + h[0]; ++i) {
-      const int64_t pixel = copied(host.pixel + i);
-      r.centers.y.push_back(pixel / W);
-      r.centers.x.push_back(pixel % W);
-      r.centers.score.push_back(copied(host.score + i));
-    }
+    r.centers = read_centers(host, b, W);
     for (long long i = 0; i < h[2]; ++i) {
       const cuda::DeviceSegment d = copied(host.segments + q.seg_offset[b] + i);
       r.segments.push_back(Segment{d.id, d.category_id, d.isthing != 0, d.area,
@@ -1160,6 +1227,66 @@ std::optional<std::vector<ImageResult>> speculate(CudaMerge::State& s, const Str
 
 }  // namespace
 
+namespace {
+
+// The first phase's scratch goes back to the pool when a finish ends, errors included (a Python
+// traceback may keep the job alive for a long time).
+struct ReleaseFirstPhase {
+  CudaMerge::State& s;
+  ~ReleaseFirstPhase() { s.release_first_phase(); }
+};
+
+// finish_centers' second phase: the kept centres alone, and their read-back's words.
+QueuedPhase queue_center_phase(CudaMerge::State& s, const PhaseSizes& z) {
+  QueuedPhase q;
+  for (int64_t kept : z.kept) {
+    q.center_slots += kept;
+    q.max_instances = std::max(q.max_instances, kept);
+  }
+  q.readback_words = cuda::Readback::words(s.batch, q.center_slots, 0);
+  cuda::UploadPack pack;
+  const size_t at_peaks = pack.add(s.peak_begin);
+  const size_t at_sort_begin = pack.add(z.sort_begin), at_sort_end = pack.add(z.sort_end);
+  struct Arrays {
+    void* tables;
+    CenterArrays kept;
+    long long* readback;
+  };
+  const Arrays a = cuda::carve(q.scratch, s.stream, [&](cuda::Scratch& sc) {
+    Arrays t{};
+    t.tables = sc.take_bytes(pack.bytes(), "tables");
+    t.kept = take_center_arrays(sc, s, z);
+    t.readback = sc.take<long long>(q.readback_words, "read-back");
+    return t;
+  });
+  pack.upload(a.tables, s.stream);
+  queue_centers(s, z, a.kept, cuda::UploadPack::at<int64_t>(a.tables, at_peaks),
+                cuda::UploadPack::at<int>(a.tables, at_sort_begin),
+                cuda::UploadPack::at<int>(a.tables, at_sort_end), nullptr);
+  q.centers = a.kept.centers;
+  q.readback = a.readback;
+  return q;  // no segments: read_back finds none (FuseBuffers' null num_segments)
+}
+
+}  // namespace
+
+std::vector<ImageCenters> CudaMerge::finish_centers() {
+  const IeeeFloatModes float_modes;  // host-side conversions (threshold) as the CPU's
+  if (!state_) throw ValueError("CudaMerge.finish_centers: the job was released");
+  State& s = *state_;
+  if (s.finished) throw ValueError("CudaMerge.finish_centers: already called");
+  s.finished = true;
+  const ReleaseFirstPhase release_scratch{s};
+  std::vector<ImageCenters> centers(static_cast<size_t>(s.batch));
+  if (s.empty) return centers;
+  s.wait_for_counts();
+  cuda::DeviceGuard guard(s.in.device);
+  const QueuedPhase queued = queue_center_phase(s, center_sizes(s));
+  std::vector<ImageResult> results = read_back(s, queued, /*with_segments=*/true, /*wait=*/true);
+  for (size_t b = 0; b < results.size(); ++b) centers[b] = std::move(results[b].centers);
+  return centers;
+}
+
 std::optional<std::vector<ImageResult>> CudaMerge::finish_if_fits(const StridedView& out,
                                                                   int64_t max_label,
                                                                   bool with_segments, bool wait) {
@@ -1167,6 +1294,7 @@ std::optional<std::vector<ImageResult>> CudaMerge::finish_if_fits(const StridedV
   if (!state_) throw ValueError("CudaMerge.finish_if_fits: the job was released");
   State& s = *state_;
   if (s.finished) throw ValueError("CudaMerge.finish_if_fits: already called");
+  require_labels(s, "finish_if_fits");
   // After calls on images of this size: the second phase on their capacities, before the counts.
   if (!s.empty && !s.counted && cuda::speculation.load(std::memory_order_relaxed)) {
     std::optional<std::vector<ImageResult>> results =
@@ -1183,13 +1311,9 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   if (!state_) throw ValueError("CudaMerge.finish: the job was released");
   State& s = *state_;
   if (s.finished) throw ValueError("CudaMerge.finish: already called");
+  require_labels(s, "finish");
   s.finished = true;
-  // The first phase's scratch goes back to the pool when finish ends, errors included (a Python
-  // traceback may keep this object alive for a long time).
-  struct ReleaseScratch {
-    State& s;
-    ~ReleaseScratch() { s.release_first_phase(); }
-  } release_scratch{s};
+  const ReleaseFirstPhase release_scratch{s};
   if (s.empty) return std::vector<ImageResult>(static_cast<size_t>(s.batch));
   s.wait_for_counts();
   if (s.lo < 0) {
@@ -1201,8 +1325,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   cuda::DeviceGuard guard(s.in.device);
   cudaStream_t stream = s.stream;
   const int64_t B = s.batch, hw = s.height * s.width;
-  const int64_t total_peaks = s.peak_begin.back();
-  PhaseSizes z;
+  PhaseSizes z = center_sizes(s);
 
   // Class tables: dense below ClassIndex::kDenseLabelLimit, else over the batch's distinct labels
   // (sorted on the device; one more synchronisation, for their count), as on the CPU.
@@ -1222,20 +1345,6 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     z.classes = count;
     z.distinct = d.distinct;
   }
-  z.kept.resize(static_cast<size_t>(B));
-  for (int64_t b = 0; b < B; ++b) {
-    z.kept[b] = cuda::kept_bound(s.peak_begin[b + 1] - s.peak_begin[b], s.centers.top_k,
-                                 s.centers.topk_mode);
-  }
-  if (total_peaks > std::numeric_limits<int>::max() - 1) {  // cub's sort and scan sizes are int
-    throw ValueError("find_centers: " + std::to_string(total_peaks) +
-                     " peaks exceed the CUDA path's int32 sort size; use the CPU path");
-  }
-  z.any_sorted = cuda::sort_segments(s.peak_begin, s.centers.top_k, s.centers.topk_mode,
-                                     z.sort_begin, z.sort_end);
-  // No image sorted and top_k != 0 (or no peaks): the centres are the peaks, written directly.
-  z.every_peak_kept = !z.any_sorted && (s.centers.top_k != 0 || total_peaks == 0);
-  z.center_slots = total_peaks;
   const QueuedPhase queued = queue_second_phase(s, z, out, with_segments, nullptr);
   distinct_scratch = cuda::Scratch();  // freed in stream order, after the copy of the class ids
   // What the next calls on images of this size speculate with, if anything (top_k 0 keeps no

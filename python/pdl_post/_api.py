@@ -85,10 +85,27 @@ def _backend(backend, *, cuda_ok: bool = False) -> str:
         )
     if backend == "cuda" and not cuda_ok:
         raise ValueError(
-            "backend: 'cuda' runs merge() and postprocess(); this function runs on the CPU "
-            "(backend 'cpu' or 'reference')"
+            "backend: 'cuda' runs merge(), postprocess() and find_centers(); this function runs "
+            "on the CPU (backend 'cpu' or 'reference')"
         )
     return "cpu" if backend == "auto" else backend
+
+
+def _host_backend(backend, on_device: bool) -> str:
+    """The host backend of a function with a CUDA path, whose CUDA arrays went there unless
+    ``backend`` names a host backend."""
+    backend = _backend(backend, cuda_ok=True)
+    if on_device:
+        raise ValueError(
+            f"backend: {backend!r} runs on host arrays, got CUDA arrays; use backend='auto' or "
+            "'cuda', or move the inputs to the CPU"
+        )
+    if backend == "cuda":
+        raise ValueError(
+            "backend: 'cuda' takes CUDA arrays (torch CUDA tensors, CuPy arrays or any "
+            "__cuda_array_interface__ object), got host arrays"
+        )
+    return backend
 
 
 @dataclass
@@ -170,17 +187,7 @@ def _run(sem, ctr, off, *, foreground_mask, backend, params, with_segments=True)
     check_choice(backend, "backend", (*BACKENDS, "cuda"))
     if on_device and backend in ("auto", "cuda"):
         return _cuda.run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments)
-    backend = _backend(backend, cuda_ok=True)
-    if on_device:
-        raise ValueError(
-            f"backend: {backend!r} runs on host arrays, got CUDA arrays; use backend='auto' or "
-            "'cuda', or move the inputs to the CPU"
-        )
-    if backend == "cuda":
-        raise ValueError(
-            "backend: 'cuda' takes CUDA arrays (torch CUDA tensors, CuPy arrays or any "
-            "__cuda_array_interface__ object), got host arrays"
-        )
+    backend = _host_backend(backend, on_device)
     labels, logits, batched = normalize_sem(sem)
     ctr4 = normalize_ctr(ctr, batched)
     off4 = normalize_off(off, batched)
@@ -447,7 +454,9 @@ def find_centers(
     Returns
     -------
     (centers, scores) : ndarray [K, 2] int64 (y, x) in row-major order, ndarray [K] float64;
-    a list of such pairs for a batch [B, 1, H, W].
+    a list of such pairs for a batch [B, 1, H, W]. For a CUDA heatmap (see :func:`merge`'s
+    ``backend``): torch tensors or CuPy arrays on its device, with the CPU's values; the call
+    waits for the device (the number of centres is data-dependent).
     """
     params = check_params(
         thing_ids=(),
@@ -460,7 +469,12 @@ def find_centers(
         topk_mode=topk_mode,
         num_threads=num_threads,
     )
-    backend = _backend(backend)
+    on_device = _cuda.is_cuda_array(ctr)
+    check_choice(backend, "backend", (*BACKENDS, "cuda"))
+    if on_device and backend in ("auto", "cuda"):
+        pairs, batched = _cuda.find_centers(ctr, params)
+        return pairs if batched else pairs[0]
+    backend = _host_backend(backend, on_device)
     batched = as_numpy(ctr, "ctr").ndim == 4
     ctr4 = normalize_ctr(ctr, batched)
     check_same_geometry({"ctr": ctr4})

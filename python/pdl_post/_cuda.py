@@ -376,10 +376,12 @@ def _allocate(library: str | None, shape, dtype, device: int):
 
         with cupy.cuda.Device(device):
             return cupy.empty(shape, dtype=dtype)
-    raise TypeError(
-        "the CUDA path allocates its output with torch (built with CUDA) or CuPy; neither is "
-        "installed"
-    )
+    raise TypeError(_NO_OUTPUT_LIBRARY)
+
+
+_NO_OUTPUT_LIBRARY = (
+    "the CUDA path allocates its output with torch (built with CUDA) or CuPy; neither is installed"
+)
 
 
 def _pointer(out) -> int:
@@ -432,17 +434,7 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
             f"{host[0]}: expected a CUDA array like {device_names[0]}, got {where}; all inputs "
             "must be on the same device (move them with .cuda() / cupy.asarray or all to the CPU)"
         )
-    if not available():
-        why = (
-            "no CUDA device or driver is available"
-            if compiled()
-            else f"this build has no CUDA backend (pdl_post.build_info()['cuda']: "
-            f"{_core.build_info()['cuda']!r})"
-        )
-        first = sem if is_cuda_array(sem) else ctr
-        where = f"a tensor on device '{first.device}'" if is_torch_tensor(first) else "a CUDA array"
-        name = "sem" if is_cuda_array(sem) else "ctr"
-        raise ValueError(f"{name}: got {where}, but {why}; move the inputs to the CPU")
+    _require_available("sem", sem)  # every input is a CUDA array here
     arrays = {n: DeviceArray(x, n) for n, x in named.items() if x is not None}
     # Empty interface-only arrays own no memory (device -1); the others decide the device.
     placed = [(n, a.device) for n, a in arrays.items() if a.device >= 0]
@@ -479,15 +471,7 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
     # may reuse their memory at once).
     foreign = {a.library for a in copies} & set(_LIBRARIES)
     foreign.discard(stream_library)
-    # The kernels wait for the streams the inputs were made on: another library's current stream
-    # on the device (CuPy arrays beside torch tensors, and their conversions), and the streams
-    # interface-only arrays name (version 3 asks the consumer to). CuPy's interface names the
-    # current stream of the *current* device, so CuPy arrays are not taken by their interface.
-    producers = {int(a.stream) for a in touched if a.library is None and a.stream is not None}
-    libraries = {a.library for a in touched} & set(_LIBRARIES)
-    producers |= {_library_stream(library, device) for library in libraries - {stream_library}}
-    for producer in sorted(producers - {stream}):
-        _core.cuda_stream_wait(device, stream, producer)
+    _wait_for_producers(touched, stream_library, stream, device)
     # Decided before the job: between its two phases the device idles while the host works.
     output_library = _output_library(touched)
     wait = bool(foreign) or not _may_return_early(touched)
@@ -543,6 +527,81 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
     if not with_segments:
         per_image = [None] * b
     return out, per_image, batched
+
+
+def find_centers(ctr, params):
+    """``find_centers`` on the device: returns ([(centers, scores)] per image, batched).
+
+    The heatmap is read in place on the caller's current stream, as in :func:`run`. The core
+    synchronises twice: for the peak counts (they size the top-k selection) and after one copy of
+    the kept centres to the host. The centres (int64 [K, 2], y and x) and their heatmap values
+    (float64 [K]) then go back to the heatmap's device, by the caller's library (torch in, torch
+    out; CuPy in, CuPy out): a few numbers per centre, never an image.
+    """
+    _require_available("ctr", ctr)
+    given = DeviceArray(ctr, "ctr")
+    batched = given.ndim == 4
+    axes = ctr_layout(given.dtype, given.shape, batched)
+    read = _widened_float(given)
+    ctr4, _ = _normalize(read, axes)
+    touched = [given, read] if read.made_here else [given]
+    device = max(given.device, 0)  # an empty interface-only array owns no memory: device 0
+    output_library = _output_library(touched)
+    stream_library = _stream_library(touched)
+    stream = _stream(touched, stream_library, device)
+    _wait_for_producers(touched, stream_library, stream, device)
+    job = _core.CudaMerge(None, None, ctr4, None, None, device, stream, *params.core_options())
+    try:
+        pairs = job.finish_centers()
+    except BaseException:
+        job.release()  # as in run: free the scratch while the stream is surely alive
+        raise
+    per_image = [
+        (_to_device(output_library, centers, device), _to_device(output_library, scores, device))
+        for centers, scores in pairs
+    ]
+    return per_image, batched
+
+
+def _require_available(name: str, x) -> None:
+    """Raises ValueError where the CUDA array ``x`` (argument ``name``) cannot run here."""
+    if available():
+        return
+    why = (
+        "no CUDA device or driver is available"
+        if compiled()
+        else f"this build has no CUDA backend (pdl_post.build_info()['cuda']: "
+        f"{_core.build_info()['cuda']!r})"
+    )
+    where = f"a tensor on device '{x.device}'" if is_torch_tensor(x) else "a CUDA array"
+    raise ValueError(f"{name}: got {where}, but {why}; move the inputs to the CPU")
+
+
+def _wait_for_producers(touched: list[DeviceArray], stream_library, stream: int, device: int):
+    """Makes ``stream`` wait for the streams the inputs were made on: another library's current
+    stream on the device (CuPy arrays beside torch tensors, and their conversions), and the
+    streams interface-only arrays name (version 3 asks the consumer to). CuPy's interface names
+    the current stream of the *current* device, so CuPy arrays are not taken by their interface.
+    """
+    producers = {int(a.stream) for a in touched if a.library is None and a.stream is not None}
+    libraries = {a.library for a in touched} & set(_LIBRARIES)
+    producers |= {_library_stream(library, device) for library in libraries - {stream_library}}
+    for producer in sorted(producers - {stream}):
+        _core.cuda_stream_wait(device, stream, producer)
+
+
+def _to_device(library: str | None, host: np.ndarray, device: int):
+    """A copy of a small host array on ``device`` by ``library`` (_output_library)."""
+    if library == "torch":
+        import torch
+
+        return torch.from_numpy(host).to(f"cuda:{device}")
+    if library == "cupy":
+        import cupy
+
+        with cupy.cuda.Device(device):
+            return cupy.asarray(host)
+    raise TypeError(_NO_OUTPUT_LIBRARY)
 
 
 def _wait_for_allocation(output_library, stream_library, stream: int, device: int) -> None:

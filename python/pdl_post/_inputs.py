@@ -64,8 +64,8 @@ def as_numpy(x, name: str) -> np.ndarray:
     if is_torch_tensor(x):
         if x.device.type != "cpu":
             raise ValueError(
-                f"{name}: got a tensor on device '{x.device}'; only merge(), postprocess() and "
-                "detectron2.get_panoptic_segmentation() take CUDA tensors (see "
+                f"{name}: got a tensor on device '{x.device}'; only merge(), postprocess(), "
+                "find_centers() and detectron2.get_panoptic_segmentation() take CUDA tensors (see "
                 "pdl_post.cuda_available()), move it to the CPU with .cpu()"
             )
         x = without_bfloat16(x.detach())
@@ -80,8 +80,8 @@ def as_numpy(x, name: str) -> np.ndarray:
             ) from None
     if not isinstance(x, np.ndarray) and hasattr(x, "__cuda_array_interface__"):
         raise ValueError(
-            f"{name}: got a CUDA array ({type(x).__name__}); only merge(), postprocess() and "
-            "detectron2.get_panoptic_segmentation() take CUDA arrays (see "
+            f"{name}: got a CUDA array ({type(x).__name__}); only merge(), postprocess(), "
+            "find_centers() and detectron2.get_panoptic_segmentation() take CUDA arrays (see "
             "pdl_post.cuda_available()), copy it to the host first"
         )
     if isinstance(x, np.ndarray):

@@ -1,5 +1,5 @@
-// The CUDA path of merge/postprocess: the same steps as pipeline.h, on device memory, on the
-// caller's stream.
+// The CUDA path of merge/postprocess (and of find_centers: finish_centers below): the same steps
+// as pipeline.h, on device memory, on the caller's stream.
 //
 // A call runs in two phases because the output dtype depends on the data (the largest class id,
 // docs/merge-semantics.md "Output dtype") and the output is allocated by the caller's own array
@@ -102,7 +102,9 @@ bool set_cuda_packed_loads(bool packed);
 bool set_cuda_speculation(bool speculate);
 
 struct CudaMergeInputs {
-  StridedView sem;     // labels [B, 1, H, W]; data == nullptr when logits are given
+  // labels [B, 1, H, W]; data == nullptr when logits are given, or for a job that only finds the
+  // centres (neither: finish_centers)
+  StridedView sem;
   StridedView logits;  // [B, C, H, W] float32/float64 or data == nullptr
   StridedView ctr;     // [B, 1, H, W]
   StridedView off;     // [B, 2, H, W]
@@ -135,6 +137,12 @@ class CudaMerge {
   // another output (or raises) and calls finish.
   std::optional<std::vector<ImageResult>> finish_if_fits(const StridedView& out, int64_t max_label,
                                                          bool with_segments, bool wait);
+
+  // find_centers on the device instead of the rest of the pipeline: the top-k selection of the
+  // counted peaks, as finish's, and one copy of the kept centres (y, x, heatmap value) to the host
+  // with a synchronisation (sync point 2). The only finish of a job made without sem and logits
+  // (whose off and mask are not read). Once only.
+  std::vector<ImageCenters> finish_centers();
 
   // Frees the first phase's scratch now, in order on the call's stream, for a caller that will not
   // finish (an error between the phases): the destructor would free it on that stream whenever
