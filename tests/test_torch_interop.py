@@ -591,6 +591,62 @@ def test_detectron2_dropin_on_cuda_arrays(cuda_device, monkeypatch, h, w, n, see
             assert torch.equal(centers.cpu(), want_centers)
 
 
+@pytest.mark.parametrize(("h", "w", "n", "seed", "make_kw"), D2_SCENES)
+@pytest.mark.parametrize("quantise", [False, True])
+def test_detectron2_find_instance_center_equals_dense_torch(h, w, n, seed, make_kw, quantise):
+    s = synthetic.make_scene(h, w, n, seed=seed, **make_kw)
+    ctr = torch.from_numpy(_quantised(s.ctr) if quantise else s.ctr)  # [1, H, W]
+    for kw in ({}, dict(nms_kernel=7, top_k=200), dict(threshold=0.05, nms_kernel=11, top_k=5)):
+        centers = detectron2.find_instance_center(ctr, **kw)
+        want = dense_torch._find_centers(
+            ctr, kw.get("threshold", 0.1), kw.get("nms_kernel", 3), kw.get("top_k")
+        )
+        assert isinstance(centers, torch.Tensor) and centers.dtype == torch.int64
+        assert centers.dim() == 2 and centers.shape[1] == 2
+        assert torch.equal(centers, want), kw
+        if n and not quantise and "top_k" not in kw:
+            assert centers.shape[0] > 0
+
+
+def test_detectron2_find_instance_center_top_k_rule_and_errors():
+    ctr = torch.zeros(1, 9, 9)
+    ctr[0, 1, 1], ctr[0, 1, 7], ctr[0, 7, 1], ctr[0, 7, 7] = 0.9, 0.8, 0.8, 0.7
+    assert detectron2.find_instance_center(ctr, top_k=3).tolist() == [[1, 1]]  # 0.8 ties dropped
+    assert detectron2.find_instance_center(ctr, top_k=4).tolist() == [[1, 1], [1, 7], [7, 1]]
+    assert len(detectron2.find_instance_center(ctr)) == 4
+    assert tuple(detectron2.find_instance_center(ctr, top_k=0).shape) == (0, 2)
+    assert detectron2.find_instance_center(ctr.numpy(), top_k=2).tolist() == [[1, 1]]  # array-like
+    with pytest.raises(ValueError, match=r"center_heatmap: expected shape \[1,H,W\], got \[9, 9\]"):
+        detectron2.find_instance_center(ctr[0])
+    with pytest.raises(TypeError, match=r"^center_heatmap: expected a float"):
+        detectron2.find_instance_center(ctr.long())
+    with pytest.raises(ValueError, match=r"^nms_kernel: "):
+        detectron2.find_instance_center(ctr, nms_kernel=4)
+
+
+def test_detectron2_find_instance_center_on_cuda_arrays(cuda_device, monkeypatch):
+    """A CUDA heatmap runs find_centers on the device: the CPU tensor's centres, on its device."""
+    if cuda_device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("the GPU is CuPy's only: detectron2's results are torch CUDA tensors")
+    if cuda_device == "emulated":  # as in test_detectron2_dropin_on_cuda_arrays
+        monkeypatch.setattr(
+            detectron2,
+            "_int64_tensor",
+            lambda a, device: torch.as_tensor(
+                a.a if isinstance(a, HostCudaArray) else a, dtype=torch.int64
+            ),
+        )
+    s = synthetic.make_scene(64, 96, 12, seed=3)
+    for ctr in (s.ctr, _quantised(s.ctr)):
+        for kw in ({}, dict(nms_kernel=7, top_k=4), dict(top_k=0)):
+            want = detectron2.find_instance_center(torch.from_numpy(ctr), **kw)
+            centers = detectron2.find_instance_center(to_device(ctr, cuda_device), **kw)
+            if cuda_device == "cuda":
+                assert centers.is_cuda
+            assert centers.dtype == torch.int64
+            assert torch.equal(centers.cpu(), want), kw
+
+
 def test_detectron2_dropin_mixed_devices(emulated_cuda):
     """A CPU tensor beside CUDA arrays is refused, named as detectron2 names the arguments."""
     s = synthetic.make_scene(32, 48, 3, seed=0)

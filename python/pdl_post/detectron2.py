@@ -5,6 +5,8 @@ Switching is a one-line import change::
     # from detectron2.projects.panoptic_deeplab.post_processing import get_panoptic_segmentation
     from pdl_post.detectron2 import get_panoptic_segmentation
 
+(``find_instance_center`` likewise.)
+
 Same arguments, same return values (torch tensors), same top-k rule (``topk_mode="detectron2"``).
 CUDA tensors (detectron2's usual inputs) run on the CUDA path and the results stay on their device;
 CPU tensors run on the CPU. One documented difference: a NaN heatmap value is never a centre here,
@@ -16,11 +18,11 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 
-from pdl_post._api import postprocess
+from pdl_post._api import find_centers, postprocess
 from pdl_post._cuda import is_cuda_array
 from pdl_post._inputs import as_numpy, is_torch_tensor
 
-__all__ = ["get_panoptic_segmentation"]
+__all__ = ["find_instance_center", "get_panoptic_segmentation"]
 
 # pdl_post's argument names -> detectron2's, for error messages.
 _NAMES = {"sem": "sem_seg", "ctr": "center_heatmap", "off": "offsets"}
@@ -105,6 +107,34 @@ def get_panoptic_segmentation(
     panoptic = _int64_tensor(result.panoptic, sem_seg.device if is_torch_tensor(sem_seg) else None)
     center = _int64_tensor(result.centers, panoptic.device)
     return panoptic.unsqueeze(0), center.unsqueeze(0)
+
+
+def find_instance_center(center_heatmap, threshold=0.1, nms_kernel=3, top_k=None):
+    """The instance centres of a heatmap, with detectron2's signature and top-k rule.
+
+    Parameters
+    ----------
+    center_heatmap : torch.Tensor, shape [1, H, W], float
+        On the CPU, or on a GPU (the CUDA path, see :func:`pdl_post.find_centers`).
+    threshold, nms_kernel, top_k
+        As in detectron2 (``top_k=None`` keeps every peak; otherwise those strictly above the
+        ``top_k``-th value: at most ``top_k - 1``, ties dropped).
+
+    Returns
+    -------
+    torch.Tensor, shape [K, 2], int64
+        (y, x) in row-major order (detectron2's ``torch.nonzero`` order), on
+        ``center_heatmap``'s device.
+    """
+    keep = is_torch_tensor(center_heatmap) or is_cuda_array(center_heatmap)
+    ctr = center_heatmap if keep else as_numpy(center_heatmap, "center_heatmap")
+    if len(ctr.shape) != 3 or ctr.shape[0] != 1:
+        raise ValueError(f"center_heatmap: expected shape [1,H,W], got {list(ctr.shape)}")
+    with _detectron2_names():
+        centers, _ = find_centers(
+            ctr, threshold=threshold, nms_kernel=nms_kernel, top_k=top_k, topk_mode="detectron2"
+        )
+    return _int64_tensor(centers, None)  # on the device find_centers returned them on
 
 
 def _int64_tensor(a, device):
