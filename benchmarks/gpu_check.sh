@@ -98,7 +98,7 @@ within 300 "device tests" "$PY" -m pytest "${device_tests[@]}" --durations=8
 # second phases that hold and fail, 400 centres,
 # compacted class tables, a flat heatmap: a centre per pixel, the grid search and its quadtree
 # for votes outside the grid, instance x class pairs by sort; every pixel its own compacted class
-# id: pairs by sort), compared with the CPU, and postprocess with logits and a mask.
+# id: pairs by sort), compared with the CPU, postprocess with logits and a mask, and find_centers.
 sanitizer_case=$(mktemp --suffix=.py)
 trap 'rm -f "$sanitizer_case"' EXIT
 cat >"$sanitizer_case" <<'PYEOF'
@@ -121,6 +121,12 @@ for top_k in (200, 200, 3, None):  # speculative second phases: the second holds
     out = pdl_post.merge(sem, ctr, off, top_k=top_k, **kw)
     np.testing.assert_array_equal(out.cpu().numpy(), pdl_post.merge(b.sem, b.ctr, b.off, top_k=top_k, **kw))
 r = pdl_post.postprocess(logits, ctr, off, foreground_mask=sem > 10, **kw)
+for top_k, nms_kernel in ((200, 7), (3, 7), (None, 43)):  # find_centers alone, on the device
+    got = pdl_post.find_centers(ctr, top_k=top_k, nms_kernel=nms_kernel)
+    want = pdl_post.find_centers(b.ctr, top_k=top_k, nms_kernel=nms_kernel)
+    for (c, s), (wc, ws) in zip(got, want):
+        np.testing.assert_array_equal(c.cpu().numpy(), wc)
+        np.testing.assert_array_equal(s.cpu().numpy(), ws)
 many = synthetic.make_scene(96, 128, 400, seed=1)
 pdl_post.merge(*(torch.from_numpy(a).cuda() for a in (many.sem, many.ctr, many.off)), top_k=None)
 big = (b.sem.astype(np.int64) + 70_000, [t + 70_000 for t in range(11, 19)])  # compacted tables
