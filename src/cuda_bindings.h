@@ -47,8 +47,7 @@ inline StridedView device_view_of(const py::object& o, const char* name) {
   return v;
 }
 
-// finish's per-image results as [(centers, scores, segments), ...] (finish_centers': [(centers,
-// scores), ...]).
+// finish's per-image results as [(centers, scores, segments), ...].
 inline py::list image_results_to_python(const std::vector<ImageResult>& results) {
   py::list out;
   for (const auto& r : results) {

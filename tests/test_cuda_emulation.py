@@ -822,3 +822,12 @@ def test_arrays_on_another_device_than_the_current_one_run_on_theirs(two_devices
     np.testing.assert_array_equal(out.a, pdl_post.merge(shifted, *stacked[1:], **kw))
     assert allocated_on[:3] == [1, 1, 1] and set(allocated_on) == {1}
     assert emulation.current_device() == 0
+    # find_centers on device 1, with a top-k sort (cub's on device 1) and without.
+    for top_k in (2, None):
+        got = pdl_post.find_centers(on_emulated_device(stacked[1], 1), top_k=top_k)
+        for (c, sc), (want, want_scores) in zip(
+            got, pdl_post.find_centers(stacked[1], top_k=top_k)
+        ):
+            np.testing.assert_array_equal(c.a, want)
+            np.testing.assert_array_equal(sc.a, want_scores)
+        assert emulation.take_violations() == [] and emulation.current_device() == 0
