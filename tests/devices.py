@@ -94,6 +94,12 @@ class HostCudaArray:
     def astype(self, dtype):
         return HostCudaArray(self.a.astype(dtype))
 
+    def reshape(self, *shape):  # views on the same "device", as CuPy's
+        return HostCudaArray(self.a.reshape(*shape))
+
+    def view(self, dtype):
+        return HostCudaArray(self.a.view(dtype))
+
 
 class InterfaceOnlyArray(HostCudaArray):
     """Only __cuda_array_interface__: no array library that could convert it on the device."""

@@ -496,18 +496,30 @@ def test_find_centers_on_the_device_equals_the_cpu(cuda_device):
     _find_centers_on(cuda_device, rough, _column_major, top_k=6)
 
 
-def test_find_centers_on_the_device_synchronises_twice_and_reads_no_labels(emulated_cuda):
+def test_find_centers_on_the_device_synchronises_twice_and_reads_no_labels(
+    emulated_cuda, monkeypatch
+):
     # The counts' synchronisation (they size the selection) and the read-back's; no label range
     # (there are no labels) and no vote; the scratch is freed (emulated_cuda checks the leaks).
-    b = synthetic.make_batch(2, 40, 56, 6, seed=5)
+    # The results go back to the device in one copy for the whole batch.
+    from pdl_post import _cuda
+
+    uploads = []
+    to_device_ = _cuda._to_device
+    monkeypatch.setattr(
+        _cuda, "_to_device", lambda *args: uploads.append(args[1].size) or to_device_(*args)
+    )
+    b = synthetic.make_batch(3, 40, 56, 6, seed=5)
     ctr = HostCudaArray(b.ctr)
     for kw in (dict(top_k=None), dict(top_k=2)):
         EMULATION.take_counters()
-        pdl_post.find_centers(ctr, **kw)
+        pairs = pdl_post.find_centers(ctr, **kw)
         counts = EMULATION.take_counters()
         assert counts["synchronisations"] == 2, counts
         assert counts["device_to_host_copies"] == 2, counts
         assert not [n for n in counts if "label_range" in n or "vote" in n], counts
+        assert uploads == [3 * sum(len(scores.a) for _, scores in pairs)], uploads
+        uploads.clear()
     # A job made for the centres has no labels for the rest of the pipeline.
     ctr4 = (b.ctr.ctypes.data, "float32", list(b.ctr.shape), [56 * 40, 56 * 40, 56, 1])
     options = ([], 1000, 0, 0, 0.1, 7, 200, "exact")

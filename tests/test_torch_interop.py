@@ -647,6 +647,34 @@ def test_detectron2_find_instance_center_on_cuda_arrays(cuda_device, monkeypatch
             assert torch.equal(centers.cpu(), want), kw
 
 
+def test_find_centers_results_as_torch_views_of_one_upload(emulated_cuda, monkeypatch):
+    """On a GPU with torch, find_centers' results are views of one int64 tensor uploaded for the
+    whole batch (centres, then the scores' bits): the views, made here from a CPU tensor, hold the
+    CPU's values with torch's dtypes."""
+    uploads = []
+
+    def upload(library, host, device):
+        assert library == "torch"
+        uploads.append(torch.from_numpy(host))
+        return uploads[-1]
+
+    monkeypatch.setattr(_cuda, "_output_library", lambda arrays: "torch")
+    monkeypatch.setattr(_cuda, "_to_device", upload)
+    b = synthetic.make_batch(3, 40, 56, 6, seed=5)
+    for kw in (dict(top_k=None), dict(top_k=2), dict(top_k=0)):
+        got = pdl_post.find_centers(HostCudaArray(b.ctr), **kw)
+        want = pdl_post.find_centers(b.ctr, **kw)
+        assert len(uploads) == 1
+        for (centers, scores), (want_centers, want_scores) in zip(got, want):
+            assert centers.dtype == torch.int64 and scores.dtype == torch.float64
+            assert centers.untyped_storage().data_ptr() == uploads[0].untyped_storage().data_ptr()
+            np.testing.assert_array_equal(centers.numpy(), want_centers)
+            np.testing.assert_array_equal(scores.numpy(), want_scores)
+        uploads.clear()
+    centers, scores = pdl_post.find_centers(HostCudaArray(b.ctr[0]))  # one image
+    np.testing.assert_array_equal(centers.numpy(), pdl_post.find_centers(b.ctr[0])[0])
+
+
 def test_detectron2_dropin_mixed_devices(emulated_cuda):
     """A CPU tensor beside CUDA arrays is refused, named as detectron2 names the arguments."""
     s = synthetic.make_scene(32, 48, 3, seed=0)

@@ -556,11 +556,30 @@ def find_centers(ctr, params):
     except BaseException:
         job.release()  # as in run: free the scratch while the stream is surely alive
         raise
-    per_image = [
-        (_to_device(output_library, centers, device), _to_device(output_library, scores, device))
-        for centers, scores in pairs
-    ]
+    # One copy to the device for the whole batch: every image's centres, then every score (its
+    # bits as int64); each image's pair is a view of it.
+    counts = [len(scores) for _, scores in pairs]
+    total = sum(counts)
+    packed = np.concatenate(
+        [np.empty(0, np.int64)]
+        + [c.ravel() for c, _ in pairs]
+        + [s.view(np.int64) for _, s in pairs]
+    )
+    on_device = _to_device(output_library, packed, device)
+    centers = on_device[: 2 * total].reshape(total, 2)
+    scores = on_device[2 * total :].view(_float64_of(output_library))
+    ends = np.cumsum(counts).tolist()
+    per_image = [(centers[end - k : end], scores[end - k : end]) for k, end in zip(counts, ends)]
     return per_image, batched
+
+
+def _float64_of(library: str | None):
+    """float64 as ``library``'s arrays' ``view`` takes it."""
+    if library == "torch":
+        import torch
+
+        return torch.float64
+    return np.float64
 
 
 def _require_available(name: str, x) -> None:
