@@ -1225,10 +1225,6 @@ std::optional<std::vector<ImageResult>> speculate(CudaMerge::State& s, const Str
   return read_back(s, queued, with_segments, wait);
 }
 
-}  // namespace
-
-namespace {
-
 // The first phase's scratch goes back to the pool when a finish ends, errors included (a Python
 // traceback may keep the job alive for a long time).
 struct ReleaseFirstPhase {
