@@ -1408,6 +1408,34 @@ def test_cuda_dispatch_builds_the_views_the_core_reads(emulated_cuda):
     )
 
 
+def test_find_centers_on_the_device_checks_like_the_cpu_path(emulated_cuda):
+    # The same errors as for a host heatmap (the same checks run first), and the interface's own.
+    s = synthetic.make_scene(16, 24, 2, seed=0)
+    bad = {
+        "labels": s.sem,
+        "[2, H, W]": np.concatenate([s.ctr, s.ctr]),
+        "[B, 2, H, W]": np.stack([s.off, s.off]),
+        "5-D": s.ctr[None, None],
+    }
+    for what, ctr in bad.items():
+        with pytest.raises((TypeError, ValueError)) as on_host:
+            pdl_post.find_centers(ctr)
+        with pytest.raises(type(on_host.value)) as on_device:
+            pdl_post.find_centers(HostCudaArray(ctr))
+        assert str(on_device.value) == str(on_host.value), what
+    for option, value in (("nms_kernel", 4), ("top_k", -1), ("threshold", np.nan)):
+        with pytest.raises(ValueError, match=rf"^{option}: "):
+            pdl_post.find_centers(HostCudaArray(s.ctr), **{option: value})
+    with pytest.raises(TypeError, match=r"ctr: half-precision input needs torch or CuPy"):
+        pdl_post.find_centers(InterfaceOnlyArray(s.ctr.astype(np.float16)))
+    shifted = np.zeros(s.ctr.nbytes + 1, np.uint8)[1:].view(np.float32).reshape(s.ctr.shape)
+    shifted[...] = s.ctr
+    with pytest.raises(ValueError, match=r"ctr: the data pointer 0x[0-9a-f]+ is not aligned"):
+        pdl_post.find_centers(HostCudaArray(shifted))
+    with pytest.raises(ValueError, match=r"backend: 'reference' runs on host arrays"):
+        pdl_post.find_centers(HostCudaArray(s.ctr), backend="reference")
+
+
 def test_cuda_dispatch_checks_like_the_cpu_path(emulated_cuda):
     s = synthetic.make_scene(16, 24, 2, seed=0)
     with pytest.raises(ValueError, match=r"ctr: expected shape \[H,W\] or \[1,H,W\] for one image"):
