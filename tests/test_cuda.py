@@ -1182,6 +1182,8 @@ def test_conversion_and_drawing_take_the_cuda_output():
     s = synthetic.make_scene(64, 96, 10, seed=7)
     out = pdl_post.merge(*(to_device(a, "cuda") for a in (s.sem, s.ctr, s.off)), stuff_area=16)
     _assert_host_work_agrees(out, to_host(out))
+    centers, _ = pdl_post.find_centers(to_device(s.ctr, "cuda"))
+    _assert_centers_drawn_alike(centers, to_host(centers), s.sem.shape)
 
 
 def _assert_host_work_agrees(given, pred: np.ndarray) -> None:
@@ -1196,6 +1198,16 @@ def _assert_host_work_agrees(given, pred: np.ndarray) -> None:
     np.testing.assert_array_equal(viz.colorize(given), viz.colorize(pred))
     image = np.zeros((*pred.shape, 3), np.uint8)
     np.testing.assert_array_equal(viz.overlay(image, given), viz.overlay(image, pred))
+
+
+def _assert_centers_drawn_alike(given, centers: np.ndarray, shape) -> None:
+    """viz.draw_centers of `given` (find_centers' centres on a device) equals that of `centers`."""
+    from pdl_post import viz
+
+    image = np.zeros((*shape, 3), np.uint8)
+    drawn = viz.draw_centers(image, given)
+    np.testing.assert_array_equal(drawn, viz.draw_centers(image, centers))
+    assert len(centers) and drawn.any()
 
 
 def _assert_evaluators_agree(given: tuple, host: tuple) -> None:
@@ -1319,16 +1331,44 @@ def test_evaluators_copy_cuda_arrays_to_the_host():
 
 
 def test_conversion_and_drawing_copy_cuda_arrays_to_the_host():
-    """io.to_coco_panoptic and viz.colorize / overlay take the CUDA path's output (a CuPy
-    stand-in here; torch CUDA tensors in test_conversion_and_drawing_take_the_cuda_output)."""
+    """io.to_coco_panoptic, viz.colorize / overlay and viz.draw_centers take the CUDA path's
+    output (a CuPy stand-in here; torch CUDA tensors in
+    test_conversion_and_drawing_take_the_cuda_output)."""
     s = synthetic.make_scene(48, 64, 6, seed=8)
     pred = pdl_post.merge(s.sem, s.ctr, s.off, stuff_area=16)
     _assert_host_work_agrees(CupyLikeArray(pred), pred)
+    centers, _ = pdl_post.find_centers(s.ctr)
+    _assert_centers_drawn_alike(CupyLikeArray(centers), centers, s.sem.shape)
     fake = FakeCudaArray((48, 64), "<i4")
     with pytest.raises(ValueError, match=r"^panoptic: got a CUDA array \(FakeCudaArray\).*host"):
         pdl_post.io.to_coco_panoptic(fake)
     with pytest.raises(ValueError, match=r"^panoptic: got a CUDA array \(FakeCudaArray\).*host"):
         pdl_post.viz.colorize(fake)
+    with pytest.raises(ValueError, match=r"^centers: got a CUDA array \(FakeCudaArray\).*host"):
+        pdl_post.viz.draw_centers(np.zeros((48, 64, 3), np.uint8), FakeCudaArray((3, 2), "<i8"))
+
+
+def test_group_pixels_takes_centres_found_on_a_device():
+    # find_centers of a CUDA heatmap gives device arrays; group_pixels on host images copies
+    # them (a few numbers each), CuPy's by .get() here (torch CUDA tensors: the test below),
+    # and refuses arrays known only by their interface.
+    b = synthetic.make_batch(2, 48, 64, 6, seed=8)
+    found = pdl_post.find_centers(b.ctr)
+    want = pdl_post.group_pixels(b.sem, [c for c, _ in found], b.off)
+    got = pdl_post.group_pixels(b.sem, [CupyLikeArray(c) for c, _ in found], b.off)
+    np.testing.assert_array_equal(got, want)
+    assert want.max() > 0
+    with pytest.raises(ValueError, match=r"^centers: got a CUDA array \(FakeCudaArray\).*host"):
+        pdl_post.group_pixels(b.sem[0], FakeCudaArray((3, 2), "<i8"), b.off[0])
+
+
+@needs_gpu
+def test_cuda_device_centres_go_to_the_host_stages():
+    s = synthetic.make_scene(64, 96, 10, seed=7)
+    centers, _ = pdl_post.find_centers(to_device(s.ctr, "cuda"))
+    instance = pdl_post.group_pixels(s.sem, centers, s.off)
+    want = pdl_post.group_pixels(s.sem, pdl_post.find_centers(s.ctr)[0], s.off)
+    np.testing.assert_array_equal(instance, want)
 
 
 def test_host_backends_refuse_cuda_arrays():

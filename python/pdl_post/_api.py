@@ -515,7 +515,7 @@ def _check_centers(centers, batch: int, height: int, width: int, batched: bool) 
         )
     checked = []
     for c in per_image:
-        a = as_numpy(c, "centers")
+        a = _cuda.as_host_numpy(c, "centers")  # find_centers' of a CUDA heatmap: a few numbers
         if a.size == 0:
             a = a.reshape(0, 2).astype(np.int64)
         if a.dtype.kind not in "ui":
@@ -552,6 +552,7 @@ def group_pixels(
     sem : array_like or None, shape [H, W] / [B, H, W] labels (or logits as in :func:`merge`)
         Thing pixels are ``sem in thing_ids``; may be None when ``foreground_mask`` is given.
     centers : array_like [K, 2] (y, x), or a list of B such arrays for a batch
+        (:func:`find_centers`' torch CUDA tensors or CuPy arrays are copied to the host)
     off : array_like, shape [2, H, W] or [B, 2, H, W], float32 or float64 (dy, dx)
     thing_ids, foreground_mask, num_threads, backend
         As in :func:`merge`.

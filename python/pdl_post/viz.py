@@ -323,7 +323,8 @@ def draw_centers(
         The image to draw on (not modified).
     centers : array_like, shape ``[K, 2]``
         Centre coordinates ``(y, x)``, integer or float (rounded to the nearest pixel). Discs are
-        clipped at the image border.
+        clipped at the image border. ``find_centers``' centres of a CUDA heatmap (torch CUDA
+        tensors, CuPy arrays) are copied to the host here.
     radius : int, keyword-only
         Disc radius in pixels (>= 0).
     color : (r, g, b), keyword-only
@@ -341,7 +342,9 @@ def draw_centers(
         raise ValueError(
             f"rgb must be a uint8 array of shape [H, W, 3], got {img.dtype} {img.shape}"
         )
-    ctr = np.asarray(centers)
+    from pdl_post._cuda import to_host
+
+    ctr = np.asarray(to_host(centers, "centers"))
     if ctr.size == 0:
         return img.copy()
     if ctr.ndim != 2 or ctr.shape[1] != 2:
