@@ -246,6 +246,14 @@ def main(argv=None) -> int:
         if not np.array_equal(got.cpu().numpy() if hasattr(got, "cpu") else got, want):
             mismatches.append(f"find_centers: GPU {what} != CPU {what}")
     centers1 = _time(lambda: pdl_post.find_centers(ctr1, **center_kw), args.warmup, args.repeat)
+    # group_pixels alone with those centres (merge's vote, queued without a synchronisation on
+    # int32 labels but for their minimum), beside merge's batch-1 row; checked against the CPU's.
+    found = on_cpu[0]
+    grouped = pdl_post.group_pixels(sem1, found, off1)
+    want_grouped = pdl_post.group_pixels(sem1.cpu().numpy(), found, off1.cpu().numpy())
+    if not np.array_equal(np.asarray(grouped.cpu()), want_grouped):
+        mismatches.append("group_pixels: GPU != CPU")
+    group1 = _time(lambda: pdl_post.group_pixels(sem1, found, off1), args.warmup, args.repeat)
     # COCO's 41 x 41 NMS window (presets.COCO) on the same scene: the per-pixel window test.
     coco_nms1 = _time(
         lambda: pdl_post.merge(sem1, ctr1, off1, **{**kw, "nms_kernel": 41}),
@@ -339,6 +347,7 @@ def main(argv=None) -> int:
         ("ours postprocess, labels, batch 1", post1, floor1),
         ("ours postprocess, logits, batch 1", scores1, floor1),
         ("ours find_centers, batch 1", centers1, floor1),
+        ("ours group_pixels, batch 1", group1, floor1),
         ("ours, nms_kernel=41 (COCO's window), batch 1", coco_nms1, floor1),
         ("ours, nms_kernel=43 (separable filter), batch 1", separable_nms1, floor1),
         (f"ours, class ids + {shift} (compacted), batch 1", compacted1, floor1),

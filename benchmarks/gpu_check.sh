@@ -98,7 +98,8 @@ within 300 "device tests" "$PY" -m pytest "${device_tests[@]}" --durations=8
 # second phases that hold and fail, 400 centres,
 # compacted class tables, a flat heatmap: a centre per pixel, the grid search and its quadtree
 # for votes outside the grid, instance x class pairs by sort; every pixel its own compacted class
-# id: pairs by sort), compared with the CPU, postprocess with logits and a mask, and find_centers.
+# id: pairs by sort), compared with the CPU, postprocess with logits and a mask, find_centers and
+# group_pixels.
 sanitizer_case=$(mktemp --suffix=.py)
 trap 'rm -f "$sanitizer_case"' EXIT
 cat >"$sanitizer_case" <<'PYEOF'
@@ -127,6 +128,13 @@ for top_k, nms_kernel in ((200, 7), (3, 7), (None, 43)):  # find_centers alone, 
     for (c, s), (wc, ws) in zip(got, want):
         np.testing.assert_array_equal(c.cpu().numpy(), wc)
         np.testing.assert_array_equal(s.cpu().numpy(), ws)
+# group_pixels on the device: the centres just found (on the device), then 400 and 1000 per image
+# (the vote grid, its quadtree).
+on_host = [c.cpu().numpy() for c, _ in got]
+crowds = [np.random.default_rng(k).integers(0, 64, (k, 2)) for k in (400, 1000)]
+for given, host in (([c for c, _ in got], on_host), (crowds, crowds)):
+    instance = pdl_post.group_pixels(sem, given, off)
+    np.testing.assert_array_equal(instance.cpu().numpy(), pdl_post.group_pixels(b.sem, host, b.off))
 many = synthetic.make_scene(96, 128, 400, seed=1)
 pdl_post.merge(*(torch.from_numpy(a).cuda() for a in (many.sem, many.ctr, many.off)), top_k=None)
 big = (b.sem.astype(np.int64) + 70_000, [t + 70_000 for t in range(11, 19)])  # compacted tables

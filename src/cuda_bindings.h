@@ -63,6 +63,27 @@ inline void bind_cuda(py::module_& m) {
   m.def("cuda_release_memory", &cuda_release_memory, py::call_guard<py::gil_scoped_release>());
   m.def("cuda_stream_wait", &cuda_stream_wait, py::arg("device"), py::arg("stream"),
         py::arg("producer"));
+  m.def(
+      "cuda_group_pixels",
+      [](const py::object& sem, const py::object& logits, const py::object& off,
+         const py::object& mask, int device, uintptr_t stream, std::vector<int64_t> thing_ids,
+         const std::vector<py::array_t<int64_t, py::array::c_style>>& centers,
+         const py::object& out, bool wait) {
+        CudaGroupInputs in;
+        in.sem = device_view_of(sem, "sem");
+        in.logits = device_view_of(logits, "sem");
+        in.off = device_view_of(off, "off");
+        in.mask = device_view_of(mask, "foreground_mask");
+        in.device = device;
+        in.stream = stream;
+        std::vector<std::vector<int64_t>> yx;
+        for (const auto& c : centers) yx.emplace_back(c.data(), c.data() + c.size());
+        const StridedView o = device_view_of(out, "out");
+        py::gil_scoped_release release;
+        cuda_group_pixels(in, thing_ids, yx, o, wait);
+      },
+      py::arg("sem"), py::arg("logits"), py::arg("off"), py::arg("mask"), py::arg("device"),
+      py::arg("stream"), py::arg("thing_ids"), py::arg("centers"), py::arg("out"), py::arg("wait"));
   // Test and benchmark hook: the vote's pixels in chunks per warp (see set_cuda_vote_chunks).
   m.def("_set_cuda_vote_chunks", &set_cuda_vote_chunks, py::arg("chunks"),
         "Returns the previous setting.");

@@ -112,6 +112,7 @@ def use_emulation(monkeypatch):
     monkeypatch.setattr(_cuda, "available", lambda: True)
     monkeypatch.setattr(_core, "cuda_pointer_device", EMULATION.cuda_pointer_device, raising=False)
     monkeypatch.setattr(_core, "CudaMerge", EMULATION.CudaMerge, raising=False)
+    monkeypatch.setattr(_core, "cuda_group_pixels", EMULATION.cuda_group_pixels, raising=False)
     monkeypatch.setattr(_core, "cuda_release_memory", EMULATION.cuda_release_memory, raising=False)
     monkeypatch.setattr(_core, "cuda_stream_wait", EMULATION.cuda_stream_wait, raising=False)
     library = _cuda._library
@@ -124,6 +125,10 @@ def use_emulation(monkeypatch):
         lambda library, shape, dtype, device: HostCudaArray(np.empty(shape, dtype)),
     )
     monkeypatch.setattr(_cuda, "_to_device", lambda library, host, device: HostCudaArray(host))
+    to_host_ = _cuda.to_host  # the emulator's arrays go to the host as CuPy's do (.get())
+    monkeypatch.setattr(
+        _cuda, "to_host", lambda x, name: x.a if type(x) is HostCudaArray else to_host_(x, name)
+    )
     EMULATION.take_violations()
     allocations = EMULATION.live_allocations()
 

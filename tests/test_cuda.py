@@ -531,6 +531,134 @@ def test_find_centers_on_the_device_synchronises_twice_and_reads_no_labels(
         job.finish_centers()
 
 
+def _group_pixels_on(device, sem, centers, off, layout=to_device, **kw):
+    """group_pixels on `device` (images made there by `layout`; centres as given) equals the CPU's
+    instance map: int32, on the device; returns it."""
+    mask = kw.pop("foreground_mask", None)
+    cpu = pdl_post.group_pixels(sem, centers, off, foreground_mask=mask, backend="cpu", **kw)
+    got = pdl_post.group_pixels(
+        None if sem is None else layout(sem, device),
+        centers,
+        layout(off, device),
+        foreground_mask=None if mask is None else layout(mask, device),
+        **kw,
+    )
+    if device == "emulated":
+        assert type(got) is HostCudaArray
+    host = to_host(got)
+    assert host.dtype == np.int32 and host.shape == cpu.shape
+    np.testing.assert_array_equal(host, cpu)
+    return cpu
+
+
+def _random_centers(rng, k, h, w):
+    return np.stack([rng.integers(0, h, k), rng.integers(0, w, k)], axis=1).astype(np.int64)
+
+
+def test_group_pixels_on_the_device_equals_the_cpu(cuda_device):
+    # The vote alone on the device (merge's vote kernels, every pixel's instance read from a
+    # thing mask): brute force, the vote grid (more than 256 centres) and its quadtree (more than
+    # 768), in one batch and alone; duplicate centres (ties to the lower index), none at all;
+    # masks, logits, every label dtype, sorted thing ids, float64 / float16 offsets, non-finite
+    # and far votes, strided views and unbatched inputs.
+    rng = np.random.default_rng(11)
+    b = synthetic.make_batch(3, 40, 56, 6, seed=5)
+    found = [c for c, _ in pdl_post.find_centers(b.ctr)]
+    assert all(len(c) for c in found)
+    sem32 = b.sem.astype(np.int32)
+    instance = _group_pixels_on(cuda_device, sem32, found, b.off)
+    assert instance.max() > 0 and (instance == 0).any()
+    duplicates = [np.concatenate([c, c[::-1]]) for c in found]
+    _group_pixels_on(cuda_device, sem32, duplicates, b.off)
+    mixed = [
+        np.zeros((0, 2), np.int64),
+        _random_centers(rng, 300, 40, 56),
+        _random_centers(rng, 900, 40, 56),
+    ]
+    _group_pixels_on(cuda_device, sem32, mixed, b.off)
+    _group_pixels_on(cuda_device, sem32, [mixed[2], mixed[1][:3], mixed[1]], b.off)
+    for dtype in (np.uint8, np.int16, np.int64):
+        _group_pixels_on(cuda_device, b.sem.astype(dtype), found, b.off)
+    big = b.sem.astype(np.int64) + 70_000
+    things = [t + 70_000 for t in range(11, 19)]
+    _group_pixels_on(cuda_device, big, found, b.off, thing_ids=things)
+    _group_pixels_on(cuda_device, sem32, found, b.off, thing_ids=[])
+    mask = rng.random(sem32.shape) < 0.5
+    _group_pixels_on(cuda_device, sem32, found, b.off, foreground_mask=mask)
+    _group_pixels_on(cuda_device, None, found, b.off, foreground_mask=mask)
+    levels = rng.integers(0, 3, sem32.shape).astype(np.uint8)  # uint8 masks: > 0 votes
+    _group_pixels_on(cuda_device, None, found, b.off, foreground_mask=levels)
+    logits = synthetic.make_batch(3, 40, 56, 6, seed=5, logits=True).logits
+    _group_pixels_on(cuda_device, logits, found, b.off)
+    wild = b.off.copy()
+    wild[rng.random(wild.shape) < 0.05] = np.nan
+    wild[rng.random(wild.shape) < 0.05] = np.inf
+    wild[rng.random(wild.shape) < 0.05] = 1e30
+    _group_pixels_on(cuda_device, sem32, found, wild)
+    _group_pixels_on(cuda_device, sem32, mixed, wild)
+    _group_pixels_on(cuda_device, sem32, found, b.off.astype(np.float64))
+    _group_pixels_on(cuda_device, sem32, found, b.off.astype(np.float16))
+    _group_pixels_on(cuda_device, sem32, found, b.off, _column_major)
+    _group_pixels_on(cuda_device, sem32, mixed, b.off, _every_other_column)
+    _group_pixels_on(cuda_device, sem32[1], found[1], b.off[1])  # [H, W], [2, H, W]
+    _group_pixels_on(cuda_device, sem32[:, :, :0], [np.zeros((0, 2), np.int64)] * 3, b.off[..., :0])
+
+
+def test_group_pixels_on_the_device_errors_as_on_the_cpu(cuda_device):
+    b = synthetic.make_batch(2, 24, 32, 4, seed=1)
+    sem = b.sem.astype(np.int32)
+    sem[1, 5, 5] = -3
+    centers = [np.array([[1, 1]]), np.array([[2, 2]])]
+    cases = {
+        "negative class id": (sem, centers, b.off, {}),
+        "centre outside": (b.sem, [np.array([[24, 0]]), centers[1]], b.off, {}),
+        "one list short": (b.sem, centers[:1], b.off, {}),
+        "sem and off mixed": (b.sem[0], centers[0], b.off, {}),
+        "no sem, no mask": (None, centers, b.off, {}),
+        "sizes differ": (b.sem[..., :30], centers, b.off, {}),
+    }
+    for what, (s, c, off, kw) in cases.items():
+        with pytest.raises((TypeError, ValueError)) as on_cpu:
+            pdl_post.group_pixels(s, c, off, backend="cpu", **kw)
+        with pytest.raises(type(on_cpu.value)) as on_device:
+            pdl_post.group_pixels(
+                None if s is None else to_device(s, cuda_device),
+                c,
+                to_device(off, cuda_device),
+                **kw,
+            )
+        assert str(on_device.value) == str(on_cpu.value), what
+
+
+def test_group_pixels_on_the_device_queues_without_synchronising(emulated_cuda):
+    # Like merge: the work queued on the stream, no synchronisation, unless signed labels need
+    # their minimum checked (one, after the vote); logits, uint8 labels and masks need none.
+    b = synthetic.make_batch(2, 40, 56, 6, seed=5)
+    found = [c for c, _ in pdl_post.find_centers(b.ctr)]
+    logits = synthetic.make_batch(2, 40, 56, 6, seed=5, logits=True).logits
+    off = HostCudaArray(b.off)
+    for sem, mask, syncs in (
+        (b.sem.astype(np.int32), None, 1),
+        (b.sem.astype(np.uint8), None, 0),
+        (logits, None, 0),
+        (None, b.sem > 12, 0),
+    ):
+        EMULATION.take_counters()
+        pdl_post.group_pixels(
+            None if sem is None else HostCudaArray(sem),
+            found,
+            off,
+            foreground_mask=None if mask is None else HostCudaArray(mask),
+        )
+        counts = EMULATION.take_counters()
+        assert counts.get("synchronisations", 0) == syncs, counts
+        assert counts["launches of thing_flags_kernel" if mask is None else "launches"] >= 1
+    # Stages end to end on the device: find_centers' device centres go straight in.
+    centers = [c for c, _ in pdl_post.find_centers(HostCudaArray(b.ctr))]
+    got = pdl_post.group_pixels(HostCudaArray(b.sem), centers, off)
+    np.testing.assert_array_equal(got.a, pdl_post.group_pixels(b.sem, found, b.off))
+
+
 def _misaligned(a, device):
     """`a` on `device`, starting one element past an aligned allocation (no load pack fits)."""
     buffer = np.zeros(a.size + 1, a.dtype)
@@ -1275,6 +1403,8 @@ def test_cuda_arrays_without_a_device_are_a_clear_error():
         pdl_post.postprocess(*fakes)
     with pytest.raises(ValueError, match=r"ctr: got a CUDA array, but .*move the inputs"):
         pdl_post.find_centers(fakes[1])
+    with pytest.raises(ValueError, match=r"sem: got a CUDA array, but .*move the inputs"):
+        pdl_post.group_pixels(fakes[0], np.zeros((0, 2), np.int64), fakes[2])
 
 
 def test_mixed_devices_are_refused_by_name():
@@ -1382,11 +1512,11 @@ def test_stage_functions_name_the_cuda_argument():
     s = synthetic.make_scene(8, 8, 1, seed=0)
     with pytest.raises(
         ValueError,
-        match=r"sem: got a CUDA array .*only merge\(\), postprocess\(\), find_centers\(\) and "
-        "detectron2",
+        match=r"sem: got a CUDA array .*only merge\(\), postprocess\(\), find_centers\(\), "
+        r"group_pixels\(\) and detectron2",
     ):
         pdl_post.fuse(FakeCudaArray((8, 8), "<i4"), np.zeros((8, 8), np.int32))
-    with pytest.raises(ValueError, match=r"off: got a CUDA array"):
+    with pytest.raises(ValueError, match=r"sem: expected a CUDA array like off, got array"):
         pdl_post.group_pixels(s.sem, np.zeros((0, 2), np.int64), FakeCudaArray((2, 8, 8)))
 
 
@@ -1396,7 +1526,11 @@ def test_backend_cuda_needs_cuda_arrays(cuda_device):
         pdl_post.merge(s.sem, s.ctr, s.off, backend="cuda")
     with pytest.raises(ValueError, match=r"backend: 'cuda' takes CUDA arrays"):
         pdl_post.find_centers(s.ctr, backend="cuda")
-    with pytest.raises(ValueError, match=r"backend: 'cuda' runs merge\(\), postprocess\(\) and "):
+    with pytest.raises(ValueError, match=r"backend: 'cuda' takes CUDA arrays"):
+        pdl_post.group_pixels(s.sem, np.zeros((0, 2), np.int64), s.off, backend="cuda")
+    with pytest.raises(
+        ValueError, match=r"backend: 'cuda' runs merge\(\), postprocess\(\), find_centers\(\) and "
+    ):
         pdl_post.fuse(s.sem, np.zeros_like(s.sem, np.int32), backend="cuda")
 
 

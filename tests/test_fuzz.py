@@ -623,6 +623,29 @@ def _assert_cuda_path_equals_cpu(device, sem, ctr, off, *, foreground_mask=None,
         for (c, s), (gc, gs) in zip(*(p if isinstance(p, list) else [p] for p in (want, got))):
             np.testing.assert_array_equal(to_host(gc), c)
             np.testing.assert_array_equal(to_host(gs), s)
+        # group_pixels alone on the device, with those centres: the CPU's instance map or error.
+        centers = [c for c, _ in want] if isinstance(want, list) else want[0]
+        mask = foreground_mask
+        if mask is not None and np.ndim(mask) == 3 and np.ndim(off) == 3:
+            mask = mask[0]
+        outcomes = []
+        for images in ((sem, off, mask), tuple(on_device(a) for a in (sem, off, mask))):
+            try:
+                instance = pdl_post.group_pixels(
+                    images[0],
+                    centers,
+                    images[1],
+                    thing_ids=kw["thing_ids"],
+                    foreground_mask=images[2],
+                )
+                outcomes.append(to_host(instance))
+            except (TypeError, ValueError) as e:
+                outcomes.append(e)
+        if any(isinstance(o, Exception) for o in outcomes):
+            assert [type(o) for o in outcomes[1:]] == [type(outcomes[0])], outcomes
+            assert str(outcomes[1]) == str(outcomes[0])
+        else:
+            np.testing.assert_array_equal(outcomes[1], outcomes[0])
         del cpu, gpu
         check()
 

@@ -408,6 +408,10 @@ void exclusive_sum(const int64_t* in, int64_t* out, int64_t count, const CubTemp
 void argmax_logits(const StridedView& logits, int32_t* labels, cudaStream_t stream);
 // range[0] = min, range[1] = max label (range must hold {INT64_MAX, INT64_MIN} beforehand).
 void label_range(const StridedView& sem, long long* range, cudaStream_t stream);
+// flags[i] = 1 where pixel i of sem [B, 1, H, W] (row-major over the batch) is of a thing class,
+// else 0: group_pixels' thing pixels, which its vote reads as a mask.
+void thing_flags(const StridedView& sem, const ThingClasses& things, uint8_t* flags,
+                 cudaStream_t stream);
 
 // Class tables as on the CPU (ClassIndex): a label is its own table index while the largest label
 // is below ClassIndex::kDenseLabelLimit, else its rank among the batch's sorted distinct labels.

@@ -182,6 +182,14 @@ __global__ void gather_labels_kernel(DeviceView<const TSem> sem, int64_t height,
   });
 }
 
+template <typename TSem>
+__global__ void thing_flags_kernel(DeviceView<const TSem> sem, int64_t height, int64_t width,
+                                   int64_t total, ThingClasses things, uint8_t* flags) {
+  for_each_pixel(total, height, width, [&](int64_t i, int64_t b, int64_t y, int64_t x) {
+    flags[i] = things.contains(static_cast<int64_t>(sem.plane(b, 0)(y, x))) ? 1 : 0;
+  });
+}
+
 // Adds one to hist[bin] for each lane of the warp that counts (lanes with equal bins add
 // together). Every lane of the warp calls it, converged, counting or not: a lane that skipped it
 // could run ahead into the next pixel's warp intrinsics while the others are still in this one.
@@ -925,6 +933,17 @@ void label_range(const StridedView& sem, long long* range, cudaStream_t stream) 
     label_range_kernel<TSem><<<grid, kThreads, 0, stream>>>(device_view<TSem>(sem), sem.height(),
                                                             sem.width(), total, range);
     check_launch("label_range_kernel");
+  });
+}
+
+void thing_flags(const StridedView& sem, const ThingClasses& things, uint8_t* flags,
+                 cudaStream_t stream) {
+  const int64_t total = sem.batch() * sem.height() * sem.width();
+  with_label_type(sem.dtype, "sem", [&](auto tag) {
+    using TSem = decltype(tag);
+    thing_flags_kernel<TSem><<<grid_for(total, kThreads, 4096), kThreads, 0, stream>>>(
+        device_view<TSem>(sem), sem.height(), sem.width(), total, things, flags);
+    check_launch("thing_flags_kernel");
   });
 }
 

@@ -600,6 +600,16 @@ void on_device(int device, F release) noexcept {
   if (other) cuda::ignore_failure(cudaSetDevice(previous));
 }
 
+// The grid's y dimension holds the images; row counts and scans are int.
+void check_batch_shape(int64_t batch, int64_t height) {
+  if (batch > 65535) {
+    throw ValueError("CUDA path: batches of at most 65535 images, got " + std::to_string(batch));
+  }
+  if (batch * height + 1 > std::numeric_limits<int>::max()) {
+    throw ValueError("CUDA path: batch x height must stay below 2**31 rows");
+  }
+}
+
 }  // namespace
 
 struct CudaMerge::State {
@@ -706,12 +716,7 @@ CudaMerge::CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers
     s.empty = true;
     return;
   }
-  if (s.batch > 65535) {
-    throw ValueError("CUDA path: batches of at most 65535 images, got " + std::to_string(s.batch));
-  }
-  if (s.batch * s.height + 1 > std::numeric_limits<int>::max()) {
-    throw ValueError("CUDA path: batch x height must stay below 2**31 rows");
-  }
+  check_batch_shape(s.batch, s.height);
   cuda::DeviceGuard guard(inputs.device);
   // Should anything below throw, the scratch is freed here, while the guard still keeps the
   // job's device current: state_ is destroyed only after the guard, with the caller's device
@@ -910,6 +915,55 @@ void queue_centers(const CudaMerge::State& s, const PhaseSizes& z, const CenterA
   }
 }
 
+// Many centres (more than kBruteForceCentersMax in an image): each image's vote grid, sized from
+// its bound of K, and where its cells, summed-area table and quadtree go (see cuda::ManyCenters).
+struct VoteGridPlan {
+  bool many = false;
+  std::vector<VoteGrid> grids;
+  std::vector<int64_t> cell_offset, sums_offset, pyramid_offset;
+  int64_t cells = 0, sums = 0, pyramid_nodes = 0, max_rows = 0, max_cols = 0;
+  size_t at_grids = 0, at_cells = 0, at_sums = 0, at_pyramid = 0;  // in the uploaded tables
+
+  VoteGridPlan(int64_t height, int64_t width, const std::vector<int64_t>& kept,
+               int64_t max_instances)
+      : many(max_instances > cuda::kBruteForceCentersMax) {
+    for (size_t b = 0; many && b < kept.size(); ++b) {
+      const VoteGrid& g =
+          grids.emplace_back(make_vote_grid(height, width, std::max<int64_t>(kept[b], 1)));
+      cell_offset.push_back(cells);
+      cells += g.rows * g.cols;
+      sums_offset.push_back(sums);
+      sums += (g.rows + 1) * (g.cols + 1);
+      pyramid_offset.push_back(pyramid_nodes);
+      if (max_instances > kFarBruteForceMax) pyramid_nodes += CellPyramid{g}.size();
+      max_rows = std::max(max_rows, g.rows);
+      max_cols = std::max(max_cols, g.cols);
+    }
+  }
+  void add_to(cuda::UploadPack& pack) {
+    at_grids = pack.add(grids);
+    at_cells = pack.add(cell_offset);
+    at_sums = pack.add(sums_offset);
+    at_pyramid = pack.add(pyramid_offset);
+  }
+  // The device arrays (center_slots: the sum of the K_b bounds; instance_slots: that plus B).
+  cuda::ManyCenters take(cuda::Scratch& sc, int64_t center_slots, int64_t instance_slots,
+                         int64_t classes) const {
+    return cuda::take_many_centers(sc, cells, sums, pyramid_nodes, center_slots, instance_slots,
+                                   static_cast<int64_t>(grids.size()), classes);
+  }
+  // `taken` with the host's tables, once uploaded to `tables`.
+  cuda::ManyCenters placed(cuda::ManyCenters taken, void* tables) const {
+    taken.grid = cuda::UploadPack::at<VoteGrid>(tables, at_grids);
+    taken.cell_offset = cuda::UploadPack::at<int64_t>(tables, at_cells);
+    taken.sums_offset = cuda::UploadPack::at<int64_t>(tables, at_sums);
+    taken.pyramid_offset = cuda::UploadPack::at<int64_t>(tables, at_pyramid);
+    taken.max_rows = max_rows;
+    taken.max_cols = max_cols;
+    return taken;
+  }
+};
+
 // Queues the second phase into `out` (int32 / int64, checked by the caller): the tables' upload,
 // then the centres, the vote, the segments and the write. verdict: a speculative phase's (its
 // kernels return at once where the plan failed), else nullptr; a speculative phase's tables go
@@ -956,23 +1010,8 @@ QueuedPhase queue_second_phase(CudaMerge::State& s, const PhaseSizes& z, const S
   }
   const int64_t shared_bins = pair_histogram ? max_bins : C;
   seg_offset[B] = seg_offset[B - 1] + seg_capacity[B - 1];
-  // Many centres: each image's vote grid, sized from its bound of K (see cuda::ManyCenters).
-  const bool many_centers = max_instances > cuda::kBruteForceCentersMax;
-  std::vector<VoteGrid> vote_grids;
-  std::vector<int64_t> cell_offset, sums_offset, pyramid_offset;
-  int64_t cells = 0, sums = 0, pyramid_nodes = 0, max_rows = 0, max_cols = 0;
-  for (int64_t b = 0; many_centers && b < B; ++b) {
-    const VoteGrid& g =
-        vote_grids.emplace_back(make_vote_grid(H, W, std::max<int64_t>(kept[b], 1)));
-    cell_offset.push_back(cells);
-    cells += g.rows * g.cols;
-    sums_offset.push_back(sums);
-    sums += (g.rows + 1) * (g.cols + 1);
-    pyramid_offset.push_back(pyramid_nodes);
-    if (max_instances > kFarBruteForceMax) pyramid_nodes += CellPyramid{g}.size();
-    max_rows = std::max(max_rows, g.rows);
-    max_cols = std::max(max_cols, g.cols);
-  }
+  VoteGridPlan grids(H, W, kept, max_instances);
+  const bool many_centers = grids.many;
   const bool with_scores = with_segments && s.in.logits.data != nullptr;
   const int64_t chunk_blocks = cuda::score_chunk_blocks(H, seg_offset[B]);
   std::vector<int64_t> partial_offset(static_cast<size_t>(B));
@@ -986,8 +1025,7 @@ QueuedPhase queue_second_phase(CudaMerge::State& s, const PhaseSizes& z, const S
   const size_t at_seg = pack.add(seg_offset), at_peaks = pack.add(s.peak_begin);
   const size_t at_sort_begin = pack.add(z.sort_begin), at_sort_end = pack.add(z.sort_end);
   const size_t at_partial = pack.add(partial_offset);
-  const size_t at_grids = pack.add(vote_grids), at_cells = pack.add(cell_offset);
-  const size_t at_sums = pack.add(sums_offset), at_pyramid = pack.add(pyramid_offset);
+  grids.add_to(pack);
   // The error flags start at "none" with the tables' copy: a memset would be one more host call
   // before the vote's launch, while the device idles.
   const size_t at_errors = pack.add(std::vector<unsigned long long>(B, ULLONG_MAX));
@@ -1036,8 +1074,7 @@ QueuedPhase queue_second_phase(CudaMerge::State& s, const PhaseSizes& z, const S
     t.score_sums = with_scores ? sc.take<double>(seg_offset[B], "score sums") : nullptr;
     t.readback = sc.take<long long>(readback_words, "read-back");
     if (many_centers) {
-      t.many =
-          cuda::take_many_centers(sc, cells, sums, pyramid_nodes, inst_total - B, inst_total, B, C);
+      t.many = grids.take(sc, inst_total - B, inst_total, C);
     }
     if (!pair_histogram) t.pairs = cuda::take_pair_sort(sc, B * hw, inst_total, C);
     return t;
@@ -1070,13 +1107,7 @@ QueuedPhase queue_second_phase(CudaMerge::State& s, const PhaseSizes& z, const S
   const cuda::CenterList& centers = a.kept.centers;
   cuda::FuseBuffers buffers = a.buffers;
   buffers.error_instance = cuda::UploadPack::at<unsigned long long>(a.tables, at_errors);
-  cuda::ManyCenters many = a.many;
-  many.grid = cuda::UploadPack::at<VoteGrid>(a.tables, at_grids);
-  many.cell_offset = cuda::UploadPack::at<int64_t>(a.tables, at_cells);
-  many.sums_offset = cuda::UploadPack::at<int64_t>(a.tables, at_sums);
-  many.pyramid_offset = cuda::UploadPack::at<int64_t>(a.tables, at_pyramid);
-  many.max_rows = max_rows;
-  many.max_cols = max_cols;
+  const cuda::ManyCenters many = grids.placed(a.many, a.tables);
   const cuda::ManyCenters* many_or_null = many_centers ? &many : nullptr;
   const cuda::PairSort* pairs_or_null = pair_histogram ? nullptr : &a.pairs;
 
@@ -1353,6 +1384,131 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     }
   }
   return read_back(s, queued, with_segments, wait);
+}
+
+void cuda_group_pixels(const CudaGroupInputs& in, const std::vector<int64_t>& thing_ids,
+                       const std::vector<std::vector<int64_t>>& centers, const StridedView& out,
+                       bool wait) {
+  const IeeeFloatModes float_modes;  // host-side conversions (the centres' floats) as the CPU's
+  const int64_t B = in.off.batch(), H = in.off.height(), W = in.off.width(), hw = H * W;
+  if (static_cast<int64_t>(centers.size()) != B) {
+    throw ValueError("centers: expected one list per image (" + std::to_string(B) + "), got " +
+                     std::to_string(centers.size()));
+  }
+  if (B * hw == 0) return;
+  check_batch_shape(B, H);
+  if (out.dtype != DType::kInt32) {
+    throw ValueError(std::string("out: expected int32, got ") + dtype_name(out.dtype));
+  }
+  const cudaStream_t stream = cuda::stream_of(in.stream);
+  const cuda::DeviceGuard guard(in.device);
+  cuda::require_kernel_image(in.device);
+  cuda::require_not_capturing(stream);
+
+  // The centres as the vote reads them (CenterList), each image's instance and histogram rows
+  // (1 + K_b: its votes counted in one class), and the vote grids for many centres.
+  std::vector<int64_t> pixel, begin(B), count(B), inst_offset(B);
+  std::vector<float> ys, xs;
+  int64_t instance_slots = 0, max_instances = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const std::vector<int64_t>& yx = centers[b];
+    begin[b] = static_cast<int64_t>(pixel.size());
+    count[b] = static_cast<int64_t>(yx.size() / 2);
+    for (size_t k = 0; k + 1 < yx.size(); k += 2) {
+      pixel.push_back(yx[k] * W + yx[k + 1]);
+      ys.push_back(static_cast<float>(yx[k]));  // as the peaks' (center_nms.cu)
+      xs.push_back(static_cast<float>(yx[k + 1]));
+    }
+    inst_offset[b] = instance_slots;
+    instance_slots += count[b] + 1;
+    max_instances = std::max(max_instances, count[b]);
+  }
+  VoteGridPlan grids(H, W, count, max_instances);
+  // Signed labels without a mask: their minimum is read back (negative ids are an error).
+  const bool check_labels =
+      in.mask.data == nullptr && in.sem.data != nullptr && in.sem.dtype != DType::kUInt8;
+  cuda::UploadPack pack;
+  const size_t at_pixel = pack.add(pixel), at_y = pack.add(ys), at_x = pack.add(xs);
+  const size_t at_begin = pack.add(begin), at_count = pack.add(count);
+  const size_t at_inst = pack.add(inst_offset);
+  const size_t at_range = pack.add(std::vector<long long>{LLONG_MAX, LLONG_MIN});
+  // The one label every pixel reads (a stride-0 view): one class, the instances' rows alone.
+  const size_t at_no_label = pack.add(std::vector<uint8_t>{0});
+  grids.add_to(pack);
+  const cuda::ThingUpload thing_upload(thing_ids, pack);
+  const bool argmax = in.logits.data != nullptr;
+  const bool flag_things = in.mask.data == nullptr;  // else the mask says which pixels vote
+  struct Arrays {
+    void* tables;
+    int32_t* labels;           // argmax of logits
+    uint8_t* things;           // the thing flags, read as the vote's mask
+    unsigned long long* hist;  // [instance_slots + B]: the votes per instance, the chunk cursors
+    cuda::ManyCenters many;
+  };
+  cuda::Scratch scratch;
+  const Arrays a = cuda::carve(scratch, stream, [&](cuda::Scratch& sc) {
+    Arrays t{};
+    t.tables = sc.take_bytes(pack.bytes(), "tables");
+    if (argmax) t.labels = sc.take<int32_t>(B * hw, "argmax labels");
+    if (flag_things) t.things = sc.take<uint8_t>(B * hw, "thing pixels");
+    t.hist = sc.take<unsigned long long>(instance_slots + B, "vote counts");
+    if (grids.many) t.many = grids.take(sc, instance_slots - B, instance_slots, 1);
+    return t;
+  });
+  pack.upload(a.tables, stream);
+  StridedView mask = in.mask;
+  if (flag_things) {
+    StridedView sem = in.sem;
+    if (argmax) {
+      cuda::argmax_logits(in.logits, a.labels, stream);
+      sem.data = a.labels;
+      sem.dtype = DType::kInt32;
+      sem.shape = {B, 1, H, W};
+      sem.strides = {hw, hw, W, 1};
+    }
+    long long* range = cuda::UploadPack::at<long long>(a.tables, at_range);
+    if (check_labels) cuda::label_range(sem, range, stream);
+    cuda::thing_flags(sem, thing_upload.view(a.tables), a.things, stream);
+    mask.data = a.things;
+    mask.dtype = DType::kUInt8;
+    mask.shape = {B, 1, H, W};
+    mask.strides = {hw, hw, W, 1};
+  }
+  check(cudaMemsetAsync(a.hist, 0, static_cast<size_t>(instance_slots + B) * sizeof(a.hist[0]),
+                        stream),
+        "cudaMemsetAsync");
+  StridedView no_label;
+  no_label.data = cuda::UploadPack::at<uint8_t>(a.tables, at_no_label);
+  no_label.dtype = DType::kUInt8;
+  no_label.shape = {B, 1, H, W};
+  no_label.strides = {0, 0, 0, 0};
+  const cuda::CenterList center_list{cuda::UploadPack::at<int64_t>(a.tables, at_pixel),
+                                     cuda::UploadPack::at<float>(a.tables, at_y),
+                                     cuda::UploadPack::at<float>(a.tables, at_x),
+                                     nullptr,  // no scores: the vote does not read them
+                                     cuda::UploadPack::at<int64_t>(a.tables, at_begin),
+                                     cuda::UploadPack::at<int64_t>(a.tables, at_count)};
+  const int64_t* inst_device = cuda::UploadPack::at<int64_t>(a.tables, at_inst);
+  // One class: the histogram rows are the instances' (K_b + 1 per image, at inst_offset).
+  const cuda::FuseLayout layout{1, nullptr, inst_device, inst_device, nullptr, max_instances, 0};
+  cuda::FuseBuffers buffers{};
+  buffers.hist = a.hist;
+  buffers.vote_cursor = a.hist + instance_slots;
+  buffers.instance = static_cast<int32_t*>(out.data);
+  const cuda::ManyCenters many = grids.placed(a.many, a.tables);
+  const int64_t bins = max_instances + 1;
+  cuda::vote_and_count(no_label, mask, in.off, thing_upload.view(a.tables), center_list, layout,
+                       bins <= cuda::kSharedBinLimit ? bins : 0, grids.many ? &many : nullptr,
+                       nullptr, buffers, stream);
+  if (!check_labels && !wait) return;  // the scratch is freed in stream order
+  long long lowest = 0;
+  check(cudaMemcpyAsync(&lowest, cuda::UploadPack::at<long long>(a.tables, at_range),
+                        sizeof(long long), cudaMemcpyDeviceToHost, stream),
+        "cudaMemcpyAsync (label range)");
+  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  if (check_labels && lowest < 0) {
+    throw ValueError("sem: class ids must be >= 0, got a minimum of " + std::to_string(lowest));
+  }
 }
 
 }  // namespace pdl_post

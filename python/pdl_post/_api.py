@@ -85,8 +85,8 @@ def _backend(backend, *, cuda_ok: bool = False) -> str:
         )
     if backend == "cuda" and not cuda_ok:
         raise ValueError(
-            "backend: 'cuda' runs merge(), postprocess() and find_centers(); this function runs "
-            "on the CPU (backend 'cpu' or 'reference')"
+            "backend: 'cuda' runs merge(), postprocess(), find_centers() and group_pixels(); "
+            "this function runs on the CPU (backend 'cpu' or 'reference')"
         )
     return "cpu" if backend == "auto" else backend
 
@@ -560,11 +560,17 @@ def group_pixels(
     Returns
     -------
     instance : ndarray or torch.Tensor, shape [H, W] or [B, H, W], int32
-        0 where no instance, else 1 + index of the nearest centre.
+        0 where no instance, else 1 + index of the nearest centre. For CUDA images (see
+        :func:`merge`'s ``backend``): on their device, by the caller's library, queued on its
+        current stream as :func:`merge`'s output is.
     """
-    backend = _backend(backend)
     things = check_thing_ids(thing_ids)
     threads = check_threads(num_threads)
+    on_device = any(_cuda.is_cuda_array(x) for x in (sem, off, foreground_mask))
+    check_choice(backend, "backend", (*BACKENDS, "cuda"))
+    if on_device and backend in ("auto", "cuda"):
+        return _cuda.group_pixels(sem, centers, off, foreground_mask, things, _check_centers)
+    backend = _host_backend(backend, on_device)
     batched = as_numpy(off, "off").ndim == 4
     off4 = normalize_off(off, batched)
     mask4 = normalize_mask(foreground_mask, batched)

@@ -425,26 +425,7 @@ def _importable(name: str) -> bool:
 def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: bool):
     """The whole pipeline on the device; returns (out, per-image results, batched)."""
     named = {"sem": sem, "ctr": ctr, "off": off, "foreground_mask": foreground_mask}
-    host = [n for n, x in named.items() if x is not None and not is_cuda_array(x)]
-    if host:
-        device_names = [n for n, x in named.items() if is_cuda_array(x)]
-        got = named[host[0]]
-        where = f"a tensor on device '{got.device}'" if is_torch_tensor(got) else _describe(got)
-        raise ValueError(
-            f"{host[0]}: expected a CUDA array like {device_names[0]}, got {where}; all inputs "
-            "must be on the same device (move them with .cuda() / cupy.asarray or all to the CPU)"
-        )
-    _require_available("sem", sem)  # every input is a CUDA array here
-    arrays = {n: DeviceArray(x, n) for n, x in named.items() if x is not None}
-    # Empty interface-only arrays own no memory (device -1); the others decide the device.
-    placed = [(n, a.device) for n, a in arrays.items() if a.device >= 0]
-    first_name, device = placed[0] if placed else ("sem", 0)
-    for n, d in placed:
-        if d != device:
-            raise ValueError(
-                f"{n}: on CUDA device {d} while {first_name} is on device {device}; all inputs "
-                "must be on the same device"
-            )
+    arrays, device = _device_arrays(named)
     (labels, logits), batched, sem_shape, sem_read = _normalize_sem(arrays["sem"])
     ctr, off = arrays["ctr"], arrays["off"]
     ctr_axes = ctr_layout(ctr.dtype, ctr.shape, batched)
@@ -527,6 +508,95 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
     if not with_segments:
         per_image = [None] * b
     return out, per_image, batched
+
+
+def _device_arrays(named: dict) -> tuple[dict, int]:
+    """The inputs of a call (None: absent) as DeviceArrays, and their device. Host arrays beside
+    CUDA arrays, CUDA arrays where the CUDA path cannot run, and two devices are refused by name."""
+    host = [n for n, x in named.items() if x is not None and not is_cuda_array(x)]
+    if host:
+        device_names = [n for n, x in named.items() if is_cuda_array(x)]
+        got = named[host[0]]
+        where = f"a tensor on device '{got.device}'" if is_torch_tensor(got) else _describe(got)
+        raise ValueError(
+            f"{host[0]}: expected a CUDA array like {device_names[0]}, got {where}; all inputs "
+            "must be on the same device (move them with .cuda() / cupy.asarray or all to the CPU)"
+        )
+    first_name, first = next((n, x) for n, x in named.items() if x is not None)
+    _require_available(first_name, first)  # every input is a CUDA array here
+    arrays = {n: DeviceArray(x, n) for n, x in named.items() if x is not None}
+    # Empty interface-only arrays own no memory (device -1); the others decide the device.
+    placed = [(n, a.device) for n, a in arrays.items() if a.device >= 0]
+    first_name, device = placed[0] if placed else (first_name, 0)
+    for n, d in placed:
+        if d != device:
+            raise ValueError(
+                f"{n}: on CUDA device {d} while {first_name} is on device {device}; all inputs "
+                "must be on the same device"
+            )
+    return arrays, device
+
+
+def group_pixels(sem, centers, off, foreground_mask, thing_ids, check_centers):
+    """``group_pixels`` on the device: the instance map (int32 [B, H, W] or [H, W]) allocated on
+    the inputs' device by the caller's library, as :func:`run` allocates its output.
+
+    ``check_centers(centers, b, h, w, batched)`` gives the host [K, 2] int64 centres per image (a
+    device's are copied: a few numbers each). The vote runs on the caller's current stream with
+    ``merge``'s kernels and returns with the work queued, as ``merge`` does (it waits where
+    ``merge`` would, and reads the labels' minimum back where they are signed: negative class ids
+    are an error).
+    """
+    # With a mask, sem is not read (as on the CPU).
+    named = {"sem": sem if foreground_mask is None else None, "off": off}
+    named["foreground_mask"] = foreground_mask
+    arrays, device = _device_arrays(named)
+    given_off = arrays["off"]
+    batched = given_off.ndim == 4
+    off_axes = off_layout(given_off.dtype, given_off.shape, batched)
+    off_read = _widened_float(given_off)
+    off4, off_shape = _normalize(off_read, off_axes)
+    labels = logits = sem_shape = sem_read = mask4 = mask_shape = mask_read = None
+    if "foreground_mask" in arrays:
+        mask4, mask_shape, mask_read = _normalize_mask(arrays["foreground_mask"], batched)
+    elif "sem" in arrays:
+        (labels, logits), sem_batched, sem_shape, sem_read = _normalize_sem(arrays["sem"])
+        if sem_batched != batched:
+            raise ValueError("sem: batched and unbatched inputs are mixed (sem vs off)")
+    else:
+        raise TypeError(
+            "sem: expected labels or logits (None is only allowed together with foreground_mask)"
+        )
+    b, h, w = check_same_shapes({"off": off_shape, "sem": sem_shape, "foreground_mask": mask_shape})
+    if logits is not None and sem_shape[1] == 0:
+        raise ValueError("sem: logits need at least one class channel, got 0")
+    center_list = check_centers(centers, b, h, w, batched)
+    copies = [a for a in (sem_read, off_read, mask_read) if a is not None and a.made_here]
+    touched = [*arrays.values(), *copies]
+    stream_library = _stream_library(touched)
+    stream = _stream(touched, stream_library, device)
+    _wait_for_producers(touched, stream_library, stream, device)
+    output_library = _output_library(touched)
+    foreign = {a.library for a in copies} & set(_LIBRARIES)
+    foreign.discard(stream_library)
+    wait = bool(foreign) or not _may_return_early(touched)
+    if not wait and stream_library == "torch":
+        _record_stream(touched, device)
+    out = _allocate(output_library, (b, h, w) if batched else (h, w), np.int32, device)
+    _wait_for_allocation(output_library, stream_library, stream, device)
+    _core.cuda_group_pixels(
+        labels,
+        logits,
+        off4,
+        mask4,
+        device,
+        stream,
+        list(thing_ids),
+        [c.ravel() for c in center_list],
+        _core_view(out, np.int32, b, h, w),
+        wait,
+    )
+    return out
 
 
 def find_centers(ctr, params):

@@ -113,6 +113,25 @@ struct CudaMergeInputs {
   uintptr_t stream = 0;  // cudaStream_t; 1 and 2 mean the legacy / per-thread default streams
 };
 
+struct CudaGroupInputs {
+  StridedView sem;     // labels [B, 1, H, W]; data == nullptr with logits or a mask
+  StridedView logits;  // [B, C, H, W] float32/float64 or data == nullptr
+  StridedView off;     // [B, 2, H, W]
+  StridedView mask;    // uint8 [B, 1, H, W], thing pixels where != 0 (sem is then not read)
+  int device = 0;
+  uintptr_t stream = 0;  // as CudaMergeInputs::stream
+};
+
+// group_pixels on the device (pipeline.h's group_pixels): out (int32 [B, 1, H, W] contiguous, on
+// the same device) = 0 where no instance, else 1 + the index of the centre nearest to the pixel's
+// vote (ties to the lower index), by merge's vote kernels. centers: per image its (y, x) pairs,
+// flattened, inside the image (the caller checks). Queued on the stream, with no synchronisation
+// unless `wait`, or signed labels without a mask: their minimum is read back after the work
+// (negative class ids are an error, as on the CPU).
+void cuda_group_pixels(const CudaGroupInputs& inputs, const std::vector<int64_t>& thing_ids,
+                       const std::vector<std::vector<int64_t>>& centers, const StridedView& out,
+                       bool wait);
+
 // The inputs must stay alive and unchanged until finish() returns: it reads them again (the
 // peaks are written where the first phase counted them).
 class CudaMerge {
