@@ -482,7 +482,8 @@ def _record_stream_waits(monkeypatch) -> list:
 
 
 def test_conversions_on_another_librarys_stream_are_waited_for(emulated_cuda, monkeypatch):
-    # CuPy arrays beside torch tensors: the call runs on torch's stream, but CuPy made its
+    # CuPy arrays beside torch tensors (merge, then group_pixels): the call runs on torch's
+    # stream, but CuPy made its
     # arrays, and widens them, on its own. The kernels must wait for CuPy's stream (an event, no
     # host synchronisation), and after a conversion the call must not return before the kernels
     # are done (CuPy may reuse the memory at once). Stand-ins: the test arrays play CuPy's part,
@@ -493,7 +494,7 @@ def test_conversions_on_another_librarys_stream_are_waited_for(emulated_cuda, mo
     recorded = []
     waits = _record_stream_waits(monkeypatch)
     _stand_in_cupy(monkeypatch, [0])
-    monkeypatch.setattr(_cuda, "_library", lambda x: "cupy")
+    monkeypatch.setattr(_cuda, "_library", lambda x: "cupy" if type(x) is HostCudaArray else None)
     monkeypatch.setattr(_cuda, "_stream_library", lambda arrays: "torch")
     monkeypatch.setattr(_cuda, "_output_library", lambda arrays: "torch")
     monkeypatch.setattr(
@@ -514,6 +515,18 @@ def test_conversions_on_another_librarys_stream_are_waited_for(emulated_cuda, mo
         # Inputs are marked as read by the stream only when the call returns before the device.
         assert len(recorded) == (1 if synchronisations == 1 else 0)
         np.testing.assert_array_equal(out.a, pdl_post.merge(s.sem, ctr, s.off))
+    # group_pixels likewise (uint8 labels: no minimum to read back), with half-precision offsets.
+    centers = pdl_post.find_centers(s.ctr)[0]
+    labels = s.sem.astype(np.uint8)
+    for off, synchronisations in [(s.off, 0), (s.off.astype(np.float16), 1)]:
+        waits.clear()
+        recorded.clear()
+        emulation.take_counters()
+        out = pdl_post.group_pixels(HostCudaArray(labels), centers, HostCudaArray(off))
+        assert waits == [(0, 5, 7)]
+        assert emulation.take_counters().get("synchronisations", 0) == synchronisations
+        assert len(recorded) == (1 if synchronisations == 0 else 0)
+        np.testing.assert_array_equal(out.a, pdl_post.group_pixels(labels, centers, off))
 
 
 def _on_stream(a: np.ndarray, stream):

@@ -1,4 +1,6 @@
-"""The CUDA path of ``merge`` / ``postprocess``: CUDA arrays in, the same answer as the CPU out.
+"""The CUDA path of ``merge`` / ``postprocess`` (and of the stages ``find_centers`` and
+``group_pixels``: see find_centers and group_pixels below): CUDA arrays in, the same answer as
+the CPU out.
 
 Inputs are torch CUDA tensors, CuPy arrays or any object exposing ``__cuda_array_interface__`` (v3).
 They are read in place on the device (pointer + shape + strides, no host copies); the output is
@@ -441,23 +443,12 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
     )
     if logits is not None and sem_shape[1] == 0:
         raise ValueError("sem: logits need at least one class channel, got 0")
-    # Every array the call reads: the inputs and the copies widened from them, alive until the
-    # call returns (their readers are queued by then; the allocators free in stream order).
-    copies = [a for a in (sem_read, ctr, off, mask_read) if a is not None and a.made_here]
-    touched = [*arrays.values(), *copies]
-    stream_library = _stream_library(touched)
-    stream = _stream(touched, stream_library, device)
-    # Inputs converted by another library than the stream's (CuPy arrays beside torch tensors)
-    # were converted on that library's stream, and the call waits before returning (that library
-    # may reuse their memory at once).
-    foreign = {a.library for a in copies} & set(_LIBRARIES)
-    foreign.discard(stream_library)
-    _wait_for_producers(touched, stream_library, stream, device)
     # Decided before the job: between its two phases the device idles while the host works.
-    output_library = _output_library(touched)
-    wait = bool(foreign) or not _may_return_early(touched)
-    if not (wait or with_segments) and stream_library == "torch":
-        _record_stream(touched, device)
+    queue = _Queue(arrays, (sem_read, ctr, off, mask_read), device)
+    stream, stream_library, output_library = queue.stream, queue.library, queue.output_library
+    wait = queue.wait
+    if not (wait or with_segments):
+        queue.record_stream()
     # The output is allocated before the job, in the dtype of the smallest label range (int32
     # unless label_divisor or void_label need int64), and handed to the job with the largest class
     # id it fits: where the label range fits, the second phase follows the first phase's
@@ -571,30 +562,22 @@ def group_pixels(sem, centers, off, foreground_mask, thing_ids, check_centers):
     if logits is not None and sem_shape[1] == 0:
         raise ValueError("sem: logits need at least one class channel, got 0")
     center_list = check_centers(centers, b, h, w, batched)
-    copies = [a for a in (sem_read, off_read, mask_read) if a is not None and a.made_here]
-    touched = [*arrays.values(), *copies]
-    stream_library = _stream_library(touched)
-    stream = _stream(touched, stream_library, device)
-    _wait_for_producers(touched, stream_library, stream, device)
-    output_library = _output_library(touched)
-    foreign = {a.library for a in copies} & set(_LIBRARIES)
-    foreign.discard(stream_library)
-    wait = bool(foreign) or not _may_return_early(touched)
-    if not wait and stream_library == "torch":
-        _record_stream(touched, device)
-    out = _allocate(output_library, (b, h, w) if batched else (h, w), np.int32, device)
-    _wait_for_allocation(output_library, stream_library, stream, device)
+    queue = _Queue(arrays, (sem_read, off_read, mask_read), device)
+    if not queue.wait:
+        queue.record_stream()
+    out = _allocate(queue.output_library, (b, h, w) if batched else (h, w), np.int32, device)
+    _wait_for_allocation(queue.output_library, queue.library, queue.stream, device)
     _core.cuda_group_pixels(
         labels,
         logits,
         off4,
         mask4,
         device,
-        stream,
+        queue.stream,
         list(thing_ids),
         [c.ravel() for c in center_list],
         _core_view(out, np.int32, b, h, w),
-        wait,
+        queue.wait,
     )
     return out
 
@@ -614,13 +597,12 @@ def find_centers(ctr, params):
     axes = ctr_layout(given.dtype, given.shape, batched)
     read = _widened_float(given)
     ctr4, _ = _normalize(read, axes)
-    touched = [given, read] if read.made_here else [given]
     device = max(given.device, 0)  # an empty interface-only array owns no memory: device 0
-    output_library = _output_library(touched)
-    stream_library = _stream_library(touched)
-    stream = _stream(touched, stream_library, device)
-    _wait_for_producers(touched, stream_library, stream, device)
-    job = _core.CudaMerge(None, None, ctr4, None, None, device, stream, *params.core_options())
+    queue = _Queue({"ctr": given}, (read,), device)  # the call always waits for the device
+    output_library = queue.output_library
+    job = _core.CudaMerge(
+        None, None, ctr4, None, None, device, queue.stream, *params.core_options()
+    )
     try:
         pairs = job.finish_centers()
     except BaseException:
@@ -650,6 +632,38 @@ def _float64_of(library: str | None):
 
         return torch.float64
     return np.float64
+
+
+class _Queue:
+    """Where a call on ``arrays`` (name -> DeviceArray) and the ``read`` arrays made from them
+    (widened copies; others and None are skipped) queues its work.
+
+    ``stream`` (``library``'s current stream, see _stream_library) already waits for the streams
+    the inputs were made on; ``output_library`` allocates the output; ``wait``: whether the call
+    must wait for the device before returning (see _may_return_early; inputs converted by another
+    library than the stream's, CuPy arrays beside torch tensors, were converted on that library's
+    stream, which may reuse their memory at once).
+    """
+
+    def __init__(self, arrays: dict, read, device: int):
+        # Every array the call reads: the inputs and the copies widened from them, alive until
+        # the call returns (their readers are queued by then; the allocators free in stream order).
+        copies = [a for a in read if a is not None and a.made_here]
+        self.touched = [*arrays.values(), *copies]
+        self.device = device
+        self.library = _stream_library(self.touched)
+        self.stream = _stream(self.touched, self.library, device)
+        _wait_for_producers(self.touched, self.library, self.stream, device)
+        self.output_library = _output_library(self.touched)
+        foreign = {a.library for a in copies} & set(_LIBRARIES)
+        foreign.discard(self.library)
+        self.wait = bool(foreign) or not _may_return_early(self.touched)
+
+    def record_stream(self) -> None:
+        """For a call that returns with its work queued: torch's allocator keeps the inputs'
+        memory until that work is done (see _record_stream)."""
+        if self.library == "torch":
+            _record_stream(self.touched, self.device)
 
 
 def _require_available(name: str, x) -> None:
