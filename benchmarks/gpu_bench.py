@@ -254,6 +254,12 @@ def main(argv=None) -> int:
     if not np.array_equal(np.asarray(grouped.cpu()), want_grouped):
         mismatches.append("group_pixels: GPU != CPU")
     group1 = _time(lambda: pdl_post.group_pixels(sem1, found, off1), args.warmup, args.repeat)
+    # fuse alone on that instance map (merge's second phase on it: one synchronisation).
+    fused = pdl_post.fuse(sem1, grouped)
+    want_fused = pdl_post.fuse(sem1.cpu().numpy(), want_grouped)
+    if not np.array_equal(np.asarray(fused.cpu()), want_fused):
+        mismatches.append("fuse: GPU != CPU")
+    fuse1 = _time(lambda: pdl_post.fuse(sem1, grouped), args.warmup, args.repeat)
     # COCO's 41 x 41 NMS window (presets.COCO) on the same scene: the per-pixel window test.
     coco_nms1 = _time(
         lambda: pdl_post.merge(sem1, ctr1, off1, **{**kw, "nms_kernel": 41}),
@@ -348,6 +354,7 @@ def main(argv=None) -> int:
         ("ours postprocess, logits, batch 1", scores1, floor1),
         ("ours find_centers, batch 1", centers1, floor1),
         ("ours group_pixels, batch 1", group1, floor1),
+        ("ours fuse, batch 1", fuse1, floor1),
         ("ours, nms_kernel=41 (COCO's window), batch 1", coco_nms1, floor1),
         ("ours, nms_kernel=43 (separable filter), batch 1", separable_nms1, floor1),
         (f"ours, class ids + {shift} (compacted), batch 1", compacted1, floor1),

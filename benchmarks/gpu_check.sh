@@ -98,8 +98,8 @@ within 300 "device tests" "$PY" -m pytest "${device_tests[@]}" --durations=8
 # second phases that hold and fail, 400 centres,
 # compacted class tables, a flat heatmap: a centre per pixel, the grid search and its quadtree
 # for votes outside the grid, instance x class pairs by sort; every pixel its own compacted class
-# id: pairs by sort), compared with the CPU, postprocess with logits and a mask, find_centers and
-# group_pixels.
+# id: pairs by sort), compared with the CPU, postprocess with logits and a mask, and the stages
+# (find_centers, group_pixels, fuse).
 sanitizer_case=$(mktemp --suffix=.py)
 trap 'rm -f "$sanitizer_case"' EXIT
 cat >"$sanitizer_case" <<'PYEOF'
@@ -135,6 +135,12 @@ crowds = [np.random.default_rng(k).integers(0, 64, (k, 2)) for k in (400, 1000)]
 for given, host in (([c for c, _ in got], on_host), (crowds, crowds)):
     instance = pdl_post.group_pixels(sem, given, off)
     np.testing.assert_array_equal(instance.cpu().numpy(), pdl_post.group_pixels(b.sem, host, b.off))
+# fuse on the device: that instance map (1000 per image: numbered by sort), its ids * 100003
+# (renumbered by torch) and as int64 (converted).
+grouped = instance.cpu().numpy()
+for ids in (grouped, grouped.astype(np.int64) * 100_003, grouped.astype(np.int64)):
+    fused = pdl_post.fuse(sem, torch.from_numpy(ids).cuda(), stuff_area=16)
+    np.testing.assert_array_equal(fused.cpu().numpy(), pdl_post.fuse(b.sem, ids, stuff_area=16))
 many = synthetic.make_scene(96, 128, 400, seed=1)
 pdl_post.merge(*(torch.from_numpy(a).cuda() for a in (many.sem, many.ctr, many.off)), top_k=None)
 big = (b.sem.astype(np.int64) + 70_000, [t + 70_000 for t in range(11, 19)])  # compacted tables

@@ -123,7 +123,38 @@ inline void bind_cuda(py::module_& m) {
            py::arg("device"), py::arg("stream"), py::arg("thing_ids"), py::arg("label_divisor"),
            py::arg("stuff_area"), py::arg("void_label"), py::arg("threshold"),
            py::arg("nms_kernel"), py::arg("top_k"), py::arg("topk_mode"))
+      .def_static(
+          "for_fuse",
+          [](const py::object& sem, const py::object& logits, const py::object& instance,
+             int device, uintptr_t stream, std::vector<int64_t> thing_ids, int64_t label_divisor,
+             int64_t stuff_area, int64_t void_label) {
+            CudaMergeInputs in;
+            in.sem = device_view_of(sem, "sem");
+            in.logits = device_view_of(logits, "sem");
+            in.instance = device_view_of(instance, "instance");
+            in.fuse = true;
+            in.device = device;
+            in.stream = stream;
+            const FuseParams params =
+                fuse_params(std::move(thing_ids), label_divisor, stuff_area, void_label);
+            py::gil_scoped_release release;
+            return std::make_unique<CudaMerge>(in, CenterOptions{}, params);
+          },
+          py::arg("sem"), py::arg("logits"), py::arg("instance"), py::arg("device"),
+          py::arg("stream"), py::arg("thing_ids"), py::arg("label_divisor"), py::arg("stuff_area"),
+          py::arg("void_label"))
       .def("label_range", &CudaMerge::label_range, py::call_guard<py::gil_scoped_release>())
+      .def("instance_range", &CudaMerge::instance_range, py::call_guard<py::gil_scoped_release>())
+      .def(
+          "finish_fuse",
+          [](CudaMerge& job, const py::object& out, const py::object& instance,
+             const std::vector<int64_t>& counts, bool wait) {
+            const StridedView o = device_view_of(out, "out");
+            const StridedView i = device_view_of(instance, "instance");
+            py::gil_scoped_release release;
+            job.finish_fuse(o, i, counts, wait);
+          },
+          py::arg("out"), py::arg("instance"), py::arg("counts"), py::arg("wait"))
       .def(
           "finish",
           [](CudaMerge& job, const py::object& out, bool with_segments, bool wait) {

@@ -82,7 +82,7 @@ class HostCudaArray:
         return types.SimpleNamespace(id=0)
 
     def __getitem__(self, index):  # a view on the same "device", as CuPy's and torch's indexing
-        return type(self)(self.a[index])
+        return type(self)(np.asarray(self.a[index]))  # a 0-d array for one element, as CuPy's
 
     # The conversions the CUDA dispatch asks of the caller's array library (as CuPy's).
     def __gt__(self, other):
@@ -91,14 +91,39 @@ class HostCudaArray:
     def __ne__(self, other):
         return HostCudaArray(self.a != other)
 
-    def astype(self, dtype):
-        return HostCudaArray(self.a.astype(dtype))
+    def astype(self, dtype, order="K"):
+        return HostCudaArray(self.a.astype(dtype, order=order))
 
     def reshape(self, *shape):  # views on the same "device", as CuPy's
         return HostCudaArray(self.a.reshape(*shape))
 
     def view(self, dtype):
         return HostCudaArray(self.a.view(dtype))
+
+    # What the renumbering of fuse's instance ids asks of CuPy's arrays (see HOST_ARRAY_MODULE).
+    def __add__(self, other):
+        return HostCudaArray(self.a + other)
+
+    def max(self, axis=None):
+        return HostCudaArray(np.asarray(self.a.max(axis=axis)))
+
+    def tolist(self):
+        return self.a.tolist()
+
+    def __int__(self):
+        return int(self.a)
+
+    def __len__(self):
+        return len(self.a)
+
+
+# The functions of CuPy's module that the CUDA dispatch calls (_cuda._array_module), on the
+# emulator's arrays.
+HOST_ARRAY_MODULE = types.SimpleNamespace(
+    unique=lambda x, return_inverse: tuple(
+        HostCudaArray(r) for r in np.unique(x.a, return_inverse=return_inverse)
+    )
+)
 
 
 class InterfaceOnlyArray(HostCudaArray):
@@ -125,6 +150,7 @@ def use_emulation(monkeypatch):
         lambda library, shape, dtype, device: HostCudaArray(np.empty(shape, dtype)),
     )
     monkeypatch.setattr(_cuda, "_to_device", lambda library, host, device: HostCudaArray(host))
+    monkeypatch.setattr(_cuda, "_array_module", lambda x: HOST_ARRAY_MODULE)
     to_host_ = _cuda.to_host  # the emulator's arrays go to the host as CuPy's do (.get())
     monkeypatch.setattr(
         _cuda, "to_host", lambda x, name: x.a if type(x) is HostCudaArray else to_host_(x, name)

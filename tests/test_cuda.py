@@ -659,6 +659,109 @@ def test_group_pixels_on_the_device_queues_without_synchronising(emulated_cuda):
     np.testing.assert_array_equal(got.a, pdl_post.group_pixels(b.sem, found, b.off))
 
 
+def _fuse_on(device, sem, instance, layout=to_device, **kw):
+    """fuse on `device` (both maps made there by `layout`) equals the CPU's panoptic map (ids and
+    dtype); returns it."""
+    cpu = pdl_post.fuse(sem, instance, backend="cpu", **kw)
+    got = pdl_post.fuse(layout(sem, device), layout(instance, device), **kw)
+    host = to_host(got)
+    assert host.dtype == cpu.dtype and host.shape == cpu.shape, kw
+    np.testing.assert_array_equal(host, cpu, err_msg=str(kw))
+    return cpu
+
+
+def test_fuse_on_the_device_equals_the_cpu(cuda_device):
+    # merge's second phase on a given instance map: instance maps from group_pixels and random
+    # ones (instances over stuff and thing pixels alike, absent ids), more than 256 instances (the
+    # numbering by sort), ids beyond H * W (renumbered on the device), every integer dtype,
+    # strided maps (converted), logits, class ids from 70000 up, a small label_divisor and
+    # stuff_area, unbatched maps.
+    rng = np.random.default_rng(5)
+    b = synthetic.make_batch(3, 40, 56, 6, seed=5)
+    sem = b.sem.astype(np.int32)
+    found = [c for c, _ in pdl_post.find_centers(b.ctr)]
+    grouped = pdl_post.group_pixels(sem, found, b.off)
+    pan = _fuse_on(cuda_device, sem, grouped)
+    assert (pan % 1000 > 0).any()
+    _fuse_on(cuda_device, sem, grouped, stuff_area=0, void_label=0)
+    _fuse_on(cuda_device, sem, grouped, thing_ids=[], label_divisor=7)
+    scattered = rng.integers(0, 9, sem.shape).astype(np.int32)  # instances over stuff too
+    scattered[1] = 0  # an image without instances
+    _fuse_on(cuda_device, sem, scattered, stuff_area=50)
+    crowd = rng.integers(0, 600, sem.shape).astype(np.int32)  # numbered by sort
+    _fuse_on(cuda_device, sem, crowd, label_divisor=10_000)
+    sparse = grouped.astype(np.int64) * 1_000_003 + 17 * (grouped > 0)  # beyond H * W
+    _fuse_on(cuda_device, sem, sparse)
+    _fuse_on(cuda_device, sem, np.where(grouped > 0, grouped.astype(np.int64) + 2**40, 5))
+    for dtype in (np.uint8, np.int16, np.uint16, np.int64, np.uint32):
+        _fuse_on(cuda_device, sem, grouped.astype(dtype))
+    _fuse_on(cuda_device, sem, grouped, _column_major)
+    _fuse_on(cuda_device, b.sem.astype(np.uint8), grouped)
+    logits = synthetic.make_batch(3, 40, 56, 6, seed=5, logits=True).logits
+    cpu = pdl_post.fuse(logits, grouped, backend="cpu")
+    got = pdl_post.fuse(to_device(logits, cuda_device), to_device(grouped, cuda_device))
+    np.testing.assert_array_equal(to_host(got), cpu)
+    big = sem.astype(np.int64) + 70_000
+    _fuse_on(cuda_device, big, grouped, thing_ids=[t + 70_000 for t in range(11, 19)])
+    _fuse_on(cuda_device, sem[2], grouped[2])  # [H, W]
+    _fuse_on(cuda_device, sem[:, :, :0], grouped[:, :, :0])
+
+
+def test_fuse_on_the_device_errors_as_on_the_cpu(cuda_device):
+    b = synthetic.make_batch(2, 24, 32, 4, seed=1)
+    sem = b.sem.astype(np.int32)
+    instance = np.zeros_like(sem)
+    instance[:, :10] = 1 + np.arange(32)  # 32 instances of one class per image
+    negative_sem = sem.copy()
+    negative_sem[1, 3, 3] = -2
+    negative_instance = instance.copy()
+    negative_instance[0, 5, 5] = -1
+    cases = {
+        "label_divisor": (sem, instance, dict(label_divisor=20, thing_ids=range(30))),
+        "negative class id": (negative_sem, instance, {}),
+        "negative instance id": (sem, negative_instance, {}),
+        "float instance map": (sem, instance.astype(np.float32), {}),
+        "shape": (sem, instance[0], {}),
+        "sizes differ": (sem, instance[:, :, :30], {}),
+        "no sem": (None, instance, {}),
+    }
+    for what, (s, inst, kw) in cases.items():
+        with pytest.raises((TypeError, ValueError)) as on_cpu:
+            pdl_post.fuse(s, inst, backend="cpu", **kw)
+        with pytest.raises(type(on_cpu.value)) as on_device:
+            pdl_post.fuse(
+                None if s is None else to_device(s, cuda_device), to_device(inst, cuda_device), **kw
+            )
+        assert str(on_device.value) == str(on_cpu.value), what
+
+
+def test_fuse_on_the_device_queues_like_merge(emulated_cuda):
+    # One synchronisation (the label and instance ranges), then the work queued; a second one only
+    # where an image may number label_divisor instances, or after the map was converted.
+    b = synthetic.make_batch(2, 40, 56, 6, seed=5)
+    sem = b.sem.astype(np.int32)
+    found = [c for c, _ in pdl_post.find_centers(b.ctr)]
+    grouped = pdl_post.group_pixels(sem, found, b.off)
+    for instance, kw, syncs in (
+        (grouped, {}, 1),
+        (grouped, dict(label_divisor=3), 2),
+        (grouped.astype(np.int64), {}, 2),
+        (grouped.astype(np.int64) * 100_000, {}, 2),
+    ):
+        EMULATION.take_counters()
+        try:
+            pdl_post.fuse(HostCudaArray(sem), HostCudaArray(instance), **kw)
+        except ValueError:
+            assert kw  # label_divisor=3: too many instances, read back
+        counts = EMULATION.take_counters()
+        assert counts["synchronisations"] == syncs, (instance.dtype, kw, counts)
+    # The stages end to end on the device.
+    centers = [c for c, _ in pdl_post.find_centers(HostCudaArray(b.ctr))]
+    instance = pdl_post.group_pixels(HostCudaArray(sem), centers, HostCudaArray(b.off))
+    panoptic = pdl_post.fuse(HostCudaArray(sem), instance)
+    np.testing.assert_array_equal(panoptic.a, pdl_post.merge(sem, b.ctr, b.off))
+
+
 def _misaligned(a, device):
     """`a` on `device`, starting one element past an aligned allocation (no load pack fits)."""
     buffer = np.zeros(a.size + 1, a.dtype)
@@ -1508,13 +1611,9 @@ def test_host_backends_refuse_cuda_arrays():
             pdl_post.merge(*fakes, backend=backend)
 
 
-def test_stage_functions_name_the_cuda_argument():
+def test_stages_refuse_host_arrays_beside_cuda_arrays():
     s = synthetic.make_scene(8, 8, 1, seed=0)
-    with pytest.raises(
-        ValueError,
-        match=r"sem: got a CUDA array .*only merge\(\), postprocess\(\), find_centers\(\), "
-        r"group_pixels\(\) and detectron2",
-    ):
+    with pytest.raises(ValueError, match=r"instance: expected a CUDA array like sem, got array"):
         pdl_post.fuse(FakeCudaArray((8, 8), "<i4"), np.zeros((8, 8), np.int32))
     with pytest.raises(ValueError, match=r"sem: expected a CUDA array like off, got array"):
         pdl_post.group_pixels(s.sem, np.zeros((0, 2), np.int64), FakeCudaArray((2, 8, 8)))
@@ -1528,9 +1627,7 @@ def test_backend_cuda_needs_cuda_arrays(cuda_device):
         pdl_post.find_centers(s.ctr, backend="cuda")
     with pytest.raises(ValueError, match=r"backend: 'cuda' takes CUDA arrays"):
         pdl_post.group_pixels(s.sem, np.zeros((0, 2), np.int64), s.off, backend="cuda")
-    with pytest.raises(
-        ValueError, match=r"backend: 'cuda' runs merge\(\), postprocess\(\), find_centers\(\) and "
-    ):
+    with pytest.raises(ValueError, match=r"backend: 'cuda' takes CUDA arrays"):
         pdl_post.fuse(s.sem, np.zeros_like(s.sem, np.int32), backend="cuda")
 
 

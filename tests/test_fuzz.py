@@ -646,6 +646,24 @@ def _assert_cuda_path_equals_cpu(device, sem, ctr, off, *, foreground_mask=None,
             assert str(outcomes[1]) == str(outcomes[0])
         else:
             np.testing.assert_array_equal(outcomes[1], outcomes[0])
+            # fuse alone on the device, on that instance map: the CPU's panoptic map or error.
+            fused = []
+            fuse_kw = {
+                k: kw[k]
+                for k in ("thing_ids", "label_divisor", "stuff_area", "void_label")
+                if k in kw
+            }
+            for maps in ((sem, outcomes[0]), (on_device(sem), on_device(outcomes[0]))):
+                try:
+                    fused.append(to_host(pdl_post.fuse(*maps, **fuse_kw)))
+                except (TypeError, ValueError) as e:
+                    fused.append(e)
+            if any(isinstance(o, Exception) for o in fused):
+                assert [type(o) for o in fused[1:]] == [type(fused[0])], fused
+                assert str(fused[1]) == str(fused[0])
+            else:
+                assert fused[1].dtype == fused[0].dtype
+                np.testing.assert_array_equal(fused[1], fused[0])
         del cpu, gpu
         check()
 

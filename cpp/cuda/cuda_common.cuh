@@ -408,6 +408,10 @@ void exclusive_sum(const int64_t* in, int64_t* out, int64_t count, const CubTemp
 void argmax_logits(const StridedView& logits, int32_t* labels, cudaStream_t stream);
 // range[0] = min, range[1] = max label (range must hold {INT64_MAX, INT64_MIN} beforehand).
 void label_range(const StridedView& sem, long long* range, cudaStream_t stream);
+// fuse's instance map [B, 1, H, W] (any label dtype): maxima[b] = max(maxima[b], image b's largest
+// id), *minimum = min(*minimum, the smallest id).
+void instance_range(const StridedView& instance, long long* maxima, long long* minimum,
+                    cudaStream_t stream);
 // flags[i] = 1 where pixel i of sem [B, 1, H, W] (row-major over the batch) is of a thing class,
 // else 0: group_pixels' thing pixels, which its vote reads as a mask.
 void thing_flags(const StridedView& sem, const ThingClasses& things, uint8_t* flags,
@@ -558,10 +562,13 @@ ManyCenters take_many_centers(Scratch& scratch, int64_t cells, int64_t sums, int
 // batch ((K_b + 1) x C, or C with pairs) when it is <= kSharedBinLimit, else 0.
 // many: nullptr while every image keeps at most kBruteForceCentersMax centres.
 // pairs: nullptr while the pairs are counted in the histogram (pairs_in_histogram).
+// given: fuse's instance map (int32 [B, H, W] contiguous, ids 0..K_b) counted instead of votes
+// (mask and off are not read, nor the vote grid built); nullptr: the vote.
 void vote_and_count(const StridedView& sem, const StridedView& mask, const StridedView& off,
                     const ThingClasses& things, const CenterList& centers, const FuseLayout& layout,
                     int64_t shared_bins, const ManyCenters* many, const PairSort* pairs,
-                    const FuseBuffers& buffers, cudaStream_t stream);
+                    const FuseBuffers& buffers, cudaStream_t stream,
+                    const int32_t* given = nullptr);
 // Majority vote, numbering, stuff filter and the segment list (scores before the logits factor).
 void resolve_segments(int64_t batch, const ThingClasses& things, const FuseParams& params,
                       const CenterList& centers, const FuseLayout& layout, const ManyCenters* many,

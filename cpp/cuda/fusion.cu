@@ -101,14 +101,18 @@ using RangeReduce = cub::BlockReduce<long long, kThreads>;
 // Folds every thread's (lo, hi) into range[0] / range[1]: a block reduction, then one atomic
 // each per block.
 __device__ void fold_into_range(RangeReduce::TempStorage& storage, long long lo, long long hi,
-                                long long* range) {
+                                long long* lowest, long long* highest) {
   lo = RangeReduce(storage).Reduce(lo, MinOp());
   __syncthreads();
   hi = RangeReduce(storage).Reduce(hi, MaxOp());
   if (threadIdx.x == 0) {
-    atomicMin(&range[0], lo);
-    atomicMax(&range[1], hi);
+    atomicMin(lowest, lo);
+    atomicMax(highest, hi);
   }
+}
+__device__ void fold_into_range(RangeReduce::TempStorage& storage, long long lo, long long hi,
+                                long long* range) {
+  fold_into_range(storage, lo, hi, &range[0], &range[1]);
 }
 
 template <typename TSem>
@@ -125,6 +129,23 @@ __global__ void label_range_kernel(DeviceView<const TSem> sem, int64_t height, i
     hi = v > hi ? v : hi;
   });
   fold_into_range(storage, lo, hi, range);
+}
+
+// Image blockIdx.y's largest instance id into maxima[b], the batch's smallest into *minimum.
+template <typename T>
+__global__ void instance_range_kernel(DeviceView<const T> instance, int64_t height, int64_t width,
+                                      long long* maxima, long long* minimum) {
+  __shared__ RangeReduce::TempStorage storage;
+  const int64_t b = blockIdx.y;
+  const Plane<const T> ids = instance.plane(b, 0);
+  long long lo = std::numeric_limits<long long>::max();
+  long long hi = std::numeric_limits<long long>::min();
+  for_each_pixel(height * width, height, width, [&](int64_t, int64_t, int64_t y, int64_t x) {
+    const long long v = static_cast<long long>(ids(y, x));
+    lo = v < lo ? v : lo;
+    hi = v > hi ? v : hi;
+  });
+  fold_into_range(storage, lo, hi, minimum, &maxima[b]);
 }
 
 // kPackPixels consecutive pixels of a row-major block, loaded or stored as one aligned access
@@ -217,12 +238,14 @@ struct VoteArgs {
   int64_t no_pair;      // PairSort::none
   int64_t height, width;
   unsigned long long* vote_cursor;  // [B], zeroed: chunks taken per image; nullptr: a fixed share
+  const int32_t* given;             // kGivenInstance only: [B, H, W] the caller's instance ids
 };
 
 // How vote_kernel finds the nearest centre, each its own kernel (a branch between them would cost
 // the default's registers): every centre in order, the vote grid (many centres), or the centres
-// that can win in the box of the warp's votes (set_cuda_vote_box, a candidate).
-enum NearestSearch : int { kEveryCenter, kGridSearch, kWarpBox };
+// that can win in the box of the warp's votes (set_cuda_vote_box, a candidate). kGivenInstance
+// votes nothing: each pixel's instance is the caller's (fuse), only counted.
+enum NearestSearch : int { kEveryCenter, kGridSearch, kWarpBox, kGivenInstance };
 
 // The nearest centre to each voting lane's vote, for a whole warp at once: the brute force's
 // answer (every centre in index order, strict '<': ties to the lower index, all-inf picks 0),
@@ -412,7 +435,8 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
   }
   // Brute force: the image's centres in shared memory once (K <= kBruteForceCentersMax fit one
   // tile), so that the pixel loop has no barrier and its warps hide each other's loads.
-  if (kSearch != kGridSearch) {
+  constexpr bool kVotes = kSearch != kGivenInstance;
+  if (kSearch != kGridSearch && kVotes) {
     for (int64_t i = threadIdx.x; i < num_centers; i += blockDim.x) {
       tile_y[i] = center_y[i];
       tile_x[i] = center_x[i];
@@ -428,9 +452,12 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
   const auto vote_pixel = [&](int64_t p, bool active, int64_t y, int64_t x) {
     // The offsets are read with the label (not after it proves a thing): one memory round trip.
     const int64_t label = active ? static_cast<int64_t>(sem(y, x)) : 0;
-    const TOff off_y = active ? dy(y, x) : TOff(0), off_x = active ? dx(y, x) : TOff(0);
+    const TOff off_y = active && kVotes ? dy(y, x) : TOff(0);
+    const TOff off_x = active && kVotes ? dx(y, x) : TOff(0);
     bool thing = false;
-    if (active) thing = kFromMask ? a.mask.plane(b, 0)(y, x) != 0 : a.things.contains(label);
+    if (active && kVotes) {
+      thing = kFromMask ? a.mask.plane(b, 0)(y, x) != 0 : a.things.contains(label);
+    }
     bool voting = thing && num_centers > 0;
     float qy = 0.0f, qx = 0.0f;
     if (voting) {
@@ -461,11 +488,11 @@ __global__ void vote_kernel(VoteArgs<TSem, TOff> a) {
       }
     }
     // Sorted pairs: only pixels without an instance count in the histogram.
-    const int32_t inst = voting ? best + 1 : 0;
+    const int32_t inst = kVotes ? (voting ? best + 1 : 0) : (active ? a.given[b * hw + p] : 0);
     const bool counted = active && (a.pair_keys == nullptr || inst == 0);
     const int64_t c = active ? a.layout.class_index(label) : 0;
     if (active) {
-      instance[p] = inst;
+      if (kVotes) instance[p] = inst;
       if (a.pair_keys) {
         store_pair_key(a.pair_keys, a.wide_pair_keys, b * hw + p,
                        inst > 0 ? (a.layout.inst_offset[b] + inst) * classes + c : a.no_pair);
@@ -936,6 +963,19 @@ void label_range(const StridedView& sem, long long* range, cudaStream_t stream) 
   });
 }
 
+void instance_range(const StridedView& instance, long long* maxima, long long* minimum,
+                    cudaStream_t stream) {
+  const int64_t hw = instance.height() * instance.width();
+  with_label_type(instance.dtype, "instance", [&](auto tag) {
+    using T = decltype(tag);
+    const dim3 grid(resident_blocks_per_image(instance_range_kernel<T>, 0, instance.batch(), hw),
+                    static_cast<unsigned>(instance.batch()));
+    instance_range_kernel<T><<<grid, kThreads, 0, stream>>>(
+        device_view<T>(instance), instance.height(), instance.width(), maxima, minimum);
+    check_launch("instance_range_kernel");
+  });
+}
+
 void thing_flags(const StridedView& sem, const ThingClasses& things, uint8_t* flags,
                  cudaStream_t stream) {
   const int64_t total = sem.batch() * sem.height() * sem.width();
@@ -1028,10 +1068,11 @@ PairSort take_pair_sort(Scratch& scratch, int64_t pixels, int64_t instance_slots
 void vote_and_count(const StridedView& sem, const StridedView& mask, const StridedView& off,
                     const ThingClasses& things, const CenterList& centers, const FuseLayout& layout,
                     int64_t shared_bins, const ManyCenters* many, const PairSort* pairs,
-                    const FuseBuffers& buffers, cudaStream_t stream) {
+                    const FuseBuffers& buffers, cudaStream_t stream, const int32_t* given) {
   const int64_t batch = sem.batch(), height = sem.height(), width = sem.width();
   const int64_t hw = height * width;
-  if (many) {  // bucket each image's centres by cell: counts, their exclusive sum, the fill
+  if (many &&
+      !given) {  // bucket each image's centres by cell: counts, their exclusive sum, the fill
     const ManyCenters& m = *many;
     const size_t cell_bytes = static_cast<size_t>(m.cells + 1) * sizeof(int64_t);
     check(cudaMemsetAsync(m.cell_fill, 0, cell_bytes, stream), "cudaMemsetAsync");
@@ -1075,9 +1116,11 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
       static_cast<int64_t>(tile_bytes) + kSharedBinLimit * int64_t{sizeof(unsigned)}));
   const bool chunks = vote_chunks.load(std::memory_order_relaxed);
   const bool box = vote_box.load(std::memory_order_relaxed);
+  // A given instance map reads no offsets: one kernel per label type (its TOff is never read).
+  const DType off_dtype = given ? DType::kFloat32 : off.dtype;
   with_label_type(sem.dtype, "sem", [&](auto sem_tag) {
     using TSem = decltype(sem_tag);
-    with_float_type(off.dtype, "off", [&](auto off_tag) {
+    with_float_type(off_dtype, "off", [&](auto off_tag) {
       using TOff = decltype(off_tag);
       VoteArgs<TSem, TOff> args{
           device_view<TSem>(sem),
@@ -1093,7 +1136,8 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
           pairs ? pairs->none : 0,
           height,
           width,
-          chunks ? buffers.vote_cursor : nullptr};
+          chunks ? buffers.vote_cursor : nullptr,
+          given};
       auto launch = [&](auto kernel) {
         allow_dynamic_shared(kernel, device, shared_attribute);
         const dim3 grid(resident_blocks_per_image(kernel, shared_bytes, batch, hw),
@@ -1104,7 +1148,11 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
       // The twelve combinations of (mask, shared counters, search), each its own kernel.
       const auto with_grid = [&](auto from_mask, auto shared_hist) {
         constexpr bool kMask = decltype(from_mask)::value, kShared = decltype(shared_hist)::value;
-        if (many) {
+        if (given) {
+          if constexpr (!kMask && std::is_same_v<TOff, float>) {
+            launch(vote_kernel<TSem, TOff, false, kShared, kGivenInstance>);
+          }
+        } else if (many) {
           launch(vote_kernel<TSem, TOff, kMask, kShared, kGridSearch>);
         } else if (box) {
           launch(vote_kernel<TSem, TOff, kMask, kShared, kWarpBox>);

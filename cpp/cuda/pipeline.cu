@@ -272,6 +272,16 @@ __global__ void init_first_phase_kernel(long long* range, int64_t* row_count_end
   *plan_verdict = 1;
 }
 
+// A fuse job's header: [label range, largest instance id per image (0), smallest (INT64_MAX),
+// unused].
+__global__ void init_fuse_header_kernel(long long* header, int64_t batch) {
+  header[0] = LLONG_MAX;
+  header[1] = LLONG_MIN;
+  for (int64_t b = 0; b < batch; ++b) header[2 + b] = 0;
+  header[2 + batch] = LLONG_MAX;
+  header[3 + batch] = 1;
+}
+
 // Does this build hold code the device can run (machine code for its architecture, or PTX it
 // can compile)? Without it every launch fails with a bare cudaErrorNoKernelImageForDevice; this
 // says which device and how to rebuild instead. A host-side lookup, no work on the device.
@@ -628,6 +638,9 @@ struct CudaMerge::State {
   std::vector<int64_t> peak_begin;  // B + 1 (host)
   int64_t lo = 0, hi = -1;
   bool plan_held = false;  // the header's verdict on a speculative second phase
+  // A job for fuse (in.fuse): the given instance map's smallest id, and each image's largest.
+  int64_t instance_lo = 0;
+  std::vector<int64_t> instance_hi;
   // The header's read-back and the event recorded after it, from queued till waited for.
   std::optional<cuda::HostTransferBuffer> header_copy;
   cudaEvent_t header_copied = nullptr;
@@ -681,8 +694,13 @@ struct CudaMerge::State {
     const long long* h = header_copy->data();
     lo = h[0];
     hi = h[1];
-    peak_begin.assign(h + 2, h + 3 + batch);
-    plan_held = h[3 + batch] == 0;
+    if (in.fuse) {  // [lo, hi, largest id per image, smallest id, unused]
+      instance_hi.assign(h + 2, h + 2 + batch);
+      instance_lo = h[2 + batch];
+    } else {
+      peak_begin.assign(h + 2, h + 3 + batch);
+      plan_held = h[3 + batch] == 0;
+    }
     counted = true;
     header_copy.reset();  // the page-locked blocks go back for the next call
     upload_staging.reset();
@@ -709,9 +727,10 @@ CudaMerge::CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers
   s.centers = centers;
   s.params = params;
   s.stream = cuda::stream_of(inputs.stream);
-  s.batch = inputs.ctr.batch();
-  s.height = inputs.ctr.height();
-  s.width = inputs.ctr.width();
+  const StridedView& image = inputs.fuse ? inputs.instance : inputs.ctr;  // the batch's shape
+  s.batch = image.batch();
+  s.height = image.height();
+  s.width = image.width();
   if (s.batch * s.height * s.width == 0) {
     s.empty = true;
     return;
@@ -745,6 +764,7 @@ CudaMerge::CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers
     Arrays taken{};
     if (argmax) taken.labels = scratch.take<int32_t>(s.batch * hw, "argmax labels");
     taken.header = scratch.take<long long>(s.header_words(), "label range");
+    if (inputs.fuse) return taken;  // no peaks
     taken.row_count = scratch.take<int64_t>(rows + 1, "peak counts");
     taken.row_offset = scratch.take<int64_t>(rows + 1, "peak offsets");
     taken.scan = cuda::take_scan_temp(scratch, rows + 1);
@@ -763,6 +783,13 @@ CudaMerge::CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers
     s.sem.strides = {hw, hw, s.width, 1};
   } else {
     s.sem = inputs.sem;
+  }
+  if (inputs.fuse) {
+    cuda::init_fuse_header_kernel<<<1, 1, 0, s.stream>>>(a.header, s.batch);
+    cuda::check_launch("init_fuse_header_kernel");
+    cuda::label_range(s.sem, a.header, s.stream);
+    cuda::instance_range(inputs.instance, a.header + 2, a.header + 2 + s.batch, s.stream);
+    return;  // the wait for the ranges is label_range()'s
   }
   cuda::init_first_phase_kernel<<<1, 1, 0, s.stream>>>(a.header, a.row_count + rows,
                                                        a.header + 3 + s.batch);
@@ -802,8 +829,11 @@ void CudaMerge::release() noexcept {
 
 namespace {
 
-// A job made without labels or logits serves finish_centers only.
+// A job made without labels or logits serves finish_centers only; a fuse job finish_fuse only.
 void require_labels(const CudaMerge::State& s, const char* method) {
+  if (s.in.fuse) {
+    throw ValueError(std::string("CudaMerge.") + method + ": the job was made for fuse");
+  }
   // (Empty inputs have no pointers, and need no labels.)
   if (!s.empty && s.in.sem.data == nullptr && s.in.logits.data == nullptr) {
     throw ValueError(std::string("CudaMerge.") + method +
@@ -815,7 +845,7 @@ void require_labels(const CudaMerge::State& s, const char* method) {
 
 std::pair<int64_t, int64_t> CudaMerge::label_range() {
   if (!state_) throw ValueError("CudaMerge.label_range: the job was released");
-  require_labels(*state_, "label_range");
+  if (!state_->in.fuse) require_labels(*state_, "label_range");  // a fuse job has labels
   if (state_->empty) return {0, -1};
   state_->wait_for_counts();
   return {state_->lo, state_->hi};
@@ -833,6 +863,9 @@ struct PhaseSizes {
   bool every_peak_kept = true;        // the peaks are the centres; else the top-k selection,
   bool any_sorted = false;            // which sorts the images with [sort_begin, sort_end)
   std::vector<int> sort_begin, sort_end;
+  // fuse: the caller's instance map (int32 [B, H, W] contiguous, ids 0..kept[b]), counted instead
+  // of votes; no centres are written (kept[b] bounds the instances instead).
+  const int32_t* given = nullptr;
 };
 
 // The centres' part of a second phase's sizes (finish, finish_centers): each image's bound of
@@ -856,6 +889,25 @@ PhaseSizes center_sizes(const CudaMerge::State& s) {
   z.every_peak_kept = !z.any_sorted && (s.centers.top_k != 0 || total_peaks == 0);
   z.center_slots = total_peaks;
   return z;
+}
+
+// Class tables (z.classes, z.distinct): dense below ClassIndex::kDenseLabelLimit, else over the
+// batch's distinct labels (sorted on the device into `scratch`; one more synchronisation, for
+// their count), as on the CPU.
+void set_classes(const CudaMerge::State& s, PhaseSizes& z, cuda::Scratch& scratch) {
+  z.classes = s.hi + 1;
+  if (s.hi < ClassIndex::kDenseLabelLimit) return;
+  const int end_bit = cuda::bit_width(s.hi);  // bits of the largest label
+  const cuda::DistinctScratch d = cuda::carve(scratch, s.stream, [&](cuda::Scratch& sc) {
+    return cuda::take_distinct_scratch(sc, s.batch * s.height * s.width, end_bit);
+  });
+  cuda::distinct_labels(s.sem, end_bit, d, s.stream);
+  int count = 0;
+  check(cudaMemcpyAsync(&count, d.count, sizeof(int), cudaMemcpyDeviceToHost, s.stream),
+        "cudaMemcpyAsync (class count)");
+  check(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize");
+  z.classes = count;
+  z.distinct = d.distinct;
 }
 
 // A queued second phase: its scratch (freed in stream order with this object) and what the
@@ -1030,6 +1082,9 @@ QueuedPhase queue_second_phase(CudaMerge::State& s, const PhaseSizes& z, const S
   // before the vote's launch, while the device idles.
   const size_t at_errors = pack.add(std::vector<unsigned long long>(B, ULLONG_MAX));
   const cuda::ThingUpload thing_upload(s.params.thing_ids, pack);
+  // fuse: each image's instances are counted, not centres written (their count uploaded; their
+  // begin is s.peak_begin's, set to the instances' offsets by finish_fuse).
+  const size_t at_given_count = pack.add(z.given ? kept : std::vector<int64_t>{});
 
   // Every array of this phase, from one allocation.
   // postprocess reads back every centre and segment slot (at most sum of K_b, and K_b + C per
@@ -1058,8 +1113,10 @@ QueuedPhase queue_second_phase(CudaMerge::State& s, const PhaseSizes& z, const S
     f.hist = sc.take<unsigned long long>(hist_total + B, "the instance x class histogram");
     f.vote_cursor = f.hist + hist_total;
     // int32 output: instance ids first, panoptic ids written over them.
-    f.instance = out.dtype == DType::kInt32 ? static_cast<int32_t*>(out.data)
-                                            : sc.take<int32_t>(B * hw, "the instance map");
+    // fuse: the caller's map, which the vote only reads (kGivenInstance writes nothing there).
+    f.instance = z.given                      ? const_cast<int32_t*>(z.given)
+                 : out.dtype == DType::kInt32 ? static_cast<int32_t*>(out.data)
+                                              : sc.take<int32_t>(B * hw, "the instance map");
     f.area = sc.take<int64_t>(inst_total, "instance tables");
     f.class_of = sc.take<int64_t>(inst_total, "instance tables");
     f.instance_label = sc.take<int64_t>(inst_total, "instance tables");
@@ -1104,15 +1161,26 @@ QueuedPhase queue_second_phase(CudaMerge::State& s, const PhaseSizes& z, const S
                                 cuda::UploadPack::at<int64_t>(a.tables, at_seg),
                                 max_instances,
                                 max_segments};
-  const cuda::CenterList& centers = a.kept.centers;
   cuda::FuseBuffers buffers = a.buffers;
   buffers.error_instance = cuda::UploadPack::at<unsigned long long>(a.tables, at_errors);
   const cuda::ManyCenters many = grids.placed(a.many, a.tables);
   const cuda::ManyCenters* many_or_null = many_centers ? &many : nullptr;
   const cuda::PairSort* pairs_or_null = pair_histogram ? nullptr : &a.pairs;
 
-  queue_centers(s, z, a.kept, peak_begin_device, cuda::UploadPack::at<int>(a.tables, at_sort_begin),
-                cuda::UploadPack::at<int>(a.tables, at_sort_end), verdict);
+  cuda::CenterList centers = a.kept.centers;
+  if (z.given) {
+    // Of the centres, the instances' count and the scores (the segments read them: 0, unused)
+    // are read.
+    centers.begin = const_cast<int64_t*>(peak_begin_device);
+    centers.count = cuda::UploadPack::at<int64_t>(a.tables, at_given_count);
+    check(cudaMemsetAsync(centers.score, 0, static_cast<size_t>(z.center_slots) * sizeof(double),
+                          stream),
+          "cudaMemsetAsync");
+  } else {
+    queue_centers(s, z, a.kept, peak_begin_device,
+                  cuda::UploadPack::at<int>(a.tables, at_sort_begin),
+                  cuda::UploadPack::at<int>(a.tables, at_sort_end), verdict);
+  }
 
   // The histogram and the vote's chunk cursors are one piece, zeroed at once.
   check(cudaMemsetAsync(buffers.hist, 0,
@@ -1120,7 +1188,7 @@ QueuedPhase queue_second_phase(CudaMerge::State& s, const PhaseSizes& z, const S
         "cudaMemsetAsync");
   cuda::vote_and_count(s.sem, s.in.mask, s.in.off, things, centers, layout,
                        shared_bins <= cuda::kSharedBinLimit ? shared_bins : 0, many_or_null,
-                       pairs_or_null, buffers, stream);
+                       pairs_or_null, buffers, stream, z.given);
   cuda::resolve_segments(B, things, s.params, centers, layout, many_or_null, pairs_or_null, buffers,
                          stream);
   if (with_scores) {
@@ -1139,7 +1207,7 @@ QueuedPhase queue_second_phase(CudaMerge::State& s, const PhaseSizes& z, const S
   q.readback_words = readback_words;
   q.seg_offset = std::move(seg_offset);
   q.max_instances = max_instances;
-  q.speculable = z.every_peak_kept && !z.distinct && !many_centers && pair_histogram;
+  q.speculable = z.every_peak_kept && !z.distinct && !many_centers && pair_histogram && !z.given;
   return q;
 }
 
@@ -1302,6 +1370,7 @@ std::vector<ImageCenters> CudaMerge::finish_centers() {
   if (!state_) throw ValueError("CudaMerge.finish_centers: the job was released");
   State& s = *state_;
   if (s.finished) throw ValueError("CudaMerge.finish_centers: already called");
+  if (s.in.fuse) throw ValueError("CudaMerge.finish_centers: the job was made for fuse");
   s.finished = true;
   const ReleaseFirstPhase release_scratch{s};
   std::vector<ImageCenters> centers(static_cast<size_t>(s.batch));
@@ -1350,28 +1419,9 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     throw ValueError(std::string("out: expected int32 or int64, got ") + dtype_name(out.dtype));
   }
   cuda::DeviceGuard guard(s.in.device);
-  cudaStream_t stream = s.stream;
-  const int64_t B = s.batch, hw = s.height * s.width;
   PhaseSizes z = center_sizes(s);
-
-  // Class tables: dense below ClassIndex::kDenseLabelLimit, else over the batch's distinct labels
-  // (sorted on the device; one more synchronisation, for their count), as on the CPU.
-  z.classes = s.hi + 1;
   cuda::Scratch distinct_scratch;
-  if (s.hi >= ClassIndex::kDenseLabelLimit) {
-    const int end_bit = cuda::bit_width(s.hi);  // bits of the largest label
-    const cuda::DistinctScratch d =
-        cuda::carve(distinct_scratch, stream, [&](cuda::Scratch& scratch) {
-          return cuda::take_distinct_scratch(scratch, B * hw, end_bit);
-        });
-    cuda::distinct_labels(s.sem, end_bit, d, stream);
-    int count = 0;
-    check(cudaMemcpyAsync(&count, d.count, sizeof(int), cudaMemcpyDeviceToHost, stream),
-          "cudaMemcpyAsync (class count)");
-    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-    z.classes = count;
-    z.distinct = d.distinct;
-  }
+  set_classes(s, z, distinct_scratch);
   const QueuedPhase queued = queue_second_phase(s, z, out, with_segments, nullptr);
   distinct_scratch = cuda::Scratch();  // freed in stream order, after the copy of the class ids
   // What the next calls on images of this size speculate with, if anything (top_k 0 keeps no
@@ -1384,6 +1434,57 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
     }
   }
   return read_back(s, queued, with_segments, wait);
+}
+
+std::pair<int64_t, std::vector<int64_t>> CudaMerge::instance_range() {
+  if (!state_) throw ValueError("CudaMerge.instance_range: the job was released");
+  State& s = *state_;
+  if (!s.in.fuse) throw ValueError("CudaMerge.instance_range: the job was not made for fuse");
+  if (s.empty) return {0, std::vector<int64_t>(static_cast<size_t>(s.batch), 0)};
+  s.wait_for_counts();
+  return {s.instance_lo, s.instance_hi};
+}
+
+void CudaMerge::finish_fuse(const StridedView& out, const StridedView& instance,
+                            const std::vector<int64_t>& counts, bool wait) {
+  const IeeeFloatModes float_modes;
+  if (!state_) throw ValueError("CudaMerge.finish_fuse: the job was released");
+  State& s = *state_;
+  if (s.finished) throw ValueError("CudaMerge.finish_fuse: already called");
+  if (!s.in.fuse) throw ValueError("CudaMerge.finish_fuse: the job was not made for fuse");
+  s.finished = true;
+  const ReleaseFirstPhase release_scratch{s};
+  if (s.empty) return;
+  s.wait_for_counts();
+  if (s.lo < 0) {
+    throw ValueError("sem: class ids must be >= 0, got a minimum of " + std::to_string(s.lo));
+  }
+  if (out.dtype != DType::kInt32 && out.dtype != DType::kInt64) {
+    throw ValueError(std::string("out: expected int32 or int64, got ") + dtype_name(out.dtype));
+  }
+  const int64_t hw = s.height * s.width;
+  if (instance.dtype != DType::kInt32 || instance.batch() != s.batch ||
+      instance.height() != s.height || instance.width() != s.width || instance.strides[0] != hw ||
+      instance.strides[2] != s.width || instance.strides[3] != 1) {
+    throw ValueError("instance: expected an int32 [B, 1, H, W] contiguous map like the job's");
+  }
+  if (static_cast<int64_t>(counts.size()) != s.batch) {
+    throw ValueError("counts: expected one per image, got " + std::to_string(counts.size()));
+  }
+  cuda::DeviceGuard guard(s.in.device);
+  PhaseSizes z;
+  z.kept = counts;
+  z.given = static_cast<const int32_t*>(instance.data);
+  s.peak_begin.assign(1, 0);
+  for (int64_t k : counts) {
+    z.center_slots += k;
+    s.peak_begin.push_back(z.center_slots);
+  }
+  cuda::Scratch distinct_scratch;
+  set_classes(s, z, distinct_scratch);
+  const QueuedPhase queued = queue_second_phase(s, z, out, /*with_segments=*/false, nullptr);
+  distinct_scratch = cuda::Scratch();
+  read_back(s, queued, /*with_segments=*/false, wait);
 }
 
 void cuda_group_pixels(const CudaGroupInputs& in, const std::vector<int64_t>& thing_ids,

@@ -75,7 +75,7 @@ def cuda_release_memory() -> int:
     return _cuda.release_memory()
 
 
-def _backend(backend, *, cuda_ok: bool = False) -> str:
+def _backend(backend) -> str:
     check_choice(backend, "backend", (*BACKENDS, "cuda"))
     if backend == "cuda" and not _cuda.available():
         raise ValueError(
@@ -83,18 +83,13 @@ def _backend(backend, *, cuda_ok: bool = False) -> str:
             "(pdl_post.build_info()['cuda'] and pdl_post.cuda_available() say why); available: "
             + ", ".join(available_backends())
         )
-    if backend == "cuda" and not cuda_ok:
-        raise ValueError(
-            "backend: 'cuda' runs merge(), postprocess(), find_centers() and group_pixels(); "
-            "this function runs on the CPU (backend 'cpu' or 'reference')"
-        )
     return "cpu" if backend == "auto" else backend
 
 
 def _host_backend(backend, on_device: bool) -> str:
     """The host backend of a function with a CUDA path, whose CUDA arrays went there unless
     ``backend`` names a host backend."""
-    backend = _backend(backend, cuda_ok=True)
+    backend = _backend(backend)
     if on_device:
         raise ValueError(
             f"backend: {backend!r} runs on host arrays, got CUDA arrays; use backend='auto' or "
@@ -628,8 +623,9 @@ def fuse(
     Returns
     -------
     panoptic : ndarray or torch.Tensor, shape [H, W] or [B, H, W], int32 or int64
+        For CUDA arrays (see :func:`merge`'s ``backend``): on their device, by the caller's
+        library, queued on its current stream as :func:`merge`'s output is.
     """
-    backend = _backend(backend)
     params = check_params(
         thing_ids=thing_ids,
         label_divisor=label_divisor,
@@ -641,6 +637,11 @@ def fuse(
         topk_mode="exact",
         num_threads=num_threads,
     )
+    on_device = any(_cuda.is_cuda_array(x) for x in (sem, instance))
+    check_choice(backend, "backend", (*BACKENDS, "cuda"))
+    if on_device and backend in ("auto", "cuda"):
+        return _cuda.fuse(sem, instance, params, output_dtype)
+    backend = _host_backend(backend, on_device)
     labels, logits, batched = normalize_sem(sem)
     inst = as_numpy(instance, "instance")
     if inst.dtype.kind not in "ui" or inst.dtype == np.uint64:

@@ -144,7 +144,23 @@ class CudaMerge:
         top_k: int,
         topk_mode: str,
     ) -> None: ...
+    @staticmethod
+    def for_fuse(
+        sem: DeviceView | None,
+        logits: DeviceView | None,
+        instance: DeviceView,
+        device: int,
+        stream: int,
+        thing_ids: list[int],
+        label_divisor: int,
+        stuff_area: int,
+        void_label: int,
+    ) -> CudaMerge: ...
     def label_range(self) -> tuple[int, int]: ...
+    def instance_range(self) -> tuple[int, list[int]]: ...
+    def finish_fuse(
+        self, out: DeviceView, instance: DeviceView, counts: list[int], wait: bool
+    ) -> None: ...
     def finish(
         self, out: DeviceView, with_segments: bool, wait: bool
     ) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], Segments]]: ...

@@ -1,6 +1,5 @@
-"""The CUDA path of ``merge`` / ``postprocess`` (and of the stages ``find_centers`` and
-``group_pixels``: see find_centers and group_pixels below): CUDA arrays in, the same answer as
-the CPU out.
+"""The CUDA path of ``merge`` / ``postprocess`` (and of the stages: see find_centers,
+group_pixels and fuse below): CUDA arrays in, the same answer as the CPU out.
 
 Inputs are torch CUDA tensors, CuPy arrays or any object exposing ``__cuda_array_interface__`` (v3).
 They are read in place on the device (pointer + shape + strides, no host copies); the output is
@@ -580,6 +579,134 @@ def group_pixels(sem, centers, off, foreground_mask, thing_ids, check_centers):
         queue.wait,
     )
     return out
+
+
+def fuse(sem, instance, params, output_dtype):
+    """``fuse`` on the device: the panoptic map allocated on the inputs' device by the caller's
+    library, as :func:`run` allocates its output.
+
+    The job reads the label range and the instance ids' range (one synchronisation), then runs
+    ``merge``'s second phase on the given instance map instead of its votes, and returns with the
+    work queued as ``merge`` does. Instance maps that are not int32 and contiguous are converted
+    on the device by the caller's library, as are ids beyond H * W (renumbered 1..n in increasing
+    order over the batch, as on the CPU); after such a conversion the call waits for the device.
+    """
+    if sem is None:
+        as_numpy(sem, "sem")  # raises the host path's error: fuse needs labels or logits
+    arrays, device = _device_arrays({"sem": sem, "instance": instance})
+    (labels, logits), batched, sem_shape, sem_read = _normalize_sem(arrays["sem"])
+    given = arrays["instance"]
+    if given.dtype.kind not in "ui" or given.dtype == np.uint64:
+        raise TypeError(f"instance: expected an integer instance map, got dtype {given.dtype}")
+    if given.ndim != (3 if batched else 2):
+        raise ValueError(
+            f"instance: expected shape {'[B,H,W]' if batched else '[H,W]'} like sem, "
+            f"got {list(given.shape)}"
+        )
+    read = given
+    if given.dtype in WIDENED_LABEL_DTYPES:
+        read = _cast(given, WIDENED_LABEL_DTYPES[given.dtype], "widening instance ids")
+    inst4, inst_shape = _normalize(read, (1,) if batched else (0, 1))
+    b, h, w = check_same_shapes({"sem": sem_shape, "instance": inst_shape})
+    if logits is not None and sem_shape[1] == 0:
+        raise ValueError("sem: logits need at least one class channel, got 0")
+    queue = _Queue(arrays, (sem_read, read), device)
+    job = _core.CudaMerge.for_fuse(
+        labels,
+        logits,
+        inst4,
+        device,
+        queue.stream,
+        list(params.thing_ids),
+        params.label_divisor,
+        params.stuff_area,
+        params.void_label,
+    )
+    try:
+        lowest, counts = job.instance_range()
+        if b * h * w and lowest < 0:
+            raise ValueError(f"instance: ids must be >= 0, got a minimum of {lowest}")
+        # The core's int32 map: the ids as they are where they fit H * W, else renumbered.
+        dense = max(counts, default=0) <= min(h * w, np.iinfo(np.int32).max - 1)
+        wait = queue.wait
+        ids = read
+        if not dense:
+            if read.library is None:
+                raise TypeError(
+                    "instance: ids beyond H * W are renumbered on the device, which needs torch "
+                    "or CuPy; renumber them 1..n first"
+                )
+            compact, counts = _renumbered(read.obj, b)
+            ids = DeviceArray(compact, "instance")
+            wait = True
+        elif read.dtype != np.int32 or not _c_contiguous(read):
+            ids = read.converted(_int32_contiguous, "an instance map that is not int32 contiguous")
+            wait = True
+        lo, hi = job.label_range()
+        if b * h * w and lo < 0:
+            raise ValueError(f"sem: class ids must be >= 0, got a minimum of {lo}")
+        dtype = output_dtype(hi, params.label_divisor, params.void_label)
+        out = _allocate(queue.output_library, (b, h, w) if batched else (h, w), dtype, device)
+        _wait_for_allocation(queue.output_library, queue.library, queue.stream, device)
+        if not wait:
+            queue.record_stream()
+        ids4 = ids.view4((b, 1, h, w), (h * w, h * w, w, 1))
+        job.finish_fuse(_core_view(out, dtype, b, h, w), ids4, counts, wait)
+    except BaseException:
+        job.release()  # as in run: free the scratch while the stream is surely alive
+        raise
+    return out
+
+
+def _c_contiguous(a: DeviceArray) -> bool:
+    """Whether ``a`` is laid out C-contiguous (unit axes' strides aside)."""
+    step = 1
+    for size, stride in zip(reversed(a.shape), reversed(a.strides)):
+        if size > 1 and stride != step:
+            return False
+        step *= size
+    return True
+
+
+def _int32_contiguous(x):
+    """``x`` as a C-contiguous int32 array of its library (ids that fit int32)."""
+    if is_torch_tensor(x):
+        import torch
+
+        return x.to(torch.int32).contiguous()
+    return x.astype(np.int32, order="C")
+
+
+def _renumbered(x, batch: int) -> tuple:
+    """The ids of ``x`` (a torch tensor or CuPy array, [B, ...]) renumbered 1..n in increasing
+    order over the batch (0 stays 0 where present), as the CPU's fuse does: (the int32 [B, H*W]
+    array of the same library, each image's largest new id)."""
+    if is_torch_tensor(x):
+        import torch
+
+        present, inverse = torch.unique(x, sorted=True, return_inverse=True)
+        _check_distinct(len(present))
+        compact = (inverse + (1 if int(present[0]) > 0 else 0)).to(torch.int32)
+        compact = compact.reshape(batch, -1).contiguous()
+        return compact, compact.amax(dim=1).tolist()
+    present, inverse = _array_module(x).unique(x, return_inverse=True)
+    _check_distinct(len(present))
+    compact = (inverse.reshape(batch, -1) + (1 if int(present[0]) > 0 else 0)).astype(
+        np.int32, order="C"
+    )
+    return compact, [int(c) for c in compact.max(axis=1).tolist()]
+
+
+def _check_distinct(n: int) -> None:
+    if n > np.iinfo(np.int32).max - 1:
+        raise ValueError(f"instance: {n} distinct ids do not fit int32 instance numbers")
+
+
+def _array_module(x):
+    """The array module of a CuPy array (its ``unique``)."""
+    import cupy
+
+    return cupy
 
 
 def find_centers(ctr, params):

@@ -65,8 +65,7 @@ def as_numpy(x, name: str) -> np.ndarray:
         if x.device.type != "cpu":
             raise ValueError(
                 f"{name}: got a tensor on device '{x.device}'; only merge(), postprocess(), "
-                "find_centers(), group_pixels() and detectron2.get_panoptic_segmentation() take "
-                "CUDA tensors (see "
+                "the stages and detectron2's functions take CUDA tensors (see "
                 "pdl_post.cuda_available()), move it to the CPU with .cpu()"
             )
         x = without_bfloat16(x.detach())
@@ -82,8 +81,7 @@ def as_numpy(x, name: str) -> np.ndarray:
     if not isinstance(x, np.ndarray) and hasattr(x, "__cuda_array_interface__"):
         raise ValueError(
             f"{name}: got a CUDA array ({type(x).__name__}); only merge(), postprocess(), "
-            "find_centers(), group_pixels() and detectron2.get_panoptic_segmentation() take CUDA "
-            "arrays (see "
+            "the stages and detectron2's functions take CUDA arrays (see "
             "pdl_post.cuda_available()), copy it to the host first"
         )
     if isinstance(x, np.ndarray):

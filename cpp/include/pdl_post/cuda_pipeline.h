@@ -111,6 +111,10 @@ struct CudaMergeInputs {
   StridedView mask;    // uint8 [B, 1, H, W] or data == nullptr
   int device = 0;
   uintptr_t stream = 0;  // cudaStream_t; 1 and 2 mean the legacy / per-thread default streams
+  // A job for fuse (finish_fuse): sem or logits and the caller's instance map [B, 1, H, W] (any
+  // integer dtype the labels may have); ctr, off and mask are not read.
+  bool fuse = false;
+  StridedView instance;
 };
 
 struct CudaGroupInputs {
@@ -162,6 +166,18 @@ class CudaMerge {
   // with a synchronisation (sync point 2). The only finish of a job made without sem and logits
   // (whose off and mask are not read). Once only.
   std::vector<ImageCenters> finish_centers();
+
+  // A fuse job's instance ids: the smallest over the batch, and each image's largest (sync point
+  // 1, with the label range).
+  std::pair<int64_t, std::vector<int64_t>> instance_range();
+
+  // fuse on the device (pipeline.h's fuse): the majority vote, numbering, stuff filter and write
+  // into `out` (as finish's) of `instance` (int32 [B, 1, H, W] contiguous, ids 0..counts[b]: the
+  // job's map, or its renumbered copy where ids exceed H * W), as merge's second phase does with
+  // its votes. Returns with the work queued unless `wait`, or an image may number
+  // label_divisor instances (the error is then read back, sync point 2). Once only.
+  void finish_fuse(const StridedView& out, const StridedView& instance,
+                   const std::vector<int64_t>& counts, bool wait);
 
   // Frees the first phase's scratch now, in order on the call's stream, for a caller that will not
   // finish (an error between the phases): the destructor would free it on that stream whenever
