@@ -675,6 +675,23 @@ def test_find_centers_results_as_torch_views_of_one_upload(emulated_cuda, monkey
     np.testing.assert_array_equal(centers.numpy(), pdl_post.find_centers(b.ctr[0])[0])
 
 
+def test_fuse_renumbers_sparse_ids_with_torch_as_the_cpu_does():
+    """On a GPU with torch, fuse renumbers ids beyond H * W with torch.unique (here on CPU
+    tensors): 1..n in increasing order over the batch, 0 kept where present, as the CPU's
+    np.unique; and each image's largest new id."""
+    rng = np.random.default_rng(2)
+    for with_zero in (True, False):
+        ids = rng.choice([3, 2**40, 7_000_000, 2**33 + 1], size=(3, 5, 6)).astype(np.int64)
+        if with_zero:
+            ids[1, :2] = 0
+        compact, counts = _cuda._renumbered(torch.from_numpy(ids), 3)
+        present, inverse = np.unique(ids, return_inverse=True)
+        want = inverse.reshape(3, -1) + (1 if present[0] > 0 else 0)
+        assert compact.dtype == torch.int32 and compact.is_contiguous()
+        np.testing.assert_array_equal(compact.numpy(), want)
+        assert counts == want.max(axis=1).tolist()
+
+
 def test_detectron2_dropin_mixed_devices(emulated_cuda):
     """A CPU tensor beside CUDA arrays is refused, named as detectron2 names the arguments."""
     s = synthetic.make_scene(32, 48, 3, seed=0)

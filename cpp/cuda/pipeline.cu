@@ -1083,7 +1083,7 @@ QueuedPhase queue_second_phase(CudaMerge::State& s, const PhaseSizes& z, const S
   const size_t at_errors = pack.add(std::vector<unsigned long long>(B, ULLONG_MAX));
   const cuda::ThingUpload thing_upload(s.params.thing_ids, pack);
   // fuse: each image's instances are counted, not centres written (their count uploaded; their
-  // begin is s.peak_begin's, set to the instances' offsets by finish_fuse).
+  // begin is s.peak_begin's, which finish_fuse sets to the running sum of the counts).
   const size_t at_given_count = pack.add(z.given ? kept : std::vector<int64_t>{});
 
   // Every array of this phase, from one allocation.
