@@ -14,6 +14,7 @@ from pdl_post._float_modes import with_ieee_float_modes
 from pdl_post._inputs import (
     as_numpy,
     check_choice,
+    check_instance_layout,
     check_params,
     check_same_geometry,
     check_thing_ids,
@@ -644,13 +645,7 @@ def fuse(
     backend = _host_backend(backend, on_device)
     labels, logits, batched = normalize_sem(sem)
     inst = as_numpy(instance, "instance")
-    if inst.dtype.kind not in "ui" or inst.dtype == np.uint64:
-        raise TypeError(f"instance: expected an integer instance map, got dtype {inst.dtype}")
-    if inst.ndim != (3 if batched else 2):
-        raise ValueError(
-            f"instance: expected shape {'[B,H,W]' if batched else '[H,W]'} like sem, "
-            f"got {list(inst.shape)}"
-        )
+    check_instance_layout(inst.dtype, inst.shape, batched)
     inst4 = _as_4d(inst, batched)
     b, h, w = check_same_geometry(
         {"sem": labels if labels is not None else logits, "instance": inst4}

@@ -30,6 +30,7 @@ from pdl_post._inputs import (
     WIDENED_LABEL_DTYPES,
     _describe,
     as_numpy,
+    check_instance_layout,
     check_same_shapes,
     ctr_layout,
     is_torch_tensor,
@@ -596,13 +597,7 @@ def fuse(sem, instance, params, output_dtype):
     arrays, device = _device_arrays({"sem": sem, "instance": instance})
     (labels, logits), batched, sem_shape, sem_read = _normalize_sem(arrays["sem"])
     given = arrays["instance"]
-    if given.dtype.kind not in "ui" or given.dtype == np.uint64:
-        raise TypeError(f"instance: expected an integer instance map, got dtype {given.dtype}")
-    if given.ndim != (3 if batched else 2):
-        raise ValueError(
-            f"instance: expected shape {'[B,H,W]' if batched else '[H,W]'} like sem, "
-            f"got {list(given.shape)}"
-        )
+    check_instance_layout(given.dtype, given.shape, batched)
     read = given
     if given.dtype in WIDENED_LABEL_DTYPES:
         read = _cast(given, WIDENED_LABEL_DTYPES[given.dtype], "widening instance ids")

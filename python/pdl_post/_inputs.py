@@ -421,6 +421,17 @@ def normalize_sem(sem, *, allow_logits=True):
     return np.expand_dims(a, axes), None, batched
 
 
+def check_instance_layout(dtype, shape, batched: bool) -> None:
+    """fuse's instance map: integer ids (uint64 aside), [B,H,W] or [H,W] like the labels."""
+    if dtype.kind not in "ui" or dtype == np.uint64:
+        raise TypeError(f"instance: expected an integer instance map, got dtype {dtype}")
+    if len(shape) != (3 if batched else 2):
+        raise ValueError(
+            f"instance: expected shape {'[B,H,W]' if batched else '[H,W]'} like sem, "
+            f"got {list(shape)}"
+        )
+
+
 def normalize_ctr(ctr, batched: bool) -> np.ndarray:
     a = as_numpy(ctr, "ctr")
     return np.expand_dims(_widened_float(a), ctr_layout(a.dtype, a.shape, batched))
