@@ -610,6 +610,18 @@ void on_device(int device, F release) noexcept {
   if (other) cuda::ignore_failure(cudaSetDevice(previous));
 }
 
+// A [B, 1, H, W] view of `data`: one row-major plane per image.
+StridedView planes_of(void* data, DType dtype, int64_t batch, int64_t height, int64_t width) {
+  const int64_t hw = height * width;
+  return StridedView{data, dtype, {batch, 1, height, width}, {hw, hw, width, 1}};
+}
+
+// The labels of `logits` [B, C, H, W]: their argmax (first maximum) into `labels`, viewed.
+StridedView argmax_labels(const StridedView& logits, int32_t* labels, cudaStream_t stream) {
+  cuda::argmax_logits(logits, labels, stream);
+  return planes_of(labels, DType::kInt32, logits.batch(), logits.height(), logits.width());
+}
+
 // The grid's y dimension holds the images; row counts and scans are int.
 void check_batch_shape(int64_t batch, int64_t height) {
   if (batch > 65535) {
@@ -775,15 +787,7 @@ CudaMerge::CudaMerge(const CudaMergeInputs& inputs, const CenterOptions& centers
   s.row_offset = a.row_offset;
   s.peak_flags = a.peak_flags.flags;
   s.header = a.header;
-  if (argmax) {
-    cuda::argmax_logits(inputs.logits, a.labels, s.stream);
-    s.sem.data = a.labels;
-    s.sem.dtype = DType::kInt32;
-    s.sem.shape = {s.batch, 1, s.height, s.width};
-    s.sem.strides = {hw, hw, s.width, 1};
-  } else {
-    s.sem = inputs.sem;
-  }
+  s.sem = argmax ? argmax_labels(inputs.logits, a.labels, s.stream) : inputs.sem;
   if (inputs.fuse) {
     cuda::init_fuse_header_kernel<<<1, 1, 0, s.stream>>>(a.header, s.batch);
     cuda::check_launch("init_fuse_header_kernel");
@@ -1559,30 +1563,19 @@ void cuda_group_pixels(const CudaGroupInputs& in, const std::vector<int64_t>& th
   pack.upload(a.tables, stream);
   StridedView mask = in.mask;
   if (flag_things) {
-    StridedView sem = in.sem;
-    if (argmax) {
-      cuda::argmax_logits(in.logits, a.labels, stream);
-      sem.data = a.labels;
-      sem.dtype = DType::kInt32;
-      sem.shape = {B, 1, H, W};
-      sem.strides = {hw, hw, W, 1};
-    }
+    const StridedView sem = argmax ? argmax_labels(in.logits, a.labels, stream) : in.sem;
     long long* range = cuda::UploadPack::at<long long>(a.tables, at_range);
     if (check_labels) cuda::label_range(sem, range, stream);
     cuda::thing_flags(sem, thing_upload.view(a.tables), a.things, stream);
-    mask.data = a.things;
-    mask.dtype = DType::kUInt8;
-    mask.shape = {B, 1, H, W};
-    mask.strides = {hw, hw, W, 1};
+    mask = planes_of(a.things, DType::kUInt8, B, H, W);
   }
   check(cudaMemsetAsync(a.hist, 0, static_cast<size_t>(instance_slots + B) * sizeof(a.hist[0]),
                         stream),
         "cudaMemsetAsync");
-  StridedView no_label;
-  no_label.data = cuda::UploadPack::at<uint8_t>(a.tables, at_no_label);
-  no_label.dtype = DType::kUInt8;
-  no_label.shape = {B, 1, H, W};
-  no_label.strides = {0, 0, 0, 0};
+  const StridedView no_label{cuda::UploadPack::at<uint8_t>(a.tables, at_no_label),
+                             DType::kUInt8,
+                             {B, 1, H, W},
+                             {0, 0, 0, 0}};
   const cuda::CenterList center_list{cuda::UploadPack::at<int64_t>(a.tables, at_pixel),
                                      cuda::UploadPack::at<float>(a.tables, at_y),
                                      cuda::UploadPack::at<float>(a.tables, at_x),
