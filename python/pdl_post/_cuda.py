@@ -445,7 +445,6 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
         raise ValueError("sem: logits need at least one class channel, got 0")
     # Decided before the job: between its two phases the device idles while the host works.
     queue = _Queue(arrays, (sem_read, ctr, off, mask_read), device)
-    stream, stream_library, output_library = queue.stream, queue.library, queue.output_library
     wait = queue.wait
     if not (wait or with_segments):
         queue.record_stream()
@@ -461,8 +460,7 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
         guess = None
     out = None
     if guess is not None:
-        out = _allocate(output_library, out_shape, guess, device)
-        _wait_for_allocation(output_library, stream_library, stream, device)
+        out = queue.allocate(out_shape, guess)
     job = _core.CudaMerge(
         labels,
         logits,
@@ -470,7 +468,7 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
         off4,
         mask4,
         device,
-        stream,
+        queue.stream,
         *params.core_options(),
     )
     try:
@@ -487,8 +485,7 @@ def run(sem, ctr, off, foreground_mask, params, output_dtype, with_segments: boo
             if lo < 0:
                 raise ValueError(f"sem: class ids must be >= 0, got a minimum of {lo}")
             dtype = output_dtype(hi, params.label_divisor, params.void_label)
-            out = _allocate(output_library, out_shape, dtype, device)
-            _wait_for_allocation(output_library, stream_library, stream, device)
+            out = queue.allocate(out_shape, dtype)
             per_image = job.finish(_core_view(out, dtype, b, h, w), with_segments, wait)
     except BaseException:
         # Free the first phase's scratch while the stream is surely alive: the traceback keeps
@@ -565,8 +562,7 @@ def group_pixels(sem, centers, off, foreground_mask, thing_ids, check_centers):
     queue = _Queue(arrays, (sem_read, off_read, mask_read), device)
     if not queue.wait:
         queue.record_stream()
-    out = _allocate(queue.output_library, (b, h, w) if batched else (h, w), np.int32, device)
-    _wait_for_allocation(queue.output_library, queue.library, queue.stream, device)
+    out = queue.allocate((b, h, w) if batched else (h, w), np.int32)
     _core.cuda_group_pixels(
         labels,
         logits,
@@ -641,8 +637,7 @@ def fuse(sem, instance, params, output_dtype):
         if b * h * w and lo < 0:
             raise ValueError(f"sem: class ids must be >= 0, got a minimum of {lo}")
         dtype = output_dtype(hi, params.label_divisor, params.void_label)
-        out = _allocate(queue.output_library, (b, h, w) if batched else (h, w), dtype, device)
-        _wait_for_allocation(queue.output_library, queue.library, queue.stream, device)
+        out = queue.allocate((b, h, w) if batched else (h, w), dtype)
         if not wait:
             queue.record_stream()
         ids4 = ids.view4((b, 1, h, w), (h * w, h * w, w, 1))
@@ -713,14 +708,13 @@ def find_centers(ctr, params):
     (float64 [K]) then go back to the heatmap's device, by the caller's library (torch in, torch
     out; CuPy in, CuPy out): a few numbers per centre, never an image.
     """
-    _require_available("ctr", ctr)
-    given = DeviceArray(ctr, "ctr")
+    arrays, device = _device_arrays({"ctr": ctr})
+    given = arrays["ctr"]
     batched = given.ndim == 4
     axes = ctr_layout(given.dtype, given.shape, batched)
     read = _widened_float(given)
     ctr4, _ = _normalize(read, axes)
-    device = max(given.device, 0)  # an empty interface-only array owns no memory: device 0
-    queue = _Queue({"ctr": given}, (read,), device)  # the call always waits for the device
+    queue = _Queue(arrays, (read,), device)  # the call always waits for the device
     output_library = queue.output_library
     job = _core.CudaMerge(
         None, None, ctr4, None, None, device, queue.stream, *params.core_options()
@@ -780,6 +774,13 @@ class _Queue:
         foreign = {a.library for a in copies} & set(_LIBRARIES)
         foreign.discard(self.library)
         self.wait = bool(foreign) or not _may_return_early(self.touched)
+
+    def allocate(self, shape, dtype):
+        """The output, by ``output_library`` on the device (_allocate), with the stream waiting
+        for its allocation where another library's stream made it (_wait_for_allocation)."""
+        out = _allocate(self.output_library, shape, dtype, self.device)
+        _wait_for_allocation(self.output_library, self.library, self.stream, self.device)
+        return out
 
     def record_stream(self) -> None:
         """For a call that returns with its work queued: torch's allocator keeps the inputs'
