@@ -628,44 +628,50 @@ def _assert_cuda_path_equals_cpu(device, sem, ctr, off, *, foreground_mask=None,
         mask = foreground_mask
         if mask is not None and np.ndim(mask) == 3 and np.ndim(off) == 3:
             mask = mask[0]
-        outcomes = []
-        for images in ((sem, off, mask), tuple(on_device(a) for a in (sem, off, mask))):
-            try:
-                instance = pdl_post.group_pixels(
-                    images[0],
-                    centers,
-                    images[1],
-                    thing_ids=kw["thing_ids"],
-                    foreground_mask=images[2],
-                )
-                outcomes.append(to_host(instance))
-            except (TypeError, ValueError) as e:
-                outcomes.append(e)
-        if any(isinstance(o, Exception) for o in outcomes):
-            assert [type(o) for o in outcomes[1:]] == [type(outcomes[0])], outcomes
-            assert str(outcomes[1]) == str(outcomes[0])
-        else:
-            np.testing.assert_array_equal(outcomes[1], outcomes[0])
+        grouped = [
+            _host_outcome(
+                pdl_post.group_pixels,
+                images[0],
+                centers,
+                images[1],
+                thing_ids=kw["thing_ids"],
+                foreground_mask=images[2],
+            )
+            for images in ((sem, off, mask), tuple(on_device(a) for a in (sem, off, mask)))
+        ]
+        _assert_same_outcome(*grouped)
+        if not isinstance(grouped[0], Exception):
             # fuse alone on the device, on that instance map: the CPU's panoptic map or error.
-            fused = []
             fuse_kw = {
                 k: kw[k]
                 for k in ("thing_ids", "label_divisor", "stuff_area", "void_label")
                 if k in kw
             }
-            for maps in ((sem, outcomes[0]), (on_device(sem), on_device(outcomes[0]))):
-                try:
-                    fused.append(to_host(pdl_post.fuse(*maps, **fuse_kw)))
-                except (TypeError, ValueError) as e:
-                    fused.append(e)
-            if any(isinstance(o, Exception) for o in fused):
-                assert [type(o) for o in fused[1:]] == [type(fused[0])], fused
-                assert str(fused[1]) == str(fused[0])
-            else:
-                assert fused[1].dtype == fused[0].dtype
-                np.testing.assert_array_equal(fused[1], fused[0])
+            _assert_same_outcome(
+                *(
+                    _host_outcome(pdl_post.fuse, *maps, **fuse_kw)
+                    for maps in ((sem, grouped[0]), (on_device(sem), on_device(grouped[0])))
+                )
+            )
         del cpu, gpu
         check()
+
+
+def _host_outcome(call, *args, **kw):
+    """call(*args, **kw) as a host array, or the TypeError / ValueError it raised."""
+    try:
+        return to_host(call(*args, **kw))
+    except (TypeError, ValueError) as e:
+        return e
+
+
+def _assert_same_outcome(cpu, gpu):
+    """The same array (dtype and values), or the same error (type and message)."""
+    if isinstance(cpu, Exception) or isinstance(gpu, Exception):
+        assert type(gpu) is type(cpu) and str(gpu) == str(cpu), (cpu, gpu)
+    else:
+        assert gpu.dtype == cpu.dtype
+        np.testing.assert_array_equal(gpu, cpu)
 
 
 @st.composite
