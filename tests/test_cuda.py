@@ -760,6 +760,16 @@ def test_fuse_on_the_device_queues_like_merge(emulated_cuda):
     instance = pdl_post.group_pixels(HostCudaArray(sem), centers, HostCudaArray(b.off))
     panoptic = pdl_post.fuse(HostCudaArray(sem), instance)
     np.testing.assert_array_equal(panoptic.a, pdl_post.merge(sem, b.ctr, b.off))
+    # A job made for fuse has the label range, and refuses merge's and find_centers' finishes.
+    view = (sem.ctypes.data, "int32", [2, 1, 40, 56], [40 * 56, 40 * 56, 56, 1])
+    job = EMULATION.CudaMerge.for_fuse(view, None, view, 0, 1, [], 1000, 0, 0)
+    assert job.label_range() == (int(sem.min()), int(sem.max()))
+    for finish in (lambda: job.finish(view, False, True), job.finish_centers):
+        with pytest.raises(
+            ValueError, match=r"CudaMerge\.finish(_centers)?: the job was made for fuse"
+        ):
+            finish()
+    job.release()
 
 
 def _misaligned(a, device):

@@ -833,11 +833,15 @@ void CudaMerge::release() noexcept {
 
 namespace {
 
-// A job made without labels or logits serves finish_centers only; a fuse job finish_fuse only.
-void require_labels(const CudaMerge::State& s, const char* method) {
+// A fuse job serves label_range, instance_range and finish_fuse only.
+void require_not_fuse(const CudaMerge::State& s, const char* method) {
   if (s.in.fuse) {
     throw ValueError(std::string("CudaMerge.") + method + ": the job was made for fuse");
   }
+}
+
+// A job made without labels or logits serves finish_centers only.
+void require_labels(const CudaMerge::State& s, const char* method) {
   // (Empty inputs have no pointers, and need no labels.)
   if (!s.empty && s.in.sem.data == nullptr && s.in.logits.data == nullptr) {
     throw ValueError(std::string("CudaMerge.") + method +
@@ -849,7 +853,7 @@ void require_labels(const CudaMerge::State& s, const char* method) {
 
 std::pair<int64_t, int64_t> CudaMerge::label_range() {
   if (!state_) throw ValueError("CudaMerge.label_range: the job was released");
-  if (!state_->in.fuse) require_labels(*state_, "label_range");  // a fuse job has labels
+  require_labels(*state_, "label_range");
   if (state_->empty) return {0, -1};
   state_->wait_for_counts();
   return {state_->lo, state_->hi};
@@ -1374,7 +1378,7 @@ std::vector<ImageCenters> CudaMerge::finish_centers() {
   if (!state_) throw ValueError("CudaMerge.finish_centers: the job was released");
   State& s = *state_;
   if (s.finished) throw ValueError("CudaMerge.finish_centers: already called");
-  if (s.in.fuse) throw ValueError("CudaMerge.finish_centers: the job was made for fuse");
+  require_not_fuse(s, "finish_centers");
   s.finished = true;
   const ReleaseFirstPhase release_scratch{s};
   std::vector<ImageCenters> centers(static_cast<size_t>(s.batch));
@@ -1394,6 +1398,7 @@ std::optional<std::vector<ImageResult>> CudaMerge::finish_if_fits(const StridedV
   if (!state_) throw ValueError("CudaMerge.finish_if_fits: the job was released");
   State& s = *state_;
   if (s.finished) throw ValueError("CudaMerge.finish_if_fits: already called");
+  require_not_fuse(s, "finish_if_fits");
   require_labels(s, "finish_if_fits");
   // After calls on images of this size: the second phase on their capacities, before the counts.
   if (!s.empty && !s.counted && cuda::speculation.load(std::memory_order_relaxed)) {
@@ -1411,6 +1416,7 @@ std::vector<ImageResult> CudaMerge::finish(const StridedView& out, bool with_seg
   if (!state_) throw ValueError("CudaMerge.finish: the job was released");
   State& s = *state_;
   if (s.finished) throw ValueError("CudaMerge.finish: already called");
+  require_not_fuse(s, "finish");
   require_labels(s, "finish");
   s.finished = true;
   const ReleaseFirstPhase release_scratch{s};
