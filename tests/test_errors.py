@@ -770,6 +770,12 @@ GROUP_CASES = [
         r"centers: expected integer \(y, x\) coordinates, got dtype object",
     ),
     (
+        "centers-empty-complex",
+        {"centers": np.zeros(0, np.complex64)},
+        TypeError,
+        r"centers: expected integer \(y, x\) coordinates, got dtype complex64",
+    ),
+    (
         "centers-3-columns",
         {"centers": np.array([[1, 2, 3]])},
         ValueError,

@@ -512,7 +512,7 @@ def _check_centers(centers, batch: int, height: int, width: int, batched: bool) 
     checked = []
     for c in per_image:
         a = _cuda.as_host_numpy(c, "centers")  # find_centers' of a CUDA heatmap: a few numbers
-        if a.size == 0:
+        if a.size == 0 and a.dtype.kind in "biuf":  # no centres, whatever numeric dtype
             a = a.reshape(0, 2).astype(np.int64)
         if a.dtype.kind not in "ui":
             raise TypeError(f"centers: expected integer (y, x) coordinates, got dtype {a.dtype}")
