@@ -1071,8 +1071,9 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
                     const FuseBuffers& buffers, cudaStream_t stream, const int32_t* given) {
   const int64_t batch = sem.batch(), height = sem.height(), width = sem.width();
   const int64_t hw = height * width;
-  if (many &&
-      !given) {  // bucket each image's centres by cell: counts, their exclusive sum, the fill
+  // Many centres: bucket each image's centres by cell (counts, their exclusive sum, the fill);
+  // a given instance map has no centres to search.
+  if (many && !given) {
     const ManyCenters& m = *many;
     const size_t cell_bytes = static_cast<size_t>(m.cells + 1) * sizeof(int64_t);
     check(cudaMemsetAsync(m.cell_fill, 0, cell_bytes, stream), "cudaMemsetAsync");
@@ -1145,7 +1146,8 @@ void vote_and_count(const StridedView& sem, const StridedView& mask, const Strid
         kernel<<<grid, kThreads, shared_bytes, stream>>>(args);
         check_launch("vote_kernel");
       };
-      // The twelve combinations of (mask, shared counters, search), each its own kernel.
+      // The twelve combinations of (mask, shared counters, search), each its own kernel, and a
+      // given map's two (shared counters or not: no mask, no offsets read).
       const auto with_grid = [&](auto from_mask, auto shared_hist) {
         constexpr bool kMask = decltype(from_mask)::value, kShared = decltype(shared_hist)::value;
         if (given) {
